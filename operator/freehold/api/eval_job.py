@@ -1,0 +1,195 @@
+"""EvalJob: evaluate a model on pinned datasets and gate its promotion."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import ConfigDict, Field
+
+from freehold.api.base import (
+    ApiModel,
+    Condition,
+    LocalObjectReference,
+    Sha256,
+    cel,
+    conditions_field,
+    rules,
+)
+
+DATASET_URI_PATTERN = r"^(pvc|oci|s3|file|package|https?)://[^\s]+$"
+
+Metric = Literal["accuracy", "exact_match", "f1", "bleu", "rouge_l", "perplexity", "acc_norm"]
+Operator = Literal[">=", ">", "<=", "<", "=="]
+Phase = Literal["Pending", "Running", "Succeeded", "Failed"]
+
+
+class Target(ApiModel):
+    """What is evaluated: a ModelDeployment or any OpenAI-compatible endpoint."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "has(self.modelDeploymentRef) != has(self.endpoint)",
+                "set exactly one of target.modelDeploymentRef and target.endpoint",
+            ),
+        )
+    )
+
+    model_deployment_ref: LocalObjectReference | None = Field(
+        default=None, description="A ModelDeployment in this namespace."
+    )
+    endpoint: str | None = Field(
+        default=None,
+        max_length=2048,
+        pattern=r"^https?://[^\s]+$",
+        description="Base URL of an OpenAI-compatible API (ending before /v1).",
+    )
+    model: str | None = Field(
+        default=None,
+        max_length=253,
+        description="Model name to request at the endpoint; defaults to its first model.",
+    )
+
+
+class Dataset(ApiModel):
+    """A pinned dataset: the digest makes results reproducible and auditable."""
+
+    uri: str = Field(
+        max_length=2048,
+        pattern=DATASET_URI_PATTERN,
+        description="Location of the dataset (JSON Lines).",
+    )
+    sha256: Sha256 = Field(description="Required SHA-256 of the dataset file.")
+
+
+class Generation(ApiModel):
+    """Generation arguments for generative suites."""
+
+    max_tokens: int = Field(default=256, ge=1, le=32768, description="Tokens per answer.")
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="Sampling temperature.")
+    top_p: float = Field(default=1.0, ge=0.0, le=1.0, description="Nucleus sampling mass.")
+    stop: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list, max_length=4, description="Stop sequences."
+    )
+
+
+class Suite(ApiModel):
+    """One evaluation suite."""
+
+    name: str = Field(
+        max_length=63, pattern=r"^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$", description="Suite name."
+    )
+    dataset: Dataset = Field(description="The suite's dataset.")
+    metric: Metric = Field(description="Metric computed over the dataset.")
+    limit: int | None = Field(
+        default=None, ge=1, le=10000000, description="Evaluate only the first N samples."
+    )
+    few_shot: int = Field(default=0, ge=0, le=64, description="Examples put before each one.")
+    generation: Generation = Field(default_factory=Generation, description="Generation arguments.")
+
+
+class Gate(ApiModel):
+    """A threshold a suite's metric must meet."""
+
+    suite: str = Field(max_length=63, description="Name of a suite of this job.")
+    metric: Metric = Field(description="The metric compared.")
+    operator: Operator = Field(default=">=", description="Comparison with the threshold.")
+    threshold: float = Field(description="Value the metric is compared with.")
+
+
+class EvalJobSpec(ApiModel):
+    """Desired state of an EvalJob."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "self.gates.all(g, self.suites.exists(s, s.name == g.suite))",
+                "every gate must name a suite of this job",
+                field_path=".gates",
+            ),
+            cel(
+                "self.gates.all(g, self.suites.exists(s, s.name == g.suite && "
+                "s.metric == g.metric))",
+                "a gate's metric must be the metric its suite computes",
+                field_path=".gates",
+            ),
+            cel(
+                "!self.offline || self.suites.all(s, !s.dataset.uri.startsWith('http'))",
+                "offline jobs cannot fetch datasets over http(s): use pvc://, oci://, s3://, "
+                "file:// or package://, or set offline to false",
+                field_path=".suites",
+            ),
+            cel(
+                "self == oldSelf",
+                "an EvalJob is immutable: create a new one to evaluate again",
+                reason="FieldValueForbidden",
+            ),
+        )
+    )
+
+    target: Target = Field(description="What is evaluated.")
+    suites: list[Suite] = Field(
+        min_length=1,
+        max_length=32,
+        description="Suites to run.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    gates: list[Gate] = Field(
+        default_factory=list, max_length=64, description="Thresholds that must all hold."
+    )
+    concurrency: int = Field(default=4, ge=1, le=256, description="Requests in flight at once.")
+    seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Seed for sampling and shuffling.")
+    offline: bool = Field(
+        default=True,
+        description="Run with no network access beyond the target (datasets must be local).",
+    )
+
+
+class SuiteResult(ApiModel):
+    """The outcome of one suite."""
+
+    name: str = Field(max_length=63, description="Suite name.")
+    metric: Metric = Field(description="Metric computed.")
+    value: float | None = Field(default=None, description="Metric value.")
+    samples: int = Field(default=0, ge=0, description="Samples evaluated.")
+
+
+class GateResult(ApiModel):
+    """The outcome of one gate."""
+
+    suite: str = Field(max_length=63, description="Suite the gate reads.")
+    metric: Metric = Field(description="The metric compared.")
+    operator: Operator = Field(description="Comparison.")
+    threshold: float = Field(description="Threshold.")
+    value: float | None = Field(default=None, description="Observed value.")
+    passed: bool = Field(description="Whether the gate holds.")
+
+
+class Progress(ApiModel):
+    """How far the job has come."""
+
+    completed: int = Field(default=0, ge=0, description="Samples done.")
+    total: int = Field(default=0, ge=0, description="Samples in all.")
+
+
+class EvalJobStatus(ApiModel):
+    """Observed state of an EvalJob."""
+
+    phase: Phase = Field(default="Pending", description="Pending, Running, Succeeded, Failed.")
+    conditions: list[Condition] = conditions_field("Completed, GatesPassed.")
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="The .metadata.generation this status describes."
+    )
+    progress: Progress | None = Field(default=None, description="Samples done of all.")
+    suites: list[SuiteResult] = Field(
+        default_factory=list, max_length=32, description="Per-suite results."
+    )
+    gates: list[GateResult] = Field(
+        default_factory=list, max_length=64, description="Per-gate results."
+    )
+    artifact: str | None = Field(
+        default=None, max_length=2048, description="Where the full results are stored."
+    )
+    start_time: datetime | None = Field(default=None, description="When the job started.")
+    completion_time: datetime | None = Field(default=None, description="When it finished.")

@@ -1,0 +1,199 @@
+"""MemoryStore: portable, encrypted memory that belongs to its users."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import ConfigDict, Field
+
+from freehold.api.base import (
+    ApiModel,
+    Condition,
+    Duration,
+    LocalObjectReference,
+    Quantity,
+    Residency,
+    cel,
+    conditions_field,
+    rules,
+)
+
+Scope = Literal["user", "agent", "session"]
+ALL_SCOPES: list[Scope] = ["user", "agent", "session"]
+BUILTIN_EMBEDDING_MODELS = ("all-minilm-l6-v2",)
+
+
+class SqliteBackend(ApiModel):
+    """Embedded SQLite on a PersistentVolume."""
+
+    storage_size: Quantity = Field(default="1Gi", description="Size of the volume.")
+    storage_class_name: str | None = Field(
+        default=None, max_length=253, description="StorageClass of the volume; unset: default."
+    )
+
+
+class Backend(ApiModel):
+    """Where records are stored."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "self.type != 'sqlite' || has(self.sqlite)",
+                "backend.sqlite is required when backend.type is sqlite",
+                field_path=".sqlite",
+            ),
+        )
+    )
+
+    type: Literal["sqlite"] = Field(
+        default="sqlite",
+        description="Storage engine. sqlite: embedded, one writer, on a volume.",
+    )
+    sqlite: SqliteBackend | None = Field(
+        default_factory=SqliteBackend,
+        description="Settings of the sqlite backend.",
+        json_schema_extra={"default": {}},
+    )
+
+
+class Embedding(ApiModel):
+    """The embedding model for semantic recall: built in, or a ModelDeployment."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "has(self.builtin) != has(self.modelDeploymentRef)",
+                "set exactly one of embedding.builtin and embedding.modelDeploymentRef",
+            ),
+        )
+    )
+
+    builtin: Literal["all-minilm-l6-v2"] | None = Field(
+        default=None, description="A built-in embedding model shipped with Freehold."
+    )
+    model_deployment_ref: LocalObjectReference | None = Field(
+        default=None, description="A ModelDeployment in this namespace that serves embeddings."
+    )
+
+
+class TypeRetention(ApiModel):
+    """Retention of one record type."""
+
+    type: str = Field(
+        max_length=63,
+        pattern=r"^[a-z][a-z0-9-]*$",
+        description="Record type, for example episodic, fact or preference.",
+    )
+    ttl: Duration = Field(description="How long records of this type are kept.")
+
+
+class Retention(ApiModel):
+    """How long records are kept before they are deleted."""
+
+    default_ttl: Duration = Field(
+        default="90d",
+        alias="defaultTTL",
+        description="Lifetime of records with no type-specific retention.",
+    )
+    per_type: list[TypeRetention] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Lifetimes by record type.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+
+
+class Encryption(ApiModel):
+    """Envelope encryption of records with a Vault transit key."""
+
+    transit_mount: str = Field(
+        default="transit",
+        max_length=128,
+        pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$",
+        description="Transit secrets engine mount.",
+    )
+    key_name: str | None = Field(
+        default=None,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$",
+        description="Transit key; unset: one created for this store (namespace and name).",
+    )
+
+
+class Portability(ApiModel):
+    """Export and import of a user's memory as a signed bundle."""
+
+    signing_key: str | None = Field(
+        default=None,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$",
+        description="Transit key that signs export bundles; unset: the store's own key.",
+    )
+    include_embeddings: bool = Field(
+        default=False,
+        description="Put embeddings in bundles (larger; avoids re-embedding on import).",
+    )
+
+
+class MemoryStoreSpec(ApiModel):
+    """Desired state of a MemoryStore."""
+
+    backend: Backend = Field(default_factory=Backend, description="Storage backend.")
+    embedding: Embedding = Field(
+        default_factory=lambda: Embedding(builtin="all-minilm-l6-v2"),
+        description="Embedding model for semantic recall.",
+        json_schema_extra={"default": {"builtin": "all-minilm-l6-v2"}},
+    )
+    scopes: list[Scope] = Field(
+        default_factory=lambda: list(ALL_SCOPES),
+        min_length=1,
+        max_length=3,
+        description="Scopes records can belong to.",
+        json_schema_extra={
+            "x-kubernetes-list-type": "set",
+            "default": ["user", "agent", "session"],
+        },
+    )
+    retention: Retention = Field(default_factory=Retention, description="Record lifetimes.")
+    encryption: Encryption = Field(
+        default_factory=Encryption, description="Encryption at rest through Vault transit."
+    )
+    portability: Portability = Field(
+        default_factory=Portability, description="Signed export and import."
+    )
+    residency: Residency | None = Field(
+        default=None, description="Where the store and its volume may live."
+    )
+
+
+class RecordCounts(ApiModel):
+    """Records held, in total and by scope."""
+
+    total: int = Field(default=0, ge=0, description="All records.")
+    user: int = Field(default=0, ge=0, description="User-scoped records.")
+    agent: int = Field(default=0, ge=0, description="Agent-scoped records.")
+    session: int = Field(default=0, ge=0, description="Session-scoped records.")
+
+
+class Transfer(ApiModel):
+    """One export or import of a bundle."""
+
+    time: datetime = Field(description="When it finished.")
+    records: int = Field(ge=0, description="Records in the bundle.")
+    digest: str | None = Field(default=None, max_length=71, description="sha256 of the bundle.")
+
+
+class MemoryStoreStatus(ApiModel):
+    """Observed state of a MemoryStore."""
+
+    conditions: list[Condition] = conditions_field("Ready, Progressing, Degraded.")
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="The .metadata.generation this status describes."
+    )
+    endpoint: str | None = Field(
+        default=None, max_length=2048, description="Base URL of the memory API."
+    )
+    records: RecordCounts | None = Field(default=None, description="Records held.")
+    last_export: Transfer | None = Field(default=None, description="The latest export.")
+    last_import: Transfer | None = Field(default=None, description="The latest import.")

@@ -1,0 +1,384 @@
+"""ModelDeployment: an open model served behind an OpenAI-compatible endpoint."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import ConfigDict, Field
+
+from freehold.api.base import (
+    ApiModel,
+    Condition,
+    DnsLabel,
+    LocalObjectReference,
+    Quantity,
+    Residency,
+    Sha256,
+    VaultPath,
+    cel,
+    conditions_field,
+    rules,
+)
+
+MODEL_URI_PATTERN = r"^(pvc|oci|s3|file|package)://[^\s]+$"
+
+ModelFormat = Literal["gguf", "safetensors"]
+EngineName = Literal["llamacpp", "vllm"]
+
+
+class ModelSignature(ApiModel):
+    """A detached signature over the model file, checked before the model is served."""
+
+    ref: str = Field(
+        max_length=2048,
+        pattern=MODEL_URI_PATTERN,
+        description="Where the signature (or Sigstore bundle) is, with the same URI schemes "
+        "as the model.",
+    )
+    signer: str = Field(
+        min_length=1,
+        max_length=512,
+        description="Expected signer: a key reference (for example vault-transit://keys/models) "
+        "or a certificate identity. A signature by anyone else is rejected.",
+    )
+
+
+class ModelSource(ApiModel):
+    """The model file and what it must hash to."""
+
+    uri: str = Field(
+        max_length=2048,
+        pattern=MODEL_URI_PATTERN,
+        description="Location of the model: pvc://CLAIM/PATH, oci://REF, s3://BUCKET/KEY, "
+        "file:///PATH, or package://DISTRIBUTION/FILE for a model shipped in a Python package.",
+    )
+    format: ModelFormat = Field(default="gguf", description="File format of the model.")
+    sha256: Sha256 = Field(
+        description="Required SHA-256 of the model file (lowercase hex). The engine refuses to "
+        "load a file with any other digest."
+    )
+    served_name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$",
+        description="Model name clients pass in the `model` field of API calls. Defaults to "
+        "the resource name.",
+    )
+    signature: ModelSignature | None = Field(
+        default=None, description="Optional signature to verify together with the digest."
+    )
+
+
+class LlamaCppArgs(ApiModel):
+    """Arguments for the llama.cpp engine."""
+
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=512,
+        description="CPU threads per replica. Defaults to the replica's CPU request.",
+    )
+    gpu_layers: int = Field(
+        default=0,
+        ge=-1,
+        le=1024,
+        description="Layers offloaded to the GPU; -1 offloads all. Ignored without a GPU.",
+    )
+    batch_size: int = Field(
+        default=512, ge=1, le=65536, description="Prompt-processing batch size in tokens."
+    )
+    flash_attention: bool = Field(default=False, description="Use flash attention kernels.")
+
+
+class VllmArgs(ApiModel):
+    """Arguments for the vLLM engine (GPU only)."""
+
+    tensor_parallel_size: int = Field(
+        default=1, ge=1, le=64, description="GPUs one replica shards the model across."
+    )
+    gpu_memory_utilization: float = Field(
+        default=0.9, ge=0.05, le=1.0, description="Fraction of GPU memory vLLM may use."
+    )
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
+        default="auto", description="Weight and activation data type."
+    )
+    quantization: Literal["awq", "gptq", "fp8", "gguf", "bitsandbytes"] | None = Field(
+        default=None, description="Quantization method of the weights, if any."
+    )
+    max_num_seqs: int = Field(
+        default=256, ge=1, le=4096, description="Sequences batched together per step."
+    )
+
+
+class Engine(ApiModel):
+    """The inference engine and its arguments."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "self.name == 'vllm' || !has(self.vllm)",
+                "engine.vllm is only valid with engine.name vllm",
+                field_path=".vllm",
+            ),
+            cel(
+                "self.name == 'llamacpp' || !has(self.llamacpp)",
+                "engine.llamacpp is only valid with engine.name llamacpp",
+                field_path=".llamacpp",
+            ),
+        )
+    )
+
+    name: EngineName = Field(
+        default="llamacpp",
+        description="llamacpp (GGUF on CPU, GPU offload when a GPU is requested) or vllm "
+        "(GPU only).",
+    )
+    context_length: int = Field(
+        default=4096, ge=128, le=1048576, description="Context window in tokens."
+    )
+    llamacpp: LlamaCppArgs | None = Field(default=None, description="llama.cpp arguments.")
+    vllm: VllmArgs | None = Field(default=None, description="vLLM arguments.")
+
+
+class GpuResources(ApiModel):
+    """GPUs per replica."""
+
+    count: int = Field(default=0, ge=0, le=16, description="GPUs per replica.")
+    resource_name: str = Field(
+        default="nvidia.com/gpu",
+        max_length=253,
+        pattern=r"^[a-z0-9.-]+/[a-z0-9._-]+$",
+        description="Extended resource name of the GPU, for example nvidia.com/gpu.",
+    )
+    product: str | None = Field(
+        default=None,
+        max_length=63,
+        description="Required value of the node label nvidia.com/gpu.product, if any.",
+    )
+
+
+class Resources(ApiModel):
+    """Compute per replica."""
+
+    cpu: Quantity = Field(default="2", description="CPU request and limit per replica.")
+    memory: Quantity = Field(default="4Gi", description="Memory request and limit per replica.")
+    gpu: GpuResources | None = Field(default=None, description="GPUs per replica.")
+
+
+class Scaling(ApiModel):
+    """Replica autoscaling on ongoing requests (Ray Serve autoscaling)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "self.minReplicas <= self.maxReplicas",
+                "scaling.minReplicas must be less than or equal to scaling.maxReplicas",
+                field_path=".minReplicas",
+            ),
+            cel(
+                "self.targetOngoingRequests <= self.maxOngoingRequests",
+                "scaling.targetOngoingRequests must not exceed scaling.maxOngoingRequests",
+                field_path=".targetOngoingRequests",
+            ),
+        )
+    )
+
+    min_replicas: int = Field(
+        default=1, ge=0, le=1000, description="Fewest replicas; 0 scales to zero when idle."
+    )
+    max_replicas: int = Field(default=1, ge=1, le=1000, description="Most replicas.")
+    target_ongoing_requests: int = Field(
+        default=1,
+        ge=1,
+        le=1000,
+        description="Ongoing requests per replica the autoscaler aims for.",
+    )
+    max_ongoing_requests: int = Field(
+        default=4,
+        ge=1,
+        le=1000,
+        description="Requests one replica holds at once (running plus queued in the replica).",
+    )
+    max_queued_requests: int = Field(
+        default=16,
+        ge=0,
+        le=100000,
+        description="Requests waiting for a replica before new ones are refused with 503.",
+    )
+
+
+class SecretRef(ApiModel):
+    """A Vault KV v2 secret the workload may read."""
+
+    name: str = Field(
+        max_length=63,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Name the workload knows the secret by.",
+    )
+    mount: str = Field(
+        default="secret",
+        max_length=128,
+        pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$",
+        description="KV v2 mount in Vault.",
+    )
+    path: VaultPath = Field(description="Path below the mount. No wildcards.")
+
+
+class ApiKeys(ApiModel):
+    """API keys for the inference endpoint, held in Vault."""
+
+    mount: str = Field(
+        default="secret",
+        max_length=128,
+        pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$",
+        description="KV v2 mount in Vault.",
+    )
+    path: VaultPath = Field(
+        description="KV v2 path whose values are the accepted API keys (one per entry)."
+    )
+
+
+class Auth(ApiModel):
+    """Who may call the endpoint."""
+
+    api_keys: ApiKeys | None = Field(
+        default=None,
+        description="Require `Authorization: Bearer KEY` with a key from Vault. Unset: no key.",
+    )
+
+
+class Telemetry(ApiModel):
+    """OpenTelemetry metrics and traces of the workload."""
+
+    capture_content: bool = Field(
+        default=False,
+        description="Record prompt and completion text in traces. Off by default: content "
+        "often holds personal data.",
+    )
+    trace_sample_ratio: float = Field(
+        default=1.0, ge=0.0, le=1.0, description="Fraction of requests traced."
+    )
+
+
+class PeerSelector(ApiModel):
+    """Pods allowed to call the endpoint (a NetworkPolicy peer)."""
+
+    namespace_selector: dict[str, str] | None = Field(
+        default=None,
+        max_length=32,
+        description="Labels of allowed namespaces; unset means this namespace.",
+    )
+    pod_selector: dict[str, str] | None = Field(
+        default=None, max_length=32, description="Labels of allowed pods; unset means all pods."
+    )
+
+
+class Network(ApiModel):
+    """Network exposure. All other ingress and egress is denied."""
+
+    allow_from: list[PeerSelector] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Who may reach the endpoint. Empty: only pods in this namespace.",
+    )
+
+
+class Promotion(ApiModel):
+    """Evaluation gates a model must pass before it is promoted."""
+
+    eval_jobs: list[DnsLabel] = Field(
+        default_factory=list,
+        max_length=32,
+        description="EvalJobs (in this namespace) whose gates must all pass.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    policy: Literal["Block", "Warn"] = Field(
+        default="Block",
+        description="Block: serve nothing until the gates pass. Warn: serve, set a condition.",
+    )
+
+
+class ModelDeploymentSpec(ApiModel):
+    """Desired state of a ModelDeployment."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "self.engine.name != 'llamacpp' || self.model.format == 'gguf'",
+                "engine llamacpp serves gguf models only: set model.format to gguf or use "
+                "engine vllm",
+                field_path=".model.format",
+            ),
+            cel(
+                "self.engine.name != 'vllm' || "
+                "(has(self.resources.gpu) && self.resources.gpu.count >= 1)",
+                "engine vllm needs a GPU: set resources.gpu.count to 1 or more",
+                field_path=".resources.gpu",
+            ),
+            cel(
+                "!has(oldSelf.residency) || has(self.residency)",
+                "residency cannot be removed once set",
+                field_path=".residency",
+                reason="FieldValueForbidden",
+            ),
+        )
+    )
+
+    model: ModelSource = Field(description="The model to serve.")
+    engine: Engine = Field(default_factory=Engine, description="The inference engine.")
+    resources: Resources = Field(default_factory=Resources, description="Compute per replica.")
+    scaling: Scaling = Field(default_factory=Scaling, description="Replica autoscaling.")
+    residency: Residency | None = Field(
+        default=None, description="Where the model may run. Unset: anywhere in the cluster."
+    )
+    secrets: list[SecretRef] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Vault KV v2 secrets the workload may read, and nothing else.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    auth: Auth = Field(default_factory=Auth, description="Who may call the endpoint.")
+    telemetry: Telemetry = Field(default_factory=Telemetry, description="Telemetry settings.")
+    network: Network = Field(default_factory=Network, description="Network exposure.")
+    promotion: Promotion | None = Field(
+        default=None, description="Evaluation gates before promotion."
+    )
+
+
+class ModelDeploymentStatus(ApiModel):
+    """Observed state of a ModelDeployment."""
+
+    conditions: list[Condition] = conditions_field(
+        "Ready, ModelVerified, PolicyCompliant, Progressing, Degraded (and SecretsUnavailable "
+        "when Vault cannot be reached)."
+    )
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="The .metadata.generation this status describes."
+    )
+    endpoint: str | None = Field(
+        default=None, max_length=2048, description="Base URL of the OpenAI-compatible API."
+    )
+    ready_replicas: int | None = Field(default=None, ge=0, description="Replicas serving.")
+    desired_replicas: int | None = Field(default=None, ge=0, description="Replicas wanted now.")
+    served_digest: str | None = Field(
+        default=None, max_length=71, description="sha256 of the model file being served."
+    )
+    backend: Literal["RayService", "Deployment"] | None = Field(
+        default=None, description="What the operator runs the model on."
+    )
+    served_name: str | None = Field(
+        default=None, max_length=253, description="Model name clients use."
+    )
+
+
+class ModelDeploymentRef(LocalObjectReference):
+    """A ModelDeployment in the same namespace."""
+
+
+__all__ = [
+    "DnsLabel",
+    "Engine",
+    "ModelDeploymentRef",
+    "ModelDeploymentSpec",
+    "ModelDeploymentStatus",
+]

@@ -1,0 +1,88 @@
+"""The `freehold` command line."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    name="freehold",
+    help="Own your AI stack: serve open models on your own machines and clusters.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# soft_wrap: one error per line, whatever the terminal width, so output greps.
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+EXIT_INVALID = 2
+
+
+@app.command()
+def crds(
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Directory to write the CRD YAML into.")
+    ] = Path("crds"),
+) -> None:
+    """Generate the CustomResourceDefinitions from the API models."""
+    from freehold.crdgen import write_crds
+
+    for path in write_crds(output):
+        out.print(f"wrote {path}")
+
+
+@app.command()
+def validate(
+    files: Annotated[
+        list[Path] | None,
+        typer.Option("--filename", "-f", help="Manifest file to check; '-' reads stdin."),
+    ] = None,
+    more: Annotated[
+        list[Path] | None, typer.Argument(help="More manifest files.", show_default=False)
+    ] = None,
+) -> None:
+    """Check manifests offline, as the API server would. Writes nothing.
+
+    Exit 0 when every document is valid, 2 otherwise; each error names the field.
+    """
+    from freehold.manifests import ManifestError, load_documents
+    from freehold.validation import validate as validate_manifest
+
+    paths = [*(files or []), *(more or [])]
+    if not paths:
+        err.print("error: no manifests given: pass -f FILE [FILE...]")
+        raise typer.Exit(EXIT_INVALID)
+    invalid = 0
+    checked = 0
+    for file in paths:
+        try:
+            documents = list(load_documents(file))
+        except ManifestError as exc:
+            err.print(f"[red]error[/red] {exc}", highlight=False)
+            invalid += 1
+            continue
+        if not documents:
+            err.print(f"[red]error[/red] {file}: no manifests in file", highlight=False)
+            invalid += 1
+        for doc in documents:
+            checked += 1
+            errors = validate_manifest(doc.body)
+            if errors:
+                invalid += 1
+                for error in errors:
+                    err.print(f"[red]error[/red] {doc.label}: {error}", highlight=False)
+            else:
+                out.print(f"[green]valid[/green] {doc.label}", highlight=False)
+    if invalid:
+        err.print(f"{invalid} invalid of {checked} manifest(s)", highlight=False)
+        raise typer.Exit(EXIT_INVALID)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    app()
