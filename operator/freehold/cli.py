@@ -83,6 +83,41 @@ def validate(
         raise typer.Exit(EXIT_INVALID)
 
 
+@app.command()
+def up(
+    filename: Annotated[
+        Path | None,
+        typer.Option("--filename", "-f", help="A ModelDeployment manifest; default: Gemma 3 270M."),
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Listen address (FREEHOLD_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port (FREEHOLD_PORT).")] = None,
+    api_keys_file: Annotated[
+        Path | None, typer.Option(help="Require these API keys (one per line).")
+    ] = None,
+) -> None:
+    """Serve a model on this machine with local Ray, behind an OpenAI-compatible API."""
+    from freehold.local.up import InvalidManifestError, UpError, load_deployment, serve_locally
+    from freehold.settings import LocalSettings
+
+    overrides = {
+        k: v
+        for k, v in {"host": host, "port": port, "api_keys_file": api_keys_file}.items()
+        if v is not None
+    }
+    # Flags win over FREEHOLD_* environment variables; typer has typed them already.
+    settings = LocalSettings().model_copy(update=overrides)
+    try:
+        deployment = load_deployment(filename)
+        serve_locally(deployment, settings, out)
+    except InvalidManifestError as exc:
+        for error in exc.errors:
+            err.print(f"[red]error[/red] {exc.source}: {error}", highlight=False)
+        raise typer.Exit(EXIT_INVALID) from None
+    except UpError as exc:
+        err.print(f"[red]error[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     app()

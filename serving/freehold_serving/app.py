@@ -1,0 +1,232 @@
+"""Ray Serve application: `import_path: freehold_serving.app:build_app` with ServingArgs.
+
+Three deployments: the OpenAI-compatible ingress (light, async), the model replicas
+(one llama.cpp context each, autoscaled on ongoing requests), and the embedder.
+"""
+
+# No `from __future__ import annotations` here: Ray Serve reads build_app's parameter
+# annotation as a class to validate `args` with it.
+
+import logging
+import math
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from ray import serve
+from ray.serve import Application
+from ray.serve.deployment import Deployment
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from freehold_serving import embeddings
+from freehold_serving.args import EmbeddingsConfig, ServingArgs
+from freehold_serving.auth import load_api_keys
+from freehold_serving.engines.base import Chunk, EngineError
+from freehold_serving.llm_server import GenerationJob, LLMServer
+from freehold_serving.openai.api import OpenAIApi, Stream, error_response
+from freehold_serving.openai.errors import ApiError
+from freehold_serving.telemetry import Telemetry, prometheus_reader
+
+log = logging.getLogger(__name__)
+fastapi_app = FastAPI(title="Freehold OpenAI-compatible API", docs_url=None, redoc_url=None)
+
+
+@fastapi_app.exception_handler(ApiError)
+async def _api_error(_request: Request, exc: ApiError) -> Response:
+    return error_response(exc)
+
+
+@fastapi_app.exception_handler(StarletteHTTPException)
+async def _http_error(_request: Request, exc: StarletteHTTPException) -> Response:
+    kind = "not_found" if exc.status_code == 404 else "invalid_request"
+    return error_response(ApiError(exc.status_code, str(exc.detail), code=kind))
+
+
+@fastapi_app.exception_handler(RequestValidationError)
+async def _validation_error(_request: Request, exc: RequestValidationError) -> Response:
+    return error_response(ApiError(400, "Invalid request."))
+
+
+@fastapi_app.exception_handler(Exception)
+async def _unexpected(_request: Request, exc: Exception) -> Response:
+    # Never the exception text: it may carry request content.
+    log.exception("unexpected error serving a request")
+    return error_response(
+        ApiError(
+            500,
+            "The server had an error while processing your request.",
+            type="server_error",
+            code="internal_error",
+        )
+    )
+
+
+def _overloaded(args: ServingArgs) -> ApiError:
+    return ApiError(
+        503,
+        "The server is overloaded: every model replica is busy and the queue is full. "
+        "Please retry after a short wait.",
+        type="server_error",
+        code="overloaded",
+        headers={"Retry-After": str(args.retry_after_seconds)},
+    )
+
+
+class EmbedderServer:
+    def __init__(self, config: EmbeddingsConfig) -> None:
+        self._embedder = embeddings.Embedder()
+        self._max_batch = config.max_batch
+
+    async def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        if len(texts) > self._max_batch:
+            raise EngineError(f"at most {self._max_batch} inputs per request", param="input")
+        limit = self._embedder.max_length
+        for i, text in enumerate(texts):
+            n = self._embedder.count_tokens([text])
+            if n >= limit:
+                raise EngineError(
+                    f"input[{i}] is {n} tokens; this model's maximum is {limit - 1}.",
+                    code="context_length_exceeded",
+                    param="input",
+                )
+        result = self._embedder.embed(texts)
+        return result.vectors, result.tokens
+
+
+@serve.deployment(name="openai", max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
+@serve.ingress(fastapi_app)
+class OpenAIIngress:
+    def __init__(
+        self,
+        args: ServingArgs,
+        llm: DeploymentHandle[Any],
+        embedder: DeploymentHandle[Any] | None,
+    ) -> None:
+        self._args = args
+        self._llm = llm
+        self._embedder = embedder
+        telemetry = Telemetry(
+            args.telemetry, f"freehold-{args.name}", metric_readers=[prometheus_reader()]
+        )
+        # Vault-held keys arrive with the Vault integration; until then such a spec
+        # fails closed here instead of serving without auth.
+        keys = load_api_keys(args.api_keys)
+        self._api = OpenAIApi(args, self._open, self._embed if embedder else None, telemetry, keys)
+
+    async def _open(self, job: GenerationJob) -> Stream:
+        response = cast(
+            DeploymentResponseGenerator[list[Chunk]],
+            self._llm.options(stream=True).generate.remote(job),
+        )
+        try:
+            first: list[Chunk] = await response.__anext__()
+        except StopAsyncIteration:
+            first = []
+        except BackPressureError:
+            raise _overloaded(self._args) from None
+        except EngineError as exc:
+            raise ApiError(400, exc.message, param=exc.param, code=exc.code) from None
+
+        async def rest() -> AsyncIterator[list[Chunk]]:
+            try:
+                async for batch in response:
+                    yield batch
+            except EngineError as exc:
+                raise ApiError(400, exc.message, param=exc.param, code=exc.code) from None
+
+        return first, rest(), response.cancel
+
+    async def _embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        assert self._embedder is not None
+        try:
+            result: tuple[list[list[float]], int] = await self._embedder.embed.remote(texts)
+        except BackPressureError:
+            raise _overloaded(self._args) from None
+        except EngineError as exc:
+            raise ApiError(400, exc.message, param=exc.param, code=exc.code) from None
+        return result
+
+    @fastapi_app.get("/health")
+    async def health(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @fastapi_app.get("/metrics")
+    async def metrics(self) -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @fastapi_app.get("/v1/models")
+    async def models(self, request: Request) -> Response:
+        return await self._api.models(request)
+
+    @fastapi_app.get("/v1/models/{model_id:path}")
+    async def model(self, request: Request, model_id: str) -> Response:
+        return await self._api.model(request, model_id)
+
+    @fastapi_app.post("/v1/completions")
+    async def completions(self, request: Request) -> Response:
+        return await self._api.completions(request)
+
+    @fastapi_app.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._api.chat_completions(request)
+
+    @fastapi_app.post("/v1/embeddings")
+    async def embeddings(self, request: Request) -> Response:
+        return await self._api.embeddings(request)
+
+
+def deployment_options(args: ServingArgs) -> dict[str, Any]:
+    """Ray Serve options of the model deployment, from the spec's scaling section."""
+    scale = args.autoscaling
+    threads = args.engine.llamacpp.threads
+    options: dict[str, Any] = {
+        "max_ongoing_requests": scale.max_ongoing_requests,
+        "max_queued_requests": scale.max_queued_requests,
+        "ray_actor_options": {"num_cpus": threads, "num_gpus": args.engine.gpus},
+        # Loading and verifying a model takes a while on a cold node.
+        "health_check_period_s": 10,
+        "graceful_shutdown_timeout_s": 30,
+    }
+    if scale.min_replicas == scale.max_replicas:
+        options["num_replicas"] = scale.max_replicas
+    else:
+        options["autoscaling_config"] = {
+            "min_replicas": scale.min_replicas,
+            "initial_replicas": max(scale.min_replicas, 1),
+            "max_replicas": scale.max_replicas,
+            "target_ongoing_requests": scale.target_ongoing_requests,
+            "upscale_delay_s": 5,
+            "downscale_delay_s": 300,
+        }
+    return options
+
+
+def build_app(args: ServingArgs) -> Application:
+    """The typed app builder named by `import_path` in serveConfigV2."""
+    llm = serve.deployment(name="llm")(LLMServer).options(**deployment_options(args)).bind(args)
+    embedder = None
+    if args.embeddings.enabled:
+        if embeddings.available():
+            embedder = (
+                serve.deployment(name="embeddings")(EmbedderServer)
+                .options(
+                    max_ongoing_requests=8,
+                    max_queued_requests=64,
+                    ray_actor_options={"num_cpus": 0},
+                )
+                .bind(args.embeddings)
+            )
+        else:
+            log.warning("embeddings extra not installed: /v1/embeddings is disabled")
+    # serve.deployment turns the class into a Deployment, which mypy cannot see.
+    return cast(Deployment, OpenAIIngress).bind(args, llm, embedder)
+
+
+def replicas_that_fit(cpus: int, threads: int) -> int:
+    return max(1, math.floor(cpus / max(threads, 1)))

@@ -1,0 +1,84 @@
+"""The small interface every inference engine implements."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+FinishReason = Literal["stop", "length"]
+
+
+class EngineError(Exception):
+    """A request the engine cannot serve, for a reason the caller can fix (a 400)."""
+
+    def __init__(self, message: str, code: str = "invalid_request", param: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.param = param
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Crosses Ray process boundaries: keep it picklable with its fields.
+        return (type(self), (self.message, self.code, self.param))
+
+
+class ContextLengthError(EngineError):
+    def __init__(
+        self, message: str, code: str = "context_length_exceeded", param: str | None = None
+    ):
+        super().__init__(message, code, param)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: int | None = None  # top alternatives per token; None: no logprobs
+    echo: bool = False
+
+
+@dataclass
+class TokenLogprob:
+    token: str
+    token_bytes: list[int]
+    logprob: float | None
+    top: list[tuple[str, list[int], float]] = field(default_factory=list)
+
+
+@dataclass
+class Chunk:
+    """A piece of a completion: new text, its tokens' logprobs, and maybe the end."""
+
+    text: str = ""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    echo: bool = False  # logprobs of the prompt itself (echo=true), before any output
+
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    text: str
+    stop: tuple[str, ...]
+
+
+class Engine(Protocol):
+    context_length: int
+
+    def tokenize(self, text: str, *, add_special: bool) -> list[int]: ...
+
+    def render_chat(self, messages: Sequence[dict[str, str]]) -> ChatPrompt: ...
+
+    def generate(
+        self, prompt: list[int], params: SamplingParams, cancel: threading.Event
+    ) -> Iterator[Chunk]:
+        """Yield chunks; the last one has a finish_reason. Runs in a worker thread."""
+        ...

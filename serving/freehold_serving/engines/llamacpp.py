@@ -1,0 +1,241 @@
+"""llama.cpp engine (llama-cpp-python): GGUF models on CPU, with GPU offload.
+
+We drive `Llama.generate` ourselves instead of `create_completion` so that token
+counts are exact, time per token is measurable, and logprobs come from the logits
+of the last decoded position. llama-cpp-python otherwise needs `logits_all=True`
+for logprobs, which keeps n_ctx x n_vocab floats (gigabytes for Gemma's 262k vocabulary).
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import random
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from freehold_serving.args import EngineConfig
+from freehold_serving.engines.base import (
+    ChatPrompt,
+    Chunk,
+    ContextLengthError,
+    EngineError,
+    SamplingParams,
+    TokenLogprob,
+)
+from freehold_serving.engines.chat_templates import BY_ARCHITECTURE
+from freehold_serving.engines.stops import StopMatcher
+
+log = logging.getLogger(__name__)
+
+
+class LlamaCppEngine:
+    """One llama.cpp context: one sequence at a time. Callers serialise access."""
+
+    def __init__(self, path: Path, config: EngineConfig) -> None:
+        from llama_cpp import Llama
+
+        cfg = config.llamacpp
+        # llama-cpp-python's API is only partly annotated; we type our side of it.
+        self._llm: Any = Llama(
+            model_path=str(path),
+            n_ctx=config.context_length,
+            n_threads=cfg.threads,
+            n_threads_batch=cfg.threads,
+            n_batch=cfg.batch_size,
+            n_gpu_layers=cfg.gpu_layers if config.gpus > 0 else 0,
+            flash_attn=cfg.flash_attention,
+            verbose=False,
+        )
+        self.context_length: int = self._llm.n_ctx()
+        self._n_vocab: int = self._llm.n_vocab()
+        self._batch_size = cfg.batch_size
+        self._template, self._chat_stops = self._chat_template()
+
+    # -- prompts -----------------------------------------------------------------------
+
+    def _chat_template(self) -> tuple[Any, tuple[str, ...]]:
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        meta = self._llm.metadata
+        source = meta.get("tokenizer.chat_template")
+        stops: tuple[str, ...] = ()
+        if source is None:
+            arch = meta.get("general.architecture", "")
+            if arch not in BY_ARCHITECTURE:
+                raise EngineError(
+                    f"the model has no chat template and architecture {arch!r} has no known "
+                    "one; /v1/chat/completions is unavailable",
+                    code="chat_template_missing",
+                )
+            source, stops = BY_ARCHITECTURE[arch]
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        return env.from_string(source), stops
+
+    def _token_text(self, token: int) -> str:
+        raw: bytes = self._llm.detokenize([token], special=True)
+        return raw.decode("utf-8", errors="replace")
+
+    def tokenize(self, text: str, *, add_special: bool) -> list[int]:
+        tokens: list[int] = self._llm.tokenize(
+            text.encode("utf-8"), add_bos=add_special, special=not add_special
+        )
+        return tokens
+
+    def render_chat(self, messages: Sequence[dict[str, str]]) -> ChatPrompt:
+        def raise_exception(message: str) -> None:
+            raise EngineError(message, param="messages")
+
+        bos = self._token_text(self._llm.token_bos())
+        eos = self._token_text(self._llm.token_eos())
+        text = self._template.render(
+            messages=list(messages),
+            bos_token=bos,
+            eos_token=eos,
+            add_generation_prompt=True,
+            raise_exception=raise_exception,
+        )
+        return ChatPrompt(text=text, stop=self._chat_stops)
+
+    def check_length(self, prompt_tokens: int, max_tokens: int | None) -> int:
+        """The number of tokens that may be generated; raises when it does not fit."""
+        room = self.context_length - prompt_tokens
+        if room <= 0 or (max_tokens is not None and max_tokens > room):
+            wanted = prompt_tokens + (max_tokens or 0)
+            raise ContextLengthError(
+                f"This model's maximum context length is {self.context_length} tokens. "
+                f"However, you requested {wanted} tokens ({prompt_tokens} in the prompt, "
+                f"{max_tokens or 0} for the completion). Please reduce the prompt or "
+                "max_tokens.",
+                param="messages" if max_tokens is None else "max_tokens",
+            )
+        return room if max_tokens is None else max_tokens
+
+    # -- logprobs ----------------------------------------------------------------------
+
+    def _logprob(self, logits: npt.NDArray[np.float32], token: int, top: int) -> TokenLogprob:
+        peak = float(logits.max())
+        log_norm = peak + float(np.log(np.exp(logits - peak, dtype=np.float64).sum()))
+        alternatives: list[tuple[str, list[int], float]] = []
+        if top > 0:
+            best = np.argpartition(-logits, top)[:top]
+            for idx in best[np.argsort(-logits[best])]:
+                raw = self._llm.detokenize([int(idx)], special=True)
+                alternatives.append(
+                    (
+                        raw.decode("utf-8", errors="replace"),
+                        list(raw),
+                        float(logits[idx]) - log_norm,
+                    )
+                )
+        raw = self._llm.detokenize([token], special=True)
+        return TokenLogprob(
+            token=raw.decode("utf-8", errors="replace"),
+            token_bytes=list(raw),
+            logprob=float(logits[token]) - log_norm,
+            top=alternatives,
+        )
+
+    def _last_logits(self) -> npt.NDArray[np.float32]:
+        pointer = self._llm._ctx.get_logits_ith(-1)
+        return np.ctypeslib.as_array(pointer, shape=(self._n_vocab,))
+
+    def score(self, tokens: list[int], top: int) -> list[TokenLogprob]:
+        """Logprob of every prompt token given the ones before it (for echo=true).
+
+        Decodes the prompt in batches with logits for every position; the KV cache is
+        left holding the prompt, so a generation that follows reuses it.
+        """
+        llm = self._llm
+        llm.reset()
+        llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+        first = self._llm.detokenize([tokens[0]], special=True)
+        result = [TokenLogprob(first.decode("utf-8", errors="replace"), list(first), None)]
+        for start in range(0, len(tokens), self._batch_size):
+            batch = tokens[start : start + self._batch_size]
+            llm._batch.set_batch(batch=batch, n_past=start, logits_all=True)
+            llm._ctx.decode(llm._batch)
+            rows = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(len(batch), self._n_vocab))
+            llm.input_ids[start : start + len(batch)] = batch
+            llm.n_tokens += len(batch)
+            for i, row in enumerate(rows):
+                nxt = start + i + 1
+                if nxt < len(tokens):
+                    result.append(self._logprob(row, tokens[nxt], top))
+        return result
+
+    # -- generation --------------------------------------------------------------------
+
+    def _is_end(self, token: int) -> bool:
+        import llama_cpp
+
+        return bool(llama_cpp.llama_token_is_eog(self._llm._model.vocab, token))
+
+    def generate(
+        self, prompt: list[int], params: SamplingParams, cancel: threading.Event
+    ) -> Iterator[Chunk]:
+        if not prompt:
+            raise EngineError("the prompt is empty", param="prompt")
+        max_tokens = self.check_length(len(prompt), params.max_tokens)
+        want_logprobs = params.logprobs is not None
+        top = params.logprobs or 0
+        if params.echo and want_logprobs:
+            yield Chunk(logprobs=self.score(prompt, top), prompt_tokens=len(prompt), echo=True)
+        if max_tokens == 0:
+            yield Chunk(finish_reason="length", prompt_tokens=len(prompt))
+            return
+
+        llm = self._llm
+        if params.seed is not None:
+            # Reusing the KV cache evaluates the prompt's last position alone, whose
+            # logits differ in the last bits from a batched evaluation; a seeded
+            # request must give the same text every time, so evaluate it afresh.
+            llm.reset()
+        llm.set_seed(params.seed if params.seed is not None else random.getrandbits(32))
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        stops = StopMatcher(params.stop)
+        generated = 0
+        finish: str = "length"
+        tokens = llm.generate(
+            prompt,
+            top_k=0,
+            top_p=params.top_p,
+            min_p=0.0,
+            typical_p=1.0,
+            temp=params.temperature,
+            repeat_penalty=1.0,
+            frequency_penalty=params.frequency_penalty,
+            presence_penalty=params.presence_penalty,
+        )
+        try:
+            for token in tokens:
+                if cancel.is_set():
+                    return
+                if self._is_end(token):
+                    finish = "stop"
+                    break
+                generated += 1
+                lps = [self._logprob(self._last_logits(), token, top)] if want_logprobs else []
+                piece = decoder.decode(llm.detokenize([token]))
+                text, stopped = stops.feed(piece)
+                if text or lps:
+                    yield Chunk(text=text, logprobs=lps)
+                if stopped:
+                    finish = "stop"
+                    break
+                if generated >= max_tokens:
+                    break
+        finally:
+            tokens.close()
+        tail = "" if stops.stopped else stops.flush(decoder.decode(b"", final=True))
+        yield Chunk(
+            text=tail,
+            finish_reason="stop" if finish == "stop" else "length",
+            prompt_tokens=len(prompt),
+            completion_tokens=generated,
+        )

