@@ -50,6 +50,7 @@ class TokenLogprob:
     token_bytes: list[int]
     logprob: float | None
     top: list[tuple[str, list[int], float]] = field(default_factory=list)
+    in_text: bool = True  # False for control tokens such as <bos>: not part of the text
 
 
 @dataclass

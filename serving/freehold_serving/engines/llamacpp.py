@@ -155,7 +155,12 @@ class LlamaCppEngine:
         llm.reset()
         llm._ctx.kv_cache_seq_rm(-1, 0, -1)
         first = self._llm.detokenize([tokens[0]], special=True)
-        result = [TokenLogprob(first.decode("utf-8", errors="replace"), list(first), None)]
+        in_text = bool(self._llm.detokenize([tokens[0]], special=False))
+        result = [
+            TokenLogprob(
+                first.decode("utf-8", errors="replace"), list(first), None, in_text=in_text
+            )
+        ]
         for start in range(0, len(tokens), self._batch_size):
             batch = tokens[start : start + self._batch_size]
             llm._batch.set_batch(batch=batch, n_past=start, logits_all=True)

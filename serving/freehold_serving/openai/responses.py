@@ -40,7 +40,8 @@ class CompletionLogprobs:
                 None if entry.logprob is None else {t: lp for t, _, lp in entry.top}
             )
             self.text_offset.append(offset)
-            offset += len(entry.token)
+            if entry.in_text:
+                offset += len(entry.token)
         return offset
 
     def body(self) -> dict[str, Any]:

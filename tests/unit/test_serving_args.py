@@ -1,0 +1,103 @@
+"""The spec -> serving args translation both the operator and `freehold up` use."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+from freehold.api.model_deployment import ModelDeploymentSpec
+from freehold.builders.serving_args import cpu_count, serving_args_for
+from freehold.validation import defaulted
+from freehold_serving.app import deployment_options, replicas_that_fit
+from freehold_serving.args import IMPORT_PATH, ServingArgs
+from tests.paths import EXAMPLES
+
+
+def spec_of(name: str, **changes: Any) -> ModelDeploymentSpec:
+    manifest = defaulted(yaml.safe_load((EXAMPLES / name).read_text()))
+    manifest["spec"].update(changes)
+    return ModelDeploymentSpec.model_validate(manifest["spec"])
+
+
+def test_example_translates_to_args() -> None:
+    args = serving_args_for(spec_of("modeldeployment.yaml"), "gemma-270m", "freehold-demo")
+    assert args.model.served_name == "gemma-3-270m"
+    assert args.model.sha256.startswith("a5fd3b62")
+    assert args.engine.llamacpp.threads == 2
+    assert args.autoscaling.max_replicas == 2
+    assert args.api_keys is None
+    assert args.telemetry.capture_content is False
+    # the args survive the trip through serveConfigV2 (JSON) unchanged
+    assert ServingArgs.model_validate_json(args.model_dump_json()) == args
+    assert IMPORT_PATH == "freehold_serving.app:build_app"
+
+
+def test_vault_api_keys_become_a_reference_never_a_value() -> None:
+    args = serving_args_for(spec_of("modeldeployment-vllm-gpu.yaml"), "llama-8b", "ns")
+    assert args.api_keys is not None and args.api_keys.vault is not None
+    assert args.api_keys.vault.path == "freehold-demo/llama-8b/api-keys"
+    assert args.engine.name == "vllm" and args.engine.gpus == 1
+    assert args.engine.vllm.dtype == "bfloat16"
+
+
+def test_threads_default_to_the_cpu_request() -> None:
+    spec = spec_of(
+        "modeldeployment.yaml",
+        engine={"name": "llamacpp"},
+        resources={"cpu": "3500m", "memory": "2Gi"},
+    )
+    assert serving_args_for(spec, "m", "ns").engine.llamacpp.threads == 3
+    assert serving_args_for(spec, "m", "ns", api_keys_file="/k").api_keys.file == "/k"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("quantity", "cpus"), [("2", 2.0), ("500m", 0.5), ("1.5", 1.5)])
+def test_cpu_quantities(quantity: str, cpus: float) -> None:
+    assert cpu_count(quantity) == cpus
+
+
+def test_fixed_replicas_and_autoscaling_options() -> None:
+    args = serving_args_for(spec_of("modeldeployment.yaml"), "m", "ns")
+    opts = deployment_options(args)
+    assert opts["autoscaling_config"]["min_replicas"] == 1
+    assert opts["autoscaling_config"]["max_replicas"] == 2
+    assert opts["max_ongoing_requests"] == 4 and opts["max_queued_requests"] == 16
+    assert opts["ray_actor_options"] == {"num_cpus": 2, "num_gpus": 0}
+    fixed = serving_args_for(
+        spec_of(
+            "modeldeployment.yaml",
+            scaling={
+                "minReplicas": 3,
+                "maxReplicas": 3,
+                "targetOngoingRequests": 1,
+                "maxOngoingRequests": 4,
+                "maxQueuedRequests": 16,
+            },
+        ),
+        "m",
+        "ns",
+    )
+    assert deployment_options(fixed)["num_replicas"] == 3
+    zero = serving_args_for(
+        spec_of(
+            "modeldeployment.yaml",
+            scaling={
+                "minReplicas": 0,
+                "maxReplicas": 2,
+                "targetOngoingRequests": 1,
+                "maxOngoingRequests": 4,
+                "maxQueuedRequests": 16,
+            },
+        ),
+        "m",
+        "ns",
+    )
+    auto = deployment_options(zero)["autoscaling_config"]
+    assert auto["min_replicas"] == 0 and auto["initial_replicas"] == 1
+
+
+def test_replicas_that_fit() -> None:
+    assert replicas_that_fit(2, 2) == 1
+    assert replicas_that_fit(8, 2) == 4
+    assert replicas_that_fit(1, 4) == 1
