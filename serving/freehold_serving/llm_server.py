@@ -1,8 +1,7 @@
-"""The model replica: owns one engine, runs one sequence at a time, streams chunks.
+"""Runs one engine: one sequence at a time, chunks streamed from its thread.
 
-Ray Serve bounds how many requests reach a replica (max_ongoing_requests) and how
-many wait for one (max_queued_requests); inside the replica an asyncio lock keeps
-requests in arrival order while the engine works in its own thread.
+The replica admits a bounded number of requests (see app.OpenAIServer); here an
+asyncio lock keeps them in arrival order while the engine works in its own thread.
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ import asyncio
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -70,7 +69,7 @@ class LLMServer:
         engine.check_length(len(tokens), params.max_tokens)
         return tokens, params
 
-    async def generate(self, job: GenerationJob) -> AsyncIterator[list[Chunk]]:
+    async def generate(self, job: GenerationJob) -> AsyncGenerator[list[Chunk], None]:
         tokens, params = self._tokens(job)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()

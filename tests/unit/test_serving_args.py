@@ -62,8 +62,11 @@ def test_fixed_replicas_and_autoscaling_options() -> None:
     opts = deployment_options(args)
     assert opts["autoscaling_config"]["min_replicas"] == 1
     assert opts["autoscaling_config"]["max_replicas"] == 2
-    assert opts["max_ongoing_requests"] == 4 and opts["max_queued_requests"] == 16
-    assert opts["ray_actor_options"] == {"num_cpus": 2, "num_gpus": 0}
+    assert opts["max_ongoing_requests"] == 4 + 16 + 16 == opts["max_queued_requests"]
+    assert opts["backpressure_config"].retry_after_s == 1
+    actor = opts["ray_actor_options"]
+    assert actor["num_cpus"] == 2 and actor["num_gpus"] == 0
+    assert actor["runtime_env"]["env_vars"]["RAY_worker_niceness"] == "0"
     fixed = serving_args_for(
         spec_of(
             "modeldeployment.yaml",

@@ -149,6 +149,9 @@ def local_ray(cpus: int, host: str, port: int) -> Iterator[None]:
     from ray import serve
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # One machine, one application: the Serve controller need not reconcile ten times
+    # a second, and on a small machine those cycles come out of the engine's share.
+    os.environ.setdefault("RAY_SERVE_CONTROL_LOOP_INTERVAL_S", "0.5")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     ray.init(
         num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False

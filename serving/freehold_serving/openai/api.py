@@ -11,7 +11,7 @@ import json
 import logging
 import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -35,9 +35,9 @@ from freehold_serving.telemetry import RequestRecord, Telemetry
 
 log = logging.getLogger(__name__)
 
-# The model stream: first batch already received (so errors surface before any byte of
-# the response is sent), then the rest, and a way to stop it.
-Stream = tuple[list[Chunk], AsyncIterator[list[Chunk]], Callable[[], None]]
+# The model stream: the first batch already received (so errors surface before any byte
+# of the response is sent), then the rest; closing the rest stops the generation.
+Stream = tuple[list[Chunk], AsyncGenerator[list[Chunk], None]]
 OpenStream = Callable[[GenerationJob], Awaitable[Stream]]
 Embed = Callable[[list[str]], Awaitable[tuple[list[list[float]], int]]]
 B = TypeVar("B", bound=BaseModel)
@@ -235,7 +235,7 @@ class OpenAIApi:
             raise
 
     async def _collect(self, stream: Stream, record: RequestRecord) -> r.Accumulated:
-        first, rest, _stop = stream
+        first, rest = stream
         result = r.Accumulated()
         try:
             for batch in [first]:
@@ -246,6 +246,7 @@ class OpenAIApi:
             record.error_type = type(exc).__name__
             raise
         finally:
+            await rest.aclose()
             record.input_tokens = result.prompt_tokens
             record.output_tokens = result.completion_tokens
             record.finish_reason = result.finish_reason
@@ -270,7 +271,7 @@ class OpenAIApi:
         self, stream: Stream, record: RequestRecord
     ) -> AsyncIterator[tuple[Chunk, r.Accumulated]]:
         """Every chunk with the running totals; closes telemetry and the model stream."""
-        first, rest, stop = stream
+        first, rest = stream
         result = r.Accumulated()
         try:
             for chunk in first:
@@ -284,7 +285,7 @@ class OpenAIApi:
             record.error_type = type(exc).__name__
             raise
         finally:
-            stop()
+            await rest.aclose()
             record.input_tokens = result.prompt_tokens
             record.output_tokens = result.completion_tokens
             record.finish_reason = result.finish_reason
