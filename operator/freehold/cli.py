@@ -118,6 +118,52 @@ def up(
         raise typer.Exit(1) from None
 
 
+@app.command()
+def operator() -> None:
+    """Run the control plane (kopf). Settings: FREEHOLD_OPERATOR_* environment variables."""
+    from freehold.operator_main import run
+    from freehold.settings import OperatorSettings
+
+    run(OperatorSettings())
+
+
+@app.command()
+def serve() -> None:
+    """Serve one application on a single-node Ray, inside a pod (Deployment backend).
+
+    The serving args come from FREEHOLD_SERVING_ARGS (JSON), as the operator writes them.
+    """
+    import os
+
+    from freehold.local.up import local_ray, wait_for_signal
+    from freehold_serving.args import ServingArgs
+
+    raw = os.environ.get("FREEHOLD_SERVING_ARGS")
+    if not raw:
+        err.print("error: FREEHOLD_SERVING_ARGS is not set")
+        raise typer.Exit(EXIT_INVALID)
+    try:
+        args = ServingArgs.model_validate_json(raw)
+    except ValueError as exc:
+        err.print(f"error: FREEHOLD_SERVING_ARGS: {exc}")
+        raise typer.Exit(EXIT_INVALID) from None
+    from ray import serve as ray_serve
+
+    from freehold_serving.app import build_app
+
+    cpus = os.cpu_count() or 1
+    with local_ray(cpus, "0.0.0.0", 8000):
+        ray_serve.run(build_app(args), name=args.name, route_prefix="/", blocking=False)
+        out.print(f"serving {args.model.served_name} on :8000")
+        wait_for_signal()
+
+
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    import os
+
+    level = os.environ.get("FREEHOLD_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
     app()

@@ -21,3 +21,46 @@ class LocalSettings(BaseSettings):
     )
     otlp_endpoint: str | None = Field(default=None, description="OTLP/HTTP trace endpoint.")
     ready_timeout_s: float = Field(default=600.0, gt=0)
+
+
+class OperatorSettings(BaseSettings):
+    """`freehold operator`: the control plane. FREEHOLD_OPERATOR_* environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="FREEHOLD_OPERATOR_", extra="ignore")
+
+    namespaces: list[str] = Field(
+        default_factory=list, description="Namespaces to watch; empty: the whole cluster."
+    )
+    serving_image: str = Field(
+        default="ghcr.io/freehold-dev/freehold-serving:0.1.0",
+        description="Image of the serving pods (Ray + freehold_serving).",
+    )
+    ray_version: str = Field(default="2.60.0", description="Ray version in the serving image.")
+    resync_seconds: float = Field(
+        default=60.0, gt=0, description="How often every resource is re-checked for drift."
+    )
+    head_cpu: str = Field(default="1", description="CPU of a RayService head pod.")
+    head_memory: str = Field(default="2Gi", description="Memory of a RayService head pod.")
+    vault_address: str | None = Field(default=None, description="Vault (or OpenBao) URL.")
+    vault_namespace: str = Field(default="vault", description="Namespace of Vault pods.")
+    vault_port: int = Field(default=8200, description="Vault's port, for NetworkPolicies.")
+    otel_namespace: str | None = Field(
+        default=None, description="Namespace of the OpenTelemetry collector, if any."
+    )
+    otel_endpoint: str | None = Field(default=None, description="OTLP/HTTP endpoint.")
+    kuberay_namespace: str = Field(
+        default="kuberay-system",
+        description="Namespace of the KubeRay operator, which must reach the Ray dashboard.",
+    )
+    api_server_cidr: str = Field(
+        default="0.0.0.0/0",
+        description="Where the Kubernetes API server is, for the Ray autoscaler's egress.",
+    )
+    liveness_port: int = Field(default=8080, description="Port of /healthz.")
+    watch_server_timeout: int = Field(
+        default=300, description="Seconds the API server keeps a watch open."
+    )
+    watch_client_timeout: int = Field(
+        default=330, description="Seconds without data after which a watch is reconnected."
+    )
+    workers: int = Field(default=16, ge=1, description="Threads for reconciliation.")

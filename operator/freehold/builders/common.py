@@ -1,0 +1,216 @@
+"""Pieces every child object shares: names, labels, the locked-down pod template."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from freehold.api.model_deployment import ModelDeploymentSpec
+
+SERVE_PORT = 8000
+MANAGED_BY = "freehold-operator"
+INSTANCE_LABEL = "freehold.dev/model-deployment"
+ROLE_LABEL = "freehold.dev/role"
+REGION_LABEL = "topology.kubernetes.io/region"
+ZONE_LABEL = "topology.kubernetes.io/zone"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+VAULT_TOKEN_DIR = "/var/run/secrets/vault"
+VAULT_AUDIENCE = "vault"
+MODELS_ROOT = "/models"
+UID = 1000
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """Everything a builder needs besides the spec. No clients, clocks or environment."""
+
+    name: str
+    namespace: str
+    serving_image: str
+    ray_version: str
+    head_cpu: str = "1"
+    head_memory: str = "2Gi"
+    vault_address: str | None = None
+    vault_namespace: str = "vault"
+    vault_port: int = 8200
+    otel_namespace: str | None = None
+    otel_endpoint: str | None = None
+    kuberay_namespace: str = "kuberay-system"
+    api_server_cidr: str = "0.0.0.0/0"
+
+
+def service_account_name(ctx: BuildContext) -> str:
+    return f"{ctx.name}-model"
+
+
+def labels(ctx: BuildContext, role: str | None = None) -> dict[str, str]:
+    result = {
+        "app.kubernetes.io/name": "freehold-model",
+        "app.kubernetes.io/instance": ctx.name,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        INSTANCE_LABEL: ctx.name,
+    }
+    if role is not None:
+        result[ROLE_LABEL] = role
+    return result
+
+
+def selector(ctx: BuildContext) -> dict[str, str]:
+    return {INSTANCE_LABEL: ctx.name}
+
+
+def metadata(ctx: BuildContext, name: str, role: str | None = None) -> dict[str, Any]:
+    return {"name": name, "namespace": ctx.namespace, "labels": labels(ctx, role)}
+
+
+def node_affinity(spec: ModelDeploymentSpec) -> dict[str, Any] | None:
+    """Required scheduling terms: pods stay Pending rather than run outside residency."""
+    expressions: list[dict[str, Any]] = []
+    if spec.residency is not None:
+        expressions.append(
+            {"key": REGION_LABEL, "operator": "In", "values": [spec.residency.region]}
+        )
+        if spec.residency.zones:
+            expressions.append(
+                {"key": ZONE_LABEL, "operator": "In", "values": list(spec.residency.zones)}
+            )
+    gpu = spec.resources.gpu
+    if gpu is not None and gpu.count > 0 and gpu.product:
+        expressions.append({"key": GPU_PRODUCT_LABEL, "operator": "In", "values": [gpu.product]})
+    if not expressions:
+        return None
+    return {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": expressions}]
+            }
+        }
+    }
+
+
+def pod_security_context() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": UID,
+        "runAsGroup": UID,
+        "fsGroup": UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> dict[str, Any]:
+    """Pod Security Standard "restricted", plus a read-only root filesystem."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": UID,
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def model_resources(spec: ModelDeploymentSpec) -> dict[str, Any]:
+    amounts: dict[str, Any] = {"cpu": spec.resources.cpu, "memory": spec.resources.memory}
+    limits = dict(amounts)
+    gpu = spec.resources.gpu
+    if gpu is not None and gpu.count > 0:
+        limits[gpu.resource_name] = str(gpu.count)
+        amounts = {**amounts, gpu.resource_name: str(gpu.count)}
+    return {"requests": amounts, "limits": limits}
+
+
+def pvc_claim(spec: ModelDeploymentSpec) -> str | None:
+    uri = spec.model.uri
+    if not uri.startswith("pvc://"):
+        return None
+    return uri.removeprefix("pvc://").split("/", 1)[0]
+
+
+def needs_vault(spec: ModelDeploymentSpec) -> bool:
+    return bool(spec.secrets) or spec.auth.api_keys is not None
+
+
+def volumes(spec: ModelDeploymentSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, mounts) of a serving container: scratch, the model claim, a Vault token."""
+    vols: list[dict[str, Any]] = [
+        # Ray writes sockets and logs under /tmp; the root filesystem is read-only.
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "shm", "mountPath": "/dev/shm"},
+    ]
+    claim = pvc_claim(spec)
+    if claim is not None:
+        vols.append(
+            {"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        )
+        mounts.append({"name": "model", "mountPath": f"{MODELS_ROOT}/{claim}", "readOnly": True})
+    if needs_vault(spec):
+        # A short-lived token for Vault's audience only; the pod gets no API token.
+        vols.append(
+            {
+                "name": "vault-token",
+                "projected": {
+                    "sources": [
+                        {
+                            "serviceAccountToken": {
+                                "audience": VAULT_AUDIENCE,
+                                "expirationSeconds": 600,
+                                "path": "token",
+                            }
+                        }
+                    ]
+                },
+            }
+        )
+        mounts.append({"name": "vault-token", "mountPath": VAULT_TOKEN_DIR, "readOnly": True})
+    return vols, mounts
+
+
+def base_env(ctx: BuildContext) -> list[dict[str, Any]]:
+    env = [
+        {"name": "HF_HUB_OFFLINE", "value": "1"},
+        {"name": "TRANSFORMERS_OFFLINE", "value": "1"},
+        {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
+        {"name": "HOME", "value": "/tmp"},
+    ]
+    if ctx.vault_address:
+        env.append({"name": "VAULT_ADDR", "value": ctx.vault_address})
+    return env
+
+
+def tolerations(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
+    gpu = spec.resources.gpu
+    if gpu is not None and gpu.count > 0:
+        return [{"key": gpu.resource_name, "operator": "Exists", "effect": "NoSchedule"}]
+    return []
+
+
+def pod_spec(
+    spec: ModelDeploymentSpec,
+    ctx: BuildContext,
+    containers: list[dict[str, Any]],
+    vols: list[dict[str, Any]],
+    *,
+    service_account: str | None,
+) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "securityContext": pod_security_context(),
+        "containers": containers,
+        "volumes": vols,
+        "enableServiceLinks": False,
+    }
+    if service_account is not None:
+        result["serviceAccountName"] = service_account
+    affinity = node_affinity(spec)
+    if affinity is not None:
+        result["affinity"] = affinity
+    tol = tolerations(spec)
+    if tol:
+        result["tolerations"] = tol
+    return result

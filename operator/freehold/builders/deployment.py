@@ -1,0 +1,93 @@
+"""ModelDeployment -> Deployment + Service, when KubeRay is not installed.
+
+Each pod runs a single-node Ray with the same serving application and args as the
+RayService path; replicas are pods, so scaling is the Deployment's (no scale to zero).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from freehold.api.model_deployment import ModelDeploymentSpec
+from freehold.builders.common import (
+    MODELS_ROOT,
+    SERVE_PORT,
+    BuildContext,
+    base_env,
+    container_security_context,
+    labels,
+    metadata,
+    model_resources,
+    pod_spec,
+    selector,
+    service_account_name,
+    volumes,
+)
+from freehold.builders.serving_args import serving_args_for
+
+ARGS_ENV = "FREEHOLD_SERVING_ARGS"
+
+
+def deployment_replicas(spec: ModelDeploymentSpec) -> int:
+    # A plain Deployment cannot wake from zero on a request: keep one replica.
+    return max(spec.scaling.min_replicas, 1)
+
+
+def build_deployment(spec: ModelDeploymentSpec, ctx: BuildContext) -> dict[str, Any]:
+    vols, mounts = volumes(spec)
+    args = serving_args_for(spec, ctx.name, ctx.namespace, otlp_endpoint=ctx.otel_endpoint)
+    args = args.model_copy(
+        update={"model": args.model.model_copy(update={"models_root": MODELS_ROOT})}
+    )
+    probe = {"httpGet": {"path": "/health", "port": SERVE_PORT}}
+    container = {
+        "name": "serving",
+        "image": ctx.serving_image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["freehold", "serve"],
+        "env": [*base_env(ctx), {"name": ARGS_ENV, "value": args.model_dump_json()}],
+        "ports": [{"name": "http", "containerPort": SERVE_PORT}],
+        "resources": model_resources(spec),
+        "securityContext": container_security_context(),
+        "volumeMounts": mounts,
+        # Verifying and loading a model can take minutes on a cold node.
+        "startupProbe": {**probe, "periodSeconds": 5, "failureThreshold": 120},
+        "readinessProbe": {**probe, "periodSeconds": 5},
+        "livenessProbe": {**probe, "periodSeconds": 20, "failureThreshold": 3},
+    }
+    gpu = spec.resources.gpu is not None and spec.resources.gpu.count > 0
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(ctx, ctx.name, "model"),
+        "spec": {
+            "replicas": deployment_replicas(spec),
+            "selector": {"matchLabels": selector(ctx)},
+            # GPUs are scarce: replace pods in place instead of surging (kuberay#1476).
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 0 if gpu else 1, "maxUnavailable": 1 if gpu else 0},
+            },
+            "template": {
+                "metadata": {"labels": labels(ctx, "model")},
+                "spec": pod_spec(
+                    spec, ctx, [container], vols, service_account=service_account_name(ctx)
+                ),
+            },
+        },
+    }
+
+
+def build_service(ctx: BuildContext) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(ctx, ctx.name),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector(ctx),
+            "ports": [
+                {"name": "http", "port": SERVE_PORT, "targetPort": SERVE_PORT, "protocol": "TCP"}
+            ],
+        },
+    }

@@ -1,0 +1,113 @@
+"""NetworkPolicies: deny everything for the workload, then allow exactly what it needs.
+
+Ray's own traffic between head and workers must be allowed explicitly, or Serve apps
+never start under default-deny (kuberay#3467); so must KubeRay's operator reaching the
+head's dashboard, through which it deploys and watches Serve.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from freehold.api.model_deployment import ModelDeploymentSpec
+from freehold.builders.common import (
+    ROLE_LABEL,
+    SERVE_PORT,
+    BuildContext,
+    metadata,
+    selector,
+)
+
+DNS_PORTS = [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
+KUBERAY_DASHBOARD_PORTS = [{"protocol": "TCP", "port": 8265}, {"protocol": "TCP", "port": 52365}]
+
+
+def _ns(name: str) -> dict[str, Any]:
+    return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": name}}}
+
+
+def build_default_deny(ctx: BuildContext) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata(ctx, f"{ctx.name}-default-deny"),
+        "spec": {
+            "podSelector": {"matchLabels": selector(ctx)},
+            "policyTypes": ["Ingress", "Egress"],
+        },
+    }
+
+
+def _callers(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
+    if not spec.network.allow_from:
+        return [{"podSelector": {}}]  # this namespace only
+    peers = []
+    for peer in spec.network.allow_from:
+        entry: dict[str, Any] = {}
+        if peer.namespace_selector is not None:
+            entry["namespaceSelector"] = {"matchLabels": dict(peer.namespace_selector)}
+        entry["podSelector"] = {"matchLabels": dict(peer.pod_selector or {})}
+        peers.append(entry)
+    return peers
+
+
+def build_allow(spec: ModelDeploymentSpec, ctx: BuildContext, *, ray: bool) -> dict[str, Any]:
+    own = {"podSelector": {"matchLabels": selector(ctx)}}
+    ingress: list[dict[str, Any]] = [
+        {"from": _callers(spec), "ports": [{"protocol": "TCP", "port": SERVE_PORT}]},
+    ]
+    egress: list[dict[str, Any]] = [
+        {
+            "to": [{**_ns("kube-system"), "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+            "ports": DNS_PORTS,
+        },
+    ]
+    if ray:
+        # Ray-internal: head and workers talk on many ports (GCS, object store, ...).
+        ingress.append({"from": [own]})
+        egress.append({"to": [own]})
+        ingress.append({"from": [_ns(ctx.kuberay_namespace)], "ports": KUBERAY_DASHBOARD_PORTS})
+    if ctx.vault_address:
+        egress.append(
+            {
+                "to": [_ns(ctx.vault_namespace)],
+                "ports": [{"protocol": "TCP", "port": ctx.vault_port}],
+            }
+        )
+    if ctx.otel_namespace:
+        egress.append(
+            {
+                "to": [_ns(ctx.otel_namespace)],
+                "ports": [{"protocol": "TCP", "port": 4317}, {"protocol": "TCP", "port": 4318}],
+            }
+        )
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata(ctx, f"{ctx.name}-allow"),
+        "spec": {
+            "podSelector": {"matchLabels": selector(ctx)},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": ingress,
+            "egress": egress,
+        },
+    }
+
+
+def build_autoscaler_egress(ctx: BuildContext) -> dict[str, Any]:
+    """The Ray autoscaler (in the head pod) scales workers through the API server."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata(ctx, f"{ctx.name}-autoscaler"),
+        "spec": {
+            "podSelector": {"matchLabels": {**selector(ctx), ROLE_LABEL: "head"}},
+            "policyTypes": ["Egress"],
+            "egress": [
+                {
+                    "to": [{"ipBlock": {"cidr": ctx.api_server_cidr}}],
+                    "ports": [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 6443}],
+                }
+            ],
+        },
+    }

@@ -1,0 +1,179 @@
+"""Pure builders: spec + context in, Kubernetes objects out. Plain asserts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+from freehold.api.model_deployment import ModelDeploymentSpec
+from freehold.builders.children import Backend, build_children
+from freehold.builders.common import BuildContext
+from freehold.builders.rayservice import build_rayservice
+from freehold.validation import defaulted
+from freehold_serving.args import IMPORT_PATH, ServingArgs
+from tests.paths import EXAMPLES
+from tests.pss import pod_specs, violations
+
+CTX = BuildContext(
+    name="gemma-270m",
+    namespace="freehold-demo",
+    serving_image="registry.local/freehold-serving:0.1.0",
+    ray_version="2.60.0",
+    vault_address="https://vault.vault.svc:8200",
+    otel_namespace="observability",
+)
+
+
+def spec(name: str = "modeldeployment.yaml", **changes: Any) -> ModelDeploymentSpec:
+    manifest = defaulted(yaml.safe_load((EXAMPLES / name).read_text()))
+    manifest["spec"].update(changes)
+    return ModelDeploymentSpec.model_validate(manifest["spec"])
+
+
+# Every combination the operator can produce: both backends, CPU/GPU, package/pvc model,
+# with and without Vault, fixed and autoscaled, with and without residency.
+SPECS = {
+    "cpu-example": spec(),
+    "gpu-vllm-vault": spec("modeldeployment-vllm-gpu.yaml"),
+    "pvc-fixed-no-residency": spec(
+        model={"uri": "pvc://models/gemma.gguf", "format": "gguf", "sha256": "a" * 64},
+        residency=None,
+        scaling={
+            "minReplicas": 1,
+            "maxReplicas": 1,
+            "targetOngoingRequests": 1,
+            "maxOngoingRequests": 4,
+            "maxQueuedRequests": 16,
+        },
+    ),
+}
+MATRIX = [(name, backend) for name in SPECS for backend in ("RayService", "Deployment")]
+
+
+def children(name: str, backend: Backend) -> list[dict[str, Any]]:
+    return build_children(SPECS[name], CTX, backend)
+
+
+@pytest.mark.parametrize(("name", "backend"), MATRIX)
+def test_every_pod_template_is_restricted(name: str, backend: Backend) -> None:
+    templates = [
+        (o["kind"], where, ps) for o in children(name, backend) for where, ps in pod_specs(o)
+    ]
+    assert templates
+    for kind, where, pod in templates:
+        assert violations(pod) == [], f"{kind} {where}"
+        assert pod["automountServiceAccountToken"] is False
+
+
+@pytest.mark.parametrize(("name", "backend"), MATRIX)
+def test_residency_is_required_node_affinity_on_every_template(name: str, backend: Backend) -> None:
+    residency = SPECS[name].residency
+    for obj in children(name, backend):
+        for _, pod in pod_specs(obj):
+            if residency is None:
+                continue
+            terms = pod["affinity"]["nodeAffinity"][
+                "requiredDuringSchedulingIgnoredDuringExecution"
+            ]["nodeSelectorTerms"]
+            assert len(terms) == 1  # one term: every expression must hold
+            exprs = {e["key"]: e for e in terms[0]["matchExpressions"]}
+            assert exprs["topology.kubernetes.io/region"]["values"] == [residency.region]
+            if residency.zones:
+                assert exprs["topology.kubernetes.io/zone"]["values"] == residency.zones
+
+
+def test_children_by_backend() -> None:
+    kinds = [o["kind"] for o in children("cpu-example", "RayService")]
+    assert kinds == [
+        "ServiceAccount",
+        "NetworkPolicy",
+        "NetworkPolicy",
+        "RayService",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+    ]
+    kinds = [o["kind"] for o in children("pvc-fixed-no-residency", "Deployment")]
+    assert kinds == ["ServiceAccount", "NetworkPolicy", "NetworkPolicy", "Deployment", "Service"]
+    for obj in children("cpu-example", "RayService"):
+        assert obj["metadata"]["namespace"] == "freehold-demo"
+        assert obj["metadata"]["labels"]["freehold.dev/model-deployment"] == "gemma-270m"
+
+
+def test_rayservice_carries_the_same_serving_args_as_local_mode() -> None:
+    from freehold.builders.serving_args import serving_args_for
+
+    rs = build_rayservice(SPECS["cpu-example"], CTX)
+    config = yaml.safe_load(rs["spec"]["serveConfigV2"])
+    (app,) = config["applications"]
+    assert app["import_path"] == IMPORT_PATH and app["route_prefix"] == "/"
+    args = ServingArgs.model_validate(app["args"])  # the serving side accepts them
+    local = serving_args_for(SPECS["cpu-example"], "gemma-270m", "freehold-demo")
+    assert args.model_dump(exclude={"model": {"models_root"}}) == local.model_dump(
+        exclude={"model": {"models_root"}}
+    )
+    cluster = rs["spec"]["rayClusterConfig"]
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    (workers,) = cluster["workerGroupSpecs"]
+    assert (workers["minReplicas"], workers["maxReplicas"]) == (1, 2)
+    assert cluster["enableInTreeAutoscaling"] is True
+    worker = workers["template"]["spec"]["containers"][0]
+    assert worker["resources"]["limits"] == {"cpu": "2", "memory": "2Gi"}
+
+
+def test_gpu_and_vault_wiring() -> None:
+    rs = build_rayservice(SPECS["gpu-vllm-vault"], CTX)
+    worker = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+    pod = worker["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert worker["rayStartParams"]["num-gpus"] == "1"
+    assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert pod["serviceAccountName"] == "llama-8b-model" or pod["serviceAccountName"].endswith(
+        "-model"
+    )
+    token = next(v for v in pod["volumes"] if v["name"] == "vault-token")
+    source = token["projected"]["sources"][0]["serviceAccountToken"]
+    assert source["audience"] == "vault" and source["expirationSeconds"] <= 3600
+    claim = next(v for v in pod["volumes"] if v["name"] == "model")
+    assert claim["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
+    serve = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]["args"]
+    assert serve["api_keys"]["vault"]["path"] == "freehold-demo/llama-8b/api-keys"
+    assert "hunter2" not in yaml.safe_dump(rs)  # references only, never values
+
+
+def test_network_policies_default_deny_then_allow() -> None:
+    objs = {o["metadata"]["name"]: o for o in children("cpu-example", "RayService")}
+    deny = objs["gemma-270m-default-deny"]["spec"]
+    assert deny["policyTypes"] == ["Ingress", "Egress"] and "ingress" not in deny
+    allow = objs["gemma-270m-allow"]["spec"]
+    callers = allow["ingress"][0]
+    assert callers["ports"] == [{"protocol": "TCP", "port": 8000}]
+    assert callers["from"] == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "freehold-demo"}},
+            "podSelector": {"matchLabels": {}},
+        }
+    ]
+    own = {"podSelector": {"matchLabels": {"freehold.dev/model-deployment": "gemma-270m"}}}
+    assert {"from": [own]} in allow["ingress"] and {"to": [own]} in allow["egress"]
+    egress_ns = [
+        peer.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
+        for rule in allow["egress"]
+        for peer in rule["to"]
+    ]
+    assert {"kube-system", "vault", "observability"} <= set(egress_ns)
+
+
+def test_deployment_backend_keeps_one_replica_and_probes() -> None:
+    objs = {o["kind"]: o for o in children("pvc-fixed-no-residency", "Deployment")}
+    dep = objs["Deployment"]
+    assert dep["spec"]["replicas"] == 1
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["freehold", "serve"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    args = ServingArgs.model_validate_json(env["FREEHOLD_SERVING_ARGS"])
+    assert args.model.uri == "pvc://models/gemma.gguf" and args.model.models_root == "/models"
+    assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": 8000}
+    assert objs["Service"]["spec"]["selector"] == {"freehold.dev/model-deployment": "gemma-270m"}
