@@ -26,14 +26,24 @@ EXIT_INVALID = 2
 @app.command()
 def crds(
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="Directory to write the CRD YAML into.")
-    ] = Path("crds"),
+        list[Path] | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Directory to write the CRD YAML into "
+            "(repeatable). Default: crds/ and the chart's charts/freehold/crds/.",
+        ),
+    ] = None,
 ) -> None:
     """Generate the CustomResourceDefinitions from the API models."""
     from freehold.crdgen import write_crds
 
-    for path in write_crds(output):
-        out.print(f"wrote {path}")
+    targets = output or [Path("crds")] + (
+        [Path("charts/freehold/crds")] if Path("charts/freehold").is_dir() else []
+    )
+    for target in targets:
+        for path in write_crds(target):
+            out.print(f"wrote {path}")
 
 
 @app.command()

@@ -51,7 +51,7 @@ def build_registry(settings: OperatorSettings, kube: KubeApi) -> kopf.OperatorRe
 
 
 def run(settings: OperatorSettings) -> None:
-    kube = KubeApi(load_client())
+    kube = KubeApi(load_client(), discovery_ttl=settings.discovery_seconds)
     log.info("watching %s", ", ".join(settings.namespaces) or "all namespaces")
     kopf.run(
         registry=build_registry(settings, kube),

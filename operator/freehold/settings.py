@@ -64,3 +64,6 @@ class OperatorSettings(BaseSettings):
         default=330, description="Seconds without data after which a watch is reconnected."
     )
     workers: int = Field(default=16, ge=1, description="Threads for reconciliation.")
+    discovery_seconds: float = Field(
+        default=60.0, gt=0, description="How long API discovery (is KubeRay installed?) is cached."
+    )

@@ -16,7 +16,7 @@ import kopf
 from freehold.adapters.kubernetes import KubeApi, KubeError, Ref
 from freehold.api.model_deployment import ModelDeploymentSpec
 from freehold.builders.children import Backend, build_children
-from freehold.builders.common import MANAGED_BY, BuildContext, service_account_name
+from freehold.builders.common import MANAGED_BY, BuildContext
 from freehold.policies.status import (
     invalid_status,
     observe_deployment,
@@ -52,10 +52,11 @@ def context_for(name: str, namespace: str, settings: OperatorSettings) -> BuildC
 
 
 def possible_children(ctx: BuildContext, ray: bool) -> list[Ref]:
-    """Every object a ModelDeployment may own, whatever its spec and backend."""
+    """The objects a ModelDeployment may own but not want any more (a PDB after scaling
+    to one, the Deployment and Service once KubeRay serves it). The ServiceAccount,
+    the NetworkPolicies and a served RayService are always wanted."""
     ns, name = ctx.namespace, ctx.name
     refs = [
-        Ref("v1", "ServiceAccount", ns, service_account_name(ctx)),
         Ref("networking.k8s.io/v1", "NetworkPolicy", ns, f"{name}-default-deny"),
         Ref("networking.k8s.io/v1", "NetworkPolicy", ns, f"{name}-allow"),
         Ref("networking.k8s.io/v1", "NetworkPolicy", ns, f"{name}-autoscaler"),
@@ -63,8 +64,7 @@ def possible_children(ctx: BuildContext, ray: bool) -> list[Ref]:
         Ref("v1", "Service", ns, name),
         Ref("policy/v1", "PodDisruptionBudget", ns, name),
     ]
-    if ray:
-        refs.append(Ref("ray.io/v1", "RayService", ns, name))
+    del ray  # a RayService cannot become unwanted while KubeRay serves the API
     return refs
 
 

@@ -142,6 +142,7 @@ async def operator(cluster: Cluster, tmp_path: Path) -> AsyncIterator[subprocess
         **os.environ,
         "KUBECONFIG": str(cluster.kubeconfig),
         "FREEHOLD_OPERATOR_RESYNC_SECONDS": "1",
+        "FREEHOLD_OPERATOR_DISCOVERY_SECONDS": "1",
         "FREEHOLD_OPERATOR_LIVENESS_PORT": str(free_port()),
         "FREEHOLD_OPERATOR_SERVING_IMAGE": "registry.local/freehold-serving:test",
     }

@@ -1,0 +1,142 @@
+"""The Helm chart, rendered by the real helm binary: lint, schema, Pod Security, CRDs."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.paths import CHART, CRDS, ROOT
+from tests.pss import pod_specs, violations
+from tests.tools import binary
+
+VALUES = sorted((ROOT / "tests" / "data" / "chart-values").glob("*.yaml"))
+CASES = [None, *VALUES]
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(binary("helm")), *args], capture_output=True, text=True, check=check, timeout=120
+    )
+
+
+def render(values: Path | None, *sets: str) -> list[dict[str, Any]]:
+    args = ["template", "freehold", str(CHART), "-n", "freehold-system", "--include-crds"]
+    if values is not None:
+        args += ["-f", str(values)]
+    for s in sets:
+        args += ["--set", s]
+    return [d for d in yaml.safe_load_all(helm(*args).stdout) if d]
+
+
+def test_chart_crds_are_the_generated_crds() -> None:
+    chart = {p.name: p.read_text() for p in (CHART / "crds").glob("*.yaml")}
+    assert chart == {p.name: p.read_text() for p in CRDS.glob("*.yaml")}, (
+        "run `freehold crds` (it writes crds/ and charts/freehold/crds/)"
+    )
+
+
+@pytest.mark.parametrize("values", CASES, ids=lambda v: v.stem if v else "defaults")
+def test_lint_strict(values: Path | None) -> None:
+    args = ["lint", "--strict", str(CHART)] + (["-f", str(values)] if values else [])
+    result = helm(*args, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("values", CASES, ids=lambda v: v.stem if v else "defaults")
+def test_rendered_objects_are_valid_and_restricted(values: Path | None) -> None:
+    objects = render(values)
+    kinds = {o["kind"] for o in objects}
+    assert {"Deployment", "ServiceAccount", "NetworkPolicy", "CustomResourceDefinition"} <= kinds
+    for obj in objects:
+        if obj["kind"] == "ServiceMonitor":  # a CRD of the Prometheus Operator
+            assert obj["apiVersion"] == "monitoring.coreos.com/v1"
+            continue
+        kubernetes_validate.validate(obj, "1.37.0", strict=True)
+        for where, pod in pod_specs(obj):
+            assert violations(pod) == [], f"{obj['kind']} {where}"
+
+
+def test_operator_deployment_shape() -> None:
+    (dep,) = [o for o in render(None) if o["kind"] == "Deployment"]
+    spec = dep["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    container = spec["template"]["spec"]["containers"][0]
+    assert container["command"] == ["freehold", "operator"]
+    assert container["resources"]["limits"] and container["resources"]["requests"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["image"] == "ghcr.io/freehold-dev/freehold-operator:0.1.0"
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["FREEHOLD_OPERATOR_NAMESPACES"] == '["freehold-system"]'
+
+
+def test_image_digest_and_pull_secrets() -> None:
+    (dep,) = [
+        o
+        for o in render(ROOT / "tests/data/chart-values/cluster-wide.yaml")
+        if o["kind"] == "Deployment"
+    ]
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["containers"][0]["image"] == (
+        "registry.gov.example/mirror/freehold-operator@sha256:"
+        "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+    )
+    assert pod["imagePullSecrets"] == [{"name": "mirror-pull"}]
+
+
+def test_rbac_modes_and_no_wildcards() -> None:
+    namespaced = render(ROOT / "tests/data/chart-values/namespaced.yaml")
+    roles = [o for o in namespaced if o["kind"] == "Role"]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    assert not [
+        o
+        for o in namespaced
+        if o["kind"].startswith("Cluster") and o["kind"] != "CustomResourceDefinition"
+    ]
+    cluster = render(ROOT / "tests/data/chart-values/cluster-wide.yaml")
+    (binding,) = [o for o in cluster if o["kind"] == "ClusterRoleBinding"]
+    assert binding["roleRef"]["name"] != "cluster-admin"
+    for obj in namespaced + cluster:
+        for rule in obj.get("rules", []):
+            for key in ("apiGroups", "resources", "verbs"):
+                assert "*" not in rule[key], rule
+
+
+def test_observability_objects() -> None:
+    objects = render(ROOT / "tests/data/chart-values/observability.yaml")
+    (monitor,) = [o for o in objects if o["kind"] == "ServiceMonitor"]
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    dashboards = [o for o in objects if o["kind"] == "ConfigMap"]
+    assert dashboards and all(
+        d["metadata"]["labels"]["grafana_dashboard"] == "1" for d in dashboards
+    )
+    assert all(d["metadata"]["namespace"] == "monitoring" for d in dashboards)
+    (policy,) = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    egress_ns = [
+        peer.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
+        for rule in policy["spec"]["egress"]
+        for peer in rule["to"]
+    ]
+    assert "observability" in egress_ns
+
+
+@pytest.mark.parametrize(
+    ("setting", "fragment"),
+    [
+        ("watch.mode=everything", "watch.mode"),
+        ("image.digest=sha256:nothex", "image.digest"),
+        ("resyncSeconds=1", "resyncSeconds"),
+        ("unknownKey=1", "unknownKey"),
+        ("vault.address=vault.local", "vault.address"),
+    ],
+)
+def test_invalid_values_fail_at_install_time(setting: str, fragment: str) -> None:
+    result = helm("template", "freehold", str(CHART), "--set", setting, check=False)
+    assert result.returncode != 0
+    assert "values don't meet the specifications of the schema" in result.stderr
+    assert fragment.rsplit(".", maxsplit=1)[-1] in result.stderr
