@@ -1,0 +1,144 @@
+"""The operator's door to Vault (or OpenBao): ACL policies and Kubernetes-auth roles.
+
+It writes policies and roles only; it never reads a secret, so no secret value can
+reach the operator's logs, events or status.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+import hvac
+import requests
+from hvac import exceptions as vault_errors
+
+from freehold.builders.vault import VaultRole
+
+log = logging.getLogger(__name__)
+
+
+class VaultUnavailableError(Exception):
+    """Vault cannot be used now; retry later. `reason` is a CamelCase condition reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def _role_matches(current: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    for key, value in wanted.items():
+        have = current.get(key)
+        if isinstance(value, list):
+            if sorted(map(str, have or [])) != sorted(map(str, value)):
+                return False
+        elif key in ("token_ttl", "token_max_ttl"):
+            continue  # Vault answers in seconds; compared through the policies and bindings
+        elif have != value:
+            return False
+    return True
+
+
+class VaultApi:
+    def __init__(self, client: hvac.Client, auth_mount: str = "kubernetes") -> None:
+        self._client = client
+        self._auth_mount = auth_mount
+
+    @classmethod
+    def connect(
+        cls,
+        address: str,
+        token: str,
+        *,
+        ca_bundle: str | None = None,
+        auth_mount: str = "kubernetes",
+        timeout: float = 10.0,
+    ) -> VaultApi:
+        verify: bool | str = ca_bundle or True
+        client = hvac.Client(url=address, token=token, verify=verify, timeout=timeout)
+        return cls(client, auth_mount)
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except vault_errors.VaultDown as exc:
+            raise VaultUnavailableError(
+                "VaultSealed", f"Vault is sealed or in standby ({what})"
+            ) from exc
+        except vault_errors.Forbidden as exc:
+            raise VaultUnavailableError(
+                "VaultForbidden", f"the operator's Vault token may not {what}"
+            ) from exc
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+            raise VaultUnavailableError(
+                "VaultUnreachable", f"cannot reach Vault to {what}"
+            ) from exc
+
+    def check(self) -> None:
+        """Raises VaultUnavailableError unless Vault is reachable, initialised and unsealed."""
+        status = self._call("read its health", self._client.sys.read_health_status, method="GET")
+        if isinstance(status, requests.Response):  # non-200 health codes come back raw
+            try:
+                status = status.json()
+            except ValueError:
+                status = {}
+        if status.get("sealed") or not status.get("initialized", True):
+            raise VaultUnavailableError("VaultSealed", "Vault is sealed")
+
+    def _read_policy(self, name: str) -> str | None:
+        try:
+            result = self._call("read a policy", self._client.sys.read_acl_policy, name)
+        except vault_errors.InvalidPath:
+            return None
+        data = result.get("data", result)
+        policy: str | None = data.get("policy")
+        return policy
+
+    def _read_role(self, name: str) -> dict[str, Any] | None:
+        try:
+            result = self._call(
+                "read a role", self._client.adapter.get, f"/v1/auth/{self._auth_mount}/role/{name}"
+            )
+        except vault_errors.InvalidPath:
+            return None
+        data: dict[str, Any] = result.get("data", {}) if result else {}
+        return data
+
+    def ensure(self, role: VaultRole) -> bool:
+        """Create or update the policy and the role; True when anything changed."""
+        changed = False
+        if self._read_policy(role.name) != role.policy:
+            self._call(
+                "write a policy",
+                self._client.sys.create_or_update_acl_policy,
+                name=role.name,
+                policy=role.policy,
+            )
+            changed = True
+        current = self._read_role(role.name)
+        if current is None or not _role_matches(current, role.body):
+            self._call(
+                "write a role",
+                self._client.adapter.post,
+                f"/v1/auth/{self._auth_mount}/role/{role.name}",
+                json=role.body,
+            )
+            changed = True
+        if changed:
+            log.info("vault policy and role %s written", role.name)
+        return changed
+
+    def remove(self, name: str) -> None:
+        """Delete the role, then the policy. Missing ones are fine."""
+        for what, fn, arg in (
+            (
+                "delete a role",
+                self._client.adapter.delete,
+                f"/v1/auth/{self._auth_mount}/role/{name}",
+            ),
+            ("delete a policy", self._client.sys.delete_acl_policy, name),
+        ):
+            with contextlib.suppress(vault_errors.InvalidPath):
+                self._call(what, fn, arg)

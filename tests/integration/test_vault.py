@@ -1,0 +1,128 @@
+"""The operator's Vault adapter, and what its policies allow a workload.
+
+Runs against tests/vault_server.py (Vault cannot be installed here), or against a real
+Vault or OpenBao dev server when VAULT_ADDR and VAULT_TOKEN are set; on a real server the
+workload's token comes from token auth with the role's policies (Kubernetes auth needs a
+cluster's TokenReview), so role bindings are checked against the test server only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import hvac
+import pytest
+from hvac import exceptions as vault_errors
+
+from freehold.adapters.vault import VaultApi, VaultUnavailableError
+from freehold.builders.common import BuildContext
+from freehold.builders.vault import build_role
+from tests.unit.test_builders import SPECS
+from tests.vault_server import VaultServer
+
+CANARY = "canary-secret-6b1f"  # a test value: must never leave Vault
+
+
+@dataclass
+class Vault:
+    url: str
+    token: str
+    server: VaultServer | None
+
+    def client(self, token: str | None = None) -> hvac.Client:
+        return hvac.Client(url=self.url, token=token or self.token)
+
+    def workload_token(self, role: str, sa: str, namespace: str) -> str:
+        if self.server is not None:
+            jwt = f"jwt-{namespace}-{sa}"
+            self.server.state.service_accounts[jwt] = (sa, namespace)
+            login = hvac.Client(url=self.url).auth.kubernetes.login(role=role, jwt=jwt)
+            return str(login["auth"]["client_token"])
+        created = self.client().auth.token.create(policies=[role], ttl="10m")
+        return str(created["auth"]["client_token"])
+
+
+@pytest.fixture
+def vault() -> Iterator[Vault]:
+    if os.environ.get("VAULT_ADDR") and os.environ.get("VAULT_TOKEN"):
+        yield Vault(os.environ["VAULT_ADDR"], os.environ["VAULT_TOKEN"], None)
+        return
+    with VaultServer() as server:
+        yield Vault(server.url, server.state.root_token, server)
+
+
+def ctx(name: str) -> BuildContext:
+    return BuildContext(
+        name=name, namespace="freehold-demo", serving_image="i", ray_version="2.60.0"
+    )
+
+
+def test_ensure_is_idempotent_and_follows_the_spec(vault: Vault) -> None:
+    api = VaultApi.connect(vault.url, vault.token)
+    api.check()
+    role = build_role(SPECS["gpu-vllm-vault"], ctx("llama-8b"))
+    assert api.ensure(role) is True
+    assert api.ensure(role) is False
+    fewer = build_role(SPECS["gpu-vllm-vault"].model_copy(update={"secrets": []}), ctx("llama-8b"))
+    assert api.ensure(fewer) is True
+    assert vault.client().sys.read_acl_policy(role.name)["data"]["policy"] == fewer.policy
+    api.remove(role.name)
+    with pytest.raises(vault_errors.InvalidPath):
+        vault.client().sys.read_acl_policy(role.name)
+    api.remove(role.name)  # removing twice is fine
+
+
+def test_workload_reads_only_its_own_paths(vault: Vault) -> None:
+    root = vault.client()
+    root.secrets.kv.v2.create_or_update_secret(
+        path="freehold-demo/llama-8b/api-keys", secret={"key": CANARY}, mount_point="secret"
+    )
+    root.secrets.kv.v2.create_or_update_secret(
+        path="other-team/model/api-keys", secret={"key": "not-yours"}, mount_point="secret"
+    )
+    api = VaultApi.connect(vault.url, vault.token)
+    role = build_role(SPECS["gpu-vllm-vault"], ctx("llama-8b"))
+    api.ensure(role)
+    token = vault.workload_token(role.name, "llama-8b-model", "freehold-demo")
+    workload = vault.client(token)
+    mine = workload.secrets.kv.v2.read_secret_version(
+        path="freehold-demo/llama-8b/api-keys", mount_point="secret", raise_on_deleted_version=True
+    )
+    assert mine["data"]["data"] == {"key": CANARY}
+    with pytest.raises(vault_errors.Forbidden):
+        workload.secrets.kv.v2.read_secret_version(
+            path="other-team/model/api-keys", mount_point="secret", raise_on_deleted_version=True
+        )
+    with pytest.raises(vault_errors.Forbidden):  # nor write its own
+        workload.secrets.kv.v2.create_or_update_secret(
+            path="freehold-demo/llama-8b/api-keys", secret={"k": "v"}, mount_point="secret"
+        )
+    api.remove(role.name)
+
+
+def test_role_admits_only_its_service_account(vault: Vault) -> None:
+    if vault.server is None:
+        pytest.skip("Kubernetes auth login needs a cluster's TokenReview on a real Vault")
+    api = VaultApi.connect(vault.url, vault.token)
+    role = build_role(SPECS["gpu-vllm-vault"], ctx("llama-8b"))
+    api.ensure(role)
+    for sa, namespace in (("other-model", "freehold-demo"), ("llama-8b-model", "elsewhere")):
+        with pytest.raises(vault_errors.Forbidden):
+            vault.workload_token(role.name, sa, namespace)
+
+
+def test_sealed_and_unreachable_are_reported_as_such() -> None:
+    with VaultServer() as server:
+        api = VaultApi.connect(server.url, server.state.root_token, timeout=2)
+        server.state.sealed = True
+        with pytest.raises(VaultUnavailableError) as sealed:
+            api.check()
+        assert sealed.value.reason == "VaultSealed"
+        url = server.url
+    api = VaultApi.connect(url, "root-test-token", timeout=2)
+    with pytest.raises(VaultUnavailableError) as down:
+        api.check()
+    assert down.value.reason == "VaultUnreachable"
+    assert CANARY not in str(down.value)

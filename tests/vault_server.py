@@ -1,0 +1,197 @@
+"""A small server speaking Vault's documented HTTP API, for exactly the endpoints
+Freehold calls: sys/health, ACL policies, Kubernetes auth (roles, login), KV v2.
+
+It is the test double for Vault, which cannot be installed here. It enforces what
+matters for the tests: tokens, and ACL policies (exact paths and `*` suffixes) with
+read/create/update/delete capabilities; Kubernetes auth checks a role's bound
+ServiceAccount and namespace. TokenReview itself (an API-server call) is stood in by a
+map of JWT -> (ServiceAccount, namespace) that the test provides.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+_PATH_BLOCK = re.compile(r'path\s+"([^"]+)"\s*\{\s*capabilities\s*=\s*\[([^\]]*)\]\s*\}')
+
+
+def parse_policy(hcl: str) -> dict[str, set[str]]:
+    return {
+        path: {c.strip().strip('"') for c in caps.split(",") if c.strip()}
+        for path, caps in _PATH_BLOCK.findall(hcl)
+    }
+
+
+class VaultState:
+    def __init__(self, root_token: str) -> None:
+        self.root_token = root_token
+        self.sealed = False
+        self.policies: dict[str, str] = {}
+        self.roles: dict[str, dict[str, Any]] = {}
+        self.tokens: dict[str, list[str]] = {root_token: ["root"]}
+        self.kv: dict[str, dict[str, Any]] = {}
+        self.service_accounts: dict[str, tuple[str, str]] = {}  # jwt -> (sa, namespace)
+        self.lock = threading.Lock()
+
+    def allowed(self, token: str | None, path: str, capability: str) -> bool:
+        policies = self.tokens.get(token or "")
+        if policies is None:
+            return False
+        if "root" in policies:
+            return True
+        for name in policies:
+            for pattern, caps in parse_policy(self.policies.get(name, "")).items():
+                hit = path.startswith(pattern[:-1]) if pattern.endswith("*") else path == pattern
+                if hit and capability in caps:
+                    return True
+        return False
+
+
+class _Handler(BaseHTTPRequestHandler):
+    state: VaultState
+
+    def log_message(self, *_: Any) -> None:  # quiet
+        pass
+
+    def _reply(self, code: int, body: Any = None) -> None:
+        data = b"" if body is None else json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _body(self) -> dict[str, Any]:
+        length = int(self.headers.get("Content-Length") or 0)
+        return json.loads(self.rfile.read(length) or b"{}") if length else {}
+
+    def _route(self, method: str) -> None:
+        state = self.state
+        path = self.path.split("?")[0].removeprefix("/v1/")
+        if path == "sys/health":
+            code = 503 if state.sealed else 200
+            return self._reply(
+                code, {"initialized": True, "sealed": state.sealed, "standby": False}
+            )
+        if state.sealed:
+            return self._reply(503, {"errors": ["Vault is sealed"]})
+        body = self._body() if method in ("POST", "PUT") else {}
+        token = self.headers.get("X-Vault-Token")
+        if path == "auth/kubernetes/login" and method in ("POST", "PUT"):
+            return self._login(body)
+        capability = {"GET": "read", "DELETE": "delete", "LIST": "list"}.get(method, "update")
+        if method in ("POST", "PUT") and not self._exists(path):
+            capability = "create"
+        with state.lock:
+            if not state.allowed(token, path, capability) and not (
+                capability == "create" and state.allowed(token, path, "update")
+            ):
+                return self._reply(403, {"errors": ["permission denied"]})
+            return self._serve(method, path, body)
+
+    def _exists(self, path: str) -> bool:
+        state = self.state
+        if path.startswith("sys/policies/acl/"):
+            return path.rsplit("/", 1)[1] in state.policies
+        if path.startswith("auth/kubernetes/role/"):
+            return path.rsplit("/", 1)[1] in state.roles
+        return path in state.kv
+
+    def _serve(self, method: str, path: str, body: dict[str, Any]) -> None:
+        state = self.state
+        for prefix, store, wrap in (
+            ("sys/policies/acl/", state.policies, "policy"),
+            ("auth/kubernetes/role/", state.roles, None),
+        ):
+            if path.startswith(prefix):
+                name = path.removeprefix(prefix)
+                if method == "GET":
+                    if name not in store:
+                        return self._reply(404, {"errors": []})
+                    value = store[name]
+                    data = {"name": name, "policy": value} if wrap else dict(value)
+                    return self._reply(200, {"data": data})
+                if method == "DELETE":
+                    store.pop(name, None)
+                    return self._reply(204)
+                store[name] = body[wrap] if wrap else dict(body)
+                return self._reply(204)
+        if "/data/" in path:  # KV v2
+            if method == "GET":
+                if path not in state.kv:
+                    return self._reply(404, {"errors": []})
+                return self._reply(
+                    200, {"data": {"data": state.kv[path], "metadata": {"version": 1}}}
+                )
+            if method in ("POST", "PUT"):
+                state.kv[path] = dict(body.get("data") or {})
+                return self._reply(200, {"data": {"version": 1}})
+            if method == "DELETE":
+                state.kv.pop(path, None)
+                return self._reply(204)
+        return self._reply(404, {"errors": [f"no handler for route {path!r}"]})
+
+    def _login(self, body: dict[str, Any]) -> None:
+        state = self.state
+        role = state.roles.get(str(body.get("role")))
+        identity = state.service_accounts.get(str(body.get("jwt")))
+        if role is None or identity is None:
+            return self._reply(403, {"errors": ["permission denied"]})
+        sa, namespace = identity
+        if sa not in role.get("bound_service_account_names", []) or namespace not in role.get(
+            "bound_service_account_namespaces", []
+        ):
+            return self._reply(403, {"errors": ["service account name not authorized"]})
+        token = "hvs." + secrets.token_urlsafe(16)
+        with state.lock:
+            state.tokens[token] = list(role.get("token_policies", []))
+        return self._reply(
+            200,
+            {
+                "auth": {
+                    "client_token": token,
+                    "policies": role.get("token_policies", []),
+                    "lease_duration": 600,
+                    "renewable": True,
+                }
+            },
+        )
+
+    def do_GET(self) -> None:
+        self._route("GET")
+
+    def do_POST(self) -> None:
+        self._route("POST")
+
+    def do_PUT(self) -> None:
+        self._route("PUT")
+
+    def do_DELETE(self) -> None:
+        self._route("DELETE")
+
+
+class VaultServer:
+    """`with VaultServer() as vault:` ... `vault.url`, `vault.state`, `vault.stop()`."""
+
+    def __init__(self, root_token: str = "root-test-token") -> None:
+        self.state = VaultState(root_token)
+        handler = type("Handler", (_Handler,), {"state": self.state})
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> VaultServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
