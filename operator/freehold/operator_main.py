@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import kopf
 
 from freehold.adapters.kubernetes import KubeApi, load_client
+from freehold.adapters.vault import VaultApi
 from freehold.controllers.model_deployment import ModelDeploymentController
 from freehold.handlers import model_deployment
 from freehold.settings import OperatorSettings
@@ -37,9 +39,31 @@ def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
     return ks
 
 
+def connect_vault(settings: OperatorSettings) -> VaultApi | None:
+    if not settings.vault_address:
+        return None
+    # A dev or break-glass token from the environment wins; otherwise the operator logs in
+    # with its own ServiceAccount token.
+    if token := os.environ.get("VAULT_TOKEN"):
+        return VaultApi.connect(
+            settings.vault_address,
+            token,
+            ca_bundle=settings.vault_ca_bundle,
+            auth_mount=settings.vault_auth_mount,
+        )
+    return VaultApi.kubernetes_login(
+        settings.vault_address,
+        settings.vault_role,
+        settings.vault_token_path,
+        ca_bundle=settings.vault_ca_bundle,
+        login_mount=settings.vault_auth_mount,
+        auth_mount=settings.vault_auth_mount,
+    )
+
+
 def build_registry(settings: OperatorSettings, kube: KubeApi) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
-    controller = ModelDeploymentController(kube, settings)
+    controller = ModelDeploymentController(kube, settings, vault=connect_vault(settings))
     model_deployment.register(registry, controller, settings.resync_seconds, settings.namespaces)
 
     @kopf.on.login(registry=registry)

@@ -43,6 +43,15 @@ class OperatorSettings(BaseSettings):
     head_memory: str = Field(default="2Gi", description="Memory of a RayService head pod.")
     vault_address: str | None = Field(default=None, description="Vault (or OpenBao) URL.")
     vault_namespace: str = Field(default="vault", description="Namespace of Vault pods.")
+    vault_ca_bundle: str | None = Field(default=None, description="CA bundle for Vault's TLS.")
+    vault_role: str = Field(
+        default="freehold-operator", description="The operator's Kubernetes-auth role."
+    )
+    vault_auth_mount: str = Field(default="kubernetes", description="Kubernetes auth mount.")
+    vault_token_path: str = Field(
+        default="/var/run/secrets/kubernetes.io/serviceaccount/token",
+        description="The operator's ServiceAccount token, for Vault's Kubernetes auth.",
+    )
     vault_port: int = Field(default=8200, description="Vault's port, for NetworkPolicies.")
     otel_namespace: str | None = Field(
         default=None, description="Namespace of the OpenTelemetry collector, if any."

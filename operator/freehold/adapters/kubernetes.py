@@ -315,6 +315,32 @@ class KubeApi:
                 return False
             raise
 
+    def set_finalizer(self, obj: dict[str, Any], finalizer: str, present: bool) -> None:
+        """Add or remove one finalizer, leaving others' alone. The patch carries the
+        resourceVersion it was computed from, so a real API server refuses it (409) if
+        the list changed meanwhile; we then re-read and retry."""
+        ref = Ref.of(obj)
+        meta = obj.get("metadata") or {}
+        for _ in range(self._retries + 1):
+            current = list(meta.get("finalizers") or [])
+            if (finalizer in current) == present:
+                return
+            wanted = [*current, finalizer] if present else [f for f in current if f != finalizer]
+            patch: dict[str, Any] = {"metadata": {"finalizers": wanted}}
+            if meta.get("resourceVersion"):
+                patch["metadata"]["resourceVersion"] = meta["resourceVersion"]
+            try:
+                self._call("PATCH", ref.path(), patch, MERGE_PATCH)
+                return
+            except KubeError as exc:
+                if exc.status != 409:
+                    raise
+                fresh = self.get(ref)
+                if fresh is None:
+                    return
+                meta = fresh.get("metadata") or {}
+        raise KubeError(409, "Conflict", f"finalizers of {ref.path()} keep changing")
+
     def patch_status(self, ref: Ref, status: dict[str, Any]) -> None:
         self._retrying(
             f"patch {ref.path(sub='status')}",

@@ -42,9 +42,13 @@ def _role_matches(current: dict[str, Any], wanted: dict[str, Any]) -> bool:
 
 
 class VaultApi:
-    def __init__(self, client: hvac.Client, auth_mount: str = "kubernetes") -> None:
+    def __init__(
+        self, client: hvac.Client, auth_mount: str = "kubernetes", login: Any = None
+    ) -> None:
         self._client = client
         self._auth_mount = auth_mount
+        # Re-login when the token expired (Kubernetes auth); None with a static token.
+        self._login = login
 
     @classmethod
     def connect(
@@ -60,9 +64,46 @@ class VaultApi:
         client = hvac.Client(url=address, token=token, verify=verify, timeout=timeout)
         return cls(client, auth_mount)
 
+    @classmethod
+    def kubernetes_login(
+        cls,
+        address: str,
+        role: str,
+        jwt_path: str,
+        *,
+        ca_bundle: str | None = None,
+        login_mount: str = "kubernetes",
+        auth_mount: str = "kubernetes",
+        timeout: float = 10.0,
+    ) -> VaultApi:
+        """The operator's own identity: its ServiceAccount token, Kubernetes auth."""
+        client = hvac.Client(url=address, verify=ca_bundle or True, timeout=timeout)
+
+        def login() -> None:
+            with open(jwt_path, encoding="utf-8") as handle:
+                jwt = handle.read().strip()
+            client.auth.kubernetes.login(role=role, jwt=jwt, mount_point=login_mount)
+
+        api = cls(client, auth_mount, login)
+        try:
+            login()
+        except (
+            requests.exceptions.ConnectionError,
+            requests.exceptions.Timeout,
+            vault_errors.VaultError,
+        ) as exc:
+            log.warning("Vault login failed, will retry: %s", type(exc).__name__)
+        return api
+
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            try:
+                return fn(*args, **kwargs)
+            except vault_errors.Forbidden:
+                if self._login is None:
+                    raise
+                self._login()  # the token may have expired: log in again, once
+                return fn(*args, **kwargs)
         except vault_errors.VaultDown as exc:
             raise VaultUnavailableError(
                 "VaultSealed", f"Vault is sealed or in standby ({what})"

@@ -14,13 +14,16 @@ from typing import Any
 import kopf
 
 from freehold.adapters.kubernetes import KubeApi, KubeError, Ref
+from freehold.adapters.vault import VaultApi, VaultUnavailableError
 from freehold.api.model_deployment import ModelDeploymentSpec
 from freehold.builders.children import Backend, build_children
-from freehold.builders.common import MANAGED_BY, BuildContext
+from freehold.builders.common import MANAGED_BY, BuildContext, needs_vault
+from freehold.builders.vault import build_role, vault_name
 from freehold.policies.status import (
     invalid_status,
     observe_deployment,
     observe_rayservice,
+    secrets_unavailable,
     serving_status,
 )
 from freehold.settings import OperatorSettings
@@ -68,16 +71,70 @@ def possible_children(ctx: BuildContext, ray: bool) -> list[Ref]:
     return refs
 
 
+VAULT_FINALIZER = "freehold.dev/vault-cleanup"
+
+
 class ModelDeploymentController:
     def __init__(
         self,
         kube: KubeApi,
         settings: OperatorSettings,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        vault: VaultApi | None = None,
     ) -> None:
         self._kube = kube
         self._settings = settings
         self._clock = clock
+        self._vault = vault
+
+    def _secrets(
+        self,
+        manifest: dict[str, Any],
+        spec: ModelDeploymentSpec,
+        ctx: BuildContext,
+        write_status: WriteStatus,
+        previous: list[dict[str, Any]],
+    ) -> None:
+        """Vault policy and role for the workload, before any pod can ask for them.
+        Vault down: a condition and a retry, never a fallback Kubernetes Secret."""
+        generation = manifest["metadata"].get("generation")
+        if self._vault is None:
+            problem = (
+                "this ModelDeployment reads secrets from Vault, but the operator has "
+                "no Vault address (chart value vault.address)"
+            )
+            write_status(
+                secrets_unavailable(
+                    "VaultNotConfigured", problem, generation, self._clock(), previous
+                )
+            )
+            raise kopf.TemporaryError(problem, delay=60)
+        try:
+            self._vault.check()
+            self._kube.set_finalizer(manifest, VAULT_FINALIZER, present=True)
+            self._vault.ensure(build_role(spec, ctx))
+        except VaultUnavailableError as exc:
+            write_status(
+                secrets_unavailable(exc.reason, exc.message, generation, self._clock(), previous)
+            )
+            raise kopf.TemporaryError(f"Vault: {exc.message}", delay=15) from exc
+
+    def finalize(self, body: Any) -> None:
+        """On deletion: remove the workload's Vault role and policy, then let it go.
+        While Vault is down the finalizer holds, so nothing is left behind in Vault."""
+        manifest = _plain(body)
+        meta = manifest["metadata"]
+        if VAULT_FINALIZER not in (meta.get("finalizers") or []):
+            return
+        if self._vault is not None:
+            ctx = context_for(meta["name"], meta["namespace"], self._settings)
+            try:
+                self._vault.remove(vault_name(ctx))
+            except VaultUnavailableError as exc:
+                raise kopf.TemporaryError(
+                    f"waiting for Vault to remove {vault_name(ctx)}: {exc.message}", delay=15
+                ) from exc
+        self._kube.set_finalizer(manifest, VAULT_FINALIZER, present=False)
 
     def reconcile(self, body: Any, write_status: WriteStatus, notify: Notify) -> None:
         """Raises kopf.PermanentError for a bad spec, kopf.TemporaryError to retry."""
@@ -96,7 +153,12 @@ class ModelDeploymentController:
 
         spec = ModelDeploymentSpec.model_validate(defaulted(manifest)["spec"])
         ctx = context_for(name, namespace, self._settings)
+        uses_vault = needs_vault(spec)
         try:
+            if uses_vault:
+                self._secrets(manifest, spec, ctx, write_status, previous)
+            elif VAULT_FINALIZER in (meta.get("finalizers") or []):
+                self.finalize(manifest)  # the spec stopped using Vault: clean up now
             ray = self._kube.serves(*RAYSERVICE)
             backend: Backend = "RayService" if ray else "Deployment"
             children = build_children(spec, ctx, backend)
@@ -131,7 +193,14 @@ class ModelDeploymentController:
         )
         served_name = spec.model.served_name or name
         status = serving_status(
-            observed, ctx, served_name, spec.model.sha256, generation, self._clock(), previous
+            observed,
+            ctx,
+            served_name,
+            spec.model.sha256,
+            generation,
+            self._clock(),
+            previous,
+            uses_vault=uses_vault,
         )
         write_status(status)
         now_ready = _ready(status["conditions"])
@@ -147,11 +216,16 @@ class ModelDeploymentController:
         count = 0
         for namespace in namespaces:
             for body in self._kube.list("freehold.dev/v1alpha1", "ModelDeployment", namespace):
-                if body.get("metadata", {}).get("deletionTimestamp"):
-                    continue
                 body.setdefault("apiVersion", "freehold.dev/v1alpha1")
                 body.setdefault("kind", "ModelDeployment")
                 ref = Ref.of(body)
+                if body.get("metadata", {}).get("deletionTimestamp"):
+                    # A deletion kopf's handler has not finished (say, Vault was down).
+                    try:
+                        self.finalize(body)
+                    except kopf.TemporaryError as exc:
+                        log.info("finalizing %s/%s: %s", ref.namespace, ref.name, exc)
+                    continue
 
                 def write(status: dict[str, Any], ref: Ref = ref) -> None:
                     self._kube.patch_status(ref, status)

@@ -30,6 +30,12 @@ def register(
 
         controller.reconcile(body, patch.status.update, notify)
 
+    # Only ModelDeployments that use Vault carry our finalizer; kopf adds none of its own
+    # (optional=True), so deleting the others never waits for the operator.
+    @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True, registry=registry)
+    def finalize(body: kopf.Body, **_: Any) -> None:
+        controller.finalize(body)
+
     # Level-based drift repair: every resync, each resource is reconciled again, so a
     # deleted or edited child is restored and status follows what the children report.
     # A thread rather than kopf.timer, which would add a finalizer to every resource.

@@ -115,6 +115,8 @@ def serving_status(
     generation: int | None,
     now: datetime,
     previous: list[dict[str, Any]],
+    *,
+    uses_vault: bool = False,
 ) -> dict[str, Any]:
     replicas = f"{observed.ready_replicas}/{observed.desired_replicas} replicas ready"
     if observed.failure:
@@ -167,6 +169,16 @@ def serving_status(
             generation,
         ),
     ]
+    if uses_vault:
+        conditions.append(
+            _cond(
+                "SecretsUnavailable",
+                False,
+                "VaultReady",
+                "the workload's Vault policy and role are in place",
+                generation,
+            )
+        )
     return {
         "conditions": _merge(previous, conditions, now),
         "observedGeneration": generation,
@@ -195,3 +207,17 @@ def invalid_status(
         _cond("Degraded", True, "InvalidSpec", message, generation),
     ]
     return {"conditions": _merge(previous, conditions, now), "observedGeneration": generation}
+
+
+def secrets_unavailable(
+    reason: str, message: str, generation: int | None, now: datetime, previous: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Vault cannot be used: say so, keep the other conditions as they were."""
+    text = f"{message}; retrying. No Kubernetes Secret is used instead."
+    new = [
+        _cond("Ready", False, "SecretsUnavailable", text, generation),
+        _cond("SecretsUnavailable", True, reason, text, generation),
+        _cond("Degraded", True, reason, text, generation),
+    ]
+    kept = [c for c in previous if c.get("type") not in {n["type"] for n in new}]
+    return {"conditions": _merge(previous, new, now) + kept, "observedGeneration": generation}

@@ -137,9 +137,17 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
 
 @pytest.fixture
 async def operator(cluster: Cluster, tmp_path: Path) -> AsyncIterator[subprocess.Popen[str]]:
+    async for proc in run_operator(cluster, tmp_path):
+        yield proc
+
+
+async def run_operator(
+    cluster: Cluster, tmp_path: Path, **extra_env: str
+) -> AsyncIterator[subprocess.Popen[str]]:
     log = (tmp_path / "operator.log").open("w")
     env = {
         **os.environ,
+        **extra_env,
         "KUBECONFIG": str(cluster.kubeconfig),
         "FREEHOLD_OPERATOR_RESYNC_SECONDS": "1",
         "FREEHOLD_OPERATOR_DISCOVERY_SECONDS": "1",
