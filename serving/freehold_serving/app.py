@@ -24,13 +24,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from freehold_serving import embeddings
-from freehold_serving.args import EmbeddingsConfig, ServingArgs
-from freehold_serving.auth import load_api_keys
+from freehold_serving.args import ApiKeysConfig, EmbeddingsConfig, ServingArgs
+from freehold_serving.auth import ApiKeys, load_api_keys
 from freehold_serving.engines.base import Chunk, EngineError
 from freehold_serving.llm_server import GenerationJob, LLMServer
 from freehold_serving.openai.api import OpenAIApi, Stream, error_response
 from freehold_serving.openai.errors import ApiError
 from freehold_serving.telemetry import Telemetry, prometheus_reader
+from freehold_serving.vault_keys import read_api_keys
 
 log = logging.getLogger(__name__)
 fastapi_app = FastAPI(title="Freehold OpenAI-compatible API", docs_url=None, redoc_url=None)
@@ -209,6 +210,17 @@ class OpenAIServer:
     @fastapi_app.post("/v1/embeddings")
     async def embeddings(self, request: Request) -> Response:
         return await self._api.embeddings(request)
+
+
+async def _refresh_keys(keys: ApiKeys, config: ApiKeysConfig) -> None:
+    """Re-read the keys so a rotation in Vault reaches every replica."""
+    assert config.vault is not None
+    while True:
+        await asyncio.sleep(config.vault.refresh_seconds)
+        try:
+            keys.replace(await asyncio.to_thread(read_api_keys, config))
+        except Exception as exc:  # keep serving with the keys we have
+            log.warning("API keys not refreshed: %s", exc)
 
 
 def deployment_options(args: ServingArgs) -> dict[str, Any]:

@@ -69,6 +69,11 @@ class VaultKeySource(Strict):
     address: str | None = Field(default=None, description="Vault address; default VAULT_ADDR.")
     role: str | None = Field(default=None, description="Kubernetes auth role to log in with.")
     auth_mount: str = "kubernetes"
+    jwt_path: str = Field(
+        default="/var/run/secrets/vault/token",
+        description="Projected ServiceAccount token with Vault's audience.",
+    )
+    refresh_seconds: float = Field(default=300.0, gt=0, description="Re-read keys this often.")
 
 
 class ApiKeysConfig(Strict):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import hvac
 import pytest
@@ -126,3 +127,42 @@ def test_sealed_and_unreachable_are_reported_as_such() -> None:
         api.check()
     assert down.value.reason == "VaultUnreachable"
     assert CANARY not in str(down.value)
+
+
+def test_workload_reads_its_api_keys_and_fails_closed(tmp_path: Path) -> None:
+    from freehold_serving.args import ApiKeysConfig, VaultKeySource
+    from freehold_serving.auth import ApiKeys, load_api_keys
+    from freehold_serving.vault_keys import VaultKeysError, read_api_keys
+
+    with VaultServer() as server:
+        server.state.kv["secret/data/freehold-demo/llama-8b/api-keys"] = {
+            "primary": CANARY,
+            "secondary": "second-key",
+        }
+        api = VaultApi.connect(server.url, server.state.root_token)
+        role = build_role(SPECS["gpu-vllm-vault"], ctx("llama-8b"))
+        api.ensure(role)
+        jwt = tmp_path / "token"
+        jwt.write_text("projected-jwt-llama")
+        server.state.service_accounts["projected-jwt-llama"] = ("llama-8b-model", "freehold-demo")
+        config = ApiKeysConfig(
+            vault=VaultKeySource(
+                path="freehold-demo/llama-8b/api-keys",
+                address=server.url,
+                role=role.name,
+                jwt_path=str(jwt),
+            )
+        )
+        keys = load_api_keys(config, read_api_keys)
+        assert keys is not None and keys.accepts(CANARY) and keys.accepts("second-key")
+        # another workload's ServiceAccount cannot use this role: no keys, no start
+        jwt.write_text("projected-jwt-other")
+        server.state.service_accounts["projected-jwt-other"] = ("other-model", "freehold-demo")
+        with pytest.raises(VaultKeysError) as refused:
+            read_api_keys(config)
+        assert CANARY not in str(refused.value) and "projected-jwt" not in str(refused.value)
+        # a rotation to an empty key set is refused: the previous keys stay
+        rotating = ApiKeys(["old"])
+        with pytest.raises(RuntimeError):
+            rotating.replace([])
+        assert rotating.accepts("old")

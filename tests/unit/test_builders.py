@@ -140,6 +140,9 @@ def test_gpu_and_vault_wiring() -> None:
     assert claim["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
     serve = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]["args"]
     assert serve["api_keys"]["vault"]["path"] == "freehold-demo/llama-8b/api-keys"
+    # the workload logs in to its own role, at the operator's Vault
+    assert serve["api_keys"]["vault"]["role"] == "freehold.freehold-demo.gemma-270m"
+    assert serve["api_keys"]["vault"]["address"] == "https://vault.vault.svc:8200"
     assert "hunter2" not in yaml.safe_dump(rs)  # references only, never values
 
 

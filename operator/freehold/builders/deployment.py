@@ -24,6 +24,7 @@ from freehold.builders.common import (
     volumes,
 )
 from freehold.builders.serving_args import serving_args_for
+from freehold.builders.vault import vault_name
 
 ARGS_ENV = "FREEHOLD_SERVING_ARGS"
 
@@ -35,7 +36,14 @@ def deployment_replicas(spec: ModelDeploymentSpec) -> int:
 
 def build_deployment(spec: ModelDeploymentSpec, ctx: BuildContext) -> dict[str, Any]:
     vols, mounts = volumes(spec)
-    args = serving_args_for(spec, ctx.name, ctx.namespace, otlp_endpoint=ctx.otel_endpoint)
+    args = serving_args_for(
+        spec,
+        ctx.name,
+        ctx.namespace,
+        otlp_endpoint=ctx.otel_endpoint,
+        vault_address=ctx.vault_address,
+        vault_role=vault_name(ctx),
+    )
     args = args.model_copy(
         update={"model": args.model.model_copy(update={"models_root": MODELS_ROOT})}
     )

@@ -22,6 +22,7 @@ from freehold.builders.common import (
     volumes,
 )
 from freehold.builders.serving_args import cpu_count, serving_args_for
+from freehold.builders.vault import vault_name
 from freehold_serving.args import IMPORT_PATH
 
 HEAD_PORTS = [
@@ -34,7 +35,14 @@ HEAD_PORTS = [
 
 def serve_config(spec: ModelDeploymentSpec, ctx: BuildContext) -> str:
     """serveConfigV2: one application, built by our typed app builder from the args."""
-    args = serving_args_for(spec, ctx.name, ctx.namespace, otlp_endpoint=ctx.otel_endpoint)
+    args = serving_args_for(
+        spec,
+        ctx.name,
+        ctx.namespace,
+        otlp_endpoint=ctx.otel_endpoint,
+        vault_address=ctx.vault_address,
+        vault_role=vault_name(ctx),
+    )
     args = args.model_copy(
         update={"model": args.model.model_copy(update={"models_root": MODELS_ROOT})}
     )

@@ -38,6 +38,8 @@ def serving_args_for(
     *,
     otlp_endpoint: str | None = None,
     api_keys_file: str | None = None,
+    vault_address: str | None = None,
+    vault_role: str | None = None,
 ) -> ServingArgs:
     """The serving args of a ModelDeployment.
 
@@ -55,7 +57,11 @@ def serving_args_for(
         api_keys = ApiKeysConfig(file=api_keys_file)
     elif spec.auth.api_keys is not None:
         keys = spec.auth.api_keys
-        api_keys = ApiKeysConfig(vault=VaultKeySource(mount=keys.mount, path=keys.path))
+        api_keys = ApiKeysConfig(
+            vault=VaultKeySource(
+                mount=keys.mount, path=keys.path, address=vault_address, role=vault_role
+            )
+        )
     return ServingArgs(
         name=name,
         namespace=namespace,

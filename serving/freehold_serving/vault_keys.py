@@ -1,0 +1,50 @@
+"""API keys read by the workload itself from Vault (KV v2), never from the args.
+
+The pod logs in with its projected ServiceAccount token (audience "vault") through
+Kubernetes auth; the role only admits this workload's ServiceAccount, and its policy only
+reads this workload's paths. Keys live in this process's memory only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import hvac
+
+from freehold_serving.args import ApiKeysConfig
+
+log = logging.getLogger(__name__)
+
+
+class VaultKeysError(RuntimeError):
+    """The keys cannot be read; the message never holds a key or a token."""
+
+
+def read_api_keys(config: ApiKeysConfig) -> list[str]:
+    source = config.vault
+    if source is None:
+        raise VaultKeysError("no Vault source configured")
+    address = source.address or os.environ.get("VAULT_ADDR")
+    if not address or not source.role:
+        raise VaultKeysError("Vault address and role are required to read API keys")
+    try:
+        with open(source.jwt_path, encoding="utf-8") as handle:
+            jwt = handle.read().strip()
+    except OSError as exc:
+        raise VaultKeysError(f"cannot read the Vault token file {source.jwt_path}") from exc
+    client = hvac.Client(url=address, verify=os.environ.get("VAULT_CACERT") or True, timeout=10)
+    try:
+        client.auth.kubernetes.login(role=source.role, jwt=jwt, mount_point=source.auth_mount)
+        secret = client.secrets.kv.v2.read_secret_version(
+            path=source.path, mount_point=source.mount, raise_on_deleted_version=True
+        )
+    except Exception as exc:  # hvac and requests errors alike; their text may quote input
+        raise VaultKeysError(
+            f"reading API keys from Vault ({source.mount}/{source.path} as role "
+            f"{source.role}) failed: {type(exc).__name__}"
+        ) from None
+    finally:
+        client.adapter.close()
+    values = (secret.get("data") or {}).get("data") or {}
+    return [str(v) for v in values.values() if v]
