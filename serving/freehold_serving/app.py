@@ -111,6 +111,19 @@ class EmbedderServer:
             raise RuntimeError("the embedding model failed to load")
 
 
+# Defined before the ingress class: @serve.ingress captures the class (and what its
+# methods reference) when the class statement runs.
+async def _refresh_keys(keys: ApiKeys, config: ApiKeysConfig) -> None:
+    """Re-read the keys so a rotation in Vault reaches every replica."""
+    assert config.vault is not None
+    while True:
+        await asyncio.sleep(config.vault.refresh_seconds)
+        try:
+            keys.replace(await asyncio.to_thread(read_api_keys, config))
+        except Exception as exc:  # keep serving with the keys we have
+            log.warning("API keys not refreshed: %s", exc)
+
+
 # Generation-free requests (/metrics, /v1/models, /health) must never wait behind
 # generations: Ray's per-replica limit leaves this much room above our own admission.
 LIGHT_REQUEST_SLACK = 16
@@ -134,10 +147,13 @@ class OpenAIServer:
         telemetry = Telemetry(
             args.telemetry, f"freehold-{args.name}", metric_readers=[prometheus_reader()]
         )
-        # Vault-held keys arrive with the Vault integration; until then such a spec
-        # fails closed here instead of serving without auth.
-        keys = load_api_keys(args.api_keys)
+        config = args.api_keys
+        vault = config is not None and config.vault is not None
+        # A replica that cannot read its keys does not start: fail closed.
+        keys = load_api_keys(config, read_api_keys if vault else None)
         self._api = OpenAIApi(args, self._open, self._embed if embedder else None, telemetry, keys)
+        if vault and keys is not None and config is not None:
+            self._refresh = asyncio.get_running_loop().create_task(_refresh_keys(keys, config))
 
     async def _open(self, job: GenerationJob) -> Stream:
         if self._admitted >= self._capacity:
@@ -210,17 +226,6 @@ class OpenAIServer:
     @fastapi_app.post("/v1/embeddings")
     async def embeddings(self, request: Request) -> Response:
         return await self._api.embeddings(request)
-
-
-async def _refresh_keys(keys: ApiKeys, config: ApiKeysConfig) -> None:
-    """Re-read the keys so a rotation in Vault reaches every replica."""
-    assert config.vault is not None
-    while True:
-        await asyncio.sleep(config.vault.refresh_seconds)
-        try:
-            keys.replace(await asyncio.to_thread(read_api_keys, config))
-        except Exception as exc:  # keep serving with the keys we have
-            log.warning("API keys not refreshed: %s", exc)
 
 
 def deployment_options(args: ServingArgs) -> dict[str, Any]:

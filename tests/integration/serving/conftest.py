@@ -1,8 +1,9 @@
 """One local Ray Serve per test session, serving the real packaged Gemma 3 270M.
 
-Three applications share it: "open" (no auth, embeddings on), "locked" (API keys from a
-file, as a tmpfs file written from Vault would be), and "tiny" (a one-request queue, to
-overload). Nothing here is a test double: real Ray, real llama.cpp, real model.
+Three applications share it: "open" (no auth, embeddings on), "locked" (API keys that
+the replica reads from Vault itself, logging in with a ServiceAccount token file), and
+"tiny" (a one-request queue, to overload). Real Ray, real llama.cpp, real model; Vault is
+tests/vault_server.py (the one test double: Vault cannot be installed here).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from freehold.api.model_deployment import ModelDeploymentSpec
 from freehold.builders.serving_args import serving_args_for
 from freehold.local.up import local_ray
 from freehold.validation import defaulted
@@ -34,9 +36,14 @@ def free_port() -> int:
         return port
 
 
-def example_args(**spec_overrides: object) -> ServingArgs:
-    from freehold.api.model_deployment import ModelDeploymentSpec
+def example_spec(**changes: object) -> ModelDeploymentSpec:
+    manifest = defaulted(yaml.safe_load((EXAMPLES / "modeldeployment.yaml").read_text()))
+    manifest["spec"].update(changes)
+    manifest["spec"]["scaling"]["maxReplicas"] = 1
+    return ModelDeploymentSpec.model_validate(manifest["spec"])
 
+
+def example_args(**spec_overrides: object) -> ServingArgs:
     manifest = yaml.safe_load((EXAMPLES / "modeldeployment.yaml").read_text())
     spec = copy.deepcopy(defaulted(manifest)["spec"])
     for dotted, value in spec_overrides.items():
@@ -64,11 +71,24 @@ class Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     from ray import serve
 
+    from freehold.adapters.vault import VaultApi
+    from freehold.builders.common import BuildContext
+    from freehold.builders.vault import build_role
     from freehold_serving.app import build_app
+    from tests.vault_server import VaultServer
 
     os.environ["HF_HUB_OFFLINE"] = "1"
-    keys: Path = tmp_path_factory.mktemp("keys") / "api-keys"
-    keys.write_text(f"# accepted keys\n{API_KEY}\n")
+    vault = VaultServer().__enter__()
+    vault.state.kv["secret/data/test/gemma/api-keys"] = {"primary": API_KEY}
+    locked_spec = example_spec(auth={"apiKeys": {"path": "test/gemma/api-keys"}})
+    role = build_role(
+        locked_spec,
+        BuildContext(name="gemma-270m", namespace="test", serving_image="-", ray_version="-"),
+    )
+    VaultApi.connect(vault.url, vault.state.root_token).ensure(role)
+    jwt: Path = tmp_path_factory.mktemp("vault") / "token"
+    jwt.write_text("projected-token-gemma")
+    vault.state.service_accounts["projected-token-gemma"] = ("gemma-270m-model", "test")
     port = free_port()
     # 6 logical CPUs on a 2-core machine: three single-replica apps, oversubscribed on
     # purpose so they fit; throughput is measured in bench/, not here.
@@ -76,9 +96,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         open_args = example_args(engine__contextLength=1024, scaling__maxReplicas=1)
         serve.run(build_app(open_args), name="open", route_prefix="/", blocking=False)
         locked = with_updates(
-            example_args(scaling__maxReplicas=1),
-            api_keys={"file": str(keys)},
+            serving_args_for(
+                locked_spec, "gemma-270m", "test", vault_address=vault.url, vault_role=role.name
+            ),
             embeddings={"enabled": False},
+        )
+        assert locked.api_keys is not None and locked.api_keys.vault is not None
+        locked = with_updates(
+            locked, api_keys={"vault": {**locked.api_keys.vault.model_dump(), "jwt_path": str(jwt)}}
         )
         serve.run(build_app(locked), name="locked", route_prefix="/locked", blocking=False)
         tiny = example_args(
@@ -90,3 +115,4 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         tiny = with_updates(tiny, embeddings={"enabled": False})
         serve.run(build_app(tiny), name="tiny", route_prefix="/tiny", blocking=False)
         yield Stack(f"http://127.0.0.1:{port}")
+    vault.stop()
