@@ -1,5 +1,6 @@
 """A small server speaking Vault's documented HTTP API, for exactly the endpoints
-Freehold calls: sys/health, ACL policies, Kubernetes auth (roles, login), KV v2.
+Freehold calls: sys/health, ACL policies, Kubernetes auth (roles, login), KV v2, and
+transit (keys, rotate, datakey, decrypt, rewrap, sign, verify) with real cryptography.
 
 It is the test double for Vault, which cannot be installed here. It enforces what
 matters for the tests: tokens, and ACL policies (exact paths and `*` suffixes) with
@@ -36,6 +37,7 @@ class VaultState:
         self.tokens: dict[str, list[str]] = {root_token: ["root"]}
         self.kv: dict[str, dict[str, Any]] = {}
         self.service_accounts: dict[str, tuple[str, str]] = {}  # jwt -> (sa, namespace)
+        self.transit: dict[str, dict[str, Any]] = {}
         self.lock = threading.Lock()
 
     def allowed(self, token: str | None, path: str, capability: str) -> bool:
@@ -121,6 +123,8 @@ class _Handler(BaseHTTPRequestHandler):
                     return self._reply(204)
                 store[name] = body[wrap] if wrap else dict(body)
                 return self._reply(204)
+        if path.startswith("transit/"):
+            return self._transit(path.removeprefix("transit/"), body)
         if "/data/" in path:  # KV v2
             if method == "GET":
                 if path not in state.kv:
@@ -135,6 +139,89 @@ class _Handler(BaseHTTPRequestHandler):
                 state.kv.pop(path, None)
                 return self._reply(204)
         return self._reply(404, {"errors": [f"no handler for route {path!r}"]})
+
+    def _transit(self, path: str, body: dict[str, Any]) -> None:
+        """Transit with real cryptography (AES-GCM, Ed25519), versioned keys."""
+        import base64
+        import os as _os
+
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+            Ed25519PrivateKey,
+            Ed25519PublicKey,
+        )
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        keys = self.state.transit
+        parts = path.split("/")
+
+        def seal(name: str, plaintext: bytes) -> str:
+            version = len(keys[name]["versions"])
+            nonce = _os.urandom(12)
+            blob = nonce + AESGCM(keys[name]["versions"][-1]).encrypt(nonce, plaintext, None)
+            return f"vault:v{version}:" + base64.b64encode(blob).decode()
+
+        def open_(name: str, ciphertext: str) -> bytes:
+            _, version, blob = ciphertext.split(":", 2)
+            raw = base64.b64decode(blob)
+            key = keys[name]["versions"][int(version[1:]) - 1]
+            return AESGCM(key).decrypt(raw[:12], raw[12:], None)
+
+        if parts[0] == "keys" and len(parts) == 2:
+            kind = body.get("type", "aes256-gcm96")
+            secret = (
+                Ed25519PrivateKey.generate()
+                if kind == "ed25519"
+                else AESGCM.generate_key(bit_length=256)
+            )
+            keys.setdefault(parts[1], {"type": kind, "versions": [secret]})
+            return self._reply(204)
+        if parts[0] == "keys" and parts[2:] == ["rotate"]:
+            entry = keys[parts[1]]
+            entry["versions"].append(
+                Ed25519PrivateKey.generate()
+                if entry["type"] == "ed25519"
+                else AESGCM.generate_key(bit_length=256)
+            )
+            return self._reply(204)
+        name = parts[-1]
+        if name not in keys:
+            return self._reply(400, {"errors": ["encryption key not found"]})
+        if parts[0] == "datakey":
+            plain = _os.urandom(int(body.get("bits", 256)) // 8)
+            data = {"ciphertext": seal(name, plain)}
+            if parts[1] == "plaintext":
+                data["plaintext"] = base64.b64encode(plain).decode()
+            return self._reply(200, {"data": data})
+        if parts[0] == "decrypt":
+            plain = open_(name, body["ciphertext"])
+            return self._reply(200, {"data": {"plaintext": base64.b64encode(plain).decode()}})
+        if parts[0] == "rewrap":
+            return self._reply(
+                200, {"data": {"ciphertext": seal(name, open_(name, body["ciphertext"]))}}
+            )
+        if parts[0] in ("sign", "verify"):
+            message = base64.b64decode(body["input"])
+            versions = keys[name]["versions"]
+            if parts[0] == "sign":
+                signature = versions[-1].sign(message)
+                return self._reply(
+                    200,
+                    {
+                        "data": {
+                            "signature": f"vault:v{len(versions)}:"
+                            + base64.b64encode(signature).decode()
+                        }
+                    },
+                )
+            _, version, sig = body["signature"].split(":", 2)
+            public: Ed25519PublicKey = versions[int(version[1:]) - 1].public_key()
+            try:
+                public.verify(base64.b64decode(sig), message)
+                valid = True
+            except Exception:
+                valid = False
+            return self._reply(200, {"data": {"valid": valid}})
+        return self._reply(404, {"errors": [f"no handler for route transit/{path}"]})
 
     def _login(self, body: dict[str, Any]) -> None:
         state = self.state

@@ -166,3 +166,63 @@ def test_workload_reads_its_api_keys_and_fails_closed(tmp_path: Path) -> None:
         with pytest.raises(RuntimeError):
             rotating.replace([])
         assert rotating.accepts("old")
+
+
+def test_transit_envelope_encryption_rotation_and_signing(vault: Vault) -> None:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from freehold_serving.transit import Transit
+
+    root = vault.client()
+    transit = Transit(root)
+    transit.create_key("store-freehold-demo-memory")
+    # envelope: a data key encrypts a record locally; only its wrapped form is stored
+    key = transit.data_key("store-freehold-demo-memory")
+    assert key.ciphertext.startswith("vault:v1:") and len(key.plaintext) == 32
+    assert key.plaintext.hex() not in repr(key)
+    nonce = b"\0" * 12
+    record = AESGCM(key.plaintext).encrypt(nonce, b"user prefers Welsh", None)
+    unwrapped = transit.unwrap("store-freehold-demo-memory", key.ciphertext)
+    assert AESGCM(unwrapped).decrypt(nonce, record, None) == b"user prefers Welsh"
+    # rotation: new wraps use v2, rewrap moves old wraps forward, data still opens
+    transit.rotate("store-freehold-demo-memory")
+    assert transit.wrapped_data_key("store-freehold-demo-memory").startswith("vault:v2:")
+    moved = transit.rewrap("store-freehold-demo-memory", key.ciphertext)
+    assert moved.startswith("vault:v2:")
+    assert transit.unwrap("store-freehold-demo-memory", moved) == key.plaintext
+    # signatures for bundles and audit checkpoints
+    transit.create_key("signing-freehold-demo", key_type="ed25519")
+    signature = transit.sign("signing-freehold-demo", b"bundle-digest")
+    assert transit.verify("signing-freehold-demo", b"bundle-digest", signature)
+    assert not transit.verify("signing-freehold-demo", b"tampered", signature)
+
+
+def test_transit_is_subject_to_policy(vault: Vault) -> None:
+    from freehold_serving.transit import Transit
+
+    root = vault.client()
+    Transit(root).create_key("store-a")
+    Transit(root).create_key("store-b")
+    root.sys.create_or_update_acl_policy(
+        name="store-a-only",
+        policy=(
+            'path "transit/datakey/plaintext/store-a" {\n  capabilities = ["update"]\n}\n'
+            'path "transit/decrypt/store-a" {\n  capabilities = ["update"]\n}\n'
+        ),
+    )
+    token = (
+        root.auth.token.create(policies=["store-a-only"], ttl="10m")["auth"]["client_token"]
+        if vault.server is None
+        else _server_token(vault, "store-a-only")
+    )
+    mine = Transit(vault.client(token))
+    assert len(mine.data_key("store-a").plaintext) == 32
+    with pytest.raises(vault_errors.Forbidden):
+        mine.data_key("store-b")
+
+
+def _server_token(vault: Vault, policy: str) -> str:
+    assert vault.server is not None
+    token = f"hvs.test-{policy}"
+    vault.server.state.tokens[token] = [policy]
+    return token
