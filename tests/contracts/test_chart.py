@@ -140,3 +140,15 @@ def test_invalid_values_fail_at_install_time(setting: str, fragment: str) -> Non
     assert result.returncode != 0
     assert "values don't meet the specifications of the schema" in result.stderr
     assert fragment.rsplit(".", maxsplit=1)[-1] in result.stderr
+
+
+def test_vault_wiring() -> None:
+    (dep,) = [
+        o for o in render(ROOT / "tests/data/chart-values/vault.yaml") if o["kind"] == "Deployment"
+    ]
+    pod = dep["spec"]["template"]["spec"]
+    env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+    assert env["FREEHOLD_OPERATOR_VAULT_ADDRESS"] == "https://vault.vault.svc:8200"
+    assert env["FREEHOLD_OPERATOR_VAULT_ROLE"] == "freehold-operator"
+    token = next(v for v in pod["volumes"] if v["name"] == "vault-token")
+    assert token["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "vault"
