@@ -27,17 +27,8 @@ import httpx
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-VERBS = ["get", "list", "watch", "create", "patch", "update", "delete"]
-BUILTINS = [
-    ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition", False),
-    ("v1/namespaces", "Namespace", False),
-    ("v1/events", "Event", True),
-    ("v1/serviceaccounts", "ServiceAccount", True),
-    ("v1/services", "Service", True),
-    ("apps/v1/deployments", "Deployment", True),
-    ("networking.k8s.io/v1/networkpolicies", "NetworkPolicy", True),
-    ("policy/v1/poddisruptionbudgets", "PodDisruptionBudget", True),
-]
+sys.path.insert(0, str(ROOT))  # the emulator setup is shared with the operator tests
+from tests.emulator import declare, write_kubeconfig  # noqa: E402
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -140,29 +131,10 @@ async def on_emulator(count: int) -> None:
     import kmock
 
     async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator):
-        emulator.resources["freehold.dev/v1alpha1/modeldeployments"] = {
-            "namespaced": True,
-            "kind": "ModelDeployment",
-            "subresources": ["status"],
-            "verbs": VERBS,
-        }
-        for key, kind, namespaced in BUILTINS:
-            emulator.resources[key] = {"namespaced": namespaced, "kind": kind, "verbs": VERBS}
+        declare(emulator)
         url = str(emulator.url).rstrip("/")
         with tempfile.TemporaryDirectory() as tmp:
-            kubeconfig = Path(tmp) / "kubeconfig"
-            kubeconfig.write_text(
-                yaml.safe_dump(
-                    {
-                        "apiVersion": "v1",
-                        "kind": "Config",
-                        "current-context": "e",
-                        "clusters": [{"name": "e", "cluster": {"server": url}}],
-                        "users": [{"name": "e", "user": {"token": "bench"}}],
-                        "contexts": [{"name": "e", "context": {"cluster": "e", "user": "e"}}],
-                    }
-                )
-            )
+            kubeconfig = write_kubeconfig(Path(tmp) / "kubeconfig", url)
             print(f"against kmock's emulator at {url}")
             await run(url, {}, kubeconfig, count, "bench")
 

@@ -10,7 +10,6 @@ from typing import Any
 
 from freehold.api.model_deployment import ModelDeploymentSpec
 from freehold.builders.common import (
-    MODELS_ROOT,
     SERVE_PORT,
     BuildContext,
     base_env,
@@ -23,8 +22,7 @@ from freehold.builders.common import (
     service_account_name,
     volumes,
 )
-from freehold.builders.serving_args import serving_args_for
-from freehold.builders.vault import vault_name
+from freehold.builders.workload_args import workload_args
 
 ARGS_ENV = "FREEHOLD_SERVING_ARGS"
 
@@ -36,17 +34,7 @@ def deployment_replicas(spec: ModelDeploymentSpec) -> int:
 
 def build_deployment(spec: ModelDeploymentSpec, ctx: BuildContext) -> dict[str, Any]:
     vols, mounts = volumes(spec)
-    args = serving_args_for(
-        spec,
-        ctx.name,
-        ctx.namespace,
-        otlp_endpoint=ctx.otel_endpoint,
-        vault_address=ctx.vault_address,
-        vault_role=vault_name(ctx),
-    )
-    args = args.model_copy(
-        update={"model": args.model.model_copy(update={"models_root": MODELS_ROOT})}
-    )
+    args = workload_args(spec, ctx)
     probe = {"httpGet": {"path": "/health", "port": SERVE_PORT}}
     container = {
         "name": "serving",

@@ -9,7 +9,6 @@ import yaml
 
 from freehold.api.model_deployment import ModelDeploymentSpec
 from freehold.builders.common import (
-    MODELS_ROOT,
     SERVE_PORT,
     BuildContext,
     base_env,
@@ -21,8 +20,8 @@ from freehold.builders.common import (
     service_account_name,
     volumes,
 )
-from freehold.builders.serving_args import cpu_count, serving_args_for
-from freehold.builders.vault import vault_name
+from freehold.builders.serving_args import cpu_count
+from freehold.builders.workload_args import workload_args
 from freehold_serving.args import IMPORT_PATH
 
 HEAD_PORTS = [
@@ -35,17 +34,7 @@ HEAD_PORTS = [
 
 def serve_config(spec: ModelDeploymentSpec, ctx: BuildContext) -> str:
     """serveConfigV2: one application, built by our typed app builder from the args."""
-    args = serving_args_for(
-        spec,
-        ctx.name,
-        ctx.namespace,
-        otlp_endpoint=ctx.otel_endpoint,
-        vault_address=ctx.vault_address,
-        vault_role=vault_name(ctx),
-    )
-    args = args.model_copy(
-        update={"model": args.model.model_copy(update={"models_root": MODELS_ROOT})}
-    )
+    args = workload_args(spec, ctx)
     config = {
         "applications": [
             {

@@ -54,7 +54,7 @@ def context_for(name: str, namespace: str, settings: OperatorSettings) -> BuildC
     )
 
 
-def possible_children(ctx: BuildContext, ray: bool) -> list[Ref]:
+def possible_children(ctx: BuildContext) -> list[Ref]:
     """The objects a ModelDeployment may own but not want any more (a PDB after scaling
     to one, the Deployment and Service once KubeRay serves it). The ServiceAccount,
     the NetworkPolicies and a served RayService are always wanted."""
@@ -67,7 +67,6 @@ def possible_children(ctx: BuildContext, ray: bool) -> list[Ref]:
         Ref("v1", "Service", ns, name),
         Ref("policy/v1", "PodDisruptionBudget", ns, name),
     ]
-    del ray  # a RayService cannot become unwanted while KubeRay serves the API
     return refs
 
 
@@ -172,7 +171,7 @@ class ModelDeploymentController:
                         verb,
                         f"{verb.lower()} {child['kind']} {child['metadata']['name']}",
                     )
-            self._prune(ctx, ray, children)
+            self._prune(ctx, children)
             serving = next(c for c in children if c["kind"] in ("RayService", "Deployment"))
             current = self._kube.get(Ref.of(serving))
         except KubeError as exc:
@@ -244,11 +243,11 @@ class ModelDeploymentController:
                     log.warning("resync of %s/%s failed: %s", ref.namespace, ref.name, exc)
         return count
 
-    def _prune(self, ctx: BuildContext, ray: bool, wanted: list[dict[str, Any]]) -> None:
+    def _prune(self, ctx: BuildContext, wanted: list[dict[str, Any]]) -> None:
         """Delete children this spec no longer wants (a PDB after scaling to one, the
         Deployment after KubeRay appears), but only objects we manage."""
         keep = {Ref.of(c) for c in wanted}
-        for ref in possible_children(ctx, ray):
+        for ref in possible_children(ctx):
             if ref in keep:
                 continue
             current = self._kube.get(ref)

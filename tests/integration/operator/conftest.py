@@ -24,19 +24,10 @@ import kmock
 import pytest
 import yaml
 
+from tests.emulator import declare, declare_kuberay, write_kubeconfig
 from tests.paths import EXAMPLES
 
 NS = "freehold-demo"
-BUILTINS = [
-    ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition", False),
-    ("v1/namespaces", "Namespace", False),
-    ("v1/events", "Event", True),
-    ("v1/serviceaccounts", "ServiceAccount", True),
-    ("v1/services", "Service", True),
-    ("apps/v1/deployments", "Deployment", True),
-    ("networking.k8s.io/v1/networkpolicies", "NetworkPolicy", True),
-    ("policy/v1/poddisruptionbudgets", "PodDisruptionBudget", True),
-]
 MD_PATH = f"/apis/freehold.dev/v1alpha1/namespaces/{NS}/modeldeployments"
 
 
@@ -60,12 +51,7 @@ class Cluster:
     kubeconfig: Path
 
     def declare_kuberay(self) -> None:
-        self.emulator.resources["ray.io/v1/rayservices"] = {
-            "namespaced": True,
-            "kind": "RayService",
-            "subresources": ["status"],
-            "verbs": ["get", "list", "watch", "create", "patch", "delete"],
-        }
+        declare_kuberay(self.emulator)
 
     async def request(
         self, method: str, path: str, body: Any = None, merge: bool = False
@@ -105,33 +91,9 @@ async def eventually(check: Callable[[], Any], timeout: float = 30.0) -> Any:
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator):
-        verbs = ["get", "list", "watch", "create", "patch", "update", "delete"]
-        emulator.resources["freehold.dev/v1alpha1/modeldeployments"] = {
-            "namespaced": True,
-            "kind": "ModelDeployment",
-            "subresources": ["status"],
-            "verbs": verbs,
-        }
-        # The built-in resources kopf and the operator use (the emulator serves only
-        # what is declared in discovery).
-        for key, kind, namespaced in BUILTINS:
-            emulator.resources[key] = {"namespaced": namespaced, "kind": kind, "verbs": verbs}
+        declare(emulator)
         url = str(emulator.url).rstrip("/")
-        kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(
-            yaml.safe_dump(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Config",
-                    "current-context": "kmock",
-                    "clusters": [{"name": "kmock", "cluster": {"server": url}}],
-                    "users": [{"name": "kmock", "user": {"token": "test"}}],
-                    "contexts": [
-                        {"name": "kmock", "context": {"cluster": "kmock", "user": "kmock"}}
-                    ],
-                }
-            )
-        )
+        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", url)
         yield Cluster(emulator, url, kubeconfig)
 
 
