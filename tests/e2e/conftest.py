@@ -4,7 +4,9 @@ Run on kind:
     kind create cluster && KUBECONFIG=~/.kube/config scripts/test tests/e2e
 Set FREEHOLD_E2E_SERVING_IMAGE to a serving image the nodes can pull to also wait for
 Ready=True (the model is then really served); without it, the suite checks everything
-up to the pods (CRDs, admission, children, status, cleanup).
+up to the pods (CRDs, admission, children, status, cleanup). The example pins residency
+to region eu-central: pods stay Pending (by design) until a node carries that label,
+e.g. `kubectl label node --all topology.kubernetes.io/region=eu-central`.
 """
 
 from __future__ import annotations
