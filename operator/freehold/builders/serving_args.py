@@ -70,6 +70,8 @@ def serving_args_for(
             sha256=spec.model.sha256,
             served_name=spec.model.served_name or name,
             format=spec.model.format,
+            signature_ref=spec.model.signature.ref if spec.model.signature else None,
+            signer=spec.model.signature.signer if spec.model.signature else None,
         ),
         engine=EngineConfig(
             name=engine.name,

@@ -122,10 +122,20 @@ def local_args(deployment: Deployment, settings: LocalSettings, cpus: int) -> Se
 
 def prepare_model(args: ServingArgs, console: Console) -> Path:
     """Assemble (for package:// models) and verify the file, with progress."""
-    from freehold_serving.model_files import DigestMismatchError, resolve, sha256_of
+    from freehold_serving.model_files import (
+        DigestMismatchError,
+        ModelFileError,
+        check_signature_supported,
+        resolve,
+        sha256_of,
+    )
 
-    with console.status(f"Locating {args.model.uri}"):
-        path = resolve(args.model)
+    try:
+        check_signature_supported(args.model)
+        with console.status(f"Locating {args.model.uri}"):
+            path = resolve(args.model)
+    except ModelFileError as exc:
+        raise UpError(str(exc)) from None
     size = path.stat().st_size
     with Progress(
         SpinnerColumn(),
