@@ -110,6 +110,11 @@ def check_signature_supported(model: ModelConfig) -> None:
             "verified by this version of Freehold; refusing to serve. Remove "
             "spec.model.signature to rely on the sha256 digest alone."
         )
+
+
+def verified_path(model: ModelConfig, progress: Callable[[int], None] | None = None) -> Path:
+    """Resolve and verify; raises rather than return a file with the wrong digest."""
+    check_signature_supported(model)
     path = resolve(model)
     actual = sha256_of(path, progress)
     if actual != model.sha256:
