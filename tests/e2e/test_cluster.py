@@ -55,7 +55,8 @@ def test_residency_region_is_immutable(namespace: str) -> None:
     assert result.returncode != 0 and "immutable" in result.stderr
 
 
-def test_operator_builds_children_and_status(namespace: str, operator: None) -> None:
+def apply_example(namespace: str) -> None:
+    """The example, applied and reconciled at least once."""
     kubectl("apply", "-f", "-", input=manifest(EXAMPLES / "modeldeployment.yaml", namespace))
     kubectl(
         "wait",
@@ -65,6 +66,10 @@ def test_operator_builds_children_and_status(namespace: str, operator: None) -> 
         "--for=condition=PolicyCompliant=True",
         "--timeout=120s",
     )
+
+
+def test_operator_builds_children_and_status(namespace: str, operator: None) -> None:
+    apply_example(namespace)
     status = json.loads(
         kubectl("get", "modeldeployment/gemma-270m", "-n", namespace, "-o", "json").stdout
     )["status"]
@@ -93,15 +98,7 @@ def test_operator_builds_children_and_status(namespace: str, operator: None) -> 
 
 
 def test_delete_cascades(namespace: str, operator: None) -> None:
-    kubectl("apply", "-f", "-", input=manifest(EXAMPLES / "modeldeployment.yaml", namespace))
-    kubectl(
-        "wait",
-        "modeldeployment/gemma-270m",
-        "-n",
-        namespace,
-        "--for=condition=PolicyCompliant=True",
-        "--timeout=120s",
-    )
+    apply_example(namespace)
     kubectl("delete", "modeldeployment/gemma-270m", "-n", namespace, "--timeout=60s")
     kubectl(
         "wait",

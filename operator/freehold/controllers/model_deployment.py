@@ -7,7 +7,7 @@ cluster match it, so create, update, resume and drift repair are the same call.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, MutableMapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -259,14 +259,10 @@ class ModelDeploymentController:
 
 def _plain(body: Any) -> dict[str, Any]:
     """kopf's Body as a plain dict (validation and builders take plain data)."""
-    if isinstance(body, MutableMapping):
-        return {k: _plain(v) for k, v in body.items()}
-    if isinstance(body, dict):
+    if isinstance(body, Mapping):  # dicts and kopf's Body alike
         return {k: _plain(v) for k, v in body.items()}
     if isinstance(body, list):
         return [_plain(v) for v in body]  # type: ignore[return-value]
-    if hasattr(body, "items") and hasattr(body, "keys"):
-        return {k: _plain(v) for k, v in body.items()}
     return body  # type: ignore[no-any-return]
 
 

@@ -156,9 +156,7 @@ class OpenAIApi:
         stream = await self._run(job, record)
         want_logprobs = req.logprobs is not None
         if req.stream:
-            return self._streaming(
-                self._completion_events(req, stream, record, want_logprobs), record
-            )
+            return self._streaming(self._completion_events(req, stream, record, want_logprobs))
         result = await self._collect(stream, record)
         return JSONResponse(
             r.completion(
@@ -185,7 +183,7 @@ class OpenAIApi:
         stream = await self._run(job, record)
         want_logprobs = bool(req.logprobs)
         if req.stream:
-            return self._streaming(self._chat_events(req, stream, record, want_logprobs), record)
+            return self._streaming(self._chat_events(req, stream, record, want_logprobs))
         result = await self._collect(stream, record)
         return JSONResponse(
             r.chat_completion(r.new_id("chatcmpl"), self._model, result, want_logprobs)
@@ -260,7 +258,7 @@ class OpenAIApi:
                 record.token_arrived(chunk.text)
             result.add(chunk, is_echo=chunk.echo)
 
-    def _streaming(self, events: AsyncIterator[bytes], record: RequestRecord) -> Response:
+    def _streaming(self, events: AsyncIterator[bytes]) -> Response:
         return StreamingResponse(
             events,
             media_type="text/event-stream",
@@ -294,13 +292,11 @@ class OpenAIApi:
     async def _completion_events(
         self, req: CompletionRequest, stream: Stream, record: RequestRecord, want_lp: bool
     ) -> AsyncIterator[bytes]:
-        request_id, created = r.new_id("cmpl"), int(time.time())
+        chunks = r.Chunks(r.new_id("cmpl"), "text_completion", self._model)
         # text_offset counts from the start of the returned text, prompt included on echo.
         offset = len(req.prompt_text) if req.echo else 0
         if req.echo and not want_lp:
-            yield _sse(
-                r.completion_chunk(request_id, self._model, created, req.prompt_text, None, None)
-            )
+            yield _sse(chunks.text(req.prompt_text, None, None))
         try:
             async for chunk, totals in self._events(stream, record):
                 lp_body = None
@@ -311,32 +307,11 @@ class OpenAIApi:
                 if not chunk.echo:
                     offset += len(chunk.text)
                 text = req.prompt_text if chunk.echo else chunk.text
-                final = chunk.finish_reason is not None
-                if text or lp_body or final:
-                    usage = (
-                        r.usage(totals.prompt_tokens, totals.completion_tokens) if final else None
-                    )
-                    yield _sse(
-                        r.completion_chunk(
-                            request_id,
-                            self._model,
-                            created,
-                            text,
-                            lp_body,
-                            chunk.finish_reason,
-                            usage,
-                        )
-                    )
-                if final and req.include_usage:
-                    yield _sse(
-                        r.usage_chunk(
-                            request_id,
-                            self._model,
-                            created,
-                            "text_completion",
-                            r.usage(totals.prompt_tokens, totals.completion_tokens),
-                        )
-                    )
+                usage = _final_usage(chunk, totals)
+                if text or lp_body or usage:
+                    yield _sse(chunks.text(text, lp_body, chunk.finish_reason, usage))
+                if usage and req.include_usage:
+                    yield _sse(chunks.usage_only(usage))
         except ApiError as err:
             yield _sse(err.body())
         yield _SSE_DONE
@@ -344,39 +319,27 @@ class OpenAIApi:
     async def _chat_events(
         self, req: ChatCompletionRequest, stream: Stream, record: RequestRecord, want_lp: bool
     ) -> AsyncIterator[bytes]:
-        request_id, created = r.new_id("chatcmpl"), int(time.time())
-        yield _sse(
-            r.chat_chunk(
-                request_id, self._model, created, {"role": "assistant", "content": ""}, None, None
-            )
-        )
+        chunks = r.Chunks(r.new_id("chatcmpl"), "chat.completion.chunk", self._model)
+        yield _sse(chunks.delta({"role": "assistant", "content": ""}, None, None))
         try:
             async for chunk, totals in self._events(stream, record):
-                final = chunk.finish_reason is not None
-                if chunk.text or chunk.logprobs or final:
+                usage = _final_usage(chunk, totals)
+                if chunk.text or chunk.logprobs or usage:
                     delta = {"content": chunk.text} if chunk.text else {}
                     lp = r.chat_logprobs(chunk.logprobs) if want_lp and chunk.logprobs else None
-                    usage = (
-                        r.usage(totals.prompt_tokens, totals.completion_tokens) if final else None
-                    )
-                    yield _sse(
-                        r.chat_chunk(
-                            request_id, self._model, created, delta, lp, chunk.finish_reason, usage
-                        )
-                    )
-                if final and req.include_usage:
-                    yield _sse(
-                        r.usage_chunk(
-                            request_id,
-                            self._model,
-                            created,
-                            "chat.completion.chunk",
-                            r.usage(totals.prompt_tokens, totals.completion_tokens),
-                        )
-                    )
+                    yield _sse(chunks.delta(delta, lp, chunk.finish_reason, usage))
+                if usage and req.include_usage:
+                    yield _sse(chunks.usage_only(usage))
         except ApiError as err:
             yield _sse(err.body())
         yield _SSE_DONE
+
+
+def _final_usage(chunk: Chunk, totals: r.Accumulated) -> dict[str, int] | None:
+    """Usage rides on the chunk that ends the stream, and on no other."""
+    if chunk.finish_reason is None:
+        return None
+    return r.usage(totals.prompt_tokens, totals.completion_tokens)
 
 
 def _attrs(

@@ -108,29 +108,6 @@ def completion(
     }
 
 
-def completion_chunk(
-    request_id: str,
-    model: str,
-    created: int,
-    text: str,
-    logprobs: dict[str, Any] | None,
-    finish_reason: str | None,
-    usage_body: dict[str, int] | None = None,
-) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "id": request_id,
-        "object": "text_completion",
-        "created": created,
-        "model": model,
-        "choices": [
-            {"text": text, "index": 0, "logprobs": logprobs, "finish_reason": finish_reason}
-        ],
-    }
-    if usage_body is not None:
-        body["usage"] = usage_body
-    return body
-
-
 def chat_completion(
     request_id: str, model: str, result: Accumulated, want_logprobs: bool
 ) -> dict[str, Any]:
@@ -151,38 +128,49 @@ def chat_completion(
     }
 
 
-def chat_chunk(
-    request_id: str,
-    model: str,
-    created: int,
-    delta: dict[str, Any],
-    logprobs: dict[str, Any] | None,
-    finish_reason: str | None,
-    usage_body: dict[str, int] | None = None,
-) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "id": request_id,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "choices": [
-            {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
-        ],
-    }
-    if usage_body is not None:
-        body["usage"] = usage_body
-    return body
+@dataclass(frozen=True)
+class Chunks:
+    """One streamed response: every chunk carries the same id, object, created and model."""
 
+    request_id: str
+    object: str
+    model: str
+    created: int = field(default_factory=lambda: int(time.time()))
 
-def usage_chunk(
-    request_id: str, model: str, created: int, obj: str, usage_body: dict[str, int]
-) -> dict[str, Any]:
-    """The extra final chunk of `stream_options.include_usage`: no choices, only usage."""
-    return {
-        "id": request_id,
-        "object": obj,
-        "created": created,
-        "model": model,
-        "choices": [],
-        "usage": usage_body,
-    }
+    def _envelope(
+        self, choices: list[dict[str, Any]], usage_body: dict[str, int] | None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "id": self.request_id,
+            "object": self.object,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
+        if usage_body is not None:
+            body["usage"] = usage_body
+        return body
+
+    def text(
+        self,
+        text: str,
+        logprobs: dict[str, Any] | None,
+        finish_reason: str | None,
+        usage_body: dict[str, int] | None = None,
+    ) -> dict[str, Any]:
+        choice = {"text": text, "index": 0, "logprobs": logprobs, "finish_reason": finish_reason}
+        return self._envelope([choice], usage_body)
+
+    def delta(
+        self,
+        delta: dict[str, Any],
+        logprobs: dict[str, Any] | None,
+        finish_reason: str | None,
+        usage_body: dict[str, int] | None = None,
+    ) -> dict[str, Any]:
+        choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+        return self._envelope([choice], usage_body)
+
+    def usage_only(self, usage_body: dict[str, int]) -> dict[str, Any]:
+        """The extra final chunk of `stream_options.include_usage`: no choices, only usage."""
+        return self._envelope([], usage_body)
