@@ -233,22 +233,10 @@ class OpenAIApi:
             raise
 
     async def _collect(self, stream: Stream, record: RequestRecord) -> r.Accumulated:
-        first, rest = stream
+        """A whole (non-streamed) answer: the stream's events, drained."""
         result = r.Accumulated()
-        try:
-            for batch in [first]:
-                self._account(batch, result, record)
-            async for batch in rest:
-                self._account(batch, result, record)
-        except BaseException as exc:
-            record.error_type = type(exc).__name__
-            raise
-        finally:
-            await rest.aclose()
-            record.input_tokens = result.prompt_tokens
-            record.output_tokens = result.completion_tokens
-            record.finish_reason = result.finish_reason
-            self._telemetry.finish(record)
+        async for _chunk, result in self._events(stream, record):  # noqa: B007
+            pass
         return result
 
     @staticmethod
