@@ -25,7 +25,7 @@ import jsonschema
 
 from freehold.api.base import API_VERSION
 from freehold.api.kinds import KINDS_BY_NAME, Kind
-from freehold.crdgen import Schema, schema_of
+from freehold.crdgen import Schema, apply_defaults, schema_of
 
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 Path = tuple[str | int, ...]
@@ -60,23 +60,6 @@ def _schema(kind_name: str) -> Schema:
 @functools.cache
 def _program(rule: str) -> Any:
     return cel.compile(rule)
-
-
-def apply_defaults(schema: Schema, value: Any) -> Any:
-    """Fill in schema defaults the way the API server does (recursively, into defaults too)."""
-    if isinstance(value, dict):
-        for name, sub in schema.get("properties", {}).items():
-            if name not in value and "default" in sub:
-                value[name] = copy.deepcopy(sub["default"])
-            if name in value:
-                value[name] = apply_defaults(sub, value[name])
-        extra = schema.get("additionalProperties")
-        if isinstance(extra, dict):
-            for key in value:
-                value[key] = apply_defaults(extra, value[key])
-    elif isinstance(value, list) and "items" in schema:
-        return [apply_defaults(schema["items"], item) for item in value]
-    return value
 
 
 def _unknown_fields(schema: Schema, value: Any, path: Path) -> Iterator[FieldError]:
@@ -174,6 +157,9 @@ def validate(manifest: Any, old: Any = None) -> list[FieldError]:
     """
     if not isinstance(manifest, dict):
         return [FieldError("<root>", "a manifest must be a mapping")]
+    if manifest.get("kind") == "CustomResourceDefinition":
+        # `freehold validate -f crds/`: the CRD itself, as the API server checks it.
+        return crd_errors(manifest)
     errors: list[FieldError] = []
     if manifest.get("apiVersion") != API_VERSION:
         errors.append(FieldError("apiVersion", f'Unsupported value: must be "{API_VERSION}"'))
@@ -217,3 +203,39 @@ def defaulted(manifest: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("not a Freehold manifest")
     result: dict[str, Any] = apply_defaults(_schema(kind.kind), copy.deepcopy(manifest))
     return result
+
+
+def _schema_nodes(node: Schema, path: str) -> Iterator[tuple[str, Schema]]:
+    yield path, node
+    for name, sub in node.get("properties", {}).items():
+        yield from _schema_nodes(sub, f"{path}.properties[{name}]")
+    if isinstance(node.get("items"), dict):
+        yield from _schema_nodes(node["items"], f"{path}.items")
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from _schema_nodes(node["additionalProperties"], f"{path}.additionalProperties")
+
+
+def crd_errors(crd: dict[str, Any]) -> list[FieldError]:
+    """Why the API server would refuse this CustomResourceDefinition's defaults.
+
+    On create and update of a CRD the API server validates every `default` against the
+    schema of its node and that node's CEL rules, as the value stands: nested defaults are
+    NOT applied first. A `default: {}` on an object whose rule reads `self.minReplicas`
+    is refused with "no such key". Paths are named as the API server names them.
+    """
+    errors: list[FieldError] = []
+    for version in crd.get("spec", {}).get("versions", []):
+        root = (version.get("schema") or {}).get("openAPIV3Schema") or {}
+        for path, node in _schema_nodes(root, "spec.validation.openAPIV3Schema"):
+            if "default" not in node:
+                continue
+            default = node["default"]
+            where = f"{path}.default"
+            plain = {k: v for k, v in node.items() if k != "default"}
+            for error in jsonschema.Draft7Validator(plain).iter_errors(default):
+                errors.append(FieldError(where, f"Invalid value: {error.message}"))
+            for problem in _unknown_fields(node, default, ()):
+                errors.append(FieldError(where, f"{problem.path}: {problem.message}"))
+            for problem in _cel_errors(node, default, None, (), False):
+                errors.append(FieldError(where, f"{problem.path}: {problem.message}"))
+    return errors

@@ -155,3 +155,28 @@ def test_model_deployment_status_has_the_conditions_the_api_promises() -> None:
     assert conditions["x-kubernetes-list-map-keys"] == ["type"]
     for name in ("Ready", "ModelVerified", "PolicyCompliant", "Progressing", "Degraded"):
         assert name in conditions["description"]
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.kind)
+def test_defaults_pass_their_cel_rules_as_the_api_server_checks_them(kind: Kind) -> None:
+    """The API server evaluates a default's CEL rules without nested defaults first."""
+    from freehold.validation import crd_errors
+
+    assert crd_errors(crd_for(kind)) == []
+
+
+def test_an_empty_default_under_a_rule_is_caught_offline() -> None:
+    """The class of error a real API server reported (issue 9): `default: {}` on an object
+    whose rule reads a field. The generator and `freehold validate` both refuse it."""
+    from freehold.validation import crd_errors, validate
+
+    crd = crd_for(KINDS[0])
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    spec["properties"]["scaling"]["default"] = {}
+    errors = [str(e) for e in validate(crd)]
+    assert errors == [str(e) for e in crd_errors(crd)]
+    assert len(errors) == 2
+    assert errors[0].startswith(
+        "spec.validation.openAPIV3Schema.properties[spec].properties[scaling].default: "
+    )
+    assert "minReplicas" in errors[0]
