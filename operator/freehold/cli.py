@@ -47,6 +47,19 @@ def crds(
 
 
 @app.command()
+def rbac(
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Where to write the chart's rules template.")
+    ] = Path("charts/freehold/templates/_rules.tpl"),
+) -> None:
+    """Generate the chart's RBAC rules from the registered kinds."""
+    from freehold.rbac import render_rules_template
+
+    output.write_text(render_rules_template(), encoding="utf-8")
+    out.print(f"wrote {output}")
+
+
+@app.command()
 def validate(
     files: Annotated[
         list[Path] | None,

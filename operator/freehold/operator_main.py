@@ -1,26 +1,35 @@
-"""`freehold operator`: kopf with our settings, handlers and liveness endpoint."""
+"""`freehold operator`: settings -> adapters -> reconciler -> kopf watches, for every kind.
+
+kopf is used at the edge only: it logs in, watches, reconnects, and serves /healthz.
+Its handlers are generated per registered kind and child type, and are one line each.
+"""
 
 from __future__ import annotations
 
 import logging
-import os
+from collections.abc import Callable
 from typing import Any
 
 import kopf
 
-from freehold.adapters.kubernetes import KubeApi, load_client
+from freehold.adapters.kubernetes import KubeApi, ResourceType, load_client
 from freehold.adapters.vault import VaultApi
-from freehold.controllers.model_deployment import ModelDeploymentController
-from freehold.handlers import model_deployment
+from freehold.controller import Controller
+from freehold.kinds import child_types, registry
+from freehold.kinds.model_deployment import ClusterConfig
+from freehold.reconciler import MANAGED_BY, MANAGED_BY_LABEL, KindController, Reconciler
 from freehold.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
 ANNOTATION_PREFIX = "kopf.freehold.dev"
 
 
-def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
+def kopf_settings(
+    settings: OperatorSettings, children: list[ResourceType]
+) -> kopf.OperatorSettings:
     ks = kopf.OperatorSettings()
-    # Users read conditions, not kopf's bookkeeping: keep that in annotations.
+    # Users read conditions, not kopf's bookkeeping; kopf keeps none with event handlers
+    # only, but should that change, it goes to annotations, never status.
     ks.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
     ks.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
@@ -30,24 +39,33 @@ def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
     ks.watching.server_timeout = settings.watch_server_timeout
     ks.watching.client_timeout = settings.watch_client_timeout
     ks.watching.connect_timeout = 30
-    ks.execution.max_workers = settings.workers
+    # Only our children are streamed (server-side label selector), not every Deployment
+    # and ServiceAccount of the cluster.
+    for t in children:
+        ks.watching.label_selectors[_resource_is(t)] = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
     # Our resources are known up front: no cluster-wide watch on CRDs (one permission
-    # fewer for the chart's RBAC).
+    # fewer for the chart's RBAC). KubeRay installed later is picked up by the reconciler
+    # (discovery); its RayServices are watched after an operator restart.
     ks.scanning.disabled = True
-    ks.posting.level = logging.INFO
+    # We post our own Events (one per change); kopf would add one per handler run.
+    ks.posting.enabled = False
     ks.batching.worker_limit = 1000
     return ks
+
+
+def _resource_is(t: ResourceType) -> Callable[[kopf.Resource], bool]:
+    return lambda r: bool(r.group == t.group and r.plural == t.plural)
 
 
 def connect_vault(settings: OperatorSettings) -> VaultApi | None:
     if not settings.vault_address:
         return None
-    # A dev or break-glass token from the environment wins; otherwise the operator logs in
-    # with its own ServiceAccount token.
-    if token := os.environ.get("VAULT_TOKEN"):
+    # A dev or break-glass token wins; otherwise the operator logs in with its own
+    # ServiceAccount token.
+    if settings.vault_token:
         return VaultApi.connect(
             settings.vault_address,
-            token,
+            settings.vault_token.get_secret_value(),
             ca_bundle=settings.vault_ca_bundle,
             auth_mount=settings.vault_auth_mount,
         )
@@ -61,28 +79,83 @@ def connect_vault(settings: OperatorSettings) -> VaultApi | None:
     )
 
 
-def build_registry(settings: OperatorSettings, kube: KubeApi) -> kopf.OperatorRegistry:
-    registry = kopf.OperatorRegistry()
-    controller = ModelDeploymentController(kube, settings, vault=connect_vault(settings))
-    model_deployment.register(registry, controller, settings.resync_seconds, settings.namespaces)
+def cluster_config(settings: OperatorSettings) -> ClusterConfig:
+    return ClusterConfig(
+        serving_image=settings.serving_image,
+        ray_version=settings.ray_version,
+        head_cpu=settings.head_cpu,
+        head_memory=settings.head_memory,
+        vault_address=settings.vault_address,
+        vault_namespace=settings.vault_namespace,
+        vault_port=settings.vault_port,
+        vault_kv_prefix=settings.vault_kv_prefix,
+        otel_namespace=settings.otel_namespace,
+        otel_endpoint=settings.otel_endpoint,
+        kuberay_namespace=settings.kuberay_namespace,
+        api_server_cidr=settings.api_server_cidr,
+    )
 
-    @kopf.on.login(registry=registry)
+
+def build_registry(
+    controller: Controller, kinds: list[KindController[Any]]
+) -> kopf.OperatorRegistry:
+    reg = kopf.OperatorRegistry()
+    for kind in kinds:
+        r = kind.resource
+        kopf.on.event(r.group, r.version, r.plural, id=f"watch-{r.plural}", registry=reg)(
+            _parent_handler(controller, kind.api.kind)
+        )
+
+    async def on_child(event: kopf.RawEvent, **_: Any) -> None:
+        controller.child_event(event.get("type"), event["object"])
+
+    for t in child_types(kinds):
+        kopf.on.event(t.group, t.version, t.plural, id=f"children-{t.plural}", registry=reg)(
+            on_child
+        )
+
+    @kopf.on.startup(registry=reg)
+    async def start(**_: Any) -> None:
+        await controller.start()
+
+    @kopf.on.cleanup(registry=reg)
+    async def stop(**_: Any) -> None:
+        await controller.stop()
+
+    @kopf.on.login(registry=reg)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         info: kopf.ConnectionInfo | None = kopf.login_via_client(**kwargs)
         return info
 
-    return registry
+    return reg
+
+
+def _parent_handler(controller: Controller, kind: str) -> Any:
+    async def on_parent(event: kopf.RawEvent, **_: Any) -> None:
+        controller.parent_event(kind, event.get("type"), event["object"])
+
+    return on_parent
 
 
 def run(settings: OperatorSettings) -> None:
-    kube = KubeApi(load_client(), discovery_ttl=settings.discovery_seconds)
+    # kopf logs every handled watch event at INFO; ours say what changed.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    kinds = registry(cluster_config(settings))
+    # One connection per worker thread: urllib3's default pool of 4 would throttle them.
+    api = load_client(pool_size=settings.workers)
+    types = [k.resource for k in kinds] + child_types(kinds)
+    kube = KubeApi(api, types, discovery_ttl=settings.discovery_seconds)
+    reconciler = Reconciler(kube, connect_vault(settings))
+    controller = Controller(
+        reconciler, kinds, workers=settings.workers, resync_seconds=settings.resync_seconds
+    )
     log.info("watching %s", ", ".join(settings.namespaces) or "all namespaces")
     kopf.run(
-        registry=build_registry(settings, kube),
-        settings=kopf_settings(settings),
+        registry=build_registry(controller, kinds),
+        settings=kopf_settings(settings, child_types(kinds)),
         # One replica (strategy Recreate in the chart): peering would freeze equals.
         standalone=True,
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces,
-        liveness_endpoint=f"http://0.0.0.0:{settings.liveness_port}/healthz",
+        liveness_endpoint=f"http://{settings.liveness_host}:{settings.liveness_port}/healthz",
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -37,13 +37,35 @@ class OperatorSettings(BaseSettings):
     )
     ray_version: str = Field(default="2.60.0", description="Ray version in the serving image.")
     resync_seconds: float = Field(
-        default=60.0, gt=0, description="How often every resource is re-checked for drift."
+        default=300.0,
+        gt=0,
+        description="Safety-net resync: every resource is reconciled again this often. Watches "
+        "on the children repair drift within seconds; this catches what a watch cannot see.",
     )
     head_cpu: str = Field(default="1", description="CPU of a RayService head pod.")
     head_memory: str = Field(default="2Gi", description="Memory of a RayService head pod.")
-    vault_address: str | None = Field(default=None, description="Vault (or OpenBao) URL.")
+    vault_address: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("FREEHOLD_OPERATOR_VAULT_ADDRESS", "VAULT_ADDR"),
+        description="Vault (or OpenBao) URL.",
+    )
+    vault_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("FREEHOLD_OPERATOR_VAULT_TOKEN", "VAULT_TOKEN"),
+        description="A static Vault token (development, break-glass); unset: the operator "
+        "logs in with its ServiceAccount token.",
+    )
+    vault_kv_prefix: str = Field(
+        default="{namespace}/",
+        description="Workloads may only read KV paths starting with this prefix "
+        "({namespace} is replaced): one team cannot name another team's secrets.",
+    )
     vault_namespace: str = Field(default="vault", description="Namespace of Vault pods.")
-    vault_ca_bundle: str | None = Field(default=None, description="CA bundle for Vault's TLS.")
+    vault_ca_bundle: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("FREEHOLD_OPERATOR_VAULT_CA_BUNDLE", "VAULT_CACERT"),
+        description="CA bundle for Vault's TLS.",
+    )
     vault_role: str = Field(
         default="freehold-operator", description="The operator's Kubernetes-auth role."
     )
@@ -65,6 +87,7 @@ class OperatorSettings(BaseSettings):
         default="0.0.0.0/0",
         description="Where the Kubernetes API server is, for the Ray autoscaler's egress.",
     )
+    liveness_host: str = Field(default="0.0.0.0", description="Address of /healthz.")
     liveness_port: int = Field(default=8080, description="Port of /healthz.")
     watch_server_timeout: int = Field(
         default=300, description="Seconds the API server keeps a watch open."
@@ -72,7 +95,9 @@ class OperatorSettings(BaseSettings):
     watch_client_timeout: int = Field(
         default=330, description="Seconds without data after which a watch is reconnected."
     )
-    workers: int = Field(default=16, ge=1, description="Threads for reconciliation.")
+    workers: int = Field(
+        default=8, ge=1, le=64, description="Resources reconciled at once (threads)."
+    )
     discovery_seconds: float = Field(
         default=60.0, gt=0, description="How long API discovery (is KubeRay installed?) is cached."
     )

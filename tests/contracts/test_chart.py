@@ -152,3 +152,26 @@ def test_vault_wiring() -> None:
     assert env["FREEHOLD_OPERATOR_VAULT_ROLE"] == "freehold-operator"
     token = next(v for v in pod["volumes"] if v["name"] == "vault-token")
     assert token["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "vault"
+
+
+def test_chart_rbac_is_generated_from_the_registered_kinds() -> None:
+    """The chart's rules are what `freehold rbac` derives from the registry; the e2e suite
+    runs the operator with exactly these rules on a real API server."""
+    from freehold.rbac import render_rules_template
+
+    assert (CHART / "templates" / "_rules.tpl").read_text() == render_rules_template()
+
+
+def test_every_registered_kind_and_child_type_has_rules() -> None:
+    from freehold.kinds import child_types, registry
+    from freehold.rbac import rules
+
+    kinds = registry()
+    granted = {
+        (g, r) for rule in rules(kinds) for g in rule["apiGroups"] for r in rule["resources"]
+    }
+    for kind in kinds:
+        assert (kind.resource.group, kind.resource.plural) in granted
+        assert (kind.resource.group, f"{kind.resource.plural}/status") in granted
+    for t in child_types(kinds):
+        assert (t.group, t.plural) in granted

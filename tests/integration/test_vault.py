@@ -18,7 +18,7 @@ import pytest
 from hvac import exceptions as vault_errors
 
 from freehold.adapters.vault import VaultApi, VaultUnavailableError
-from freehold.builders.common import BuildContext
+from freehold.builders.model_workload import BuildContext
 from freehold.builders.vault import build_role
 from tests.unit.test_builders import SPECS
 from tests.vault_server import VaultServer

@@ -9,7 +9,7 @@ import yaml
 
 from freehold.api.model_deployment import ModelDeploymentSpec
 from freehold.builders.children import Backend, build_children
-from freehold.builders.common import BuildContext
+from freehold.builders.model_workload import BuildContext
 from freehold.builders.rayservice import build_rayservice
 from freehold.validation import defaulted
 from freehold_serving.args import IMPORT_PATH, ServingArgs

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from freehold.api.model_deployment import ModelDeploymentSpec
-from freehold.builders.serving_args import cpu_count, serving_args_for
+from freehold.builders.serving_args import serving_args_for
 from freehold.validation import defaulted
 from freehold_serving.app import deployment_options, replicas_that_fit
 from freehold_serving.args import IMPORT_PATH, ServingArgs
@@ -50,11 +50,6 @@ def test_threads_default_to_the_cpu_request() -> None:
     )
     assert serving_args_for(spec, "m", "ns").engine.llamacpp.threads == 3
     assert serving_args_for(spec, "m", "ns", api_keys_file="/k").api_keys.file == "/k"  # type: ignore[union-attr]
-
-
-@pytest.mark.parametrize(("quantity", "cpus"), [("2", 2.0), ("500m", 0.5), ("1.5", 1.5)])
-def test_cpu_quantities(quantity: str, cpus: float) -> None:
-    assert cpu_count(quantity) == cpus
 
 
 def test_fixed_replicas_and_autoscaling_options() -> None:

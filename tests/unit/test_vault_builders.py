@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from freehold.builders.common import BuildContext
+from freehold.builders.model_workload import BuildContext
 from freehold.builders.vault import build_role, policy_hcl, readable_paths, vault_name
 from tests.unit.test_builders import SPECS
 

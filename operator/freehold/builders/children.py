@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from freehold.api.model_deployment import ModelDeploymentSpec
-from freehold.builders.common import (
+from freehold.builders.deployment import build_deployment, build_service
+from freehold.builders.model_workload import (
     ROLE_LABEL,
     BuildContext,
     metadata,
     selector,
     service_account_name,
 )
-from freehold.builders.deployment import build_deployment, build_service
 from freehold.builders.network import build_allow, build_autoscaler_egress, build_default_deny
 from freehold.builders.rayservice import build_rayservice
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from freehold.api.model_deployment import ModelDeploymentSpec
-from freehold.builders.common import (
+from freehold.builders.model_workload import (
     SERVE_PORT,
     BuildContext,
     base_env,
@@ -22,7 +22,7 @@ from freehold.builders.common import (
     service_account_name,
     volumes,
 )
-from freehold.builders.workload_args import workload_args
+from freehold.builders.serving_args import workload_args
 
 ARGS_ENV = "FREEHOLD_SERVING_ARGS"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from freehold.api.model_deployment import ModelDeploymentSpec
-from freehold.builders.common import (
+from freehold.builders.model_workload import (
     ROLE_LABEL,
     SERVE_PORT,
     BuildContext,

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import yaml
 
 from freehold.api.model_deployment import ModelDeploymentSpec
-from freehold.builders.common import (
+from freehold.builders.model_workload import (
     SERVE_PORT,
     BuildContext,
     base_env,
@@ -20,8 +19,8 @@ from freehold.builders.common import (
     service_account_name,
     volumes,
 )
-from freehold.builders.serving_args import cpu_count
-from freehold.builders.workload_args import workload_args
+from freehold.builders.serving_args import workload_args
+from freehold.quantity import whole_cpus
 from freehold_serving.args import IMPORT_PATH
 
 HEAD_PORTS = [
@@ -83,9 +82,7 @@ def build_rayservice(spec: ModelDeploymentSpec, ctx: BuildContext) -> dict[str, 
     worker = _container("ray-worker", ctx.serving_image, model_resources(spec), mounts, env)
     scale = spec.scaling
     gpus = spec.resources.gpu.count if spec.resources.gpu else 0
-    worker_start: dict[str, str] = {
-        "num-cpus": str(max(1, math.floor(cpu_count(spec.resources.cpu))))
-    }
+    worker_start: dict[str, str] = {"num-cpus": str(whole_cpus(spec.resources.cpu))}
     if gpus:
         worker_start["num-gpus"] = str(gpus)
     return {

@@ -1,12 +1,12 @@
 """ModelDeployment spec -> serving application args: the one translation both the
-operator (RayService serveConfigV2) and `freehold up` use."""
+operator (RayService serveConfigV2, Deployment env) and `freehold up` use."""
 
 from __future__ import annotations
 
-import math
-import re
-
 from freehold.api.model_deployment import ModelDeploymentSpec
+from freehold.builders.model_workload import MODELS_ROOT, BuildContext
+from freehold.builders.vault import vault_name
+from freehold.quantity import whole_cpus
 from freehold_serving.args import (
     ApiKeysConfig,
     AutoscalingConfig,
@@ -18,17 +18,6 @@ from freehold_serving.args import (
     VaultKeySource,
     VllmConfig,
 )
-
-_CPU = re.compile(r"^(\d+(?:\.\d+)?)(m?)$")
-
-
-def cpu_count(quantity: str) -> float:
-    """CPUs in a Kubernetes quantity ('2', '500m', '1.5')."""
-    match = _CPU.match(quantity)
-    if match is None:
-        raise ValueError(f"cannot read CPU quantity {quantity!r}")
-    value = float(match.group(1))
-    return value / 1000 if match.group(2) else value
 
 
 def serving_args_for(
@@ -47,9 +36,8 @@ def serving_args_for(
     cluster the workload reads the spec's Vault path itself).
     """
     engine = spec.engine
-    cpus = cpu_count(spec.resources.cpu)
     llama = engine.llamacpp
-    threads = llama.threads if llama and llama.threads else max(1, math.floor(cpus))
+    threads = llama.threads if llama and llama.threads else whole_cpus(spec.resources.cpu)
     gpus = spec.resources.gpu.count if spec.resources.gpu else 0
     vllm = engine.vllm
     api_keys = None
@@ -104,4 +92,20 @@ def serving_args_for(
             trace_sample_ratio=spec.telemetry.trace_sample_ratio,
             otlp_endpoint=otlp_endpoint,
         ),
+    )
+
+
+def workload_args(spec: ModelDeploymentSpec, ctx: BuildContext) -> ServingArgs:
+    """The args a pod on the cluster gets: the shared translation, plus where the cluster
+    mounts models, which Vault role the workload logs in with, and the OTLP endpoint."""
+    args = serving_args_for(
+        spec,
+        ctx.name,
+        ctx.namespace,
+        otlp_endpoint=ctx.otel_endpoint,
+        vault_address=ctx.vault_address,
+        vault_role=vault_name(ctx),
+    )
+    return args.model_copy(
+        update={"model": args.model.model_copy(update={"models_root": MODELS_ROOT})}
     )

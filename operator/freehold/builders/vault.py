@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from freehold.api.model_deployment import ModelDeploymentSpec
-from freehold.builders.common import VAULT_AUDIENCE, BuildContext, service_account_name
+from freehold.builders.model_workload import VAULT_AUDIENCE, BuildContext, service_account_name
 
 TOKEN_TTL = "10m"
 TOKEN_MAX_TTL = "30m"

@@ -72,7 +72,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     from ray import serve
 
     from freehold.adapters.vault import VaultApi
-    from freehold.builders.common import BuildContext
+    from freehold.builders.model_workload import BuildContext
     from freehold.builders.vault import build_role
     from freehold_serving.app import build_app
     from tests.vault_server import VaultServer

@@ -1,0 +1,289 @@
+"""Between kopf's watches and the reconciler: caches, a work queue, bounded workers.
+
+controller-runtime's shape, in asyncio. kopf watches the parents and (server-side
+filtered by our managed-by label) the children; its event handlers only update two
+caches and put a key on the queue. The queue deduplicates keys and never hands one key
+to two workers at once, so a burst of child events is one pass, and a resync can never
+race a watch-triggered pass of the same object. Workers run the (blocking) reconciler
+in a bounded thread pool. A slow resync re-queues every parent as a safety net.
+
+Our own writes do not wake us: the reconciler reports the resourceVersions it wrote,
+and an event carrying one of them is already known.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from freehold.reconciler import (
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    ChildKey,
+    KindController,
+    OwnedChild,
+    Reconciler,
+    controller_uid,
+)
+
+log = logging.getLogger(__name__)
+Key = tuple[str, str, str]  # (kind, namespace, name)
+
+
+def _rv(body: Mapping[str, Any] | None) -> str:
+    return str(((body or {}).get("metadata") or {}).get("resourceVersion") or "")
+
+
+def _newer(candidate: str, current: str) -> bool:
+    """resourceVersions are opaque, but every API server we know uses etcd's revision."""
+    if candidate.isdigit() and current.isdigit():
+        return int(candidate) > int(current)
+    return candidate != current
+
+
+class WorkQueue:
+    """Keys to reconcile: deduplicated, delayed adds, one worker per key at a time.
+    A key added while it is being processed is processed once more afterwards."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[Key] = asyncio.Queue()
+        self._pending: set[Key] = set()
+        self._active: set[Key] = set()
+        self._dirty: set[Key] = set()
+        self._timers: dict[Key, tuple[float, asyncio.TimerHandle]] = {}
+
+    def add(self, key: Key, delay: float = 0.0) -> None:
+        if delay > 0:
+            loop = asyncio.get_running_loop()
+            due = loop.time() + delay
+            timer = self._timers.get(key)
+            if timer is not None:
+                if timer[0] <= due:
+                    return  # an earlier look is already planned
+                timer[1].cancel()
+            self._timers[key] = (due, loop.call_later(delay, self._fire, key))
+            return
+        if key in self._active:
+            self._dirty.add(key)
+        elif key not in self._pending:
+            self._pending.add(key)
+            self._queue.put_nowait(key)
+
+    def _fire(self, key: Key) -> None:
+        self._timers.pop(key, None)
+        self.add(key)
+
+    def forget(self, key: Key) -> None:
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer[1].cancel()
+
+    def active(self, key: Key) -> bool:
+        return key in self._active
+
+    async def get(self) -> Key:
+        key = await self._queue.get()
+        self._pending.discard(key)
+        self._active.add(key)
+        return key
+
+    def done(self, key: Key) -> None:
+        self._active.discard(key)
+        if key in self._dirty:
+            self._dirty.discard(key)
+            self.add(key)
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+
+class Controller:
+    def __init__(
+        self,
+        reconciler: Reconciler,
+        kinds: list[KindController[Any]],
+        *,
+        workers: int,
+        resync_seconds: float,
+        backoff_base: float = 1.0,
+        backoff_max: float = 60.0,
+    ) -> None:
+        self._reconciler = reconciler
+        self._kinds = {k.api.kind: k for k in kinds}
+        self._workers = workers
+        self._resync_seconds = resync_seconds
+        self._backoff = (backoff_base, backoff_max)
+        self._parents: dict[Key, dict[str, Any]] = {}
+        self._keys: dict[str, Key] = {}  # parent uid -> key
+        self._owned: dict[str, dict[ChildKey, OwnedChild]] = {}  # parent uid -> children
+        self._seen: dict[Key, set[str]] = {}  # event rvs that arrived during a pass
+        self._deleted: set[str] = set()  # child uids we deleted (their DELETED is ours)
+        self._failures: dict[Key, int] = {}
+        self._queue = WorkQueue()
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="reconcile")
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- watch events (on the event loop) -----------------------------------------------
+
+    def parent_event(self, kind: str, event_type: str | None, body: Mapping[str, Any]) -> None:
+        meta = body.get("metadata") or {}
+        key: Key = (kind, str(meta.get("namespace")), str(meta.get("name")))
+        uid = str(meta.get("uid"))
+        if event_type == "DELETED":
+            self._parents.pop(key, None)
+            self._keys.pop(uid, None)
+            self._owned.pop(uid, None)
+            self._failures.pop(key, None)
+            self._queue.forget(key)
+            return
+        rv = _rv(body)
+        known = self._parents.get(key)
+        if known is not None and _rv(known) == rv:
+            return  # our own write, already in the cache
+        if known is None or _newer(rv, _rv(known)) or _uid(known) != uid:
+            self._parents[key] = copy.deepcopy(dict(body))
+        self._keys[uid] = key
+        self._wake(key, rv)
+
+    def child_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        meta = body.get("metadata") or {}
+        if (meta.get("labels") or {}).get(MANAGED_BY_LABEL) != MANAGED_BY:
+            return
+        owner = controller_uid(body)
+        if owner is None:
+            return
+        child_uid = str(meta.get("uid"))
+        ck: ChildKey = (str(body.get("apiVersion")), str(body.get("kind")), str(meta.get("name")))
+        children = self._owned.setdefault(owner, {})
+        rv = _rv(body)
+        if event_type == "DELETED":
+            if children.get(ck) is not None and children[ck].uid == child_uid:
+                del children[ck]
+            if child_uid in self._deleted:
+                self._deleted.discard(child_uid)
+                return  # we deleted it (pruned)
+            signal = f"deleted:{child_uid}"
+        else:
+            previous = children.get(ck)
+            if previous is not None and previous.resource_version == rv:
+                return  # what we wrote ourselves
+            if (
+                previous is None
+                or previous.uid != child_uid
+                or _newer(rv, previous.resource_version)
+            ):
+                children[ck] = OwnedChild(ck[0], ck[1], ck[2], child_uid, rv)
+            signal = rv
+        key = self._keys.get(owner)
+        if key is not None:
+            self._wake(key, signal)
+
+    def _wake(self, key: Key, signal: str) -> None:
+        if self._queue.active(key):
+            # Decided after the pass: our own writes are not a reason to look again.
+            self._seen.setdefault(key, set()).add(signal)
+        else:
+            self._queue.add(key)
+
+    # -- workers ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        for n in range(self._workers):
+            self._tasks.append(asyncio.create_task(self._worker(), name=f"reconcile-{n}"))
+        self._tasks.append(asyncio.create_task(self._resync(), name="resync"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _resync(self) -> None:
+        # A safety net only: watches bring changes within a second. This catches what a
+        # watch cannot see (an object changed outside our label selector, say).
+        while True:
+            await asyncio.sleep(self._resync_seconds)
+            for key in list(self._parents):
+                self._queue.add(key)
+
+    async def _worker(self) -> None:
+        while True:
+            key = await self._queue.get()
+            try:
+                await self._process(key)
+            except Exception:  # a bug must not stop the worker: log, back off, go on
+                log.exception("reconcile of %s %s/%s failed", *key)
+                self._retry(key)
+            finally:
+                self._queue.done(key)
+
+    def _retry(self, key: Key) -> None:
+        failures = self._failures.get(key, 0) + 1
+        self._failures[key] = failures
+        base, cap = self._backoff
+        self._queue.add(key, min(cap, base * 2 ** (failures - 1)))
+
+    async def _process(self, key: Key) -> None:
+        body = self._parents.get(key)
+        if body is None:
+            return
+        kind = self._kinds[key[0]]
+        uid = _uid(body)
+        owned = list(self._owned.get(uid, {}).values())
+        self._seen[key] = set()
+        loop = asyncio.get_running_loop()
+        try:
+            outcome = await loop.run_in_executor(
+                self._pool, self._reconciler.reconcile, kind, copy.deepcopy(body), owned
+            )
+        finally:
+            seen = self._seen.pop(key, set())
+        children = self._owned.setdefault(uid, {})
+        ours = set()
+        for child in outcome.applied:
+            ck = (child.api_version, child.kind, child.name)
+            current = children.get(ck)
+            if (
+                current is None
+                or current.uid != child.uid
+                or _newer(child.resource_version, current.resource_version)
+            ):
+                children[ck] = child
+            ours.add(child.resource_version)
+        for gone in outcome.deleted:
+            self._deleted.add(gone)
+            for ck, child in list(children.items()):
+                if child.uid == gone:
+                    del children[ck]
+            ours.add(f"deleted:{gone}")
+        if outcome.parent is not None:
+            written = _rv(outcome.parent)
+            ours.add(written)
+            cached = self._parents.get(key)
+            if cached is not None and _uid(cached) == uid and _newer(written, _rv(cached)):
+                self._parents[key] = outcome.parent
+        if seen - ours:
+            self._queue.add(key)  # something else changed during the pass
+        if outcome.retry:
+            self._retry(key)
+        else:
+            self._failures.pop(key, None)
+            if outcome.requeue_after is not None:
+                self._queue.add(key, outcome.requeue_after)
+
+    # -- introspection (tests, metrics) --------------------------------------------------
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+
+def _uid(body: Mapping[str, Any]) -> str:
+    return str((body.get("metadata") or {}).get("uid"))

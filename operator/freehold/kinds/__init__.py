@@ -1,0 +1,25 @@
+"""The registered kinds. The operator's watches, the adapter's allowed resources, the
+chart's RBAC (`freehold rbac`) and the tests derive from this list, not from tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from freehold.adapters.kubernetes import ResourceType
+from freehold.kinds.model_deployment import ClusterConfig, ModelDeploymentKind
+from freehold.kinds.planned import EVAL_JOB_KIND, MEMORY_STORE_KIND
+from freehold.reconciler import KindController
+
+
+def registry(config: ClusterConfig | None = None) -> list[KindController[Any]]:
+    md = ModelDeploymentKind(config or ClusterConfig(serving_image="-", ray_version="-"))
+    return [md, MEMORY_STORE_KIND, EVAL_JOB_KIND]
+
+
+def child_types(kinds: list[KindController[Any]]) -> list[ResourceType]:
+    """Every child resource type of the registered kinds, once, in a stable order."""
+    seen: dict[ResourceType, None] = {}
+    for kind in kinds:
+        for t in kind.child_types:
+            seen.setdefault(t, None)
+    return list(seen)

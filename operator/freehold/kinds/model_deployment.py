@@ -1,0 +1,318 @@
+"""ModelDeployment as the reconciler sees it: checks, children, Vault role, status. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from freehold.adapters.kubernetes import ResourceType
+from freehold.api.kinds import MODEL_DEPLOYMENT
+from freehold.api.model_deployment import ModelDeploymentSpec
+from freehold.builders.children import Backend, build_children
+from freehold.builders.model_workload import SERVE_PORT, BuildContext, needs_vault
+from freehold.builders.rayservice import serve_service_name
+from freehold.builders.vault import build_role, vault_name
+from freehold.conditions import Condition, condition
+from freehold.quantity import QuantityError, parse_quantity
+from freehold.reconciler import (
+    ChildKey,
+    Desired,
+    Facts,
+    Problem,
+    SpecProblemError,
+    StatusReport,
+)
+
+VAULT_FINALIZER = "freehold.dev/vault-cleanup"
+RAYSERVICE = ResourceType("ray.io/v1", "RayService", "rayservices")
+DEPLOYMENT = ResourceType("apps/v1", "Deployment", "deployments")
+CHILD_TYPES: tuple[ResourceType, ...] = (
+    ResourceType("v1", "ServiceAccount", "serviceaccounts"),
+    ResourceType("v1", "Service", "services"),
+    DEPLOYMENT,
+    ResourceType("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
+    ResourceType("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
+    RAYSERVICE,
+)
+FAILED_APP_STATES = {"DEPLOY_FAILED", "UNHEALTHY"}
+VAULT_REASONS = {"VaultSealed", "VaultUnreachable", "VaultForbidden", "VaultNotConfigured"}
+# What this build cannot do yet. Each is refused at reconcile, with a condition, instead
+# of a pod that crash-loops or a promise nobody keeps.
+PLANNED_SCHEMES = {"oci", "s3"}
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """The platform team's settings the builders need (from OperatorSettings)."""
+
+    serving_image: str
+    ray_version: str
+    head_cpu: str = "1"
+    head_memory: str = "2Gi"
+    vault_address: str | None = None
+    vault_namespace: str = "vault"
+    vault_port: int = 8200
+    # Where a namespace's workloads may read KV secrets: each path must start with this
+    # prefix, `{namespace}` replaced. Without it, a spec could name another team's path
+    # and the operator would grant it.
+    vault_kv_prefix: str = "{namespace}/"
+    otel_namespace: str | None = None
+    otel_endpoint: str | None = None
+    kuberay_namespace: str = "kuberay-system"
+    api_server_cidr: str = "0.0.0.0/0"
+
+
+@dataclass(frozen=True)
+class Observed:
+    """The serving child as the API server last answered it."""
+
+    backend: Backend
+    exists: bool
+    ready: bool = False
+    ready_replicas: int = 0
+    desired_replicas: int = 0
+    failure: str | None = None
+
+
+class ModelDeploymentKind:
+    api = MODEL_DEPLOYMENT
+    resource = ResourceType("freehold.dev/v1alpha1", "ModelDeployment", "modeldeployments")
+    child_types: tuple[ResourceType, ...] = CHILD_TYPES
+    finalizer: str | None = VAULT_FINALIZER
+
+    def __init__(self, config: ClusterConfig) -> None:
+        self.config = config
+
+    def context(self, meta: Mapping[str, Any]) -> BuildContext:
+        c = self.config
+        return BuildContext(
+            name=meta["name"],
+            namespace=meta["namespace"],
+            serving_image=c.serving_image,
+            ray_version=c.ray_version,
+            head_cpu=c.head_cpu,
+            head_memory=c.head_memory,
+            vault_address=c.vault_address,
+            vault_namespace=c.vault_namespace,
+            vault_port=c.vault_port,
+            otel_namespace=c.otel_namespace,
+            otel_endpoint=c.otel_endpoint,
+            kuberay_namespace=c.kuberay_namespace,
+            api_server_cidr=c.api_server_cidr,
+        )
+
+    def parse(self, manifest: dict[str, Any]) -> ModelDeploymentSpec:
+        return ModelDeploymentSpec.model_validate(manifest["spec"])
+
+    def check(self, spec: ModelDeploymentSpec, meta: Mapping[str, Any]) -> None:
+        for field, value in (("cpu", spec.resources.cpu), ("memory", spec.resources.memory)):
+            try:
+                if parse_quantity(value) <= 0:
+                    raise QuantityError(f"{value!r} must be more than zero")
+            except QuantityError as exc:
+                raise SpecProblemError("InvalidSpec", f"spec.resources.{field}: {exc}") from None
+        prefix = self.config.vault_kv_prefix.format(namespace=meta["namespace"])
+        if spec.auth.api_keys is not None and not spec.auth.api_keys.path.startswith(prefix):
+            raise SpecProblemError(
+                "InvalidSpec",
+                f"spec.auth.apiKeys.path: {spec.auth.api_keys.path!r} is outside this "
+                f"namespace's Vault paths: it must start with {prefix!r}",
+            )
+        if spec.secrets:
+            raise SpecProblemError(
+                "SecretsUnsupported",
+                "spec.secrets: delivering Vault secrets other than API keys to the workload "
+                "is planned, not built: nothing would read them. Remove spec.secrets",
+            )
+        if spec.model.signature is not None:
+            raise SpecProblemError(
+                "SignatureUnsupported",
+                "spec.model.signature: signature verification is planned, not built; this "
+                "operator does not serve a model whose signature it cannot check. Remove "
+                "the signature to serve by sha256 alone",
+            )
+        if spec.engine.name == "vllm":
+            raise SpecProblemError(
+                "EngineUnavailable",
+                "spec.engine.name: the vLLM engine is planned, not built; use llamacpp",
+            )
+        scheme = spec.model.uri.split("://", 1)[0]
+        if scheme in PLANNED_SCHEMES:
+            raise SpecProblemError(
+                "SourceUnsupported",
+                f"spec.model.uri: {scheme}:// sources are planned, not built: nothing fetches "
+                "them yet. Use pvc://, file:// or package://",
+            )
+        if spec.promotion is not None:
+            raise SpecProblemError(
+                "PromotionUnsupported",
+                "spec.promotion: evaluation gates are planned, not built; this operator does "
+                "not serve a model whose gates it cannot enforce. Remove spec.promotion",
+            )
+
+    def backend(self, facts: Facts) -> Backend:
+        return "RayService" if facts.kuberay else "Deployment"
+
+    def build(self, spec: ModelDeploymentSpec, meta: Mapping[str, Any], facts: Facts) -> Desired:
+        ctx = self.context(meta)
+        externals = [build_role(spec, ctx)] if needs_vault(spec) else []
+        return Desired(build_children(spec, ctx, self.backend(facts)), externals)
+
+    def external_names(self, meta: Mapping[str, Any]) -> list[str]:
+        return [vault_name(self.context(meta))]
+
+    def status(
+        self,
+        spec: ModelDeploymentSpec,
+        meta: Mapping[str, Any],
+        facts: Facts,
+        children: Mapping[ChildKey, dict[str, Any]],
+        problem: Problem | None,
+    ) -> StatusReport:
+        ctx = self.context(meta)
+        backend = self.backend(facts)
+        served_name = spec.model.served_name or ctx.name
+        serving = (
+            RAYSERVICE.api_version if backend == "RayService" else DEPLOYMENT.api_version,
+            backend,
+            ctx.name,
+        )
+        observed = observe(backend, children.get(serving), ctx.name)
+        conditions = serving_conditions(observed, served_name, spec.model.sha256, problem)
+        if needs_vault(spec):
+            conditions.append(secrets_condition(problem))
+        return StatusReport(
+            conditions,
+            {
+                "endpoint": endpoint(ctx, backend),
+                "readyReplicas": observed.ready_replicas,
+                "desiredReplicas": observed.desired_replicas,
+                "servedDigest": f"sha256:{spec.model.sha256}" if observed.ready else None,
+                "servedName": served_name,
+                "backend": backend,
+            },
+        )
+
+
+def _condition_of(obj: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == type_:
+            return dict(cond)
+    return None
+
+
+def observe(backend: Backend, obj: Mapping[str, Any] | None, app_name: str) -> Observed:
+    if obj is None:
+        return Observed(backend, exists=False)
+    status = obj.get("status") or {}
+    if backend == "RayService":
+        active = status.get("activeServiceStatus") or {}
+        cluster = active.get("rayClusterStatus") or {}
+        ready = (_condition_of(obj, "Ready") or {}).get("status") == "True"
+        app = (active.get("applicationStatuses") or {}).get(app_name) or {}
+        failure = None
+        if app.get("status") in FAILED_APP_STATES:
+            failure = f"Ray Serve application {app['status']}: {app.get('message', '')}".strip()
+        return Observed(
+            backend,
+            exists=True,
+            ready=ready and failure is None,
+            ready_replicas=int(cluster.get("readyWorkerReplicas") or 0),
+            desired_replicas=int(cluster.get("desiredWorkerReplicas") or 0),
+            failure=failure,
+        )
+    desired = int((obj.get("spec") or {}).get("replicas") or 0)
+    ready_count = int(status.get("readyReplicas") or 0)
+    progressing = _condition_of(obj, "Progressing")
+    failure = None
+    if progressing and progressing.get("reason") == "ProgressDeadlineExceeded":
+        failure = progressing.get("message") or "the rollout exceeded its progress deadline"
+    return Observed(
+        backend,
+        exists=True,
+        ready=desired > 0 and ready_count >= desired,
+        ready_replicas=ready_count,
+        desired_replicas=desired,
+        failure=failure,
+    )
+
+
+def endpoint(ctx: BuildContext, backend: Backend) -> str:
+    service = serve_service_name(ctx) if backend == "RayService" else ctx.name
+    return f"http://{service}.{ctx.namespace}.svc:{SERVE_PORT}/v1"
+
+
+def serving_conditions(
+    observed: Observed, served_name: str, sha256: str, problem: Problem | None
+) -> list[Condition]:
+    replicas = f"{observed.ready_replicas}/{observed.desired_replicas} replicas ready"
+    if problem is not None:
+        reason = "SecretsUnavailable" if problem.reason in VAULT_REASONS else problem.reason
+        ready = condition("Ready", False, reason, problem.message)
+    elif observed.failure:
+        ready = condition("Ready", False, "ServingFailed", observed.failure)
+    elif observed.ready:
+        ready = condition("Ready", True, "Serving", f"serving {served_name}; {replicas}")
+    elif not observed.exists:
+        ready = condition("Ready", False, "Creating", f"creating the {observed.backend}")
+    else:
+        ready = condition(
+            "Ready",
+            False,
+            "Starting",
+            f"waiting for the {observed.backend}: {replicas}. Pods verify the model digest "
+            "and load it before they report ready",
+        )
+    failure = problem.message if problem is not None else observed.failure
+    failure_reason = problem.reason if problem is not None else "ServingFailed"
+    progressing = problem is None and not observed.ready and observed.failure is None
+    if problem is not None and problem.reason == "SignatureUnsupported":
+        verified = condition("ModelVerified", False, "SignatureUnsupported", problem.message)
+    elif observed.ready and problem is None:
+        # The serving process refuses a file whose sha256 differs before it loads it, and
+        # a replica only reports ready after loading: ready means verified.
+        verified = condition("ModelVerified", True, "DigestMatched", f"sha256 {sha256}")
+    else:
+        verified = condition(
+            "ModelVerified", None, "Pending", "each pod verifies the sha256 before loading"
+        )
+    return [
+        ready,
+        condition(
+            "Progressing",
+            progressing,
+            "Reconciling" if progressing else ("Stable" if observed.ready else "Blocked"),
+            "rolling out the current spec"
+            if progressing
+            else ("up to date" if observed.ready else "waiting for the problem to be fixed"),
+        ),
+        condition(
+            "Degraded",
+            failure is not None,
+            failure_reason if failure is not None else "AsExpected",
+            failure or "no failures reported",
+        ),
+        verified,
+        # Nothing in this build evaluates an organisation-wide policy (SovereigntyPolicy is
+        # planned): say Unknown rather than a compliance nobody checked.
+        condition(
+            "PolicyCompliant",
+            None,
+            "NotEvaluated",
+            "no SovereigntyPolicy is evaluated by this build (planned)",
+        ),
+    ]
+
+
+def secrets_condition(problem: Problem | None) -> Condition:
+    if problem is not None and problem.reason in VAULT_REASONS:
+        return condition(
+            "SecretsUnavailable",
+            True,
+            problem.reason,
+            f"{problem.message}; retrying. No Kubernetes Secret is used instead.",
+        )
+    return condition(
+        "SecretsUnavailable", False, "VaultReady", "the workload's Vault policy and role are set"
+    )

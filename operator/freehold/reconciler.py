@@ -1,0 +1,452 @@
+"""ONE reconciler for every kind: desired children -> server-side apply, prune by owner,
+external resources behind a finalizer, Events, and status only when it changed.
+
+A kind is a small module (freehold/kinds/) that says what it wants in pure functions;
+everything that touches the API or Vault happens here, through adapters. A pass never
+raises: it returns an `Outcome` that says when to look again, and the work queue
+(freehold/controller.py) retries with backoff. It is level-based: it reads the parent it
+is given and the children it owns, never the event that woke it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Generic, Protocol, TypeVar
+
+from freehold.adapters.kubernetes import KubeApi, KubeError, Ref, ResourceType
+from freehold.adapters.vault import VaultUnavailableError
+from freehold.api.kinds import Kind as ApiKind
+from freehold.conditions import Condition, condition, merge_conditions
+from freehold.validation import FieldError, defaulted, validate
+
+log = logging.getLogger(__name__)
+
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "freehold-operator"
+OWNER_UID_LABEL = "freehold.dev/owner-uid"
+OWNER_KIND_LABEL = "freehold.dev/owner-kind"
+# Delays, in seconds, of what is retried. Errors the user must fix are not retried
+# until the spec changes (a watch event wakes the object then).
+DEPENDENCY_DELAY = 15.0
+SpecT = TypeVar("SpecT")
+ChildKey = tuple[str, str, str]  # (apiVersion, kind, name)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why a pass could not make the cluster match the spec.
+
+    `retry` False: the user must change something (a bad spec, a name taken by
+    another object's owner, a feature this build lacks); True: a dependency is not ready
+    or the API failed, and the work queue tries again with backoff."""
+
+    reason: str
+    message: str
+    retry: bool
+
+
+class SpecProblemError(Exception):
+    """Raised by a kind's `check`: the spec is valid for the schema but cannot be served."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the reconciler found out about the cluster, for builders that depend on it."""
+
+    kuberay: bool
+
+
+class External(Protocol):
+    """Something outside the cluster a resource needs (a Vault policy and role)."""
+
+    @property
+    def name(self) -> str: ...
+
+
+class ExternalStore(Protocol):
+    """The adapter that keeps externals: idempotent ensure and remove."""
+
+    def check(self) -> None: ...
+    def ensure(self, external: Any) -> bool: ...
+    def remove(self, name: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Desired:
+    """What a spec wants: child objects (plain manifests) and external resources."""
+
+    children: list[dict[str, Any]]
+    externals: list[Any] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """A kind's own status: conditions (without times) and a few useful fields."""
+
+    conditions: list[Condition]
+    fields: dict[str, Any]
+
+
+class KindController(Protocol, Generic[SpecT]):
+    """One kind, as the reconciler sees it. Every method is pure."""
+
+    api: ApiKind
+    resource: ResourceType
+    # The fixed prune scope: children of these types owned by the parent and not desired
+    # are deleted. Never derived from the desired list (removing the last child of a type
+    # would orphan it).
+    child_types: tuple[ResourceType, ...]
+    finalizer: str | None  # only for externals; None when the kind has none
+
+    def parse(self, manifest: dict[str, Any]) -> SpecT: ...
+    def check(self, spec: SpecT, meta: Mapping[str, Any]) -> None: ...
+    def build(self, spec: SpecT, meta: Mapping[str, Any], facts: Facts) -> Desired: ...
+    def external_names(self, meta: Mapping[str, Any]) -> list[str]: ...
+    def status(
+        self,
+        spec: SpecT,
+        meta: Mapping[str, Any],
+        facts: Facts,
+        children: Mapping[ChildKey, dict[str, Any]],
+        problem: Problem | None,
+    ) -> StatusReport: ...
+
+
+@dataclass(frozen=True)
+class OwnedChild:
+    """A child the operator's watch cache saw with our owner reference."""
+
+    api_version: str
+    kind: str
+    name: str
+    uid: str
+    resource_version: str
+
+
+@dataclass
+class Outcome:
+    """What a pass did and when to look again (None: when something changes)."""
+
+    requeue_after: float | None = None
+    retry: bool = False  # a transient failure: back off
+    applied: list[OwnedChild] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)  # uids
+    parent: dict[str, Any] | None = None  # the parent as last written (status/finalizer)
+    problem: Problem | None = None
+
+
+def owner_reference(parent: Mapping[str, Any]) -> dict[str, Any]:
+    meta = parent["metadata"]
+    return {
+        "apiVersion": parent["apiVersion"],
+        "kind": parent["kind"],
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def stamp(child: dict[str, Any], parent: Mapping[str, Any]) -> dict[str, Any]:
+    """Namespace, our labels and the one controller owner reference, on a built child."""
+    meta = child.setdefault("metadata", {})
+    meta["namespace"] = parent["metadata"]["namespace"]
+    labels = meta.setdefault("labels", {})
+    labels[MANAGED_BY_LABEL] = MANAGED_BY
+    labels[OWNER_KIND_LABEL] = parent["kind"]
+    labels[OWNER_UID_LABEL] = parent["metadata"]["uid"]
+    meta["ownerReferences"] = [owner_reference(parent)]
+    return child
+
+
+def controller_uid(obj: Mapping[str, Any]) -> str | None:
+    for ref in obj.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return str(ref.get("uid"))
+    return None
+
+
+def child_key(obj: Mapping[str, Any]) -> ChildKey:
+    return (obj["apiVersion"], obj["kind"], obj["metadata"]["name"])
+
+
+def invalid_spec_conditions(errors: Sequence[FieldError | str]) -> list[Condition]:
+    message = "; ".join(str(e) for e in errors)
+    return [
+        condition("Ready", False, "InvalidSpec", f"fix the spec: {message}"),
+        condition("Progressing", False, "InvalidSpec", "nothing is rolled out from it"),
+        condition("Degraded", True, "InvalidSpec", message),
+    ]
+
+
+class Reconciler:
+    def __init__(
+        self,
+        kube: KubeApi,
+        externals: ExternalStore | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._kube = kube
+        self._externals = externals
+        self._clock = clock
+
+    # -- the pass ----------------------------------------------------------------------
+
+    def reconcile(
+        self, kind: KindController[Any], parent: dict[str, Any], owned: Sequence[OwnedChild]
+    ) -> Outcome:
+        meta = parent["metadata"]
+        outcome = Outcome(parent=None)
+        try:
+            if meta.get("deletionTimestamp"):
+                self._finalize(kind, parent, outcome)
+                return outcome
+            errors = validate(parent)
+            if errors:
+                # Never prune or build from an invalid spec: what runs keeps running.
+                self._write_status(parent, invalid_spec_conditions(errors), {}, outcome)
+                self._event_on_ready_change(parent, outcome, "InvalidSpec", str(errors[0]))
+                outcome.problem = Problem("InvalidSpec", "; ".join(map(str, errors)), False)
+                return outcome
+            spec = kind.parse(defaulted(parent))
+            facts = Facts(kuberay=self._kube.serves("ray.io/v1", "rayservices"))
+            try:
+                kind.check(spec, meta)
+            except SpecProblemError as exc:
+                refused = Problem(exc.reason, exc.message, retry=False)
+                self._report(kind, spec, parent, facts, {}, refused, outcome)
+                return outcome
+            desired = kind.build(spec, meta, facts)
+            problem = self._sync_externals(kind, parent, desired, outcome)
+            if problem is not None:
+                self._report(kind, spec, parent, facts, {}, problem, outcome)
+                return outcome
+            children, problem = self._apply_children(kind, parent, desired, owned, outcome)
+            if problem is None:
+                self._prune(parent, desired, owned, outcome)
+            self._report(kind, spec, parent, facts, children, problem, outcome)
+        except KubeError as exc:
+            # The API server or the network: nothing the user can fix. Back off, retry.
+            log.info("%s %s/%s: %s", parent["kind"], meta["namespace"], meta["name"], exc)
+            outcome.retry = True
+            outcome.problem = Problem("ApiError", str(exc), True)
+        return outcome
+
+    # -- steps -------------------------------------------------------------------------
+
+    def _sync_externals(
+        self, kind: KindController[Any], parent: dict[str, Any], desired: Desired, outcome: Outcome
+    ) -> Problem | None:
+        meta = parent["metadata"]
+        has_finalizer = kind.finalizer in (meta.get("finalizers") or [])
+        if not desired.externals:
+            if has_finalizer:  # the spec stopped needing them: clean up now
+                return self._remove_externals(kind, parent, outcome)
+            return None
+        if self._externals is None:
+            return Problem(
+                "VaultNotConfigured",
+                f"this {parent['kind']} reads secrets from Vault, but the operator has no "
+                "Vault address (chart value vault.address)",
+                retry=True,
+            )
+        try:
+            self._externals.check()
+            if not has_finalizer and kind.finalizer:
+                # Before anything exists outside the cluster, so a deletion always waits
+                # for its cleanup.
+                finalizers = [*(meta.get("finalizers") or []), kind.finalizer]
+                outcome.parent = self._kube.patch_metadata(parent, {"finalizers": finalizers})
+            for external in desired.externals:
+                if self._externals.ensure(external):
+                    self._kube.post_event(
+                        parent,
+                        "Normal",
+                        "VaultUpdated",
+                        f"wrote Vault policy and role {external.name}",
+                    )
+        except VaultUnavailableError as exc:
+            return Problem(exc.reason, exc.message, retry=True)
+        return None
+
+    def _remove_externals(
+        self, kind: KindController[Any], parent: dict[str, Any], outcome: Outcome
+    ) -> Problem | None:
+        meta = parent["metadata"]
+        if self._externals is not None:
+            try:
+                for name in kind.external_names(meta):
+                    self._externals.remove(name)
+            except VaultUnavailableError as exc:
+                return Problem(exc.reason, f"waiting for Vault to clean up: {exc.message}", True)
+        current = outcome.parent or parent
+        finalizers = [f for f in current["metadata"].get("finalizers") or [] if f != kind.finalizer]
+        outcome.parent = self._kube.patch_metadata(current, {"finalizers": finalizers})
+        return None
+
+    def _finalize(
+        self, kind: KindController[Any], parent: dict[str, Any], outcome: Outcome
+    ) -> None:
+        """Deletion: children go through the garbage collector; we only clean up what lives
+        outside the cluster, then let the object go. While Vault is down the finalizer
+        holds, so nothing is left behind."""
+        if kind.finalizer not in (parent["metadata"].get("finalizers") or []):
+            return
+        problem = self._remove_externals(kind, parent, outcome)
+        if problem is not None:
+            outcome.retry = True
+            outcome.problem = problem
+            log.info("finalizing %s: %s", parent["metadata"]["name"], problem.message)
+
+    def _apply_children(
+        self,
+        kind: KindController[Any],
+        parent: dict[str, Any],
+        desired: Desired,
+        owned: Sequence[OwnedChild],
+        outcome: Outcome,
+    ) -> tuple[dict[ChildKey, dict[str, Any]], Problem | None]:
+        ours = {(c.api_version, c.kind, c.name): c for c in owned}
+        uid = parent["metadata"]["uid"]
+        live: dict[ChildKey, dict[str, Any]] = {}
+        conflicts: list[str] = []
+        changes: list[str] = []
+        failures: list[str] = []
+        for child in desired.children:
+            stamp(child, parent)
+            key = child_key(child)
+            known = ours.get(key)
+            if known is None:
+                # Not in our cache: it may be a stranger's object with our name. Never
+                # apply onto it (that would adopt it, and our deletion would take it away).
+                existing = self._kube.get(Ref.of(child))
+                if existing is not None and controller_uid(existing) != uid:
+                    conflicts.append(f"{key[1]} {key[2]}")
+                    continue
+            try:
+                result = self._kube.apply(child)
+            except KubeError as exc:
+                if exc.transient:
+                    raise
+                # 422 and friends: the server refused what we built (an immutable field,
+                # a limit). Keep going with the other children; report it.
+                failures.append(f"{key[1]} {key[2]}: {exc.message}")
+                continue
+            body = result.body
+            live[key] = body
+            rv = str(body["metadata"].get("resourceVersion", ""))
+            outcome.applied.append(
+                OwnedChild(key[0], key[1], key[2], str(body["metadata"].get("uid")), rv)
+            )
+            if result.created:
+                changes.append(f"created {key[1]} {key[2]}")
+            elif result.changed:
+                changes.append(f"updated {key[1]} {key[2]}")
+        if changes:
+            self._kube.post_event(parent, "Normal", "Applied", "; ".join(changes))
+        if conflicts:
+            message = (
+                f"{', '.join(conflicts)} already exist(s) and belong(s) to someone else: "
+                f"rename this {parent['kind']} or remove the other object"
+            )
+            return live, Problem("NameConflict", message, retry=False)
+        if failures:
+            return live, Problem("ApplyFailed", "; ".join(failures), retry=False)
+        return live, None
+
+    def _prune(
+        self,
+        parent: dict[str, Any],
+        desired: Desired,
+        owned: Sequence[OwnedChild],
+        outcome: Outcome,
+    ) -> None:
+        wanted = {child_key(c) for c in desired.children}
+        namespace = parent["metadata"]["namespace"]
+        removed = []
+        for child in owned:
+            if (child.api_version, child.kind, child.name) in wanted:
+                continue
+            ref = Ref(child.api_version, child.kind, namespace, child.name)
+            if self._kube.delete(ref, child.uid):
+                removed.append(f"{child.kind} {child.name}")
+            outcome.deleted.append(child.uid)
+        if removed:
+            self._kube.post_event(parent, "Normal", "Pruned", "deleted " + ", ".join(removed))
+
+    def _report(
+        self,
+        kind: KindController[Any],
+        spec: Any,
+        parent: dict[str, Any],
+        facts: Facts,
+        children: Mapping[ChildKey, dict[str, Any]],
+        problem: Problem | None,
+        outcome: Outcome,
+    ) -> None:
+        report = kind.status(spec, parent["metadata"], facts, children, problem)
+        self._write_status(
+            parent if outcome.parent is None else outcome.parent,
+            report.conditions,
+            report.fields,
+            outcome,
+        )
+        ready = next((c for c in report.conditions if c.type == "Ready"), None)
+        if ready is not None:
+            self._event_on_ready_change(parent, outcome, ready.reason, ready.message)
+        if problem is not None:
+            outcome.problem = problem
+            outcome.retry = problem.retry
+
+    def _write_status(
+        self,
+        parent: dict[str, Any],
+        conditions: list[Condition],
+        fields: dict[str, Any],
+        outcome: Outcome,
+    ) -> None:
+        """Patch the status subresource only when it changed; lastTransitionTime moves
+        only when a condition's status flips. No timestamps of our own: an unchanged
+        object gets no write, no Event and no wake-up."""
+        generation = parent["metadata"].get("generation")
+        previous = parent.get("status") or {}
+        merged = merge_conditions(
+            previous.get("conditions") or [], conditions, generation, self._clock()
+        )
+        status = {
+            **{k: v for k, v in fields.items() if v is not None},
+            "conditions": merged,
+            "observedGeneration": generation,
+        }
+        # Fields we no longer report are removed (null in a merge patch).
+        patch = {**{k: None for k in previous if k not in status}, **status}
+        if all(previous.get(k) == v for k, v in status.items()) and not any(
+            k not in status for k in previous
+        ):
+            return
+        outcome.parent = self._kube.patch_status(parent, patch)
+
+    def _event_on_ready_change(
+        self, parent: dict[str, Any], outcome: Outcome, reason: str, message: str
+    ) -> None:
+        before = _ready_status(parent.get("status") or {})
+        after = _ready_status((outcome.parent or parent).get("status") or {})
+        if outcome.parent is not None and before != after:
+            self._kube.post_event(
+                parent, "Normal" if after == "True" else "Warning", reason, message
+            )
+
+
+def _ready_status(status: Mapping[str, Any]) -> str | None:
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Ready":
+            return str(cond.get("status"))
+    return None
