@@ -35,7 +35,8 @@ from tests.tools import binary
 from tests.vault_server import VaultServer
 
 KUBE_START = ROOT.parent / "shared" / "kube" / "start"
-_KUBECONFIG: str | None = None
+# The cluster's admin kubeconfig, once the session fixture has found or started it.
+_CLUSTER: dict[str, str] = {}
 
 
 def kubectl(
@@ -45,9 +46,10 @@ def kubectl(
     timeout: float = 120,
     kubeconfig: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "KUBECONFIG": kubeconfig or _KUBECONFIG or ""}
+    env = {**os.environ, "KUBECONFIG": kubeconfig or _CLUSTER.get("kubeconfig", "")}
     result = subprocess.run(
         [str(binary("kubectl")), *args],
+        check=False,
         capture_output=True,
         text=True,
         input=input,
@@ -104,7 +106,6 @@ def apply(doc: dict[str, Any] | list[dict[str, Any]]) -> None:
 
 @pytest.fixture(scope="session")
 def cluster() -> str:
-    global _KUBECONFIG
     config = os.environ.get("FREEHOLD_E2E_KUBECONFIG")
     if not config:
         if not KUBE_START.exists():
@@ -113,12 +114,12 @@ def cluster() -> str:
                 f"or provide {KUBE_START}"
             )
         started = subprocess.run(
-            ["bash", str(KUBE_START)], capture_output=True, text=True, timeout=300
+            ["bash", str(KUBE_START)], check=False, capture_output=True, text=True, timeout=300
         )
         if started.returncode != 0:
             raise AssertionError(f"{KUBE_START} failed: {started.stderr[-2000:]}")
         config = started.stdout.strip().rsplit("export KUBECONFIG=", 1)[-1].strip()
-    _KUBECONFIG = config
+    _CLUSTER["kubeconfig"] = config
     if kubectl("version", "--request-timeout=10s", check=False).returncode != 0:
         raise AssertionError(f"the cluster in {config} does not answer")
     return config
