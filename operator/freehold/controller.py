@@ -29,6 +29,7 @@ from freehold.reconciler import (
     OwnedChild,
     Reconciler,
     controller_uid,
+    shape_of,
 )
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,7 @@ class Controller:
     ) -> None:
         self._reconciler = reconciler
         self._kinds = {k.api.kind: k for k in kinds}
+        self._status_from = {c for k in kinds for c in k.status_from}
         self._workers = workers
         self._resync_seconds = resync_seconds
         self._backoff = (backoff_base, backoff_max)
@@ -172,12 +174,20 @@ class Controller:
             previous = children.get(ck)
             if previous is not None and previous.resource_version == rv:
                 return  # what we wrote ourselves
+            shape = shape_of(body)
             if (
                 previous is None
                 or previous.uid != child_uid
                 or _newer(rv, previous.resource_version)
             ):
-                children[ck] = OwnedChild(ck[0], ck[1], ck[2], child_uid, rv)
+                children[ck] = OwnedChild(ck[0], ck[1], ck[2], child_uid, rv, shape)
+            if (
+                previous is not None
+                and previous.uid == child_uid
+                and previous.shape == shape
+                and ck[1] not in self._status_from
+            ):
+                return  # another controller's status update: nothing to repair or read
             signal = rv
         key = self._keys.get(owner)
         if key is not None:

@@ -104,6 +104,9 @@ class KindController(Protocol, Generic[SpecT]):
     # are deleted. Never derived from the desired list (removing the last child of a type
     # would orphan it).
     child_types: tuple[ResourceType, ...]
+    # Children whose status the kind's status reads (the serving workload): a status
+    # change of another child (a PodDisruptionBudget's counters) is no reason for a pass.
+    status_from: frozenset[str]
     finalizer: str | None  # only for externals; None when the kind has none
 
     def parse(self, manifest: dict[str, Any]) -> SpecT: ...
@@ -122,13 +125,27 @@ class KindController(Protocol, Generic[SpecT]):
 
 @dataclass(frozen=True)
 class OwnedChild:
-    """A child the operator's watch cache saw with our owner reference."""
+    """A child the operator's watch cache saw with our owner reference. `shape` is what
+    a pass would repair: generation (spec), labels, annotations and owner references."""
 
     api_version: str
     kind: str
     name: str
     uid: str
     resource_version: str
+    shape: str = ""
+
+
+def shape_of(obj: Mapping[str, Any]) -> str:
+    meta = obj.get("metadata") or {}
+    return repr(
+        (
+            meta.get("generation"),
+            sorted((meta.get("labels") or {}).items()),
+            sorted((meta.get("annotations") or {}).items()),
+            [(r.get("uid"), r.get("controller")) for r in meta.get("ownerReferences") or []],
+        )
+    )
 
 
 @dataclass
@@ -320,6 +337,7 @@ class Reconciler:
         conflicts: list[str] = []
         changes: list[str] = []
         failures: list[str] = []
+        transient = False
         for child in desired.children:
             stamp(child, parent)
             key = child_key(child)
@@ -334,17 +352,19 @@ class Reconciler:
             try:
                 result = self._kube.apply(child)
             except KubeError as exc:
-                if exc.transient:
-                    raise
-                # 422 and friends: the server refused what we built (an immutable field,
-                # a limit). Keep going with the other children; report it.
+                # Keep going with the other children and report it in status: a 422 (an
+                # immutable field, a limit) needs a different spec; a 500 (say, the
+                # Service IP range is full) is retried with backoff.
                 failures.append(f"{key[1]} {key[2]}: {exc.message}")
+                transient = transient or exc.transient
                 continue
             body = result.body
             live[key] = body
             rv = str(body["metadata"].get("resourceVersion", ""))
             outcome.applied.append(
-                OwnedChild(key[0], key[1], key[2], str(body["metadata"].get("uid")), rv)
+                OwnedChild(
+                    key[0], key[1], key[2], str(body["metadata"].get("uid")), rv, shape_of(body)
+                )
             )
             if result.created:
                 changes.append(f"created {key[1]} {key[2]}")
@@ -359,7 +379,7 @@ class Reconciler:
             )
             return live, Problem("NameConflict", message, retry=False)
         if failures:
-            return live, Problem("ApplyFailed", "; ".join(failures), retry=False)
+            return live, Problem("ApplyFailed", "; ".join(failures), retry=transient)
         return live, None
 
     def _prune(
@@ -439,7 +459,8 @@ class Reconciler:
     ) -> None:
         before = _ready_status(parent.get("status") or {})
         after = _ready_status((outcome.parent or parent).get("status") or {})
-        if outcome.parent is not None and before != after:
+        # A transition, or the first time it serves; not the first "not ready yet".
+        if outcome.parent is not None and before != after and (before or after == "True"):
             self._kube.post_event(
                 parent, "Normal" if after == "True" else "Warning", reason, message
             )

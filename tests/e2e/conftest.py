@@ -122,14 +122,39 @@ def cluster() -> str:
     _CLUSTER["kubeconfig"] = config
     if kubectl("version", "--request-timeout=10s", check=False).returncode != 0:
         raise AssertionError(f"the cluster in {config} does not answer")
+    if not os.environ.get("FREEHOLD_E2E_KUBECONFIG"):
+        # Our own test plane: start without KubeRay, so the suite covers the Deployment
+        # backend first and test_rayservice.py the switch to RayService.
+        kubectl("delete", "crd", "rayservices.ray.io", "--ignore-not-found", "--wait=true")
     return config
+
+
+def kuberay_served() -> bool:
+    return "rayservices" in kubectl("api-resources", "--api-group=ray.io", "-o", "name").stdout
+
+
+@pytest.fixture
+def deployment_backend(cluster: str) -> None:
+    if kuberay_served():
+        pytest.skip("KubeRay is installed on this cluster: the operator serves RayServices")
 
 
 @pytest.fixture(scope="session")
 def crds(cluster: str) -> None:
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRDS))
     for crd in ("modeldeployments", "memorystores", "evaljobs"):
-        kubectl("wait", "--for=condition=Established", f"crd/{crd}.freehold.dev", "--timeout=60s")
+        eventually(  # right after an apply a CRD may have no status yet to wait on
+            lambda c=crd: (
+                kubectl(
+                    "wait",
+                    "--for=condition=Established",
+                    f"crd/{c}.freehold.dev",
+                    "--timeout=5s",
+                    check=False,
+                ).returncode
+                == 0
+            )
+        )
 
 
 def new_namespace(prefix: str = "fh-e2e") -> str:

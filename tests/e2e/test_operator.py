@@ -22,7 +22,7 @@ from tests.e2e.conftest import (
 )
 from tests.vault_server import VaultServer
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("deployment_backend")]
 MANAGED = "app.kubernetes.io/managed-by=freehold-operator"
 DRIFT_SECONDS = 5.0
 
@@ -328,19 +328,33 @@ def test_planned_kinds_say_so(namespace: str, operator: Operator) -> None:
         assert "planned" in ready["message"]
 
 
-def test_vault_role_and_finalizer(namespace: str, operator: Operator, vault: VaultServer) -> None:
+def test_vault_role_condition_and_finalizer(
+    namespace: str, operator: Operator, vault: VaultServer
+) -> None:
     role = f"freehold.{namespace}.keys"
+    canary = "canary-key-93ad"  # an API key: it must never leave Vault
+    vault.state.kv[f"secret/data/{namespace}/gemma/api-keys"] = {"key": canary}
     apply(example(namespace, "keys", auth={"apiKeys": {"path": f"{namespace}/gemma/api-keys"}}))
     eventually(lambda: role in vault.state.roles)
-    md = eventually(
-        lambda: (
-            (m := get("modeldeployment", "keys", namespace))
-            and condition(m, "SecretsUnavailable").get("status") == "False"
-            and m
-        )
-    )
-    assert "freehold.dev/vault-cleanup" in md["metadata"]["finalizers"]
-    assert f"secret/data/{namespace}/gemma/api-keys" in vault.state.policies[role]
+    assert vault.state.roles[role]["bound_service_account_names"] == ["keys-model"]
+    assert vault.state.roles[role]["bound_service_account_namespaces"] == [namespace]
+    assert f'path "secret/data/{namespace}/gemma/api-keys"' in vault.state.policies[role]
+
+    def secrets_status(want: str) -> dict[str, Any] | None:
+        md = get("modeldeployment", "keys", namespace)
+        return md if condition(md, "SecretsUnavailable").get("status") == want else None
+
+    md = eventually(lambda: secrets_status("False"))
+    assert md["metadata"]["finalizers"] == ["freehold.dev/vault-cleanup"]
+    # Vault sealed: a condition and retries, never a fallback Kubernetes Secret.
+    vault.state.sealed = True
+    kubectl("annotate", "modeldeployment", "keys", "-n", namespace, "poke=1")  # wake it
+    md = eventually(lambda: secrets_status("True"), timeout=30)
+    assert condition(md, "SecretsUnavailable")["reason"] == "VaultSealed"
+    assert condition(md, "Ready")["reason"] == "SecretsUnavailable"
+    assert kubectl("get", "secrets", "-n", namespace, "-o", "name").stdout.strip() == ""
+    vault.state.sealed = False
+    eventually(lambda: secrets_status("False"), timeout=60)  # recovers by itself (backoff)
     # Vault down at deletion: the finalizer holds, the role stays, nothing is leaked.
     vault.state.sealed = True
     kubectl("delete", "modeldeployment", "keys", "-n", namespace, "--wait=false")
@@ -350,6 +364,20 @@ def test_vault_role_and_finalizer(namespace: str, operator: Operator, vault: Vau
     vault.state.sealed = False
     eventually(lambda: get("modeldeployment", "keys", namespace) is None, timeout=90)
     assert role not in vault.state.roles and role not in vault.state.policies
+    everything = kubectl(
+        "get", "all,events,networkpolicies,serviceaccounts", "-n", namespace, "-o", "json"
+    ).stdout
+    assert canary not in everything
+    assert canary not in operator.output()
+
+
+def test_models_without_vault_get_no_finalizer(namespace: str, operator: Operator) -> None:
+    apply(example(namespace, "plain"))
+    md = eventually(
+        lambda: (m := get("modeldeployment", "plain", namespace)) and condition(m, "Ready") and m
+    )
+    assert not md["metadata"].get("finalizers")
+    assert condition(md, "SecretsUnavailable") == {}
 
 
 def test_deletion_cascades_through_the_garbage_collector(

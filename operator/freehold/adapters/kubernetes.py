@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
@@ -170,7 +171,8 @@ class KubeApi:
             raw: bytes = response.read()  # type: ignore[no-untyped-call]
         except ApiException as exc:
             raise _error(exc) from None
-        except OSError as exc:  # refused, reset, timed out: the server is away
+        except (OSError, urllib3.exceptions.HTTPError) as exc:
+            # Refused, reset, timed out, retries exhausted: the server is away.
             raise KubeError(0, type(exc).__name__, str(exc)) from None
         if not 200 <= response.status < 300:
             raise _error(

@@ -79,6 +79,7 @@ class ModelDeploymentKind:
     api = MODEL_DEPLOYMENT
     resource = ResourceType("freehold.dev/v1alpha1", "ModelDeployment", "modeldeployments")
     child_types: tuple[ResourceType, ...] = CHILD_TYPES
+    status_from = frozenset({"RayService", "Deployment"})
     finalizer: str | None = VAULT_FINALIZER
 
     def __init__(self, config: ClusterConfig) -> None:

@@ -17,6 +17,7 @@ from freehold.reconciler import ChildKey, Desired, Facts, Problem, StatusReport
 
 class PlannedKind:
     child_types: tuple[ResourceType, ...] = ()
+    status_from: frozenset[str] = frozenset()
     finalizer: str | None = None
 
     def __init__(self, api: Kind, what: str, extra: dict[str, Any] | None = None) -> None:
