@@ -1,0 +1,182 @@
+"""The reconciler's decisions under faults a real API server will not produce on demand
+(an injected 500, 409 or 422 on one call), and the work queue's guarantees.
+
+`InjectingKube` is a test double of the Kubernetes adapter, used only to inject faults;
+every behaviour without injected faults is tested on a real API server in tests/e2e.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import yaml
+
+from freehold.adapters.kubernetes import Applied, KubeError, Ref
+from freehold.controller import WorkQueue
+from freehold.kinds.model_deployment import ClusterConfig, ModelDeploymentKind
+from freehold.reconciler import OwnedChild, Reconciler
+from tests.paths import EXAMPLES
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+class InjectingKube:
+    """Answers like an API server holding nothing but the parent; `fail` maps a
+    (verb, kind) to the KubeError to raise once."""
+
+    def __init__(self, fail: dict[tuple[str, str], KubeError] | None = None) -> None:
+        self.fail = dict(fail or {})
+        self.applied: list[str] = []
+        self.deleted: list[str] = []
+        self.statuses: list[dict[str, Any]] = []
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def _maybe_fail(self, verb: str, kind: str) -> None:
+        error = self.fail.pop((verb, kind), None)
+        if error is not None:
+            raise error
+
+    def serves(self, group_version: str, plural: str) -> bool:
+        return False
+
+    def get(self, ref: Ref) -> dict[str, Any] | None:
+        return self.objects.get((ref.kind, ref.name))
+
+    def apply(self, desired: dict[str, Any]) -> Applied:
+        self._maybe_fail("apply", desired["kind"])
+        self.applied.append(f"{desired['kind']}/{desired['metadata']['name']}")
+        body = copy.deepcopy(desired)
+        body["metadata"].update(uid=f"uid-{len(self.applied)}", resourceVersion="7")
+        return Applied(body, created=True, changed=True)
+
+    def delete(self, ref: Ref, uid: str) -> bool:
+        self.deleted.append(f"{ref.kind}/{ref.name}")
+        return True
+
+    def patch_metadata(self, obj: dict[str, Any], metadata: dict[str, Any]) -> dict[str, Any]:
+        return obj
+
+    def patch_status(self, obj: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+        self._maybe_fail("status", obj["kind"])
+        self.statuses.append(status)
+        return {**obj, "status": status, "metadata": {**obj["metadata"], "resourceVersion": "9"}}
+
+    def post_event(self, about: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        pass
+
+
+def parent(**spec: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load((EXAMPLES / "modeldeployment.yaml").read_text())
+    doc["metadata"].update(uid="parent-uid", generation=3, resourceVersion="5")
+    doc["spec"].update(spec)
+    return doc
+
+
+def run(kube: InjectingKube, body: dict[str, Any], owned: list[OwnedChild] | None = None) -> Any:
+    kind = ModelDeploymentKind(ClusterConfig(serving_image="img", ray_version="2.60.0"))
+    return Reconciler(kube, clock=lambda: NOW).reconcile(kind, body, owned or [])  # type: ignore[arg-type]
+
+
+def ready(status: dict[str, Any]) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == "Ready")
+
+
+def test_a_server_error_on_one_child_applies_the_others_reports_and_retries() -> None:
+    kube = InjectingKube({("apply", "Service"): KubeError(500, "InternalError", "range is full")})
+    outcome = run(kube, parent())
+    assert "Service/gemma-270m" not in kube.applied
+    assert "Deployment/gemma-270m" in kube.applied and len(kube.applied) == 5
+    assert outcome.retry and outcome.problem.reason == "ApplyFailed"
+    (status,) = kube.statuses
+    assert ready(status)["reason"] == "ApplyFailed" and "range is full" in ready(status)["message"]
+    assert status["observedGeneration"] == 3
+    assert kube.deleted == []  # never prune while the desired state is not in place
+
+
+def test_a_refused_child_is_reported_not_retried() -> None:
+    kube = InjectingKube({("apply", "Deployment"): KubeError(422, "Invalid", "field is immutable")})
+    outcome = run(kube, parent())
+    assert not outcome.retry and outcome.problem.reason == "ApplyFailed"
+    assert "immutable" in ready(kube.statuses[0])["message"]
+
+
+def test_a_status_conflict_is_retried_not_lost() -> None:
+    kube = InjectingKube({("status", "ModelDeployment"): KubeError(409, "Conflict", "modified")})
+    outcome = run(kube, parent())
+    assert outcome.retry and outcome.problem.reason == "ApiError"
+    assert kube.statuses == []
+    again = run(kube, parent())  # the work queue's retry, with no fault left
+    assert not again.retry and len(kube.statuses) == 1
+
+
+def test_a_stranger_at_a_child_name_is_never_applied_onto() -> None:
+    kube = InjectingKube()
+    kube.objects[("NetworkPolicy", "gemma-270m-allow")] = {
+        "metadata": {"name": "gemma-270m-allow", "ownerReferences": []}
+    }
+    outcome = run(kube, parent())
+    assert "NetworkPolicy/gemma-270m-allow" not in kube.applied
+    assert outcome.problem.reason == "NameConflict" and not outcome.retry
+    assert "NetworkPolicy gemma-270m-allow" in ready(kube.statuses[0])["message"]
+
+
+def test_children_no_longer_wanted_are_pruned_by_uid() -> None:
+    kube = InjectingKube()
+    stale = OwnedChild("v1", "ConfigMap", "gemma-270m-old", "stale-uid", "1")
+    run(kube, parent(), [stale])
+    assert kube.deleted == ["ConfigMap/gemma-270m-old"]
+
+
+def test_an_unchanged_status_is_not_written() -> None:
+    kube = InjectingKube()
+    run(kube, parent())
+    body = parent()
+    body["status"] = kube.statuses[0]
+    run(kube, body)
+    assert len(kube.statuses) == 1
+
+
+def test_a_spec_the_crd_admits_but_no_parser_reads_is_invalid_not_a_crash() -> None:
+    kube = InjectingKube()
+    outcome = run(kube, parent(resources={"cpu": "1e1.5", "memory": "1Gi"}))
+    assert outcome.problem.reason == "InvalidSpec" and not outcome.retry
+    assert kube.applied == [] and "spec.resources.cpu" in ready(kube.statuses[0])["message"]
+
+
+async def test_queue_dedupes_and_reruns_a_key_changed_while_active() -> None:
+    queue = WorkQueue()
+    key = ("ModelDeployment", "ns", "a")
+    queue.add(key)
+    queue.add(key)
+    assert len(queue) == 1
+    got = await queue.get()
+    queue.add(key)  # changed while being processed: once more afterwards, not in parallel
+    assert len(queue) == 0
+    queue.done(got)
+    assert len(queue) == 1
+
+
+async def test_queue_delayed_adds_keep_the_earliest() -> None:
+    queue = WorkQueue()
+    key = ("ModelDeployment", "ns", "a")
+    queue.add(key, delay=10)
+    queue.add(key, delay=0.05)
+    await asyncio.sleep(0.1)
+    assert len(queue) == 1
+    queue.forget(key)
+
+
+@pytest.mark.parametrize("field", ["secrets", "promotion"])
+def test_what_this_build_cannot_do_is_refused_at_reconcile(field: str) -> None:
+    spec = {
+        "secrets": {"secrets": [{"name": "HF", "path": "freehold-demo/hf"}]},
+        "promotion": {"promotion": {"evalJobs": ["smoke"]}},
+    }[field]
+    kube = InjectingKube()
+    outcome = run(kube, parent(**spec))
+    assert outcome.problem.reason.endswith("Unsupported") and kube.applied == []
+    assert f"spec.{field}" in ready(kube.statuses[0])["message"]
