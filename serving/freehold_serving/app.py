@@ -1,7 +1,8 @@
 """Ray Serve application: `import_path: freehold_serving.app:build_app` with ServingArgs.
 
-Three deployments: the OpenAI-compatible ingress (light, async), the model replicas
-(one llama.cpp context each, autoscaled on ongoing requests), and the embedder.
+Two deployments: the OpenAI-compatible API together with one model replica (one llama.cpp
+context each, autoscaled on ongoing requests; API and engine in one replica saves a hop
+per request), and, when the embeddings extra is installed, the embedder.
 """
 
 # No `from __future__ import annotations` here: Ray Serve reads build_app's parameter
@@ -9,7 +10,6 @@ Three deployments: the OpenAI-compatible ingress (light, async), the model repli
 
 import asyncio
 import logging
-import math
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -287,7 +287,3 @@ def build_app(args: ServingArgs) -> Application:
             log.warning("embeddings extra not installed: /v1/embeddings is disabled")
     server = serve.deployment(name="openai")(OpenAIServer)
     return server.options(**deployment_options(args)).bind(args, embedder)
-
-
-def replicas_that_fit(cpus: int, threads: int) -> int:
-    return max(1, math.floor(cpus / max(threads, 1)))

@@ -8,11 +8,24 @@ imports pydantic only, so the operator can validate what it generates.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 IMPORT_PATH = "freehold_serving.app:build_app"
+
+# Engine settings, defined once. The API (freehold.api.model_deployment) uses these types
+# and takes its defaults from the configs below; tests/unit/test_serving_args.py checks
+# that the two cannot drift.
+Threads = Annotated[int, Field(ge=1, le=512)]
+GpuLayers = Annotated[int, Field(ge=-1, le=1024)]
+BatchSize = Annotated[int, Field(ge=1, le=65536)]
+TensorParallelSize = Annotated[int, Field(ge=1, le=64)]
+GpuMemoryUtilization = Annotated[float, Field(ge=0.05, le=1.0)]
+Dtype = Literal["auto", "float16", "bfloat16", "float32"]
+Quantization = Literal["awq", "gptq", "fp8", "gguf", "bitsandbytes"]
+MaxNumSeqs = Annotated[int, Field(ge=1, le=4096)]
+ContextLength = Annotated[int, Field(ge=128, le=1048576)]
 
 
 class Strict(BaseModel):
@@ -20,23 +33,23 @@ class Strict(BaseModel):
 
 
 class LlamaCppConfig(Strict):
-    threads: int = Field(default=2, ge=1, le=512)
-    gpu_layers: int = Field(default=0, ge=-1, le=1024)
-    batch_size: int = Field(default=512, ge=1, le=65536)
+    threads: Threads = 2
+    gpu_layers: GpuLayers = 0
+    batch_size: BatchSize = 512
     flash_attention: bool = False
 
 
 class VllmConfig(Strict):
-    tensor_parallel_size: int = Field(default=1, ge=1)
-    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
-    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
-    quantization: str | None = None
-    max_num_seqs: int = Field(default=256, ge=1)
+    tensor_parallel_size: TensorParallelSize = 1
+    gpu_memory_utilization: GpuMemoryUtilization = 0.9
+    dtype: Dtype = "auto"
+    quantization: Quantization | None = None
+    max_num_seqs: MaxNumSeqs = 256
 
 
 class EngineConfig(Strict):
     name: Literal["llamacpp", "vllm"] = "llamacpp"
-    context_length: int = Field(default=4096, ge=128)
+    context_length: ContextLength = 4096
     llamacpp: LlamaCppConfig = Field(default_factory=LlamaCppConfig)
     vllm: VllmConfig = Field(default_factory=VllmConfig)
     gpus: int = Field(default=0, ge=0, description="GPUs per replica.")
@@ -53,6 +66,11 @@ class ModelConfig(Strict):
     )
     signature_ref: str | None = Field(default=None, description="Detached signature URI.")
     signer: str | None = Field(default=None, description="Expected signer.")
+    verified_identity: str | None = Field(
+        default=None,
+        description="Set by `freehold up` only, after it verified this very file on this "
+        "machine (device:inode:size:mtime_ns): the replica then skips hashing it again.",
+    )
 
 
 class AutoscalingConfig(Strict):
@@ -68,7 +86,10 @@ class VaultKeySource(Strict):
 
     mount: str = "secret"
     path: str
-    address: str | None = Field(default=None, description="Vault address; default VAULT_ADDR.")
+    address: str | None = Field(default=None, description="Vault address.")
+    ca_cert: str | None = Field(
+        default=None, description="CA bundle (a path) for Vault's TLS; unset: system CAs."
+    )
     role: str | None = Field(default=None, description="Kubernetes auth role to log in with.")
     auth_mount: str = "kubernetes"
     jwt_path: str = Field(

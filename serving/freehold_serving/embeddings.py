@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,9 +42,8 @@ class Embedded:
 
 class Embedder:
     def __init__(self, threads: int | None = None) -> None:
-        # Never reach for a model hub: the weights ship in the package.
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+        # Never reach for a model hub: the weights ship in the package and are loaded from
+        # its folder with local_files_only (the entry points also set HF_HUB_OFFLINE).
         import torch
         from sentence_transformers import SentenceTransformer
 

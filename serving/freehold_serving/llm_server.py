@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
@@ -39,8 +38,7 @@ def make_engine(args: ServingArgs) -> LlamaCppEngine:
     engine: EngineConfig = args.engine
     if engine.name == "vllm":
         raise EngineError(
-            "the vllm engine runs on GPU nodes through freehold_serving.engines.vllm; "
-            "this replica has no GPU",
+            "the vLLM engine is planned, not built: this build serves the llamacpp engine only",
             code="engine_unavailable",
         )
     path = verified_path(args.model)
@@ -50,7 +48,6 @@ def make_engine(args: ServingArgs) -> LlamaCppEngine:
 
 class LLMServer:
     def __init__(self, args: ServingArgs) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self._engine = make_engine(args)
         self._lock = asyncio.Lock()
         # One worker: the engine is not thread-safe and runs one sequence at a time.

@@ -8,7 +8,6 @@ reads this workload's paths. Keys live in this process's memory only.
 from __future__ import annotations
 
 import logging
-import os
 
 import hvac
 
@@ -25,7 +24,7 @@ def read_api_keys(config: ApiKeysConfig) -> list[str]:
     source = config.vault
     if source is None:
         raise VaultKeysError("no Vault source configured")
-    address = source.address or os.environ.get("VAULT_ADDR")
+    address = source.address
     if not address or not source.role:
         raise VaultKeysError("Vault address and role are required to read API keys")
     try:
@@ -33,7 +32,7 @@ def read_api_keys(config: ApiKeysConfig) -> list[str]:
             jwt = handle.read().strip()
     except OSError as exc:
         raise VaultKeysError(f"cannot read the Vault token file {source.jwt_path}") from exc
-    client = hvac.Client(url=address, verify=os.environ.get("VAULT_CACERT") or True, timeout=10)
+    client = hvac.Client(url=address, verify=source.ca_cert or True, timeout=10)
     try:
         client.auth.kubernetes.login(role=source.role, jwt=jwt, mount_point=source.auth_mount)
         secret = client.secrets.kv.v2.read_secret_version(

@@ -70,18 +70,30 @@ def test_every_pod_template_is_restricted(name: str, backend: Backend) -> None:
 @pytest.mark.parametrize(("name", "backend"), MATRIX)
 def test_residency_is_required_node_affinity_on_every_template(name: str, backend: Backend) -> None:
     residency = SPECS[name].residency
-    for obj in children(name, backend):
-        for _, pod in pod_specs(obj):
-            if residency is None:
-                continue
-            terms = pod["affinity"]["nodeAffinity"][
-                "requiredDuringSchedulingIgnoredDuringExecution"
-            ]["nodeSelectorTerms"]
-            assert len(terms) == 1  # one term: every expression must hold
-            exprs = {e["key"]: e for e in terms[0]["matchExpressions"]}
-            assert exprs["topology.kubernetes.io/region"]["values"] == [residency.region]
-            if residency.zones:
-                assert exprs["topology.kubernetes.io/zone"]["values"] == residency.zones
+    templates = [pod for obj in children(name, backend) for _, pod in pod_specs(obj)]
+    assert templates
+    for pod in templates:
+        terms = (
+            pod.get("affinity", {})
+            .get("nodeAffinity", {})
+            .get("requiredDuringSchedulingIgnoredDuringExecution", {})
+            .get("nodeSelectorTerms", [])
+        )
+        keys = {e["key"] for term in terms for e in term["matchExpressions"]}
+        if residency is None:
+            # No residency: no region constraint (a GPU product term may remain).
+            assert "topology.kubernetes.io/region" not in keys
+            continue
+        assert len(terms) == 1  # one term: every expression must hold
+        exprs = {e["key"]: e for e in terms[0]["matchExpressions"]}
+        assert exprs["topology.kubernetes.io/region"]["operator"] == "In"
+        assert exprs["topology.kubernetes.io/region"]["values"] == [residency.region]
+        if residency.zones:
+            assert exprs["topology.kubernetes.io/zone"]["values"] == residency.zones
+
+
+def test_the_matrix_covers_specs_with_and_without_residency() -> None:
+    assert {SPECS[n].residency is None for n, _ in MATRIX} == {True, False}
 
 
 def test_children_by_backend() -> None:
@@ -130,9 +142,7 @@ def test_gpu_and_vault_wiring() -> None:
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert worker["rayStartParams"]["num-gpus"] == "1"
     assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
-    assert pod["serviceAccountName"] == "llama-8b-model" or pod["serviceAccountName"].endswith(
-        "-model"
-    )
+    assert pod["serviceAccountName"] == f"{CTX.name}-model"
     token = next(v for v in pod["volumes"] if v["name"] == "vault-token")
     source = token["projected"]["sources"][0]["serviceAccountToken"]
     assert source["audience"] == "vault" and source["expirationSeconds"] <= 3600
@@ -143,7 +153,19 @@ def test_gpu_and_vault_wiring() -> None:
     # the workload logs in to its own role, at the operator's Vault
     assert serve["api_keys"]["vault"]["role"] == "freehold.freehold-demo.gemma-270m"
     assert serve["api_keys"]["vault"]["address"] == "https://vault.vault.svc:8200"
-    assert "hunter2" not in yaml.safe_dump(rs)  # references only, never values
+    # References only: the args name where the keys are, and have no field that could
+    # carry a key (anyone who can read the RayService reads its args).
+    assert serve["api_keys"]["file"] is None
+    assert set(serve["api_keys"]["vault"]) <= {
+        "mount",
+        "path",
+        "address",
+        "ca_cert",
+        "role",
+        "auth_mount",
+        "jwt_path",
+        "refresh_seconds",
+    }
 
 
 def test_network_policies_default_deny_then_allow() -> None:
@@ -156,7 +178,7 @@ def test_network_policies_default_deny_then_allow() -> None:
     assert callers["from"] == [
         {
             "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "freehold-demo"}},
-            "podSelector": {"matchLabels": {}},
+            "podSelector": {},
         }
     ]
     own = {"podSelector": {"matchLabels": {"freehold.dev/model-deployment": "gemma-270m"}}}

@@ -25,14 +25,26 @@ def test_file_uri_verified(tmp_path: Path) -> None:
     assert verified_path(model(f"file://{f}", good)) == f
 
 
-def test_wrong_digest_is_refused_with_both_digests(tmp_path: Path) -> None:
+def test_wrong_digest_is_refused_without_echoing_the_actual_digest(tmp_path: Path) -> None:
     f = tmp_path / "m.gguf"
     f.write_bytes(b"tampered")
     with pytest.raises(DigestMismatchError) as info:
         verified_path(model(f"file://{f}", "a" * 64))
     message = str(info.value)
     assert "refusing to serve" in message and "a" * 64 in message
-    assert hashlib.sha256(b"tampered").hexdigest() in message
+    assert hashlib.sha256(b"tampered").hexdigest() not in message  # no digest oracle
+
+
+def test_a_file_verified_by_up_is_not_hashed_again_unless_it_changed(tmp_path: Path) -> None:
+    from freehold_serving.model_files import file_identity
+
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"weights")
+    good = model(f"file://{f}", hashlib.sha256(b"weights").hexdigest())
+    trusted = good.model_copy(update={"verified_identity": file_identity(f)})
+    f.write_bytes(b"swapped")  # same path, new content: the identity no longer matches
+    with pytest.raises(DigestMismatchError):
+        verified_path(trusted)
 
 
 def test_pvc_uri_maps_to_the_mounted_claim(tmp_path: Path) -> None:
@@ -46,7 +58,7 @@ def test_pvc_uri_maps_to_the_mounted_claim(tmp_path: Path) -> None:
 def test_missing_file_and_remote_schemes_are_errors(tmp_path: Path) -> None:
     with pytest.raises(ModelFileError, match="does not exist"):
         resolve(model(f"file://{tmp_path}/nope.gguf"))
-    with pytest.raises(ModelFileError, match="fetched into a volume"):
+    with pytest.raises(ModelFileError, match="planned, not built"):
         resolve(model("s3://bucket/m.gguf"))
     with pytest.raises(ModelFileError, match="is not installed"):
         resolve(model("package://no-such-distribution-xyz/m.gguf"))

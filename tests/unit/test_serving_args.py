@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import yaml
 
 from freehold.api.model_deployment import ModelDeploymentSpec
 from freehold.builders.serving_args import serving_args_for
+from freehold.local.up import replicas_that_fit
 from freehold.validation import defaulted
-from freehold_serving.app import deployment_options, replicas_that_fit
+from freehold_serving.app import deployment_options
 from freehold_serving.args import IMPORT_PATH, ServingArgs
 from tests.paths import EXAMPLES
 
@@ -98,3 +100,30 @@ def test_replicas_that_fit() -> None:
     assert replicas_that_fit(2, 2) == 1
     assert replicas_that_fit(8, 2) == 4
     assert replicas_that_fit(1, 4) == 1
+
+
+@pytest.mark.parametrize(
+    ("api", "serving"),
+    [("LlamaCppArgs", "LlamaCppConfig"), ("VllmArgs", "VllmConfig")],
+)
+def test_engine_settings_cannot_drift_between_api_and_serving(api: str, serving: str) -> None:
+    """One definition: the API's engine args and the serving contract accept the same
+    values (bounds, enums) and default to the same values (threads excepted: the API
+    defaults it to the CPU request)."""
+    import freehold.api.model_deployment as api_models
+    import freehold_serving.args as serving_args
+
+    api_model = getattr(api_models, api)
+    serving_model = getattr(serving_args, serving)
+    api_schema = api_model.model_json_schema()["properties"]
+    serving_schema = serving_model.model_json_schema()["properties"]
+    assert set(api_model.model_fields) == set(serving_model.model_fields)
+    keys = ("minimum", "maximum", "enum", "type", "anyOf")
+    for name, field in api_model.model_fields.items():
+        ours = {k: v for k, v in api_schema[field.alias or name].items() if k in keys}
+        theirs = {k: v for k, v in serving_schema[name].items() if k in keys}
+        if name == "threads":
+            ours = {k: v for k, v in ours["anyOf"][0].items() if k in keys}
+        assert ours == theirs, name
+        if name != "threads":
+            assert field.default == serving_model.model_fields[name].default, name

@@ -116,6 +116,14 @@ class VaultApi:
             raise VaultUnavailableError(
                 "VaultUnreachable", f"cannot reach Vault to {what}"
             ) from exc
+        except vault_errors.InvalidPath:
+            raise  # "not there": callers decide what that means
+        except vault_errors.VaultError as exc:
+            # 400, 429, 500 and the rest: a condition and a retry, never a crash or a
+            # reconcile that stops. The type only: Vault's text may quote our request.
+            raise VaultUnavailableError(
+                "VaultError", f"Vault refused to {what} ({type(exc).__name__})"
+            ) from exc
 
     def check(self) -> None:
         """Raises VaultUnavailableError unless Vault is reachable, initialised and unsealed."""

@@ -19,6 +19,20 @@ from freehold.api.base import (
     conditions_field,
     rules,
 )
+from freehold_serving.args import (
+    BatchSize,
+    ContextLength,
+    Dtype,
+    EngineConfig,
+    GpuLayers,
+    GpuMemoryUtilization,
+    LlamaCppConfig,
+    MaxNumSeqs,
+    Quantization,
+    TensorParallelSize,
+    Threads,
+    VllmConfig,
+)
 
 MODEL_URI_PATTERN = r"^(pvc|oci|s3|file|package)://[^\s]+$"
 
@@ -69,44 +83,46 @@ class ModelSource(ApiModel):
     )
 
 
+# Defaults come from the serving contract (freehold_serving.args): one definition.
+_LLAMA = LlamaCppConfig()
+_VLLM = VllmConfig()
+
+
 class LlamaCppArgs(ApiModel):
     """Arguments for the llama.cpp engine."""
 
-    threads: int | None = Field(
+    threads: Threads | None = Field(
         default=None,
-        ge=1,
-        le=512,
         description="CPU threads per replica. Defaults to the replica's CPU request.",
     )
-    gpu_layers: int = Field(
-        default=0,
-        ge=-1,
-        le=1024,
+    gpu_layers: GpuLayers = Field(
+        default=_LLAMA.gpu_layers,
         description="Layers offloaded to the GPU; -1 offloads all. Ignored without a GPU.",
     )
-    batch_size: int = Field(
-        default=512, ge=1, le=65536, description="Prompt-processing batch size in tokens."
+    batch_size: BatchSize = Field(
+        default=_LLAMA.batch_size, description="Prompt-processing batch size in tokens."
     )
-    flash_attention: bool = Field(default=False, description="Use flash attention kernels.")
+    flash_attention: bool = Field(
+        default=_LLAMA.flash_attention, description="Use flash attention kernels."
+    )
 
 
 class VllmArgs(ApiModel):
-    """Arguments for the vLLM engine (GPU only)."""
+    """Arguments for the vLLM engine (GPU only; planned, not built: refused at reconcile)."""
 
-    tensor_parallel_size: int = Field(
-        default=1, ge=1, le=64, description="GPUs one replica shards the model across."
+    tensor_parallel_size: TensorParallelSize = Field(
+        default=_VLLM.tensor_parallel_size,
+        description="GPUs one replica shards the model across.",
     )
-    gpu_memory_utilization: float = Field(
-        default=0.9, ge=0.05, le=1.0, description="Fraction of GPU memory vLLM may use."
+    gpu_memory_utilization: GpuMemoryUtilization = Field(
+        default=_VLLM.gpu_memory_utilization, description="Fraction of GPU memory vLLM may use."
     )
-    dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
-        default="auto", description="Weight and activation data type."
-    )
-    quantization: Literal["awq", "gptq", "fp8", "gguf", "bitsandbytes"] | None = Field(
+    dtype: Dtype = Field(default=_VLLM.dtype, description="Weight and activation data type.")
+    quantization: Quantization | None = Field(
         default=None, description="Quantization method of the weights, if any."
     )
-    max_num_seqs: int = Field(
-        default=256, ge=1, le=4096, description="Sequences batched together per step."
+    max_num_seqs: MaxNumSeqs = Field(
+        default=_VLLM.max_num_seqs, description="Sequences batched together per step."
     )
 
 
@@ -131,10 +147,11 @@ class Engine(ApiModel):
     name: EngineName = Field(
         default="llamacpp",
         description="llamacpp (GGUF on CPU, GPU offload when a GPU is requested) or vllm "
-        "(GPU only).",
+        "(GPU only; planned, not built: refused at reconcile).",
     )
-    context_length: int = Field(
-        default=4096, ge=128, le=1048576, description="Context window in tokens."
+    context_length: ContextLength = Field(
+        default=EngineConfig.model_fields["context_length"].default,
+        description="Context window in tokens.",
     )
     llamacpp: LlamaCppArgs | None = Field(default=None, description="llama.cpp arguments.")
     vllm: VllmArgs | None = Field(default=None, description="vLLM arguments.")

@@ -3,7 +3,7 @@ operator (RayService serveConfigV2, Deployment env) and `freehold up` use."""
 
 from __future__ import annotations
 
-from freehold.api.model_deployment import ModelDeploymentSpec
+from freehold.api.model_deployment import LlamaCppArgs, ModelDeploymentSpec, VllmArgs
 from freehold.builders.model_workload import MODELS_ROOT, BuildContext
 from freehold.builders.vault import vault_name
 from freehold.quantity import whole_cpus
@@ -36,10 +36,10 @@ def serving_args_for(
     cluster the workload reads the spec's Vault path itself).
     """
     engine = spec.engine
-    llama = engine.llamacpp
-    threads = llama.threads if llama and llama.threads else whole_cpus(spec.resources.cpu)
+    llama = engine.llamacpp or LlamaCppArgs()
+    vllm = engine.vllm or VllmArgs()
+    threads = llama.threads or whole_cpus(spec.resources.cpu)
     gpus = spec.resources.gpu.count if spec.resources.gpu else 0
-    vllm = engine.vllm
     api_keys = None
     if api_keys_file is not None:
         api_keys = ApiKeysConfig(file=api_keys_file)
@@ -65,19 +65,8 @@ def serving_args_for(
             name=engine.name,
             context_length=engine.context_length,
             gpus=gpus,
-            llamacpp=LlamaCppConfig(
-                threads=threads,
-                gpu_layers=llama.gpu_layers if llama else 0,
-                batch_size=llama.batch_size if llama else 512,
-                flash_attention=llama.flash_attention if llama else False,
-            ),
-            vllm=VllmConfig(
-                tensor_parallel_size=vllm.tensor_parallel_size if vllm else 1,
-                gpu_memory_utilization=vllm.gpu_memory_utilization if vllm else 0.9,
-                dtype=vllm.dtype if vllm else "auto",
-                quantization=vllm.quantization if vllm else None,
-                max_num_seqs=vllm.max_num_seqs if vllm else 256,
-            ),
+            llamacpp=LlamaCppConfig(**{**llama.model_dump(), "threads": threads}),
+            vllm=VllmConfig(**vllm.model_dump()),
         ),
         autoscaling=AutoscalingConfig(
             min_replicas=spec.scaling.min_replicas,

@@ -36,7 +36,13 @@ CHILD_TYPES: tuple[ResourceType, ...] = (
     RAYSERVICE,
 )
 FAILED_APP_STATES = {"DEPLOY_FAILED", "UNHEALTHY"}
-VAULT_REASONS = {"VaultSealed", "VaultUnreachable", "VaultForbidden", "VaultNotConfigured"}
+VAULT_REASONS = {
+    "VaultSealed",
+    "VaultUnreachable",
+    "VaultForbidden",
+    "VaultNotConfigured",
+    "VaultError",
+}
 # What this build cannot do yet. Each is refused at reconcile, with a condition, instead
 # of a pod that crash-loops or a promise nobody keeps.
 PLANNED_SCHEMES = {"oci", "s3"}

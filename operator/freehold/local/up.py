@@ -94,9 +94,12 @@ def load_deployment(manifest: Path | None) -> Deployment:
     )
 
 
-def local_args(deployment: Deployment, settings: LocalSettings, cpus: int) -> ServingArgs:
-    from freehold_serving.app import replicas_that_fit
+def replicas_that_fit(cpus: int, threads: int) -> int:
+    """Model replicas one machine can run without their threads competing for cores."""
+    return max(1, cpus // max(threads, 1))
 
+
+def local_args(deployment: Deployment, settings: LocalSettings, cpus: int) -> ServingArgs:
     args = serving_args_for(
         deployment.spec,
         deployment.name,
@@ -120,37 +123,34 @@ def local_args(deployment: Deployment, settings: LocalSettings, cpus: int) -> Se
     return args.model_copy(update={"engine": engine, "autoscaling": autoscaling})
 
 
-def prepare_model(args: ServingArgs, console: Console) -> Path:
-    """Assemble (for package:// models) and verify the file, with progress."""
+def prepare_model(args: ServingArgs, console: Console) -> ServingArgs:
+    """Assemble (package:// models) and verify the file with progress; the args returned
+    carry its identity so the replica does not hash it again."""
     from freehold_serving.model_files import (
-        DigestMismatchError,
         ModelFileError,
-        check_signature_supported,
+        file_identity,
         resolve,
-        sha256_of,
+        verified_path,
     )
 
     try:
-        check_signature_supported(args.model)
         with console.status(f"Locating {args.model.uri}"):
-            path = resolve(args.model)
+            size = resolve(args.model).stat().st_size
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            console=console,
+            transient=True,
+        ) as progress:
+            task = progress.add_task("Verifying sha256", total=size)
+            path = verified_path(args.model, lambda n: progress.advance(task, n))
     except ModelFileError as exc:
         raise UpError(str(exc)) from None
-    size = path.stat().st_size
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
-        task = progress.add_task(f"Verifying sha256 of {path.name}", total=size)
-        digest = sha256_of(path, lambda n: progress.advance(task, n))
-    if digest != args.model.sha256:
-        raise UpError(str(DigestMismatchError(str(path), args.model.sha256, digest)))
-    console.print(f"[green]✓[/green] {path.name} verified (sha256 {digest[:16]}…)")
-    return path
+    console.print(f"[green]✓[/green] {path.name} verified (sha256 {args.model.sha256[:16]}…)")
+    model = args.model.model_copy(update={"verified_identity": file_identity(path)})
+    return args.model_copy(update={"model": model})
 
 
 @contextmanager
@@ -202,7 +202,7 @@ def serve_locally(
     cpus = settings.cpus or os.cpu_count() or 1
     args = local_args(deployment, settings, cpus)
     started = time.perf_counter()
-    prepare_model(args, console)
+    args = prepare_model(args, console)
     from ray import serve
 
     from freehold_serving.app import build_app
