@@ -26,8 +26,8 @@ from starlette.responses import Response
 from freehold_serving import embeddings
 from freehold_serving.args import ApiKeysConfig, EmbeddingsConfig, ServingArgs
 from freehold_serving.auth import ApiKeys, load_api_keys
-from freehold_serving.engines.base import Chunk, EngineError
-from freehold_serving.llm_server import GenerationJob, LLMServer
+from freehold_serving.engines.base import Chunk, EngineError, GenerationJob, Generator
+from freehold_serving.llm_server import LLMServer
 from freehold_serving.openai.api import OpenAIApi, Stream, error_response
 from freehold_serving.openai.errors import ApiError
 from freehold_serving.telemetry import Telemetry, prometheus_reader
@@ -139,7 +139,7 @@ class OpenAIServer:
 
     def __init__(self, args: ServingArgs, embedder: DeploymentHandle[Any] | None) -> None:
         self._args = args
-        self._runner = LLMServer(args)  # verifies the digest, then loads: fail closed
+        self._runner: Generator = LLMServer(args)  # verifies the digest, then loads: fail closed
         self._embedder = embedder
         scale = args.autoscaling
         self._capacity = scale.max_ongoing_requests + scale.max_queued_requests

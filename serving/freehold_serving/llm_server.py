@@ -11,23 +11,19 @@ import logging
 import threading
 from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 from freehold_serving.args import EngineConfig, ServingArgs
-from freehold_serving.engines.base import Chunk, EngineError, SamplingParams
+from freehold_serving.engines.base import (
+    Chunk,
+    Engine,
+    EngineError,
+    GenerationJob,
+    SamplingParams,
+)
 from freehold_serving.engines.llamacpp import LlamaCppEngine
 from freehold_serving.model_files import verified_path
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class GenerationJob:
-    """A completion (`prompt`) or a chat (`messages`) to run."""
-
-    params: SamplingParams
-    prompt: str | None = None
-    messages: tuple[tuple[str, str], ...] | None = None
 
 
 _DONE = object()
@@ -47,8 +43,11 @@ def make_engine(args: ServingArgs) -> LlamaCppEngine:
 
 
 class LLMServer:
+    """The `Generator` of a one-sequence-at-a-time `Engine`: requests queue on a lock in
+    arrival order while the engine runs in its own thread."""
+
     def __init__(self, args: ServingArgs) -> None:
-        self._engine = make_engine(args)
+        self._engine: Engine = make_engine(args)
         self._lock = asyncio.Lock()
         # One worker: the engine is not thread-safe and runs one sequence at a time.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -71,12 +71,42 @@ class ChatPrompt:
     stop: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class GenerationJob:
+    """A completion (`prompt`) or a chat (`messages`) to run."""
+
+    params: SamplingParams
+    prompt: str | None = None
+    messages: tuple[tuple[str, str], ...] | None = None
+
+
+class Generator(Protocol):
+    """What the HTTP API needs from a model replica: one call per request, chunks out as
+    they come. Async and per request, so an engine that batches many requests at once
+    (vLLM's continuous batching) implements it directly; llama.cpp implements it with one
+    sequence at a time behind a lock (llm_server.LLMServer over an `Engine`)."""
+
+    def generate(self, job: GenerationJob) -> AsyncGenerator[list[Chunk], None]:
+        """Raises EngineError (a 4xx) before the first chunk when the job cannot run."""
+        ...
+
+    async def ready(self) -> int:
+        """The context length, once the model is loaded."""
+        ...
+
+
 class Engine(Protocol):
+    """A token-level engine that runs one sequence at a time in a worker thread."""
+
     context_length: int
 
     def tokenize(self, text: str, *, add_special: bool) -> list[int]: ...
 
     def render_chat(self, messages: Sequence[dict[str, str]]) -> ChatPrompt: ...
+
+    def check_length(self, prompt_tokens: int, max_tokens: int | None) -> int:
+        """The completion budget; raises ContextLengthError if the prompt cannot fit."""
+        ...
 
     def generate(
         self, prompt: list[int], params: SamplingParams, cancel: threading.Event

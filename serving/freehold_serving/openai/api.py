@@ -21,8 +21,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from freehold_serving.args import ServingArgs
 from freehold_serving.auth import ApiKeys
 from freehold_serving.embeddings import MODEL_ID as EMBEDDING_MODEL
-from freehold_serving.engines.base import Chunk
-from freehold_serving.llm_server import GenerationJob
+from freehold_serving.engines.base import Chunk, GenerationJob
 from freehold_serving.openai import responses as r
 from freehold_serving.openai.errors import ApiError, from_validation_error, invalid
 from freehold_serving.openai.schemas import (
