@@ -124,6 +124,33 @@ async def _refresh_keys(keys: ApiKeys, config: ApiKeysConfig) -> None:
             log.warning("API keys not refreshed: %s", exc)
 
 
+class Admitted:
+    """The rest of an admitted generation. It holds the admission slot (and, through the
+    generation, the engine) until `aclose()`, which always releases: an async generator
+    closed before it ever started would not run its `finally`, and a client that leaves
+    before the first byte was sent would leak the slot and keep the engine busy."""
+
+    def __init__(self, generation: AsyncGenerator[list[Chunk], None], release: Any) -> None:
+        self._generation = generation
+        self._release = release
+        self._closed = False
+
+    def __aiter__(self) -> "Admitted":
+        return self
+
+    async def __anext__(self) -> list[Chunk]:
+        return await anext(self._generation)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._generation.aclose()
+        finally:
+            self._release()
+
+
 # Generation-free requests (/metrics, /v1/models, /health) must never wait behind
 # generations: Ray's per-replica limit leaves this much room above our own admission.
 LIGHT_REQUEST_SLACK = 16
@@ -177,15 +204,7 @@ class OpenAIServer:
             release()
             raise
 
-        async def rest() -> AsyncGenerator[list[Chunk], None]:
-            try:
-                async for batch in generation:
-                    yield batch
-            finally:
-                await generation.aclose()
-                release()
-
-        return first, rest()
+        return first, Admitted(generation, release)
 
     async def _embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
         assert self._embedder is not None

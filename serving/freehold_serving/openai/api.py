@@ -11,10 +11,11 @@ import json
 import logging
 import struct
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
@@ -34,9 +35,17 @@ from freehold_serving.telemetry import RequestRecord, Telemetry
 
 log = logging.getLogger(__name__)
 
+
 # The model stream: the first batch already received (so errors surface before any byte
 # of the response is sent), then the rest; closing the rest stops the generation.
-Stream = tuple[list[Chunk], AsyncGenerator[list[Chunk], None]]
+class Rest(Protocol):
+    """The rest of a generation: iterate it; `aclose()` always frees what it holds."""
+
+    def __aiter__(self) -> AsyncIterator[list[Chunk]]: ...
+    async def aclose(self) -> None: ...
+
+
+Stream = tuple[list[Chunk], Rest]
 OpenStream = Callable[[GenerationJob], Awaitable[Stream]]
 Embed = Callable[[list[str]], Awaitable[tuple[list[list[float]], int]]]
 B = TypeVar("B", bound=BaseModel)
@@ -155,7 +164,9 @@ class OpenAIApi:
         stream = await self._run(job, record)
         want_logprobs = req.logprobs is not None
         if req.stream:
-            return self._streaming(self._completion_events(req, stream, record, want_logprobs))
+            return self._streaming(
+                self._completion_events(req, stream, record, want_logprobs), stream
+            )
         result = await self._collect(stream, record)
         return JSONResponse(
             r.completion(
@@ -182,7 +193,7 @@ class OpenAIApi:
         stream = await self._run(job, record)
         want_logprobs = bool(req.logprobs)
         if req.stream:
-            return self._streaming(self._chat_events(req, stream, record, want_logprobs))
+            return self._streaming(self._chat_events(req, stream, record, want_logprobs), stream)
         result = await self._collect(stream, record)
         return JSONResponse(
             r.chat_completion(r.new_id("chatcmpl"), self._model, result, want_logprobs)
@@ -245,11 +256,14 @@ class OpenAIApi:
                 record.token_arrived(chunk.text)
             result.add(chunk, is_echo=chunk.echo)
 
-    def _streaming(self, events: AsyncIterator[bytes]) -> Response:
+    def _streaming(self, events: AsyncIterator[bytes], stream: Stream) -> Response:
+        # The background task runs after the response, also when the client left before
+        # the body started (then the event generator never ran and closed nothing).
         return StreamingResponse(
             events,
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            background=BackgroundTask(stream[1].aclose),
         )
 
     async def _events(
