@@ -57,7 +57,7 @@ class LLMServer:
         params = job.params
         if job.messages is not None:
             chat = engine.render_chat([{"role": r, "content": c} for r, c in job.messages])
-            tokens = engine.tokenize(chat.text, add_special=False)
+            tokens = engine.tokenize_chat(chat)
             params = SamplingParams(**{**params.__dict__, "stop": (*params.stop, *chat.stop)})
         else:
             tokens = engine.tokenize(job.prompt or "", add_special=True)
@@ -66,7 +66,9 @@ class LLMServer:
         return tokens, params
 
     async def generate(self, job: GenerationJob) -> AsyncGenerator[list[Chunk], None]:
-        tokens, params = self._tokens(job)
+        # Off the event loop: rendering and tokenizing a 4 MiB prompt would stall every
+        # other stream of this replica. (Tokenizing reads only the vocabulary.)
+        tokens, params = await asyncio.to_thread(self._tokens, job)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
         cancel = threading.Event()

@@ -69,6 +69,9 @@ class Chunk:
 class ChatPrompt:
     text: str
     stop: tuple[str, ...]
+    # The text in pieces: (text, from the template). Only the template's own text may be
+    # read as control tokens; a user who types "<start_of_turn>" gets those characters.
+    pieces: tuple[tuple[str, bool], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,8 @@ class Engine(Protocol):
     def tokenize(self, text: str, *, add_special: bool) -> list[int]: ...
 
     def render_chat(self, messages: Sequence[dict[str, str]]) -> ChatPrompt: ...
+
+    def tokenize_chat(self, prompt: ChatPrompt) -> list[int]: ...
 
     def check_length(self, prompt_tokens: int, max_tokens: int | None) -> int:
         """The completion budget; raises ContextLengthError if the prompt cannot fit."""

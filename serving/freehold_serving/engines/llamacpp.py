@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import logging
 import random
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -32,6 +33,38 @@ from freehold_serving.engines.chat_templates import BY_ARCHITECTURE
 from freehold_serving.engines.stops import StopMatcher
 
 log = logging.getLogger(__name__)
+
+
+_MARK_OPEN, _MARK_CLOSE = "\ue000", "\ue001"  # private-use characters: never in a template
+_MARK = re.compile(f"({_MARK_OPEN}\\d+{_MARK_CLOSE})")
+
+
+def split_chat(text: str, skeleton: str, contents: list[str]) -> tuple[tuple[str, bool], ...]:
+    """The rendered chat as (piece, from_template) by aligning it with the skeleton
+    rendered over placeholders. Templates may trim a message's content, so each content
+    is matched as given or stripped. Empty when they cannot be aligned (the caller then
+    tokenizes the whole text and says so)."""
+    pieces: list[tuple[str, bool]] = []
+    parts = _MARK.split(skeleton)
+    pos = 0
+    for n, part in enumerate(parts):
+        if n % 2 == 0:  # the template's own text
+            if not text.startswith(part, pos):
+                return ()
+            pieces.append((part, True))
+            pos += len(part)
+            continue
+        content = contents[int(part[1:-1])]
+        following = parts[n + 1] if n + 1 < len(parts) else ""
+        for candidate in (content, content.strip(), content.rstrip(), content.lstrip()):
+            end = pos + len(candidate)
+            if text.startswith(candidate, pos) and text.startswith(following, end):
+                pieces.append((candidate, False))
+                pos = end
+                break
+        else:
+            return ()
+    return tuple(pieces) if pos == len(text) else ()
 
 
 class LlamaCppEngine:
@@ -93,14 +126,35 @@ class LlamaCppEngine:
 
         bos = self._token_text(self._llm.token_bos())
         eos = self._token_text(self._llm.token_eos())
-        text = self._template.render(
-            messages=list(messages),
-            bos_token=bos,
-            eos_token=eos,
-            add_generation_prompt=True,
-            raise_exception=raise_exception,
-        )
-        return ChatPrompt(text=text, stop=self._chat_stops)
+
+        def render(msgs: list[dict[str, str]]) -> str:
+            text: str = self._template.render(
+                messages=msgs,
+                bos_token=bos,
+                eos_token=eos,
+                add_generation_prompt=True,
+                raise_exception=raise_exception,
+            )
+            return text
+
+        text = render(list(messages))
+        # The same template over placeholders shows which characters are the template's.
+        marks = [f"{_MARK_OPEN}{i}{_MARK_CLOSE}" for i in range(len(messages))]
+        skeleton = render([{**m, "content": mark} for m, mark in zip(messages, marks, strict=True)])
+        pieces = split_chat(text, skeleton, [m.get("content", "") for m in messages])
+        return ChatPrompt(text=text, stop=self._chat_stops, pieces=pieces)
+
+    def tokenize_chat(self, prompt: ChatPrompt) -> list[int]:
+        if not prompt.pieces:
+            log.warning("chat template pieces unknown: tokenizing the whole prompt")
+            return self.tokenize(prompt.text, add_special=False)
+        tokens: list[int] = []
+        for text, from_template in prompt.pieces:
+            if text:
+                tokens += self._llm.tokenize(
+                    text.encode("utf-8"), add_bos=False, special=from_template
+                )
+        return tokens
 
     def check_length(self, prompt_tokens: int, max_tokens: int | None) -> int:
         """The number of tokens that may be generated; raises when it does not fit."""

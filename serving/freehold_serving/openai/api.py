@@ -104,14 +104,20 @@ class OpenAIApi:
             raise ApiError(
                 413, f"Request body is larger than {limit} bytes.", code="request_too_large"
             )
-        raw = await request.body()
-        if len(raw) > limit:
-            raise ApiError(
-                413, f"Request body is larger than {limit} bytes.", code="request_too_large"
-            )
+        # Counted while reading: a chunked body has no Content-Length to check up front.
+        received = bytearray()
+        async for part in request.stream():
+            received += part
+            if len(received) > limit:
+                raise ApiError(
+                    413, f"Request body is larger than {limit} bytes.", code="request_too_large"
+                )
+        raw = bytes(received)
         try:
             data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+            # A lone surrogate decodes from JSON but is no text a model can read.
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except (ValueError, UnicodeError, RecursionError):
             raise invalid(
                 "We could not parse the JSON body of your request. (HINT: This likely means "
                 "you aren't using your HTTP library correctly. The OpenAI API expects a JSON "

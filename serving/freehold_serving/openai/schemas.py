@@ -19,7 +19,9 @@ class StreamOptions(Body):
     include_usage: bool = False
 
 
-Stop = str | Annotated[list[str], Field(max_length=4)] | None
+# Stop strings are matched against every generated token's text: bound their length.
+StopString = Annotated[str, Field(min_length=1, max_length=256)]
+Stop = StopString | Annotated[list[StopString], Field(max_length=4)] | None
 
 
 def _stops(stop: Stop) -> tuple[str, ...]:

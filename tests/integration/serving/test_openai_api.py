@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import math
 import struct
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -304,6 +305,37 @@ def test_prompt_longer_than_the_context_is_refused(stack: Stack) -> None:
 def test_oversized_body_is_413(stack: Stack) -> None:
     resp = post(stack, "/completions", json={"model": MODEL, "prompt": "x" * (5 * 2**20)})
     assert_error(resp, 413, code="request_too_large")
+
+
+def test_a_chunked_body_is_limited_while_it_is_read(stack: Stack) -> None:
+    """No Content-Length to check up front: the limit holds while reading (issue 16)."""
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"model": "' + MODEL.encode() + b'", "prompt": "'
+        for _ in range(6):
+            yield b"x" * 2**20
+        yield b'"}'
+
+    resp = post(stack, "/completions", content=chunks())
+    assert_error(resp, 413, code="request_too_large")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 200_000,  # RecursionError in the JSON parser
+        rb'{"model": "m", "prompt": "\ud800"}',  # a lone surrogate, JSON-escaped
+    ],
+    ids=["deep-nesting", "lone-surrogate"],
+)
+def test_malformed_json_is_a_400_not_a_500(stack: Stack, body: bytes) -> None:
+    resp = post(stack, "/completions", content=body, headers={"Content-Type": "application/json"})
+    assert_error(resp, 400)
+
+
+def test_stop_strings_are_bounded(stack: Stack) -> None:
+    body = {"model": MODEL, "prompt": "Hi", "max_tokens": 2, "stop": ["x" * 257]}
+    assert_error(post(stack, "/completions", json=body), 400, param="stop")
 
 
 def test_unknown_route_is_an_openai_404(stack: Stack) -> None:
