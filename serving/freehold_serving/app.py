@@ -31,7 +31,7 @@ from freehold_serving.llm_server import LLMServer
 from freehold_serving.openai.api import OpenAIApi, Stream, error_response
 from freehold_serving.openai.errors import ApiError
 from freehold_serving.telemetry import Telemetry, prometheus_reader
-from freehold_serving.vault_keys import read_api_keys
+from freehold_serving.vault_keys import NoKeysError, read_api_keys
 
 log = logging.getLogger(__name__)
 fastapi_app = FastAPI(title="Freehold OpenAI-compatible API", docs_url=None, redoc_url=None)
@@ -114,14 +114,27 @@ class EmbedderServer:
 # Defined before the ingress class: @serve.ingress captures the class (and what its
 # methods reference) when the class statement runs.
 async def _refresh_keys(keys: ApiKeys, config: ApiKeysConfig) -> None:
-    """Re-read the keys so a rotation in Vault reaches every replica."""
-    assert config.vault is not None
+    """Re-read the keys so a rotation or a revocation in Vault reaches every replica."""
+    source = config.vault
+    assert source is not None
+    loop = asyncio.get_running_loop()
+    last_read = loop.time()
     while True:
-        await asyncio.sleep(config.vault.refresh_seconds)
+        await asyncio.sleep(source.refresh_seconds)
         try:
             keys.replace(await asyncio.to_thread(read_api_keys, config))
-        except Exception as exc:  # keep serving with the keys we have
-            log.warning("API keys not refreshed: %s", exc)
+            last_read = loop.time()
+        except NoKeysError as exc:
+            log.warning("%s: every API key is revoked", exc)
+            keys.replace([])
+            last_read = loop.time()
+        except Exception as exc:
+            stale = loop.time() - last_read
+            if stale > source.grace_seconds:
+                log.error("API keys unreadable for %.0f s: accepting none: %s", stale, exc)
+                keys.replace([])
+            else:
+                log.warning("API keys not refreshed, keeping the last ones: %s", exc)
 
 
 class Admitted:

@@ -97,6 +97,13 @@ class VaultKeySource(Strict):
         description="Projected ServiceAccount token with Vault's audience.",
     )
     refresh_seconds: float = Field(default=300.0, gt=0, description="Re-read keys this often.")
+    grace_seconds: float = Field(
+        default=900.0,
+        ge=0,
+        description="While Vault cannot be read, the last keys stay valid this long; then "
+        "none is accepted until Vault answers again. (An emptied or deleted secret revokes "
+        "every key at the next refresh.)",
+    )
 
 
 class ApiKeysConfig(Strict):

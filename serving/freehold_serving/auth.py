@@ -19,11 +19,9 @@ class ApiKeys:
         self._digests = [hashlib.sha256(k.encode()).digest() for k in keys if k]
 
     def replace(self, keys: Iterable[str]) -> None:
-        """New keys (a rotation); an empty set is refused: fail closed, keep the old."""
-        digests = [hashlib.sha256(k.encode()).digest() for k in keys if k]
-        if not digests:
-            raise RuntimeError("the API key source holds no keys; keeping the previous keys")
-        self._digests = digests
+        """The keys now in the source. Empty (the secret was emptied or deleted) means
+        every key was revoked: none is accepted any more."""
+        self._digests = [hashlib.sha256(k.encode()).digest() for k in keys if k]
 
     def __len__(self) -> int:
         return len(self._digests)

@@ -20,6 +20,10 @@ class VaultKeysError(RuntimeError):
     """The keys cannot be read; the message never holds a key or a token."""
 
 
+class NoKeysError(VaultKeysError):
+    """Vault answered: the secret is not there (deleted). Every key is revoked."""
+
+
 def read_api_keys(config: ApiKeysConfig) -> list[str]:
     source = config.vault
     if source is None:
@@ -38,6 +42,8 @@ def read_api_keys(config: ApiKeysConfig) -> list[str]:
         secret = client.secrets.kv.v2.read_secret_version(
             path=source.path, mount_point=source.mount, raise_on_deleted_version=True
         )
+    except hvac.exceptions.InvalidPath:
+        raise NoKeysError(f"no API keys at {source.mount}/{source.path}") from None
     except Exception as exc:  # hvac and requests errors alike; their text may quote input
         raise VaultKeysError(
             f"reading API keys from Vault ({source.mount}/{source.path} as role "

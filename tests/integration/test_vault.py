@@ -132,7 +132,7 @@ def test_sealed_and_unreachable_are_reported_as_such() -> None:
 def test_workload_reads_its_api_keys_and_fails_closed(tmp_path: Path) -> None:
     from freehold_serving.args import ApiKeysConfig, VaultKeySource
     from freehold_serving.auth import ApiKeys, load_api_keys
-    from freehold_serving.vault_keys import VaultKeysError, read_api_keys
+    from freehold_serving.vault_keys import NoKeysError, VaultKeysError, read_api_keys
 
     with VaultServer() as server:
         server.state.kv["secret/data/freehold-demo/llama-8b/api-keys"] = {
@@ -161,11 +161,16 @@ def test_workload_reads_its_api_keys_and_fails_closed(tmp_path: Path) -> None:
         with pytest.raises(VaultKeysError) as refused:
             read_api_keys(config)
         assert CANARY not in str(refused.value) and "projected-jwt" not in str(refused.value)
-        # a rotation to an empty key set is refused: the previous keys stay
-        rotating = ApiKeys(["old"])
-        with pytest.raises(RuntimeError):
-            rotating.replace([])
-        assert rotating.accepts("old")
+        # emptied, then deleted in Vault: every key is revoked (issue 16)
+        jwt.write_text("projected-jwt-llama")
+        rotating = ApiKeys(read_api_keys(config))
+        assert rotating.accepts(CANARY)
+        server.state.kv["secret/data/freehold-demo/llama-8b/api-keys"] = {}
+        rotating.replace(read_api_keys(config))
+        assert len(rotating) == 0 and not rotating.accepts(CANARY)
+        del server.state.kv["secret/data/freehold-demo/llama-8b/api-keys"]
+        with pytest.raises(NoKeysError):
+            read_api_keys(config)
 
 
 def test_transit_envelope_encryption_rotation_and_signing(vault: Vault) -> None:
