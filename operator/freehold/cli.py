@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(
     name="freehold",
@@ -86,7 +87,7 @@ def validate(
         try:
             documents = list(load_documents(file))
         except ManifestError as exc:
-            err.print(f"[red]error[/red] {exc}", highlight=False)
+            err.print(f"[red]error[/red] {escape(str(exc))}", highlight=False)
             invalid += 1
             continue
         if not documents:
@@ -98,7 +99,9 @@ def validate(
             if errors:
                 invalid += 1
                 for error in errors:
-                    err.print(f"[red]error[/red] {doc.label}: {error}", highlight=False)
+                    err.print(
+                        f"[red]error[/red] {escape(f'{doc.label}: {error}')}", highlight=False
+                    )
             else:
                 out.print(f"[green]valid[/green] {doc.label}", highlight=False)
     if invalid:
@@ -134,10 +137,10 @@ def up(
         serve_locally(deployment, settings, out)
     except InvalidManifestError as exc:
         for error in exc.errors:
-            err.print(f"[red]error[/red] {exc.source}: {error}", highlight=False)
+            err.print(f"[red]error[/red] {escape(f'{exc.source}: {error}')}", highlight=False)
         raise typer.Exit(EXIT_INVALID) from None
     except UpError as exc:
-        err.print(f"[red]error[/red] {exc}", highlight=False)
+        err.print(f"[red]error[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(1) from None
 
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from freehold.api.kinds import KINDS, Kind
 
 Schema = dict[str, Any]
+MAX_NAME = 53  # 63 (a Service name, a label value) less "-serve-svc"
 
 # Keys pydantic emits that have no place (or a different meaning) in a CRD schema.
 _DROPPED_KEYS = {"title", "$schema"}
@@ -154,7 +155,20 @@ def crd_for(kind: Kind) -> dict[str, Any]:
                 "description": "Kind is a string value representing the REST resource this "
                 "object represents.",
             },
-            "metadata": {"type": "object"},
+            # Children are named after the resource (`<name>-serve-svc`, a Service, is the
+            # longest) and labelled with it: a DNS-1035 label short enough for both. The
+            # API server itself only asks for a DNS subdomain of 253 characters.
+            "metadata": {
+                "type": "object",
+                "properties": {
+                    "name": {
+                        "type": "string",
+                        "description": f"A DNS-1035 label of at most {MAX_NAME} characters.",
+                        "maxLength": MAX_NAME,
+                        "pattern": "^[a-z]([-a-z0-9]*[a-z0-9])?$",
+                    }
+                },
+            },
             "spec": spec_schema,
             "status": status_schema,
         },

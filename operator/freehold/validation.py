@@ -68,6 +68,8 @@ def _unknown_fields(schema: Schema, value: Any, path: Path) -> Iterator[FieldErr
     if isinstance(value, dict) and "properties" in schema:
         props = schema["properties"]
         for key, sub in value.items():
+            if not path and key == "metadata":
+                continue  # ObjectMeta: the API server validates it itself, whole
             if key in props:
                 yield from _unknown_fields(props[key], sub, (*path, key))
             elif not isinstance(schema.get("additionalProperties"), dict):

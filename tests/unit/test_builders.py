@@ -165,6 +165,7 @@ def test_gpu_and_vault_wiring() -> None:
         "auth_mount",
         "jwt_path",
         "refresh_seconds",
+        "grace_seconds",
     }
 
 

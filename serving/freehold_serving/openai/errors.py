@@ -88,7 +88,8 @@ def from_validation_error(exc: ValidationError) -> ApiError:
     kind = first["type"]
     loc = tuple(first["loc"])
     # Union branches add their type name to the location; drop those parts.
-    loc = tuple(p for p in loc if not (isinstance(p, str) and p in {"str", "list[str]", "int"}))
+    branches = {"str", "list[str]", "int", "constrained-str", "list[constrained-str]"}
+    loc = tuple(p for p in loc if not (isinstance(p, str) and p in branches))
     param = _param(loc) or None
     if kind in {"json_invalid", "json_type"}:
         return invalid(
