@@ -161,7 +161,7 @@ def serve() -> None:
     """
     import os
 
-    from freehold.local.up import local_ray, wait_for_signal
+    from freehold.local.up import container_cpus, local_ray, wait_for_signal
     from freehold_serving.args import ServingArgs
 
     raw = os.environ.get("FREEHOLD_SERVING_ARGS")
@@ -177,7 +177,8 @@ def serve() -> None:
 
     from freehold_serving.app import build_app
 
-    cpus = os.cpu_count() or 1
+    # The container's CPU limit (cgroup), not the node's cores.
+    cpus = container_cpus()
     with local_ray(cpus, "0.0.0.0", 8000):
         ray_serve.run(build_app(args), name=args.name, route_prefix="/", blocking=False)
         out.print(f"serving {args.model.served_name} on :8000")

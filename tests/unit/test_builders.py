@@ -203,3 +203,20 @@ def test_deployment_backend_keeps_one_replica_and_probes() -> None:
     assert args.model.uri == "pvc://models/gemma.gguf" and args.model.models_root == "/models"
     assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": 8000}
     assert objs["Service"]["spec"]["selector"] == {"freehold.dev/model-deployment": "gemma-270m"}
+
+
+def test_only_kuberays_operator_pods_reach_the_ray_dashboard() -> None:
+    allow = next(
+        o for o in children("cpu-example", "RayService") if o["metadata"]["name"].endswith("-allow")
+    )
+    rules = [
+        r
+        for r in allow["spec"]["ingress"]
+        if {"protocol": "TCP", "port": 8265} in r.get("ports", [])
+    ]
+    (rule,) = rules
+    (peer,) = rule["from"]
+    assert peer["namespaceSelector"] == {
+        "matchLabels": {"kubernetes.io/metadata.name": "kuberay-system"}
+    }
+    assert peer["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}

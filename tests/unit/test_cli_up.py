@@ -37,3 +37,36 @@ def test_wrong_digest_is_refused_before_ray_starts(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "refusing to serve" in result.stderr and "b" * 64 in result.stderr
     assert "Ray" not in result.stdout
+
+
+def test_container_cpus_follow_the_cgroup_limit(tmp_path: Path) -> None:
+    import os
+
+    from freehold.local.up import container_cpus
+
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # a 1.5 CPU limit
+    assert container_cpus(tmp_path) == min(2, os.cpu_count() or 1)
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert container_cpus(tmp_path) == (os.cpu_count() or 1)
+    assert container_cpus(tmp_path / "absent") == (os.cpu_count() or 1)
+
+
+def test_the_deployment_backend_runs_one_model_replica_per_pod() -> None:
+    import yaml
+
+    from freehold.api.model_deployment import ModelDeploymentSpec
+    from freehold.builders.deployment import ARGS_ENV, build_deployment
+    from freehold.builders.model_workload import BuildContext
+    from freehold.validation import defaulted
+    from freehold_serving.args import ServingArgs
+    from tests.paths import EXAMPLES
+
+    doc = defaulted(yaml.safe_load((EXAMPLES / "modeldeployment.yaml").read_text()))
+    spec = ModelDeploymentSpec.model_validate(doc["spec"])
+    assert spec.scaling.max_replicas == 2
+    dep = build_deployment(spec, BuildContext("m", "ns", "img", "2.60.0"))
+    env = {
+        e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    args = ServingArgs.model_validate_json(env[ARGS_ENV])
+    assert (args.autoscaling.min_replicas, args.autoscaling.max_replicas) == (1, 1)

@@ -35,6 +35,11 @@ def deployment_replicas(spec: ModelDeploymentSpec) -> int:
 def build_deployment(spec: ModelDeploymentSpec, ctx: BuildContext) -> dict[str, Any]:
     vols, mounts = volumes(spec)
     args = workload_args(spec, ctx)
+    # One model replica per pod, sized by the pod's resources: scaling is the
+    # Deployment's job. (Ray Serve autoscaling inside a pod would start maxReplicas
+    # engines in a pod sized for one, and the pod would be OOM-killed.)
+    one = args.autoscaling.model_copy(update={"min_replicas": 1, "max_replicas": 1})
+    args = args.model_copy(update={"autoscaling": one})
     probe = {"httpGet": {"path": "/health", "port": SERVE_PORT}}
     container = {
         "name": "serving",

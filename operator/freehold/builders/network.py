@@ -19,6 +19,7 @@ from freehold.builders.model_workload import (
 )
 
 DNS_PORTS = [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
+KUBERAY_OPERATOR = {"app.kubernetes.io/name": "kuberay-operator"}
 KUBERAY_DASHBOARD_PORTS = [{"protocol": "TCP", "port": 8265}, {"protocol": "TCP", "port": 52365}]
 
 
@@ -68,7 +69,9 @@ def build_allow(spec: ModelDeploymentSpec, ctx: BuildContext, *, ray: bool) -> d
         # Ray-internal: head and workers talk on many ports (GCS, object store, ...).
         ingress.append({"from": [own]})
         egress.append({"to": [own]})
-        ingress.append({"from": [_ns(ctx.kuberay_namespace)], "ports": KUBERAY_DASHBOARD_PORTS})
+        # Only KubeRay's operator pods (the label its chart sets), not its whole namespace.
+        kuberay = {**_ns(ctx.kuberay_namespace), "podSelector": {"matchLabels": KUBERAY_OPERATOR}}
+        ingress.append({"from": [kuberay], "ports": KUBERAY_DASHBOARD_PORTS})
     if ctx.vault_address:
         egress.append(
             {

@@ -94,6 +94,23 @@ def load_deployment(manifest: Path | None) -> Deployment:
     )
 
 
+def container_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may use: the cgroup's quota where one is set (a pod's CPU limit),
+    else the machine's cores."""
+    cores = os.cpu_count() or 1
+    try:
+        quota, period = (cgroup / "cpu.max").read_text().split()[:2]  # cgroup v2
+    except (OSError, ValueError):
+        try:
+            quota = (cgroup / "cpu" / "cpu.cfs_quota_us").read_text().strip()  # cgroup v1
+            period = (cgroup / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return cores
+    if quota in ("max", "-1") or not quota.lstrip("-").isdigit() or not period.isdigit():
+        return cores
+    return max(1, min(cores, -(-int(quota) // int(period))))
+
+
 def replicas_that_fit(cpus: int, threads: int) -> int:
     """Model replicas one machine can run without their threads competing for cores."""
     return max(1, cpus // max(threads, 1))
