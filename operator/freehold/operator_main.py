@@ -14,9 +14,9 @@ import kopf
 
 from freehold.adapters.kubernetes import KubeApi, ResourceType, load_client
 from freehold.adapters.vault import VaultApi
+from freehold.builders.model_workload import ClusterConfig
 from freehold.controller import Controller
 from freehold.kinds import child_types, registry
-from freehold.kinds.model_deployment import ClusterConfig
 from freehold.reconciler import MANAGED_BY, MANAGED_BY_LABEL, KindController, Reconciler
 from freehold.settings import OperatorSettings
 

@@ -64,7 +64,9 @@ def test_the_deployment_backend_runs_one_model_replica_per_pod() -> None:
     doc = defaulted(yaml.safe_load((EXAMPLES / "modeldeployment.yaml").read_text()))
     spec = ModelDeploymentSpec.model_validate(doc["spec"])
     assert spec.scaling.max_replicas == 2
-    dep = build_deployment(spec, BuildContext("m", "ns", "img", "2.60.0"))
+    dep = build_deployment(
+        spec, BuildContext(name="m", namespace="ns", serving_image="img", ray_version="2.60.0")
+    )
     env = {
         e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]
     }

@@ -16,8 +16,9 @@ import pytest
 import yaml
 
 from freehold.adapters.kubernetes import Applied, KubeError, Ref
+from freehold.builders.model_workload import ClusterConfig
 from freehold.controller import WorkQueue
-from freehold.kinds.model_deployment import ClusterConfig, ModelDeploymentKind
+from freehold.kinds.model_deployment import ModelDeploymentKind
 from freehold.reconciler import OwnedChild, Reconciler
 from tests.paths import EXAMPLES
 

@@ -20,12 +20,10 @@ MODELS_ROOT = "/models"
 UID = 1000
 
 
-@dataclass(frozen=True)
-class BuildContext:
-    """Everything a builder needs besides the spec. No clients, clocks or environment."""
+@dataclass(frozen=True, kw_only=True)
+class ClusterConfig:
+    """The platform team's settings the builders need (from OperatorSettings)."""
 
-    name: str
-    namespace: str
     serving_image: str
     ray_version: str
     head_cpu: str = "1"
@@ -33,10 +31,26 @@ class BuildContext:
     vault_address: str | None = None
     vault_namespace: str = "vault"
     vault_port: int = 8200
+    # Where a namespace's workloads may read KV secrets: each path must start with this
+    # prefix, `{namespace}` replaced. Without it, a spec could name another team's path
+    # and the operator would grant it.
+    vault_kv_prefix: str = "{namespace}/"
     otel_namespace: str | None = None
     otel_endpoint: str | None = None
     kuberay_namespace: str = "kuberay-system"
     api_server_cidr: str = "0.0.0.0/0"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildContext(ClusterConfig):
+    """Everything a builder needs besides the spec. No clients, clocks or environment."""
+
+    name: str
+    namespace: str
+
+    @classmethod
+    def of(cls, config: ClusterConfig, name: str, namespace: str) -> BuildContext:
+        return cls(name=name, namespace=namespace, **vars(config))
 
 
 def service_account_name(ctx: BuildContext) -> str:

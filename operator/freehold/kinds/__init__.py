@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from freehold.adapters.kubernetes import ResourceType
-from freehold.kinds.model_deployment import ClusterConfig, ModelDeploymentKind
+from freehold.builders.model_workload import ClusterConfig
+from freehold.kinds.model_deployment import ModelDeploymentKind
 from freehold.kinds.planned import EVAL_JOB_KIND, MEMORY_STORE_KIND
 from freehold.reconciler import KindController
 

@@ -10,7 +10,12 @@ from freehold.adapters.kubernetes import ResourceType
 from freehold.api.kinds import MODEL_DEPLOYMENT
 from freehold.api.model_deployment import ModelDeploymentSpec
 from freehold.builders.children import Backend, build_children
-from freehold.builders.model_workload import SERVE_PORT, BuildContext, needs_vault
+from freehold.builders.model_workload import (
+    SERVE_PORT,
+    BuildContext,
+    ClusterConfig,
+    needs_vault,
+)
 from freehold.builders.rayservice import serve_service_name
 from freehold.builders.vault import build_role, vault_name
 from freehold.conditions import Condition, condition
@@ -49,27 +54,6 @@ PLANNED_SCHEMES = {"oci", "s3"}
 
 
 @dataclass(frozen=True)
-class ClusterConfig:
-    """The platform team's settings the builders need (from OperatorSettings)."""
-
-    serving_image: str
-    ray_version: str
-    head_cpu: str = "1"
-    head_memory: str = "2Gi"
-    vault_address: str | None = None
-    vault_namespace: str = "vault"
-    vault_port: int = 8200
-    # Where a namespace's workloads may read KV secrets: each path must start with this
-    # prefix, `{namespace}` replaced. Without it, a spec could name another team's path
-    # and the operator would grant it.
-    vault_kv_prefix: str = "{namespace}/"
-    otel_namespace: str | None = None
-    otel_endpoint: str | None = None
-    kuberay_namespace: str = "kuberay-system"
-    api_server_cidr: str = "0.0.0.0/0"
-
-
-@dataclass(frozen=True)
 class Observed:
     """The serving child as the API server last answered it."""
 
@@ -92,22 +76,7 @@ class ModelDeploymentKind:
         self.config = config
 
     def context(self, meta: Mapping[str, Any]) -> BuildContext:
-        c = self.config
-        return BuildContext(
-            name=meta["name"],
-            namespace=meta["namespace"],
-            serving_image=c.serving_image,
-            ray_version=c.ray_version,
-            head_cpu=c.head_cpu,
-            head_memory=c.head_memory,
-            vault_address=c.vault_address,
-            vault_namespace=c.vault_namespace,
-            vault_port=c.vault_port,
-            otel_namespace=c.otel_namespace,
-            otel_endpoint=c.otel_endpoint,
-            kuberay_namespace=c.kuberay_namespace,
-            api_server_cidr=c.api_server_cidr,
-        )
+        return BuildContext.of(self.config, meta["name"], meta["namespace"])
 
     def parse(self, manifest: dict[str, Any]) -> ModelDeploymentSpec:
         return ModelDeploymentSpec.model_validate(manifest["spec"])
