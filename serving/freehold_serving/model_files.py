@@ -86,8 +86,14 @@ def resolve(model: ModelConfig) -> Path:
         filename = unquote(parsed.path.lstrip("/"))
         return _check_exists(_from_package(parsed.netloc, filename))
     elif scheme == "pvc":
-        # The operator mounts claim CLAIM at <models_root>/CLAIM (read-only).
-        path = Path(model.models_root) / parsed.netloc / unquote(parsed.path.lstrip("/"))
+        # The operator mounts claim CLAIM at <models_root>/CLAIM (read-only). The path is
+        # decoded once and must stay inside that mount: no `..`, no encoded separators.
+        mount = Path(model.models_root) / parsed.netloc
+        relative = unquote(parsed.path.lstrip("/"))
+        parts = Path(relative).parts
+        if not relative or ".." in parts or "%" in relative or Path(relative).is_absolute():
+            raise ModelFileError(f"{model.uri}: the path must name a file inside the claim")
+        path = mount / relative
     else:
         raise ModelFileError(
             f"{model.uri}: {scheme}:// sources are planned, not built: nothing fetches them "

@@ -77,3 +77,17 @@ def test_a_signature_that_cannot_be_checked_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(ModelFileError, match="cannot be verified"):
         verified_path(config)
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "pvc://claim/../other/m.gguf",
+        "pvc://claim/dir%2F..%2F..%2Fetc/passwd",
+        "pvc://claim/",
+        "pvc://claim/a/%252e%252e/m.gguf",
+    ],
+)
+def test_pvc_paths_stay_inside_their_claim(tmp_path: Path, uri: str) -> None:
+    with pytest.raises(ModelFileError, match="inside the claim"):
+        resolve(model(uri, root=str(tmp_path)))
