@@ -6,9 +6,11 @@ Its handlers are generated per registered kind and child type, and are one line 
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlparse
 
 import kopf
 
@@ -79,7 +81,23 @@ def connect_vault(settings: OperatorSettings) -> VaultApi | None:
     )
 
 
-def cluster_config(settings: OperatorSettings) -> ClusterConfig:
+def api_server_cidr(settings: OperatorSettings, host: str) -> str:
+    """The setting, or the API server's own address when the operator reaches it by IP
+    (outside a cluster). In a pod the address is a Service IP, which egress rules do not
+    see: the chart derives and sets the endpoint address instead."""
+    if settings.api_server_cidr:
+        return settings.api_server_cidr
+    try:
+        address = ipaddress.ip_address(urlparse(host).hostname or "")
+    except ValueError:
+        raise SystemExit(
+            f"FREEHOLD_OPERATOR_API_SERVER_CIDR is not set and the API server ({host}) is "
+            "not reached by IP address: set it to the API server's address"
+        ) from None
+    return f"{address}/{address.max_prefixlen}"
+
+
+def cluster_config(settings: OperatorSettings, api_cidr: str) -> ClusterConfig:
     return ClusterConfig(
         serving_image=settings.serving_image,
         ray_version=settings.ray_version,
@@ -92,7 +110,7 @@ def cluster_config(settings: OperatorSettings) -> ClusterConfig:
         otel_namespace=settings.otel_namespace,
         otel_endpoint=settings.otel_endpoint,
         kuberay_namespace=settings.kuberay_namespace,
-        api_server_cidr=settings.api_server_cidr,
+        api_server_cidr=api_cidr,
     )
 
 
@@ -140,9 +158,9 @@ def _parent_handler(controller: Controller, kind: str) -> Any:
 def run(settings: OperatorSettings) -> None:
     # kopf logs every handled watch event at INFO; ours say what changed.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    kinds = registry(cluster_config(settings))
     # One connection per worker thread: urllib3's default pool of 4 would throttle them.
     api = load_client(pool_size=settings.workers)
+    kinds = registry(cluster_config(settings, api_server_cidr(settings, api.configuration.host)))
     types = [k.resource for k in kinds] + child_types(kinds)
     kube = KubeApi(api, types, discovery_ttl=settings.discovery_seconds)
     reconciler = Reconciler(kube, connect_vault(settings))

@@ -83,9 +83,11 @@ class OperatorSettings(BaseSettings):
         default="kuberay-system",
         description="Namespace of the KubeRay operator, which must reach the Ray dashboard.",
     )
-    api_server_cidr: str = Field(
-        default="0.0.0.0/0",
-        description="Where the Kubernetes API server is, for the Ray autoscaler's egress.",
+    api_server_cidr: str | None = Field(
+        default=None,
+        description="Where the Kubernetes API server is (a CIDR), for the Ray autoscaler's "
+        "egress. The chart sets it; unset, the operator uses the address it connects to, "
+        "if that is an IP address, and otherwise refuses to start.",
     )
     liveness_host: str = Field(default="0.0.0.0", description="Address of /healthz.")
     liveness_port: int = Field(default=8080, description="Port of /healthz.")

@@ -24,8 +24,13 @@ def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     )
 
 
+# `helm template` and `helm lint` have no cluster to look the API server up in.
+API_SERVER = ["--set", "networkPolicy.apiServerCIDR=10.0.0.1/32"]
+
+
 def render(values: Path | None, *sets: str) -> list[dict[str, Any]]:
     args = ["template", "freehold", str(CHART), "-n", "freehold-system", "--include-crds"]
+    args += API_SERVER
     if values is not None:
         args += ["-f", str(values)]
     for s in sets:
@@ -42,7 +47,7 @@ def test_chart_crds_are_the_generated_crds() -> None:
 
 @pytest.mark.parametrize("values", CASES, ids=lambda v: v.stem if v else "defaults")
 def test_lint_strict(values: Path | None) -> None:
-    args = ["lint", "--strict", str(CHART)] + (["-f", str(values)] if values else [])
+    args = ["lint", "--strict", str(CHART), *API_SERVER] + (["-f", str(values)] if values else [])
     result = helm(*args, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -175,3 +180,18 @@ def test_every_registered_kind_and_child_type_has_rules() -> None:
         assert (kind.resource.group, f"{kind.resource.plural}/status") in granted
     for t in child_types(kinds):
         assert (t.group, t.plural) in granted
+
+
+def test_the_api_server_address_is_never_the_whole_internet() -> None:
+    """No 0.0.0.0/0 default: set it, or `helm install` derives it from the cluster; a
+    render without either fails and says what to set."""
+    result = helm("template", "freehold", str(CHART), "-n", "freehold-system", check=False)
+    assert result.returncode != 0 and "networkPolicy.apiServerCIDR is required" in result.stderr
+    objects = render(None)
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    env = {
+        e["name"]: e.get("value")
+        for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["FREEHOLD_OPERATOR_API_SERVER_CIDR"] == "10.0.0.1/32"
+    assert "0.0.0.0/0" not in yaml.safe_dump_all(objects)

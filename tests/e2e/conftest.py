@@ -193,6 +193,8 @@ def operator_kubeconfig(cluster: str, namespaces: list[str], tmp: Path) -> Path:
             system,
             "--set",
             f"watch.namespaces={{{','.join(namespaces)}}}",
+            "--set",
+            "networkPolicy.apiServerCIDR=127.0.0.1/32",
             "-s",
             "templates/rbac.yaml",
             "-s",

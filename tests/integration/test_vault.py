@@ -56,7 +56,11 @@ def vault() -> Iterator[Vault]:
 
 def ctx(name: str) -> BuildContext:
     return BuildContext(
-        name=name, namespace="freehold-demo", serving_image="i", ray_version="2.60.0"
+        name=name,
+        namespace="freehold-demo",
+        serving_image="i",
+        ray_version="2.60.0",
+        api_server_cidr="10.0.0.1/32",
     )
 
 

@@ -23,6 +23,7 @@ CTX = BuildContext(
     ray_version="2.60.0",
     vault_address="https://vault.vault.svc:8200",
     otel_namespace="observability",
+    api_server_cidr="10.0.0.1/32",
 )
 
 
@@ -220,3 +221,13 @@ def test_only_kuberays_operator_pods_reach_the_ray_dashboard() -> None:
         "matchLabels": {"kubernetes.io/metadata.name": "kuberay-system"}
     }
     assert peer["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}
+
+
+def test_the_autoscaler_reaches_only_the_api_server() -> None:
+    policy = next(
+        o
+        for o in children("cpu-example", "RayService")
+        if o["metadata"]["name"].endswith("-autoscaler")
+    )
+    (rule,) = policy["spec"]["egress"]
+    assert rule["to"] == [{"ipBlock": {"cidr": "10.0.0.1/32"}}]

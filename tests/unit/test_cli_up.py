@@ -65,10 +65,34 @@ def test_the_deployment_backend_runs_one_model_replica_per_pod() -> None:
     spec = ModelDeploymentSpec.model_validate(doc["spec"])
     assert spec.scaling.max_replicas == 2
     dep = build_deployment(
-        spec, BuildContext(name="m", namespace="ns", serving_image="img", ray_version="2.60.0")
+        spec,
+        BuildContext(
+            name="m",
+            namespace="ns",
+            serving_image="img",
+            ray_version="2.60.0",
+            api_server_cidr="10.0.0.1/32",
+        ),
     )
     env = {
         e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]
     }
     args = ServingArgs.model_validate_json(env[ARGS_ENV])
     assert (args.autoscaling.min_replicas, args.autoscaling.max_replicas) == (1, 1)
+
+
+def test_the_operator_derives_the_api_server_address_or_refuses() -> None:
+    import pytest
+
+    from freehold.operator_main import api_server_cidr
+    from freehold.settings import OperatorSettings
+
+    unset = OperatorSettings(api_server_cidr=None)
+    assert api_server_cidr(unset, "https://127.0.0.1:6443") == "127.0.0.1/32"
+    assert api_server_cidr(unset, "https://[::1]:6443") == "::1/128"
+    assert (
+        api_server_cidr(OperatorSettings(api_server_cidr="10.1.2.3/32"), "https://x")
+        == "10.1.2.3/32"
+    )
+    with pytest.raises(SystemExit, match="FREEHOLD_OPERATOR_API_SERVER_CIDR"):
+        api_server_cidr(unset, "https://kubernetes.default.svc")

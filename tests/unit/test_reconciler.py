@@ -78,7 +78,9 @@ def parent(**spec: Any) -> dict[str, Any]:
 
 
 def run(kube: InjectingKube, body: dict[str, Any], owned: list[OwnedChild] | None = None) -> Any:
-    kind = ModelDeploymentKind(ClusterConfig(serving_image="img", ray_version="2.60.0"))
+    kind = ModelDeploymentKind(
+        ClusterConfig(serving_image="img", ray_version="2.60.0", api_server_cidr="10.0.0.1/32")
+    )
     return Reconciler(kube, clock=lambda: NOW).reconcile(kind, body, owned or [])  # type: ignore[arg-type]
 
 

@@ -6,7 +6,13 @@ from tests.unit.test_builders import SPECS
 
 
 def ctx(namespace: str, name: str) -> BuildContext:
-    return BuildContext(name=name, namespace=namespace, serving_image="i", ray_version="2.60.0")
+    return BuildContext(
+        name=name,
+        namespace=namespace,
+        serving_image="i",
+        ray_version="2.60.0",
+        api_server_cidr="10.0.0.1/32",
+    )
 
 
 def test_policy_names_exactly_the_spec_paths() -> None:

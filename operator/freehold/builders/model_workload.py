@@ -38,7 +38,8 @@ class ClusterConfig:
     otel_namespace: str | None = None
     otel_endpoint: str | None = None
     kuberay_namespace: str = "kuberay-system"
-    api_server_cidr: str = "0.0.0.0/0"
+    # Where the API server is, for the Ray autoscaler's egress. No default: never 0.0.0.0/0.
+    api_server_cidr: str
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -13,7 +13,9 @@ from freehold.reconciler import KindController
 
 
 def registry(config: ClusterConfig | None = None) -> list[KindController[Any]]:
-    md = ModelDeploymentKind(config or ClusterConfig(serving_image="-", ray_version="-"))
+    md = ModelDeploymentKind(
+        config or ClusterConfig(serving_image="-", ray_version="-", api_server_cidr="-")
+    )
     return [md, MEMORY_STORE_KIND, EVAL_JOB_KIND]
 
 

@@ -83,7 +83,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     locked_spec = example_spec(auth={"apiKeys": {"path": "test/gemma/api-keys"}})
     role = build_role(
         locked_spec,
-        BuildContext(name="gemma-270m", namespace="test", serving_image="-", ray_version="-"),
+        BuildContext(
+            name="gemma-270m",
+            namespace="test",
+            serving_image="-",
+            ray_version="-",
+            api_server_cidr="10.0.0.1/32",
+        ),
     )
     VaultApi.connect(vault.url, vault.state.root_token).ensure(role)
     jwt: Path = tmp_path_factory.mktemp("vault") / "token"
