@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -106,6 +107,11 @@ def cluster_config(settings: OperatorSettings, api_cidr: str) -> ClusterConfig:
         vault_address=settings.vault_address,
         vault_namespace=settings.vault_namespace,
         vault_port=settings.vault_port,
+        vault_ca_pem=(
+            Path(settings.vault_ca_bundle).read_text(encoding="utf-8")
+            if settings.vault_ca_bundle
+            else None
+        ),
         vault_kv_prefix=settings.vault_kv_prefix,
         otel_namespace=settings.otel_namespace,
         otel_endpoint=settings.otel_endpoint,

@@ -195,3 +195,23 @@ def test_the_api_server_address_is_never_the_whole_internet() -> None:
     }
     assert env["FREEHOLD_OPERATOR_API_SERVER_CIDR"] == "10.0.0.1/32"
     assert "0.0.0.0/0" not in yaml.safe_dump_all(objects)
+
+
+def test_a_private_vault_ca_is_mounted_for_the_operator() -> None:
+    pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    objects = render(None, "vault.address=https://vault.vault.svc:8200", f"vault.caBundle={pem}")
+    (ca,) = [
+        o
+        for o in objects
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "freehold-vault-ca"
+    ]
+    assert ca["data"]["ca.crt"] == pem
+    pod = next(o for o in objects if o["kind"] == "Deployment")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["FREEHOLD_OPERATOR_VAULT_CA_BUNDLE"] == "/etc/freehold/vault-ca/ca.crt"
+    assert {
+        "name": "vault-ca",
+        "mountPath": "/etc/freehold/vault-ca",
+        "readOnly": True,
+    } in container["volumeMounts"]

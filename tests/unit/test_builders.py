@@ -231,3 +231,32 @@ def test_the_autoscaler_reaches_only_the_api_server() -> None:
     )
     (rule,) = policy["spec"]["egress"]
     assert rule["to"] == [{"ipBlock": {"cidr": "10.0.0.1/32"}}]
+
+
+def test_a_private_vault_ca_reaches_the_workloads_vault_client() -> None:
+    import dataclasses
+
+    from freehold.builders.children import build_children
+
+    pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    ctx = dataclasses.replace(CTX, vault_ca_pem=pem)
+    objs = build_children(SPECS["gpu-vllm-vault"], ctx, "RayService")
+    (ca,) = [o for o in objs if o["kind"] == "ConfigMap"]
+    assert ca["metadata"]["name"] == "gemma-270m-vault-ca" and ca["data"] == {"ca.crt": pem}
+    rs = next(o for o in objs if o["kind"] == "RayService")
+    pod = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]
+    assert {"name": "vault-ca", "configMap": {"name": "gemma-270m-vault-ca"}} in pod["volumes"]
+    mounts = pod["containers"][0]["volumeMounts"]
+    assert {
+        "name": "vault-ca",
+        "mountPath": "/var/run/secrets/vault-ca",
+        "readOnly": True,
+    } in mounts
+    args = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]["args"]
+    assert args["api_keys"]["vault"]["ca_cert"] == "/var/run/secrets/vault-ca/ca.crt"
+    # No CA configured: nothing extra, the system CAs.
+    assert not [
+        o
+        for o in build_children(SPECS["gpu-vllm-vault"], CTX, "RayService")
+        if o["kind"] == "ConfigMap"
+    ]

@@ -10,8 +10,10 @@ from freehold.builders.model_workload import (
     ROLE_LABEL,
     BuildContext,
     metadata,
+    needs_vault,
     selector,
     service_account_name,
+    vault_ca_name,
 )
 from freehold.builders.network import build_allow, build_autoscaler_egress, build_default_deny
 from freehold.builders.rayservice import build_rayservice
@@ -58,4 +60,16 @@ def build_children(
         children += [build_deployment(spec, ctx), build_service(ctx)]
     if spec.scaling.max_replicas > 1:
         children.append(build_pdb(ctx))
+    if needs_vault(spec) and ctx.vault_ca_pem:
+        children.append(build_vault_ca(ctx))
     return children
+
+
+def build_vault_ca(ctx: BuildContext) -> dict[str, Any]:
+    """Vault's private CA for the workload's Vault client (public data, not a secret)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(ctx, vault_ca_name(ctx)),
+        "data": {"ca.crt": ctx.vault_ca_pem},
+    }

@@ -33,7 +33,7 @@ def deployment_replicas(spec: ModelDeploymentSpec) -> int:
 
 
 def build_deployment(spec: ModelDeploymentSpec, ctx: BuildContext) -> dict[str, Any]:
-    vols, mounts = volumes(spec)
+    vols, mounts = volumes(spec, ctx)
     args = workload_args(spec, ctx)
     # One model replica per pod, sized by the pod's resources: scaling is the
     # Deployment's job. (Ray Serve autoscaling inside a pod would start maxReplicas

@@ -15,6 +15,7 @@ REGION_LABEL = "topology.kubernetes.io/region"
 ZONE_LABEL = "topology.kubernetes.io/zone"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 VAULT_TOKEN_DIR = "/var/run/secrets/vault"
+VAULT_CA_DIR = "/var/run/secrets/vault-ca"
 VAULT_AUDIENCE = "vault"
 MODELS_ROOT = "/models"
 UID = 1000
@@ -31,6 +32,9 @@ class ClusterConfig:
     vault_address: str | None = None
     vault_namespace: str = "vault"
     vault_port: int = 8200
+    # PEM of a private CA that signed Vault's certificate (read by the operator at start);
+    # workloads get it as a ConfigMap. None: system CAs.
+    vault_ca_pem: str | None = None
     # Where a namespace's workloads may read KV secrets: each path must start with this
     # prefix, `{namespace}` replaced. Without it, a spec could name another team's path
     # and the operator would grant it.
@@ -147,8 +151,15 @@ def needs_vault(spec: ModelDeploymentSpec) -> bool:
     return bool(spec.secrets) or spec.auth.api_keys is not None
 
 
-def volumes(spec: ModelDeploymentSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(volumes, mounts) of a serving container: scratch, the model claim, a Vault token."""
+def vault_ca_name(ctx: BuildContext) -> str:
+    return f"{ctx.name}-vault-ca"
+
+
+def volumes(
+    spec: ModelDeploymentSpec, ctx: BuildContext
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, mounts) of a serving container: scratch, the model claim, a Vault token
+    (and Vault's private CA, when there is one)."""
     vols: list[dict[str, Any]] = [
         # Ray writes sockets and logs under /tmp; the root filesystem is read-only.
         {"name": "tmp", "emptyDir": {}},
@@ -183,6 +194,9 @@ def volumes(spec: ModelDeploymentSpec) -> tuple[list[dict[str, Any]], list[dict[
             }
         )
         mounts.append({"name": "vault-token", "mountPath": VAULT_TOKEN_DIR, "readOnly": True})
+        if ctx.vault_ca_pem:
+            vols.append({"name": "vault-ca", "configMap": {"name": vault_ca_name(ctx)}})
+            mounts.append({"name": "vault-ca", "mountPath": VAULT_CA_DIR, "readOnly": True})
     return vols, mounts
 
 

@@ -70,7 +70,7 @@ def _container(
 
 
 def build_rayservice(spec: ModelDeploymentSpec, ctx: BuildContext) -> dict[str, Any]:
-    vols, mounts = volumes(spec)
+    vols, mounts = volumes(spec, ctx)
     env = base_env(ctx)
     head_resources = {
         "requests": {"cpu": ctx.head_cpu, "memory": ctx.head_memory},

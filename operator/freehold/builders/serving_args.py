@@ -4,7 +4,7 @@ operator (RayService serveConfigV2, Deployment env) and `freehold up` use."""
 from __future__ import annotations
 
 from freehold.api.model_deployment import LlamaCppArgs, ModelDeploymentSpec, VllmArgs
-from freehold.builders.model_workload import MODELS_ROOT, BuildContext
+from freehold.builders.model_workload import MODELS_ROOT, VAULT_CA_DIR, BuildContext
 from freehold.builders.vault import vault_name
 from freehold.quantity import whole_cpus
 from freehold_serving.args import (
@@ -29,6 +29,7 @@ def serving_args_for(
     api_keys_file: str | None = None,
     vault_address: str | None = None,
     vault_role: str | None = None,
+    vault_ca_cert: str | None = None,
 ) -> ServingArgs:
     """The serving args of a ModelDeployment.
 
@@ -47,7 +48,11 @@ def serving_args_for(
         keys = spec.auth.api_keys
         api_keys = ApiKeysConfig(
             vault=VaultKeySource(
-                mount=keys.mount, path=keys.path, address=vault_address, role=vault_role
+                mount=keys.mount,
+                path=keys.path,
+                address=vault_address,
+                role=vault_role,
+                ca_cert=vault_ca_cert,
             )
         )
     return ServingArgs(
@@ -94,6 +99,7 @@ def workload_args(spec: ModelDeploymentSpec, ctx: BuildContext) -> ServingArgs:
         otlp_endpoint=ctx.otel_endpoint,
         vault_address=ctx.vault_address,
         vault_role=vault_name(ctx),
+        vault_ca_cert=f"{VAULT_CA_DIR}/ca.crt" if ctx.vault_ca_pem else None,
     )
     return args.model_copy(
         update={"model": args.model.model_copy(update={"models_root": MODELS_ROOT})}

@@ -38,6 +38,7 @@ CHILD_TYPES: tuple[ResourceType, ...] = (
     DEPLOYMENT,
     ResourceType("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
     ResourceType("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
+    ResourceType("v1", "ConfigMap", "configmaps"),
     RAYSERVICE,
 )
 FAILED_APP_STATES = {"DEPLOY_FAILED", "UNHEALTHY"}
