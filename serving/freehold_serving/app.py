@@ -15,6 +15,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel
 from ray import serve
 from ray.serve import Application
 from ray.serve.config import BackpressureConfig
@@ -30,11 +31,46 @@ from freehold_serving.engines.base import Chunk, EngineError, GenerationJob, Gen
 from freehold_serving.llm_server import LLMServer
 from freehold_serving.openai.api import OpenAIApi, Stream, error_response
 from freehold_serving.openai.errors import ApiError
+from freehold_serving.openai.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+)
 from freehold_serving.telemetry import Telemetry, prometheus_reader
 from freehold_serving.vault_keys import NoKeysError, read_api_keys
 
 log = logging.getLogger(__name__)
 fastapi_app = FastAPI(title="Freehold OpenAI-compatible API", docs_url=None, redoc_url=None)
+# The handlers read the raw request (to answer OpenAI-style errors and bound the body
+# while reading), so FastAPI cannot see the bodies: describe them in /openapi.json here.
+REQUEST_BODIES: dict[str, type[BaseModel]] = {
+    "/v1/completions": CompletionRequest,
+    "/v1/chat/completions": ChatCompletionRequest,
+    "/v1/embeddings": EmbeddingRequest,
+}
+
+
+def _openapi() -> dict[str, Any]:
+    if fastapi_app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+        from pydantic.json_schema import models_json_schema
+
+        schema = get_openapi(title=fastapi_app.title, version="1", routes=fastapi_app.routes)
+        refs, defs = models_json_schema(
+            [(m, "validation") for m in REQUEST_BODIES.values()],
+            ref_template="#/components/schemas/{model}",
+        )
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(defs["$defs"])
+        for path, model in REQUEST_BODIES.items():
+            schema["paths"][path]["post"]["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": refs[(model, "validation")]}},
+            }
+        fastapi_app.openapi_schema = schema
+    return fastapi_app.openapi_schema
+
+
+fastapi_app.openapi = _openapi  # type: ignore[method-assign]
 
 
 @fastapi_app.exception_handler(ApiError)
