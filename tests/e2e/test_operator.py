@@ -98,6 +98,7 @@ def test_children_and_truthful_status(namespace: str, operator: Operator) -> Non
     assert "READY" in printed and "ENDPOINT" in printed and "False" in printed
 
 
+@pytest.mark.security
 def test_unchanged_resources_are_never_written(namespace: str, operator: Operator) -> None:
     apply(example(namespace, "quiet", resources={"cpu": "1.5", "memory": "4096Mi"}))
     eventually(lambda: len(children(namespace, "quiet")) == 6)
@@ -237,6 +238,7 @@ def test_spec_update_rolls_out_and_prunes(namespace: str, operator: Operator) ->
     assert "deleted PodDisruptionBudget update" in events
 
 
+@pytest.mark.security
 def test_an_object_we_do_not_own_is_never_touched(namespace: str, operator: Operator) -> None:
     victim = {
         "apiVersion": "networking.k8s.io/v1",
@@ -298,8 +300,15 @@ def test_an_object_we_do_not_own_is_never_touched(namespace: str, operator: Oper
         ),
     ],
 )
+@pytest.mark.security
 def test_what_only_reconcile_can_see_is_reported_and_builds_nothing(
-    namespace: str, operator: Operator, name: str, spec: dict[str, Any], reason: str, says: str
+    namespace: str,
+    operator: Operator,
+    vault: VaultServer,
+    name: str,
+    spec: dict[str, Any],
+    reason: str,
+    says: str,
 ) -> None:
     apply(example(namespace, name, **spec))
     eventually(lambda: ready_reason(namespace, name) == reason)
@@ -309,6 +318,8 @@ def test_what_only_reconcile_can_see_is_reported_and_builds_nothing(
     if reason == "SignatureUnsupported":
         assert condition(md, "ModelVerified")["status"] == "False"
     assert children(namespace, name) == {}
+    # Another team's Vault path: no policy or role is ever written for it.
+    assert f"freehold.{namespace}.{name}" not in vault.state.policies
     assert operator.proc is not None and operator.proc.poll() is None
 
 

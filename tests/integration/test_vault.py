@@ -133,6 +133,7 @@ def test_sealed_and_unreachable_are_reported_as_such() -> None:
     assert CANARY not in str(down.value)
 
 
+@pytest.mark.security
 def test_workload_reads_its_api_keys_and_fails_closed(tmp_path: Path) -> None:
     from freehold_serving.args import ApiKeysConfig, VaultKeySource
     from freehold_serving.auth import ApiKeys, load_api_keys

@@ -8,8 +8,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator
 
+import pytest
+
 from freehold_serving.app import Admitted
 from freehold_serving.engines.base import Chunk
+
+pytestmark = pytest.mark.security
 
 
 def engine_stream(lock: asyncio.Lock) -> AsyncGenerator[list[Chunk], None]:

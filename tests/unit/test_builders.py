@@ -206,6 +206,7 @@ def test_deployment_backend_keeps_one_replica_and_probes() -> None:
     assert objs["Service"]["spec"]["selector"] == {"freehold.dev/model-deployment": "gemma-270m"}
 
 
+@pytest.mark.security
 def test_only_kuberays_operator_pods_reach_the_ray_dashboard() -> None:
     allow = next(
         o for o in children("cpu-example", "RayService") if o["metadata"]["name"].endswith("-allow")
@@ -223,6 +224,7 @@ def test_only_kuberays_operator_pods_reach_the_ray_dashboard() -> None:
     assert peer["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}
 
 
+@pytest.mark.security
 def test_the_autoscaler_reaches_only_the_api_server() -> None:
     policy = next(
         o

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.paths import INVALID
 
 
@@ -39,6 +41,7 @@ def test_wrong_digest_is_refused_before_ray_starts(tmp_path: Path) -> None:
     assert "Ray" not in result.stdout
 
 
+@pytest.mark.security
 def test_container_cpus_follow_the_cgroup_limit(tmp_path: Path) -> None:
     import os
 
@@ -51,6 +54,7 @@ def test_container_cpus_follow_the_cgroup_limit(tmp_path: Path) -> None:
     assert container_cpus(tmp_path / "absent") == (os.cpu_count() or 1)
 
 
+@pytest.mark.security
 def test_the_deployment_backend_runs_one_model_replica_per_pod() -> None:
     import yaml
 

@@ -25,6 +25,7 @@ def test_file_uri_verified(tmp_path: Path) -> None:
     assert verified_path(model(f"file://{f}", good)) == f
 
 
+@pytest.mark.security
 def test_wrong_digest_is_refused_without_echoing_the_actual_digest(tmp_path: Path) -> None:
     f = tmp_path / "m.gguf"
     f.write_bytes(b"tampered")
@@ -79,6 +80,7 @@ def test_a_signature_that_cannot_be_checked_is_refused(tmp_path: Path) -> None:
         verified_path(config)
 
 
+@pytest.mark.security
 @pytest.mark.parametrize(
     "uri",
     [

@@ -116,6 +116,7 @@ def test_a_status_conflict_is_retried_not_lost() -> None:
     assert not again.retry and len(kube.statuses) == 1
 
 
+@pytest.mark.security
 def test_a_stranger_at_a_child_name_is_never_applied_onto() -> None:
     kube = InjectingKube()
     kube.objects[("NetworkPolicy", "gemma-270m-allow")] = {
@@ -143,6 +144,7 @@ def test_an_unchanged_status_is_not_written() -> None:
     assert len(kube.statuses) == 1
 
 
+@pytest.mark.security
 def test_a_spec_the_crd_admits_but_no_parser_reads_is_invalid_not_a_crash() -> None:
     kube = InjectingKube()
     outcome = run(kube, parent(resources={"cpu": "1e1.5", "memory": "1Gi"}))

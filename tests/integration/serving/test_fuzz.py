@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 
 from tests.integration.serving.conftest import Stack
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.security]
 
 
 def _cap(body: Any) -> None:

@@ -308,6 +308,7 @@ def test_oversized_body_is_413(stack: Stack) -> None:
     assert_error(resp, 413, code="request_too_large")
 
 
+@pytest.mark.security
 def test_a_chunked_body_is_limited_while_it_is_read(stack: Stack) -> None:
     """No Content-Length to check up front: the limit holds while reading (issue 16)."""
 
@@ -321,6 +322,7 @@ def test_a_chunked_body_is_limited_while_it_is_read(stack: Stack) -> None:
     assert_error(resp, 413, code="request_too_large")
 
 
+@pytest.mark.security
 @pytest.mark.parametrize(
     "body",
     [
@@ -334,6 +336,7 @@ def test_malformed_json_is_a_400_not_a_500(stack: Stack, body: bytes) -> None:
     assert_error(resp, 400)
 
 
+@pytest.mark.security
 def test_stop_strings_are_bounded(stack: Stack) -> None:
     body = {"model": MODEL, "prompt": "Hi", "max_tokens": 2, "stop": ["x" * 257]}
     assert_error(post(stack, "/completions", json=body), 400, param="stop")
@@ -377,6 +380,7 @@ def test_overload_sheds_with_retry_after_and_recovers(stack: Stack) -> None:
     assert post(stack, "/completions", "tiny", json=body).status_code == 200
 
 
+@pytest.mark.security
 @pytest.mark.parametrize("read_lines", [0, 1], ids=["before-first-token", "mid-stream"])
 def test_client_disconnect_frees_the_replica_at_once(stack: Stack, read_lines: int) -> None:
     """A client that leaves (before reading anything, or mid-stream) must not keep the
