@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from freehold.validation import validate
-from tests.e2e.conftest import kubectl
+from tests.e2e.conftest import eventually, kubectl
 from tests.paths import CRDS, EXAMPLES, INVALID
 
 pytestmark = pytest.mark.e2e
@@ -32,7 +32,13 @@ def test_every_crd_is_established(crds: None) -> None:
 
 
 def test_kubectl_explain_shows_the_descriptions(crds: None) -> None:
-    explained = kubectl("explain", "modeldeployment.spec.scaling").stdout
+    # The API server publishes a new CRD's OpenAPI a moment after it is Established.
+    explained = eventually(
+        lambda: (
+            (r := kubectl("explain", "modeldeployment.spec.scaling", check=False)).returncode == 0
+            and r.stdout
+        )
+    )
     assert "Replica autoscaling" in explained
     assert "minReplicas" in explained and "scales to zero" in explained
 
