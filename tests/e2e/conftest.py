@@ -99,6 +99,21 @@ def example(namespace: str, name: str = "gemma-270m", **spec: Any) -> dict[str, 
     return doc
 
 
+def set_status(kind: str, name: str, namespace: str, status: dict[str, Any]) -> None:
+    """Write a child's status as its own controller would (none runs pods here)."""
+    kubectl(
+        "patch",
+        kind,
+        name,
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": status}),
+    )
+
+
 def apply(doc: dict[str, Any] | list[dict[str, Any]]) -> None:
     docs = doc if isinstance(doc, list) else [doc]
     kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))

@@ -19,6 +19,7 @@ from tests.e2e.conftest import (
     example,
     get,
     kubectl,
+    set_status,
 )
 from tests.vault_server import VaultServer
 
@@ -27,9 +28,9 @@ MANAGED = "app.kubernetes.io/managed-by=freehold-operator"
 DRIFT_SECONDS = 5.0
 
 
-def children(namespace: str, name: str) -> dict[str, dict[str, Any]]:
-    """Our children of one ModelDeployment, by 'Kind/name'."""
-    uid = get("modeldeployment", name, namespace)["metadata"]["uid"]  # type: ignore[index]
+def children(namespace: str, name: str, uid: str | None = None) -> dict[str, dict[str, Any]]:
+    """Our children of one ModelDeployment (or of the one that had this uid), by 'Kind/name'."""
+    uid = uid or get("modeldeployment", name, namespace)["metadata"]["uid"]  # type: ignore[index]
     listed = json.loads(
         kubectl(
             "get",
@@ -167,31 +168,22 @@ def test_status_follows_the_serving_child_within_seconds(
     eventually(lambda: get("deployment", "follow", namespace))
     eventually(lambda: ready_reason(namespace, "follow") == "Starting")
     # The controller-manager cannot run pods here; report a failed rollout as it would.
-    kubectl(
-        "patch",
+    set_status(
         "deployment",
         "follow",
-        "-n",
         namespace,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        json.dumps(
-            {
-                "status": {
-                    "conditions": [
-                        {
-                            "type": "Progressing",
-                            "status": "False",
-                            "reason": "ProgressDeadlineExceeded",
-                            "message": "ReplicaSet follow-x has timed out progressing.",
-                            "lastUpdateTime": "2026-01-01T00:00:00Z",
-                            "lastTransitionTime": "2026-01-01T00:00:00Z",
-                        }
-                    ]
+        {
+            "conditions": [
+                {
+                    "type": "Progressing",
+                    "status": "False",
+                    "reason": "ProgressDeadlineExceeded",
+                    "message": "ReplicaSet follow-x has timed out progressing.",
+                    "lastUpdateTime": "2026-01-01T00:00:00Z",
+                    "lastTransitionTime": "2026-01-01T00:00:00Z",
                 }
-            }
-        ),
+            ]
+        },
     )
     eventually(lambda: ready_reason(namespace, "follow") == "ServingFailed", timeout=DRIFT_SECONDS)
     md = get("modeldeployment", "follow", namespace)
@@ -400,16 +392,4 @@ def test_deletion_cascades_through_the_garbage_collector(
     assert not get("modeldeployment", "cascade", namespace)["metadata"].get("finalizers")  # type: ignore[index]
     kubectl("delete", "modeldeployment", "cascade", "-n", namespace)
 
-    def left() -> str:
-        return kubectl(
-            "get",
-            "serviceaccounts,services,deployments,networkpolicies,poddisruptionbudgets",
-            "-n",
-            namespace,
-            "-l",
-            f"freehold.dev/owner-uid={uid}",
-            "-o",
-            "name",
-        ).stdout.strip()
-
-    eventually(lambda: left() == "", timeout=60)
+    eventually(lambda: children(namespace, "cascade", uid) == {}, timeout=60)

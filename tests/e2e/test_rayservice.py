@@ -6,7 +6,6 @@ KubeRay would). Runs last (file order): it leaves KubeRay's CRD installed."""
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
@@ -20,6 +19,7 @@ from tests.e2e.conftest import (
     get,
     kubectl,
     kuberay_served,
+    set_status,
 )
 from tests.paths import KUBERAY_CRDS
 
@@ -80,33 +80,24 @@ def test_status_follows_the_rayservice_and_kubectl_wait_sees_ready(
     operator.start()
     apply(example(namespace, "served"))
     eventually(lambda: get("rayservice", "served", namespace), timeout=30)
-    kubectl(
-        "patch",
+    set_status(
         "rayservice",
         "served",
-        "-n",
         namespace,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        json.dumps(
-            {
-                "status": {
-                    "conditions": [
-                        {
-                            "type": "Ready",
-                            "status": "True",
-                            "reason": "RayServiceReady",
-                            "message": "",
-                            "lastTransitionTime": "2026-01-01T00:00:00Z",
-                        }
-                    ],
-                    "activeServiceStatus": {
-                        "rayClusterStatus": {"readyWorkerReplicas": 1, "desiredWorkerReplicas": 1}
-                    },
+        {
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True",
+                    "reason": "RayServiceReady",
+                    "message": "",
+                    "lastTransitionTime": "2026-01-01T00:00:00Z",
                 }
-            }
-        ),
+            ],
+            "activeServiceStatus": {
+                "rayClusterStatus": {"readyWorkerReplicas": 1, "desiredWorkerReplicas": 1}
+            },
+        },
     )
     kubectl(
         "wait", "modeldeployment/served", "-n", namespace, "--for=condition=Ready", "--timeout=10s"
