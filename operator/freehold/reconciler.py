@@ -396,9 +396,11 @@ class Reconciler:
             if (child.api_version, child.kind, child.name) in wanted:
                 continue
             ref = Ref(child.api_version, child.kind, namespace, child.name)
+            # Only what this call deleted: its DELETED event is ours. (404/409: already gone
+            # or replaced; the watch brings that news itself.)
             if self._kube.delete(ref, child.uid):
                 removed.append(f"{child.kind} {child.name}")
-            outcome.deleted.append(child.uid)
+                outcome.deleted.append(child.uid)
         if removed:
             self._kube.post_event(parent, "Normal", "Pruned", "deleted " + ", ".join(removed))
 
