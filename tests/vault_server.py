@@ -1,6 +1,6 @@
 """A small server speaking Vault's documented HTTP API, for exactly the endpoints
 Freehold calls: sys/health, ACL policies, Kubernetes auth (roles, login), KV v2, and
-transit (keys, rotate, datakey, decrypt, rewrap, sign, verify) with real cryptography.
+transit (keys, config, delete, rotate, datakey, encrypt, decrypt, rewrap, sign, verify) with real cryptography.
 
 It is the test double for Vault, which cannot be installed here. It enforces what
 matters for the tests: tokens, and ACL policies (exact paths and `*` suffixes) with
@@ -124,7 +124,7 @@ class _Handler(BaseHTTPRequestHandler):
                 store[name] = body[wrap] if wrap else dict(body)
                 return self._reply(204)
         if path.startswith("transit/"):
-            return self._transit(path.removeprefix("transit/"), body)
+            return self._transit(method, path.removeprefix("transit/"), body)
         if "/data/" in path:  # KV v2
             if method == "GET":
                 if path not in state.kv:
@@ -140,7 +140,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._reply(204)
         return self._reply(404, {"errors": [f"no handler for route {path!r}"]})
 
-    def _transit(self, path: str, body: dict[str, Any]) -> None:
+    def _transit(self, method: str, path: str, body: dict[str, Any]) -> None:
         """Transit with real cryptography (AES-GCM, Ed25519), versioned keys."""
         import base64
         import os as _os
@@ -166,6 +166,17 @@ class _Handler(BaseHTTPRequestHandler):
             key = keys[name]["versions"][int(version[1:]) - 1]
             return AESGCM(key).decrypt(raw[:12], raw[12:], None)
 
+        if parts[0] == "keys" and len(parts) == 2 and method == "DELETE":
+            entry = keys.get(parts[1])
+            if entry is not None and not entry.get("deletion_allowed"):
+                return self._reply(400, {"errors": ["deletion is not allowed for this key"]})
+            keys.pop(parts[1], None)
+            return self._reply(204)
+        if parts[0] == "keys" and parts[2:] == ["config"]:
+            if parts[1] not in keys:
+                return self._reply(400, {"errors": ["encryption key not found"]})
+            keys[parts[1]]["deletion_allowed"] = bool(body.get("deletion_allowed"))
+            return self._reply(204)
         if parts[0] == "keys" and len(parts) == 2:
             kind = body.get("type", "aes256-gcm96")
             secret = (
@@ -191,6 +202,9 @@ class _Handler(BaseHTTPRequestHandler):
             data = {"ciphertext": seal(name, plain)}
             if parts[1] == "plaintext":
                 data["plaintext"] = base64.b64encode(plain).decode()
+            return self._reply(200, {"data": data})
+        if parts[0] == "encrypt":
+            data = {"ciphertext": seal(name, base64.b64decode(body["plaintext"]))}
             return self._reply(200, {"data": data})
         if parts[0] == "decrypt":
             plain = open_(name, body["ciphertext"])

@@ -53,6 +53,15 @@ class Transit:
         """A new data key, returned wrapped only (for a writer that encrypts later)."""
         return str(self._post(f"datakey/wrapped/{name}", {"bits": bits})["ciphertext"])
 
+    def encrypt(self, name: str, plaintext: bytes) -> str:
+        data = self._post(f"encrypt/{name}", {"plaintext": base64.b64encode(plaintext).decode()})
+        return str(data["ciphertext"])
+
+    def delete_key(self, name: str) -> None:
+        """Crypto-shred: everything the key wrapped is unreadable from now on."""
+        self._post(f"keys/{name}/config", {"deletion_allowed": True})
+        self._client.adapter.delete(f"/v1/{self._mount}/keys/{name}")
+
     def unwrap(self, name: str, ciphertext: str) -> bytes:
         data = self._post(f"decrypt/{name}", {"ciphertext": ciphertext})
         return base64.b64decode(str(data["plaintext"]))

@@ -1,0 +1,222 @@
+"""The memory store library on a real SQLite file, with a key file (local mode's KEK).
+
+Vectors here are deterministic bag-of-words hashes, not a model: the store's contract
+is about any vector of its dimension, and the real embedder is exercised in the
+integration tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from freehold_serving.memory import crypto
+from freehold_serving.memory.records import RecordFields, SearchRequest
+from freehold_serving.memory.store import (
+    ImportConflictError,
+    NotFoundError,
+    Retention,
+    Store,
+    StoreError,
+)
+
+DIM = 32
+
+
+def vec(text: str) -> list[float]:
+    v = np.zeros(DIM, dtype=np.float32)
+    for word in crypto.words(text):
+        v[int(hashlib.sha256(word.encode()).hexdigest(), 16) % DIM] += 1.0
+    return [float(x) for x in v]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(tmp_path: Path, clock: Clock) -> Store:
+    return open_store(tmp_path, clock)
+
+
+def open_store(tmp_path: Path, clock: Clock, **kw: object) -> Store:
+    wrapper = crypto.FileKeyWrapper(tmp_path / "keys" / "store.key")
+    return Store(
+        tmp_path / "memory.db",
+        wrapper,
+        embedding_model="test-bow",
+        dimension=DIM,
+        clock=clock,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def add(store: Store, subject: str, text: str, tenant: str = "acme", **fields: object) -> str:
+    record = store.add(tenant, [(subject, RecordFields(text=text, **fields))], [vec(text)])[0]  # type: ignore[arg-type]
+    return record.id
+
+
+def search(store: Store, subject: str, query: str, tenant: str = "acme", **kw: object) -> list[str]:
+    request = SearchRequest(subject=subject, query=query, **kw)  # type: ignore[arg-type]
+    return [r.text or "" for r in store.search(tenant, request, vec(query))]
+
+
+def test_add_get_and_hybrid_search(store: Store) -> None:
+    add(store, "alice", "Alice prefers window seats on trains", type="preference")
+    add(store, "alice", "Alice lives in Lyon")
+    rid = add(store, "alice", "Alice is allergic to peanuts", type="fact")
+    add(store, "bob", "Bob is allergic to cats")
+    assert store.get("acme", rid).text == "Alice is allergic to peanuts"
+    assert search(store, "alice", "allergic")[0] == "Alice is allergic to peanuts"
+    assert "Bob is allergic to cats" not in search(store, "alice", "allergic")
+    assert search(store, "alice", "allergic", types=["preference"]) == [
+        "Alice prefers window seats on trains"
+    ]
+    assert search(store, "alice", "peanuts", mode="keyword") == ["Alice is allergic to peanuts"]
+
+
+def test_tenants_never_see_each_other(store: Store) -> None:
+    rid = add(store, "alice", "a secret of acme's alice", tenant="acme")
+    add(store, "alice", "globex's alice likes tea", tenant="globex")
+    with pytest.raises(NotFoundError):
+        store.get("globex", rid)
+    with pytest.raises(NotFoundError):
+        store.delete("globex", rid)
+    assert search(store, "alice", "secret", tenant="globex") == ["globex's alice likes tea"]
+    assert search(store, "alice", "secret", tenant="acme") == ["a secret of acme's alice"]
+
+
+def test_update_supersedes_and_as_of_sees_the_past(store: Store, clock: Clock) -> None:
+    rid = add(store, "alice", "Alice lives in Lyon", type="fact")
+    before = datetime.fromtimestamp(clock.t + 1, UTC)
+    clock.t += 10
+    store.update(
+        "acme", rid, "alice", RecordFields(text="Alice lives in Geneva", type="fact"),
+        vec("Alice lives in Geneva"),
+    )
+    assert store.get("acme", rid).text == "Alice lives in Geneva"
+    history = store.history("acme", rid)
+    assert [(h.version, h.text, h.valid_to is None) for h in history] == [
+        (1, "Alice lives in Lyon", False),
+        (2, "Alice lives in Geneva", True),
+    ]
+    assert search(store, "alice", "lives") == ["Alice lives in Geneva"]
+    assert search(store, "alice", "lives", as_of=before) == ["Alice lives in Lyon"]
+    clock.t += 10
+    store.delete("acme", rid)
+    with pytest.raises(NotFoundError):
+        store.get("acme", rid)
+    assert search(store, "alice", "lives") == []
+    assert [h.deleted for h in store.history("acme", rid)] == [False, False, True]
+
+
+def test_wrong_dimension_is_refused_and_nothing_changes(store: Store) -> None:
+    with pytest.raises(StoreError, match=r"records\[1\]\.embedding has 3 dimensions"):
+        store.add(
+            "acme",
+            [("alice", RecordFields(text="one")), ("alice", RecordFields(text="two"))],
+            [vec("one"), [1.0, 2.0, 3.0]],
+        )
+    assert store.counts().records == 0
+
+
+def raw_bytes(tmp_path: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in tmp_path.glob("memory.db*"))
+
+
+def test_nothing_in_the_clear_and_erasure_leaves_no_trace(store: Store, tmp_path: Path) -> None:
+    canary = "zebracanary4217"
+    rid = add(store, "carol", f"Carol's passport number is {canary}")
+    add(store, "dave", "Dave keeps a diary")
+    assert canary.encode() not in raw_bytes(tmp_path)
+    assert b"carol" not in raw_bytes(tmp_path).lower()
+    # What would identify Carol's data on disk even though it is encrypted: the record's
+    # ciphertext and her keyword tokens.
+    payload = store._db.execute("SELECT payload FROM versions WHERE id = ?", (rid,)).fetchone()[0]
+    token = crypto.blind_tokens(
+        store._subject("acme", "carol", create=False).words_key,  # type: ignore[union-attr]
+        canary,
+    ).encode()
+    assert payload[20:60] in raw_bytes(tmp_path) and token in raw_bytes(tmp_path)
+    assert store.erase_subject("acme", "carol") == 1
+    data = raw_bytes(tmp_path)
+    assert payload[20:60] not in data and token not in data
+    assert search(store, "carol", canary) == []
+    assert search(store, "dave", "diary") == ["Dave keeps a diary"]
+    assert store.counts().subjects == 1
+
+
+def test_retention_sweep(tmp_path: Path, clock: Clock) -> None:
+    store = open_store(
+        tmp_path, clock, retention=Retention(default_seconds=None, per_type={"episode": 3600})
+    )
+    add(store, "alice", "We talked about the weather", type="episode")
+    keep = add(store, "alice", "Alice is vegetarian", type="fact")
+    clock.t += 3599
+    assert store.sweep() == 0
+    clock.t += 2
+    assert store.sweep() == 1
+    assert [r.id for r in store.search("acme", SearchRequest(subject="alice", query="a"), None)] in (
+        [],
+        [keep],
+    )
+    assert store.counts().records == 1
+
+
+def test_reopen_keeps_everything_and_reembeds_on_model_change(tmp_path: Path, clock: Clock) -> None:
+    store = open_store(tmp_path, clock)
+    add(store, "alice", "Alice likes jazz")
+    store.close()
+    again = open_store(tmp_path, clock)
+    assert search(again, "alice", "jazz") == ["Alice likes jazz"]
+    again.close()
+    changed = Store(
+        tmp_path / "memory.db",
+        crypto.FileKeyWrapper(tmp_path / "keys" / "store.key"),
+        embedding_model="other-model",
+        dimension=8,
+        clock=clock,
+    )
+    assert changed.needs_reembed()
+    assert changed.reembed(lambda texts: [[1.0] * 8 for _ in texts]) == 1
+    assert not changed.needs_reembed()
+    got = changed.search("acme", SearchRequest(subject="alice", mode="vector"), [1.0] * 8)
+    assert [r.text for r in got] == ["Alice likes jazz"]
+
+
+def test_wrong_key_file_cannot_open(tmp_path: Path, clock: Clock) -> None:
+    open_store(tmp_path, clock).close()
+    (tmp_path / "keys" / "store.key").unlink()
+    with pytest.raises(crypto.CryptoError, match="does not unwrap"):
+        open_store(tmp_path, clock)
+
+
+def test_import_round_trip_and_conflict(tmp_path: Path, clock: Clock) -> None:
+    source = open_store(tmp_path / "a", clock)
+    rid = add(source, "alice", "Alice lives in Lyon")
+    clock.t += 5
+    source.update("acme", rid, "alice", RecordFields(text="Alice lives in Nice"), vec("Nice"))
+    exported = source.subject_versions("acme", "alice")
+    target = open_store(tmp_path / "b", clock)
+    assert target.import_versions("acme", exported) == (2, [])
+    assert target.subject_versions("acme", "alice") == exported
+    assert target.import_versions("acme", exported) == (0, [])  # idempotent
+    other = open_store(tmp_path / "c", clock)
+    changed = [(r.model_copy(update={"text": "forged"}), v) for r, v in exported]
+    other.import_versions("acme", exported[:1])
+    with pytest.raises(ImportConflictError):
+        other.import_versions("acme", changed)
+    assert [r.text for r, _ in other.subject_versions("acme", "alice")] == ["Alice lives in Lyon"]
