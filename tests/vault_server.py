@@ -1,6 +1,7 @@
 """A small server speaking Vault's documented HTTP API, for exactly the endpoints
 Freehold calls: sys/health, ACL policies, Kubernetes auth (roles, login), KV v2, and
-transit (keys, config, delete, rotate, datakey, encrypt, decrypt, rewrap, sign, verify) with real cryptography.
+transit (keys, config, delete, rotate, datakey, encrypt, decrypt, rewrap, sign, verify)
+with real cryptography.
 
 It is the test double for Vault, which cannot be installed here. It enforces what
 matters for the tests: tokens, and ACL policies (exact paths and `*` suffixes) with
@@ -166,6 +167,23 @@ class _Handler(BaseHTTPRequestHandler):
             key = keys[name]["versions"][int(version[1:]) - 1]
             return AESGCM(key).decrypt(raw[:12], raw[12:], None)
 
+        if parts[0] == "keys" and len(parts) == 2 and method == "GET":
+            entry = keys.get(parts[1])
+            if entry is None:
+                return self._reply(404, {"errors": []})
+            from cryptography.hazmat.primitives import serialization
+
+            listed: dict[str, Any] = {}
+            for n, secret in enumerate(entry["versions"], 1):
+                if entry["type"] == "ed25519":
+                    raw = secret.public_key().public_bytes(
+                        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+                    )
+                    listed[str(n)] = {"public_key": base64.b64encode(raw).decode()}
+                else:
+                    listed[str(n)] = n
+            data = {"type": entry["type"], "keys": listed, "latest_version": len(listed)}
+            return self._reply(200, {"data": data})
         if parts[0] == "keys" and len(parts) == 2 and method == "DELETE":
             entry = keys.get(parts[1])
             if entry is not None and not entry.get("deletion_allowed"):

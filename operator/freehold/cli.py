@@ -154,34 +154,59 @@ def operator() -> None:
 
 
 @app.command()
-def serve() -> None:
-    """Serve one application on a single-node Ray, inside a pod (Deployment backend).
+def serve(
+    application: Annotated[
+        str,
+        typer.Option(
+            "--app", help="model (FREEHOLD_SERVING_ARGS) or memory (FREEHOLD_MEMORY_ARGS)."
+        ),
+    ] = "model",
+) -> None:
+    """Serve one application on a single-node Ray, inside a pod.
 
-    The serving args come from FREEHOLD_SERVING_ARGS (JSON), as the operator writes them.
+    The args come from the environment (JSON), as the operator writes them.
     """
     import os
 
     from freehold.local.up import container_cpus, local_ray, wait_for_signal
-    from freehold_serving.args import ServingArgs
 
-    raw = os.environ.get("FREEHOLD_SERVING_ARGS")
-    if not raw:
-        err.print("error: FREEHOLD_SERVING_ARGS is not set")
+    if application not in ("model", "memory"):
+        err.print("error: --app must be model or memory")
         raise typer.Exit(EXIT_INVALID)
+    variable = "FREEHOLD_SERVING_ARGS" if application == "model" else "FREEHOLD_MEMORY_ARGS"
+    raw = os.environ.get(variable)
+    if not raw:
+        err.print(f"error: {variable} is not set")
+        raise typer.Exit(EXIT_INVALID)
+    from pydantic import BaseModel
+
+    from freehold_serving.args import ServingArgs
+    from freehold_serving.memory.args import MemoryArgs
+
+    model: type[BaseModel] = ServingArgs if application == "model" else MemoryArgs
     try:
-        args = ServingArgs.model_validate_json(raw)
+        args = model.model_validate_json(raw)
     except ValueError as exc:
-        err.print(f"error: FREEHOLD_SERVING_ARGS: {exc}")
+        err.print(f"error: {variable}: {exc}")
         raise typer.Exit(EXIT_INVALID) from None
     from ray import serve as ray_serve
-
-    from freehold_serving.app import build_app
 
     # The container's CPU limit (cgroup), not the node's cores.
     cpus = container_cpus()
     with local_ray(cpus, "0.0.0.0", 8000):
-        ray_serve.run(build_app(args), name=args.name, route_prefix="/", blocking=False)
-        out.print(f"serving {args.model.served_name} on :8000")
+        if isinstance(args, ServingArgs):
+            from freehold_serving.app import build_app
+
+            ray_serve.run(build_app(args), name=args.name, route_prefix="/", blocking=False)
+            out.print(f"serving {args.model.served_name} on :8000")
+        else:
+            assert isinstance(args, MemoryArgs)
+            from freehold_serving.memory.app import ROUTE_PREFIX, build_memory_app
+
+            ray_serve.run(
+                build_memory_app(args), name=args.name, route_prefix=ROUTE_PREFIX, blocking=False
+            )
+            out.print(f"serving memory store {args.name} on :8000{ROUTE_PREFIX}")
         wait_for_signal()
 
 

@@ -112,7 +112,9 @@ class KindController(Protocol, Generic[SpecT]):
     def parse(self, manifest: dict[str, Any]) -> SpecT: ...
     def check(self, spec: SpecT, meta: Mapping[str, Any]) -> None: ...
     def build(self, spec: SpecT, meta: Mapping[str, Any], facts: Facts) -> Desired: ...
-    def external_names(self, meta: Mapping[str, Any]) -> list[str]: ...
+    # What to remove outside the cluster when the parent goes (given the whole parent:
+    # what is removed may depend on its spec, as MemoryStore's deletionPolicy does).
+    def external_names(self, parent: Mapping[str, Any]) -> list[str]: ...
     def status(
         self,
         spec: SpecT,
@@ -297,10 +299,9 @@ class Reconciler:
     def _remove_externals(
         self, kind: KindController[Any], parent: dict[str, Any], outcome: Outcome
     ) -> Problem | None:
-        meta = parent["metadata"]
         if self._externals is not None:
             try:
-                for name in kind.external_names(meta):
+                for name in kind.external_names(parent):
                     self._externals.remove(name)
             except VaultUnavailableError as exc:
                 return Problem(exc.reason, f"waiting for Vault to clean up: {exc.message}", True)

@@ -141,4 +141,9 @@ class ServingArgs(Strict):
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     embeddings: EmbeddingsConfig = Field(default_factory=EmbeddingsConfig)
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    memory_stores: dict[str, str] = Field(
+        default_factory=dict,
+        description="MemoryStores a chat request may name (`memory.store`): name -> base URL "
+        "of its memory API (.../v1/memory).",
+    )
     retry_after_seconds: int = Field(default=1, ge=1)

@@ -73,6 +73,14 @@ class Transit:
         data = self._post(f"sign/{name}", {"input": base64.b64encode(message).decode()})
         return str(data["signature"])
 
+    def public_key(self, name: str) -> str:
+        """The latest version's public key (base64) of an asymmetric key."""
+        result = self._client.adapter.get(f"/v1/{self._mount}/keys/{name}")
+        data = result.get("data") or {}
+        versions = data.get("keys") or {}
+        latest = str(data.get("latest_version") or max(int(v) for v in versions))
+        return str(versions[latest]["public_key"])
+
     def verify(self, name: str, message: bytes, signature: str) -> bool:
         data = self._post(
             f"verify/{name}", {"input": base64.b64encode(message).decode(), "signature": signature}

@@ -12,6 +12,7 @@ import logging
 import hvac
 
 from freehold_serving.args import ApiKeysConfig
+from freehold_serving.auth import KeyEntry
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,9 @@ class NoKeysError(VaultKeysError):
     """Vault answered: the secret is not there (deleted). Every key is revoked."""
 
 
-def read_api_keys(config: ApiKeysConfig) -> list[str]:
+def read_api_keys(config: ApiKeysConfig) -> list[KeyEntry]:
+    """The keys in the secret. A field named `TENANT.NAME` is a key of tenant TENANT (so a
+    tenant can hold two keys while rotating); any other field name is its own tenant."""
     source = config.vault
     if source is None:
         raise VaultKeysError("no Vault source configured")
@@ -52,4 +55,4 @@ def read_api_keys(config: ApiKeysConfig) -> list[str]:
     finally:
         client.adapter.close()
     values = (secret.get("data") or {}).get("data") or {}
-    return [str(v) for v in values.values() if v]
+    return [(str(v), str(k).split(".", 1)[0]) for k, v in values.items() if v]

@@ -50,3 +50,16 @@ def test_children_validate(name: str, backend: str) -> None:
             jsonschema.Draft7Validator(rayservice).validate(obj)
         else:
             kubernetes_validate.validate(obj, "1.37.0", strict=True)
+
+
+@pytest.mark.parametrize("policy", ["Retain", "Destroy"])
+def test_memory_store_children_validate(policy: str) -> None:
+    from freehold.api.memory_store import MemoryStoreSpec
+    from freehold.builders.memory_store import build_memory_children
+    from freehold.validation import defaulted
+    from tests.paths import EXAMPLES
+
+    manifest = defaulted(yaml.safe_load((EXAMPLES / "memorystore.yaml").read_text()))
+    spec = MemoryStoreSpec.model_validate({**manifest["spec"], "deletionPolicy": policy})
+    for obj in build_memory_children(spec, CTX):
+        kubernetes_validate.validate(obj, "1.37.0", strict=True)

@@ -104,7 +104,10 @@ def test_update_supersedes_and_as_of_sees_the_past(store: Store, clock: Clock) -
     before = datetime.fromtimestamp(clock.t + 1, UTC)
     clock.t += 10
     store.update(
-        "acme", rid, "alice", RecordFields(text="Alice lives in Geneva", type="fact"),
+        "acme",
+        rid,
+        "alice",
+        RecordFields(text="Alice lives in Geneva", type="fact"),
         vec("Alice lives in Geneva"),
     )
     assert store.get("acme", rid).text == "Alice lives in Geneva"
@@ -169,7 +172,9 @@ def test_retention_sweep(tmp_path: Path, clock: Clock) -> None:
     assert store.sweep() == 0
     clock.t += 2
     assert store.sweep() == 1
-    assert [r.id for r in store.search("acme", SearchRequest(subject="alice", query="a"), None)] in (
+    assert [
+        r.id for r in store.search("acme", SearchRequest(subject="alice", query="a"), None)
+    ] in (
         [],
         [keep],
     )

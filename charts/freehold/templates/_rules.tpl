@@ -11,7 +11,7 @@
   verbs: [update]
 - apiGroups: [freehold.dev]
   resources: [memorystores]
-  verbs: [list, watch]
+  verbs: [list, watch, patch]
 - apiGroups: [freehold.dev]
   resources: [memorystores/status]
   verbs: [patch]
@@ -50,5 +50,8 @@
   verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [ray.io]
   resources: [rayservices]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [apps]
+  resources: [statefulsets]
   verbs: [get, list, watch, create, patch, delete]
 {{- end -}}

@@ -14,7 +14,7 @@ import hvac
 import requests
 from hvac import exceptions as vault_errors
 
-from freehold.builders.vault import VaultRole
+from freehold.builders.vault import TRANSIT_KEY, VaultRole
 
 log = logging.getLogger(__name__)
 
@@ -175,12 +175,36 @@ class VaultApi:
                 json=role.body,
             )
             changed = True
+        for key, key_type in role.transit_keys:
+            path = f"/v1/{role.transit_mount}/keys/{key}"
+            try:
+                self._call("read a transit key", self._client.adapter.get, path)
+            except vault_errors.InvalidPath:
+                self._call(
+                    "create a transit key", self._client.adapter.post, path, json={"type": key_type}
+                )
+                changed = True
         if changed:
             log.info("vault policy and role %s written", role.name)
         return changed
 
     def remove(self, name: str) -> None:
-        """Delete the role, then the policy. Missing ones are fine."""
+        """Delete the role, then the policy; or a transit key (TRANSIT_KEY prefix). Missing
+        ones are fine."""
+        if name.startswith(TRANSIT_KEY):
+            mount, _, key = name.removeprefix(TRANSIT_KEY).partition("/")
+            with contextlib.suppress(vault_errors.InvalidPath):
+                self._call(
+                    "allow deleting a transit key",
+                    self._client.adapter.post,
+                    f"/v1/{mount}/keys/{key}/config",
+                    json={"deletion_allowed": True},
+                )
+                self._call(
+                    "delete a transit key", self._client.adapter.delete, f"/v1/{mount}/keys/{key}"
+                )
+                log.info("transit key %s/%s deleted (crypto-shredded)", mount, key)
+            return
         for what, fn, arg in (
             (
                 "delete a role",

@@ -59,6 +59,10 @@ Duration = Annotated[str, Field(pattern=DURATION_PATTERN, max_length=32)]
 """A duration such as ``30m``, ``24h`` or ``90d``."""
 
 Sha256 = Annotated[str, Field(pattern=SHA256_PATTERN, min_length=64, max_length=64)]
+Ed25519PublicKey = Annotated[
+    str, Field(pattern=r"^[A-Za-z0-9+/]{43}=$", min_length=44, max_length=44)
+]
+"""An Ed25519 public key: base64 of its 32 raw bytes."""
 DnsLabel = Annotated[str, Field(pattern=DNS_LABEL_PATTERN, min_length=1, max_length=63)]
 VaultPath = Annotated[str, Field(pattern=VAULT_PATH_PATTERN, min_length=1, max_length=512)]
 

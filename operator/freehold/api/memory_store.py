@@ -11,6 +11,7 @@ from freehold.api.base import (
     ApiModel,
     Condition,
     Duration,
+    Ed25519PublicKey,
     LocalObjectReference,
     Quantity,
     Residency,
@@ -18,6 +19,7 @@ from freehold.api.base import (
     conditions_field,
     rules,
 )
+from freehold.api.model_deployment import Auth
 
 Scope = Literal["user", "agent", "session"]
 ALL_SCOPES: list[Scope] = ["user", "agent", "session"]
@@ -77,13 +79,14 @@ class Embedding(ApiModel):
     )
 
 
+RecordType = Literal["preference", "fact", "task", "episode", "entity", "relation", "note"]
+
+
 class TypeRetention(ApiModel):
     """Retention of one record type."""
 
-    type: str = Field(
-        max_length=63,
-        pattern=r"^[a-z][a-z0-9-]*$",
-        description="Record type, for example episodic, fact or preference.",
+    type: RecordType = Field(
+        description="Record type: preference, fact, task, episode, entity, relation or note.",
     )
     ttl: Duration = Field(description="How long records of this type are kept.")
 
@@ -134,6 +137,28 @@ class Portability(ApiModel):
         default=False,
         description="Put embeddings in bundles (larger; avoids re-embedding on import).",
     )
+    trusted_signers: list[Ed25519PublicKey] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Ed25519 public keys (base64 of the 32 raw bytes) whose bundles may be "
+        "imported, besides this store's own signing key.",
+    )
+
+
+class Extraction(ApiModel):
+    """The model that turns conversations into typed records (POST /v1/memory/extract)."""
+
+    model_deployment_ref: LocalObjectReference = Field(
+        description="A ModelDeployment in this namespace; it must support JSON-schema output "
+        "(the llamacpp engine does)."
+    )
+
+
+class StoreResources(ApiModel):
+    """Requests and limits (equal: a predictable pod) of the store's container."""
+
+    cpu: Quantity = Field(default="1", description="CPU request and limit.")
+    memory: Quantity = Field(default="2Gi", description="Memory request and limit.")
 
 
 class MemoryStoreSpec(ApiModel):
@@ -162,6 +187,26 @@ class MemoryStoreSpec(ApiModel):
     portability: Portability = Field(
         default_factory=Portability, description="Signed export and import."
     )
+    resources: StoreResources = Field(
+        default_factory=StoreResources,
+        description="CPU and memory of the store's pod (it runs the built-in embedder).",
+        json_schema_extra={"default": {"cpu": "1", "memory": "2Gi"}},
+    )
+    auth: Auth = Field(
+        default_factory=Auth,
+        description="API keys of the memory API, in Vault. A key's tenant (the secret field "
+        "name up to its first '.') sees only its own subjects.",
+    )
+    extraction: Extraction | None = Field(
+        default=None, description="Extraction of records from conversations; unset: off."
+    )
+    deletion_policy: Literal["Retain", "Destroy"] = Field(
+        default="Retain",
+        description="When the MemoryStore is deleted. Retain: the volume and the transit keys "
+        "stay (re-create the store to get its memory back). Destroy: the volume is deleted "
+        "and the transit keys are deleted in Vault (crypto-shredding: backups become "
+        "unreadable).",
+    )
     residency: Residency | None = Field(
         default=None, description="Where the store and its volume may live."
     )
@@ -187,7 +232,7 @@ class Transfer(ApiModel):
 class MemoryStoreStatus(ApiModel):
     """Observed state of a MemoryStore."""
 
-    conditions: list[Condition] = conditions_field("Ready, Progressing, Degraded.")
+    conditions: list[Condition] = conditions_field("Ready, Progressing, SecretsUnavailable.")
     observed_generation: int | None = Field(
         default=None, ge=0, description="The .metadata.generation this status describes."
     )
@@ -197,3 +242,9 @@ class MemoryStoreStatus(ApiModel):
     records: RecordCounts | None = Field(default=None, description="Records held.")
     last_export: Transfer | None = Field(default=None, description="The latest export.")
     last_import: Transfer | None = Field(default=None, description="The latest import.")
+    subjects: int | None = Field(default=None, ge=0, description="Subjects with records.")
+    signer: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Key id of the key that signs this store's bundles.",
+    )

@@ -38,6 +38,18 @@ class VaultRole:
     name: str
     policy: str
     body: dict[str, Any]
+    # Transit keys the workload uses, created when missing: (name, type).
+    transit_mount: str = "transit"
+    transit_keys: tuple[tuple[str, str], ...] = ()
+
+
+TRANSIT_KEY = "transit-key:"
+
+
+def transit_key_ref(mount: str, name: str) -> str:
+    """An external name that means "this transit key" to VaultApi.remove: deleting it
+    crypto-shreds what it wrapped."""
+    return f"{TRANSIT_KEY}{mount}/{name}"
 
 
 def build_role(spec: ModelDeploymentSpec, ctx: BuildContext) -> VaultRole:

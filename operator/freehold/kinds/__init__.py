@@ -7,16 +7,15 @@ from typing import Any
 
 from freehold.adapters.kubernetes import ResourceType
 from freehold.builders.model_workload import ClusterConfig
+from freehold.kinds.memory_store import MemoryStoreKind
 from freehold.kinds.model_deployment import ModelDeploymentKind
-from freehold.kinds.planned import EVAL_JOB_KIND, MEMORY_STORE_KIND
+from freehold.kinds.planned import EVAL_JOB_KIND
 from freehold.reconciler import KindController
 
 
 def registry(config: ClusterConfig | None = None) -> list[KindController[Any]]:
-    md = ModelDeploymentKind(
-        config or ClusterConfig(serving_image="-", ray_version="-", api_server_cidr="-")
-    )
-    return [md, MEMORY_STORE_KIND, EVAL_JOB_KIND]
+    config = config or ClusterConfig(serving_image="-", ray_version="-", api_server_cidr="-")
+    return [ModelDeploymentKind(config), MemoryStoreKind(config), EVAL_JOB_KIND]
 
 
 def child_types(kinds: list[KindController[Any]]) -> list[ResourceType]:

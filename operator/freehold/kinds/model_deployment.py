@@ -136,8 +136,8 @@ class ModelDeploymentKind:
         externals = [build_role(spec, ctx)] if needs_vault(spec) else []
         return Desired(build_children(spec, ctx, self.backend(facts)), externals)
 
-    def external_names(self, meta: Mapping[str, Any]) -> list[str]:
-        return [vault_name(self.context(meta))]
+    def external_names(self, parent: Mapping[str, Any]) -> list[str]:
+        return [vault_name(self.context(parent["metadata"]))]
 
     def status(
         self,

@@ -1,5 +1,5 @@
-"""Kinds whose API is published but whose controller is not built yet (MemoryStore,
-EvalJob). They go through the same reconciler, so a user who applies one reads the truth
+"""Kinds whose API is published but whose controller is not built yet (EvalJob). They
+go through the same reconciler, so a user who applies one reads the truth
 in `kubectl get`: accepted, validated, and not served by this build. Nothing is created."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from freehold.adapters.kubernetes import ResourceType
-from freehold.api.kinds import EVAL_JOB, MEMORY_STORE, Kind
+from freehold.api.kinds import EVAL_JOB, Kind
 from freehold.conditions import condition
 from freehold.reconciler import ChildKey, Desired, Facts, Problem, StatusReport
 
@@ -35,7 +35,7 @@ class PlannedKind:
     def build(self, spec: BaseModel, meta: Mapping[str, Any], facts: Facts) -> Desired:
         return Desired([])
 
-    def external_names(self, meta: Mapping[str, Any]) -> list[str]:
+    def external_names(self, parent: Mapping[str, Any]) -> list[str]:
         return []
 
     def status(
@@ -59,9 +59,6 @@ class PlannedKind:
         )
 
 
-MEMORY_STORE_KIND = PlannedKind(
-    MEMORY_STORE, "no memory API, storage or encryption is deployed for it."
-)
 EVAL_JOB_KIND = PlannedKind(
     EVAL_JOB, "no evaluation runs and no gates are computed.", {"phase": "Pending"}
 )

@@ -42,6 +42,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     logprobs: int | None = None  # top alternatives per token; None: no logprobs
     echo: bool = False
+    json_schema: str | None = None  # constrain the output to this JSON schema
 
 
 @dataclass

@@ -89,6 +89,7 @@ class LlamaCppEngine:
         self._n_vocab: int = self._llm.n_vocab()
         self._batch_size = cfg.batch_size
         self._template, self._chat_stops = self._chat_template()
+        self._grammars: dict[str, Any] = {}
 
     # -- prompts -----------------------------------------------------------------------
 
@@ -230,6 +231,23 @@ class LlamaCppEngine:
 
     # -- generation --------------------------------------------------------------------
 
+    def _grammar(self, schema: str) -> Any:
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        grammar = self._grammars.get(schema)
+        if grammar is None:
+            try:
+                grammar = LlamaGrammar.from_json_schema(schema, verbose=False)
+            except Exception as exc:  # the converter raises plain exceptions on bad schemas
+                raise EngineError(
+                    f"response_format.json_schema cannot be turned into a grammar: {exc}",
+                    param="response_format.json_schema",
+                ) from None
+            if len(self._grammars) > 32:
+                self._grammars.clear()
+            self._grammars[schema] = grammar
+        return grammar
+
     def _is_end(self, token: int) -> bool:
         import llama_cpp
 
@@ -260,8 +278,10 @@ class LlamaCppEngine:
         stops = StopMatcher(params.stop)
         generated = 0
         finish: str = "length"
+        grammar = self._grammar(params.json_schema) if params.json_schema else None
         tokens = llm.generate(
             prompt,
+            grammar=grammar,
             top_k=0,
             top_p=params.top_p,
             min_p=0.0,

@@ -29,6 +29,7 @@ from freehold_serving.openai.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
+    MemoryRef,
     reject_unsupported,
 )
 from freehold_serving.telemetry import RequestRecord, Telemetry
@@ -190,6 +191,9 @@ class OpenAIApi:
         self._check_model(req.model, self._model)
         params = req.sampling()
         messages = req.chat_messages()
+        recalled: list[str] = []
+        if req.memory is not None:
+            messages, recalled = await self._recall(request, req.memory, messages)
         job = GenerationJob(
             params=params, messages=tuple((m["role"], m["content"]) for m in messages)
         )
@@ -198,12 +202,74 @@ class OpenAIApi:
         )
         stream = await self._run(job, record)
         want_logprobs = bool(req.logprobs)
+        headers = {"X-Freehold-Memory-Records": ",".join(recalled)} if req.memory else {}
         if req.stream:
-            return self._streaming(self._chat_events(req, stream, record, want_logprobs), stream)
+            response = self._streaming(
+                self._chat_events(req, stream, record, want_logprobs), stream
+            )
+            response.headers.update(headers)
+            return response
         result = await self._collect(stream, record)
-        return JSONResponse(
-            r.chat_completion(r.new_id("chatcmpl"), self._model, result, want_logprobs)
-        )
+        body = r.chat_completion(r.new_id("chatcmpl"), self._model, result, want_logprobs)
+        if req.memory is not None:
+            body["memory"] = {
+                "store": req.memory.store,
+                "subject": req.memory.subject,
+                "records": recalled,
+            }
+        return JSONResponse(body, headers=headers)
+
+    async def _recall(
+        self, request: Request, ref: MemoryRef, messages: list[dict[str, str]]
+    ) -> tuple[list[dict[str, str]], list[str]]:
+        """Search the store for the last user message and put what it found in the system
+        message. The caller's own API key goes with the search: it sees only its tenant."""
+        import httpx
+
+        url = self._args.memory_stores.get(ref.store)
+        if url is None:
+            raise invalid(
+                f"memory store {ref.store!r} is not available to this model "
+                f"(available: {', '.join(sorted(self._args.memory_stores)) or 'none'}).",
+                param="memory.store",
+            )
+        query = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        headers = {}
+        if "authorization" in request.headers:
+            headers["Authorization"] = request.headers["authorization"]
+        try:
+            async with httpx.AsyncClient(timeout=30) as client:
+                answer = await client.post(
+                    f"{url}/search",
+                    json={"subject": ref.subject, "query": query or "-", "top_k": ref.top_k},
+                    headers=headers,
+                )
+        except httpx.HTTPError as exc:
+            raise ApiError(
+                502,
+                f"memory store {ref.store!r} did not answer: {type(exc).__name__}",
+                type="server_error",
+                code="memory_unavailable",
+            ) from None
+        if answer.status_code != 200:
+            try:
+                error = answer.json()["error"]
+                message = str(error["message"])
+            except (ValueError, KeyError, TypeError):
+                message = f"status {answer.status_code}"
+            status = answer.status_code if answer.status_code in (401, 403, 404) else 502
+            raise ApiError(status, f"memory store {ref.store!r}: {message}", param="memory")
+        found = answer.json()["data"]
+        if not found:
+            return messages, []
+        notes = "\n".join(f"- {item['text']}" for item in found)
+        recall = f"What you remember about the user:\n{notes}"
+        if messages and messages[0]["role"] == "system":
+            merged = {"role": "system", "content": f"{messages[0]['content']}\n\n{recall}"}
+            messages = [merged, *messages[1:]]
+        else:
+            messages = [{"role": "system", "content": recall}, *messages]
+        return messages, [str(item["id"]) for item in found]
 
     async def embeddings(self, request: Request) -> Response:
         req = await self._body(request, EmbeddingRequest)

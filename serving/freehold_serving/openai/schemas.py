@@ -111,8 +111,49 @@ class ChatMessage(Body):
         return "".join(part.text for part in self.content)
 
 
+class JsonSchemaFormat(Body):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    # OpenAI names the field "schema"; it shadows a BaseModel attribute, hence the alias.
+    schema_: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None
+
+
 class ResponseFormat(Body):
-    type: Literal["text"]
+    """`text`, `json_object` (any JSON object) or `json_schema`: the output is constrained
+    by a grammar while it is sampled, so it always parses (unless cut by max_tokens)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise invalid(
+                "response_format.json_schema is required with type json_schema, and only then.",
+                param="response_format.json_schema",
+            )
+        return self
+
+    def grammar(self) -> str | None:
+        """The JSON schema to constrain output with ("{}" for any JSON object)."""
+        import json
+
+        if self.type == "json_object":
+            return json.dumps({"type": "object"})
+        if self.json_schema is not None:
+            return json.dumps(self.json_schema.schema_)
+        return None
+
+
+class MemoryRef(Body):
+    """Freehold extension: recall the subject's memories from a MemoryStore into the prompt.
+    The response's `memory.records` lists the record ids used."""
+
+    store: str = Field(min_length=1, max_length=253)
+    subject: str = Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")
+    top_k: int = Field(default=5, ge=1, le=20)
 
 
 class ChatCompletionRequest(_Sampling):
@@ -122,6 +163,7 @@ class ChatCompletionRequest(_Sampling):
     logprobs: bool | None = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     response_format: ResponseFormat | None = None
+    memory: MemoryRef | None = None
     parallel_tool_calls: bool | None = None
     store: bool | None = None
     metadata: dict[str, str] | None = None
@@ -142,7 +184,13 @@ class ChatCompletionRequest(_Sampling):
     def sampling(self) -> SamplingParams:
         limit = self.max_completion_tokens or self.max_tokens
         top = (self.top_logprobs or 0) if self.logprobs else None
-        return self._params(limit, top, False)
+        params = self._params(limit, top, False)
+        schema = self.response_format.grammar() if self.response_format else None
+        if schema is None:
+            return params
+        from dataclasses import replace
+
+        return replace(params, json_schema=schema)
 
 
 class EmbeddingRequest(Body):

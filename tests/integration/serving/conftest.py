@@ -59,9 +59,18 @@ def with_updates(args: ServingArgs, **updates: object) -> ServingArgs:
     return ServingArgs.model_validate({**args.model_dump(), **updates})
 
 
+MEMORY_KEYS = {"acme": "fh-mem-acme-3b9e", "globex": "fh-mem-globex-81f2"}
+SMOL = "smollm2-135m-instruct"
+
+
 @dataclass(frozen=True)
 class Stack:
     root: str  # http://127.0.0.1:PORT
+    memory_dir: Path
+
+    @property
+    def memory(self) -> str:
+        return f"{self.root}/v1/memory"
 
     def base(self, app: str = "") -> str:
         return f"{self.root}{'/' + app if app else ''}/v1"
@@ -96,10 +105,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     jwt.write_text("projected-token-gemma")
     vault.state.service_accounts["projected-token-gemma"] = ("gemma-270m-model", "test")
     port = free_port()
-    # 6 logical CPUs on a 2-core machine: three single-replica apps, oversubscribed on
+    # 7 logical CPUs on a 2-core machine: four single-replica apps, oversubscribed on
     # purpose so they fit; throughput is measured in bench/, not here.
-    with local_ray(6, "127.0.0.1", port):
+    with local_ray(7, "127.0.0.1", port):
         open_args = example_args(engine__contextLength=1024, scaling__maxReplicas=1)
+        memory_url = f"http://127.0.0.1:{port}/v1/memory"
+        open_args = with_updates(open_args, memory_stores={"assistant-memory": memory_url})
         serve.run(build_app(open_args), name="open", route_prefix="/", blocking=False)
         locked = with_updates(
             serving_args_for(
@@ -120,5 +131,39 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         )
         tiny = with_updates(tiny, embeddings={"enabled": False})
         serve.run(build_app(tiny), name="tiny", route_prefix="/tiny", blocking=False)
-        yield Stack(f"http://127.0.0.1:{port}")
+        memory_dir = deploy_memory(tmp_path_factory, port)
+        yield Stack(f"http://127.0.0.1:{port}", memory_dir)
     vault.stop()
+
+
+def deploy_memory(tmp_path_factory: pytest.TempPathFactory, port: int) -> Path:
+    """SmolLM2 (the extraction model) at /smol and the example MemoryStore at /v1/memory,
+    with two tenants' keys in a key file and its keys in local key files."""
+    from ray import serve
+
+    from freehold.api.memory_store import MemoryStoreSpec
+    from freehold.builders.memory_args import memory_args_for
+    from freehold.local.up import DEFAULT_MANIFEST
+    from freehold_serving.app import build_app
+    from freehold_serving.memory.app import build_memory_app
+
+    smol_spec = ModelDeploymentSpec.model_validate(defaulted(DEFAULT_MANIFEST)["spec"])
+    smol = serving_args_for(smol_spec, "smollm2-135m", "test")
+    engine = smol.engine.model_dump()
+    engine["llamacpp"]["threads"] = 1
+    smol = with_updates(smol, embeddings={"enabled": False}, engine=engine)
+    serve.run(build_app(smol), name="smol", route_prefix="/smol", blocking=False)
+    keys = tmp_path_factory.mktemp("memkeys") / "keys"
+    keys.write_text("".join(f"{key} {tenant}\n" for tenant, key in MEMORY_KEYS.items()))
+    data = tmp_path_factory.mktemp("memory")
+    manifest = defaulted(yaml.safe_load((EXAMPLES / "memorystore.yaml").read_text()))
+    args = memory_args_for(
+        MemoryStoreSpec.model_validate(manifest["spec"]),
+        "assistant-memory",
+        "test",
+        data_dir=str(data),
+        api_keys_file=str(keys),
+        model_urls={"gemma-270m": (f"http://127.0.0.1:{port}/smol/v1", SMOL, smol.model.sha256)},
+    )
+    serve.run(build_memory_app(args), name="memory", route_prefix="/v1/memory", blocking=False)
+    return data

@@ -1,0 +1,97 @@
+"""MemoryStore spec -> memory application args: the one translation the operator (the
+StatefulSet's env) and `freehold up` both use."""
+
+from __future__ import annotations
+
+import re
+
+from freehold.api.memory_store import MemoryStoreSpec
+from freehold_serving.args import ApiKeysConfig, VaultKeySource
+from freehold_serving.memory.args import ChatModel, EmbeddingSource, MemoryArgs, VaultTransit
+
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_seconds(value: str) -> float:
+    """`90d`, `1h30m`, `500ms` -> seconds (the API's Duration pattern)."""
+    parts = re.findall(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)", value)
+    if not parts or "".join(n + u for n, u in parts) != value:
+        raise ValueError(f"{value!r} is not a duration such as 30m, 24h or 90d")
+    return sum(float(n) * _UNITS[u] for n, u in parts)
+
+
+def transit_key_names(namespace: str, name: str, spec: MemoryStoreSpec) -> tuple[str, str]:
+    """(key-encryption key, bundle-signing key) names in the transit mount."""
+    base = spec.encryption.key_name or f"freehold-{namespace}-{name}"
+    signing = spec.portability.signing_key or f"{base}-signing"
+    return base, signing
+
+
+def memory_args_for(
+    spec: MemoryStoreSpec,
+    name: str,
+    namespace: str,
+    *,
+    data_dir: str = "/data",
+    model_urls: dict[str, tuple[str, str | None, str | None]] | None = None,
+    api_keys_file: str | None = None,
+    vault_address: str | None = None,
+    vault_role: str | None = None,
+    vault_ca_cert: str | None = None,
+) -> MemoryArgs:
+    """`model_urls` maps ModelDeployment names to (base URL, served name, digest): where
+    the embedding and extraction models named in the spec answer."""
+    urls = model_urls or {}
+
+    def model(ref: str, what: str) -> tuple[str, str | None, str | None]:
+        if ref not in urls:
+            raise ValueError(f"{what} names ModelDeployment {ref!r}, which is not available")
+        return urls[ref]
+
+    embedding = EmbeddingSource()
+    if spec.embedding.model_deployment_ref is not None:
+        url, _served, _digest = model(spec.embedding.model_deployment_ref.name, "embedding")
+        embedding = EmbeddingSource(builtin=None, url=url, model="all-minilm-l6-v2")
+    extraction = None
+    if spec.extraction is not None:
+        url, served, digest = model(spec.extraction.model_deployment_ref.name, "extraction")
+        extraction = ChatModel(url=url, model=served, digest=digest)
+    api_keys = None
+    if api_keys_file is not None:
+        api_keys = ApiKeysConfig(file=api_keys_file)
+    elif spec.auth.api_keys is not None:
+        keys = spec.auth.api_keys
+        api_keys = ApiKeysConfig(
+            vault=VaultKeySource(
+                mount=keys.mount,
+                path=keys.path,
+                address=vault_address,
+                role=vault_role,
+                ca_cert=vault_ca_cert,
+            )
+        )
+    vault = None
+    if vault_address is not None and vault_role is not None:
+        key, signing = transit_key_names(namespace, name, spec)
+        vault = VaultTransit(
+            address=vault_address,
+            role=vault_role,
+            mount=spec.encryption.transit_mount,
+            key_name=key,
+            signing_key_name=signing,
+            ca_cert=vault_ca_cert,
+        )
+    retention = spec.retention
+    return MemoryArgs(
+        name=name,
+        namespace=namespace,
+        data_dir=data_dir,
+        embedding=embedding,
+        retention_default_seconds=duration_seconds(retention.default_ttl),
+        retention_per_type={r.type: duration_seconds(r.ttl) for r in retention.per_type},
+        vault=vault,
+        trusted_signers=list(spec.portability.trusted_signers),
+        include_embeddings=spec.portability.include_embeddings,
+        extraction=extraction,
+        api_keys=api_keys,
+    )

@@ -1,0 +1,302 @@
+"""MemoryStore -> StatefulSet (one replica: SQLite has one writer) with its volume, a
+Service, a ServiceAccount without an API token, default-deny NetworkPolicies, and the
+Vault transit keys and role the store uses. Pure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from freehold.api.memory_store import MemoryStoreSpec
+from freehold.builders.memory_args import memory_args_for, transit_key_names
+from freehold.builders.model_workload import (
+    INSTANCE_LABEL,
+    MANAGED_BY,
+    REGION_LABEL,
+    SERVE_PORT,
+    VAULT_AUDIENCE,
+    VAULT_CA_DIR,
+    VAULT_TOKEN_DIR,
+    ZONE_LABEL,
+    BuildContext,
+    base_env,
+    container_security_context,
+    pod_security_context,
+)
+from freehold.builders.network import DNS_PORTS, _ns
+from freehold.builders.vault import TOKEN_MAX_TTL, TOKEN_TTL, VaultRole, vault_name
+from freehold_serving.memory.args import ARGS_ENV
+
+STORE_LABEL = "freehold.dev/memory-store"
+DATA_DIR = "/data"
+HEALTH = "/v1/memory/health"
+
+
+def labels(ctx: BuildContext) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "freehold-memory",
+        "app.kubernetes.io/instance": ctx.name,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        STORE_LABEL: ctx.name,
+    }
+
+
+def selector(ctx: BuildContext) -> dict[str, str]:
+    return {STORE_LABEL: ctx.name}
+
+
+def _meta(ctx: BuildContext, name: str) -> dict[str, Any]:
+    return {"name": name, "namespace": ctx.namespace, "labels": labels(ctx)}
+
+
+def service_account_name(ctx: BuildContext) -> str:
+    return f"{ctx.name}-memory"
+
+
+def model_refs(spec: MemoryStoreSpec) -> list[str]:
+    refs = []
+    if spec.embedding.model_deployment_ref is not None:
+        refs.append(spec.embedding.model_deployment_ref.name)
+    if spec.extraction is not None:
+        refs.append(spec.extraction.model_deployment_ref.name)
+    return sorted(set(refs))
+
+
+def model_url(ctx: BuildContext, name: str) -> str:
+    return f"http://{name}.{ctx.namespace}.svc:{SERVE_PORT}/v1"
+
+
+def build_vault_role(spec: MemoryStoreSpec, ctx: BuildContext) -> VaultRole:
+    """Its ServiceAccount may use only this store's two transit keys (and read its API
+    keys): encrypt/decrypt with one, sign with the other."""
+    key, signing = transit_key_names(ctx.namespace, ctx.name, spec)
+    mount = spec.encryption.transit_mount
+    paths = {
+        f"{mount}/encrypt/{key}": "update",
+        f"{mount}/decrypt/{key}": "update",
+        f"{mount}/sign/{signing}": "update",
+        f"{mount}/keys/{signing}": "read",
+    }
+    if spec.auth.api_keys is not None:
+        paths[f"{spec.auth.api_keys.mount}/data/{spec.auth.api_keys.path}"] = "read"
+    policy = "\n\n".join(
+        f'path "{path}" {{\n  capabilities = ["{cap}"]\n}}' for path, cap in sorted(paths.items())
+    )
+    name = vault_name(ctx)
+    return VaultRole(
+        name=name,
+        policy=policy + "\n",
+        body={
+            "bound_service_account_names": [service_account_name(ctx)],
+            "bound_service_account_namespaces": [ctx.namespace],
+            "audience": VAULT_AUDIENCE,
+            "token_policies": [name],
+            "token_ttl": TOKEN_TTL,
+            "token_max_ttl": TOKEN_MAX_TTL,
+            "token_no_default_policy": True,
+        },
+        transit_mount=mount,
+        transit_keys=((key, "aes256-gcm96"), (signing, "ed25519")),
+    )
+
+
+def _affinity(spec: MemoryStoreSpec) -> dict[str, Any] | None:
+    if spec.residency is None:
+        return None
+    expressions: list[dict[str, Any]] = [
+        {"key": REGION_LABEL, "operator": "In", "values": [spec.residency.region]}
+    ]
+    if spec.residency.zones:
+        expressions.append(
+            {"key": ZONE_LABEL, "operator": "In", "values": list(spec.residency.zones)}
+        )
+    return {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": expressions}]
+            }
+        }
+    }
+
+
+def build_statefulset(spec: MemoryStoreSpec, ctx: BuildContext) -> dict[str, Any]:
+    sqlite = spec.backend.sqlite
+    assert sqlite is not None  # the CRD's CEL rule requires it for type sqlite
+    vault = ctx.vault_address is not None
+    args = memory_args_for(
+        spec,
+        ctx.name,
+        ctx.namespace,
+        data_dir=DATA_DIR,
+        model_urls={ref: (model_url(ctx, ref), None, None) for ref in model_refs(spec)},
+        vault_address=ctx.vault_address,
+        vault_role=vault_name(ctx) if vault else None,
+        vault_ca_cert=f"{VAULT_CA_DIR}/ca.crt" if vault and ctx.vault_ca_pem else None,
+    )
+    probe = {"httpGet": {"path": HEALTH, "port": SERVE_PORT}}
+    mounts = [
+        {"name": "data", "mountPath": DATA_DIR},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "vault-token", "mountPath": VAULT_TOKEN_DIR, "readOnly": True},
+    ]
+    volumes: list[dict[str, Any]] = [
+        {"name": "tmp", "emptyDir": {}},
+        {
+            "name": "vault-token",
+            "projected": {
+                "sources": [
+                    {
+                        "serviceAccountToken": {
+                            "audience": VAULT_AUDIENCE,
+                            "expirationSeconds": 600,
+                            "path": "token",
+                        }
+                    }
+                ]
+            },
+        },
+    ]
+    if ctx.vault_ca_pem:
+        volumes.append({"name": "vault-ca", "configMap": {"name": f"{ctx.name}-vault-ca"}})
+        mounts.append({"name": "vault-ca", "mountPath": VAULT_CA_DIR, "readOnly": True})
+    container = {
+        "name": "memory",
+        "image": ctx.serving_image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["freehold", "serve", "--app", "memory"],
+        "env": [*base_env(ctx), {"name": ARGS_ENV, "value": args.model_dump_json()}],
+        "ports": [{"name": "http", "containerPort": SERVE_PORT}],
+        "resources": {
+            "requests": {"cpu": spec.resources.cpu, "memory": spec.resources.memory},
+            "limits": {"cpu": spec.resources.cpu, "memory": spec.resources.memory},
+        },
+        "securityContext": container_security_context(),
+        "volumeMounts": mounts,
+        "startupProbe": {**probe, "periodSeconds": 5, "failureThreshold": 60},
+        "readinessProbe": {**probe, "periodSeconds": 5},
+        "livenessProbe": {**probe, "periodSeconds": 20, "failureThreshold": 3},
+    }
+    pod: dict[str, Any] = {
+        "serviceAccountName": service_account_name(ctx),
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": pod_security_context(),
+        "containers": [container],
+        "volumes": volumes,
+    }
+    affinity = _affinity(spec)
+    if affinity is not None:
+        pod["affinity"] = affinity
+    claim: dict[str, Any] = {
+        "metadata": {"name": "data", "labels": labels(ctx)},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": sqlite.storage_size}},
+        },
+    }
+    if sqlite.storage_class_name:
+        claim["spec"]["storageClassName"] = sqlite.storage_class_name
+    destroy = spec.deletion_policy == "Destroy"
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": _meta(ctx, ctx.name),
+        "spec": {
+            "replicas": 1,  # SQLite has one writer: never more
+            "serviceName": ctx.name,
+            "selector": {"matchLabels": selector(ctx)},
+            "podManagementPolicy": "OrderedReady",
+            "updateStrategy": {"type": "RollingUpdate"},
+            # Retain keeps the volume when the store is deleted; Destroy lets it go with
+            # the StatefulSet (and the finalizer deletes the transit keys).
+            "persistentVolumeClaimRetentionPolicy": {
+                "whenDeleted": "Delete" if destroy else "Retain",
+                "whenScaled": "Retain",
+            },
+            "template": {"metadata": {"labels": labels(ctx)}, "spec": pod},
+            "volumeClaimTemplates": [claim],
+        },
+    }
+
+
+def build_service(ctx: BuildContext) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(ctx, ctx.name),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector(ctx),
+            "ports": [
+                {"name": "http", "port": SERVE_PORT, "targetPort": SERVE_PORT, "protocol": "TCP"}
+            ],
+        },
+    }
+
+
+def build_network(spec: MemoryStoreSpec, ctx: BuildContext) -> list[dict[str, Any]]:
+    own = {"podSelector": {"matchLabels": selector(ctx)}}
+    egress: list[dict[str, Any]] = [
+        {
+            "to": [{**_ns("kube-system"), "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+            "ports": DNS_PORTS,
+        }
+    ]
+    for ref in model_refs(spec):
+        egress.append(
+            {
+                "to": [{"podSelector": {"matchLabels": {INSTANCE_LABEL: ref}}}],
+                "ports": [{"protocol": "TCP", "port": SERVE_PORT}],
+            }
+        )
+    if ctx.vault_address:
+        egress.append(
+            {
+                "to": [_ns(ctx.vault_namespace)],
+                "ports": [{"protocol": "TCP", "port": ctx.vault_port}],
+            }
+        )
+    deny = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(ctx, f"{ctx.name}-default-deny"),
+        "spec": {"podSelector": own["podSelector"], "policyTypes": ["Ingress", "Egress"]},
+    }
+    allow = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(ctx, f"{ctx.name}-allow"),
+        "spec": {
+            "podSelector": own["podSelector"],
+            "policyTypes": ["Ingress", "Egress"],
+            # Callers from this namespace only, as for a ModelDeployment by default.
+            "ingress": [
+                {"from": [{"podSelector": {}}], "ports": [{"protocol": "TCP", "port": SERVE_PORT}]}
+            ],
+            "egress": egress,
+        },
+    }
+    return [deny, allow]
+
+
+def build_memory_children(spec: MemoryStoreSpec, ctx: BuildContext) -> list[dict[str, Any]]:
+    children = [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": _meta(ctx, service_account_name(ctx)),
+            "automountServiceAccountToken": False,
+        },
+        *build_network(spec, ctx),
+        build_statefulset(spec, ctx),
+        build_service(ctx),
+    ]
+    if ctx.vault_ca_pem:
+        children.append(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": _meta(ctx, f"{ctx.name}-vault-ca"),
+                "data": {"ca.crt": ctx.vault_ca_pem},
+            }
+        )
+    return children

@@ -1,0 +1,136 @@
+"""MemoryStore as the reconciler sees it: checks, children, Vault keys and role, status.
+Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from freehold.adapters.kubernetes import ResourceType
+from freehold.api.kinds import MEMORY_STORE
+from freehold.api.memory_store import MemoryStoreSpec
+from freehold.builders.memory_args import transit_key_names
+from freehold.builders.memory_store import build_memory_children, build_vault_role
+from freehold.builders.model_workload import SERVE_PORT, BuildContext, ClusterConfig
+from freehold.builders.vault import transit_key_ref, vault_name
+from freehold.conditions import condition
+from freehold.kinds.model_deployment import VAULT_FINALIZER, VAULT_REASONS
+from freehold.quantity import QuantityError, parse_quantity
+from freehold.reconciler import ChildKey, Desired, Facts, Problem, SpecProblemError, StatusReport
+
+STATEFULSET = ResourceType("apps/v1", "StatefulSet", "statefulsets")
+CHILD_TYPES: tuple[ResourceType, ...] = (
+    ResourceType("v1", "ServiceAccount", "serviceaccounts"),
+    ResourceType("v1", "Service", "services"),
+    STATEFULSET,
+    ResourceType("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
+    ResourceType("v1", "ConfigMap", "configmaps"),
+)
+
+
+class MemoryStoreKind:
+    api = MEMORY_STORE
+    resource = ResourceType("freehold.dev/v1alpha1", "MemoryStore", "memorystores")
+    child_types: tuple[ResourceType, ...] = CHILD_TYPES
+    status_from = frozenset({"StatefulSet"})
+    # The store's keys live in Vault: its role always, its transit keys on Destroy.
+    finalizer: str | None = VAULT_FINALIZER
+
+    def __init__(self, config: ClusterConfig) -> None:
+        self.config = config
+
+    def context(self, meta: Mapping[str, Any]) -> BuildContext:
+        return BuildContext.of(self.config, meta["name"], meta["namespace"])
+
+    def parse(self, manifest: dict[str, Any]) -> MemoryStoreSpec:
+        return MemoryStoreSpec.model_validate(manifest["spec"])
+
+    def check(self, spec: MemoryStoreSpec, meta: Mapping[str, Any]) -> None:
+        sqlite = spec.backend.sqlite
+        quantities = [
+            ("spec.resources.cpu", spec.resources.cpu),
+            ("spec.resources.memory", spec.resources.memory),
+        ]
+        if sqlite is not None:
+            quantities.append(("spec.backend.sqlite.storageSize", sqlite.storage_size))
+        for field, value in quantities:
+            try:
+                if parse_quantity(value) <= 0:
+                    raise QuantityError(f"{value!r} must be more than zero")
+            except QuantityError as exc:
+                raise SpecProblemError("InvalidSpec", f"{field}: {exc}") from None
+        prefix = self.config.vault_kv_prefix.format(namespace=meta["namespace"])
+        if spec.auth.api_keys is not None and not spec.auth.api_keys.path.startswith(prefix):
+            raise SpecProblemError(
+                "InvalidSpec",
+                f"spec.auth.apiKeys.path: {spec.auth.api_keys.path!r} is outside this "
+                f"namespace's Vault paths: it must start with {prefix!r}",
+            )
+
+    def build(self, spec: MemoryStoreSpec, meta: Mapping[str, Any], facts: Facts) -> Desired:
+        ctx = self.context(meta)
+        # Encryption at rest needs Vault on a cluster (a key file would sit beside the
+        # data it protects): without it the reconciler reports VaultNotConfigured.
+        return Desired(build_memory_children(spec, ctx), [build_vault_role(spec, ctx)])
+
+    def external_names(self, parent: Mapping[str, Any]) -> list[str]:
+        meta = parent["metadata"]
+        names = [vault_name(self.context(meta))]
+        try:
+            spec = self.parse(dict(parent))
+        except Exception:
+            return names  # an unreadable spec: keep the keys (the safe side)
+        if spec.deletion_policy == "Destroy":
+            mount = spec.encryption.transit_mount
+            key, signing = transit_key_names(meta["namespace"], meta["name"], spec)
+            names += [transit_key_ref(mount, key), transit_key_ref(mount, signing)]
+        return names
+
+    def status(
+        self,
+        spec: MemoryStoreSpec,
+        meta: Mapping[str, Any],
+        facts: Facts,
+        children: Mapping[ChildKey, dict[str, Any]],
+        problem: Problem | None,
+    ) -> StatusReport:
+        ctx = self.context(meta)
+        sts = children.get((STATEFULSET.api_version, "StatefulSet", ctx.name))
+        ready_replicas = int(((sts or {}).get("status") or {}).get("readyReplicas") or 0)
+        if problem is not None:
+            reason = "SecretsUnavailable" if problem.reason in VAULT_REASONS else problem.reason
+            ready = condition("Ready", False, reason, problem.message)
+        elif sts is None:
+            ready = condition("Ready", False, "Creating", "creating the StatefulSet")
+        elif ready_replicas >= 1:
+            ready = condition("Ready", True, "Serving", "the memory API is serving")
+        else:
+            ready = condition(
+                "Ready",
+                False,
+                "Starting",
+                "waiting for the store's pod: it binds its volume, unwraps its keys in "
+                "Vault and loads the embedding model before it reports ready",
+            )
+        vault_problem = problem is not None and problem.reason in VAULT_REASONS
+        conditions = [
+            ready,
+            condition(
+                "Progressing",
+                problem is None and ready_replicas < 1,
+                "Reconciling" if problem is None and ready_replicas < 1 else "Stable",
+                "rolling out the current spec" if ready_replicas < 1 else "up to date",
+            ),
+            condition(
+                "SecretsUnavailable",
+                vault_problem,
+                problem.reason if vault_problem and problem else "VaultReady",
+                f"{problem.message}; retrying"
+                if vault_problem and problem
+                else "the store's transit keys, policy and role are set",
+            ),
+        ]
+        return StatusReport(
+            conditions,
+            {"endpoint": f"http://{ctx.name}.{ctx.namespace}.svc:{SERVE_PORT}/v1/memory"},
+        )

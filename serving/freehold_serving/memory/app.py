@@ -1,0 +1,327 @@
+"""The memory API: a Ray Serve application, `import_path: freehold_serving.memory.app:
+build_memory_app`, mounted at /v1/memory beside the models.
+
+One replica (SQLite has one writer). Every answer that is not a success is an
+OpenAI-style error object; another tenant's records answer 404, as if absent.
+"""
+
+# No `from __future__ import annotations`: Ray Serve reads build_memory_app's annotation.
+
+import asyncio
+import json
+import logging
+from typing import Any, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+from ray import serve
+from ray.serve import Application
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response
+
+from freehold_serving.auth import DEFAULT_TENANT, ApiKeys, load_api_keys
+from freehold_serving.memory.args import MemoryArgs
+from freehold_serving.memory.records import (
+    AddRequest,
+    EraseRequest,
+    ExportRequest,
+    ExtractRequest,
+    RecordId,
+    SearchRequest,
+    UpdateRequest,
+)
+from freehold_serving.memory.service import (
+    MemoryService,
+    builtin_embedder,
+    key_material,
+    remote_embedder,
+)
+from freehold_serving.memory.store import StoreError
+from freehold_serving.openai.errors import ApiError, from_validation_error
+
+log = logging.getLogger(__name__)
+ROUTE_PREFIX = "/v1/memory"
+memory_app = FastAPI(
+    title="Freehold memory API",
+    version="1",
+    description="Portable, encrypted memory that belongs to the user. Mounted at /v1/memory.",
+    docs_url=None,
+    redoc_url=None,
+)
+B = TypeVar("B", bound=BaseModel)
+# Bodies are read raw (bounded, OpenAI-style errors): describe them for /openapi.json.
+REQUEST_BODIES: dict[tuple[str, str], type[BaseModel]] = {
+    ("/records", "post"): AddRequest,
+    ("/records/{record_id}", "put"): UpdateRequest,
+    ("/search", "post"): SearchRequest,
+    ("/erase", "post"): EraseRequest,
+    ("/export", "post"): ExportRequest,
+    ("/extract", "post"): ExtractRequest,
+}
+
+
+def _openapi() -> dict[str, Any]:
+    if memory_app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+        from pydantic.json_schema import models_json_schema
+
+        schema = get_openapi(
+            title=memory_app.title,
+            version=memory_app.version,
+            description=memory_app.description,
+            routes=memory_app.routes,
+            servers=[{"url": ROUTE_PREFIX}],
+        )
+        refs, defs = models_json_schema(
+            [(m, "validation") for m in REQUEST_BODIES.values()],
+            ref_template="#/components/schemas/{model}",
+        )
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(defs["$defs"])
+        for (path, method), model in REQUEST_BODIES.items():
+            schema["paths"][path][method]["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": refs[(model, "validation")]}},
+            }
+        schema["paths"]["/import"]["post"]["requestBody"] = {
+            "required": True,
+            "content": {
+                "application/gzip": {"schema": {"type": "string", "format": "binary"}},
+                "application/json": {"schema": {"type": "object"}},
+                "application/x-ndjson": {"schema": {"type": "string"}},
+            },
+        }
+        memory_app.openapi_schema = schema
+    return memory_app.openapi_schema
+
+
+memory_app.openapi = _openapi  # type: ignore[method-assign]
+
+
+def _error(exc: ApiError) -> Response:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+@memory_app.exception_handler(ApiError)
+async def _api_error(_request: Request, exc: ApiError) -> Response:
+    return _error(exc)
+
+
+@memory_app.exception_handler(StoreError)
+async def _store_error(_request: Request, exc: StoreError) -> Response:
+    kind = {404: "not_found", 409: "conflict", 501: "not_implemented", 502: "upstream_error"}
+    return _error(
+        ApiError(
+            exc.status,
+            exc.message,
+            param=exc.param,
+            type="server_error" if exc.status >= 500 else "invalid_request_error",
+            code=kind.get(exc.status, "invalid_value"),
+        )
+    )
+
+
+@memory_app.exception_handler(StarletteHTTPException)
+async def _http_error(_request: Request, exc: StarletteHTTPException) -> Response:
+    kind = "not_found" if exc.status_code == 404 else "invalid_request"
+    return _error(ApiError(exc.status_code, str(exc.detail), code=kind))
+
+
+@memory_app.exception_handler(RequestValidationError)
+async def _validation_error(_request: Request, exc: RequestValidationError) -> Response:
+    first = exc.errors()[0] if exc.errors() else {}
+    where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("path", "query"))
+    return _error(
+        ApiError(400, f"Invalid {where or 'request'}: {first.get('msg', '')}", param=where or None)
+    )
+
+
+@memory_app.exception_handler(Exception)
+async def _unexpected(_request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error serving a memory request")  # never the record text
+    return _error(
+        ApiError(500, "The server had an error while processing your request.", type="server_error")
+    )
+
+
+async def _sweep(service: MemoryService, period: float) -> None:
+    while True:
+        try:
+            removed = await asyncio.to_thread(service.store.sweep)
+            if removed:
+                log.info("retention: deleted %d expired record(s)", removed)
+        except Exception:
+            log.exception("retention sweep failed")
+        await asyncio.sleep(period)
+
+
+@serve.ingress(memory_app)
+class MemoryServer:
+    def __init__(self, args: MemoryArgs) -> None:
+        self._args = args
+        source = args.embedding
+        if source.url is not None and source.model is not None:
+            embedder = remote_embedder(source.url, source.model)
+        else:
+            embedder = builtin_embedder()
+        self._service = MemoryService(args, embedder=embedder, keys=key_material(args))
+        self._keys: ApiKeys | None = load_api_keys(args.api_keys)
+        self._sweeper = asyncio.get_running_loop().create_task(
+            _sweep(self._service, args.sweep_seconds)
+        )
+
+    def _tenant(self, request: Request) -> str:
+        if self._keys is None:
+            return DEFAULT_TENANT
+        header = request.headers.get("authorization", "")
+        scheme, _, presented = header.partition(" ")
+        if not header:
+            raise ApiError(
+                401,
+                "You didn't provide an API key (Authorization: Bearer KEY).",
+                code="missing_api_key",
+            )
+        tenant = self._keys.tenant_of(presented.strip()) if scheme.lower() == "bearer" else None
+        if tenant is None:
+            raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+        return tenant
+
+    async def _raw(self, request: Request) -> bytes:
+        limit = self._args.max_request_bytes
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(
+                    413, f"Request body is larger than {limit} bytes.", code="request_too_large"
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _body(self, request: Request, model: type[B]) -> tuple[str, B]:
+        tenant = self._tenant(request)
+        raw = await self._raw(request)
+        try:
+            return tenant, model.model_validate_json(raw)
+        except ValidationError as exc:
+            raise from_validation_error(exc) from None
+
+    @memory_app.get("/health")
+    async def health(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @memory_app.get("/stats")
+    async def stats(self, request: Request) -> dict[str, Any]:
+        self._tenant(request)
+        return await asyncio.to_thread(self._service.stats)
+
+    @memory_app.post("/records")
+    async def add(self, request: Request) -> Response:
+        tenant, body = await self._body(request, AddRequest)
+        added = await self._service.add(tenant, body.records)
+        return JSONResponse(
+            {"object": "list", "data": [r.model_dump(mode="json") for r in added]}, 201
+        )
+
+    @memory_app.get("/records/{record_id}")
+    async def get(self, request: Request, record_id: RecordId) -> Response:
+        record = await asyncio.to_thread(self._service.store.get, self._tenant(request), record_id)
+        return JSONResponse(record.model_dump(mode="json"))
+
+    @memory_app.put("/records/{record_id}")
+    async def update(self, request: Request, record_id: RecordId) -> Response:
+        tenant, body = await self._body(request, UpdateRequest)
+        fields = body.model_dump(exclude={"subject"})
+        from freehold_serving.memory.records import RecordFields
+
+        record = await self._service.update(tenant, record_id, body.subject, RecordFields(**fields))
+        return JSONResponse(record.model_dump(mode="json"))
+
+    @memory_app.delete("/records/{record_id}")
+    async def delete(self, request: Request, record_id: RecordId) -> Response:
+        await asyncio.to_thread(self._service.store.delete, self._tenant(request), record_id)
+        return JSONResponse({"id": record_id, "deleted": True})
+
+    @memory_app.get("/records/{record_id}/history")
+    async def history(self, request: Request, record_id: RecordId) -> Response:
+        versions = await asyncio.to_thread(
+            self._service.store.history, self._tenant(request), record_id
+        )
+        return JSONResponse(
+            {"object": "list", "data": [v.model_dump(mode="json") for v in versions]}
+        )
+
+    @memory_app.post("/search")
+    async def search(self, request: Request) -> Response:
+        tenant, body = await self._body(request, SearchRequest)
+        found = await self._service.search(tenant, body)
+        return JSONResponse({"object": "list", "data": [r.model_dump(mode="json") for r in found]})
+
+    @memory_app.post("/erase")
+    async def erase(self, request: Request) -> Response:
+        tenant, body = await self._body(request, EraseRequest)
+        removed = await asyncio.to_thread(self._service.store.erase_subject, tenant, body.subject)
+        return JSONResponse({"subject": body.subject, "erased_versions": removed})
+
+    @memory_app.post("/export")
+    async def export(self, request: Request) -> Response:
+        tenant, body = await self._body(request, ExportRequest)
+        made = await self._service.export(tenant, body.subject, body.include_embeddings)
+        return Response(
+            made.bundle.data,
+            media_type="application/gzip",
+            headers={
+                "X-Freehold-Bundle-Digest": made.bundle.digest,
+                "X-Freehold-Bundle-Records": str(made.records),
+            },
+        )
+
+    @memory_app.post("/import")
+    async def import_(
+        self, request: Request, format: str = "bundle", subject: str | None = None
+    ) -> Response:
+        tenant = self._tenant(request)
+        if format not in ("bundle", "mem0", "jsonl"):
+            raise ApiError(400, "format must be bundle, mem0 or jsonl", param="format")
+        raw = await self._raw(request)
+        if format == "bundle":
+            if subject is not None:
+                raise ApiError(400, "a bundle keeps its own subject", param="subject")
+            result = await self._service.import_bundle(tenant, raw)
+        else:
+            records = self._service.parse_foreign(format, raw, subject)
+            result = await self._service.import_records(tenant, records)
+        return JSONResponse(result)
+
+    @memory_app.post("/extract")
+    async def extract(self, request: Request) -> Response:
+        tenant, body = await self._body(request, ExtractRequest)
+        found = await self._service.extract(
+            body.subject,
+            [m.model_dump() for m in body.messages],
+            body.max_records,
+            request.headers.get("authorization"),
+        )
+        for record in found:
+            record.agent_id, record.session_id = body.agent_id, body.session_id
+        if body.store and found:
+            stored = await self._service.add(tenant, found)
+            return JSONResponse(
+                {"object": "list", "data": [r.model_dump(mode="json") for r in stored]}
+            )
+        return JSONResponse(
+            {"object": "list", "data": [json.loads(r.model_dump_json()) for r in found]}
+        )
+
+
+def build_memory_app(args: MemoryArgs) -> Application:
+    return (
+        serve.deployment(name="memory")(MemoryServer)
+        .options(
+            num_replicas=1,  # SQLite: one writer
+            max_ongoing_requests=64,
+            ray_actor_options={"num_cpus": 0},
+            health_check_period_s=10,
+        )
+        .bind(args)
+    )

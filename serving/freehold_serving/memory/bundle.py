@@ -1,0 +1,292 @@
+"""The portable memory bundle: a signed, deterministic archive of one subject's memory.
+
+The format is specified in docs/memory-bundle.md; this module is its reference
+implementation. The same records give the same bytes (sorted members, zero times and
+owners, canonical JSON, Ed25519's deterministic signatures), so a bundle can be
+re-exported and compared bit for bit.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import io
+import json
+import os
+import stat
+import tarfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import ValidationError
+
+from freehold_serving.memory.records import Record
+from freehold_serving.transit import Transit
+
+FORMAT = "freehold.dev/memory-bundle"
+FORMAT_VERSION = 1
+MANIFEST, RECORDS, EMBEDDINGS, SIGNATURE = (
+    "manifest.json",
+    "records.jsonl",
+    "embeddings.jsonl",
+    "signature.json",
+)
+MAX_BUNDLE_BYTES = 256 * 1024 * 1024
+MAX_MEMBER_BYTES = 1024 * 1024 * 1024
+
+
+class BundleError(Exception):
+    """The bundle is refused; nothing was imported. The message says what failed."""
+
+
+def canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def subject_pseudonym(subject: str) -> str:
+    return hashlib.sha256(f"freehold-subject\0{subject}".encode()).hexdigest()[:32]
+
+
+def key_id(public: bytes) -> str:
+    return "ed25519:" + hashlib.sha256(public).hexdigest()[:16]
+
+
+class Signer(Protocol):
+    def public_key(self) -> bytes: ...
+
+    def sign(self, message: bytes) -> bytes: ...
+
+
+class FileSigner:
+    """An Ed25519 private key in a file (PEM, PKCS#8), created with mode 0600 if absent."""
+
+    def __init__(self, path: Path) -> None:
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pem = Ed25519PrivateKey.generate().private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(pem)
+        if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise BundleError(f"{path} is readable by others; chmod 600 it")
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise BundleError(f"{path} is not an Ed25519 private key")
+        self._key = key
+
+    def public_key(self) -> bytes:
+        return self._key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+
+    def sign(self, message: bytes) -> bytes:
+        return self._key.sign(message)
+
+
+class TransitSigner:
+    """A Vault transit ed25519 key: the private key never leaves Vault."""
+
+    def __init__(self, transit: Transit, key_name: str) -> None:
+        self._transit = transit
+        self._key = key_name
+
+    def public_key(self) -> bytes:
+        return base64.b64decode(self._transit.public_key(self._key))
+
+    def sign(self, message: bytes) -> bytes:
+        return base64.b64decode(self._transit.sign(self._key, message).split(":", 2)[2])
+
+
+@dataclass(frozen=True)
+class Bundle:
+    data: bytes
+    manifest: dict[str, Any]
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + hashlib.sha256(self.data).hexdigest()
+
+
+def _vector_line(record: Record, vector: list[float]) -> dict[str, Any]:
+    return {"id": record.id, "version": record.version, "vector": vector}
+
+
+def _member(archive: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    archive.addfile(info, io.BytesIO(data))
+
+
+def write(
+    subject: str,
+    versions: list[tuple[Record, list[float] | None]],
+    *,
+    signer: Signer,
+    embedding: tuple[str, int] | None,
+    producer: str,
+) -> Bundle:
+    """`embedding` (model, dimension) includes the vectors; None leaves them out."""
+    ordered = sorted(versions, key=lambda rv: (rv[0].id, rv[0].version))
+    records = b"".join(
+        canonical(r.model_dump(mode="json", exclude={"score"})) + b"\n" for r, _ in ordered
+    )
+    files = {RECORDS: records}
+    if embedding is not None:
+        files[EMBEDDINGS] = b"".join(
+            canonical(_vector_line(r, v)) + b"\n" for r, v in ordered if v is not None
+        )
+    scopes = sorted(
+        {
+            "session" if r.session_id else "agent" if r.agent_id else "user"
+            for r, _ in ordered
+            if not r.deleted
+        }
+    )
+    manifest = {
+        "format": FORMAT,
+        "formatVersion": FORMAT_VERSION,
+        "producer": producer,
+        "subject": subject_pseudonym(subject),
+        "scopes": scopes,
+        "counts": {
+            "records": len({r.id for r, _ in ordered}),
+            "versions": len(ordered),
+            "embeddings": sum(1 for _, v in ordered if v is not None) if embedding else 0,
+        },
+        "embedding": None
+        if embedding is None
+        else {"model": embedding[0], "dimension": embedding[1]},
+        "files": {
+            name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+            for name, data in sorted(files.items())
+        },
+    }
+    manifest_bytes = canonical(manifest)
+    public = signer.public_key()
+    signature = {
+        "algorithm": "ed25519",
+        "keyId": key_id(public),
+        "publicKey": base64.b64encode(public).decode(),
+        "signature": base64.b64encode(signer.sign(manifest_bytes)).decode(),
+    }
+    files[MANIFEST] = manifest_bytes
+    files[SIGNATURE] = canonical(signature)
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for name in (MANIFEST, SIGNATURE, RECORDS, EMBEDDINGS):
+            if name in files:
+                _member(archive, name, files[name])
+    out = io.BytesIO()
+    with gzip.GzipFile(fileobj=out, mode="wb", mtime=0, filename="") as gz:
+        gz.write(raw.getvalue())
+    return Bundle(out.getvalue(), manifest)
+
+
+@dataclass(frozen=True)
+class Contents:
+    manifest: dict[str, Any]
+    signer_key_id: str
+    versions: list[tuple[Record, list[float] | None]]
+
+
+def _members(data: bytes) -> dict[str, bytes]:
+    if len(data) > MAX_BUNDLE_BYTES:
+        raise BundleError(f"the bundle is larger than {MAX_BUNDLE_BYTES} bytes")
+    try:
+        raw = gzip.decompress(data)
+    except (OSError, EOFError) as exc:
+        raise BundleError(f"not a gzip file, or truncated: {exc}") from None
+    if len(raw) > MAX_MEMBER_BYTES:
+        raise BundleError("the bundle expands to more than 1 GiB")
+    found: dict[str, bytes] = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as archive:
+            for info in archive:
+                if not info.isfile() or info.name not in (MANIFEST, RECORDS, EMBEDDINGS, SIGNATURE):
+                    raise BundleError(f"unexpected member {info.name!r} in the bundle")
+                if info.name in found:
+                    raise BundleError(f"{info.name} appears twice in the bundle")
+                handle = archive.extractfile(info)
+                assert handle is not None
+                found[info.name] = handle.read()
+    except tarfile.TarError as exc:
+        raise BundleError(f"not a valid bundle archive (truncated?): {exc}") from None
+    for name in (MANIFEST, SIGNATURE, RECORDS):
+        if name not in found:
+            raise BundleError(f"the bundle has no {name}")
+    return found
+
+
+def read(data: bytes, trusted: Iterable[bytes]) -> Contents:
+    """Verify and parse a bundle. `trusted` are the Ed25519 public keys whose signatures
+    are accepted. Raises BundleError before anything is returned."""
+    files = _members(data)
+    try:
+        signature = json.loads(files[SIGNATURE])
+        public = base64.b64decode(signature["publicKey"], validate=True)
+        sig = base64.b64decode(signature["signature"], validate=True)
+    except (ValueError, KeyError, TypeError):
+        raise BundleError("signature.json is malformed") from None
+    if signature.get("algorithm") != "ed25519":
+        raise BundleError(f"unsupported signature algorithm {signature.get('algorithm')!r}")
+    if public not in set(trusted):
+        raise BundleError(
+            f"the bundle is signed by {key_id(public)}, which is not a trusted signer"
+        )
+    try:
+        Ed25519PublicKey.from_public_bytes(public).verify(sig, files[MANIFEST])
+    except (InvalidSignature, ValueError):
+        raise BundleError(
+            "the manifest's signature does not verify: the bundle was altered"
+        ) from None
+    manifest = json.loads(files[MANIFEST])
+    if manifest.get("format") != FORMAT or manifest.get("formatVersion") != FORMAT_VERSION:
+        raise BundleError(
+            f"unsupported bundle format {manifest.get('format')!r} "
+            f"version {manifest.get('formatVersion')!r}"
+        )
+    listed = manifest.get("files") or {}
+    for name in (RECORDS, EMBEDDINGS):
+        if (name in files) != (name in listed):
+            raise BundleError(f"{name} is {'not ' if name not in listed else ''}in the manifest")
+    for name, entry in listed.items():
+        if name not in files:
+            raise BundleError(f"{name} is listed in the manifest but missing")
+        actual = hashlib.sha256(files[name]).hexdigest()
+        if actual != entry.get("sha256") or len(files[name]) != entry.get("bytes"):
+            raise BundleError(f"{name} does not match its sha256 in the manifest")
+    versions = _parse(files, manifest)
+    return Contents(manifest, key_id(public), versions)
+
+
+def _parse(
+    files: dict[str, bytes], manifest: dict[str, Any]
+) -> list[tuple[Record, list[float] | None]]:
+    records: list[Record] = []
+    for n, line in enumerate(files[RECORDS].splitlines(), 1):
+        try:
+            records.append(Record.model_validate_json(line))
+        except ValidationError as exc:
+            raise BundleError(f"records.jsonl line {n}: {exc.errors()[0]['msg']}") from None
+    vectors: dict[tuple[str, int], list[float]] = {}
+    for line in files.get(EMBEDDINGS, b"").splitlines():
+        entry = json.loads(line)
+        vectors[(entry["id"], entry["version"])] = [float(x) for x in entry["vector"]]
+    counts = manifest.get("counts") or {}
+    if counts.get("versions") != len(records) or counts.get("embeddings", 0) != len(vectors):
+        raise BundleError("the record counts do not match the manifest")
+    return [(r, vectors.get((r.id, r.version))) for r in records]

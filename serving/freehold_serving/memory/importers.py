@@ -1,0 +1,93 @@
+"""Bring memory from elsewhere: a mem0 export, or plain JSONL.
+
+Both become new records (new ids, embedded by this store's model) with provenance
+naming where they came from; the original id and hash are kept in metadata.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from freehold_serving.memory.records import RECORD_TYPES, NewRecord, Provenance
+
+
+class ImportFormatError(Exception):
+    """The file is not in the format named; the message names the entry and field."""
+
+
+def _when(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def from_mem0(data: bytes, subject: str | None = None) -> list[NewRecord]:
+    """mem0's `get_all()` output, `{"results": [...]}`, or a bare list of its memories:
+    `{"id", "memory", "hash", "metadata", "created_at", "updated_at", "user_id",
+    "agent_id", "run_id"}`."""
+    try:
+        parsed = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise ImportFormatError(f"not JSON: {exc.msg} at line {exc.lineno}") from None
+    items = parsed.get("results") if isinstance(parsed, dict) else parsed
+    if not isinstance(items, list):
+        raise ImportFormatError('expected {"results": [...]} or a list of mem0 memories')
+    out = []
+    for n, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("memory"), str):
+            raise ImportFormatError(f"results[{n}].memory: expected a string")
+        metadata = dict(item.get("metadata") or {})
+        kind = metadata.pop("type", None)
+        extra = {k: item[k] for k in ("id", "hash") if item.get(k)}
+        who = subject or item.get("user_id")
+        if not who:
+            raise ImportFormatError(f"results[{n}].user_id: missing (or name a subject)")
+        created = _when(item.get("created_at"))
+        if created is not None:
+            extra["created_at"] = created.isoformat()
+        try:
+            out.append(
+                NewRecord(
+                    subject=str(who),
+                    type=kind if kind in RECORD_TYPES else "note",
+                    text=item["memory"],
+                    metadata={**metadata, "mem0": extra},
+                    agent_id=item.get("agent_id") or None,
+                    session_id=item.get("run_id") or None,
+                    provenance=Provenance(source="import:mem0"),
+                )
+            )
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"])
+            raise ImportFormatError(f"results[{n}].{field}: {first['msg']}") from None
+    return out
+
+
+def from_jsonl(data: bytes, subject: str | None = None) -> list[NewRecord]:
+    """One record per line, in the API's add shape (`subject`, `text`, `type`, ...)."""
+    out = []
+    for n, line in enumerate(data.decode("utf-8", errors="strict").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            if subject is not None and isinstance(item, dict):
+                item = {**item, "subject": subject}
+            if isinstance(item, dict):
+                item.setdefault("provenance", {"source": "import:jsonl"})
+            out.append(NewRecord.model_validate(item))
+        except json.JSONDecodeError as exc:
+            raise ImportFormatError(f"line {n}: not JSON ({exc.msg})") from None
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"])
+            raise ImportFormatError(f"line {n}: {field}: {first['msg']}") from None
+    return out

@@ -1,0 +1,346 @@
+"""The memory service: the store plus what it needs from outside (keys, embedder, the
+extracting model), independent of the HTTP framework."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from freehold_serving.memory import bundle, crypto, importers
+from freehold_serving.memory.args import MemoryArgs
+from freehold_serving.memory.records import (
+    RECORD_TYPES,
+    NewRecord,
+    Provenance,
+    Record,
+    RecordFields,
+    SearchRequest,
+)
+from freehold_serving.memory.store import Retention, Store, StoreError
+
+log = logging.getLogger(__name__)
+
+Embed = Callable[[list[str]], list[list[float]]]
+
+
+class UpstreamError(StoreError):
+    """A model the store depends on (embedder, extractor) failed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=502)
+
+
+def _transit(args: MemoryArgs) -> Any:
+    import hvac
+
+    from freehold_serving.transit import Transit
+
+    vault = args.vault
+    assert vault is not None
+    client = hvac.Client(url=vault.address, verify=vault.ca_cert or True, timeout=10)
+    jwt = Path(vault.jwt_path).read_text(encoding="utf-8").strip()
+    client.auth.kubernetes.login(role=vault.role, jwt=jwt, mount_point=vault.auth_mount)
+    return Transit(client, vault.mount)
+
+
+def key_material(args: MemoryArgs) -> tuple[crypto.KeyWrapper, bundle.Signer]:
+    """The store's KEK and bundle signer: Vault transit in a cluster, key files locally."""
+    if args.vault is not None:
+        transit = _transit(args)
+        return (
+            crypto.TransitKeyWrapper(transit, args.vault.key_name),
+            bundle.TransitSigner(transit, args.vault.signing_key_name),
+        )
+    data = Path(args.data_dir)
+    key_file = Path(args.key_file) if args.key_file else data / "keys" / "store.key"
+    signing = (
+        Path(args.signing_key_file) if args.signing_key_file else data / "keys" / "signing.pem"
+    )
+    return crypto.FileKeyWrapper(key_file), bundle.FileSigner(signing)
+
+
+def builtin_embedder() -> tuple[str, int, Embed]:
+    from freehold_serving import embeddings
+
+    model = embeddings.Embedder(threads=1)
+    return embeddings.MODEL_ID, model.dimensions, lambda texts: model.embed(texts).vectors
+
+
+def remote_embedder(
+    url: str, model: str, headers: dict[str, str] | None = None
+) -> tuple[str, int, Embed]:
+    client = httpx.Client(base_url=url, timeout=60, headers=headers or {})
+
+    def embed(texts: list[str]) -> list[list[float]]:
+        try:
+            response = client.post("/embeddings", json={"model": model, "input": texts})
+            response.raise_for_status()
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"the embedding model at {url} failed: {exc}") from None
+        data = sorted(response.json()["data"], key=lambda d: d["index"])
+        return [list(map(float, d["embedding"])) for d in data]
+
+    return model, len(embed(["dimension probe"])[0]), embed
+
+
+@dataclass(frozen=True)
+class Exported:
+    bundle: bundle.Bundle
+    records: int
+
+
+EXTRACTION_SYSTEM = (
+    "You extract durable memories about the user from a conversation. Each memory is one "
+    "short sentence in the third person about the user, with its type: preference (likes, "
+    "dislikes, wishes), fact (about the user or their life), task (something to do), "
+    "entity (a person, place or thing in the user's life), episode (an event), relation, "
+    "or note. Only include what the user said; no duplicates. Answer in JSON."
+)
+
+
+def extraction_schema(limit: int) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {
+            "memories": {
+                "type": "array",
+                "maxItems": limit,
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "type": {"enum": list(RECORD_TYPES)},
+                        "text": {"type": "string", "minLength": 3, "maxLength": 300},
+                    },
+                    "required": ["type", "text"],
+                },
+            }
+        },
+        "required": ["memories"],
+    }
+
+
+class MemoryService:
+    def __init__(
+        self,
+        args: MemoryArgs,
+        *,
+        embedder: tuple[str, int, Embed],
+        keys: tuple[crypto.KeyWrapper, bundle.Signer],
+    ) -> None:
+        self.args = args
+        model, dimension, self._embed = embedder
+        wrapper, self._signer = keys
+        self.store = Store(
+            Path(args.data_dir) / "memory.db",
+            wrapper,
+            embedding_model=model,
+            dimension=dimension,
+            retention=Retention(args.retention_default_seconds, dict(args.retention_per_type)),
+        )
+        if self.store.needs_reembed():
+            old = self.store.stored_embedding_model()
+            log.warning("embedding model changed from %s to %s: re-embedding", old, model)
+            self.store.reembed(self._embed)
+        own = self._signer.public_key()
+        self._trusted = {own, *(base64.b64decode(k) for k in args.trusted_signers)}
+        self.last_export: dict[str, Any] | None = None
+        self.last_import: dict[str, Any] | None = None
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        return await asyncio.to_thread(self._embed, texts)
+
+    async def add(self, tenant: str, records: list[NewRecord]) -> list[Record]:
+        missing = [i for i, r in enumerate(records) if r.embedding is None]
+        computed = await self.embed([records[i].text for i in missing]) if missing else []
+        vectors: list[list[float] | None] = [r.embedding for r in records]
+        for i, vector in zip(missing, computed, strict=True):
+            vectors[i] = vector
+        items = [
+            (r.subject, RecordFields.model_validate(r.model_dump(exclude={"subject"})))
+            for r in records
+        ]
+        return await asyncio.to_thread(self.store.add, tenant, items, vectors)
+
+    async def update(
+        self, tenant: str, record_id: str, subject: str, fields: RecordFields
+    ) -> Record:
+        vector = fields.embedding or (await self.embed([fields.text]))[0]
+        return await asyncio.to_thread(
+            self.store.update, tenant, record_id, subject, fields, vector
+        )
+
+    async def search(self, tenant: str, request: SearchRequest) -> list[Record]:
+        vector = request.embedding
+        if vector is None and request.query and request.mode != "keyword":
+            vector = (await self.embed([request.query]))[0]
+        if vector is None and not request.query:
+            raise StoreError("give a query, an embedding, or both", param="query")
+        return await asyncio.to_thread(self.store.search, tenant, request, vector)
+
+    async def export(self, tenant: str, subject: str, include_embeddings: bool | None) -> Exported:
+        versions = await asyncio.to_thread(self.store.subject_versions, tenant, subject)
+        if not versions:
+            raise StoreError(f"subject {subject!r} has no records", status=404)
+        with_vectors = (
+            self.args.include_embeddings if include_embeddings is None else include_embeddings
+        )
+        made = await asyncio.to_thread(
+            bundle.write,
+            subject,
+            versions,
+            signer=self._signer,
+            embedding=(self.store.embedding_model, self.store.dimension) if with_vectors else None,
+            producer=f"freehold memory {self.args.namespace}/{self.args.name}",
+        )
+        self.last_export = {
+            "time": _now(),
+            "records": made.manifest["counts"]["records"],
+            "digest": made.digest,
+        }
+        return Exported(made, made.manifest["counts"]["records"])
+
+    async def import_bundle(self, tenant: str, data: bytes) -> dict[str, Any]:
+        try:
+            contents = await asyncio.to_thread(bundle.read, data, self._trusted)
+        except bundle.BundleError as exc:
+            raise StoreError(f"bundle refused: {exc}", param="bundle") from None
+        versions = contents.versions
+        embedding = contents.manifest.get("embedding")
+        if embedding is None or (embedding.get("model"), embedding.get("dimension")) != (
+            self.store.embedding_model,
+            self.store.dimension,
+        ):
+            # Vectors from another model are never mixed in: embed the text here.
+            texts = [r.text or "" for r, _ in versions if not r.deleted]
+            fresh = iter(await self.embed(texts)) if texts else iter(())
+            versions = [(r, None if r.deleted else next(fresh)) for r, _ in versions]
+        added, _ = await asyncio.to_thread(self.store.import_versions, tenant, versions)
+        self.last_import = {"time": _now(), "records": added, "digest": "sha256:" + _sha(data)}
+        return {
+            "imported": added,
+            "skipped": len(versions) - added,
+            "signer": contents.signer_key_id,
+        }
+
+    async def import_records(self, tenant: str, records: list[NewRecord]) -> dict[str, Any]:
+        added = 0
+        for start in range(0, len(records), 256):
+            added += len(await self.add(tenant, records[start : start + 256]))
+        self.last_import = {"time": _now(), "records": added, "digest": None}
+        return {"imported": added, "skipped": 0}
+
+    def parse_foreign(self, fmt: str, data: bytes, subject: str | None) -> list[NewRecord]:
+        try:
+            if fmt == "mem0":
+                return importers.from_mem0(data, subject)
+            return importers.from_jsonl(data, subject)
+        except importers.ImportFormatError as exc:
+            raise StoreError(f"{fmt} import refused: {exc}", param="file") from None
+
+    async def extract(
+        self,
+        subject: str,
+        messages: list[dict[str, str]],
+        limit: int,
+        authorization: str | None,
+    ) -> list[NewRecord]:
+        """Typed records from a conversation, by the configured model with JSON-schema
+        constrained output; provenance names the model and its digest."""
+        target = self.args.extraction
+        if target is None:
+            raise StoreError(
+                "this store has no extraction model (spec.extraction.modelDeploymentRef)",
+                status=501,
+            )
+        model = target.model or await self._only_model(target.url, authorization)
+        transcript = "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+        body = {
+            "model": model,
+            "messages": [
+                {"role": "system", "content": EXTRACTION_SYSTEM},
+                {"role": "user", "content": f"Conversation:\n{transcript}"},
+            ],
+            "temperature": 0,
+            "max_tokens": 80 * limit,
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "memories", "schema": extraction_schema(limit)},
+            },
+        }
+        headers = {"Authorization": authorization} if authorization else {}
+        try:
+            async with httpx.AsyncClient(timeout=120) as client:
+                response = await client.post(
+                    f"{target.url}/chat/completions", json=body, headers=headers
+                )
+                response.raise_for_status()
+            content = response.json()["choices"][0]["message"]["content"]
+            found = json.loads(content)["memories"]
+        except (httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
+            raise UpstreamError(
+                f"extraction by {target.model} failed: {type(exc).__name__}"
+            ) from None
+        seen: set[str] = set()
+        out = []
+        for item in found:
+            text = " ".join(str(item.get("text", "")).split())
+            if len(text) < 3 or text.casefold() in seen:
+                continue  # small models repeat themselves: keep each memory once
+            seen.add(text.casefold())
+            out.append(
+                NewRecord(
+                    subject=subject,
+                    type=item.get("type") if item.get("type") in RECORD_TYPES else "note",
+                    text=text,
+                    confidence=0.5,
+                    provenance=Provenance(
+                        source="extraction", model=model, model_digest=target.digest
+                    ),
+                )
+            )
+        return out
+
+    async def _only_model(self, url: str, authorization: str | None) -> str:
+        headers = {"Authorization": authorization} if authorization else {}
+        try:
+            async with httpx.AsyncClient(timeout=30) as client:
+                answer = await client.get(f"{url}/models", headers=headers)
+                answer.raise_for_status()
+            return str(answer.json()["data"][0]["id"])
+        except (httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
+            raise UpstreamError(f"the extraction model at {url} did not answer: {exc}") from None
+
+    def stats(self) -> dict[str, Any]:
+        counts = self.store.counts()
+        return {
+            "records": {
+                "total": counts.records,
+                "user": counts.user,
+                "agent": counts.agent,
+                "session": counts.session,
+            },
+            "subjects": counts.subjects,
+            "embedding": {"model": self.store.embedding_model, "dimension": self.store.dimension},
+            "lastExport": self.last_export,
+            "lastImport": self.last_import,
+            "signer": bundle.key_id(self._signer.public_key()),
+        }
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _sha(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,109 @@
+"""MemoryStore -> Kubernetes objects and Vault role: pure builders, plain asserts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from freehold.api.memory_store import MemoryStoreSpec
+from freehold.builders.memory_args import duration_seconds, memory_args_for
+from freehold.builders.memory_store import build_memory_children, build_vault_role
+from freehold.builders.model_workload import ClusterConfig
+from freehold.kinds.memory_store import MemoryStoreKind
+from freehold.validation import defaulted
+from freehold_serving.memory.args import MemoryArgs
+from tests.paths import EXAMPLES
+from tests.pss import violations
+from tests.unit.test_builders import CTX
+
+
+def example(**changes: Any) -> MemoryStoreSpec:
+    manifest = defaulted(yaml.safe_load((EXAMPLES / "memorystore.yaml").read_text()))
+    return MemoryStoreSpec.model_validate({**manifest["spec"], **changes})
+
+
+def by_kind(objs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {f"{o['kind']}/{o['metadata']['name']}": o for o in objs}
+
+
+VAULT_CTX = CTX  # it has a Vault address
+
+
+def test_one_writer_with_its_volume_and_no_api_token() -> None:
+    objs = by_kind(build_memory_children(example(), VAULT_CTX))
+    sts = objs["StatefulSet/gemma-270m"]["spec"]
+    assert sts["replicas"] == 1
+    assert sts["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "5Gi"
+    assert sts["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Retain"
+    pod = sts["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert objs["ServiceAccount/gemma-270m-memory"]["automountServiceAccountToken"] is False
+    assert violations(pod) == []
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms["nodeSelectorTerms"][0]["matchExpressions"][0]["values"] == ["eu-central"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["freehold", "serve", "--app", "memory"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    args = MemoryArgs.model_validate_json(env["FREEHOLD_MEMORY_ARGS"])
+    assert args.vault is not None and args.vault.key_name == "freehold-freehold-demo-gemma-270m"
+    assert args.extraction is not None
+    assert args.extraction.url == "http://gemma-270m.freehold-demo.svc:8000/v1"
+    assert args.retention_per_type == {"episode": 30 * 86400, "preference": 365 * 86400}
+    assert args.key_file is None and args.signing_key_file is None  # keys stay in Vault
+
+
+def test_destroy_lets_the_volume_go_and_shreds_the_keys() -> None:
+    objs = by_kind(build_memory_children(example(deletionPolicy="Destroy"), VAULT_CTX))
+    policy = objs["StatefulSet/gemma-270m"]["spec"]["persistentVolumeClaimRetentionPolicy"]
+    assert policy["whenDeleted"] == "Delete"
+    kind = MemoryStoreKind(ClusterConfig(serving_image="-", ray_version="-", api_server_cidr="-"))
+    parent = {
+        "metadata": {"name": "m", "namespace": "ns"},
+        "spec": {**example(deletionPolicy="Destroy").model_dump(by_alias=True, exclude_none=True)},
+    }
+    assert kind.external_names(parent) == [
+        "freehold.ns.m",
+        "transit-key:transit/freehold-ns-m",
+        "transit-key:transit/freehold-ns-m-signing",
+    ]
+    parent["spec"]["deletionPolicy"] = "Retain"
+    assert kind.external_names(parent) == ["freehold.ns.m"]
+
+
+def test_vault_role_may_use_only_this_stores_keys() -> None:
+    role = build_vault_role(example(), VAULT_CTX)
+    assert role.transit_keys == (
+        ("freehold-freehold-demo-gemma-270m", "aes256-gcm96"),
+        ("freehold-freehold-demo-gemma-270m-signing", "ed25519"),
+    )
+    assert (
+        "*" not in role.policy
+        and "transit/decrypt/freehold-freehold-demo-gemma-270m" in role.policy
+    )
+    assert role.body["bound_service_account_names"] == ["gemma-270m-memory"]
+
+
+def test_network_allows_only_dns_vault_and_the_named_models() -> None:
+    objs = by_kind(build_memory_children(example(), VAULT_CTX))
+    egress = objs["NetworkPolicy/gemma-270m-allow"]["spec"]["egress"]
+    targets = [rule["to"][0] for rule in egress]
+    assert {
+        "podSelector": {"matchLabels": {"freehold.dev/model-deployment": "gemma-270m"}}
+    } in targets
+    assert len(egress) == 3  # DNS, the extraction model, Vault
+    assert objs["NetworkPolicy/gemma-270m-default-deny"]["spec"]["policyTypes"] == [
+        "Ingress",
+        "Egress",
+    ]
+
+
+def test_durations() -> None:
+    assert duration_seconds("90d") == 90 * 86400
+    assert duration_seconds("1h30m") == 5400
+    assert duration_seconds("500ms") == 0.5
+
+
+def test_local_args_use_key_files() -> None:
+    args = memory_args_for(example(extraction=None), "m", "local", data_dir="/tmp/x")
+    assert args.vault is None and args.extraction is None and args.data_dir == "/tmp/x"
