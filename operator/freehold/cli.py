@@ -112,8 +112,13 @@ def validate(
 @app.command()
 def up(
     filename: Annotated[
-        Path | None,
-        typer.Option("--filename", "-f", help="A ModelDeployment manifest; default: Gemma 3 270M."),
+        list[Path] | None,
+        typer.Option(
+            "--filename",
+            "-f",
+            help="ModelDeployment and MemoryStore manifests (repeatable); default: the "
+            "built-in SmolLM2-135M-Instruct, no memory store.",
+        ),
     ] = None,
     host: Annotated[str | None, typer.Option(help="Listen address (FREEHOLD_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Listen port (FREEHOLD_PORT).")] = None,
@@ -121,8 +126,9 @@ def up(
         Path | None, typer.Option(help="Require these API keys (one per line).")
     ] = None,
 ) -> None:
-    """Serve a model on this machine with local Ray, behind an OpenAI-compatible API."""
-    from freehold.local.up import InvalidManifestError, UpError, load_deployment, serve_locally
+    """Serve a model (and a memory store) on this machine with local Ray, behind an
+    OpenAI-compatible API."""
+    from freehold.local.up import InvalidManifestError, UpError, load_stack, serve_locally
     from freehold.settings import LocalSettings
 
     overrides = {
@@ -133,8 +139,8 @@ def up(
     # Flags win over FREEHOLD_* environment variables; typer has typed them already.
     settings = LocalSettings().model_copy(update=overrides)
     try:
-        deployment = load_deployment(filename)
-        serve_locally(deployment, settings, out)
+        stack = load_stack(filename or [])
+        serve_locally(stack.deployment, settings, out, stores=stack.stores)
     except InvalidManifestError as exc:
         for error in exc.errors:
             err.print(f"[red]error[/red] {escape(f'{exc.source}: {error}')}", highlight=False)

@@ -9,7 +9,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class LocalSettings(BaseSettings):
-    """`freehold up`: serving one ModelDeployment on this machine."""
+    """`freehold up`: one ModelDeployment (and a MemoryStore) on this machine."""
 
     model_config = SettingsConfigDict(env_prefix="FREEHOLD_", extra="ignore")
 
@@ -20,6 +20,10 @@ class LocalSettings(BaseSettings):
         default=None, description="File of accepted API keys, one per line; unset: no auth."
     )
     otlp_endpoint: str | None = Field(default=None, description="OTLP/HTTP trace endpoint.")
+    data_dir: Path = Field(
+        default=Path.home() / ".local" / "share" / "freehold",
+        description="Local state: memory stores under memory/, their key files under keys/.",
+    )
     ready_timeout_s: float = Field(default=600.0, gt=0)
 
 

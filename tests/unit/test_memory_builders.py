@@ -48,7 +48,7 @@ def test_one_writer_with_its_volume_and_no_api_token() -> None:
     args = MemoryArgs.model_validate_json(env["FREEHOLD_MEMORY_ARGS"])
     assert args.vault is not None and args.vault.key_name == "freehold-freehold-demo-gemma-270m"
     assert args.extraction is not None
-    assert args.extraction.url == "http://gemma-270m.freehold-demo.svc:8000/v1"
+    assert args.extraction.url == "http://smollm2-135m.freehold-demo.svc:8000/v1"
     assert args.retention_per_type == {"episode": 30 * 86400, "preference": 365 * 86400}
     assert args.key_file is None and args.signing_key_file is None  # keys stay in Vault
 
@@ -89,7 +89,7 @@ def test_network_allows_only_dns_vault_and_the_named_models() -> None:
     egress = objs["NetworkPolicy/gemma-270m-allow"]["spec"]["egress"]
     targets = [rule["to"][0] for rule in egress]
     assert {
-        "podSelector": {"matchLabels": {"freehold.dev/model-deployment": "gemma-270m"}}
+        "podSelector": {"matchLabels": {"freehold.dev/model-deployment": "smollm2-135m"}}
     } in targets
     assert len(egress) == 3  # DNS, the extraction model, Vault
     assert objs["NetworkPolicy/gemma-270m-default-deny"]["spec"]["policyTypes"] == [

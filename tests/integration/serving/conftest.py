@@ -163,7 +163,7 @@ def deploy_memory(tmp_path_factory: pytest.TempPathFactory, port: int) -> Path:
         "test",
         data_dir=str(data),
         api_keys_file=str(keys),
-        model_urls={"gemma-270m": (f"http://127.0.0.1:{port}/smol/v1", SMOL, smol.model.sha256)},
+        model_urls={"smollm2-135m": (f"http://127.0.0.1:{port}/smol/v1", SMOL, smol.model.sha256)},
     )
     serve.run(build_memory_app(args), name="memory", route_prefix="/v1/memory", blocking=False)
     return data
