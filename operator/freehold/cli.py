@@ -216,6 +216,11 @@ def serve(
         wait_for_signal()
 
 
+from freehold.memory_cli import memory  # noqa: E402 - the subcommand group, after `app`
+
+app.add_typer(memory, name="memory")
+
+
 def main() -> None:
     import os
 

@@ -336,3 +336,36 @@ def test_every_acknowledged_record_survives_kill_9(tmp_path: Path) -> None:
     assert store._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     present = {r.id for r, _ in store.subject_versions("t", "crash")}
     assert set(acked) <= present
+
+
+def cli(stack: Stack, *args: str, tenant: str = "acme") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "freehold", "memory", *args],
+        env={
+            **os.environ,
+            "FREEHOLD_MEMORY_URL": stack.memory,
+            "FREEHOLD_API_KEY": MEMORY_KEYS[tenant],
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_cli_round_trip(stack: Stack, tmp_path: Path) -> None:
+    added = cli(stack, "add", "Carla collects vinyl records", "-s", "u-cli", "-t", "preference")
+    assert added.returncode == 0, added.stderr
+    found = cli(stack, "search", "music hobby", "-s", "u-cli", "--json")
+    assert json.loads(found.stdout)[0]["id"] == added.stdout.strip()
+    bundle = tmp_path / "carla.tar.gz"
+    exported = cli(stack, "export", "-s", "u-cli", "-o", str(bundle))
+    assert exported.returncode == 0 and "1 record(s), sha256:" in exported.stdout
+    assert cli(stack, "erase", "-s", "u-cli", "--yes").returncode == 0
+    assert json.loads(cli(stack, "search", "music", "-s", "u-cli", "--json").stdout) == []
+    imported = cli(stack, "import", str(bundle))
+    assert imported.returncode == 0 and "imported 1 record version(s)" in imported.stdout
+    bad = cli(stack, "add", "x" * 16_001, "-s", "u-cli")
+    assert bad.returncode == 1 and "records[0].text" in bad.stderr
+    wrong_key = cli(stack, "stats", tenant="acme")
+    assert wrong_key.returncode == 0 and '"subjects"' in wrong_key.stdout

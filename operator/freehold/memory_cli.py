@@ -1,0 +1,207 @@
+"""`freehold memory ...`: talk to a memory API (local `freehold up` or a cluster's Service).
+
+Every failure names what failed (the server's OpenAI-style message and its field) and
+exits non-zero; long imports and exports show progress.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.table import Table
+
+memory = typer.Typer(help="Add, search, export, import and erase memory.", no_args_is_help=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+Endpoint = Annotated[
+    str,
+    typer.Option("--endpoint", envvar="FREEHOLD_MEMORY_URL", help="Base URL of the memory API."),
+]
+ApiKey = Annotated[
+    str | None,
+    typer.Option("--api-key", envvar="FREEHOLD_API_KEY", help="Bearer key (its tenant)."),
+]
+Subject = Annotated[str, typer.Option("--subject", "-s", help="The user the memory is about.")]
+DEFAULT_URL = "http://127.0.0.1:8000/v1/memory"
+CHUNK = 256 * 1024
+
+
+def _client(endpoint: str, api_key: str | None) -> Any:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return httpx.Client(base_url=endpoint.rstrip("/"), headers=headers, timeout=300)
+
+
+def _answer(response: Any) -> Any:
+    if response.status_code >= 400:
+        try:
+            error = response.json()["error"]
+            where = f" ({error['param']})" if error.get("param") else ""
+            message = f"{error['message']}{where}"
+        except (ValueError, KeyError, TypeError):
+            message = response.text[:500]
+        err.print(f"[red]error[/red] {response.status_code}: {escape(message)}", highlight=False)
+        raise typer.Exit(1)
+    return response
+
+
+def _call(method: str, endpoint: str, api_key: str | None, path: str, **kw: Any) -> Any:
+    import httpx
+
+    try:
+        with _client(endpoint, api_key) as client:
+            return _answer(client.request(method, path, **kw))
+    except httpx.HTTPError as exc:
+        err.print(f"[red]error[/red] cannot reach {endpoint}: {exc}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+@memory.command()
+def add(
+    text: Annotated[str, typer.Argument(help="The memory.")],
+    subject: Subject,
+    type_: Annotated[
+        str, typer.Option("--type", "-t", help="preference, fact, task, ...")
+    ] = "note",
+    endpoint: Endpoint = DEFAULT_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """Add one record."""
+    body = {"records": [{"subject": subject, "text": text, "type": type_}]}
+    record = _call("POST", endpoint, api_key, "/records", json=body).json()["data"][0]
+    out.print(record["id"])
+
+
+@memory.command()
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for.")],
+    subject: Subject,
+    top_k: Annotated[int, typer.Option("--top-k", "-k")] = 10,
+    as_of: Annotated[str | None, typer.Option(help="ISO time: what was known then.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    endpoint: Endpoint = DEFAULT_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """Hybrid (semantic + keyword) search of a subject's memory."""
+    body: dict[str, Any] = {"subject": subject, "query": query, "top_k": top_k}
+    if as_of:
+        body["as_of"] = as_of
+    found = _call("POST", endpoint, api_key, "/search", json=body).json()["data"]
+    if as_json:
+        out.print_json(json.dumps(found))
+        return
+    table = Table("score", "type", "text", "id")
+    for r in found:
+        table.add_row(f"{r['score']:.4f}", r["type"], escape(r["text"] or ""), r["id"])
+    out.print(table)
+
+
+@memory.command()
+def export(
+    subject: Subject,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Bundle file to write.")],
+    embeddings: Annotated[bool | None, typer.Option(help="Include vectors.")] = None,
+    endpoint: Endpoint = DEFAULT_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """Export a subject's memory as a signed bundle (.tar.gz)."""
+    import httpx
+
+    body: dict[str, Any] = {"subject": subject}
+    if embeddings is not None:
+        body["include_embeddings"] = embeddings
+    try:
+        with _client(endpoint, api_key) as client, client.stream("POST", "/export", json=body) as r:
+            if r.status_code >= 400:
+                r.read()
+                _answer(r)
+            total = int(r.headers.get("content-length") or 0) or None
+            with _progress() as progress, output.open("wb") as handle:
+                task = progress.add_task("Exporting", total=total)
+                for chunk in r.iter_bytes(CHUNK):
+                    handle.write(chunk)
+                    progress.advance(task, len(chunk))
+            digest = r.headers.get("x-freehold-bundle-digest", "")
+            records = r.headers.get("x-freehold-bundle-records", "?")
+    except httpx.HTTPError as exc:
+        err.print(f"[red]error[/red] cannot reach {endpoint}: {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    out.print(f"wrote {output}: {records} record(s), {digest}")
+
+
+@memory.command("import")
+def import_(
+    path: Annotated[Path, typer.Argument(help="A bundle, a mem0 export (JSON) or JSONL.")],
+    fmt: Annotated[str, typer.Option("--format", help="bundle, mem0 or jsonl.")] = "bundle",
+    subject: Annotated[str | None, typer.Option(help="mem0/jsonl: put every record here.")] = None,
+    endpoint: Endpoint = DEFAULT_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """Import memory. A bundle is verified (signature, digests) before anything changes."""
+    if not path.is_file():
+        err.print(f"[red]error[/red] {path}: no such file")
+        raise typer.Exit(2)
+    size = path.stat().st_size
+    params = {"format": fmt, **({"subject": subject} if subject else {})}
+
+    def chunks() -> Any:
+        with _progress() as progress, path.open("rb") as handle:
+            task = progress.add_task("Uploading", total=size)
+            while block := handle.read(CHUNK):
+                progress.advance(task, len(block))
+                yield block
+
+    result = _call(
+        "POST",
+        endpoint,
+        api_key,
+        "/import",
+        params=params,
+        content=chunks(),
+        headers={"content-length": str(size)},
+    ).json()
+    out.print(
+        f"imported {result['imported']} record version(s), skipped {result.get('skipped', 0)}"
+        + (f", signed by {result['signer']}" if result.get("signer") else "")
+    )
+
+
+@memory.command()
+def erase(
+    subject: Subject,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
+    endpoint: Endpoint = DEFAULT_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """Erase everything about a subject (right to be forgotten). Irreversible."""
+    if not yes and not typer.confirm(f"Erase all memory of {subject!r}? This cannot be undone"):
+        raise typer.Exit(1)
+    result = _call("POST", endpoint, api_key, "/erase", json={"subject": subject}).json()
+    out.print(f"erased {result['erased_versions']} record version(s) of {subject}")
+
+
+@memory.command()
+def stats(endpoint: Endpoint = DEFAULT_URL, api_key: ApiKey = None) -> None:
+    """Records, subjects, embedding model and the last export and import."""
+    out.print_json(json.dumps(_call("GET", endpoint, api_key, "/stats").json()))
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=err,
+        transient=True,
+        disable=not os.isatty(2),
+    )
