@@ -5,7 +5,7 @@ Then all deleted at once: time until no child is left. Goal (issue 9): <= 60 s, 
 The cluster: --kubeconfig, FREEHOLD_E2E_KUBECONFIG, or ../shared/kube/start (started here).
 The operator runs as a subprocess, as in production (one process, bounded workers).
 
-    python bench/operator.py [--count 1000] [--workers 8]
+    python bench/operator_scale.py [--count 1000] [--workers 8]
 """
 
 from __future__ import annotations
