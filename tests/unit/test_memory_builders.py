@@ -107,3 +107,24 @@ def test_durations() -> None:
 def test_local_args_use_key_files() -> None:
     args = memory_args_for(example(extraction=None), "m", "local", data_dir="/tmp/x")
     assert args.vault is None and args.extraction is None and args.data_dir == "/tmp/x"
+
+
+def test_a_model_may_use_the_memory_stores_it_names() -> None:
+    from freehold.api.model_deployment import ModelDeploymentSpec
+    from freehold.builders.children import build_children
+    from freehold.builders.serving_args import workload_args
+
+    manifest = defaulted(yaml.safe_load((EXAMPLES / "smollm2.yaml").read_text()))
+    spec = ModelDeploymentSpec.model_validate(
+        {**manifest["spec"], "memory": {"storeRefs": [{"name": "assistant-memory"}]}}
+    )
+    args = workload_args(spec, CTX)
+    assert args.memory_stores == {
+        "assistant-memory": "http://assistant-memory.freehold-demo.svc:8000/v1/memory"
+    }
+    objs = by_kind(build_children(spec, CTX, "Deployment"))
+    egress = objs["NetworkPolicy/gemma-270m-allow"]["spec"]["egress"]
+    assert {
+        "to": [{"podSelector": {"matchLabels": {"freehold.dev/memory-store": "assistant-memory"}}}],
+        "ports": [{"protocol": "TCP", "port": 8000}],
+    } in egress

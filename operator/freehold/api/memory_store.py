@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Literal
 
 from pydantic import ConfigDict, Field
@@ -212,23 +211,6 @@ class MemoryStoreSpec(ApiModel):
     )
 
 
-class RecordCounts(ApiModel):
-    """Records held, in total and by scope."""
-
-    total: int = Field(default=0, ge=0, description="All records.")
-    user: int = Field(default=0, ge=0, description="User-scoped records.")
-    agent: int = Field(default=0, ge=0, description="Agent-scoped records.")
-    session: int = Field(default=0, ge=0, description="Session-scoped records.")
-
-
-class Transfer(ApiModel):
-    """One export or import of a bundle."""
-
-    time: datetime = Field(description="When it finished.")
-    records: int = Field(ge=0, description="Records in the bundle.")
-    digest: str | None = Field(default=None, max_length=71, description="sha256 of the bundle.")
-
-
 class MemoryStoreStatus(ApiModel):
     """Observed state of a MemoryStore."""
 
@@ -238,13 +220,4 @@ class MemoryStoreStatus(ApiModel):
     )
     endpoint: str | None = Field(
         default=None, max_length=2048, description="Base URL of the memory API."
-    )
-    records: RecordCounts | None = Field(default=None, description="Records held.")
-    last_export: Transfer | None = Field(default=None, description="The latest export.")
-    last_import: Transfer | None = Field(default=None, description="The latest import.")
-    subjects: int | None = Field(default=None, ge=0, description="Subjects with records.")
-    signer: str | None = Field(
-        default=None,
-        max_length=64,
-        description="Key id of the key that signs this store's bundles.",
     )

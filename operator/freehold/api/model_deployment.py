@@ -300,6 +300,19 @@ class Network(ApiModel):
     )
 
 
+class MemoryAccess(ApiModel):
+    """MemoryStores a chat request may name (the `memory` request field): the server
+    recalls the subject's records into the prompt, with the caller's own API key."""
+
+    store_refs: list[LocalObjectReference] = Field(
+        default_factory=list,
+        max_length=8,
+        description="MemoryStores in this namespace. Their pods become reachable from the "
+        "model's pods (NetworkPolicy egress on port 8000).",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+
+
 class Promotion(ApiModel):
     """Evaluation gates a model must pass before it is promoted."""
 
@@ -357,6 +370,9 @@ class ModelDeploymentSpec(ApiModel):
     auth: Auth = Field(default_factory=Auth, description="Who may call the endpoint.")
     telemetry: Telemetry = Field(default_factory=Telemetry, description="Telemetry settings.")
     network: Network = Field(default_factory=Network, description="Network exposure.")
+    memory: MemoryAccess | None = Field(
+        default=None, description="Memory in chat: the MemoryStores requests may use."
+    )
     promotion: Promotion | None = Field(
         default=None, description="Evaluation gates before promotion."
     )

@@ -11,6 +11,7 @@ from freehold.builders.memory_args import memory_args_for, transit_key_names
 from freehold.builders.model_workload import (
     INSTANCE_LABEL,
     MANAGED_BY,
+    MEMORY_STORE_LABEL,
     REGION_LABEL,
     SERVE_PORT,
     VAULT_AUDIENCE,
@@ -26,7 +27,7 @@ from freehold.builders.network import DNS_PORTS, _ns
 from freehold.builders.vault import TOKEN_MAX_TTL, TOKEN_TTL, VaultRole, vault_name
 from freehold_serving.memory.args import ARGS_ENV
 
-STORE_LABEL = "freehold.dev/memory-store"
+STORE_LABEL = MEMORY_STORE_LABEL
 DATA_DIR = "/data"
 HEALTH = "/v1/memory/health"
 

@@ -10,6 +10,7 @@ from freehold.api.model_deployment import ModelDeploymentSpec
 SERVE_PORT = 8000
 MANAGED_BY = "freehold-operator"
 INSTANCE_LABEL = "freehold.dev/model-deployment"
+MEMORY_STORE_LABEL = "freehold.dev/memory-store"
 ROLE_LABEL = "freehold.dev/role"
 REGION_LABEL = "topology.kubernetes.io/region"
 ZONE_LABEL = "topology.kubernetes.io/zone"

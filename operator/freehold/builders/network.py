@@ -11,6 +11,7 @@ from typing import Any
 
 from freehold.api.model_deployment import ModelDeploymentSpec
 from freehold.builders.model_workload import (
+    MEMORY_STORE_LABEL,
     ROLE_LABEL,
     SERVE_PORT,
     BuildContext,
@@ -77,6 +78,14 @@ def build_allow(spec: ModelDeploymentSpec, ctx: BuildContext, *, ray: bool) -> d
             {
                 "to": [_ns(ctx.vault_namespace)],
                 "ports": [{"protocol": "TCP", "port": ctx.vault_port}],
+            }
+        )
+    for ref in spec.memory.store_refs if spec.memory is not None else []:
+        # Memory in chat: the server searches these stores.
+        egress.append(
+            {
+                "to": [{"podSelector": {"matchLabels": {MEMORY_STORE_LABEL: ref.name}}}],
+                "ports": [{"protocol": "TCP", "port": SERVE_PORT}],
             }
         )
     if ctx.otel_namespace:

@@ -4,7 +4,7 @@ operator (RayService serveConfigV2, Deployment env) and `freehold up` use."""
 from __future__ import annotations
 
 from freehold.api.model_deployment import LlamaCppArgs, ModelDeploymentSpec, VllmArgs
-from freehold.builders.model_workload import MODELS_ROOT, VAULT_CA_DIR, BuildContext
+from freehold.builders.model_workload import MODELS_ROOT, SERVE_PORT, VAULT_CA_DIR, BuildContext
 from freehold.builders.vault import vault_name
 from freehold.quantity import whole_cpus
 from freehold_serving.args import (
@@ -101,6 +101,13 @@ def workload_args(spec: ModelDeploymentSpec, ctx: BuildContext) -> ServingArgs:
         vault_role=vault_name(ctx),
         vault_ca_cert=f"{VAULT_CA_DIR}/ca.crt" if ctx.vault_ca_pem else None,
     )
+    stores = spec.memory.store_refs if spec.memory is not None else []
     return args.model_copy(
-        update={"model": args.model.model_copy(update={"models_root": MODELS_ROOT})}
+        update={
+            "model": args.model.model_copy(update={"models_root": MODELS_ROOT}),
+            "memory_stores": {
+                ref.name: f"http://{ref.name}.{ctx.namespace}.svc:{SERVE_PORT}/v1/memory"
+                for ref in stores
+            },
+        }
     )
