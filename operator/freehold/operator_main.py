@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 import kopf
 
 from freehold.adapters.kubernetes import KubeApi, ResourceType, load_client
+from freehold.adapters.probe import HttpProbe
 from freehold.adapters.vault import VaultApi
 from freehold.builders.model_workload import ClusterConfig
 from freehold.controller import Controller
@@ -116,6 +117,7 @@ def cluster_config(settings: OperatorSettings, api_cidr: str) -> ClusterConfig:
         otel_namespace=settings.otel_namespace,
         otel_endpoint=settings.otel_endpoint,
         kuberay_namespace=settings.kuberay_namespace,
+        operator_namespace=settings.pod_namespace,
         api_server_cidr=api_cidr,
     )
 
@@ -169,7 +171,7 @@ def run(settings: OperatorSettings) -> None:
     kinds = registry(cluster_config(settings, api_server_cidr(settings, api.configuration.host)))
     types = [k.resource for k in kinds] + child_types(kinds)
     kube = KubeApi(api, types, discovery_ttl=settings.discovery_seconds)
-    reconciler = Reconciler(kube, connect_vault(settings))
+    reconciler = Reconciler(kube, connect_vault(settings), prober=HttpProbe())
     controller = Controller(
         reconciler, kinds, workers=settings.workers, resync_seconds=settings.resync_seconds
     )

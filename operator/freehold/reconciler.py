@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -62,6 +62,17 @@ class Facts:
     """What the reconciler found out about the cluster, for builders that depend on it."""
 
     kuberay: bool
+    # What a kind's probe read from its running workload this pass (None: not probed or
+    # no answer). Only aggregate, non-secret data: it ends up in status.
+    observed: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A kind asks the reconciler to read `url` (JSON) for its status, every `every` s."""
+
+    url: str
+    every: float
 
 
 class External(Protocol):
@@ -212,10 +223,12 @@ class Reconciler:
         kube: KubeApi,
         externals: ExternalStore | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        prober: Callable[[str], Mapping[str, Any] | None] | None = None,
     ) -> None:
         self._kube = kube
         self._externals = externals
         self._clock = clock
+        self._prober = prober
 
     # -- the pass ----------------------------------------------------------------------
 
@@ -415,6 +428,12 @@ class Reconciler:
         problem: Problem | None,
         outcome: Outcome,
     ) -> None:
+        probe = getattr(kind, "probe", None)  # optional: kinds with a workload to ask
+        if probe is not None and self._prober is not None and problem is None:
+            target: Probe | None = probe(spec, parent["metadata"], children)
+            if target is not None:
+                facts = replace(facts, observed=self._prober(target.url))
+                outcome.requeue_after = target.every
         report = kind.status(spec, parent["metadata"], facts, children, problem)
         self._write_status(
             parent if outcome.parent is None else outcome.parent,

@@ -82,6 +82,11 @@ class OperatorSettings(BaseSettings):
     otel_namespace: str | None = Field(
         default=None, description="Namespace of the OpenTelemetry collector, if any."
     )
+    pod_namespace: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("FREEHOLD_OPERATOR_POD_NAMESPACE", "POD_NAMESPACE"),
+        description="The operator's own namespace: memory stores admit its status probe.",
+    )
     otel_endpoint: str | None = Field(default=None, description="OTLP/HTTP endpoint.")
     kuberay_namespace: str = Field(
         default="kuberay-system",

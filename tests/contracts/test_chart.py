@@ -76,7 +76,7 @@ def test_operator_deployment_shape() -> None:
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["image"] == "ghcr.io/freehold-dev/freehold-operator:0.1.0"
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["FREEHOLD_OPERATOR_NAMESPACES"] == '["freehold-system"]'
 
 
@@ -152,7 +152,7 @@ def test_vault_wiring() -> None:
         o for o in render(ROOT / "tests/data/chart-values/vault.yaml") if o["kind"] == "Deployment"
     ]
     pod = dep["spec"]["template"]["spec"]
-    env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
     assert env["FREEHOLD_OPERATOR_VAULT_ADDRESS"] == "https://vault.vault.svc:8200"
     assert env["FREEHOLD_OPERATOR_VAULT_ROLE"] == "freehold-operator"
     token = next(v for v in pod["volumes"] if v["name"] == "vault-token")

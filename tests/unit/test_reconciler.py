@@ -185,3 +185,76 @@ def test_what_this_build_cannot_do_is_refused_at_reconcile(field: str) -> None:
     outcome = run(kube, parent(**spec))
     assert outcome.problem.reason.endswith("Unsupported") and kube.applied == []
     assert f"spec.{field}" in ready(kube.statuses[0])["message"]
+
+
+class NoVault:
+    """Externals that are always in place (the Vault adapter has its own tests)."""
+
+    def check(self) -> None:
+        pass
+
+    def ensure(self, external: Any) -> bool:
+        return False
+
+    def remove(self, name: str) -> None:
+        pass
+
+
+class ServingKube(InjectingKube):
+    """A StatefulSet that is already serving."""
+
+    def apply(self, desired: dict[str, Any]) -> Applied:
+        applied = super().apply(desired)
+        if desired["kind"] == "StatefulSet":
+            applied.body["status"] = {"replicas": 1, "readyReplicas": 1}
+        return applied
+
+
+def memory_parent() -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load((EXAMPLES / "memorystore.yaml").read_text())
+    doc["metadata"].update(uid="store-uid", generation=2, resourceVersion="5")
+    return doc
+
+
+def test_a_serving_memory_store_reports_its_counts_and_asks_again_in_a_minute() -> None:
+    from freehold.kinds.memory_store import MemoryStoreKind
+
+    kind = MemoryStoreKind(
+        ClusterConfig(serving_image="img", ray_version="2.60.0", api_server_cidr="10.0.0.1/32")
+    )
+    asked: list[str] = []
+
+    def prober(url: str) -> dict[str, Any]:
+        asked.append(url)
+        return {
+            "records": {"total": 5, "user": 3, "agent": 1, "session": 1},
+            "subjects": 2,
+            "lastExport": {"time": "2026-01-01T00:00:00+00:00", "records": 2, "digest": None},
+            "lastImport": None,
+            "signer": "ed25519:0123456789abcdef",
+            "secret": "never copied into status",
+        }
+
+    kube = ServingKube()
+    outcome = Reconciler(kube, NoVault(), clock=lambda: NOW, prober=prober).reconcile(
+        kind,  # type: ignore[arg-type]
+        memory_parent(),
+        [],
+    )
+    assert asked == ["http://assistant-memory.freehold-demo.svc:8000/v1/memory/status"]
+    status = kube.statuses[-1]
+    assert status["records"] == {"total": 5, "user": 3, "agent": 1, "session": 1}
+    assert status["subjects"] == 2 and status["signer"] == "ed25519:0123456789abcdef"
+    assert status["lastExport"]["records"] == 2 and "secret" not in status
+    assert ready(status)["status"] == "True" and outcome.requeue_after == 60.0
+
+    # A store that answers nonsense (or nothing) changes no field but its conditions.
+    kube = ServingKube()
+    Reconciler(
+        kube, NoVault(), clock=lambda: NOW, prober=lambda url: {"records": "lots"}
+    ).reconcile(
+        kind,  # type: ignore[arg-type]
+        memory_parent(),
+        [],
+    )
+    assert "records" not in kube.statuses[-1]

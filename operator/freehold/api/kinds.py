@@ -85,6 +85,8 @@ MEMORY_STORE = Kind(
     columns=(
         PrinterColumn("Ready", _condition("Ready") + ".status"),
         PrinterColumn("Backend", ".spec.backend.type"),
+        PrinterColumn("Records", ".status.records.total", "integer", "Records held."),
+        PrinterColumn("Subjects", ".status.subjects", "integer", "Users with records."),
         PrinterColumn("Endpoint", ".status.endpoint"),
         PrinterColumn("Reason", _condition("Ready") + ".reason", priority=1),
         PrinterColumn("Region", ".spec.residency.region", priority=1),

@@ -211,6 +211,23 @@ class MemoryStoreSpec(ApiModel):
     )
 
 
+class RecordCounts(ApiModel):
+    """Current records (not versions or tombstones), in total and by scope."""
+
+    total: int = Field(default=0, ge=0, description="All records.")
+    user: int = Field(default=0, ge=0, description="User-scoped records.")
+    agent: int = Field(default=0, ge=0, description="Agent-scoped records.")
+    session: int = Field(default=0, ge=0, description="Session-scoped records.")
+
+
+class Transfer(ApiModel):
+    """One export or import of a bundle, as the store last reported it."""
+
+    time: str = Field(max_length=64, description="When it finished (RFC 3339).")
+    records: int = Field(ge=0, description="Records in the bundle (or imported).")
+    digest: str | None = Field(default=None, max_length=71, description="sha256 of the bundle.")
+
+
 class MemoryStoreStatus(ApiModel):
     """Observed state of a MemoryStore."""
 
@@ -220,4 +237,18 @@ class MemoryStoreStatus(ApiModel):
     )
     endpoint: str | None = Field(
         default=None, max_length=2048, description="Base URL of the memory API."
+    )
+    records: RecordCounts | None = Field(
+        default=None,
+        description="Records held, read from the store every minute while it serves.",
+    )
+    subjects: int | None = Field(default=None, ge=0, description="Subjects with records.")
+    last_export: Transfer | None = Field(
+        default=None, description="The latest export since the store's pod started."
+    )
+    last_import: Transfer | None = Field(
+        default=None, description="The latest import since the store's pod started."
+    )
+    signer: str | None = Field(
+        default=None, max_length=64, description="Key id that signs this store's bundles."
     )

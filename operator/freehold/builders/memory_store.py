@@ -256,6 +256,17 @@ def build_network(spec: MemoryStoreSpec, ctx: BuildContext) -> list[dict[str, An
                 "ports": [{"protocol": "TCP", "port": ctx.vault_port}],
             }
         )
+    # Callers from this namespace only, as for a ModelDeployment by default; and the
+    # operator, which reads the aggregate /status (record counts) for the resource's status.
+    callers: list[dict[str, Any]] = [{"podSelector": {}}]
+    if ctx.operator_namespace and ctx.operator_namespace != ctx.namespace:
+        callers.append(
+            {
+                **_ns(ctx.operator_namespace),
+                "podSelector": {"matchLabels": {"app.kubernetes.io/name": "freehold-operator"}},
+            }
+        )
+    ingress = [{"from": callers, "ports": [{"protocol": "TCP", "port": SERVE_PORT}]}]
     deny = {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -269,10 +280,7 @@ def build_network(spec: MemoryStoreSpec, ctx: BuildContext) -> list[dict[str, An
         "spec": {
             "podSelector": own["podSelector"],
             "policyTypes": ["Ingress", "Egress"],
-            # Callers from this namespace only, as for a ModelDeployment by default.
-            "ingress": [
-                {"from": [{"podSelector": {}}], "ports": [{"protocol": "TCP", "port": SERVE_PORT}]}
-            ],
+            "ingress": ingress,
             "egress": egress,
         },
     }

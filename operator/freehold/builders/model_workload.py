@@ -43,6 +43,8 @@ class ClusterConfig:
     otel_namespace: str | None = None
     otel_endpoint: str | None = None
     kuberay_namespace: str = "kuberay-system"
+    # The operator's namespace: a MemoryStore admits its status probe (aggregate counts).
+    operator_namespace: str | None = None
     # Where the API server is, for the Ray autoscaler's egress. No default: never 0.0.0.0/0.
     api_server_cidr: str
 

@@ -16,8 +16,17 @@ from freehold.builders.vault import transit_key_ref, vault_name
 from freehold.conditions import condition
 from freehold.kinds.model_deployment import VAULT_FINALIZER, VAULT_REASONS
 from freehold.quantity import QuantityError, parse_quantity
-from freehold.reconciler import ChildKey, Desired, Facts, Problem, SpecProblemError, StatusReport
+from freehold.reconciler import (
+    ChildKey,
+    Desired,
+    Facts,
+    Probe,
+    Problem,
+    SpecProblemError,
+    StatusReport,
+)
 
+PROBE_SECONDS = 60.0
 STATEFULSET = ResourceType("apps/v1", "StatefulSet", "statefulsets")
 CHILD_TYPES: tuple[ResourceType, ...] = (
     ResourceType("v1", "ServiceAccount", "serviceaccounts"),
@@ -86,6 +95,16 @@ class MemoryStoreKind:
             names += [transit_key_ref(mount, key), transit_key_ref(mount, signing)]
         return names
 
+    def probe(
+        self, spec: MemoryStoreSpec, meta: Mapping[str, Any], children: Mapping[ChildKey, Any]
+    ) -> Probe | None:
+        """While the store serves, read its aggregate counts (no subject, no content)."""
+        ctx = self.context(meta)
+        sts = children.get((STATEFULSET.api_version, "StatefulSet", ctx.name)) or {}
+        if int((sts.get("status") or {}).get("readyReplicas") or 0) < 1:
+            return None
+        return Probe(f"{endpoint(ctx)}/status", every=PROBE_SECONDS)
+
     def status(
         self,
         spec: MemoryStoreSpec,
@@ -130,7 +149,37 @@ class MemoryStoreKind:
                 else "the store's transit keys, policy and role are set",
             ),
         ]
-        return StatusReport(
-            conditions,
-            {"endpoint": f"http://{ctx.name}.{ctx.namespace}.svc:{SERVE_PORT}/v1/memory"},
+        fields: dict[str, Any] = {"endpoint": endpoint(ctx)}
+        fields.update(observed_fields(facts.observed))
+        return StatusReport(conditions, fields)
+
+
+def endpoint(ctx: BuildContext) -> str:
+    return f"http://{ctx.name}.{ctx.namespace}.svc:{SERVE_PORT}/v1/memory"
+
+
+def observed_fields(observed: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The store's /status answer, checked against the status schema: a store that
+    answers nonsense changes nothing."""
+    if not observed:
+        return {}
+    from pydantic import ValidationError
+
+    from freehold.api.memory_store import MemoryStoreStatus
+
+    picked = {
+        "records": observed.get("records"),
+        "subjects": observed.get("subjects"),
+        "lastExport": observed.get("lastExport"),
+        "lastImport": observed.get("lastImport"),
+        "signer": observed.get("signer"),
+    }
+    try:
+        status = MemoryStoreStatus.model_validate(
+            {k: v for k, v in picked.items() if v is not None}
         )
+    except ValidationError:
+        return {}
+    dumped = status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    dumped.pop("conditions", None)
+    return dumped

@@ -210,6 +210,12 @@ class MemoryServer:
     async def health(self) -> dict[str, str]:
         return {"status": "ok"}
 
+    @memory_app.get("/status")
+    async def status(self) -> dict[str, Any]:
+        """Aggregate counts for the operator (no key needed: no subject, no content)."""
+        stats = await asyncio.to_thread(self._service.stats)
+        return {k: stats[k] for k in ("records", "subjects", "lastExport", "lastImport", "signer")}
+
     @memory_app.get("/stats")
     async def stats(self, request: Request) -> dict[str, Any]:
         self._tenant(request)

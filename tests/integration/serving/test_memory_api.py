@@ -369,3 +369,18 @@ def test_cli_round_trip(stack: Stack, tmp_path: Path) -> None:
     assert bad.returncode == 1 and "records[0].text" in bad.stderr
     wrong_key = cli(stack, "stats", tenant="acme")
     assert wrong_key.returncode == 0 and '"subjects"' in wrong_key.stdout
+
+
+def test_the_operators_status_probe_reads_aggregate_counts_only(stack: Stack) -> None:
+    from freehold.adapters.probe import HttpProbe
+    from freehold.kinds.memory_store import observed_fields
+
+    with client(stack) as c:
+        add(c, "u-probe", "Dora plays the cello", session_id="s-1")
+    observed = HttpProbe()(f"{stack.memory}/status")
+    assert observed is not None
+    fields = observed_fields(observed)
+    assert fields["records"]["total"] >= 1 and fields["records"]["session"] >= 1
+    assert fields["subjects"] >= 1 and fields["signer"].startswith("ed25519:")
+    assert "cello" not in json.dumps(observed) and "u-probe" not in json.dumps(observed)
+    assert HttpProbe()(f"{stack.root}/nowhere") is None
