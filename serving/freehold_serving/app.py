@@ -9,6 +9,7 @@ per request), and, when the embeddings extra is installed, the embedder.
 # annotation as a class to validate `args` with it.
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -115,18 +116,26 @@ def _overloaded(args: ServingArgs) -> ApiError:
 
 
 class EmbedderServer:
-    """Loads the embedding model in the background: importing torch takes seconds, and
-    the application should be ready for chat as soon as the LLM is. Embedding requests
-    that arrive earlier wait for the load."""
+    """The embedding model, loaded in the background: importing torch takes seconds of
+    CPU that the first completion needs on a small node. The load starts when the model
+    server says so (after its first completion, or a little later if none comes), or at
+    the first embedding request, which waits for it."""
 
     def __init__(self, config: EmbeddingsConfig) -> None:
         self._max_batch = config.max_batch
-        self._loaded: asyncio.Future[embeddings.Embedder] = (
-            asyncio.get_running_loop().run_in_executor(None, embeddings.Embedder)
-        )
+        self._loaded: asyncio.Future[embeddings.Embedder] | None = None
+
+    def _load(self) -> "asyncio.Future[embeddings.Embedder]":
+        if self._loaded is None:
+            loop = asyncio.get_running_loop()
+            self._loaded = loop.run_in_executor(None, embeddings.Embedder)
+        return self._loaded
+
+    async def warm(self) -> None:
+        self._load()
 
     async def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
-        embedder = await self._loaded
+        embedder = await self._load()
         if len(texts) > self._max_batch:
             raise EngineError(f"at most {self._max_batch} inputs per request", param="input")
         limit = embedder.max_length
@@ -143,7 +152,8 @@ class EmbedderServer:
 
     async def check_health(self) -> None:
         # A failed load (say, a broken install) marks the replica unhealthy.
-        if self._loaded.done() and self._loaded.exception() is not None:
+        loaded = self._loaded
+        if loaded is not None and loaded.done() and loaded.exception() is not None:
             raise RuntimeError("the embedding model failed to load")
 
 
@@ -200,6 +210,9 @@ class Admitted:
             self._release()
 
 
+# With no completion to wait for, the embedder starts loading this long after start.
+EMBEDDER_WARM_AFTER_S = 20.0
+
 # Generation-free requests (/metrics, /v1/models, /health) must never wait behind
 # generations: Ray's per-replica limit leaves this much room above our own admission.
 LIGHT_REQUEST_SLACK = 16
@@ -230,6 +243,19 @@ class OpenAIServer:
         self._api = OpenAIApi(args, self._open, self._embed if embedder else None, telemetry, keys)
         if vault and keys is not None and config is not None:
             self._refresh = asyncio.get_running_loop().create_task(_refresh_keys(keys, config))
+        self._first_done = asyncio.Event()
+        if embedder is not None:
+            self._warming = asyncio.get_running_loop().create_task(self._warm_embedder())
+
+    async def _warm_embedder(self) -> None:
+        """Start the embedder's load once the first completion is out of the way."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._first_done.wait(), EMBEDDER_WARM_AFTER_S)
+        assert self._embedder is not None
+        try:
+            await self._embedder.warm.remote()
+        except Exception:
+            log.warning("could not start loading the embedding model", exc_info=True)
 
     async def _open(self, job: GenerationJob) -> Stream:
         if self._admitted >= self._capacity:
@@ -242,6 +268,7 @@ class OpenAIServer:
             if not released:
                 released = True
                 self._admitted -= 1
+                self._first_done.set()
 
         generation = self._runner.generate(job)
         try:

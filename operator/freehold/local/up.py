@@ -6,12 +6,14 @@ digest-verified, API keys may still be required, and telemetry is still on /metr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,34 +190,26 @@ def local_args(deployment: Deployment, settings: LocalSettings, cpus: int) -> Se
     return args.model_copy(update={"engine": engine, "autoscaling": autoscaling})
 
 
-def prepare_model(args: ServingArgs, console: Console) -> ServingArgs:
-    """Assemble (package:// models) and verify the file with progress; the args returned
-    carry its identity so the replica does not hash it again."""
-    from freehold_serving.model_files import (
-        ModelFileError,
-        file_identity,
-        resolve,
-        verified_path,
-    )
+def verify_model(args: ServingArgs, progress: Callable[[int], None]) -> ServingArgs:
+    """Locate and verify the file (sha256); the args returned carry its identity, so the
+    replica on this machine does not hash it again."""
+    from freehold_serving.model_files import ModelFileError, file_identity, verified_path
 
     try:
-        with console.status(f"Locating {args.model.uri}"):
-            size = resolve(args.model).stat().st_size
-        with Progress(
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            console=console,
-            transient=True,
-        ) as progress:
-            task = progress.add_task("Verifying sha256", total=size)
-            path = verified_path(args.model, lambda n: progress.advance(task, n))
+        path = verified_path(args.model, progress)
     except ModelFileError as exc:
         raise UpError(str(exc)) from None
-    console.print(f"[green]✓[/green] {path.name} verified (sha256 {args.model.sha256[:16]}…)")
     model = args.model.model_copy(update={"verified_identity": file_identity(path)})
     return args.model_copy(update={"model": model})
+
+
+def model_size(args: ServingArgs) -> int:
+    from freehold_serving.model_files import ModelFileError, resolve
+
+    try:
+        return resolve(args.model).stat().st_size
+    except ModelFileError as exc:
+        raise UpError(str(exc)) from None
 
 
 @contextmanager
@@ -326,14 +320,45 @@ def serve_locally(
     args = args.model_copy(update={"memory_stores": {s.name: memory_url for s in stores}})
     memories = [store_args(s, args, deployment, settings) for s in stores]
     started = time.perf_counter()
-    args = prepare_model(args, console)
+    size = model_size(args)  # fails fast on a missing file or package
     from ray import serve
 
     from freehold_serving.app import build_app
 
-    with local_ray(cpus, settings.host, settings.port):
-        with console.status(f"Starting Ray Serve on {cpus} CPU(s) and loading the model"):
+    def done(what: str, since: float) -> None:
+        console.print(f"[green]✓[/green] {what} [dim]({time.perf_counter() - since:.1f}s)[/dim]")
+
+    with contextlib.ExitStack() as running:
+        # Ray starts (here: it wants the main thread) while another thread hashes the
+        # model file; the model loads as soon as both are done.
+        with (
+            Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                console=console,
+                transient=True,
+            ) as progress,
+            ThreadPoolExecutor(1) as pool,
+        ):
+            checking = progress.add_task("Verifying the model's sha256", total=size)
+            verifying = pool.submit(verify_model, args, lambda n: progress.advance(checking, n))
+            starting = progress.add_task(f"Starting Ray on {cpus} CPU(s)", total=None)
+            running.enter_context(local_ray(cpus, settings.host, settings.port))
+            progress.remove_task(starting)
+            done(f"Ray started on {cpus} CPU(s)", started)
+            try:
+                args = verifying.result()
+            finally:
+                progress.remove_task(checking)
+            done(
+                f"{args.model.uri.rsplit('/', 1)[-1]} verified (sha256 {args.model.sha256[:16]}…)",
+                started,
+            )
+            loading = progress.add_task("Loading the model", total=None)
             serve.run(build_app(args), name=args.name, route_prefix="/", blocking=False)
+            progress.remove_task(loading)
         elapsed = time.perf_counter() - started
         url = endpoint_of(settings)
         console.print(
@@ -362,6 +387,13 @@ def serve_locally(
             f'[{{"role": "user", "content": "Hello!"}}], "max_tokens": 32}}\'\n'
         )
         console.print(f"Metrics: {url.removesuffix('/v1')}/metrics   ·   Ctrl-C stops the server")
+        from freehold_serving import embeddings
+
+        if args.embeddings.enabled and embeddings.available():
+            console.print(
+                "[dim]/v1/embeddings loads its model after the first completion "
+                "(or within 20 s).[/dim]"
+            )
         if block:
             wait_for_signal()
             console.print("Shutting down…")

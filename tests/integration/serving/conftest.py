@@ -165,5 +165,7 @@ def deploy_memory(tmp_path_factory: pytest.TempPathFactory, port: int) -> Path:
         api_keys_file=str(keys),
         model_urls={"smollm2-135m": (f"http://127.0.0.1:{port}/smol/v1", SMOL, smol.model.sha256)},
     )
+    # Sweep every second, so the retention test need not wait an hour.
+    args = args.model_copy(update={"sweep_seconds": 1.0})
     serve.run(build_memory_app(args), name="memory", route_prefix="/v1/memory", blocking=False)
     return data

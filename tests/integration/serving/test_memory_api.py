@@ -384,3 +384,21 @@ def test_the_operators_status_probe_reads_aggregate_counts_only(stack: Stack) ->
     assert fields["subjects"] >= 1 and fields["signer"].startswith("ed25519:")
     assert "cello" not in json.dumps(observed) and "u-probe" not in json.dumps(observed)
     assert HttpProbe()(f"{stack.root}/nowhere") is None
+
+
+def test_retention_sweep_deletes_expired_records(stack: Stack) -> None:
+    import time
+    from datetime import UTC, datetime, timedelta
+
+    soon = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
+    with client(stack) as c:
+        (brief,) = add(c, "u-ttl", "The meeting is in room 4", type="episode", expires_at=soon)
+        (kept,) = add(c, "u-ttl", "Eli prefers aisle seats", type="preference")
+        assert c.get(f"/records/{brief}").status_code == 200
+        deadline = time.monotonic() + 20
+        while c.get(f"/records/{brief}").status_code != 404:
+            assert time.monotonic() < deadline, "the expired record was not swept"
+            time.sleep(0.5)
+        assert c.get(f"/records/{brief}/history").status_code == 404  # every version went
+        assert c.get(f"/records/{kept}").status_code == 200
+        assert [r["id"] for r in search(c, "u-ttl", "room")] == [kept]
