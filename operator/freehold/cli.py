@@ -174,8 +174,9 @@ def serve(
     """
     import os
 
-    from freehold.local.up import container_cpus, local_ray, wait_for_signal
+    from freehold.local.up import container_cpus, local_ray, ray_environment, wait_for_signal
 
+    ray_environment()
     if application not in ("model", "memory"):
         err.print("error: --app must be model or memory")
         raise typer.Exit(EXIT_INVALID)
