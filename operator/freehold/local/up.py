@@ -234,6 +234,10 @@ def ray_environment() -> None:
     # where the proxy's per-token hops compete with llama.cpp for the cores.
     if haproxy_available():
         os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
+    # Our handlers never block the loop (tokenizing and the engine run in threads), so they
+    # can run on the replica's own event loop: one thread hop less per request and chunk
+    # (measured -3 ms time to first token).
+    os.environ.setdefault("RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD", "0")
 
 
 @contextmanager
