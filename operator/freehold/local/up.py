@@ -221,6 +221,38 @@ def haproxy_available() -> bool:
     )
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def haproxy_instance() -> None:
+    """HAProxy's own files and ports, per instance: by default every Ray Serve on a machine
+    would share /tmp/haproxy-serve and ports 8404/9101, so a second `freehold up` (or a
+    test run beside one) could not start."""
+    import tempfile
+
+    if "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC" in os.environ:
+        return  # set by the caller, or already chosen for this process
+    # Short: Ray adds a 56-character directory and HAProxy's socket paths are limited to
+    # 97 characters.
+    root = Path(tempfile.mkdtemp(prefix="fhp", dir="/tmp" if Path("/tmp").is_dir() else None))
+    for name, value in {
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": root / "haproxy.cfg",
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": root / "admin.sock",
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": root / "metrics.sock",
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": root,
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": root / "server-state",
+        "RAY_SERVE_HAPROXY_STATS_PORT": _free_port(),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": _free_port(),
+    }.items():
+        os.environ.setdefault(name, str(value))
+
+
 def ray_environment() -> None:
     """Settings Ray's processes read when they start: set before Ray is imported or
     started (an explicit environment variable wins)."""
@@ -234,6 +266,8 @@ def ray_environment() -> None:
     # where the proxy's per-token hops compete with llama.cpp for the cores.
     if haproxy_available():
         os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
+    if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
+        haproxy_instance()
     # Our handlers never block the loop (tokenizing and the engine run in threads), so they
     # can run on the replica's own event loop: one thread hop less per request and chunk
     # (measured -3 ms time to first token).
@@ -330,6 +364,42 @@ def store_args(
     )
 
 
+def start_stores(memories: list[MemoryArgs], memory_url: str, console: Console) -> None:
+    from ray import serve
+
+    for memory in memories:
+        from freehold_serving.memory.app import ROUTE_PREFIX, build_memory_app
+
+        with console.status(f"Starting memory store {memory.name}"):
+            serve.run(
+                build_memory_app(memory),
+                name=f"memory-{memory.name}",
+                route_prefix=ROUTE_PREFIX,
+                blocking=False,
+            )
+        console.print(
+            f"[green]✓[/green] memory store [bold]{memory.name}[/bold] at "
+            f"[bold]{memory_url}[/bold] (data in {memory.data_dir}; keys in "
+            f"{Path(memory.key_file or '').parent})"
+        )
+
+
+def print_hints(args: ServingArgs, url: str, console: Console) -> None:
+    auth = ' -H "Authorization: Bearer $KEY"' if args.api_keys else ""
+    console.print(
+        f"\n  curl {url}/chat/completions -H 'Content-Type: application/json'{auth} \\\n"
+        f'    -d \'{{"model": "{args.model.served_name}", "messages": '
+        f'[{{"role": "user", "content": "Hello!"}}], "max_tokens": 32}}\'\n'
+    )
+    console.print(f"Metrics: {url.removesuffix('/v1')}/metrics   ·   Ctrl-C stops the server")
+    from freehold_serving import embeddings
+
+    if args.embeddings.enabled and embeddings.available():
+        console.print(
+            "[dim]/v1/embeddings loads its model after the first completion (or within 20 s).[/dim]"
+        )
+
+
 def serve_locally(
     deployment: Deployment,
     settings: LocalSettings,
@@ -368,18 +438,29 @@ def serve_locally(
             ThreadPoolExecutor(1) as pool,
         ):
             checking = progress.add_task("Verifying the model's sha256", total=size)
-            verifying = pool.submit(verify_model, args, lambda n: progress.advance(checking, n))
+            hashed: list[float] = []
+
+            def verify() -> ServingArgs:
+                begin = time.perf_counter()
+                result = verify_model(args, lambda n: progress.advance(checking, n))
+                hashed.append(time.perf_counter() - begin)
+                return result
+
+            verifying = pool.submit(verify)
             starting = progress.add_task(f"Starting Ray on {cpus} CPU(s)", total=None)
-            running.enter_context(local_ray(cpus, settings.host, settings.port))
+            try:
+                running.enter_context(local_ray(cpus, settings.host, settings.port))
+            except Exception as exc:  # Ray's own errors: say what failed, not a traceback
+                raise UpError(f"Ray Serve could not start: {exc}") from None
             progress.remove_task(starting)
             done(f"Ray started on {cpus} CPU(s)", started)
             try:
                 args = verifying.result()
             finally:
                 progress.remove_task(checking)
-            done(
-                f"{args.model.uri.rsplit('/', 1)[-1]} verified (sha256 {args.model.sha256[:16]}…)",
-                started,
+            console.print(
+                f"[green]✓[/green] {args.model.uri.rsplit('/', 1)[-1]} verified (sha256 "
+                f"{args.model.sha256[:16]}…) [dim]({hashed[0]:.1f}s, while Ray started)[/dim]"
             )
             loading = progress.add_task("Loading the model", total=None)
             serve.run(build_app(args), name=args.name, route_prefix="/", blocking=False)
@@ -390,35 +471,8 @@ def serve_locally(
             f"[green]✓[/green] serving [bold]{args.model.served_name}[/bold] "
             f"at [bold]{url}[/bold] (ready in {elapsed:.1f}s)"
         )
-        for memory in memories:
-            from freehold_serving.memory.app import ROUTE_PREFIX, build_memory_app
-
-            with console.status(f"Starting memory store {memory.name}"):
-                serve.run(
-                    build_memory_app(memory),
-                    name=f"memory-{memory.name}",
-                    route_prefix=ROUTE_PREFIX,
-                    blocking=False,
-                )
-            console.print(
-                f"[green]✓[/green] memory store [bold]{memory.name}[/bold] at "
-                f"[bold]{memory_url}[/bold] (data in {memory.data_dir}; keys in "
-                f"{Path(memory.key_file or '').parent})"
-            )
-        auth = ' -H "Authorization: Bearer $KEY"' if args.api_keys else ""
-        console.print(
-            f"\n  curl {url}/chat/completions -H 'Content-Type: application/json'{auth} \\\n"
-            f'    -d \'{{"model": "{args.model.served_name}", "messages": '
-            f'[{{"role": "user", "content": "Hello!"}}], "max_tokens": 32}}\'\n'
-        )
-        console.print(f"Metrics: {url.removesuffix('/v1')}/metrics   ·   Ctrl-C stops the server")
-        from freehold_serving import embeddings
-
-        if args.embeddings.enabled and embeddings.available():
-            console.print(
-                "[dim]/v1/embeddings loads its model after the first completion "
-                "(or within 20 s).[/dim]"
-            )
+        start_stores(memories, memory_url, console)
+        print_hints(args, url, console)
         if block:
             wait_for_signal()
             console.print("Shutting down…")
