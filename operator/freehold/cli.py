@@ -217,9 +217,11 @@ def serve(
         wait_for_signal()
 
 
-from freehold.memory_cli import memory  # noqa: E402 - the subcommand group, after `app`
+from freehold.eval_cli import evaluation  # noqa: E402 - subcommand groups, after `app`
+from freehold.memory_cli import memory  # noqa: E402
 
 app.add_typer(memory, name="memory")
+app.add_typer(evaluation, name="eval")
 
 
 def main() -> None:

@@ -19,7 +19,33 @@ from freehold.api.base import (
 
 DATASET_URI_PATTERN = r"^(pvc|oci|s3|file|package|https?)://[^\s]+$"
 
-Metric = Literal["accuracy", "exact_match", "f1", "bleu", "rouge_l", "perplexity", "acc_norm"]
+Task = Literal[
+    "exact_match", "contains", "regex", "multiple_choice", "generation", "json_schema", "latency"
+]
+Metric = Literal[
+    "exact_match",
+    "contains",
+    "regex_match",
+    "accuracy",
+    "acc_norm",
+    "chrf",
+    "bleu",
+    "rouge_l",
+    "json_valid",
+    "ttft_p50_ms",
+    "ttft_p95_ms",
+    "tokens_per_s",
+]
+# What each task computes; a suite's `metric` (the one its gates read) must be among them.
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "exact_match": ("exact_match",),
+    "contains": ("contains",),
+    "regex": ("regex_match",),
+    "multiple_choice": ("accuracy", "acc_norm"),
+    "generation": ("chrf", "bleu", "rouge_l"),
+    "json_schema": ("json_valid",),
+    "latency": ("ttft_p50_ms", "ttft_p95_ms", "tokens_per_s"),
+}
 Operator = Literal[">=", ">", "<=", "<", "=="]
 Phase = Literal["Pending", "Running", "Succeeded", "Failed"]
 
@@ -74,14 +100,43 @@ class Generation(ApiModel):
     )
 
 
+class Normalize(ApiModel):
+    """How answers and targets are normalised before they are compared."""
+
+    lowercase: bool = Field(default=True, description="Compare case-insensitively.")
+    strip_punctuation: bool = Field(default=True, description="Drop punctuation.")
+    collapse_whitespace: bool = Field(default=True, description="Trim; one space between words.")
+
+
 class Suite(ApiModel):
-    """One evaluation suite."""
+    """One evaluation suite: a task over a pinned dataset (JSON Lines; see
+    docs/evaluation.md for each task's fields)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                " || ".join(
+                    f"(self.task == '{task}' && self.metric in {list(metrics)})"
+                    for task, metrics in TASK_METRICS.items()
+                ),
+                "metric must be one the task computes: exact_match: exact_match; contains: "
+                "contains; regex: regex_match; multiple_choice: accuracy or acc_norm; "
+                "generation: chrf, bleu or rouge_l; json_schema: json_valid; latency: "
+                "ttft_p50_ms, ttft_p95_ms or tokens_per_s",
+                field_path=".metric",
+            ),
+        )
+    )
 
     name: str = Field(
         max_length=63, pattern=r"^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$", description="Suite name."
     )
+    task: Task = Field(default="exact_match", description="How each item is scored.")
     dataset: Dataset = Field(description="The suite's dataset.")
-    metric: Metric = Field(description="Metric computed over the dataset.")
+    metric: Metric = Field(description="The metric its gates read (the task computes all of its).")
+    normalize: Normalize = Field(
+        default_factory=Normalize, description="Normalisation for exact_match and contains."
+    )
     limit: int | None = Field(
         default=None, ge=1, le=10000000, description="Evaluate only the first N samples."
     )

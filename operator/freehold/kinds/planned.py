@@ -60,5 +60,8 @@ class PlannedKind:
 
 
 EVAL_JOB_KIND = PlannedKind(
-    EVAL_JOB, "no evaluation runs and no gates are computed.", {"phase": "Pending"}
+    EVAL_JOB,
+    "no evaluation Job runs on the cluster and no gates are computed here. The same suites "
+    "run against any endpoint with `freehold eval run -f` (the runner is built).",
+    {"phase": "Pending"},
 )

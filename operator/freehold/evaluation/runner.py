@@ -1,0 +1,176 @@
+"""Run an EvalJob's suites against an endpoint; compute metrics with intervals and gates.
+
+Used by `freehold eval run` (and, planned, by the EvalJob's Kubernetes Job). Items are
+scored concurrently but results are kept in dataset order, and the bootstrap is seeded:
+the same endpoint, data and seed give the same result file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import operator as op
+import random
+import statistics
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from freehold.api.eval_job import TASK_METRICS, EvalJobSpec, Gate, Suite
+from freehold.evaluation import datasets
+from freehold.evaluation.client import Endpoint
+from freehold.evaluation.tasks import Scored, check_items, score
+
+FORMAT = "freehold.dev/eval-result"
+BOOTSTRAP = 1000
+COMPARE: dict[str, Callable[[float, float], bool]] = {
+    ">=": op.ge,
+    ">": op.gt,
+    "<=": op.le,
+    "<": op.lt,
+    "==": op.eq,
+}
+
+
+@dataclass
+class MetricValue:
+    value: float
+    low: float  # 95% bootstrap interval
+    high: float
+    stderr: float
+
+
+@dataclass
+class SuiteOutcome:
+    name: str
+    task: str
+    metric: str
+    samples: int
+    dataset: dict[str, str]
+    metrics: dict[str, MetricValue]
+    items: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class GateOutcome:
+    suite: str
+    metric: str
+    operator: str
+    threshold: float
+    value: float | None
+    passed: bool
+
+
+def summarise(metric: str, values: list[float], seed: int) -> MetricValue:
+    """Mean (or percentile, for latency) with a seeded 95% bootstrap interval."""
+
+    def stat(sample: list[float]) -> float:
+        if metric == "ttft_p50_ms":
+            return statistics.median(sample)
+        if metric == "ttft_p95_ms":
+            ordered = sorted(sample)
+            return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+        return statistics.fmean(sample)
+
+    rng = random.Random(seed)
+    value = stat(values)
+    resampled = sorted(stat(rng.choices(values, k=len(values))) for _ in range(BOOTSTRAP))
+    stderr = statistics.pstdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
+    return MetricValue(
+        value, resampled[int(0.025 * BOOTSTRAP)], resampled[int(0.975 * BOOTSTRAP) - 1], stderr
+    )
+
+
+def run_suite(
+    suite: Suite,
+    endpoint: Endpoint,
+    concurrency: int,
+    seed: int,
+    progress: Callable[[int], None] | None = None,
+    pvc_root: Path = Path("/data"),
+) -> SuiteOutcome:
+    items = datasets.load(suite.dataset.uri, suite.dataset.sha256, pvc_root)
+    check_items(suite, items)
+    chosen = items[: suite.limit] if suite.limit else items
+
+    def one(item: datasets.Item) -> Scored:
+        result = score(suite, endpoint, item, items)
+        if progress is not None:
+            progress(1)
+        return result
+
+    # Latency is measured one request at a time: concurrency would measure queueing.
+    workers = 1 if suite.task == "latency" else concurrency
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        scored = list(pool.map(one, chosen))
+    metrics = {
+        name: summarise(name, [s.scores[name] for s in scored], seed)
+        for name in TASK_METRICS[suite.task]
+    }
+    return SuiteOutcome(
+        name=suite.name,
+        task=suite.task,
+        metric=suite.metric,
+        samples=len(scored),
+        dataset={"uri": suite.dataset.uri, "sha256": suite.dataset.sha256},
+        metrics=metrics,
+        items=[{"index": s.index, "output": s.output, "scores": s.scores} for s in scored],
+    )
+
+
+def check_gates(gates: list[Gate], suites: list[SuiteOutcome]) -> list[GateOutcome]:
+    by_name = {s.name: s for s in suites}
+    out = []
+    for gate in gates:
+        measured = by_name.get(gate.suite)
+        value = measured.metrics[gate.metric].value if measured else None
+        passed = value is not None and COMPARE[gate.operator](value, gate.threshold)
+        out.append(
+            GateOutcome(gate.suite, gate.metric, gate.operator, gate.threshold, value, passed)
+        )
+    return out
+
+
+def datasets_total(spec: EvalJobSpec, pvc_root: Path = Path("/data")) -> int:
+    """Items to evaluate in all; also checks every digest before anything runs."""
+    total = 0
+    for suite in spec.suites:
+        items = datasets.load(suite.dataset.uri, suite.dataset.sha256, pvc_root)
+        total += min(len(items), suite.limit) if suite.limit else len(items)
+    return total
+
+
+def run(
+    spec: EvalJobSpec,
+    endpoint: Endpoint,
+    name: str,
+    progress: Callable[[int], None] | None = None,
+    pvc_root: Path = Path("/data"),
+) -> dict[str, Any]:
+    started = datetime.now(UTC)
+    suites = [
+        run_suite(s, endpoint, spec.concurrency, spec.seed, progress, pvc_root) for s in spec.suites
+    ]
+    gates = check_gates(spec.gates, suites)
+    result = {
+        "format": FORMAT,
+        "formatVersion": 1,
+        "job": name,
+        "target": {"model": endpoint.model},
+        "seed": spec.seed,
+        "startTime": started.isoformat(),
+        "completionTime": datetime.now(UTC).isoformat(),
+        "suites": [asdict(s) for s in suites],
+        "gates": [asdict(g) for g in gates],
+        "gatesPassed": all(g.passed for g in gates),
+    }
+    canonical = json.dumps(
+        {k: v for k, v in result.items() if k not in ("startTime", "completionTime")},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    result["digest"] = "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+    return result

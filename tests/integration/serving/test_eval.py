@@ -1,0 +1,84 @@
+"""`freehold eval run` with the built-in suites against the real SmolLM2 served by Ray Serve:
+every task type scores, gates decide the exit code, the result file is complete."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.integration.serving.conftest import Stack
+from tests.paths import EXAMPLES
+
+pytestmark = pytest.mark.slow
+
+
+def run(manifest: Path, stack: Stack, out: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "freehold",
+            "eval",
+            "run",
+            "-f",
+            str(manifest),
+            "--endpoint",
+            f"{stack.root}/smol",
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env=os.environ,
+    )
+
+
+def test_every_task_type_against_the_real_model(stack: Stack, tmp_path: Path) -> None:
+    out = tmp_path / "result.json"
+    done = run(EXAMPLES / "evaljob-builtin.yaml", stack, out)
+    assert done.returncode in (0, 1), done.stderr
+    result = json.loads(out.read_text())
+    assert result["target"]["model"] == "smollm2-135m-instruct"
+    by_task = {s["task"]: s for s in result["suites"]}
+    assert set(by_task) == {
+        "exact_match",
+        "multiple_choice",
+        "json_schema",
+        "generation",
+        "latency",
+    }
+    for suite in result["suites"]:
+        assert suite["samples"] == len(suite["items"]) > 0
+        for name, metric in suite["metrics"].items():
+            assert metric["low"] <= metric["value"] <= metric["high"], (suite["name"], name)
+            if not name.startswith(("ttft", "tokens")):
+                assert 0 <= metric["value"] <= 1
+    # A 135M model knows some capitals: log-likelihood scoring is not at chance by accident.
+    assert by_task["multiple_choice"]["metrics"]["accuracy"]["value"] >= 0.5
+    assert by_task["latency"]["metrics"]["tokens_per_s"]["value"] > 1
+    assert [g["passed"] for g in result["gates"]] == [True, True]
+    assert done.returncode == 0 and result["gatesPassed"] is True
+    assert "capitals" in done.stdout and result["digest"].startswith("sha256:")
+
+
+def test_a_failed_gate_exits_1(stack: Stack, tmp_path: Path) -> None:
+    doc = yaml.safe_load((EXAMPLES / "evaljob-builtin.yaml").read_text())
+    doc["spec"]["suites"] = [s for s in doc["spec"]["suites"] if s["name"] == "capitals"]
+    doc["spec"]["suites"][0]["limit"] = 4
+    doc["spec"]["gates"] = [
+        {"suite": "capitals", "metric": "accuracy", "operator": ">", "threshold": 1.0}
+    ]
+    manifest = tmp_path / "ej.yaml"
+    manifest.write_text(yaml.safe_dump(doc))
+    out = tmp_path / "result.json"
+    done = run(manifest, stack, out)
+    assert done.returncode == 1 and "FAIL capitals.accuracy" in done.stdout
+    assert json.loads(out.read_text())["gatesPassed"] is False
