@@ -139,6 +139,7 @@ def main() -> None:  # noqa: PLR0915 (one scenario, top to bottom)
         "FREEHOLD_OPERATOR_WORKERS": str(args.workers),
         "FREEHOLD_OPERATOR_LIVENESS_HOST": "127.0.0.1",
         "FREEHOLD_OPERATOR_LIVENESS_PORT": "18911",
+        "FREEHOLD_OPERATOR_METRICS_PORT": "0",
         "FREEHOLD_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
         "PYTHONWARNINGS": "ignore::Warning",
     }

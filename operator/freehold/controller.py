@@ -17,9 +17,10 @@ import asyncio
 import contextlib
 import copy
 import logging
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from freehold.reconciler import (
     MANAGED_BY,
@@ -31,6 +32,9 @@ from freehold.reconciler import (
     controller_uid,
     shape_of,
 )
+
+if TYPE_CHECKING:
+    from freehold.adapters.metrics import OperatorMetrics
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str, str]  # (kind, namespace, name)
@@ -113,8 +117,10 @@ class Controller:
         resync_seconds: float,
         backoff_base: float = 1.0,
         backoff_max: float = 60.0,
+        metrics: OperatorMetrics | None = None,
     ) -> None:
         self._reconciler = reconciler
+        self._metrics = metrics
         self._kinds = {k.api.kind: k for k in kinds}
         self._status_from = {c for k in kinds for c in k.status_from}
         self._workers = workers
@@ -249,12 +255,27 @@ class Controller:
         owned = list(self._owned.get(uid, {}).values())
         self._seen[key] = set()
         loop = asyncio.get_running_loop()
+        began = time.perf_counter()
         try:
             outcome = await loop.run_in_executor(
                 self._pool, self._reconciler.reconcile, kind, copy.deepcopy(body), owned
             )
+        except Exception:
+            if self._metrics is not None:
+                self._metrics.observe(key[0], time.perf_counter() - began, "error", None, [])
+            raise
         finally:
             seen = self._seen.pop(key, set())
+        if self._metrics is not None:
+            problem = outcome.problem
+            result = "retry" if outcome.retry else ("problem" if problem else "ok")
+            self._metrics.observe(
+                key[0],
+                time.perf_counter() - began,
+                result,
+                problem.reason if problem else None,
+                outcome.repaired,
+            )
         children = self._owned.setdefault(uid, {})
         ours = set()
         for child in outcome.applied:

@@ -172,9 +172,22 @@ def run(settings: OperatorSettings) -> None:
     types = [k.resource for k in kinds] + child_types(kinds)
     kube = KubeApi(api, types, discovery_ttl=settings.discovery_seconds)
     reconciler = Reconciler(kube, connect_vault(settings), prober=HttpProbe())
+    metrics = None
+    if settings.metrics_port:
+        from freehold.adapters.metrics import OperatorMetrics
+
+        metrics = OperatorMetrics()
+        metrics.serve(settings.metrics_host, settings.metrics_port)
+        log.info("metrics on %s:%d/metrics", settings.metrics_host, settings.metrics_port)
     controller = Controller(
-        reconciler, kinds, workers=settings.workers, resync_seconds=settings.resync_seconds
+        reconciler,
+        kinds,
+        workers=settings.workers,
+        resync_seconds=settings.resync_seconds,
+        metrics=metrics,
     )
+    if metrics is not None:
+        metrics.track_queue(lambda: controller.queue_depth)
     log.info("watching %s", ", ".join(settings.namespaces) or "all namespaces")
     kopf.run(
         registry=build_registry(controller, kinds),

@@ -171,6 +171,9 @@ class Outcome:
     deleted: list[str] = field(default_factory=list)  # uids
     parent: dict[str, Any] | None = None  # the parent as last written (status/finalizer)
     problem: Problem | None = None
+    # Kinds of children created or changed back while the parent's spec had not changed
+    # since the last pass (drift repaired): for the operator's metrics.
+    repaired: list[str] = field(default_factory=list)
 
 
 def owner_reference(parent: Mapping[str, Any]) -> dict[str, Any]:
@@ -352,6 +355,9 @@ class Reconciler:
         changes: list[str] = []
         failures: list[str] = []
         transient = False
+        # The spec is what the last pass saw: whatever it has to create or change now drifted.
+        meta = parent["metadata"]
+        steady = meta.get("generation") == (parent.get("status") or {}).get("observedGeneration")
         for child in desired.children:
             stamp(child, parent)
             key = child_key(child)
@@ -380,6 +386,8 @@ class Reconciler:
                     key[0], key[1], key[2], str(body["metadata"].get("uid")), rv, shape_of(body)
                 )
             )
+            if (result.created or result.changed) and steady:
+                outcome.repaired.append(key[1])
             if result.created:
                 changes.append(f"created {key[1]} {key[2]}")
             elif result.changed:

@@ -100,6 +100,10 @@ class OperatorSettings(BaseSettings):
     )
     liveness_host: str = Field(default="0.0.0.0", description="Address of /healthz.")
     liveness_port: int = Field(default=8080, description="Port of /healthz.")
+    metrics_host: str = Field(default="0.0.0.0", description="Address of /metrics.")
+    metrics_port: int = Field(
+        default=9090, ge=0, le=65535, description="Port of the operator's /metrics; 0: off."
+    )
     watch_server_timeout: int = Field(
         default=300, description="Seconds the API server keeps a watch open."
     )

@@ -215,3 +215,21 @@ def test_a_private_vault_ca_is_mounted_for_the_operator() -> None:
         "mountPath": "/etc/freehold/vault-ca",
         "readOnly": True,
     } in container["volumeMounts"]
+
+
+def test_operator_metrics_port_and_who_may_scrape_it() -> None:
+    (dep,) = [o for o in render(None) if o["kind"] == "Deployment"]
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "metrics", "containerPort": 9090, "protocol": "TCP"} in container["ports"]
+    (closed,) = [o for o in render(None) if o["kind"] == "NetworkPolicy"]
+    assert closed["spec"]["ingress"] == []
+    (opened,) = [
+        o
+        for o in render(None, "telemetry.prometheusNamespace=monitoring")
+        if o["kind"] == "NetworkPolicy"
+    ]
+    (rule,) = opened["spec"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 9090}]
+    assert rule["from"][0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "monitoring"
+    }

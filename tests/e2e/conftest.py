@@ -244,6 +244,7 @@ class Operator:
 
     def __init__(self, kubeconfig: Path, namespaces: list[str], log: Path, **env: str) -> None:
         self.log = log
+        self.metrics_port = free_port()
         self.env = {
             **os.environ,
             "KUBECONFIG": str(kubeconfig),
@@ -251,6 +252,8 @@ class Operator:
             "FREEHOLD_OPERATOR_DISCOVERY_SECONDS": "1",
             "FREEHOLD_OPERATOR_LIVENESS_HOST": "127.0.0.1",
             "FREEHOLD_OPERATOR_LIVENESS_PORT": str(free_port()),
+            "FREEHOLD_OPERATOR_METRICS_HOST": "127.0.0.1",
+            "FREEHOLD_OPERATOR_METRICS_PORT": str(self.metrics_port),
             "FREEHOLD_OPERATOR_SERVING_IMAGE": "registry.local/freehold-serving:e2e",
             "PYTHONWARNINGS": "ignore::Warning",
             **env,

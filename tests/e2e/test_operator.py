@@ -133,6 +133,7 @@ def test_deleted_and_edited_children_come_back_within_seconds(
 ) -> None:
     apply(example(namespace, "drift"))
     eventually(lambda: len(children(namespace, "drift")) == 6)
+    repaired_before = drift_repairs(operator)
     started = time.monotonic()
     kubectl("delete", "networkpolicy", "drift-allow", "-n", namespace)
     eventually(lambda: get("networkpolicy", "drift-allow", namespace), timeout=DRIFT_SECONDS)
@@ -159,6 +160,38 @@ def test_deleted_and_edited_children_come_back_within_seconds(
         timeout=DRIFT_SECONDS,
     )
     assert time.monotonic() - started < 3 * DRIFT_SECONDS
+    # The operator counts what it put back (its own /metrics).
+    repaired = drift_repairs(operator)
+    assert repaired.get("NetworkPolicy", 0) - repaired_before.get("NetworkPolicy", 0) >= 2
+    assert repaired.get("Deployment", 0) - repaired_before.get("Deployment", 0) >= 1
+
+
+def metrics(operator: Operator) -> str:
+    import httpx
+
+    return httpx.get(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=10).text
+
+
+def drift_repairs(operator: Operator) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for line in metrics(operator).splitlines():
+        if line.startswith('freehold_operator_drift_repairs_total{kind="ModelDeployment"'):
+            child = line.split('child_kind="', 1)[1].split('"', 1)[0]
+            out[child] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def test_the_operator_exports_its_own_metrics(namespace: str, operator: Operator) -> None:
+    apply(example(namespace, "metered"))
+    eventually(lambda: len(children(namespace, "metered")) == 6)
+    text = metrics(operator)
+    assert (
+        'freehold_operator_reconcile_duration_seconds_count{kind="ModelDeployment",result=' in text
+    )
+    assert "freehold_operator_queue_depth " in text
+    # Labels are kinds and reasons, never a resource's name or namespace.
+    labelled = [line for line in text.splitlines() if line.startswith("freehold_") and "{" in line]
+    assert labelled and not any("metered" in line or namespace in line for line in labelled)
 
 
 def test_status_follows_the_serving_child_within_seconds(

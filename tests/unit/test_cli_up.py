@@ -101,3 +101,36 @@ def test_the_operator_derives_the_api_server_address_or_refuses() -> None:
     )
     with pytest.raises(SystemExit, match="FREEHOLD_OPERATOR_API_SERVER_CIDR"):
         api_server_cidr(unset, "https://kubernetes.default.svc")
+
+
+def test_each_instance_gets_its_own_haproxy_ports_and_files() -> None:
+    """A `freehold up` started by a process that runs one (a test session, a script) must
+    not reuse the parent's HAProxy ports: the second HAProxy could not bind them."""
+    import os
+
+    from freehold.local.up import haproxy_instance
+
+    child = (
+        "import os; from freehold.local.up import haproxy_instance; haproxy_instance(); "
+        "print(os.environ['RAY_SERVE_HAPROXY_STATS_PORT'], "
+        "os.environ['RAY_SERVE_HAPROXY_CONFIG_FILE_LOC'])"
+    )
+    saved = dict(os.environ)
+    try:
+        haproxy_instance()
+        mine = (
+            os.environ["RAY_SERVE_HAPROXY_STATS_PORT"],
+            os.environ["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"],
+        )
+        haproxy_instance()  # idempotent within a process
+        assert (
+            os.environ["RAY_SERVE_HAPROXY_STATS_PORT"],
+            os.environ["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"],
+        ) == mine
+        theirs = subprocess.run(
+            [sys.executable, "-c", child], capture_output=True, text=True, check=True
+        ).stdout.split()
+        assert theirs[0] != mine[0] and theirs[1] != mine[1]
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)

@@ -236,8 +236,13 @@ def haproxy_instance() -> None:
     test run beside one) could not start."""
     import tempfile
 
-    if "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC" in os.environ:
-        return  # set by the caller, or already chosen for this process
+    chosen_by = os.environ.get("FREEHOLD_HAPROXY_PID")
+    if chosen_by == str(os.getpid()):
+        return  # already chosen by this process
+    if chosen_by is None and "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC" in os.environ:
+        return  # the caller's own settings
+    # Otherwise choose anew, also over values inherited from a parent that chose its own
+    # (a `freehold up` started from a process that runs one must not reuse its ports).
     # Short: Ray adds a 56-character directory and HAProxy's socket paths are limited to
     # 97 characters.
     root = Path(tempfile.mkdtemp(prefix="fhp", dir="/tmp" if Path("/tmp").is_dir() else None))
@@ -249,8 +254,9 @@ def haproxy_instance() -> None:
         "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": root / "server-state",
         "RAY_SERVE_HAPROXY_STATS_PORT": _free_port(),
         "RAY_SERVE_HAPROXY_METRICS_PORT": _free_port(),
+        "FREEHOLD_HAPROXY_PID": os.getpid(),
     }.items():
-        os.environ.setdefault(name, str(value))
+        os.environ[name] = str(value)
 
 
 def ray_environment() -> None:
