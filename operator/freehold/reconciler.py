@@ -386,7 +386,9 @@ class Reconciler:
                     key[0], key[1], key[2], str(body["metadata"].get("uid")), rv, shape_of(body)
                 )
             )
-            if (result.created or result.changed) and steady:
+            # Drift: our apply created the child again, or changed it (a new
+            # resourceVersion where server-side apply of an unchanged intent is a no-op).
+            if steady and (result.created or (known is not None and rv != known.resource_version)):
                 outcome.repaired.append(key[1])
             if result.created:
                 changes.append(f"created {key[1]} {key[2]}")

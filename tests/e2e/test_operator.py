@@ -164,6 +164,8 @@ def test_deleted_and_edited_children_come_back_within_seconds(
     repaired = drift_repairs(operator)
     assert repaired.get("NetworkPolicy", 0) - repaired_before.get("NetworkPolicy", 0) >= 2
     assert repaired.get("Deployment", 0) - repaired_before.get("Deployment", 0) >= 1
+    # What nobody touched was not "repaired".
+    assert repaired.get("ServiceAccount", 0) == repaired_before.get("ServiceAccount", 0)
 
 
 def metrics(operator: Operator) -> str:
@@ -175,9 +177,13 @@ def metrics(operator: Operator) -> str:
 def drift_repairs(operator: Operator) -> dict[str, float]:
     out: dict[str, float] = {}
     for line in metrics(operator).splitlines():
-        if line.startswith('freehold_operator_drift_repairs_total{kind="ModelDeployment"'):
-            child = line.split('child_kind="', 1)[1].split('"', 1)[0]
-            out[child] = float(line.rsplit(" ", 1)[1])
+        if not line.startswith("freehold_operator_drift_repairs_total{"):
+            continue
+        labels = dict(
+            part.split("=", 1) for part in line[line.index("{") + 1 : line.index("}")].split(",")
+        )
+        if labels["kind"] == '"ModelDeployment"':
+            out[labels["child_kind"].strip('"')] = float(line.rsplit(" ", 1)[1])
     return out
 
 
