@@ -217,11 +217,13 @@ def serve(
         wait_for_signal()
 
 
-from freehold.eval_cli import evaluation  # noqa: E402 - subcommand groups, after `app`
+from freehold.audit_cli import audit  # noqa: E402 - subcommand groups, after `app`
+from freehold.eval_cli import evaluation  # noqa: E402
 from freehold.memory_cli import memory  # noqa: E402
 
 app.add_typer(memory, name="memory")
 app.add_typer(evaluation, name="eval")
+app.add_typer(audit, name="audit")
 
 
 def main() -> None:

@@ -266,7 +266,7 @@ class MemoryServer:
     @memory_app.post("/erase")
     async def erase(self, request: Request) -> Response:
         tenant, body = await self._body(request, EraseRequest)
-        removed = await asyncio.to_thread(self._service.store.erase_subject, tenant, body.subject)
+        removed = await self._service.erase(tenant, body.subject)
         return JSONResponse({"subject": body.subject, "erased_versions": removed})
 
     @memory_app.post("/export")

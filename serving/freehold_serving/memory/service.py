@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from freehold_serving.audit import AuditLog
 from freehold_serving.memory import bundle, crypto, importers
 from freehold_serving.memory.args import MemoryArgs
 from freehold_serving.memory.records import (
@@ -150,6 +151,13 @@ class MemoryService:
             old = self.store.stored_embedding_model()
             log.warning("embedding model changed from %s to %s: re-embedding", old, model)
             self.store.reembed(self._embed)
+        # Exports, imports and erasures, by subject pseudonym (never content), hash-chained
+        # and signed with the bundle key: `freehold audit verify` checks the file offline.
+        self.audit = AuditLog(
+            Path(args.data_dir) / "audit" / "memory.jsonl",
+            f"memory/{args.namespace}/{args.name}",
+            signer=self._signer,
+        )
         own = self._signer.public_key()
         self._trusted = {own, *(base64.b64decode(k) for k in args.trusted_signers)}
         self.last_export: dict[str, Any] | None = None
@@ -206,6 +214,13 @@ class MemoryService:
             "records": made.manifest["counts"]["records"],
             "digest": made.digest,
         }
+        self.audit.record(
+            "memory.export",
+            subject=bundle.subject_pseudonym(subject),
+            tenant=bundle.subject_pseudonym(f"tenant:{tenant}"),
+            records=made.manifest["counts"]["records"],
+            digest=made.digest,
+        )
         return Exported(made, made.manifest["counts"]["records"])
 
     async def import_bundle(self, tenant: str, data: bytes) -> dict[str, Any]:
@@ -225,6 +240,15 @@ class MemoryService:
             versions = [(r, None if r.deleted else next(fresh)) for r, _ in versions]
         added, _ = await asyncio.to_thread(self.store.import_versions, tenant, versions)
         self.last_import = {"time": _now(), "records": added, "digest": "sha256:" + _sha(data)}
+        self.audit.record(
+            "memory.import",
+            format="bundle",
+            subject=contents.manifest.get("subject"),
+            tenant=bundle.subject_pseudonym(f"tenant:{tenant}"),
+            versions=added,
+            digest="sha256:" + _sha(data),
+            signer=contents.signer_key_id,
+        )
         return {
             "imported": added,
             "skipped": len(versions) - added,
@@ -236,7 +260,24 @@ class MemoryService:
         for start in range(0, len(records), 256):
             added += len(await self.add(tenant, records[start : start + 256]))
         self.last_import = {"time": _now(), "records": added, "digest": None}
+        self.audit.record(
+            "memory.import",
+            format="records",
+            subjects=sorted({bundle.subject_pseudonym(r.subject) for r in records}),
+            tenant=bundle.subject_pseudonym(f"tenant:{tenant}"),
+            records=added,
+        )
         return {"imported": added, "skipped": 0}
+
+    async def erase(self, tenant: str, subject: str) -> int:
+        removed = await asyncio.to_thread(self.store.erase_subject, tenant, subject)
+        self.audit.record(
+            "memory.erase",
+            subject=bundle.subject_pseudonym(subject),
+            tenant=bundle.subject_pseudonym(f"tenant:{tenant}"),
+            versions=removed,
+        )
+        return removed
 
     def parse_foreign(self, fmt: str, data: bytes, subject: str | None) -> list[NewRecord]:
         try:

@@ -175,6 +175,16 @@ def test_bundle_round_trip_tamper_and_erasure(stack: Stack) -> None:
         assert search(c, "u-bundle", "chess")[0]["text"] == "Bruno likes chess"
         again = c.post("/export", json={"subject": "u-bundle", "include_embeddings": True})
         assert again.content == bundle  # bit-exact re-export
+        # The audit trail names what happened, by pseudonym, chained and signed.
+        from freehold_serving.audit import verify
+
+        trail = stack.memory_dir / "audit" / "memory.jsonl"
+        verdict = verify(trail)
+        assert verdict.problems == [] and verdict.warnings == [], verdict
+        text = trail.read_text()
+        assert canary not in text and "u-bundle" not in text
+        kinds = [json.loads(line)["type"] for line in text.splitlines()]
+        assert {"memory.export", "memory.erase", "memory.import"} <= set(kinds)
         assert c.post("/import", content=bundle).json() == {
             "imported": 0,
             "skipped": 3,
