@@ -92,6 +92,7 @@ def memory_args_for(
         vault=vault,
         trusted_signers=list(spec.portability.trusted_signers),
         include_embeddings=spec.portability.include_embeddings,
+        scopes=list(spec.scopes),
         extraction=extraction,
         api_keys=api_keys,
     )

@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from freehold_serving.args import ApiKeysConfig
 
 IMPORT_PATH = "freehold_serving.memory.app:build_memory_app"
+Scope = Literal["user", "agent", "session"]
+ALL_SCOPES: tuple[Scope, ...] = ("user", "agent", "session")
 ARGS_ENV = "FREEHOLD_MEMORY_ARGS"
 
 
@@ -66,6 +68,11 @@ class MemoryArgs(Strict):
         "this store's own.",
     )
     include_embeddings: bool = False
+    scopes: list[Scope] = Field(
+        default_factory=lambda: list(ALL_SCOPES),
+        description="Scopes records may have: a record with an agent_id needs 'agent', one "
+        "with a session_id needs 'session'.",
+    )
     extraction: ChatModel | None = None
     api_keys: ApiKeysConfig | None = None
     sweep_seconds: float = Field(default=3600, gt=0, description="Retention sweep period.")
