@@ -41,7 +41,7 @@ def run_command(
     from freehold.api.eval_job import EvalJobSpec
     from freehold.evaluation.client import Endpoint, EndpointError
     from freehold.evaluation.datasets import DatasetError
-    from freehold.evaluation.runner import datasets_total, run
+    from freehold.evaluation.runner import chosen_items, load_suites, run
     from freehold.manifests import ManifestError, load_documents
     from freehold.validation import defaulted, validate
 
@@ -68,7 +68,7 @@ def run_command(
         )
         raise typer.Exit(2)
     try:
-        total = datasets_total(spec, pvc_root)  # every digest checked before anything runs
+        loaded = load_suites(spec, pvc_root)  # every digest checked before anything runs
     except DatasetError as exc:
         err.print(f"[red]error[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
@@ -82,13 +82,10 @@ def run_command(
             console=err,
             transient=True,
         ) as progress:
+            total = sum(len(chosen_items(s, loaded[s.name])) for s in spec.suites)
             task = progress.add_task("items", total=total)
             result = run(
-                spec,
-                target,
-                full["metadata"]["name"],
-                lambda n: progress.advance(task, n),
-                pvc_root,
+                spec, loaded, target, full["metadata"]["name"], lambda n: progress.advance(task, n)
             )
     except (EndpointError, DatasetError) as exc:
         err.print(f"[red]error[/red] {escape(str(exc))}", highlight=False)

@@ -22,7 +22,6 @@ from ray.serve import Application
 from ray.serve.config import BackpressureConfig
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from freehold_serving import embeddings
@@ -30,7 +29,7 @@ from freehold_serving.args import ApiKeysConfig, EmbeddingsConfig, ServingArgs
 from freehold_serving.auth import ApiKeys, load_api_keys
 from freehold_serving.engines.base import Chunk, EngineError, GenerationJob, Generator
 from freehold_serving.llm_server import LLMServer
-from freehold_serving.openai.api import OpenAIApi, Stream, error_response
+from freehold_serving.openai.api import OpenAIApi, Stream, add_error_handlers, error_response
 from freehold_serving.openai.errors import ApiError
 from freehold_serving.openai.schemas import (
     ChatCompletionRequest,
@@ -74,34 +73,12 @@ def _openapi() -> dict[str, Any]:
 fastapi_app.openapi = _openapi  # type: ignore[method-assign]
 
 
-@fastapi_app.exception_handler(ApiError)
-async def _api_error(_request: Request, exc: ApiError) -> Response:
-    return error_response(exc)
-
-
-@fastapi_app.exception_handler(StarletteHTTPException)
-async def _http_error(_request: Request, exc: StarletteHTTPException) -> Response:
-    kind = "not_found" if exc.status_code == 404 else "invalid_request"
-    return error_response(ApiError(exc.status_code, str(exc.detail), code=kind))
+add_error_handlers(fastapi_app, "a request")
 
 
 @fastapi_app.exception_handler(RequestValidationError)
 async def _validation_error(_request: Request, exc: RequestValidationError) -> Response:
     return error_response(ApiError(400, "Invalid request."))
-
-
-@fastapi_app.exception_handler(Exception)
-async def _unexpected(_request: Request, exc: Exception) -> Response:
-    # Never the exception text: it may carry request content.
-    log.exception("unexpected error serving a request")
-    return error_response(
-        ApiError(
-            500,
-            "The server had an error while processing your request.",
-            type="server_error",
-            code="internal_error",
-        )
-    )
 
 
 def _overloaded(args: ServingArgs) -> ApiError:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 from freehold.api.memory_store import MemoryStoreSpec
-from freehold_serving.args import ApiKeysConfig, VaultKeySource
+from freehold.builders.serving_args import api_keys_config
 from freehold_serving.memory.args import ChatModel, EmbeddingSource, MemoryArgs, VaultTransit
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -56,20 +56,13 @@ def memory_args_for(
     if spec.extraction is not None:
         url, served, digest = model(spec.extraction.model_deployment_ref.name, "extraction")
         extraction = ChatModel(url=url, model=served, digest=digest)
-    api_keys = None
-    if api_keys_file is not None:
-        api_keys = ApiKeysConfig(file=api_keys_file)
-    elif spec.auth.api_keys is not None:
-        keys = spec.auth.api_keys
-        api_keys = ApiKeysConfig(
-            vault=VaultKeySource(
-                mount=keys.mount,
-                path=keys.path,
-                address=vault_address,
-                role=vault_role,
-                ca_cert=vault_ca_cert,
-            )
-        )
+    api_keys = api_keys_config(
+        spec.auth,
+        file=api_keys_file,
+        vault_address=vault_address,
+        vault_role=vault_role,
+        vault_ca_cert=vault_ca_cert,
+    )
     vault = None
     if vault_address is not None and vault_role is not None:
         key, signing = transit_key_names(namespace, name, spec)

@@ -14,7 +14,6 @@ from freehold.builders.model_workload import (
     MEMORY_STORE_LABEL,
     REGION_LABEL,
     SERVE_PORT,
-    VAULT_AUDIENCE,
     VAULT_CA_DIR,
     VAULT_TOKEN_DIR,
     ZONE_LABEL,
@@ -22,9 +21,11 @@ from freehold.builders.model_workload import (
     base_env,
     container_security_context,
     pod_security_context,
+    vault_ca_name,
+    vault_token_volume,
 )
 from freehold.builders.network import DNS_PORTS, _ns
-from freehold.builders.vault import TOKEN_MAX_TTL, TOKEN_TTL, VaultRole, vault_name
+from freehold.builders.vault import VaultRole, acl_policy, role_body, vault_name
 from freehold_serving.memory.args import ARGS_ENV
 
 STORE_LABEL = MEMORY_STORE_LABEL
@@ -79,22 +80,11 @@ def build_vault_role(spec: MemoryStoreSpec, ctx: BuildContext) -> VaultRole:
     }
     if spec.auth.api_keys is not None:
         paths[f"{spec.auth.api_keys.mount}/data/{spec.auth.api_keys.path}"] = "read"
-    policy = "\n\n".join(
-        f'path "{path}" {{\n  capabilities = ["{cap}"]\n}}' for path, cap in sorted(paths.items())
-    )
     name = vault_name(ctx)
     return VaultRole(
         name=name,
-        policy=policy + "\n",
-        body={
-            "bound_service_account_names": [service_account_name(ctx)],
-            "bound_service_account_namespaces": [ctx.namespace],
-            "audience": VAULT_AUDIENCE,
-            "token_policies": [name],
-            "token_ttl": TOKEN_TTL,
-            "token_max_ttl": TOKEN_MAX_TTL,
-            "token_no_default_policy": True,
-        },
+        policy=acl_policy(paths),
+        body=role_body(name, service_account_name(ctx), ctx.namespace),
         transit_mount=mount,
         transit_keys=((key, "aes256-gcm96"), (signing, "ed25519")),
     )
@@ -141,23 +131,10 @@ def build_statefulset(spec: MemoryStoreSpec, ctx: BuildContext) -> dict[str, Any
     ]
     volumes: list[dict[str, Any]] = [
         {"name": "tmp", "emptyDir": {}},
-        {
-            "name": "vault-token",
-            "projected": {
-                "sources": [
-                    {
-                        "serviceAccountToken": {
-                            "audience": VAULT_AUDIENCE,
-                            "expirationSeconds": 600,
-                            "path": "token",
-                        }
-                    }
-                ]
-            },
-        },
+        vault_token_volume(),
     ]
     if ctx.vault_ca_pem:
-        volumes.append({"name": "vault-ca", "configMap": {"name": f"{ctx.name}-vault-ca"}})
+        volumes.append({"name": "vault-ca", "configMap": {"name": vault_ca_name(ctx)}})
         mounts.append({"name": "vault-ca", "mountPath": VAULT_CA_DIR, "readOnly": True})
     container = {
         "name": "memory",
@@ -304,7 +281,7 @@ def build_memory_children(spec: MemoryStoreSpec, ctx: BuildContext) -> list[dict
             {
                 "apiVersion": "v1",
                 "kind": "ConfigMap",
-                "metadata": _meta(ctx, f"{ctx.name}-vault-ca"),
+                "metadata": _meta(ctx, vault_ca_name(ctx)),
                 "data": {"ca.crt": ctx.vault_ca_pem},
             }
         )

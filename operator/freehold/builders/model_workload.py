@@ -158,6 +158,24 @@ def vault_ca_name(ctx: BuildContext) -> str:
     return f"{ctx.name}-vault-ca"
 
 
+def vault_token_volume() -> dict[str, Any]:
+    """A short-lived token for Vault's audience only; the pod gets no API token."""
+    return {
+        "name": "vault-token",
+        "projected": {
+            "sources": [
+                {
+                    "serviceAccountToken": {
+                        "audience": VAULT_AUDIENCE,
+                        "expirationSeconds": 600,
+                        "path": "token",
+                    }
+                }
+            ]
+        },
+    }
+
+
 def volumes(
     spec: ModelDeploymentSpec, ctx: BuildContext
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -179,23 +197,7 @@ def volumes(
         )
         mounts.append({"name": "model", "mountPath": f"{MODELS_ROOT}/{claim}", "readOnly": True})
     if needs_vault(spec):
-        # A short-lived token for Vault's audience only; the pod gets no API token.
-        vols.append(
-            {
-                "name": "vault-token",
-                "projected": {
-                    "sources": [
-                        {
-                            "serviceAccountToken": {
-                                "audience": VAULT_AUDIENCE,
-                                "expirationSeconds": 600,
-                                "path": "token",
-                            }
-                        }
-                    ]
-                },
-            }
-        )
+        vols.append(vault_token_volume())
         mounts.append({"name": "vault-token", "mountPath": VAULT_TOKEN_DIR, "readOnly": True})
         if ctx.vault_ca_pem:
             vols.append({"name": "vault-ca", "configMap": {"name": vault_ca_name(ctx)}})

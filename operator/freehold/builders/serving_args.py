@@ -3,7 +3,7 @@ operator (RayService serveConfigV2, Deployment env) and `freehold up` use."""
 
 from __future__ import annotations
 
-from freehold.api.model_deployment import LlamaCppArgs, ModelDeploymentSpec, VllmArgs
+from freehold.api.model_deployment import Auth, LlamaCppArgs, ModelDeploymentSpec, VllmArgs
 from freehold.builders.model_workload import MODELS_ROOT, SERVE_PORT, VAULT_CA_DIR, BuildContext
 from freehold.builders.vault import vault_name
 from freehold.quantity import whole_cpus
@@ -18,6 +18,32 @@ from freehold_serving.args import (
     VaultKeySource,
     VllmConfig,
 )
+
+
+def api_keys_config(
+    auth: Auth,
+    *,
+    file: str | None,
+    vault_address: str | None,
+    vault_role: str | None,
+    vault_ca_cert: str | None,
+) -> ApiKeysConfig | None:
+    """Where a workload reads its API keys: a file (local mode), else the spec's Vault path
+    (read by the workload itself), else none (no auth)."""
+    if file is not None:
+        return ApiKeysConfig(file=file)
+    if auth.api_keys is None:
+        return None
+    keys = auth.api_keys
+    return ApiKeysConfig(
+        vault=VaultKeySource(
+            mount=keys.mount,
+            path=keys.path,
+            address=vault_address,
+            role=vault_role,
+            ca_cert=vault_ca_cert,
+        )
+    )
 
 
 def serving_args_for(
@@ -41,20 +67,13 @@ def serving_args_for(
     vllm = engine.vllm or VllmArgs()
     threads = llama.threads or whole_cpus(spec.resources.cpu)
     gpus = spec.resources.gpu.count if spec.resources.gpu else 0
-    api_keys = None
-    if api_keys_file is not None:
-        api_keys = ApiKeysConfig(file=api_keys_file)
-    elif spec.auth.api_keys is not None:
-        keys = spec.auth.api_keys
-        api_keys = ApiKeysConfig(
-            vault=VaultKeySource(
-                mount=keys.mount,
-                path=keys.path,
-                address=vault_address,
-                role=vault_role,
-                ca_cert=vault_ca_cert,
-            )
-        )
+    api_keys = api_keys_config(
+        spec.auth,
+        file=api_keys_file,
+        vault_address=vault_address,
+        vault_role=vault_role,
+        vault_ca_cert=vault_ca_cert,
+    )
     return ServingArgs(
         name=name,
         namespace=namespace,

@@ -3,6 +3,7 @@ Kubernetes-auth role bound to exactly its ServiceAccount. Pure."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,9 +29,30 @@ def readable_paths(spec: ModelDeploymentSpec) -> list[str]:
     return sorted(paths)
 
 
-def policy_hcl(spec: ModelDeploymentSpec) -> str:
-    blocks = [f'path "{path}" {{\n  capabilities = ["read"]\n}}' for path in readable_paths(spec)]
+def acl_policy(paths: Mapping[str, str]) -> str:
+    """An ACL policy granting each path (sorted) its one capability."""
+    blocks = [
+        f'path "{path}" {{\n  capabilities = ["{capability}"]\n}}'
+        for path, capability in sorted(paths.items())
+    ]
     return "\n\n".join(blocks) + "\n"
+
+
+def policy_hcl(spec: ModelDeploymentSpec) -> str:
+    return acl_policy(dict.fromkeys(readable_paths(spec), "read"))
+
+
+def role_body(name: str, service_account: str, namespace: str) -> dict[str, Any]:
+    """A Kubernetes-auth role for exactly one ServiceAccount, with only its own policy."""
+    return {
+        "bound_service_account_names": [service_account],
+        "bound_service_account_namespaces": [namespace],
+        "audience": VAULT_AUDIENCE,
+        "token_policies": [name],
+        "token_ttl": TOKEN_TTL,
+        "token_max_ttl": TOKEN_MAX_TTL,
+        "token_no_default_policy": True,
+    }
 
 
 @dataclass(frozen=True)
@@ -57,13 +79,5 @@ def build_role(spec: ModelDeploymentSpec, ctx: BuildContext) -> VaultRole:
     return VaultRole(
         name=name,
         policy=policy_hcl(spec),
-        body={
-            "bound_service_account_names": [service_account_name(ctx)],
-            "bound_service_account_namespaces": [ctx.namespace],
-            "audience": VAULT_AUDIENCE,
-            "token_policies": [name],
-            "token_ttl": TOKEN_TTL,
-            "token_max_ttl": TOKEN_MAX_TTL,
-            "token_no_default_policy": True,
-        },
+        body=role_body(name, service_account_name(ctx), ctx.namespace),
     )

@@ -86,15 +86,13 @@ def summarise(metric: str, values: list[float], seed: int) -> MetricValue:
 
 def run_suite(
     suite: Suite,
+    items: list[datasets.Item],
     endpoint: Endpoint,
     concurrency: int,
     seed: int,
     progress: Callable[[int], None] | None = None,
-    pvc_root: Path = Path("/data"),
 ) -> SuiteOutcome:
-    items = datasets.load(suite.dataset.uri, suite.dataset.sha256, pvc_root)
-    check_items(suite, items)
-    chosen = items[: suite.limit] if suite.limit else items
+    chosen = chosen_items(suite, items)
 
     def one(item: datasets.Item) -> Scored:
         result = score(suite, endpoint, item, items)
@@ -134,25 +132,35 @@ def check_gates(gates: list[Gate], suites: list[SuiteOutcome]) -> list[GateOutco
     return out
 
 
-def datasets_total(spec: EvalJobSpec, pvc_root: Path = Path("/data")) -> int:
-    """Items to evaluate in all; also checks every digest before anything runs."""
-    total = 0
+def load_suites(
+    spec: EvalJobSpec, pvc_root: Path = Path("/data")
+) -> dict[str, list[datasets.Item]]:
+    """Every suite's items, read once: every digest and item is checked before anything
+    runs."""
+    loaded = {}
     for suite in spec.suites:
         items = datasets.load(suite.dataset.uri, suite.dataset.sha256, pvc_root)
-        total += min(len(items), suite.limit) if suite.limit else len(items)
-    return total
+        check_items(suite, items)
+        loaded[suite.name] = items
+    return loaded
+
+
+def chosen_items(suite: Suite, items: list[datasets.Item]) -> list[datasets.Item]:
+    return items[: suite.limit] if suite.limit else items
 
 
 def run(
     spec: EvalJobSpec,
+    loaded: dict[str, list[datasets.Item]],
     endpoint: Endpoint,
     name: str,
     progress: Callable[[int], None] | None = None,
-    pvc_root: Path = Path("/data"),
 ) -> dict[str, Any]:
+    """`loaded`: the suites' items, from load_suites."""
     started = datetime.now(UTC)
     suites = [
-        run_suite(s, endpoint, spec.concurrency, spec.seed, progress, pvc_root) for s in spec.suites
+        run_suite(s, loaded[s.name], endpoint, spec.concurrency, spec.seed, progress)
+        for s in spec.suites
     ]
     gates = check_gates(spec.gates, suites)
     result = {

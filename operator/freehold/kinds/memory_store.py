@@ -14,15 +14,14 @@ from freehold.builders.memory_store import build_memory_children, build_vault_ro
 from freehold.builders.model_workload import SERVE_PORT, BuildContext, ClusterConfig
 from freehold.builders.vault import transit_key_ref, vault_name
 from freehold.conditions import condition
+from freehold.kinds.checks import api_keys_in_namespace, positive_quantities
 from freehold.kinds.model_deployment import VAULT_FINALIZER, VAULT_REASONS
-from freehold.quantity import QuantityError, parse_quantity
 from freehold.reconciler import (
     ChildKey,
     Desired,
     Facts,
     Probe,
     Problem,
-    SpecProblemError,
     StatusReport,
 )
 
@@ -62,19 +61,8 @@ class MemoryStoreKind:
         ]
         if sqlite is not None:
             quantities.append(("spec.backend.sqlite.storageSize", sqlite.storage_size))
-        for field, value in quantities:
-            try:
-                if parse_quantity(value) <= 0:
-                    raise QuantityError(f"{value!r} must be more than zero")
-            except QuantityError as exc:
-                raise SpecProblemError("InvalidSpec", f"{field}: {exc}") from None
-        prefix = self.config.vault_kv_prefix.format(namespace=meta["namespace"])
-        if spec.auth.api_keys is not None and not spec.auth.api_keys.path.startswith(prefix):
-            raise SpecProblemError(
-                "InvalidSpec",
-                f"spec.auth.apiKeys.path: {spec.auth.api_keys.path!r} is outside this "
-                f"namespace's Vault paths: it must start with {prefix!r}",
-            )
+        positive_quantities(quantities)
+        api_keys_in_namespace(spec.auth, self.config.vault_kv_prefix, meta["namespace"])
 
     def build(self, spec: MemoryStoreSpec, meta: Mapping[str, Any], facts: Facts) -> Desired:
         ctx = self.context(meta)

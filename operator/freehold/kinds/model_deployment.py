@@ -19,7 +19,7 @@ from freehold.builders.model_workload import (
 from freehold.builders.rayservice import serve_service_name
 from freehold.builders.vault import build_role, vault_name
 from freehold.conditions import Condition, condition
-from freehold.quantity import QuantityError, parse_quantity
+from freehold.kinds.checks import api_keys_in_namespace, positive_quantities
 from freehold.reconciler import (
     ChildKey,
     Desired,
@@ -83,19 +83,13 @@ class ModelDeploymentKind:
         return ModelDeploymentSpec.model_validate(manifest["spec"])
 
     def check(self, spec: ModelDeploymentSpec, meta: Mapping[str, Any]) -> None:
-        for field, value in (("cpu", spec.resources.cpu), ("memory", spec.resources.memory)):
-            try:
-                if parse_quantity(value) <= 0:
-                    raise QuantityError(f"{value!r} must be more than zero")
-            except QuantityError as exc:
-                raise SpecProblemError("InvalidSpec", f"spec.resources.{field}: {exc}") from None
-        prefix = self.config.vault_kv_prefix.format(namespace=meta["namespace"])
-        if spec.auth.api_keys is not None and not spec.auth.api_keys.path.startswith(prefix):
-            raise SpecProblemError(
-                "InvalidSpec",
-                f"spec.auth.apiKeys.path: {spec.auth.api_keys.path!r} is outside this "
-                f"namespace's Vault paths: it must start with {prefix!r}",
-            )
+        positive_quantities(
+            [
+                ("spec.resources.cpu", spec.resources.cpu),
+                ("spec.resources.memory", spec.resources.memory),
+            ]
+        )
+        api_keys_in_namespace(spec.auth, self.config.vault_kv_prefix, meta["namespace"])
         if spec.secrets:
             raise SpecProblemError(
                 "SecretsUnsupported",

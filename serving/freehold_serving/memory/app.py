@@ -17,7 +17,6 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from ray import serve
 from ray.serve import Application
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
 from freehold_serving.auth import DEFAULT_TENANT, ApiKeys, load_api_keys
@@ -27,6 +26,7 @@ from freehold_serving.memory.records import (
     EraseRequest,
     ExportRequest,
     ExtractRequest,
+    RecordFields,
     RecordId,
     SearchRequest,
     UpdateRequest,
@@ -38,6 +38,7 @@ from freehold_serving.memory.service import (
     remote_embedder,
 )
 from freehold_serving.memory.store import StoreError
+from freehold_serving.openai.api import add_error_handlers, error_response
 from freehold_serving.openai.errors import ApiError, from_validation_error
 
 log = logging.getLogger(__name__)
@@ -98,19 +99,13 @@ def _openapi() -> dict[str, Any]:
 memory_app.openapi = _openapi  # type: ignore[method-assign]
 
 
-def _error(exc: ApiError) -> Response:
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
-
-
-@memory_app.exception_handler(ApiError)
-async def _api_error(_request: Request, exc: ApiError) -> Response:
-    return _error(exc)
+add_error_handlers(memory_app, "a memory request")  # never a record's text
 
 
 @memory_app.exception_handler(StoreError)
 async def _store_error(_request: Request, exc: StoreError) -> Response:
     kind = {404: "not_found", 409: "conflict", 501: "not_implemented", 502: "upstream_error"}
-    return _error(
+    return error_response(
         ApiError(
             exc.status,
             exc.message,
@@ -121,26 +116,12 @@ async def _store_error(_request: Request, exc: StoreError) -> Response:
     )
 
 
-@memory_app.exception_handler(StarletteHTTPException)
-async def _http_error(_request: Request, exc: StarletteHTTPException) -> Response:
-    kind = "not_found" if exc.status_code == 404 else "invalid_request"
-    return _error(ApiError(exc.status_code, str(exc.detail), code=kind))
-
-
 @memory_app.exception_handler(RequestValidationError)
 async def _validation_error(_request: Request, exc: RequestValidationError) -> Response:
     first = exc.errors()[0] if exc.errors() else {}
     where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("path", "query"))
-    return _error(
+    return error_response(
         ApiError(400, f"Invalid {where or 'request'}: {first.get('msg', '')}", param=where or None)
-    )
-
-
-@memory_app.exception_handler(Exception)
-async def _unexpected(_request: Request, exc: Exception) -> Response:
-    log.exception("unexpected error serving a memory request")  # never the record text
-    return _error(
-        ApiError(500, "The server had an error while processing your request.", type="server_error")
     )
 
 
@@ -238,8 +219,6 @@ class MemoryServer:
     async def update(self, request: Request, record_id: RecordId) -> Response:
         tenant, body = await self._body(request, UpdateRequest)
         fields = body.model_dump(exclude={"subject"})
-        from freehold_serving.memory.records import RecordFields
-
         record = await self._service.update(tenant, record_id, body.subject, RecordFields(**fields))
         return JSONResponse(record.model_dump(mode="json"))
 

@@ -166,8 +166,8 @@ class MemoryService:
     async def embed(self, texts: list[str]) -> list[list[float]]:
         return await asyncio.to_thread(self._embed, texts)
 
-    def _check_scopes(self, fields: RecordFields, where: str) -> None:
-        for scope, value in (("agent", fields.agent_id), ("session", fields.session_id)):
+    def _check_scopes(self, agent_id: str | None, session_id: str | None, where: str) -> None:
+        for scope, value in (("agent", agent_id), ("session", session_id)):
             if value is not None and scope not in self.args.scopes:
                 raise StoreError(
                     f"this store keeps no {scope}-scoped records (spec.scopes: "
@@ -177,7 +177,7 @@ class MemoryService:
 
     async def add(self, tenant: str, records: list[NewRecord]) -> list[Record]:
         for i, record in enumerate(records):
-            self._check_scopes(record, f"records[{i}].")
+            self._check_scopes(record.agent_id, record.session_id, f"records[{i}].")
         missing = [i for i, r in enumerate(records) if r.embedding is None]
         computed = await self.embed([records[i].text for i in missing]) if missing else []
         vectors: list[list[float] | None] = [r.embedding for r in records]
@@ -192,7 +192,7 @@ class MemoryService:
     async def update(
         self, tenant: str, record_id: str, subject: str, fields: RecordFields
     ) -> Record:
-        self._check_scopes(fields, "")
+        self._check_scopes(fields.agent_id, fields.session_id, "")
         vector = fields.embedding or (await self.embed([fields.text]))[0]
         return await asyncio.to_thread(
             self.store.update, tenant, record_id, subject, fields, vector
@@ -252,14 +252,7 @@ class MemoryService:
             versions = [(r, None if r.deleted else next(fresh)) for r, _ in versions]
         for record, _vector in versions:
             if not record.deleted:
-                self._check_scopes(
-                    RecordFields(
-                        text=record.text or "-",
-                        agent_id=record.agent_id,
-                        session_id=record.session_id,
-                    ),
-                    f"record {record.id}: ",
-                )
+                self._check_scopes(record.agent_id, record.session_id, f"record {record.id}: ")
         added, _ = await asyncio.to_thread(self.store.import_versions, tenant, versions)
         self.last_import = {"time": _now(), "records": added, "digest": "sha256:" + _sha(data)}
         self.audit.record(
@@ -279,7 +272,7 @@ class MemoryService:
 
     async def import_records(self, tenant: str, records: list[NewRecord]) -> dict[str, Any]:
         for i, record in enumerate(records):  # all checked before any batch is added
-            self._check_scopes(record, f"records[{i}].")
+            self._check_scopes(record.agent_id, record.session_id, f"records[{i}].")
         added = 0
         for start in range(0, len(records), 256):
             added += len(await self.add(tenant, records[start : start + 256]))

@@ -753,7 +753,10 @@ class Store:
             "SELECT rowid FROM keywords WHERE keywords MATCH ? ORDER BY rank LIMIT ?",
             (match, limit * 8),
         ).fetchall()
-        ranked = [int(r[0]) for r in pool]
+        return self._keep([int(r[0]) for r in pool], where, params, limit)
+
+    def _keep(self, ranked: list[int], where: str, params: list[Any], limit: int) -> list[int]:
+        """The first `limit` of `ranked` (version rowids) that the filters admit."""
         if not ranked:
             return []
         allowed = {
@@ -785,15 +788,7 @@ class Store:
         keys = [int(key) for key in matches.keys]
         if simple:
             return keys[:limit]
-        allowed = {
-            int(r[0])
-            for r in self._db.execute(
-                f"SELECT v.rowid FROM versions v WHERE {where} AND v.rowid IN"
-                f" ({','.join('?' * len(keys))})",
-                (*params, *keys),
-            )
-        }
-        return [key for key in keys if key in allowed][:limit]
+        return self._keep(keys, where, params, limit)
 
     def _exact_hits(
         self,

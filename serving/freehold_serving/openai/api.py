@@ -56,6 +56,37 @@ def error_response(err: ApiError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
 
+def add_error_handlers(app: Any, serving: str) -> None:
+    """OpenAI-style error objects for our ApiErrors, the framework's HTTP errors (404, 405)
+    and anything unexpected. (Each app answers request validation errors its own way.)"""
+    from starlette.exceptions import HTTPException
+
+    async def api_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return error_response(exc)
+
+    async def http_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        kind = "not_found" if exc.status_code == 404 else "invalid_request"
+        return error_response(ApiError(exc.status_code, str(exc.detail), code=kind))
+
+    async def unexpected(_request: Request, exc: Exception) -> Response:
+        # Never the exception text: it may carry request content.
+        log.exception("unexpected error serving %s", serving)
+        return error_response(
+            ApiError(
+                500,
+                "The server had an error while processing your request.",
+                type="server_error",
+                code="internal_error",
+            )
+        )
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)
+
+
 def _sse(body: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
 

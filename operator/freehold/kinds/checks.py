@@ -1,0 +1,30 @@
+"""Checks several kinds make at reconcile (what the CRD schema cannot express)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from freehold.api.model_deployment import Auth
+from freehold.quantity import QuantityError, parse_quantity
+from freehold.reconciler import SpecProblemError
+
+
+def positive_quantities(fields: Iterable[tuple[str, str]]) -> None:
+    """Each (field path, quantity) parses and is more than zero."""
+    for field, value in fields:
+        try:
+            if parse_quantity(value) <= 0:
+                raise QuantityError(f"{value!r} must be more than zero")
+        except QuantityError as exc:
+            raise SpecProblemError("InvalidSpec", f"{field}: {exc}") from None
+
+
+def api_keys_in_namespace(auth: Auth, kv_prefix: str, namespace: str) -> None:
+    """One team cannot name another team's Vault path for its API keys."""
+    prefix = kv_prefix.format(namespace=namespace)
+    if auth.api_keys is not None and not auth.api_keys.path.startswith(prefix):
+        raise SpecProblemError(
+            "InvalidSpec",
+            f"spec.auth.apiKeys.path: {auth.api_keys.path!r} is outside this "
+            f"namespace's Vault paths: it must start with {prefix!r}",
+        )
