@@ -457,6 +457,8 @@ def serve_locally(
             try:
                 running.enter_context(local_ray(cpus, settings.host, settings.port))
             except Exception as exc:  # Ray's own errors: say what failed, not a traceback
+                if verifying.done() and verifying.exception() is not None:
+                    verifying.result()  # a wrong model is the first thing to fix
                 raise UpError(f"Ray Serve could not start: {exc}") from None
             progress.remove_task(starting)
             done(f"Ray started on {cpus} CPU(s)", started)
