@@ -128,6 +128,9 @@ class Controller:
         self._backoff = (backoff_base, backoff_max)
         self._parents: dict[Key, dict[str, Any]] = {}
         self._keys: dict[str, Key] = {}  # parent uid -> key
+        # Parents owned by another parent (the EvalJobs a ModelDeployment's promotion
+        # makes): owner uid -> their keys, woken when the owner changes.
+        self._dependents: dict[str, set[Key]] = {}
         self._owned: dict[str, dict[ChildKey, OwnedChild]] = {}  # parent uid -> children
         self._seen: dict[Key, set[str]] = {}  # event rvs that arrived during a pass
         self._deleted: set[str] = set()  # child uids we deleted (their DELETED is ours)
@@ -142,6 +145,15 @@ class Controller:
         meta = body.get("metadata") or {}
         key: Key = (kind, str(meta.get("namespace")), str(meta.get("name")))
         uid = str(meta.get("uid"))
+        owner = controller_uid(body)
+        if owner is not None and (meta.get("labels") or {}).get(MANAGED_BY_LABEL) == MANAGED_BY:
+            # One of our kinds made by another (watched once, as a parent; a second,
+            # label-filtered watch of the same resource would hide the users' own).
+            self.child_event(event_type, body)
+            if event_type == "DELETED":
+                self._dependents.get(owner, set()).discard(key)
+            else:
+                self._dependents.setdefault(owner, set()).add(key)
         if event_type == "DELETED":
             self._parents.pop(key, None)
             self._keys.pop(uid, None)
@@ -157,6 +169,8 @@ class Controller:
             self._parents[key] = copy.deepcopy(dict(body))
         self._keys[uid] = key
         self._wake(key, rv)
+        for dependent in self._dependents.get(uid, ()):
+            self._queue.add(dependent)
 
     def child_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         meta = body.get("metadata") or {}

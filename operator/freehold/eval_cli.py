@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -36,12 +36,93 @@ def run_command(
     pvc_root: Annotated[
         Path, typer.Option(help="Where pvc://CLAIM/... datasets are mounted.")
     ] = Path("/data"),
+    baseline: Annotated[
+        Path | None,
+        typer.Option(help="A result file whose suite values maxRegression gates compare with."),
+    ] = None,
+    judge_endpoint: Annotated[
+        str | None, typer.Option(help="Judge base URL (before /v1); default: spec.judge.")
+    ] = None,
+    judge_model: Annotated[str | None, typer.Option(help="Judge model name.")] = None,
+    sign_key: Annotated[
+        Path | None,
+        typer.Option(help="Ed25519 key (PEM) to sign the result with; created 0600 if absent."),
+    ] = None,
 ) -> None:
     """Run the suites, check the gates, write the result file."""
     from freehold.api.eval_job import EvalJobSpec
     from freehold.evaluation.client import Endpoint, EndpointError
     from freehold.evaluation.datasets import DatasetError
     from freehold.evaluation.runner import chosen_items, load_suites, run
+
+    full = load_manifest(filename)
+    spec = EvalJobSpec.model_validate(full["spec"])
+    base = endpoint or spec.target.endpoint
+    if base is None:
+        err.print(
+            "[red]error[/red] spec.target names a ModelDeployment: give its endpoint here with "
+            "--endpoint (on a cluster the EvalJob's Job finds it)"
+        )
+        raise typer.Exit(2)
+    try:
+        loaded = load_suites(spec, pvc_root)  # every digest checked before anything runs
+        baseline_values = baseline_of(baseline) if baseline else None
+    except DatasetError as exc:
+        err.print(f"[red]error[/red] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(2) from None
+    judge_base = judge_endpoint or (spec.judge.endpoint if spec.judge else None)
+    if any(s.task == "judge" for s in spec.suites) and judge_base is None:
+        err.print("[red]error[/red] judge suites need --judge-endpoint (or spec.judge.endpoint)")
+        raise typer.Exit(2)
+    try:
+        target = Endpoint(f"{base.rstrip('/')}/v1", model or spec.target.model, api_key, spec.seed)
+        judge = (
+            Endpoint(
+                f"{judge_base.rstrip('/')}/v1",
+                judge_model or (spec.judge.model if spec.judge else None),
+                api_key,
+                spec.seed,
+            )
+            if judge_base
+            else None
+        )
+        with Progress(
+            TextColumn("Evaluating"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+        ) as progress:
+            total = sum(len(chosen_items(s, loaded[s.name])) for s in spec.suites)
+            task = progress.add_task("items", total=total)
+            result = run(
+                spec,
+                loaded,
+                target,
+                full["metadata"]["name"],
+                lambda n: progress.advance(task, n),
+                judge=judge,
+                baseline=baseline_values,
+            )
+    except (EndpointError, DatasetError) as exc:
+        err.print(f"[red]error[/red] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(3 if isinstance(exc, EndpointError) else 2) from None
+    print_result(result)
+    if sign_key is not None:
+        from freehold.evaluation.signing import sign
+        from freehold_serving.memory.bundle import FileSigner
+
+        result = sign(result, FileSigner(sign_key))
+    target_file = output or Path(f"{full['metadata']['name']}.result.json")
+    target_file.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    out.print(f"wrote {target_file} ({result['digest']})")
+    if not result["gatesPassed"]:
+        raise typer.Exit(1)
+
+
+def load_manifest(filename: Path) -> dict[str, Any]:
+    """The one EvalJob in the file, validated and defaulted (exit 2 otherwise)."""
     from freehold.manifests import ManifestError, load_documents
     from freehold.validation import defaulted, validate
 
@@ -58,38 +139,10 @@ def run_command(
         for error in errors:
             err.print(f"[red]error[/red] {escape(f'{docs[0].label}: {error}')}", highlight=False)
         raise typer.Exit(2)
-    full = defaulted(docs[0].body)
-    spec = EvalJobSpec.model_validate(full["spec"])
-    base = endpoint or spec.target.endpoint
-    if base is None:
-        err.print(
-            "[red]error[/red] spec.target names a ModelDeployment: give its endpoint here with "
-            "--endpoint (on a cluster the EvalJob's Job finds it; planned)"
-        )
-        raise typer.Exit(2)
-    try:
-        loaded = load_suites(spec, pvc_root)  # every digest checked before anything runs
-    except DatasetError as exc:
-        err.print(f"[red]error[/red] {escape(str(exc))}", highlight=False)
-        raise typer.Exit(2) from None
-    try:
-        target = Endpoint(f"{base.rstrip('/')}/v1", model or spec.target.model, api_key, spec.seed)
-        with Progress(
-            TextColumn("Evaluating"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err,
-            transient=True,
-        ) as progress:
-            total = sum(len(chosen_items(s, loaded[s.name])) for s in spec.suites)
-            task = progress.add_task("items", total=total)
-            result = run(
-                spec, loaded, target, full["metadata"]["name"], lambda n: progress.advance(task, n)
-            )
-    except (EndpointError, DatasetError) as exc:
-        err.print(f"[red]error[/red] {escape(str(exc))}", highlight=False)
-        raise typer.Exit(3 if isinstance(exc, EndpointError) else 2) from None
+    return defaulted(docs[0].body)
+
+
+def print_result(result: dict[str, Any]) -> None:
     table = Table("suite", "task", "metric", "value", "95% interval", "n")
     for suite in result["suites"]:
         for name, m in suite["metrics"].items():
@@ -104,12 +157,74 @@ def run_command(
     out.print(table)
     for gate in result["gates"]:
         mark = "[green]pass[/green]" if gate["passed"] else "[red]FAIL[/red]"
-        out.print(
-            f"{mark} {gate['suite']}.{gate['metric']} {gate['operator']} {gate['threshold']} "
-            f"(measured {gate['value']:.3f})"
-        )
-    target_file = output or Path(f"{full['metadata']['name']}.result.json")
-    target_file.write_text(json.dumps(result, indent=2), encoding="utf-8")
-    out.print(f"wrote {target_file} ({result['digest']})")
-    if not result["gatesPassed"]:
-        raise typer.Exit(1)
+        measured = "-" if gate["value"] is None else f"{gate['value']:.3f}"
+        bound = gate["reason"] or f"{gate['operator']} {gate['threshold']:.3f}"
+        if gate["baseline"] is not None:
+            bound += f" (baseline {gate['baseline']:.3f})"
+        out.print(f"{mark} {gate['suite']}.{gate['metric']} {bound} (measured {measured})")
+
+
+def baseline_of(path: Path) -> dict[str, float]:
+    """Suite -> value of its gated metric, from a result file."""
+    from freehold.evaluation.datasets import DatasetError
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return {s["name"]: float(s["metrics"][s["metric"]]["value"]) for s in data["suites"]}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DatasetError(f"--baseline {path}: not a result file ({exc})") from None
+
+
+@evaluation.command("job", hidden=True)
+def job_command(
+    config: Annotated[Path, typer.Option(help="The job's config (JSON, from the operator).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Results volume.")] = Path("/results"),
+    listen: Annotated[str, typer.Option(help="HOST:PORT for /progress.")] = "0.0.0.0:8080",
+    termination_log: Annotated[Path, typer.Option()] = Path("/dev/termination-log"),
+) -> None:
+    """An EvalJob's pod: evaluate, sign, write the result and a summary for the operator."""
+    import logging
+
+    from freehold.evaluation.job import JobConfig, Progress, execute, serve_progress
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    parsed = JobConfig.model_validate_json(config.read_text(encoding="utf-8"))
+    host, _, port = listen.rpartition(":")
+    progress = Progress()
+    server = serve_progress(progress, host, int(port))
+    try:
+        code, outcome = execute(parsed, out_dir, progress)
+    finally:
+        server.shutdown()
+    termination_log.write_text(json.dumps(outcome, separators=(",", ":")), encoding="utf-8")
+    logging.getLogger("freehold.eval").info(
+        "%s: %s", outcome["state"], outcome.get("message") or outcome.get("digest")
+    )
+    raise typer.Exit(code)
+
+
+@evaluation.command("verify")
+def verify_command(
+    result: Annotated[Path, typer.Argument(help="A result file (JSON).")],
+    public_key: Annotated[
+        list[str] | None,
+        typer.Option(help="Trusted Ed25519 public key (base64); repeatable. Unset: any signer."),
+    ] = None,
+) -> None:
+    """Check a result's signature (exit 0), or say what is wrong (exit 1)."""
+    import base64
+
+    from freehold.evaluation.signing import ResultSignatureError, verify
+
+    try:
+        data = json.loads(result.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]error[/red] {escape(f'{result}: {exc}')}", highlight=False)
+        raise typer.Exit(2) from None
+    trusted = [base64.b64decode(k) for k in public_key] if public_key else None
+    try:
+        signer = verify(data, trusted)
+    except ResultSignatureError as exc:
+        err.print(f"[red]invalid[/red] {escape(f'{result}: {exc}')}", highlight=False)
+        raise typer.Exit(1) from None
+    out.print(f"valid: {result} signed by {signer} ({data.get('digest')})")

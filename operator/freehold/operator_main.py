@@ -20,7 +20,7 @@ from freehold.adapters.probe import HttpProbe
 from freehold.adapters.vault import VaultApi
 from freehold.builders.model_workload import ClusterConfig
 from freehold.controller import Controller
-from freehold.kinds import child_types, registry
+from freehold.kinds import child_types, lookup_types, registry
 from freehold.reconciler import MANAGED_BY, MANAGED_BY_LABEL, KindController, Reconciler
 from freehold.settings import OperatorSettings
 
@@ -122,6 +122,13 @@ def cluster_config(settings: OperatorSettings, api_cidr: str) -> ClusterConfig:
     )
 
 
+def watched_children(kinds: list[KindController[Any]]) -> list[ResourceType]:
+    """Child types watched as children: not our own kinds, which are watched as parents
+    (and forwarded to their owner from there)."""
+    parents = {k.resource for k in kinds}
+    return [t for t in child_types(kinds) if t not in parents]
+
+
 def build_registry(
     controller: Controller, kinds: list[KindController[Any]]
 ) -> kopf.OperatorRegistry:
@@ -135,7 +142,7 @@ def build_registry(
     async def on_child(event: kopf.RawEvent, **_: Any) -> None:
         controller.child_event(event.get("type"), event["object"])
 
-    for t in child_types(kinds):
+    for t in watched_children(kinds):
         kopf.on.event(t.group, t.version, t.plural, id=f"children-{t.plural}", registry=reg)(
             on_child
         )
@@ -169,7 +176,7 @@ def run(settings: OperatorSettings) -> None:
     # One connection per worker thread: urllib3's default pool of 4 would throttle them.
     api = load_client(pool_size=settings.workers)
     kinds = registry(cluster_config(settings, api_server_cidr(settings, api.configuration.host)))
-    types = [k.resource for k in kinds] + child_types(kinds)
+    types = [k.resource for k in kinds] + child_types(kinds) + lookup_types(kinds)
     kube = KubeApi(api, types, discovery_ttl=settings.discovery_seconds)
     reconciler = Reconciler(kube, connect_vault(settings), prober=HttpProbe())
     metrics = None
@@ -191,7 +198,7 @@ def run(settings: OperatorSettings) -> None:
     log.info("watching %s", ", ".join(settings.namespaces) or "all namespaces")
     kopf.run(
         registry=build_registry(controller, kinds),
-        settings=kopf_settings(settings, child_types(kinds)),
+        settings=kopf_settings(settings, watched_children(kinds)),
         # One replica (strategy Recreate in the chart): peering would freeze equals.
         standalone=True,
         clusterwide=not settings.namespaces,

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from freehold.kinds import child_types, registry
+from freehold.kinds import child_types, lookup_types, registry
 from freehold.reconciler import KindController
 
 RULES_TEMPLATE = Path("charts/freehold/templates/_rules.tpl")
@@ -35,7 +35,13 @@ def rules(kinds: list[KindController[Any]] | None = None) -> list[dict[str, Any]
             {"apiGroups": [r.group], "resources": [f"{r.plural}/finalizers"], "verbs": ["update"]}
         )
     out.append({"apiGroups": [""], "resources": ["events"], "verbs": ["create"]})
-    for t in child_types(kinds):
+    children = child_types(kinds)
+    for t in lookup_types(kinds):
+        if t in children:
+            continue
+        # Read only: what a kind reads to build or report (an EvalJob's target, its pods).
+        out.append({"apiGroups": [t.group], "resources": [t.plural], "verbs": ["get", "list"]})
+    for t in children:
         # get: ownership check before the first apply; list/watch: the child watch;
         # create/patch: server-side apply; delete: pruning what is no longer wanted.
         verbs = ["get", "list", "watch", "create", "patch", "delete"]

@@ -48,6 +48,16 @@ class Problem:
     retry: bool
 
 
+class WaitingError(Exception):
+    """Raised by a kind's build: something it needs is not ready yet (a target that does
+    not serve yet). Retried with backoff; nothing is applied or pruned meanwhile."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
 class SpecProblemError(Exception):
     """Raised by a kind's `check`: the spec is valid for the schema but cannot be served."""
 
@@ -65,6 +75,26 @@ class Facts:
     # What a kind's probe read from its running workload this pass (None: not probed or
     # no answer). Only aggregate, non-secret data: it ends up in status.
     observed: Mapping[str, Any] | None = None
+    # Objects the kind asked to read (its `lookups`), by the kind's own key: a list of
+    # the objects found (empty: none). Read fresh every pass: level-based.
+    related: Mapping[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # The parent's status as last written: for kinds whose outcome is a record (a
+    # finished EvalJob's results outlive its pod).
+    status: Mapping[str, Any] = field(default_factory=dict)
+
+    def one(self, key: str) -> dict[str, Any] | None:
+        found = self.related.get(key) or []
+        return found[0] if found else None
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """An object (by name) or objects (by labels) in the parent's namespace that a kind
+    reads to build or report (the ModelDeployment an EvalJob targets, a Job's pods)."""
+
+    type: ResourceType
+    name: str | None = None
+    labels: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +126,10 @@ class Desired:
 
     children: list[dict[str, Any]]
     externals: list[Any] = field(default_factory=list)
+    # Children that exist and stay as they are (not applied, not pruned): an immutable
+    # child whose spec the builder would no longer reproduce (an EvalJob of the version
+    # being served, made from an older template).
+    keep: frozenset[ChildKey] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -252,14 +286,22 @@ class Reconciler:
                 outcome.problem = Problem("InvalidSpec", "; ".join(map(str, errors)), False)
                 return outcome
             spec = kind.parse(defaulted(parent))
-            facts = Facts(kuberay=self._kube.serves("ray.io/v1", "rayservices"))
+            facts = Facts(
+                kuberay=self._kube.serves("ray.io/v1", "rayservices"),
+                status=parent.get("status") or {},
+            )
             try:
                 kind.check(spec, meta)
+                facts = self._look_up(kind, spec, meta, facts)
+                desired = kind.build(spec, meta, facts)
             except SpecProblemError as exc:
                 refused = Problem(exc.reason, exc.message, retry=False)
                 self._report(kind, spec, parent, facts, {}, refused, outcome)
                 return outcome
-            desired = kind.build(spec, meta, facts)
+            except WaitingError as exc:
+                waiting = Problem(exc.reason, exc.message, retry=True)
+                self._report(kind, spec, parent, facts, {}, waiting, outcome)
+                return outcome
             problem = self._sync_externals(kind, parent, desired, outcome)
             if problem is not None:
                 self._report(kind, spec, parent, facts, {}, problem, outcome)
@@ -276,6 +318,23 @@ class Reconciler:
         return outcome
 
     # -- steps -------------------------------------------------------------------------
+
+    def _look_up(
+        self, kind: KindController[Any], spec: Any, meta: Mapping[str, Any], facts: Facts
+    ) -> Facts:
+        lookups = getattr(kind, "lookups", None)  # optional: kinds that read other objects
+        if lookups is None:
+            return facts
+        related: dict[str, list[dict[str, Any]]] = {}
+        for key, lookup in lookups(spec, meta, facts).items():
+            if lookup.name is not None:
+                found = self._kube.get(
+                    Ref(lookup.type.api_version, lookup.type.kind, meta["namespace"], lookup.name)
+                )
+                related[key] = [found] if found is not None else []
+            else:
+                related[key] = self._kube.list(lookup.type, meta["namespace"], lookup.labels or {})
+        return replace(facts, related=related)
 
     def _sync_externals(
         self, kind: KindController[Any], parent: dict[str, Any], desired: Desired, outcome: Outcome
@@ -413,7 +472,7 @@ class Reconciler:
         owned: Sequence[OwnedChild],
         outcome: Outcome,
     ) -> None:
-        wanted = {child_key(c) for c in desired.children}
+        wanted = {child_key(c) for c in desired.children} | desired.keep
         namespace = parent["metadata"]["namespace"]
         removed = []
         for child in owned:
@@ -440,7 +499,7 @@ class Reconciler:
     ) -> None:
         probe = getattr(kind, "probe", None)  # optional: kinds with a workload to ask
         if probe is not None and self._prober is not None and problem is None:
-            target: Probe | None = probe(spec, parent["metadata"], children)
+            target: Probe | None = probe(spec, parent["metadata"], children, facts)
             if target is not None:
                 facts = replace(facts, observed=self._prober(target.url))
                 outcome.requeue_after = target.every

@@ -354,22 +354,6 @@ def test_what_only_reconcile_can_see_is_reported_and_builds_nothing(
     assert operator.proc is not None and operator.proc.poll() is None
 
 
-def test_planned_kinds_say_so(namespace: str, operator: Operator) -> None:
-    import yaml
-
-    from tests.paths import EXAMPLES
-
-    for file, kind in (("evaljob.yaml", "evaljob"),):
-        doc = yaml.safe_load((EXAMPLES / file).read_text())
-        doc["metadata"]["namespace"] = namespace
-        apply(doc)
-        name = doc["metadata"]["name"]
-        eventually(lambda k=kind, n=name: condition(get(k, n, namespace), "Ready"))
-        ready = condition(get(kind, name, namespace), "Ready")
-        assert (ready["status"], ready["reason"]) == ("False", "NotImplemented")
-        assert "planned" in ready["message"]
-
-
 def test_vault_role_condition_and_finalizer(
     namespace: str, operator: Operator, vault: VaultServer
 ) -> None:

@@ -175,11 +175,10 @@ async def test_queue_delayed_adds_keep_the_earliest() -> None:
     queue.forget(key)
 
 
-@pytest.mark.parametrize("field", ["secrets", "promotion"])
+@pytest.mark.parametrize("field", ["secrets"])
 def test_what_this_build_cannot_do_is_refused_at_reconcile(field: str) -> None:
     spec = {
         "secrets": {"secrets": [{"name": "HF", "path": "freehold-demo/hf"}]},
-        "promotion": {"promotion": {"evalJobs": ["smoke"]}},
     }[field]
     kube = InjectingKube()
     outcome = run(kube, parent(**spec))

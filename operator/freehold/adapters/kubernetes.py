@@ -13,7 +13,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -195,6 +195,20 @@ class KubeApi:
             raise
         body: dict[str, Any] = result
         return body
+
+    def list(
+        self, type_: ResourceType, namespace: str, labels: Mapping[str, str]
+    ) -> list[dict[str, Any]]:
+        """Objects of a type in a namespace, by label selector (equality only)."""
+        ref = Ref(type_.api_version, type_.kind, namespace, "_")
+        selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        query = [("labelSelector", selector)] if selector else []
+        _, listing = self._call("GET", self._path(ref, named=False), query=query)
+        items: list[dict[str, Any]] = listing.get("items") or []
+        for item in items:  # list items carry no apiVersion/kind of their own
+            item.setdefault("apiVersion", type_.api_version)
+            item.setdefault("kind", type_.kind)
+        return items
 
     def serves(self, group_version: str, plural: str) -> bool:
         """Whether the API server serves a resource (e.g. KubeRay's rayservices).

@@ -20,7 +20,14 @@ from freehold.api.base import (
 DATASET_URI_PATTERN = r"^(pvc|oci|s3|file|package|https?)://[^\s]+$"
 
 Task = Literal[
-    "exact_match", "contains", "regex", "multiple_choice", "generation", "json_schema", "latency"
+    "exact_match",
+    "contains",
+    "regex",
+    "multiple_choice",
+    "generation",
+    "json_schema",
+    "latency",
+    "judge",
 ]
 Metric = Literal[
     "exact_match",
@@ -35,6 +42,7 @@ Metric = Literal[
     "ttft_p50_ms",
     "ttft_p95_ms",
     "tokens_per_s",
+    "judge_score",
 ]
 # What each task computes; a suite's `metric` (the one its gates read) must be among them.
 TASK_METRICS: dict[str, tuple[str, ...]] = {
@@ -45,7 +53,10 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
     "generation": ("chrf", "bleu", "rouge_l"),
     "json_schema": ("json_valid",),
     "latency": ("ttft_p50_ms", "ttft_p95_ms", "tokens_per_s"),
+    "judge": ("judge_score",),
 }
+# Metrics where lower is better: a regression is a rise, not a fall.
+LOWER_IS_BETTER = frozenset({"ttft_p50_ms", "ttft_p95_ms"})
 Operator = Literal[">=", ">", "<=", "<", "=="]
 Phase = Literal["Pending", "Running", "Succeeded", "Failed"]
 
@@ -58,6 +69,11 @@ class Target(ApiModel):
             cel(
                 "has(self.modelDeploymentRef) != has(self.endpoint)",
                 "set exactly one of target.modelDeploymentRef and target.endpoint",
+            ),
+            cel(
+                "!self.candidate || has(self.modelDeploymentRef)",
+                "candidate applies to a modelDeploymentRef only",
+                field_path=".candidate",
             ),
         )
     )
@@ -74,7 +90,14 @@ class Target(ApiModel):
     model: str | None = Field(
         default=None,
         max_length=253,
-        description="Model name to request at the endpoint; defaults to its first model.",
+        description="Model name to request at the endpoint; defaults to its first model "
+        "(for a ModelDeployment, its served name).",
+    )
+    candidate: bool = Field(
+        default=False,
+        description="Evaluate the ModelDeployment's candidate (the new model digest its "
+        "promotion holds back) instead of what it serves. Set by the operator on the "
+        "EvalJobs it creates for spec.promotion.",
     )
 
 
@@ -122,8 +145,13 @@ class Suite(ApiModel):
                 "metric must be one the task computes: exact_match: exact_match; contains: "
                 "contains; regex: regex_match; multiple_choice: accuracy or acc_norm; "
                 "generation: chrf, bleu or rouge_l; json_schema: json_valid; latency: "
-                "ttft_p50_ms, ttft_p95_ms or tokens_per_s",
+                "ttft_p50_ms, ttft_p95_ms or tokens_per_s; judge: judge_score",
                 field_path=".metric",
+            ),
+            cel(
+                "(self.task == 'judge') == has(self.rubric)",
+                "a judge suite needs a rubric, and only a judge suite takes one",
+                field_path=".rubric",
             ),
         )
     )
@@ -142,37 +170,125 @@ class Suite(ApiModel):
     )
     few_shot: int = Field(default=0, ge=0, le=64, description="Examples put before each one.")
     generation: Generation = Field(default_factory=Generation, description="Generation arguments.")
+    rubric: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="judge suites: how the judge model scores an answer from 1 (worst) to "
+        "5 (best). The judge sees the rubric, the input, the reference (if the item has "
+        "one) and the answer, and replies with JSON-schema-constrained output.",
+    )
 
 
 class Gate(ApiModel):
-    """A threshold a suite's metric must meet."""
-
-    suite: str = Field(max_length=63, description="Name of a suite of this job.")
-    metric: Metric = Field(description="The metric compared.")
-    operator: Operator = Field(default=">=", description="Comparison with the threshold.")
-    threshold: float = Field(description="Value the metric is compared with.")
-
-
-class EvalJobSpec(ApiModel):
-    """Desired state of an EvalJob."""
+    """A bound a suite's metric must meet: a threshold, or the most it may regress from
+    the baseline EvalJob's value."""
 
     model_config = ConfigDict(
         json_schema_extra=rules(
             cel(
-                "self.gates.all(g, self.suites.exists(s, s.name == g.suite))",
-                "every gate must name a suite of this job",
-                field_path=".gates",
+                "has(self.threshold) != has(self.maxRegression)",
+                "set exactly one of threshold and maxRegression",
             ),
+        )
+    )
+
+    suite: str = Field(max_length=63, description="Name of a suite of this job.")
+    metric: Metric = Field(description="The metric compared.")
+    operator: Operator = Field(default=">=", description="Comparison with the threshold.")
+    threshold: float | None = Field(default=None, description="Value the metric is compared with.")
+    max_regression: float | None = Field(
+        default=None,
+        ge=0,
+        description="Most the metric may be worse than in the baseline (absolute: 0.02 is "
+        "two points of accuracy; for latency, milliseconds more). Needs spec.baseline, or "
+        "runs under a ModelDeployment's promotion, whose baseline is the served version.",
+    )
+
+
+_TEMPLATE_RULES = (
+    cel(
+        "self.gates.all(g, self.suites.exists(s, s.name == g.suite))",
+        "every gate must name a suite of this job",
+        field_path=".gates",
+    ),
+    cel(
+        "self.gates.all(g, self.suites.exists(s, s.name == g.suite && s.metric == g.metric))",
+        "a gate's metric must be the metric its suite computes",
+        field_path=".gates",
+    ),
+    cel(
+        "!self.suites.exists(s, s.task == 'judge') || has(self.judge)",
+        "judge suites need spec.judge: the model that scores the answers",
+        field_path=".judge",
+    ),
+)
+
+
+class Judge(ApiModel):
+    """The model that scores judge suites: a ModelDeployment or an endpoint."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
             cel(
-                "self.gates.all(g, self.suites.exists(s, s.name == g.suite && "
-                "s.metric == g.metric))",
-                "a gate's metric must be the metric its suite computes",
-                field_path=".gates",
+                "has(self.modelDeploymentRef) != has(self.endpoint)",
+                "set exactly one of judge.modelDeploymentRef and judge.endpoint",
+            ),
+        )
+    )
+
+    model_deployment_ref: LocalObjectReference | None = Field(
+        default=None, description="A ModelDeployment in this namespace."
+    )
+    endpoint: str | None = Field(
+        default=None,
+        max_length=2048,
+        pattern=r"^https?://[^\s]+$",
+        description="Base URL of an OpenAI-compatible API (ending before /v1).",
+    )
+    model: str | None = Field(default=None, max_length=253, description="Model name to request.")
+
+
+class EvalTemplate(ApiModel):
+    """What to evaluate and the gates, without the target: a ModelDeployment's promotion
+    creates an EvalJob from it for each model digest."""
+
+    model_config = ConfigDict(json_schema_extra=rules(*_TEMPLATE_RULES))
+
+    suites: list[Suite] = Field(
+        min_length=1,
+        max_length=32,
+        description="Suites to run.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    gates: list[Gate] = Field(
+        default_factory=list, max_length=64, description="Bounds that must all hold."
+    )
+    judge: Judge | None = Field(default=None, description="The model judge suites ask.")
+    concurrency: int = Field(default=4, ge=1, le=256, description="Requests in flight at once.")
+    seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Seed for sampling and shuffling.")
+    timeout_seconds: int = Field(
+        default=21600,
+        ge=60,
+        le=604800,
+        description="The evaluation Job's deadline (activeDeadlineSeconds).",
+    )
+
+
+class EvalJobSpec(EvalTemplate):
+    """Desired state of an EvalJob."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            *_TEMPLATE_RULES,
+            cel(
+                "!self.gates.exists(g, has(g.maxRegression)) || has(self.baseline)",
+                "maxRegression gates compare with a baseline: set spec.baseline",
+                field_path=".baseline",
             ),
             cel(
                 "!self.offline || self.suites.all(s, !s.dataset.uri.startsWith('http'))",
-                "offline jobs cannot fetch datasets over http(s): use pvc://, oci://, s3://, "
-                "file:// or package://, or set offline to false",
+                "offline jobs cannot fetch datasets over http(s): use pvc://, file:// or "
+                "package://, or set offline to false",
                 field_path=".suites",
             ),
             cel(
@@ -184,17 +300,11 @@ class EvalJobSpec(ApiModel):
     )
 
     target: Target = Field(description="What is evaluated.")
-    suites: list[Suite] = Field(
-        min_length=1,
-        max_length=32,
-        description="Suites to run.",
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    baseline: LocalObjectReference | None = Field(
+        default=None,
+        description="A finished EvalJob (this namespace) that maxRegression gates compare "
+        "with, suite by suite.",
     )
-    gates: list[Gate] = Field(
-        default_factory=list, max_length=64, description="Thresholds that must all hold."
-    )
-    concurrency: int = Field(default=4, ge=1, le=256, description="Requests in flight at once.")
-    seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Seed for sampling and shuffling.")
     offline: bool = Field(
         default=True,
         description="Run with no network access beyond the target (datasets must be local).",
@@ -207,6 +317,8 @@ class SuiteResult(ApiModel):
     name: str = Field(max_length=63, description="Suite name.")
     metric: Metric = Field(description="Metric computed.")
     value: float | None = Field(default=None, description="Metric value.")
+    low: float | None = Field(default=None, description="Lower end of the 95% interval.")
+    high: float | None = Field(default=None, description="Upper end of the 95% interval.")
     samples: int = Field(default=0, ge=0, description="Samples evaluated.")
 
 
@@ -216,7 +328,8 @@ class GateResult(ApiModel):
     suite: str = Field(max_length=63, description="Suite the gate reads.")
     metric: Metric = Field(description="The metric compared.")
     operator: Operator = Field(description="Comparison.")
-    threshold: float = Field(description="Threshold.")
+    threshold: float | None = Field(default=None, description="Bound compared with.")
+    baseline: float | None = Field(default=None, description="Baseline value (regression).")
     value: float | None = Field(default=None, description="Observed value.")
     passed: bool = Field(description="Whether the gate holds.")
 
@@ -244,7 +357,20 @@ class EvalJobStatus(ApiModel):
         default_factory=list, max_length=64, description="Per-gate results."
     )
     artifact: str | None = Field(
-        default=None, max_length=2048, description="Where the full results are stored."
+        default=None, max_length=2048, description="Where the full, signed results are."
+    )
+    result_digest: str | None = Field(
+        default=None, max_length=71, description="sha256 of the result's canonical JSON."
+    )
+    signer: str | None = Field(
+        default=None, max_length=128, description="Key id that signed the result."
+    )
+    model_digest: str | None = Field(
+        default=None, max_length=71, description="sha256 of the model file evaluated."
+    )
+    endpoint: str | None = Field(default=None, max_length=2048, description="URL evaluated.")
+    message: str | None = Field(
+        default=None, max_length=1024, description="Why the evaluation failed, if it did."
     )
     start_time: datetime | None = Field(default=None, description="When the job started.")
     completion_time: datetime | None = Field(default=None, description="When it finished.")

@@ -19,6 +19,7 @@ from freehold.api.base import (
     conditions_field,
     rules,
 )
+from freehold.api.eval_job import EvalTemplate
 from freehold_serving.args import (
     BatchSize,
     ContextLength,
@@ -314,17 +315,17 @@ class MemoryAccess(ApiModel):
 
 
 class Promotion(ApiModel):
-    """Evaluation gates a model must pass before it is promoted."""
+    """Evaluation gates every new model digest must pass before it serves.
 
-    eval_jobs: list[DnsLabel] = Field(
-        default_factory=list,
-        max_length=32,
-        description="EvalJobs (in this namespace) whose gates must all pass.",
-        json_schema_extra={"x-kubernetes-list-type": "set"},
-    )
-    policy: Literal["Block", "Warn"] = Field(
-        default="Block",
-        description="Block: serve nothing until the gates pass. Warn: serve, set a condition.",
+    The first version is served at once (there is nothing older to keep). From then on,
+    a change of spec.model does not touch what serves: the operator starts the new
+    digest as a candidate (reachable only by its evaluation), creates an EvalJob from
+    the template for it, and rolls it out only when every gate passed. maxRegression
+    gates compare with the EvalJob of the version being served, which the operator also
+    creates from the template."""
+
+    eval_template: EvalTemplate = Field(
+        description="Suites and gates of the EvalJob created for each model digest."
     )
 
 
@@ -378,6 +379,19 @@ class ModelDeploymentSpec(ApiModel):
     )
 
 
+class Candidate(ApiModel):
+    """A model digest the promotion holds back until its evaluation passes."""
+
+    digest: str = Field(max_length=71, description="sha256 of the candidate model file.")
+    eval_job: str = Field(max_length=253, description="The EvalJob that decides it.")
+    endpoint: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="Where the candidate serves (only its evaluation may call it).",
+    )
+    ready: bool = Field(default=False, description="Whether the candidate serves.")
+
+
 class ModelDeploymentStatus(ApiModel):
     """Observed state of a ModelDeployment."""
 
@@ -401,6 +415,10 @@ class ModelDeploymentStatus(ApiModel):
     )
     served_name: str | None = Field(
         default=None, max_length=253, description="Model name clients use."
+    )
+    candidate: Candidate | None = Field(
+        default=None,
+        description="The new model digest awaiting promotion, while there is one.",
     )
 
 

@@ -26,7 +26,8 @@ class Endpoint:
         self, base_url: str, model: str | None, api_key: str | None = None, seed: int = 0
     ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=300)
+        self.base_url = base_url.rstrip("/")
+        self._client = httpx.Client(base_url=self.base_url, headers=headers, timeout=300)
         self.seed = seed
         self.model = model or self._first_model()
 
@@ -42,6 +43,34 @@ class Endpoint:
             raise EndpointError(f"/completions answered {answer.status_code}: {answer.text[:300]}")
         result: dict[str, Any] = answer.json()
         return result
+
+    def chat_json(self, system: str, user: str, schema: dict[str, Any]) -> dict[str, Any]:
+        """A chat answer constrained to a JSON schema (the judge's verdict), parsed."""
+        body = {
+            "model": self.model,
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+            "temperature": 0,
+            "seed": self.seed,
+            "max_tokens": 64,
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "verdict", "schema": schema},
+            },
+        }
+        try:
+            answer = self._client.post("/chat/completions", json=body)
+        except httpx.HTTPError as exc:
+            raise EndpointError(f"{self.base_url}: {exc}") from None
+        if answer.status_code != 200:
+            raise EndpointError(
+                f"judge /chat/completions answered {answer.status_code}: {answer.text[:300]}"
+            )
+        content = answer.json()["choices"][0]["message"]["content"]
+        try:
+            verdict: dict[str, Any] = json.loads(content)
+        except ValueError:
+            raise EndpointError(f"the judge's answer is not JSON: {content[:200]!r}") from None
+        return verdict
 
     def _first_model(self) -> str:
         try:

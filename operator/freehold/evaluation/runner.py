@@ -1,6 +1,6 @@
 """Run an EvalJob's suites against an endpoint; compute metrics with intervals and gates.
 
-Used by `freehold eval run` (and, planned, by the EvalJob's Kubernetes Job). Items are
+Used by `freehold eval run` and by the EvalJob's Kubernetes Job (`freehold eval job`). Items are
 scored concurrently but results are kept in dataset order, and the bootstrap is seeded:
 the same endpoint, data and seed give the same result file.
 """
@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from freehold.api.eval_job import TASK_METRICS, EvalJobSpec, Gate, Suite
+from freehold.api.eval_job import LOWER_IS_BETTER, TASK_METRICS, EvalJobSpec, Gate, Suite
 from freehold.evaluation import datasets
 from freehold.evaluation.client import Endpoint
 from freehold.evaluation.tasks import Scored, check_items, score
@@ -59,9 +59,11 @@ class GateOutcome:
     suite: str
     metric: str
     operator: str
-    threshold: float
+    threshold: float | None
     value: float | None
     passed: bool
+    baseline: float | None = None
+    reason: str = ""
 
 
 def summarise(metric: str, values: list[float], seed: int) -> MetricValue:
@@ -91,11 +93,12 @@ def run_suite(
     concurrency: int,
     seed: int,
     progress: Callable[[int], None] | None = None,
+    judge: Endpoint | None = None,
 ) -> SuiteOutcome:
     chosen = chosen_items(suite, items)
 
     def one(item: datasets.Item) -> Scored:
-        result = score(suite, endpoint, item, items)
+        result = score(suite, endpoint, item, items, judge)
         if progress is not None:
             progress(1)
         return result
@@ -119,15 +122,44 @@ def run_suite(
     )
 
 
-def check_gates(gates: list[Gate], suites: list[SuiteOutcome]) -> list[GateOutcome]:
+def check_gates(
+    gates: list[Gate], suites: list[SuiteOutcome], baseline: dict[str, float] | None = None
+) -> list[GateOutcome]:
+    """Each gate against its suite's value. A maxRegression gate becomes a threshold
+    from the baseline's value of the same suite: at least baseline - maxRegression (at
+    most baseline + maxRegression for latency, where lower is better)."""
     by_name = {s.name: s for s in suites}
     out = []
     for gate in gates:
         measured = by_name.get(gate.suite)
         value = measured.metrics[gate.metric].value if measured else None
-        passed = value is not None and COMPARE[gate.operator](value, gate.threshold)
+        if gate.max_regression is None:
+            assert gate.threshold is not None  # the CRD's CEL rule: exactly one of the two
+            passed = value is not None and COMPARE[gate.operator](value, gate.threshold)
+            out.append(
+                GateOutcome(gate.suite, gate.metric, gate.operator, gate.threshold, value, passed)
+            )
+            continue
+        base = (baseline or {}).get(gate.suite)
+        if base is None:
+            out.append(
+                GateOutcome(
+                    gate.suite,
+                    gate.metric,
+                    gate.operator,
+                    None,
+                    value,
+                    False,
+                    reason=f"no baseline value for suite {gate.suite}",
+                )
+            )
+            continue
+        lower = gate.metric in LOWER_IS_BETTER
+        bound = base + gate.max_regression if lower else base - gate.max_regression
+        operator = "<=" if lower else ">="
+        passed = value is not None and COMPARE[operator](value, bound)
         out.append(
-            GateOutcome(gate.suite, gate.metric, gate.operator, gate.threshold, value, passed)
+            GateOutcome(gate.suite, gate.metric, operator, bound, value, passed, baseline=base)
         )
     return out
 
@@ -155,19 +187,26 @@ def run(
     endpoint: Endpoint,
     name: str,
     progress: Callable[[int], None] | None = None,
+    *,
+    judge: Endpoint | None = None,
+    baseline: dict[str, float] | None = None,
+    model_digest: str | None = None,
 ) -> dict[str, Any]:
-    """`loaded`: the suites' items, from load_suites."""
+    """`loaded`: the suites' items, from load_suites; `baseline`: suite -> value of the
+    baseline EvalJob, for maxRegression gates."""
     started = datetime.now(UTC)
     suites = [
-        run_suite(s, loaded[s.name], endpoint, spec.concurrency, spec.seed, progress)
+        run_suite(s, loaded[s.name], endpoint, spec.concurrency, spec.seed, progress, judge)
         for s in spec.suites
     ]
-    gates = check_gates(spec.gates, suites)
+    gates = check_gates(spec.gates, suites, baseline)
     result = {
         "format": FORMAT,
         "formatVersion": 1,
         "job": name,
-        "target": {"model": endpoint.model},
+        "target": {"model": endpoint.model, "url": endpoint.base_url, "digest": model_digest},
+        "judge": {"model": judge.model, "url": judge.base_url} if judge else None,
+        "baseline": baseline,
         "seed": spec.seed,
         "startTime": started.isoformat(),
         "completionTime": datetime.now(UTC).isoformat(),

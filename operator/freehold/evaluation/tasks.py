@@ -5,6 +5,7 @@
 - multiple_choice: {"input": str, "choices": [str], "answer": int}
 - json_schema: {"input": str, "schema": {...}}
 - latency: {"input": str}
+- judge: {"input": str, "reference": str (optional)}
 """
 
 from __future__ import annotations
@@ -27,6 +28,17 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "multiple_choice": ("input", "choices", "answer"),
     "json_schema": ("input", "schema"),
     "latency": ("input",),
+    "judge": ("input",),
+}
+JUDGE_SYSTEM = (
+    "You grade an answer to a task. Follow the rubric exactly. Reply with JSON only: "
+    '{"score": N} where N is an integer from 1 (worst) to 5 (best).'
+)
+VERDICT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"score": {"type": "integer", "enum": [1, 2, 3, 4, 5]}},
+    "required": ["score"],
+    "additionalProperties": False,
 }
 _PUNCT = str.maketrans("", "", string.punctuation)
 
@@ -86,7 +98,9 @@ def few_shot(suite: Suite, items: list[Item], item: Item) -> list[Item]:
     return [i for i in items if i.index != item.index][: suite.few_shot]
 
 
-def score(suite: Suite, endpoint: Endpoint, item: Item, items: list[Item]) -> Scored:
+def score(
+    suite: Suite, endpoint: Endpoint, item: Item, items: list[Item], judge: Endpoint | None = None
+) -> Scored:
     text = prompt(suite, item, few_shot(suite, items, item))
     gen = suite.generation
     if suite.task == "multiple_choice":
@@ -130,7 +144,25 @@ def score(suite: Suite, endpoint: Endpoint, item: Item, items: list[Item]) -> Sc
         )
     if suite.task == "json_schema":
         return Scored(item.index, output, {"json_valid": json_valid(output, item.data["schema"])})
+    if suite.task == "judge":
+        if judge is None:
+            raise DatasetError(f"suite {suite.name}: judge suites need a judge endpoint")
+        return Scored(item.index, output, {"judge_score": judged(suite, judge, item, output)})
     return Scored(item.index, output, generation_scores(output, targets(item)))
+
+
+def judged(suite: Suite, judge: Endpoint, item: Item, output: str) -> float:
+    """The judge's 1-5 verdict on 0-1 ((score - 1) / 4), asked with a JSON schema so the
+    verdict always parses."""
+    parts = [f"Rubric:\n{suite.rubric}", f"Task:\n{item.data['input']}"]
+    if "reference" in item.data:
+        parts.append(f"Reference answer:\n{item.data['reference']}")
+    parts.append(f"Answer to grade:\n{output}")
+    verdict = judge.chat_json(JUDGE_SYSTEM, "\n\n".join(parts), VERDICT_SCHEMA)
+    value = verdict.get("score")
+    if not isinstance(value, int) or not 1 <= value <= 5:
+        raise DatasetError(f"suite {suite.name}: the judge answered {verdict!r}, not a 1-5 score")
+    return (value - 1) / 4
 
 
 def generation_scores(output: str, references: list[str]) -> dict[str, float]:

@@ -7,15 +7,15 @@ from typing import Any
 
 from freehold.adapters.kubernetes import ResourceType
 from freehold.builders.model_workload import ClusterConfig
+from freehold.kinds.eval_job import EvalJobKind
 from freehold.kinds.memory_store import MemoryStoreKind
 from freehold.kinds.model_deployment import ModelDeploymentKind
-from freehold.kinds.planned import EVAL_JOB_KIND
 from freehold.reconciler import KindController
 
 
 def registry(config: ClusterConfig | None = None) -> list[KindController[Any]]:
     config = config or ClusterConfig(serving_image="-", ray_version="-", api_server_cidr="-")
-    return [ModelDeploymentKind(config), MemoryStoreKind(config), EVAL_JOB_KIND]
+    return [ModelDeploymentKind(config), MemoryStoreKind(config), EvalJobKind(config)]
 
 
 def child_types(kinds: list[KindController[Any]]) -> list[ResourceType]:
@@ -23,5 +23,14 @@ def child_types(kinds: list[KindController[Any]]) -> list[ResourceType]:
     seen: dict[ResourceType, None] = {}
     for kind in kinds:
         for t in kind.child_types:
+            seen.setdefault(t, None)
+    return list(seen)
+
+
+def lookup_types(kinds: list[KindController[Any]]) -> list[ResourceType]:
+    """Types the kinds read (get, list) besides their own and their children."""
+    seen: dict[ResourceType, None] = {}
+    for kind in kinds:
+        for t in getattr(kind, "lookup_types", ()):
             seen.setdefault(t, None)
     return list(seen)

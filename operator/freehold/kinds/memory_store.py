@@ -84,7 +84,11 @@ class MemoryStoreKind:
         return names
 
     def probe(
-        self, spec: MemoryStoreSpec, meta: Mapping[str, Any], children: Mapping[ChildKey, Any]
+        self,
+        spec: MemoryStoreSpec,
+        meta: Mapping[str, Any],
+        children: Mapping[ChildKey, Any],
+        facts: Facts,
     ) -> Probe | None:
         """While the store serves, read its aggregate counts (no subject, no content)."""
         ctx = self.context(meta)

@@ -8,7 +8,7 @@ from typing import Any
 
 from freehold.adapters.kubernetes import ResourceType
 from freehold.api.kinds import MODEL_DEPLOYMENT
-from freehold.api.model_deployment import ModelDeploymentSpec
+from freehold.api.model_deployment import ModelDeploymentSpec, ModelSource
 from freehold.builders.children import Backend, build_children
 from freehold.builders.model_workload import (
     SERVE_PORT,
@@ -16,14 +16,27 @@ from freehold.builders.model_workload import (
     ClusterConfig,
     needs_vault,
 )
+from freehold.builders.promotion import (
+    MODEL_ANNOTATION,
+    Plan,
+    candidate_name,
+    candidate_spec,
+    eval_job,
+    live_model,
+    model_annotation,
+    plan,
+    serving_spec,
+)
 from freehold.builders.rayservice import serve_service_name
 from freehold.builders.vault import build_role, vault_name
 from freehold.conditions import Condition, condition
 from freehold.kinds.checks import api_keys_in_namespace, positive_quantities
 from freehold.reconciler import (
+    OWNER_UID_LABEL,
     ChildKey,
     Desired,
     Facts,
+    Lookup,
     Problem,
     SpecProblemError,
     StatusReport,
@@ -32,6 +45,7 @@ from freehold.reconciler import (
 VAULT_FINALIZER = "freehold.dev/vault-cleanup"
 RAYSERVICE = ResourceType("ray.io/v1", "RayService", "rayservices")
 DEPLOYMENT = ResourceType("apps/v1", "Deployment", "deployments")
+EVAL_JOB = ResourceType("freehold.dev/v1alpha1", "EvalJob", "evaljobs")
 CHILD_TYPES: tuple[ResourceType, ...] = (
     ResourceType("v1", "ServiceAccount", "serviceaccounts"),
     ResourceType("v1", "Service", "services"),
@@ -40,6 +54,7 @@ CHILD_TYPES: tuple[ResourceType, ...] = (
     ResourceType("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
     ResourceType("v1", "ConfigMap", "configmaps"),
     RAYSERVICE,
+    EVAL_JOB,  # spec.promotion's evaluations
 )
 FAILED_APP_STATES = {"DEPLOY_FAILED", "UNHEALTHY"}
 VAULT_REASONS = {
@@ -70,7 +85,7 @@ class ModelDeploymentKind:
     api = MODEL_DEPLOYMENT
     resource = ResourceType("freehold.dev/v1alpha1", "ModelDeployment", "modeldeployments")
     child_types: tuple[ResourceType, ...] = CHILD_TYPES
-    status_from = frozenset({"RayService", "Deployment"})
+    status_from = frozenset({"RayService", "Deployment", "EvalJob"})
     finalizer: str | None = VAULT_FINALIZER
 
     def __init__(self, config: ClusterConfig) -> None:
@@ -115,20 +130,62 @@ class ModelDeploymentKind:
                 f"spec.model.uri: {scheme}:// sources are planned, not built: nothing fetches "
                 "them yet. Use pvc://, file:// or package://",
             )
-        if spec.promotion is not None:
-            raise SpecProblemError(
-                "PromotionUnsupported",
-                "spec.promotion: evaluation gates are planned, not built; this operator does "
-                "not serve a model whose gates it cannot enforce. Remove spec.promotion",
-            )
 
     def backend(self, facts: Facts) -> Backend:
         return "RayService" if facts.kuberay else "Deployment"
 
+    def lookups(
+        self, spec: ModelDeploymentSpec, meta: Mapping[str, Any], facts: Facts
+    ) -> dict[str, Lookup]:
+        """With promotion: the serving workload (what runs now) and our EvalJobs."""
+        if spec.promotion is None:
+            return {}
+        workload = RAYSERVICE if self.backend(facts) == "RayService" else DEPLOYMENT
+        return {
+            "workload": Lookup(workload, name=meta["name"]),
+            "evaljobs": Lookup(EVAL_JOB, labels={OWNER_UID_LABEL: meta["uid"]}),
+        }
+
+    def plan(self, spec: ModelDeploymentSpec, meta: Mapping[str, Any], facts: Facts) -> Plan:
+        jobs = {j["metadata"]["name"]: j for j in facts.related.get("evaljobs") or []}
+        return plan(spec, meta["name"], live_model(facts.one("workload")), jobs)
+
     def build(self, spec: ModelDeploymentSpec, meta: Mapping[str, Any], facts: Facts) -> Desired:
         ctx = self.context(meta)
-        externals = [build_role(spec, ctx)] if needs_vault(spec) else []
-        return Desired(build_children(spec, ctx, self.backend(facts)), externals)
+        backend = self.backend(facts)
+        decided = self.plan(spec, meta, facts)
+        serving = serving_spec(spec, decided.serve)
+        externals = [build_role(serving, ctx)] if needs_vault(serving) else []
+        children = build_children(serving, ctx, backend)
+        if spec.promotion is None:
+            return Desired(children, externals)
+        for child in children:
+            if child["kind"] == backend and child["metadata"]["name"] == ctx.name:
+                annotations = child["metadata"].setdefault("annotations", {})
+                annotations[MODEL_ANNOTATION] = model_annotation(decided.serve)
+        if decided.candidate is not None:
+            candidate = candidate_spec(serving_spec(spec, decided.candidate), meta["name"])
+            children += build_children(
+                candidate,
+                BuildContext.of(self.config, candidate_name(ctx.name), ctx.namespace),
+                backend,
+            )
+        existing = {j["metadata"]["name"] for j in facts.related.get("evaljobs") or []}
+        keep: set[ChildKey] = set()
+        wanted: list[tuple[str | None, bool, str | None]] = [(decided.baseline_job, False, None)]
+        if decided.candidate_job not in (None, decided.baseline_job):
+            wanted.append((decided.candidate_job, True, decided.baseline_job))
+        for job_name, candidate_flag, baseline in wanted:
+            assert job_name is not None
+            if job_name in existing:
+                keep.add((EVAL_JOB.api_version, "EvalJob", job_name))  # immutable: as it is
+            else:
+                children.append(
+                    eval_job(
+                        spec, meta["name"], job_name, candidate=candidate_flag, baseline=baseline
+                    )
+                )
+        return Desired(children, externals, keep=frozenset(keep))
 
     def external_names(self, parent: Mapping[str, Any]) -> list[str]:
         return [vault_name(self.context(parent["metadata"]))]
@@ -150,20 +207,63 @@ class ModelDeploymentKind:
             ctx.name,
         )
         observed = observe(backend, children.get(serving), ctx.name)
-        conditions = serving_conditions(observed, served_name, spec.model.sha256, problem)
+        decided = self.plan(spec, meta, facts)
+        served_model = decided.serve
+        conditions = serving_conditions(observed, served_name, served_model.sha256, problem)
         if needs_vault(spec):
             conditions.append(secrets_condition(problem))
-        return StatusReport(
-            conditions,
-            {
-                "endpoint": endpoint(ctx, backend),
-                "readyReplicas": observed.ready_replicas,
-                "desiredReplicas": observed.desired_replicas,
-                "servedDigest": f"sha256:{spec.model.sha256}" if observed.ready else None,
-                "servedName": served_name,
-                "backend": backend,
-            },
+        fields: dict[str, Any] = {
+            "endpoint": endpoint(ctx, backend),
+            "readyReplicas": observed.ready_replicas,
+            "desiredReplicas": observed.desired_replicas,
+            "servedDigest": f"sha256:{served_model.sha256}" if observed.ready else None,
+            "servedName": served_name,
+            "backend": backend,
+            "candidate": None,
+        }
+        if spec.promotion is not None:
+            conditions.append(awaiting_eval(decided, served_model))
+            if decided.state in ("Evaluating", "GatesFailed"):
+                cctx = BuildContext.of(self.config, candidate_name(ctx.name), ctx.namespace)
+                key = (serving[0], backend, cctx.name)
+                ready = observe(backend, children.get(key), cctx.name).ready
+                fields["candidate"] = {
+                    "digest": f"sha256:{spec.model.sha256}",
+                    "evalJob": decided.candidate_job,
+                    "endpoint": endpoint(cctx, backend) if decided.candidate else None,
+                    "ready": ready and decided.candidate is not None,
+                }
+        return StatusReport(conditions, fields)
+
+
+def awaiting_eval(decided: Plan, served: ModelSource) -> Condition:
+    """Whether a new digest waits for its evaluation, and which EvalJob decides."""
+    if decided.state == "Evaluating":
+        return condition(
+            "AwaitingEval",
+            True,
+            "Evaluating",
+            f"serving sha256:{served.sha256}; the new digest runs as a candidate until "
+            f"EvalJob {decided.candidate_job} passes its gates",
         )
+    if decided.state == "GatesFailed":
+        return condition(
+            "AwaitingEval",
+            True,
+            "GatesFailed",
+            f"kept sha256:{served.sha256}: EvalJob {decided.candidate_job} did not pass "
+            f"({decided.verdict}). Change spec.model or spec.promotion.evalTemplate",
+        )
+    if decided.state == "Promoting":
+        return condition(
+            "AwaitingEval",
+            False,
+            "Promoted",
+            f"EvalJob {decided.candidate_job} passed: rolling out sha256:{served.sha256}",
+        )
+    return condition(
+        "AwaitingEval", False, "UpToDate", f"sha256:{served.sha256} is what spec.model names"
+    )
 
 
 def _condition_of(obj: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:

@@ -1,0 +1,226 @@
+"""The EvalJob's pod: `freehold eval job --config FILE`.
+
+The operator writes the config (a ConfigMap: the spec, the resolved endpoint, the model
+digest, the baseline values, how to sign) and reads back, with no API token in the pod:
+- progress, from GET /progress on the pod's port while it runs;
+- the outcome, from the container's termination message (a compact summary, at most
+  4 KiB, the kubelet's limit), once it has ended.
+The full result is written, signed, to the results volume (a PVC); it never goes into
+the resource's status.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from freehold.api.eval_job import EvalJobSpec
+from freehold.evaluation import signing
+from freehold.evaluation.client import Endpoint, EndpointError
+from freehold.evaluation.datasets import DatasetError
+from freehold.evaluation.runner import chosen_items, load_suites, run
+from freehold_serving.memory.bundle import FileSigner, Signer, TransitSigner
+
+log = logging.getLogger(__name__)
+RESULT_FILE = "result.json"
+SUMMARY_LIMIT = 4096  # bytes the kubelet keeps of a termination message
+PROGRESS_PORT = 8080
+EXIT_DATASET = 2
+EXIT_ENDPOINT = 3
+EXIT_SIGNING = 4
+
+
+class VaultSigner(BaseModel):
+    """Sign with a Vault transit ed25519 key; the pod logs in with its projected token."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    address: str
+    role: str
+    mount: str = "transit"
+    key_name: str
+    auth_mount: str = "kubernetes"
+    jwt_path: str = "/var/run/secrets/vault/token"
+    ca_cert: str | None = None
+
+
+class JobConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    namespace: str
+    spec: dict[str, Any] = Field(description="The EvalJob's spec (camelCase, defaulted).")
+    endpoint: str = Field(description="Base URL of the target, ending in /v1.")
+    model: str | None = None
+    model_digest: str | None = None
+    judge_endpoint: str | None = None
+    judge_model: str | None = None
+    baseline: dict[str, float] | None = None
+    vault: VaultSigner | None = None
+    signing_key_file: str | None = None
+    pvc_root: str = "/data"
+
+
+class Progress:
+    """What /progress answers; updated by the runner's callback."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.state = "loading"
+        self.completed = 0
+        self.total = 0
+
+    def advance(self, n: int) -> None:
+        with self._lock:
+            self.completed += n
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {"state": self.state, "completed": self.completed, "total": self.total}
+
+
+def serve_progress(progress: Progress, host: str, port: int) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path not in ("/progress", "/healthz"):
+                self.send_error(404)
+                return
+            body = json.dumps(progress.snapshot()).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("progress: " + format, *args)
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    threading.Thread(target=server.serve_forever, name="progress", daemon=True).start()
+    return server
+
+
+def signer_for(config: JobConfig) -> Signer:
+    if config.vault is not None:
+        import hvac
+
+        from freehold_serving.transit import Transit
+
+        vault = config.vault
+        client = hvac.Client(url=vault.address, verify=vault.ca_cert or True, timeout=10)
+        jwt = Path(vault.jwt_path).read_text(encoding="utf-8").strip()
+        client.auth.kubernetes.login(role=vault.role, jwt=jwt, mount_point=vault.auth_mount)
+        return TransitSigner(Transit(client, vault.mount), vault.key_name)
+    if config.signing_key_file:
+        return FileSigner(Path(config.signing_key_file))
+    raise ValueError("no signing key: the config names neither Vault nor a key file")
+
+
+def summary(result: dict[str, Any]) -> dict[str, Any]:
+    """The outcome in at most SUMMARY_LIMIT bytes of JSON: every gate and every suite's
+    gated metric when they fit; otherwise intervals, then passing gates, are dropped
+    (the full result is on the results volume)."""
+    suites = []
+    for s in result["suites"]:
+        m = s["metrics"][s["metric"]]
+        suites.append(
+            [s["name"], s["metric"], _r(m["value"]), _r(m["low"]), _r(m["high"]), s["samples"]]
+        )
+    gates = [
+        [g["suite"], g["metric"], g["operator"], _r(g["threshold"]), _r(g["baseline"]),
+         _r(g["value"]), g["passed"]]
+        for g in result["gates"]
+    ]  # fmt: skip
+    out: dict[str, Any] = {
+        "v": 1,
+        "state": "done",
+        "digest": result["digest"],
+        "signer": result["signature"]["keyId"],
+        "gatesPassed": result["gatesPassed"],
+        "modelDigest": result["target"].get("digest"),
+        "suites": suites,
+        "gates": gates,
+    }
+    if len(_compact(out)) > SUMMARY_LIMIT:
+        out["suites"] = [[n, m, v, None, None, k] for n, m, v, _, _, k in suites]
+    if len(_compact(out)) > SUMMARY_LIMIT:
+        out["gates"] = [g for g in gates if not g[6]]
+        out["truncated"] = True
+    while len(_compact(out)) > SUMMARY_LIMIT and (out["gates"] or out["suites"]):
+        (out["gates"] or out["suites"]).pop()
+    return out
+
+
+def _r(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 5)
+
+
+def _compact(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def failure(reason: str, message: str) -> dict[str, Any]:
+    return {"v": 1, "state": "failed", "reason": reason, "message": message[:3000]}
+
+
+def execute(
+    config: JobConfig,
+    out_dir: Path,
+    progress: Progress,
+    signer_factory: Callable[[JobConfig], Signer] = signer_for,
+) -> tuple[int, dict[str, Any]]:
+    """Run the evaluation; (exit code, termination summary). A failed gate is a
+    completed evaluation (exit 0): the gates are in the summary."""
+    spec = EvalJobSpec.model_validate(config.spec)
+    try:
+        loaded = load_suites(spec, Path(config.pvc_root))
+    except DatasetError as exc:
+        progress.state = "failed"
+        return EXIT_DATASET, failure("DatasetInvalid", str(exc))
+    progress.total = sum(len(chosen_items(s, loaded[s.name])) for s in spec.suites)
+    progress.state = "running"
+    target = Endpoint(config.endpoint, config.model, None, spec.seed)
+    judge = (
+        Endpoint(config.judge_endpoint, config.judge_model, None, spec.seed)
+        if config.judge_endpoint
+        else None
+    )
+    try:
+        result = run(
+            spec,
+            loaded,
+            target,
+            config.name,
+            progress.advance,
+            judge=judge,
+            baseline=config.baseline,
+            model_digest=config.model_digest,
+        )
+    except EndpointError as exc:
+        progress.state = "failed"
+        return EXIT_ENDPOINT, failure("EndpointFailed", str(exc))
+    except DatasetError as exc:
+        progress.state = "failed"
+        return EXIT_DATASET, failure("DatasetInvalid", str(exc))
+    finally:
+        target.close()
+        if judge is not None:
+            judge.close()
+    try:
+        signed = signing.sign(result, signer_factory(config))
+    except Exception as exc:  # Vault and key-file errors alike: the message says which
+        progress.state = "failed"
+        return EXIT_SIGNING, failure("SigningFailed", f"{type(exc).__name__}: {exc}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    partial = out_dir / f".{RESULT_FILE}.partial"
+    partial.write_text(json.dumps(signed, indent=1, sort_keys=True), encoding="utf-8")
+    partial.replace(out_dir / RESULT_FILE)
+    progress.state = "done"
+    return 0, summary(signed)
