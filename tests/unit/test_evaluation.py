@@ -81,6 +81,50 @@ def test_gates() -> None:
     assert [g.passed for g in gates] == [True, False]
 
 
+def test_regression_gates_compare_with_the_baseline() -> None:
+    accuracy = SuiteOutcome(
+        "capitals",
+        "multiple_choice",
+        "accuracy",
+        10,
+        {},
+        {"accuracy": MetricValue(0.6, 0.3, 0.9, 0.1)},
+    )
+    latency = SuiteOutcome(
+        "speed", "latency", "ttft_p50_ms", 10, {}, {"ttft_p50_ms": MetricValue(120, 100, 140, 5)}
+    )
+    gates = [
+        Gate(suite="capitals", metric="accuracy", max_regression=0.05),
+        Gate(suite="speed", metric="ttft_p50_ms", max_regression=10),
+    ]
+    # 0.6 >= 0.62 - 0.05 holds; 120 ms <= 100 + 10 does not (lower is better for latency).
+    out = check_gates(gates, [accuracy, latency], {"capitals": 0.62, "speed": 100.0})
+    assert [(g.passed, g.operator, g.threshold, g.baseline) for g in out] == [
+        (True, ">=", pytest.approx(0.57), 0.62),
+        (False, "<=", 110.0, 100.0),
+    ]
+    # No baseline value: the gate fails and says why.
+    missing = check_gates(gates[:1], [accuracy], {})
+    assert not missing[0].passed and "no baseline" in missing[0].reason
+
+
+def test_results_are_signed_and_tampering_is_named(tmp_path: Path) -> None:
+    from freehold.evaluation.signing import ResultSignatureError, sign, verify
+    from freehold_serving.memory.bundle import FileSigner
+
+    signer = FileSigner(tmp_path / "k.pem")
+    signed = sign({"digest": "sha256:x", "gatesPassed": True}, signer)
+    assert verify(signed).startswith("ed25519:")
+    assert verify(signed, [signer.public_key()])
+    with pytest.raises(ResultSignatureError, match="changed after signing"):
+        verify({**signed, "gatesPassed": False})
+    other = FileSigner(tmp_path / "other.pem")
+    with pytest.raises(ResultSignatureError, match="not a trusted key"):
+        verify(signed, [other.public_key()])
+    with pytest.raises(ResultSignatureError, match="not signed"):
+        verify({"digest": "sha256:x"})
+
+
 def test_a_metric_the_task_does_not_compute_is_refused() -> None:
     doc = yaml.safe_load((EXAMPLES / "evaljob-builtin.yaml").read_text())
     doc["spec"]["suites"][1]["metric"] = "chrf"  # capitals is multiple_choice
