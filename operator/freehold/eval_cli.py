@@ -228,3 +228,30 @@ def verify_command(
         err.print(f"[red]invalid[/red] {escape(f'{result}: {exc}')}", highlight=False)
         raise typer.Exit(1) from None
     out.print(f"valid: {result} signed by {signer} ({data.get('digest')})")
+
+
+@evaluation.command("report")
+def report_command(
+    result: Annotated[Path, typer.Argument(help="A result file (JSON).")],
+    baseline: Annotated[
+        Path | None, typer.Option(help="Another result to compare with, suite by suite.")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="HTML file; default RESULT.html.")
+    ] = None,
+) -> None:
+    """Write a self-contained HTML report (no script, no external request)."""
+    from freehold.evaluation.report import render
+
+    try:
+        data = json.loads(result.read_text(encoding="utf-8"))
+        base = json.loads(baseline.read_text(encoding="utf-8")) if baseline else None
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]error[/red] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(2) from None
+    if not isinstance(data, dict) or "suites" not in data:
+        err.print(f"[red]error[/red] {escape(str(result))}: not an evaluation result")
+        raise typer.Exit(2)
+    target = output or result.with_suffix(".html")
+    target.write_text(render(data, base), encoding="utf-8")
+    out.print(f"wrote {target}")

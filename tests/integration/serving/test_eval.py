@@ -8,10 +8,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
+from freehold.evaluation.report import BAR, FAIL, PASS
+from tests.chromium import pixels_near, screenshot
 from tests.integration.serving.conftest import Stack
 from tests.paths import EXAMPLES
 
@@ -67,6 +70,42 @@ def test_every_task_type_against_the_real_model(stack: Stack, tmp_path: Path) ->
     assert [g["passed"] for g in result["gates"]] == [True, True]
     assert done.returncode == 0 and result["gatesPassed"] is True
     assert "capitals" in done.stdout and result["digest"].startswith("sha256:")
+    report_is_rendered(result, out, tmp_path)
+
+
+def report_is_rendered(result: dict[str, Any], out: Path, tmp: Path) -> None:
+    """`freehold eval report` against a baseline where one suite was better and one
+    worse: the page renders in headless Chromium with its plots, gates and regressions."""
+    baseline = json.loads(json.dumps(result))
+    baseline["job"] = "last-week"
+    for suite in baseline["suites"]:
+        metric = suite["metrics"][suite["metric"]]
+        if suite["name"] == "capitals":
+            metric["value"] = min(1.0, metric["value"] + 0.2)  # we regressed here
+        elif suite["name"] == "rewrite":
+            metric["value"] = max(0.0, metric["value"] - 0.2)  # and improved here
+    base_file = tmp / "baseline.json"
+    base_file.write_text(json.dumps(baseline))
+    page = tmp / "report.html"
+    done = subprocess.run(
+        [sys.executable, "-m", "freehold", "eval", "report", str(out), "--baseline",
+         str(base_file), "-o", str(page)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    html = page.read_text()
+    # Self-contained: nothing is fetched when it is opened.
+    assert "<script" not in html and "src=" not in html and "href=" not in html
+    assert "Change from the baseline (last-week)" in html
+    image = screenshot(page, tmp / "report.png")
+    width, height = image.size
+    assert (width, height) == (900, 2400)
+    # Score bars (blue), passed gates and the improvement (green), the regression (red).
+    assert pixels_near(image, BAR) > 2000
+    assert pixels_near(image, PASS) > 300
+    assert pixels_near(image, FAIL) > 300
+    # The latency histogram and the tables are drawn: much of the page is not background.
+    assert sum(1 for px in image.getdata() if px != (255, 255, 255)) > 0.03 * width * height
 
 
 def test_a_failed_gate_exits_1(stack: Stack, tmp_path: Path) -> None:
