@@ -65,7 +65,7 @@ def run_command(
         )
         raise typer.Exit(2)
     try:
-        loaded = load_suites(spec, pvc_root)  # every digest checked before anything runs
+        spec, loaded = load_suites(spec, pvc_root)  # every digest checked before anything runs
         baseline_values = baseline_of(baseline) if baseline else None
     except DatasetError as exc:
         err.print(f"[red]error[/red] {escape(str(exc))}", highlight=False)

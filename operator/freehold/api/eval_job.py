@@ -104,12 +104,33 @@ class Target(ApiModel):
 class Dataset(ApiModel):
     """A pinned dataset: the digest makes results reproducible and auditable."""
 
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "(self.format == 'lm-eval') == has(self.dataSha256)",
+                "an lm-eval task pins its data file too: set dataSha256 (and only then)",
+                field_path=".dataSha256",
+            ),
+        )
+    )
+
     uri: str = Field(
         max_length=2048,
         pattern=DATASET_URI_PATTERN,
-        description="Location of the dataset (JSON Lines).",
+        description="Location of the dataset (JSON Lines), or of an lm-evaluation-harness "
+        "task YAML when format is lm-eval.",
     )
-    sha256: Sha256 = Field(description="Required SHA-256 of the dataset file.")
+    sha256: Sha256 = Field(description="Required SHA-256 of the file at uri.")
+    format: Literal["jsonl", "lm-eval"] = Field(
+        default="jsonl",
+        description="jsonl: items in Freehold's fields. lm-eval: an lm-evaluation-harness "
+        "task (generate_until or multiple_choice, templates only, zero-shot) whose data "
+        "file is local, beside the YAML; its prompts, targets, stops and metric options "
+        "are used as lm-evaluation-harness uses them.",
+    )
+    data_sha256: Sha256 | None = Field(
+        default=None, description="lm-eval: SHA-256 of the task's test-split data file."
+    )
 
 
 class Generation(ApiModel):
@@ -124,8 +145,14 @@ class Generation(ApiModel):
 
 
 class Normalize(ApiModel):
-    """How answers and targets are normalised before they are compared."""
+    """How answers and targets are normalised before they are compared (in this order)."""
 
+    ignore: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Regular expressions removed first (lm-evaluation-harness's "
+        "regexes_to_ignore).",
+    )
     lowercase: bool = Field(default=True, description="Compare case-insensitively.")
     strip_punctuation: bool = Field(default=True, description="Drop punctuation.")
     collapse_whitespace: bool = Field(default=True, description="Trim; one space between words.")

@@ -48,6 +48,11 @@ def locate(uri: str, pvc_root: Path = Path("/data")) -> Path:
 
 
 def load(uri: str, sha256: str, pvc_root: Path = Path("/data")) -> list[Item]:
+    return parse(uri, read(uri, sha256, pvc_root)[1])
+
+
+def read(uri: str, sha256: str, pvc_root: Path = Path("/data")) -> tuple[Path, bytes]:
+    """The file's path and bytes, once its sha256 matched."""
     path = locate(uri, pvc_root)
     try:
         raw = path.read_bytes()
@@ -59,6 +64,10 @@ def load(uri: str, sha256: str, pvc_root: Path = Path("/data")) -> list[Item]:
             f"{uri}: sha256 mismatch: the spec pins {sha256}, the file is {actual}. "
             "Nothing was evaluated."
         )
+    return path, raw
+
+
+def parse(uri: str, raw: bytes) -> list[Item]:
     items: list[Item] = []
     for n, line in enumerate(raw.decode("utf-8").splitlines(), 1):
         if not line.strip():

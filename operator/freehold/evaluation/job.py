@@ -180,7 +180,7 @@ def execute(
     completed evaluation (exit 0): the gates are in the summary."""
     spec = EvalJobSpec.model_validate(config.spec)
     try:
-        loaded = load_suites(spec, Path(config.pvc_root))
+        spec, loaded = load_suites(spec, Path(config.pvc_root))
     except DatasetError as exc:
         progress.state = "failed"
         return EXIT_DATASET, failure("DatasetInvalid", str(exc))

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from freehold.api.eval_job import LOWER_IS_BETTER, TASK_METRICS, EvalJobSpec, Gate, Suite
-from freehold.evaluation import datasets
+from freehold.evaluation import datasets, lm_eval_tasks
 from freehold.evaluation.client import Endpoint
 from freehold.evaluation.tasks import Scored, check_items, score
 
@@ -166,15 +166,23 @@ def check_gates(
 
 def load_suites(
     spec: EvalJobSpec, pvc_root: Path = Path("/data")
-) -> dict[str, list[datasets.Item]]:
+) -> tuple[EvalJobSpec, dict[str, list[datasets.Item]]]:
     """Every suite's items, read once: every digest and item is checked before anything
-    runs."""
+    runs. lm-eval task suites come back as lm-evaluation-harness would run them (their
+    stops, lengths and exact_match options), so the spec returned is the one to run."""
     loaded = {}
+    suites = []
     for suite in spec.suites:
-        items = datasets.load(suite.dataset.uri, suite.dataset.sha256, pvc_root)
+        path, raw = datasets.read(suite.dataset.uri, suite.dataset.sha256, pvc_root)
+        if suite.dataset.format == "lm-eval":
+            assert suite.dataset.data_sha256 is not None  # the CRD's CEL rule
+            suite, items = lm_eval_tasks.load(suite, raw, path, suite.dataset.data_sha256)
+        else:
+            items = datasets.parse(suite.dataset.uri, raw)
         check_items(suite, items)
         loaded[suite.name] = items
-    return loaded
+        suites.append(suite)
+    return spec.model_copy(update={"suites": suites}), loaded
 
 
 def chosen_items(suite: Suite, items: list[datasets.Item]) -> list[datasets.Item]:

@@ -67,6 +67,8 @@ def check_items(suite: Suite, items: list[Item]) -> None:
 
 
 def normalize(text: str, how: Normalize) -> str:
+    for pattern in how.ignore:
+        text = re.sub(pattern, "", text)
     if how.lowercase:
         text = text.lower()
     if how.strip_punctuation:

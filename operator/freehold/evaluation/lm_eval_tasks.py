@@ -1,0 +1,210 @@
+"""lm-evaluation-harness task YAML, read as lm-evaluation-harness reads it, into a suite.
+
+Supported: `generate_until` (scored with exact_match and its options) and
+`multiple_choice` (acc, acc_norm) tasks whose test split is a local JSON Lines file
+(`dataset_path: json` with `dataset_kwargs.data_files`), with Jinja templates or field
+names for doc_to_text / doc_to_target / doc_to_choice, zero-shot. Templates render in a
+sandbox. Refused with the key named: `!function` (Python code), `include`, few-shot,
+other output types, remote datasets.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jinja2 import StrictUndefined, TemplateError
+from jinja2.sandbox import SandboxedEnvironment
+
+from freehold.api.eval_job import Generation, Normalize, Suite
+from freehold.evaluation.datasets import DatasetError, Item
+
+_ENV = SandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True)
+_ENV.filters["regex_replace"] = lambda s, pattern, repl, count=0: re.sub(
+    pattern, repl, s, count=count
+)
+TASKS = {"generate_until": ("exact_match",), "multiple_choice": ("multiple_choice",)}
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML that names `!function` instead of failing on an unknown tag."""
+
+
+def _function(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    raise DatasetError(
+        f"line {node.start_mark.line + 1}: !function (Python code in a task file) is not "
+        "run: only template tasks are accepted"
+    )
+
+
+_Loader.add_constructor("!function", _function)
+
+
+def _render(template: Any, doc: dict[str, Any], where: str) -> Any:
+    """lm-evaluation-harness's rule: an int as is; a string naming a field, that field;
+    otherwise a Jinja template over the document."""
+    if isinstance(template, int | list):
+        return template
+    if not isinstance(template, str):
+        raise DatasetError(f"{where}: expected a template string, got {type(template).__name__}")
+    if template in doc:
+        return doc[template]
+    try:
+        return _ENV.from_string(template).render(**doc)
+    except TemplateError as exc:
+        raise DatasetError(f"{where}: {exc}") from None
+
+
+def _target(template: Any, doc: dict[str, Any], choices: bool) -> Any:
+    value = _render(template, doc, "doc_to_target")
+    if isinstance(value, str):
+        if value.isdigit() and choices:
+            return int(value)
+        if len(value) >= 2 and value[0] == "[" and value[-1] == "]":
+            try:
+                return ast.literal_eval(value)
+            except (SyntaxError, ValueError):
+                return value
+    return value
+
+
+def _choices(template: Any, doc: dict[str, Any]) -> list[str]:
+    if isinstance(template, list):
+        return [str(c) for c in template]
+    if isinstance(template, dict):
+        return [str(c) for c in template.values()]
+    value = _render(template, doc, "doc_to_choice")
+    if isinstance(value, str):
+        try:
+            value = ast.literal_eval(value)
+        except (SyntaxError, ValueError):
+            raise DatasetError(f"doc_to_choice rendered {value[:80]!r}, not a list") from None
+    if not isinstance(value, list):
+        raise DatasetError("doc_to_choice must give a list of choices")
+    return [str(c) for c in value]
+
+
+def read_task(raw: bytes, where: str) -> dict[str, Any]:
+    try:
+        task = yaml.load(raw.decode("utf-8"), Loader=_Loader)  # noqa: S506 - a SafeLoader
+    except DatasetError as exc:
+        raise DatasetError(f"{where}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise DatasetError(f"{where}: not YAML ({exc})") from None
+    if not isinstance(task, dict):
+        raise DatasetError(f"{where}: expected a task mapping")
+    for key in ("include", "group", "process_docs", "process_results", "filter_list"):
+        if key in task:
+            raise DatasetError(f"{where}: `{key}` is not supported in an lm-eval task here")
+    output_type = task.get("output_type", "generate_until")
+    if output_type not in TASKS:
+        raise DatasetError(
+            f"{where}: output_type {output_type!r}: only generate_until and multiple_choice"
+        )
+    if int(task.get("num_fewshot") or 0) != 0:
+        raise DatasetError(f"{where}: num_fewshot must be 0 (few-shot sampling is planned)")
+    if task.get("dataset_path") != "json":
+        raise DatasetError(f"{where}: dataset_path must be json (a local JSON Lines file)")
+    return task
+
+
+def data_file(task: dict[str, Any], yaml_path: Path, where: str) -> Path:
+    split = task.get("test_split") or "test"
+    files = (task.get("dataset_kwargs") or {}).get("data_files")
+    chosen = files.get(split) if isinstance(files, dict) else files
+    if isinstance(chosen, list) and len(chosen) == 1:
+        chosen = chosen[0]
+    if not isinstance(chosen, str):
+        raise DatasetError(
+            f"{where}: dataset_kwargs.data_files must name one file for split {split!r}"
+        )
+    if "://" in chosen:
+        raise DatasetError(f"{where}: data file {chosen!r} is not local")
+    path = Path(chosen)
+    resolved = path if path.is_absolute() else yaml_path.parent / path
+    if not path.is_absolute() and ".." in path.parts:
+        raise DatasetError(f"{where}: data file {chosen!r} must not leave the task's folder")
+    return resolved
+
+
+def load(
+    suite: Suite, raw_yaml: bytes, yaml_path: Path, data_sha256: str
+) -> tuple[Suite, list[Item]]:
+    """The suite as lm-evaluation-harness would run it, and its items in our fields."""
+    where = suite.dataset.uri
+    task = read_task(raw_yaml, where)
+    output_type = task.get("output_type", "generate_until")
+    if suite.task not in TASKS[output_type]:
+        raise DatasetError(
+            f"{where}: the task's output_type is {output_type}; set the suite's task to "
+            f"{' or '.join(TASKS[output_type])}"
+        )
+    path = data_file(task, yaml_path, where)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"{where}: cannot read its data file {path}: {exc.strerror}") from None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != data_sha256:
+        raise DatasetError(
+            f"{where}: data file sha256 mismatch: the spec pins {data_sha256}, {path.name} is "
+            f"{actual}. Nothing was evaluated."
+        )
+    items: list[Item] = []
+    choices = output_type == "multiple_choice"
+    for n, line in enumerate(data.decode("utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{path.name} line {n}: not JSON ({exc.msg})") from None
+        text = str(_render(task.get("doc_to_text", ""), doc, "doc_to_text"))
+        target = _target(task.get("doc_to_target", ""), doc, choices)
+        if choices:
+            options = _choices(task.get("doc_to_choice"), doc)
+            delimiter = str(task.get("target_delimiter", " "))
+            answer = target if isinstance(target, int) else options.index(str(target))
+            item = {"input": text, "choices": [delimiter + c for c in options], "answer": answer}
+        else:
+            if task.get("doc_to_choice") is not None and isinstance(target, int):
+                target = _choices(task["doc_to_choice"], doc)[target]
+            item = {"input": text, "target": target if isinstance(target, list) else str(target)}
+        items.append(Item(len(items), item))
+    if not items:
+        raise DatasetError(f"{where}: its data file has no items")
+    return adapted(suite, task), items
+
+
+def adapted(suite: Suite, task: dict[str, Any]) -> Suite:
+    """The task's generation arguments and exact_match options replace the suite's."""
+    if suite.task == "multiple_choice":
+        return suite
+    gen = task.get("generation_kwargs") or {}
+    until = gen.get("until", [])
+    until = [until] if isinstance(until, str) else list(until)
+    generation = Generation(
+        max_tokens=int(gen.get("max_gen_toks", 256)),
+        temperature=float(gen.get("temperature", 0.0)),
+        top_p=float(gen.get("top_p", 1.0)),
+        stop=until[:4],
+    )
+    metric = next(
+        (m for m in task.get("metric_list") or [] if m.get("metric") == "exact_match"), None
+    )
+    if metric is None:
+        raise DatasetError(f"{suite.dataset.uri}: metric_list needs exact_match")
+    normalize = Normalize(
+        ignore=list(metric.get("regexes_to_ignore") or []),
+        lowercase=bool(metric.get("ignore_case", False)),
+        strip_punctuation=bool(metric.get("ignore_punctuation", False)),
+        collapse_whitespace=False,
+    )
+    return suite.model_copy(
+        update={"generation": generation, "normalize": normalize, "few_shot": 0}
+    )
