@@ -278,6 +278,11 @@ def ray_environment() -> None:
     # can run on the replica's own event loop: one thread hop less per request and chunk
     # (measured -3 ms time to first token).
     os.environ.setdefault("RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD", "0")
+    # Replicas stay reachable after a stop so a load balancer can deregister them (30 s
+    # by default): here the only balancer is our own HAProxy, stopping with them, and
+    # Ctrl-C would wait half a minute for nobody.
+    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
+    os.environ.setdefault("RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S", "1")
 
 
 @contextmanager
