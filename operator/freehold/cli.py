@@ -164,7 +164,9 @@ def serve(
     application: Annotated[
         str,
         typer.Option(
-            "--app", help="model (FREEHOLD_SERVING_ARGS) or memory (FREEHOLD_MEMORY_ARGS)."
+            "--app",
+            help="model (FREEHOLD_SERVING_ARGS), memory (FREEHOLD_MEMORY_ARGS) or router "
+            "(FREEHOLD_ROUTER_ARGS).",
         ),
     ] = "model",
 ) -> None:
@@ -177,10 +179,15 @@ def serve(
     from freehold.local.up import container_cpus, local_ray, ray_environment, wait_for_signal
 
     ray_environment()
-    if application not in ("model", "memory"):
-        err.print("error: --app must be model or memory")
+    variables = {
+        "model": "FREEHOLD_SERVING_ARGS",
+        "memory": "FREEHOLD_MEMORY_ARGS",
+        "router": "FREEHOLD_ROUTER_ARGS",
+    }
+    if application not in variables:
+        err.print("error: --app must be model, memory or router")
         raise typer.Exit(EXIT_INVALID)
-    variable = "FREEHOLD_SERVING_ARGS" if application == "model" else "FREEHOLD_MEMORY_ARGS"
+    variable = variables[application]
     raw = os.environ.get(variable)
     if not raw:
         err.print(f"error: {variable} is not set")
@@ -189,8 +196,14 @@ def serve(
 
     from freehold_serving.args import ServingArgs
     from freehold_serving.memory.args import MemoryArgs
+    from freehold_serving.router.args import RouterArgs
 
-    model: type[BaseModel] = ServingArgs if application == "model" else MemoryArgs
+    models: dict[str, type[BaseModel]] = {
+        "model": ServingArgs,
+        "memory": MemoryArgs,
+        "router": RouterArgs,
+    }
+    model = models[application]
     try:
         args = model.model_validate_json(raw)
     except ValueError as exc:
@@ -206,6 +219,11 @@ def serve(
 
             ray_serve.run(build_app(args), name=args.name, route_prefix="/", blocking=False)
             out.print(f"serving {args.model.served_name} on :8000")
+        elif isinstance(args, RouterArgs):
+            from freehold_serving.router.app import build_router
+
+            ray_serve.run(build_router(args), name=args.name, route_prefix="/", blocking=False)
+            out.print(f"routing {args.served_name} on :8000")
         else:
             assert isinstance(args, MemoryArgs)
             from freehold_serving.memory.app import ROUTE_PREFIX, build_memory_app

@@ -157,7 +157,7 @@ def deployment_backend(cluster: str) -> None:
 @pytest.fixture(scope="session")
 def crds(cluster: str) -> None:
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRDS))
-    for crd in ("modeldeployments", "memorystores", "evaljobs"):
+    for crd in ("modeldeployments", "memorystores", "evaljobs", "modelrouters"):
         eventually(  # right after an apply a CRD may have no status yet to wait on
             lambda c=crd: (
                 kubectl(

@@ -10,6 +10,7 @@ from freehold.api.base import GROUP, VERSION
 from freehold.api.eval_job import EvalJobSpec, EvalJobStatus
 from freehold.api.memory_store import MemoryStoreSpec, MemoryStoreStatus
 from freehold.api.model_deployment import ModelDeploymentSpec, ModelDeploymentStatus
+from freehold.api.model_router import ModelRouterSpec, ModelRouterStatus
 
 
 @dataclass(frozen=True)
@@ -112,5 +113,25 @@ EVAL_JOB = Kind(
     ),
 )
 
-KINDS: tuple[Kind, ...] = (MODEL_DEPLOYMENT, MEMORY_STORE, EVAL_JOB)
+MODEL_ROUTER = Kind(
+    kind="ModelRouter",
+    plural="modelrouters",
+    singular="modelrouter",
+    short_names=("mr",),
+    spec=ModelRouterSpec,
+    status=ModelRouterStatus,
+    description="One model name in front of several owned models: routed by cost, latency, "
+    "quality or capability, with fallbacks and budgets.",
+    columns=(
+        PrinterColumn("Ready", _condition("Ready") + ".status"),
+        PrinterColumn("Model", ".spec.servedName", description="Model name clients use."),
+        PrinterColumn("Strategy", ".spec.strategy"),
+        PrinterColumn("Targets", ".status.readyTargets", "integer", "Targets routed to."),
+        PrinterColumn("Endpoint", ".status.endpoint"),
+        PrinterColumn("Reason", _condition("Ready") + ".reason", priority=1),
+        _AGE,
+    ),
+)
+
+KINDS: tuple[Kind, ...] = (MODEL_DEPLOYMENT, MEMORY_STORE, EVAL_JOB, MODEL_ROUTER)
 KINDS_BY_NAME: dict[str, Kind] = {k.kind: k for k in KINDS}

@@ -172,13 +172,14 @@ def load_suites(
     stops, lengths and exact_match options), so the spec returned is the one to run."""
     loaded = {}
     suites = []
-    for suite in spec.suites:
-        path, raw = datasets.read(suite.dataset.uri, suite.dataset.sha256, pvc_root)
-        if suite.dataset.format == "lm-eval":
-            assert suite.dataset.data_sha256 is not None  # the CRD's CEL rule
-            suite, items = lm_eval_tasks.load(suite, raw, path, suite.dataset.data_sha256)
+    for given in spec.suites:
+        path, raw = datasets.read(given.dataset.uri, given.dataset.sha256, pvc_root)
+        suite = given
+        if given.dataset.format == "lm-eval":
+            assert given.dataset.data_sha256 is not None  # the CRD's CEL rule
+            suite, items = lm_eval_tasks.load(given, raw, path, given.dataset.data_sha256)
         else:
-            items = datasets.parse(suite.dataset.uri, raw)
+            items = datasets.parse(given.dataset.uri, raw)
         check_items(suite, items)
         loaded[suite.name] = items
         suites.append(suite)

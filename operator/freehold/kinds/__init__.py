@@ -10,12 +10,18 @@ from freehold.builders.model_workload import ClusterConfig
 from freehold.kinds.eval_job import EvalJobKind
 from freehold.kinds.memory_store import MemoryStoreKind
 from freehold.kinds.model_deployment import ModelDeploymentKind
+from freehold.kinds.model_router import ModelRouterKind
 from freehold.reconciler import KindController
 
 
 def registry(config: ClusterConfig | None = None) -> list[KindController[Any]]:
     config = config or ClusterConfig(serving_image="-", ray_version="-", api_server_cidr="-")
-    return [ModelDeploymentKind(config), MemoryStoreKind(config), EvalJobKind(config)]
+    return [
+        ModelDeploymentKind(config),
+        MemoryStoreKind(config),
+        EvalJobKind(config),
+        ModelRouterKind(config),
+    ]
 
 
 def child_types(kinds: list[KindController[Any]]) -> list[ResourceType]:

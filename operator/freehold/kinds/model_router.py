@@ -1,0 +1,243 @@
+"""ModelRouter as the reconciler sees it: its targets resolved (serving? eval passed?),
+the router app and its companions, per-target status with measured latency. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from freehold.adapters.kubernetes import ResourceType
+from freehold.api.kinds import MODEL_ROUTER
+from freehold.api.model_router import ModelRouterSpec
+from freehold.builders.model_workload import SERVE_PORT, BuildContext, ClusterConfig
+from freehold.builders.router import (
+    ResolvedTarget,
+    build_router_children,
+    build_vault_role,
+    needs_vault,
+    router_args,
+    router_vault_name,
+)
+from freehold.conditions import condition
+from freehold.kinds.model_deployment import VAULT_FINALIZER, VAULT_REASONS
+from freehold.reconciler import (
+    ChildKey,
+    Desired,
+    Facts,
+    Lookup,
+    Probe,
+    Problem,
+    SpecProblemError,
+    StatusReport,
+)
+
+PROBE_SECONDS = 30.0
+DEPLOYMENT = ResourceType("apps/v1", "Deployment", "deployments")
+MODEL_DEPLOYMENT = ResourceType("freehold.dev/v1alpha1", "ModelDeployment", "modeldeployments")
+EVAL_JOB = ResourceType("freehold.dev/v1alpha1", "EvalJob", "evaljobs")
+CHILD_TYPES: tuple[ResourceType, ...] = (
+    ResourceType("v1", "ServiceAccount", "serviceaccounts"),
+    ResourceType("v1", "Service", "services"),
+    DEPLOYMENT,
+    ResourceType("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
+    ResourceType("v1", "ConfigMap", "configmaps"),
+)
+
+
+def _ready(obj: Mapping[str, Any] | None) -> bool:
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in ((obj or {}).get("status") or {}).get("conditions") or []
+    )
+
+
+def eval_state(deployment: str, digest: str | None, jobs: list[dict[str, Any]]) -> str | None:
+    """The latest EvalJob of this ModelDeployment's served digest: Passed, Failed or
+    Pending; None when there is none."""
+    mine = [
+        j
+        for j in jobs
+        if ((j.get("spec") or {}).get("target") or {}).get("modelDeploymentRef", {}).get("name")
+        == deployment
+        and not ((j.get("spec") or {}).get("target") or {}).get("candidate")
+    ]
+    if digest is not None:
+        mine = [j for j in mine if (j.get("status") or {}).get("modelDigest") in (None, digest)]
+    if not mine:
+        return None
+    latest = max(mine, key=lambda j: str(j["metadata"].get("creationTimestamp", "")))
+    status = latest.get("status") or {}
+    if status.get("phase") not in ("Succeeded", "Failed"):
+        return "Pending"
+    gates: Mapping[str, Any] = next(
+        (c for c in status.get("conditions") or [] if c.get("type") == "GatesPassed"), {}
+    )
+    return "Passed" if gates.get("status") == "True" else "Failed"
+
+
+class ModelRouterKind:
+    api = MODEL_ROUTER
+    resource = ResourceType("freehold.dev/v1alpha1", "ModelRouter", "modelrouters")
+    child_types: tuple[ResourceType, ...] = CHILD_TYPES
+    lookup_types: tuple[ResourceType, ...] = (MODEL_DEPLOYMENT, EVAL_JOB)
+    status_from = frozenset({"Deployment"})
+    finalizer: str | None = VAULT_FINALIZER
+
+    def __init__(self, config: ClusterConfig) -> None:
+        self.config = config
+
+    def context(self, meta: Mapping[str, Any]) -> BuildContext:
+        return BuildContext.of(self.config, meta["name"], meta["namespace"])
+
+    def parse(self, manifest: dict[str, Any]) -> ModelRouterSpec:
+        return ModelRouterSpec.model_validate(manifest["spec"])
+
+    def check(self, spec: ModelRouterSpec, meta: Mapping[str, Any]) -> None:
+        prefix = self.config.vault_kv_prefix.format(namespace=meta["namespace"])
+        paths = [("spec.auth.apiKeys.path", spec.auth.api_keys.path)] if spec.auth.api_keys else []
+        paths += [
+            (f"spec.targets[{n}].external.apiKey.path", t.external.api_key.path)
+            for n, t in enumerate(spec.targets)
+            if t.external is not None and t.external.api_key is not None
+        ]
+        for field, path in paths:
+            if not path.startswith(prefix):
+                raise SpecProblemError(
+                    "InvalidSpec",
+                    f"{field}: {path!r} is outside this namespace's Vault paths: it must "
+                    f"start with {prefix!r}",
+                )
+
+    def lookups(
+        self, spec: ModelRouterSpec, meta: Mapping[str, Any], facts: Facts
+    ) -> dict[str, Lookup]:
+        found = {
+            f"md:{t.name}": Lookup(MODEL_DEPLOYMENT, name=t.model_deployment_ref.name)
+            for t in spec.targets
+            if t.model_deployment_ref is not None
+        }
+        if spec.require_passing_eval:
+            found["evaljobs"] = Lookup(EVAL_JOB)
+        return found
+
+    def resolve(self, spec: ModelRouterSpec, facts: Facts) -> dict[str, dict[str, Any]]:
+        """Per ModelDeployment target: what the router and the status need to know."""
+        jobs = facts.related.get("evaljobs") or []
+        out = {}
+        for t in spec.targets:
+            if t.model_deployment_ref is None:
+                continue
+            md = facts.one(f"md:{t.name}")
+            status = (md or {}).get("status") or {}
+            ready = md is not None and _ready(md)
+            state = (
+                eval_state(t.model_deployment_ref.name, status.get("servedDigest"), jobs)
+                if spec.require_passing_eval
+                else None
+            )
+            admitted = ready and (not spec.require_passing_eval or state == "Passed")
+            out[t.name] = {
+                "ready": ready,
+                "admitted": admitted,
+                "evalState": state,
+                "endpoint": status.get("endpoint"),
+                "model": status.get("servedName"),
+            }
+        return out
+
+    def build(self, spec: ModelRouterSpec, meta: Mapping[str, Any], facts: Facts) -> Desired:
+        ctx = self.context(meta)
+        resolved = {
+            name: ResolvedTarget(name, r["endpoint"], r["model"], r["admitted"])
+            for name, r in self.resolve(spec, facts).items()
+        }
+        args = router_args(spec, ctx, resolved)
+        externals = [build_vault_role(spec, ctx)] if needs_vault(spec) else []
+        return Desired(build_router_children(spec, ctx, args), externals)
+
+    def external_names(self, parent: Mapping[str, Any]) -> list[str]:
+        return [router_vault_name(self.context(parent["metadata"]))]
+
+    def endpoint(self, ctx: BuildContext) -> str:
+        return f"http://{ctx.name}.{ctx.namespace}.svc:{SERVE_PORT}/v1"
+
+    def probe(
+        self,
+        spec: ModelRouterSpec,
+        meta: Mapping[str, Any],
+        children: Mapping[ChildKey, Any],
+        facts: Facts,
+    ) -> Probe | None:
+        """While the router serves, read its measured latencies (no request data)."""
+        ctx = self.context(meta)
+        deployment = children.get(("apps/v1", "Deployment", ctx.name)) or {}
+        if int((deployment.get("status") or {}).get("readyReplicas") or 0) < 1:
+            return None
+        return Probe(
+            f"http://{ctx.name}.{ctx.namespace}.svc:{SERVE_PORT}/router/status",
+            every=PROBE_SECONDS,
+        )
+
+    def status(
+        self,
+        spec: ModelRouterSpec,
+        meta: Mapping[str, Any],
+        facts: Facts,
+        children: Mapping[ChildKey, dict[str, Any]],
+        problem: Problem | None,
+    ) -> StatusReport:
+        ctx = self.context(meta)
+        resolved = self.resolve(spec, facts)
+        measured = {
+            t.get("name"): t.get("latencyMs") for t in (facts.observed or {}).get("targets") or []
+        }
+        targets = []
+        for t in spec.targets:
+            r = resolved.get(t.name)
+            external = t.external is not None
+            targets.append(
+                {
+                    "name": t.name,
+                    "ready": True if external else bool(r and r["ready"]),
+                    "admitted": spec.allow_external if external else bool(r and r["admitted"]),
+                    "evalState": r["evalState"] if r else None,
+                    "latencyMs": measured.get(t.name),
+                    "endpoint": (t.external.base_url if t.external else None)
+                    if external
+                    else (r or {}).get("endpoint"),
+                }
+            )
+        admitted = sum(1 for t in targets if t["admitted"])
+        deployment = children.get(("apps/v1", "Deployment", ctx.name)) or {}
+        serving = int((deployment.get("status") or {}).get("readyReplicas") or 0) >= 1
+        if problem is not None:
+            reason = "SecretsUnavailable" if problem.reason in VAULT_REASONS else problem.reason
+            ready = condition("Ready", False, reason, problem.message)
+        elif admitted == 0:
+            waiting = "; ".join(
+                f"{t['name']}: {'eval ' + str(t['evalState']) if t['ready'] else 'not serving'}"
+                for t in targets
+            )
+            ready = condition(
+                "Ready", False, "NoTargetAdmitted", f"no target can take requests ({waiting})"
+            )
+        elif not serving:
+            ready = condition("Ready", False, "Starting", "waiting for the router's pod")
+        else:
+            ready = condition(
+                "Ready", True, "Routing", f"routing to {admitted} of {len(targets)} targets"
+            )
+        return StatusReport(
+            [
+                ready,
+                condition(
+                    "Degraded",
+                    admitted < len(targets),
+                    "TargetsMissing" if admitted < len(targets) else "AsExpected",
+                    f"{len(targets) - admitted} target(s) not admitted"
+                    if admitted < len(targets)
+                    else "every target is admitted",
+                ),
+            ],
+            {"endpoint": self.endpoint(ctx), "targets": targets, "readyTargets": admitted},
+        )

@@ -1,0 +1,459 @@
+"""The router as a Ray Serve application: the same OpenAI-compatible API as a model,
+forwarding each request to a target chosen by router/policy.py, falling back on the
+failures the spec names, and charging what answered to the caller's budget.
+
+Owned targets are reached over HTTP (their Service on a cluster, their route under
+`freehold up`); streamed answers pass through line by line, untouched except for the usage
+chunk the router asks for (to charge budgets) when the client did not. External providers
+go through any-llm, and only when the spec allowed them.
+"""
+
+# No `from __future__ import annotations`: Ray Serve reads build_router's annotation.
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from prometheus_client import Counter, Histogram
+from ray import serve
+from ray.serve import Application
+from starlette.responses import Response, StreamingResponse
+
+from freehold_serving.auth import ApiKeys, load_api_keys
+from freehold_serving.openai.api import add_error_handlers, error_response
+from freehold_serving.openai.errors import ApiError
+from freehold_serving.router.args import RouterArgs, TargetConfig
+from freehold_serving.router.policy import Need, Router, estimate_tokens, failure_cause
+from freehold_serving.vault_keys import read_api_keys
+
+log = logging.getLogger(__name__)
+router_app = FastAPI(title="Freehold model router", docs_url=None, redoc_url=None)
+add_error_handlers(router_app, "the router")
+
+PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
+TARGET_HEADER = "X-Freehold-Target"
+
+
+class RouterMetrics:
+    """The router's Prometheus metrics, created once per process (see router_metrics)."""
+
+    def __init__(self) -> None:
+        self.requests = Counter(
+            "freehold_router_requests_total",
+            "Requests the router sent to a target, by outcome (ok, client_error, failed).",
+            ["router", "target", "outcome"],
+        )
+        self.fallbacks = Counter(
+            "freehold_router_fallbacks_total",
+            "Failures that moved a request on to the next target, by cause.",
+            ["router", "target", "cause"],
+        )
+        self.decisions = Counter(
+            "freehold_router_decisions_total",
+            "First choice of the strategy for a request.",
+            ["router", "strategy", "target"],
+        )
+        self.refused = Counter(
+            "freehold_router_refused_total",
+            "Requests refused before any target: budget spent, or no target can serve.",
+            ["router", "reason"],
+        )
+        self.first_byte = Histogram(
+            "freehold_router_upstream_first_byte_seconds",
+            "Time from forwarding to the target's first byte (its latency as the router sees it).",
+            ["router", "target"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+
+
+_METRICS: list[RouterMetrics] = []
+
+
+def router_metrics() -> RouterMetrics:
+    """This process's metrics. Module-level metric objects would be copied, unregistered,
+    into the replica with the ingress class (Ray pickles that class by value); a function
+    is pickled by reference, so it finds the replica's own registry."""
+    if not _METRICS:
+        _METRICS.append(RouterMetrics())
+    return _METRICS[0]
+
+
+class FailedError(Exception):
+    """A target failed in a way the spec's fallback covers."""
+
+    def __init__(self, cause: str, response: Response | None = None) -> None:
+        super().__init__(cause)
+        self.cause = cause
+        self.response = response
+
+
+def _texts(kind: str, body: dict[str, Any]) -> list[str]:
+    if kind == "chat":
+        out = []
+        for message in body.get("messages") or []:
+            content = message.get("content") if isinstance(message, dict) else None
+            if isinstance(content, str):
+                out.append(content)
+            elif isinstance(content, list):
+                out += [str(p.get("text", "")) for p in content if isinstance(p, dict)]
+        return out
+    value = body.get("prompt" if kind == "completions" else "input")
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    return [str(value or "")]
+
+
+def need_of(kind: str, body: dict[str, Any]) -> Need:
+    capabilities = {kind}
+    response_format = body.get("response_format")
+    if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
+        capabilities.add("json_schema")
+    if body.get("logprobs") not in (None, False, 0) or body.get("top_logprobs"):
+        capabilities.add("logprobs")
+    limit = body.get("max_tokens") or body.get("max_completion_tokens")
+    max_tokens = 0 if kind == "embeddings" else int(limit) if isinstance(limit, int) else 256
+    return Need(frozenset(capabilities), estimate_tokens(_texts(kind, body)), max_tokens)
+
+
+def _charge_from(router: Router, tenant: str | None, target: TargetConfig, usage: Any) -> None:
+    if isinstance(usage, dict):
+        router.charge(
+            tenant,
+            target,
+            int(usage.get("prompt_tokens") or 0),
+            int(usage.get("completion_tokens") or 0),
+        )
+
+
+@serve.ingress(router_app)
+class RouterServer:
+    def __init__(self, args: RouterArgs) -> None:
+        self._args = args
+        self._router = Router(args)
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(args.fallback.timeout_seconds),
+            limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
+        )
+        vault = args.api_keys is not None and args.api_keys.vault is not None
+        self._keys: ApiKeys | None = load_api_keys(args.api_keys, read_api_keys if vault else None)
+        self._external_keys: dict[str, str | None] = {}
+        self._m = router_metrics()
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _tenant(self, request: Request) -> str | None:
+        if self._keys is None:
+            return None
+        header = request.headers.get("authorization", "")
+        scheme, _, presented = header.partition(" ")
+        tenant = self._keys.tenant_of(presented.strip()) if scheme.lower() == "bearer" else None
+        if tenant is None:
+            raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+        return tenant
+
+    async def _body(self, request: Request) -> dict[str, Any]:
+        raw = await request.body()
+        if len(raw) > self._args.max_request_bytes:
+            raise ApiError(413, "The request body is too large.", code="request_too_large")
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            raise ApiError(400, "The body is not valid JSON.", code="invalid_json") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "The body must be a JSON object.", code="invalid_json")
+        if body.get("model") != self._args.served_name:
+            raise ApiError(
+                404,
+                f"The model `{body.get('model')}` does not exist; this router serves "
+                f"`{self._args.served_name}`.",
+                param="model",
+                code="model_not_found",
+            )
+        return body
+
+    def _external_key(self, target: TargetConfig) -> str | None:
+        ext = target.external
+        assert ext is not None
+        if target.name not in self._external_keys:
+            key = None
+            if ext.api_key_env:
+                key = os.environ.get(ext.api_key_env)
+            elif ext.vault_path and self._args.vault_address:
+                key = _read_vault_key(self._args, ext.vault_mount or "secret", ext.vault_path,
+                                      ext.vault_key)  # fmt: skip
+            self._external_keys[target.name] = key
+        return self._external_keys[target.name]
+
+    # -- routing -------------------------------------------------------------------------
+
+    async def route(self, request: Request, kind: str) -> Response:
+        tenant = self._tenant(request)
+        body = await self._body(request)
+        why = self._router.exhausted(tenant)
+        if why is not None:
+            self._m.refused.labels(self._args.name, "budget").inc()
+            raise ApiError(
+                429,
+                f"The budget of tenant {tenant} is spent ({why}); fallbacks count too.",
+                type="insufficient_quota",
+                code="budget_exceeded",
+            )
+        need = need_of(kind, body)
+        order, skipped = self._router.order(need)
+        if not order:
+            self._m.refused.labels(self._args.name, "no_target").inc()
+            reasons = "; ".join(f"{s.target}: {s.why}" for s in skipped) or "no targets"
+            raise ApiError(
+                503,
+                f"No target of this router can serve the request ({reasons}).",
+                type="server_error",
+                code="no_target_available",
+                headers={"Retry-After": "1"},
+            )
+        self._m.decisions.labels(self._args.name, self._args.strategy, order[0].name).inc()
+        stream = bool(body.get("stream")) and kind != "embeddings"
+        tried: list[str] = []
+        last: FailedError | None = None
+        for target in order[: self._args.fallback.max_attempts]:
+            try:
+                if target.external is not None:
+                    response = await self._external(target, kind, body, stream, tenant)
+                else:
+                    response = await self._forward(target, kind, body, stream, tenant)
+            except FailedError as failure:
+                self._router.failed(target.name)
+                self._m.requests.labels(self._args.name, target.name, "failed").inc()
+                tried.append(f"{target.name}: {failure.cause}")
+                last = failure
+                if failure.cause not in self._args.fallback.on:
+                    break  # a failure the spec does not fall back on: it is the answer
+                self._m.fallbacks.labels(self._args.name, target.name, failure.cause).inc()
+                continue
+            response.headers[TARGET_HEADER] = target.name
+            response.headers["X-Freehold-Attempts"] = str(len(tried) + 1)
+            return response
+        if last is not None and last.response is not None:
+            return last.response  # the last target's own error, as it answered
+        raise ApiError(
+            504 if last is not None and last.cause == "timeout" else 502,
+            f"Every target tried failed ({'; '.join(tried)}).",
+            type="server_error",
+            code="upstream_failed",
+        )
+
+    def _failure(self, cause: str | None, status: int, content: bytes) -> None:
+        if cause is not None and cause in self._args.fallback.on:
+            raise FailedError(cause, Response(content, status, media_type="application/json"))
+
+    async def _forward(
+        self,
+        target: TargetConfig,
+        kind: str,
+        body: dict[str, Any],
+        stream: bool,
+        tenant: str | None,
+    ) -> Response:
+        payload = {**body, "model": target.model or body["model"]}
+        wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        if stream:
+            payload["stream_options"] = {
+                **(body.get("stream_options") or {}),
+                "include_usage": True,
+            }
+        url = f"{target.url}{PATHS[kind]}"
+        started = time.perf_counter()
+        try:
+            request = self._client.build_request("POST", url, json=payload)
+            answer = await self._client.send(request, stream=stream)
+        except httpx.TimeoutException:
+            raise FailedError("timeout") from None
+        except httpx.TransportError:
+            raise FailedError("5xx") from None  # unreachable: as good as a server error
+        first_byte = time.perf_counter() - started
+        if answer.status_code != 200:
+            content = await answer.aread()
+            await answer.aclose()
+            self._failure(failure_cause(answer.status_code, content), answer.status_code, content)
+            self._m.requests.labels(self._args.name, target.name, "client_error").inc()
+            return Response(content, answer.status_code, media_type="application/json")
+        self._m.first_byte.labels(self._args.name, target.name).observe(first_byte)
+        self._router.succeeded(target.name, first_byte)
+        self._m.requests.labels(self._args.name, target.name, "ok").inc()
+        if not stream:
+            content = answer.content
+            with contextlib.suppress(ValueError):
+                _charge_from(self._router, tenant, target, json.loads(content).get("usage"))
+            return Response(content, 200, media_type="application/json")
+        return StreamingResponse(
+            self._relay(answer, target, tenant, wants_usage), media_type="text/event-stream"
+        )
+
+    async def _relay(
+        self, answer: httpx.Response, target: TargetConfig, tenant: str | None, wants_usage: bool
+    ) -> AsyncIterator[bytes]:
+        try:
+            async for received in answer.aiter_lines():
+                line = received
+                if line.startswith("data: {") and '"usage":{' in line.replace(" ", ""):
+                    chunk = json.loads(line[6:])
+                    _charge_from(self._router, tenant, target, chunk.get("usage"))
+                    if not wants_usage:
+                        # Usage only the router asked for (to charge the budget).
+                        if not chunk.get("choices"):
+                            continue
+                        chunk.pop("usage", None)
+                        line = "data: " + json.dumps(chunk, separators=(",", ":"))
+                yield (line + "\n").encode()
+        finally:
+            await answer.aclose()
+
+    async def _external(
+        self,
+        target: TargetConfig,
+        kind: str,
+        body: dict[str, Any],
+        stream: bool,
+        tenant: str | None,
+    ) -> Response:
+        import any_llm
+
+        ext = target.external
+        assert ext is not None
+        key = self._external_key(target)
+        started = time.perf_counter()
+        try:
+            if kind == "embeddings":
+                result: Any = await any_llm.aembedding(
+                    model=ext.model, inputs=body.get("input") or "", provider=ext.provider,
+                    api_key=key, api_base=ext.base_url,
+                )  # fmt: skip
+            else:
+                params = {
+                    k: body[k]
+                    for k in ("temperature", "top_p", "max_tokens", "stop", "seed",
+                              "response_format", "logprobs", "top_logprobs")
+                    if body.get(k) is not None
+                }  # fmt: skip
+                result = await any_llm.acompletion(
+                    model=ext.model, messages=body.get("messages") or [], provider=ext.provider,
+                    api_key=key, api_base=ext.base_url, stream=stream,
+                    timeout=self._args.fallback.timeout_seconds, **params,
+                )  # fmt: skip
+        except Exception as exc:  # provider errors: classify, never echo their text
+            status = getattr(exc, "status_code", None)
+            timed_out = "timeout" in type(exc).__name__.lower()
+            cause = failure_cause(status if isinstance(status, int) else None, b"", timed_out)
+            if cause is not None and cause in self._args.fallback.on:
+                raise FailedError(cause) from None
+            raise ApiError(
+                502,
+                f"The external target {target.name} failed ({type(exc).__name__}).",
+                type="server_error",
+                code="upstream_failed",
+            ) from None
+        self._router.succeeded(target.name, time.perf_counter() - started)
+        self._m.requests.labels(self._args.name, target.name, "ok").inc()
+        if stream:
+            return StreamingResponse(
+                self._external_stream(result, target, tenant), media_type="text/event-stream"
+            )
+        data = result.model_dump(mode="json", exclude_none=True)
+        _charge_from(self._router, tenant, target, data.get("usage"))
+        return Response(json.dumps(data), 200, media_type="application/json")
+
+    async def _external_stream(
+        self, chunks: Any, target: TargetConfig, tenant: str | None
+    ) -> AsyncIterator[bytes]:
+        async for chunk in chunks:
+            data = chunk.model_dump(mode="json", exclude_none=True)
+            _charge_from(self._router, tenant, target, data.get("usage"))
+            yield f"data: {json.dumps(data)}\n\n".encode()
+        yield b"data: [DONE]\n\n"
+
+    # -- endpoints -----------------------------------------------------------------------
+
+    @router_app.get("/health")
+    async def health(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router_app.get("/metrics")
+    async def metrics(self) -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @router_app.get("/router/status")
+    async def status(self) -> dict[str, Any]:
+        """Per target: admitted, cooling down, measured latency, counts. No request data."""
+        return self._router.status()
+
+    @router_app.get("/v1/models")
+    async def models(self, request: Request) -> Response:
+        self._tenant(request)
+        body = {
+            "object": "list",
+            "data": [{"id": self._args.served_name, "object": "model", "owned_by": "freehold"}],
+        }
+        return Response(json.dumps(body), media_type="application/json")
+
+    @router_app.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request) -> Response:
+        return await self.route(request, "chat")
+
+    @router_app.post("/v1/completions")
+    async def completions(self, request: Request) -> Response:
+        return await self.route(request, "completions")
+
+    @router_app.post("/v1/embeddings")
+    async def embeddings(self, request: Request) -> Response:
+        return await self.route(request, "embeddings")
+
+
+def _read_vault_key(args: RouterArgs, mount: str, path: str, field: str) -> str | None:
+    """An external provider's key, read by the router itself (never in its args)."""
+    import hvac
+
+    from freehold_serving.args import VaultKeySource
+
+    source = VaultKeySource(
+        mount=mount,
+        path=path,
+        address=args.vault_address,
+        role=args.vault_role,
+        ca_cert=args.vault_ca_cert,
+    )
+    client = hvac.Client(url=source.address, verify=source.ca_cert or True, timeout=10)
+    try:
+        with open(source.jwt_path, encoding="utf-8") as handle:
+            client.auth.kubernetes.login(role=source.role, jwt=handle.read().strip())
+        secret = client.secrets.kv.v2.read_secret_version(
+            path=path, mount_point=mount, raise_on_deleted_version=True
+        )
+    except Exception as exc:  # never the key or the token in a message
+        log.warning("cannot read the external key at %s/%s: %s", mount, path, type(exc).__name__)
+        return None
+    finally:
+        client.adapter.close()
+    value = ((secret.get("data") or {}).get("data") or {}).get(field)
+    return str(value) if value else None
+
+
+def build_router(args: RouterArgs) -> Application:
+    """The router application (`import_path: freehold_serving.router.app:build_router`)."""
+    deployment = serve.deployment(name="router")(RouterServer)
+    return deployment.options(
+        num_replicas=args.replicas,
+        # A proxy: it waits on its targets, it does not compute. Admission is the targets'.
+        max_ongoing_requests=1024,
+        ray_actor_options={"num_cpus": 0},
+        graceful_shutdown_timeout_s=5,
+    ).bind(args)
+
+
+__all__ = ["RouterServer", "build_router", "error_response"]

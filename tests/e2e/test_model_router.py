@@ -1,0 +1,115 @@
+"""ModelRouter on the real API server: its Deployment (admitted under restricted Pod
+Security), Service and NetworkPolicies, targets resolved from live ModelDeployments, status
+per target, and bad specs refused by CEL. (Its serving app runs against real models in
+tests/integration/serving/test_router.py.) No kubelet runs here: pods are marked Ready by
+writing their status, as the other e2e tests do."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.e2e.conftest import Operator, apply, condition, eventually, example, get, kubectl
+from tests.e2e.test_eval_job import make_ready, pods, set_status
+
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("deployment_backend")]
+NOW = "2026-01-01T00:00:00Z"
+
+
+def router(namespace: str, name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "freehold.dev/v1alpha1",
+        "kind": "ModelRouter",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "servedName": "assistant",
+            "strategy": "least_cost",
+            "targets": [
+                {"name": "first", "modelDeploymentRef": {"name": "rt-a"}, "cost": {"input": 1}},
+                {"name": "second", "modelDeploymentRef": {"name": "rt-missing"}},
+            ],
+            **spec,
+        },
+    }
+
+
+def test_a_router_routes_to_live_targets_only(namespace: str, operator: Operator) -> None:
+    apply(example(namespace, "rt-a"))
+    make_ready(namespace, "rt-a")
+    eventually(
+        lambda: condition(get("modeldeployment", "rt-a", namespace), "Ready")["status"] == "True"
+    )
+    apply(router(namespace, "assistant"))
+    deployment = eventually(lambda: get("deployment", "assistant", namespace))
+    for kind, name in (
+        ("service", "assistant"),
+        ("serviceaccount", "assistant-router"),
+        ("networkpolicy", "assistant-router-default-deny"),
+        ("networkpolicy", "assistant-router-allow"),
+    ):
+        assert get(kind, name, namespace) is not None, f"{kind}/{name}"
+    env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    args = json.loads(next(e["value"] for e in env if e["name"] == "FREEHOLD_ROUTER_ARGS"))
+    admitted = {t["name"]: (t["admitted"], t["url"]) for t in args["targets"]}
+    assert admitted == {
+        "first": (True, f"http://rt-a.{namespace}.svc:8000/v1"),
+        "second": (False, None),
+    }
+    # The Deployment controller made the pod under the namespace's restricted profile.
+    found = eventually(lambda: pods(namespace, "freehold.dev/model-router=assistant"))
+    set_status(
+        "pod",
+        found[0]["metadata"]["name"],
+        namespace,
+        {
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": NOW}],
+        },
+    )
+    mr = eventually(
+        lambda: (
+            (m := get("modelrouter", "assistant", namespace))
+            and condition(m, "Ready").get("status") == "True"
+            and m
+        )
+    )
+    assert condition(mr, "Degraded")["status"] == "True"  # one target is missing
+    by_name = {t["name"]: t for t in mr["status"]["targets"]}
+    assert by_name["first"]["admitted"] is True and by_name["second"]["ready"] is False
+    assert mr["status"]["endpoint"] == f"http://assistant.{namespace}.svc:8000/v1"
+    columns = kubectl("get", "modelrouter", "assistant", "-n", namespace).stdout
+    assert "least_cost" in columns and "assistant" in columns
+
+    # The missing target appears: the router's args follow (it is admitted now).
+    apply(example(namespace, "rt-missing"))
+    make_ready(namespace, "rt-missing")
+
+    def second_admitted() -> bool:
+        d = get("deployment", "assistant", namespace) or {}
+        env = d["spec"]["template"]["spec"]["containers"][0]["env"]
+        value = json.loads(next(e["value"] for e in env if e["name"] == "FREEHOLD_ROUTER_ARGS"))
+        return bool(value["targets"][1]["admitted"])
+
+    eventually(second_admitted, timeout=60)
+
+
+def test_bad_router_specs_are_refused_by_the_api_server(namespace: str) -> None:
+    external = router(namespace, "bad")
+    external["spec"]["targets"].append(
+        {"name": "ext", "external": {"provider": "openai", "model": "gpt-x"}}
+    )
+    refused = kubectl("apply", "-f", "-", input=yaml.safe_dump(external), check=False)
+    assert refused.returncode != 0 and "allowExternal" in refused.stderr
+    budget = router(namespace, "bad", budgets=[{"tenant": "acme", "tokens": 10}])
+    refused = kubectl("apply", "-f", "-", input=yaml.safe_dump(budget), check=False)
+    assert refused.returncode != 0 and "auth.apiKeys" in refused.stderr
+    both = router(namespace, "bad")
+    both["spec"]["targets"][0]["external"] = {"provider": "openai", "model": "x"}
+    refused = kubectl("apply", "-f", "-", input=yaml.safe_dump(both), check=False)
+    assert (
+        refused.returncode != 0
+        and "exactly one of modelDeploymentRef and external" in refused.stderr
+    )

@@ -1,0 +1,306 @@
+"""The ModelRouter's serving app in the same Ray Serve cluster as real models (SmolLM2,
+Gemma 3 270M): each strategy's choice, each fallback cause, cooldown and recovery,
+budgets (through fallbacks too), streaming, and bad requests.
+
+Failures are real: a second model process (llama-cpp-python's own server with SmolLM2)
+is stopped with SIGSTOP (a timeout) and killed (unreachable); Gemma's 1,024-token context
+refuses a long prompt (context length); a replica admitting one request answers 503 under
+load. Nothing is faked."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from freehold_serving.router.args import RouterArgs
+from tests.integration.serving.conftest import SMOL, Stack, free_port
+
+pytestmark = pytest.mark.slow
+GEMMA = "gemma-3-270m"
+
+
+def deploy(stack: Stack, name: str, **spec: Any) -> str:
+    """A router app at /NAME in the stack's Ray Serve; its base URL (.../v1)."""
+    from ray import serve
+
+    from freehold_serving.router.app import build_router
+
+    args = RouterArgs.model_validate({"name": name, "served_name": "assistant", **spec})
+    serve.run(build_router(args), name=name, route_prefix=f"/{name}", blocking=False)
+    return f"{stack.root}/{name}/v1"
+
+
+def target(name: str, url: str, model: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "url": url, "model": model, **extra}
+
+
+def chat(
+    base: str, text: str = "Say hello.", key: str | None = None, **extra: Any
+) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    body = {
+        "model": "assistant",
+        "messages": [{"role": "user", "content": text}],
+        "max_tokens": 4,
+        "temperature": 0,
+        **extra,
+    }
+    return httpx.post(f"{base}/chat/completions", json=body, headers=headers, timeout=120)
+
+
+def status(base: str) -> dict[str, Any]:
+    root = base.removesuffix("/v1")
+    found: dict[str, Any] = {
+        t["name"]: t for t in httpx.get(f"{root}/router/status").json()["targets"]
+    }
+    return found
+
+
+@pytest.fixture(scope="module")
+def second_model(stack: Stack) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """A second, independent model process: llama-cpp-python's own OpenAI server."""
+    from freehold.api.model_deployment import ModelDeploymentSpec
+    from freehold.builders.serving_args import serving_args_for
+    from freehold.local.up import DEFAULT_MANIFEST
+    from freehold.validation import defaulted
+    from freehold_serving.model_files import resolve
+
+    spec = ModelDeploymentSpec.model_validate(defaulted(DEFAULT_MANIFEST)["spec"])
+    path = resolve(serving_args_for(spec, "smollm2-135m", "test").model)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--model_alias", SMOL,
+         "--n_threads", "1", "--n_ctx", "2048", "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/models", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    yield proc, base
+    proc.kill()
+    proc.wait()
+
+
+def test_priority_fails_over_on_timeout_cools_down_and_recovers(
+    stack: Stack, second_model: tuple[subprocess.Popen[bytes], str]
+) -> None:
+    proc, second = second_model
+    base = deploy(
+        stack,
+        "r-failover",
+        targets=[
+            target("second", second, SMOL, priority=0),
+            target("smol", stack.base("smol"), SMOL, priority=1),
+        ],
+        fallback={"timeout_seconds": 3, "cooldown_seconds": 4},
+    )
+    answer = chat(base)
+    assert answer.status_code == 200 and answer.headers["X-Freehold-Target"] == "second"
+    os.kill(proc.pid, signal.SIGSTOP)  # a hung model: it accepts, and never answers
+    try:
+        started = time.monotonic()
+        answer = chat(base)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["X-Freehold-Target"] == "smol"
+        assert answer.headers["X-Freehold-Attempts"] == "2"
+        assert 3 <= time.monotonic() - started < 30
+        # Cooling down: the next request goes straight to the fallback.
+        assert status(base)["second"]["coolingDown"] is True
+        answer = chat(base)
+        assert (answer.headers["X-Freehold-Target"], answer.headers["X-Freehold-Attempts"]) == (
+            "smol",
+            "1",
+        )
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    time.sleep(4.5)  # the cooldown ends: the preferred target is tried again, and answers
+    answer = chat(base)
+    assert answer.headers["X-Freehold-Target"] == "second"
+    metrics = httpx.get(f"{stack.root}/r-failover/metrics").text
+    assert 'fallbacks_total{cause="timeout",router="r-failover",target="second"}' in metrics, [
+        line for line in metrics.splitlines() if "fallbacks_total{" in line
+    ]
+
+
+def test_an_unreachable_target_is_a_5xx_fallback(
+    stack: Stack, second_model: tuple[subprocess.Popen[bytes], str]
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    base = deploy(
+        stack,
+        "r-dead",
+        targets=[target("dead", dead, SMOL), target("smol", stack.base("smol"), SMOL, priority=1)],
+    )
+    answer = chat(base)
+    assert answer.headers["X-Freehold-Target"] == "smol"
+    assert answer.headers["X-Freehold-Attempts"] == "2"
+    metrics = httpx.get(f"{stack.root}/r-dead/metrics").text
+    assert '{cause="5xx",router="r-dead",target="dead"}' in metrics
+    # With the fallback switched off for 5xx, the failure is the answer.
+    strict = deploy(
+        stack,
+        "r-strict",
+        targets=[target("dead", dead, SMOL), target("smol", stack.base("smol"), SMOL, priority=1)],
+        fallback={"on": ["timeout"]},
+    )
+    refused = chat(strict)
+    assert refused.status_code == 502 and refused.json()["error"]["code"] == "upstream_failed"
+
+
+def test_context_length_and_overload_fall_back(stack: Stack) -> None:
+    base = deploy(
+        stack,
+        "r-context",
+        targets=[
+            target("gemma", stack.base(), GEMMA, priority=0),  # a 1,024-token context
+            target("smol", stack.base("smol"), SMOL, priority=1),  # 4,096
+        ],
+    )
+    long_prompt = "Summarise this. " + "The quick brown fox jumps over the lazy dog. " * 150
+    answer = chat(base, long_prompt)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["X-Freehold-Target"] == "smol"
+    assert answer.headers["X-Freehold-Attempts"] == "2"
+    # A declared context limit skips the target before any request.
+    limited = deploy(
+        stack,
+        "r-limit",
+        targets=[
+            target("gemma", stack.base(), GEMMA, context_limit=1024),
+            target("smol", stack.base("smol"), SMOL, priority=1),
+        ],
+    )
+    answer = chat(limited, long_prompt)
+    assert answer.headers["X-Freehold-Attempts"] == "1"
+    assert answer.headers["X-Freehold-Target"] == "smol"
+
+    # "tiny" admits one request at a time and answers 503 "overloaded" beyond (a 5xx):
+    # under load the router moves on to SmolLM2. (No model server here answers 429; its
+    # classification is tested in tests/unit/test_router_policy.py.)
+    busy = deploy(
+        stack,
+        "r-busy",
+        targets=[
+            target("tiny", stack.base("tiny"), GEMMA, priority=0),
+            target("smol", stack.base("smol"), SMOL, priority=1),
+        ],
+        fallback={"cooldown_seconds": 0},
+    )
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: chat(busy, max_tokens=24), range(6)))
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+    served = Counter(a.headers["X-Freehold-Target"] for a in answers)
+    assert served["smol"] >= 1, served
+    metrics = httpx.get(f"{stack.root}/r-busy/metrics").text
+    assert '{cause="5xx",router="r-busy",target="tiny"}' in metrics
+
+
+def test_strategies_choose_as_they_say(stack: Stack) -> None:
+    both = [
+        target("gemma", stack.base(), GEMMA, cost_input=2.0, cost_output=4.0, weight=3,
+               capabilities=["chat", "completions", "logprobs"]),
+        target("smol", stack.base("smol"), SMOL, cost_input=0.1, cost_output=0.2, weight=1,
+               priority=1, capabilities=["chat", "completions", "json_schema"]),
+    ]  # fmt: skip
+    cheap = deploy(stack, "r-cost", targets=both, strategy="least_cost")
+    assert chat(cheap).headers["X-Freehold-Target"] == "smol"
+    capable = deploy(stack, "r-capable", targets=both, strategy="capability")
+    schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
+    assert chat(capable).headers["X-Freehold-Target"] == "gemma"  # by priority
+    assert chat(capable, response_format=schema).headers["X-Freehold-Target"] == "smol"
+    assert chat(capable, logprobs=True).headers["X-Freehold-Target"] == "gemma"
+    weighted = deploy(stack, "r-weighted", targets=both, strategy="weighted")
+    picks = Counter(chat(weighted, max_tokens=1).headers["X-Freehold-Target"] for _ in range(24))
+    assert picks["gemma"] > picks["smol"] > 0, picks  # 3:1
+    fastest = deploy(stack, "r-fast", targets=both, strategy="least_latency")
+    for _ in range(4):  # both get measured first
+        chat(fastest, max_tokens=1)
+    measured = status(fastest)
+    quicker = min(measured, key=lambda n: measured[n]["latencyMs"])
+    assert all(measured[n]["latencyMs"] is not None for n in measured)
+    assert chat(fastest, max_tokens=1).headers["X-Freehold-Target"] == quicker
+
+
+def test_streaming_passes_through_and_usage_only_when_asked(stack: Stack) -> None:
+    base = deploy(stack, "r-stream", targets=[target("smol", stack.base("smol"), SMOL)])
+    body = {
+        "model": "assistant",
+        "messages": [{"role": "user", "content": "Count to five."}],
+        "max_tokens": 12,
+        "stream": True,
+    }
+    with httpx.stream("POST", f"{base}/chat/completions", json=body, timeout=60) as answer:
+        assert answer.headers["X-Freehold-Target"] == "smol"
+        lines = [line for line in answer.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(line[6:]) for line in lines[:-1]]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert not any(c.get("usage") for c in chunks)  # not asked for: the router's own, dropped
+    body["stream_options"] = {"include_usage": True}
+    with httpx.stream("POST", f"{base}/chat/completions", json=body, timeout=60) as answer:
+        chunks = [json.loads(x[6:]) for x in answer.iter_lines() if x.startswith("data: {")]
+    assert chunks[-1]["usage"]["completion_tokens"] > 0
+
+
+def test_budgets_hold_through_fallbacks(stack: Stack, tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("fh-router-acme-1 acme\nfh-router-globex-2 globex\n")
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    base = deploy(
+        stack,
+        "r-budget",
+        targets=[target("dead", dead, SMOL), target("smol", stack.base("smol"), SMOL, priority=1)],
+        budgets=[{"tenant": "acme", "tokens": 60, "period": "day"}],
+        api_keys={"file": str(keys)},
+        fallback={"cooldown_seconds": 0},
+    )
+    assert chat(base).status_code == 401
+    spent = 0
+    for _ in range(20):
+        answer = chat(base, key="fh-router-acme-1", max_tokens=8)
+        if answer.status_code != 200:
+            break
+        # Every answer came through a fallback (the first target is dead): still charged.
+        assert answer.headers["X-Freehold-Attempts"] == "2"
+        spent += answer.json()["usage"]["total_tokens"]
+    assert answer.status_code == 429, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "budget_exceeded" and error["type"] == "insufficient_quota"
+    assert spent >= 60
+    # Another tenant has no budget here: unaffected.
+    assert chat(base, key="fh-router-globex-2").status_code == 200
+
+
+def test_bad_requests_get_openai_errors(stack: Stack) -> None:
+    base = deploy(stack, "r-bad", targets=[target("smol", stack.base("smol"), SMOL)])
+    wrong = httpx.post(
+        f"{base}/chat/completions", json={"model": "gpt-4", "messages": []}, timeout=30
+    )
+    assert wrong.status_code == 404 and wrong.json()["error"]["code"] == "model_not_found"
+    broken = httpx.post(f"{base}/chat/completions", content=b"{nope", timeout=30)
+    assert broken.status_code == 400 and broken.json()["error"]["code"] == "invalid_json"
+    nothing = deploy(
+        stack,
+        "r-none",
+        targets=[target("smol", stack.base("smol"), SMOL, capabilities=["completions"])],
+    )
+    refused = chat(nothing)
+    assert refused.status_code == 503
+    assert "smol: cannot do chat" in refused.json()["error"]["message"]

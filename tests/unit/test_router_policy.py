@@ -1,0 +1,190 @@
+"""The router's decisions as pure functions (the same app runs against real models in
+tests/integration/serving/test_router.py), and the ModelRouter kind's children."""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+import yaml
+
+from freehold.api.model_router import ModelRouterSpec
+from freehold.kinds.model_router import ModelRouterKind, eval_state
+from freehold.reconciler import Facts
+from freehold.validation import defaulted, validate
+from freehold_serving.router.args import RouterArgs
+from freehold_serving.router.policy import Need, Router, failure_cause
+from tests.paths import EXAMPLES
+from tests.pss import violations
+from tests.unit.test_eval_job_kind import CONFIG
+
+
+def router(**spec: Any) -> Router:
+    targets = spec.pop(
+        "targets",
+        [
+            {"name": "a", "url": "http://a/v1", "priority": 0, "cost_input": 5, "cost_output": 5},
+            {"name": "b", "url": "http://b/v1", "priority": 1, "cost_input": 1, "cost_output": 1},
+        ],
+    )
+    args = RouterArgs.model_validate({"name": "r", "served_name": "m", "targets": targets, **spec})
+    now = [100.0]
+    return Router(args, clock=lambda: now[0], wall=lambda: now[0], rng=random.Random(1))
+
+
+CHAT = Need(frozenset({"chat"}), 100, 100)
+
+
+def names(r: Router, need: Need = CHAT) -> list[str]:
+    return [t.name for t in r.order(need)[0]]
+
+
+def test_failure_causes() -> None:
+    assert failure_cause(None) == "5xx"  # unreachable
+    assert failure_cause(503) == failure_cause(500) == "5xx"
+    assert failure_cause(429) == "429"
+    assert failure_cause(400, b'{"error":{"code":"context_length_exceeded"}}') == "context_length"
+    assert failure_cause(400, b'{"error":{"code":"invalid_value"}}') is None
+    assert failure_cause(200, timed_out=True) == "timeout"
+    assert failure_cause(200) is None
+
+
+def test_strategies() -> None:
+    assert names(router(strategy="priority")) == ["a", "b"]
+    assert names(router(strategy="least_cost")) == ["b", "a"]
+    fast = router(strategy="least_latency")
+    assert names(fast) == ["a", "b"]  # nothing measured: by priority
+    fast.succeeded("a", 0.5)
+    assert names(fast) == ["b", "a"]  # b is not measured yet: measured first
+    fast.succeeded("b", 0.1)
+    assert names(fast) == ["b", "a"]
+    weighted = router(
+        strategy="weighted",
+        targets=[{"name": "a", "url": "u", "weight": 3}, {"name": "b", "url": "u", "weight": 1}],
+    )
+    firsts = [names(weighted)[0] for _ in range(400)]
+    assert 0.65 < firsts.count("a") / 400 < 0.85
+    capable = router(
+        strategy="capability",
+        targets=[
+            {"name": "a", "url": "u", "capabilities": ["chat"]},
+            {"name": "b", "url": "u", "capabilities": ["chat", "json_schema"], "priority": 1},
+        ],
+    )
+    assert names(capable, Need(frozenset({"chat", "json_schema"}), 1, 1)) == ["b"]
+    skipped = capable.order(Need(frozenset({"embeddings"}), 1, 1))[1]
+    assert [s.why for s in skipped] == ["cannot do embeddings", "cannot do embeddings"]
+
+
+def test_context_limit_cooldown_and_admission() -> None:
+    r = router(
+        targets=[
+            {"name": "a", "url": "u", "context_limit": 150},
+            {"name": "b", "url": "u", "priority": 1},
+            {"name": "c", "url": "u", "priority": 2, "admitted": False},
+        ],
+        fallback={"cooldown_seconds": 10},
+    )
+    assert names(r) == ["b"]  # 200 tokens > a's 150; c not admitted
+    assert names(r, Need(frozenset({"chat"}), 10, 10)) == ["a", "b"]
+    r.failed("b")
+    assert names(r, Need(frozenset({"chat"}), 10, 10)) == ["a"]
+    r.clock = lambda: 111.0  # the cooldown is over
+    assert names(r, Need(frozenset({"chat"}), 10, 10)) == ["a", "b"]
+
+
+def test_budgets_count_what_answered_and_reset_each_period() -> None:
+    r = router(budgets=[{"tenant": "acme", "tokens": 100, "cost": 1.0, "period": "hour"}])
+    target = r.args.targets[0]  # 5 per 1k both ways
+    assert r.exhausted("acme") is None and r.exhausted("globex") is None
+    r.charge("acme", target, 60, 30)
+    assert r.exhausted("acme") is None
+    r.charge("acme", target, 10, 0)
+    assert "100 of 100 tokens" in (r.exhausted("acme") or "")
+    r.wall = lambda: 100.0 + 3600  # the next hour
+    assert r.exhausted("acme") is None
+    r.charge("acme", target, 150, 50)  # 0.75 + 0.25 = 1.0 cost
+    assert "tokens" in (r.exhausted("acme") or "")
+
+
+def example(**changes: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load((EXAMPLES / "modelrouter.yaml").read_text())
+    doc["spec"].update(changes)
+    return doc
+
+
+def md(name: str, ready: bool, digest: str = "sha256:" + "a" * 64) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name},
+        "status": {
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+            "endpoint": f"http://{name}.team.svc:8000/v1",
+            "servedName": name,
+            "servedDigest": digest,
+        },
+    }
+
+
+def evaljob(
+    target: str, passed: bool, created: str, digest: str = "sha256:" + "a" * 64
+) -> dict[str, Any]:
+    return {
+        "metadata": {"name": f"{target}-{created}", "creationTimestamp": created},
+        "spec": {"target": {"modelDeploymentRef": {"name": target}}},
+        "status": {
+            "phase": "Succeeded",
+            "modelDigest": digest,
+            "conditions": [{"type": "GatesPassed", "status": "True" if passed else "False"}],
+        },
+    }
+
+
+def test_the_router_reaches_only_admitted_targets_and_says_why() -> None:
+    doc = example()
+    assert validate(doc) == []
+    spec = ModelRouterSpec.model_validate(defaulted(doc)["spec"])
+    kind = ModelRouterKind(CONFIG)
+    meta = {"name": "assistant", "namespace": "team", "uid": "u"}
+    jobs = [
+        evaljob("smollm2-135m", False, "2026-01-01T00:00:00Z"),
+        evaljob("smollm2-135m", True, "2026-01-02T00:00:00Z"),  # the latest passed
+        evaljob("gemma-270m", False, "2026-01-02T00:00:00Z"),
+    ]
+    facts = Facts(
+        kuberay=False,
+        related={
+            "md:smollm2": [md("smollm2-135m", True)],
+            "md:gemma": [md("gemma-270m", True)],
+            "evaljobs": jobs,
+        },
+    )
+    desired = kind.build(spec, meta, facts)
+    objs = {f"{c['kind']}/{c['metadata']['name']}": c for c in desired.children}
+    deployment = objs["Deployment/assistant"]
+    pod = deployment["spec"]["template"]["spec"]
+    assert violations(pod) == [] and pod["automountServiceAccountToken"] is False
+    args = json.loads(pod["containers"][0]["env"][-1]["value"])
+    admitted = {t["name"]: t["admitted"] for t in args["targets"]}
+    assert admitted == {"smollm2": True, "gemma": False}
+    assert args["targets"][0]["url"] == "http://smollm2-135m.team.svc:8000/v1"
+    allow = objs["NetworkPolicy/assistant-router-allow"]["spec"]
+    peers = [r.get("to") for r in allow["egress"]]
+    assert [
+        {"podSelector": {"matchLabels": {"freehold.dev/model-deployment": "gemma-270m"}}}
+    ] in peers
+    report = kind.status(spec, meta, facts, {}, None)
+    by_name = {t["name"]: t for t in report.fields["targets"]}
+    assert by_name["gemma"]["evalState"] == "Failed" and by_name["smollm2"]["evalState"] == "Passed"
+    assert report.fields["readyTargets"] == 1
+    assert eval_state("gemma-270m", None, []) is None
+
+
+def test_external_targets_need_allow_external() -> None:
+    doc = example()
+    doc["spec"]["targets"].append(
+        {"name": "ext", "external": {"provider": "openai", "model": "gpt-x"}}
+    )
+    assert any("allowExternal" in str(e) for e in validate(doc))
+    doc["spec"]["allowExternal"] = True
+    assert validate(doc) == []
