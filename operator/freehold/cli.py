@@ -140,7 +140,14 @@ def up(
     settings = LocalSettings().model_copy(update=overrides)
     try:
         stack = load_stack(filename or [])
-        serve_locally(stack.deployment, settings, out, stores=stack.stores)
+        serve_locally(
+            stack.deployment,
+            settings,
+            out,
+            stores=stack.stores,
+            extra=stack.extra,
+            router=stack.router,
+        )
     except InvalidManifestError as exc:
         for error in exc.errors:
             err.print(f"[red]error[/red] {escape(f'{exc.source}: {error}')}", highlight=False)

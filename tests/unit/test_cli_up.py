@@ -134,3 +134,28 @@ def test_each_instance_gets_its_own_haproxy_ports_and_files() -> None:
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+def test_a_router_brings_its_models_and_says_what_is_missing(tmp_path: Path) -> None:
+    import yaml
+
+    from freehold.local.up import UpError, load_stack
+    from tests.paths import EXAMPLES
+
+    files = [EXAMPLES / "smollm2.yaml", EXAMPLES / "modeldeployment.yaml"]
+    with pytest.raises(UpError, match="only behind a ModelRouter"):
+        load_stack(files)
+    stack = load_stack([*files, EXAMPLES / "modelrouter-local.yaml"])
+    assert stack.router is not None and stack.router.spec.served_name == "assistant"
+    assert [stack.deployment.name, *(d.name for d in stack.extra)] == [
+        "smollm2-135m",
+        "gemma-270m",
+    ]
+    with pytest.raises(UpError, match=r"spec.targets\[1\] names ModelDeployment 'gemma-270m'"):
+        load_stack([files[0], EXAMPLES / "modelrouter-local.yaml"])
+    doc = yaml.safe_load((EXAMPLES / "modelrouter-local.yaml").read_text())
+    doc["spec"]["requirePassingEval"] = True
+    strict = tmp_path / "router.yaml"
+    strict.write_text(yaml.safe_dump(doc))
+    with pytest.raises(UpError, match="requirePassingEval reads EvalJobs on a cluster"):
+        load_stack([*files, strict])

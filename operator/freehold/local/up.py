@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, Te
 
 from freehold.api.memory_store import MemoryStoreSpec
 from freehold.api.model_deployment import ModelDeploymentSpec
+from freehold.api.model_router import ModelRouterSpec
 from freehold.builders.serving_args import serving_args_for
 from freehold.manifests import ManifestError, load_documents
 from freehold.settings import LocalSettings
@@ -83,9 +84,19 @@ class LocalStore:
 
 
 @dataclass(frozen=True)
+class LocalRouter:
+    name: str
+    namespace: str
+    spec: ModelRouterSpec
+
+
+@dataclass(frozen=True)
 class LocalStack:
     deployment: Deployment
     stores: list[LocalStore]
+    # With a ModelRouter: every model it routes to (the first is `deployment`).
+    extra: list[Deployment] = field(default_factory=list)
+    router: LocalRouter | None = None
 
 
 def _checked(body: dict[str, Any], source: str) -> dict[str, Any]:
@@ -100,6 +111,7 @@ def load_stack(manifests: list[Path]) -> LocalStack:
     MemoryStore, from any number of files."""
     models: list[tuple[dict[str, Any], str]] = []
     stores: list[tuple[dict[str, Any], str]] = []
+    routers: list[tuple[dict[str, Any], str]] = []
     for manifest in manifests:
         try:
             docs = list(load_documents(manifest))
@@ -111,25 +123,44 @@ def load_stack(manifests: list[Path]) -> LocalStack:
                 models.append((doc.body, doc.label))
             elif kind == "MemoryStore":
                 stores.append((doc.body, doc.label))
+            elif kind == "ModelRouter":
+                routers.append((doc.body, doc.label))
             else:
                 raise UpError(
-                    f"{doc.label}: `freehold up` serves ModelDeployment and MemoryStore "
-                    f"manifests; {kind or 'this document'} is not served locally"
+                    f"{doc.label}: `freehold up` serves ModelDeployment, MemoryStore and "
+                    f"ModelRouter manifests; {kind or 'this document'} is not served locally"
                 )
-    if len(models) > 1:
-        raise UpError(f"expected at most one ModelDeployment, found {len(models)}")
+    if len(routers) > 1:
+        raise UpError(f"expected at most one ModelRouter, found {len(routers)}")
+    if len(models) > 1 and not routers:
+        raise UpError(
+            f"expected one ModelDeployment, found {len(models)}: several are served only "
+            "behind a ModelRouter (add one to route between them)"
+        )
     if len(stores) > 1:
         raise UpError(
             f"expected at most one MemoryStore, found {len(stores)}: one is served at /v1/memory"
         )
-    body, source = models[0] if models else (DEFAULT_MANIFEST, "built-in smollm2-135m")
-    full = _checked(body, source)
-    meta = full["metadata"]
-    deployment = Deployment(
-        meta["name"],
-        meta.get("namespace", "default"),
-        ModelDeploymentSpec.model_validate(full["spec"]),
-    )
+    deployments = []
+    for body, source in models or [(DEFAULT_MANIFEST, "built-in smollm2-135m")]:
+        full = _checked(body, source)
+        meta = full["metadata"]
+        deployments.append(
+            Deployment(
+                meta["name"],
+                meta.get("namespace", "default"),
+                ModelDeploymentSpec.model_validate(full["spec"]),
+            )
+        )
+    router = None
+    for body, source in routers:
+        full = _checked(body, source)
+        router = LocalRouter(
+            full["metadata"]["name"],
+            full["metadata"].get("namespace", "default"),
+            ModelRouterSpec.model_validate(full["spec"]),
+        )
+        check_router(router, deployments)
     local_stores = []
     for body, source in stores:
         full = _checked(body, source)
@@ -141,7 +172,24 @@ def load_stack(manifests: list[Path]) -> LocalStack:
                 MemoryStoreSpec.model_validate(full["spec"]),
             )
         )
-    return LocalStack(deployment, local_stores)
+    return LocalStack(deployments[0], local_stores, deployments[1:], router)
+
+
+def check_router(router: LocalRouter, deployments: list[Deployment]) -> None:
+    """What a router needs locally: its ModelDeployments among the manifests given."""
+    served = {d.name for d in deployments}
+    for n, target in enumerate(router.spec.targets):
+        ref = target.model_deployment_ref
+        if ref is not None and ref.name not in served:
+            raise UpError(
+                f"ModelRouter {router.name}: spec.targets[{n}] names ModelDeployment "
+                f"{ref.name!r}; give its manifest too (-f)"
+            )
+    if router.spec.require_passing_eval:
+        raise UpError(
+            f"ModelRouter {router.name}: spec.requirePassingEval reads EvalJobs on a cluster; "
+            "locally, evaluate with `freehold eval run` and remove it"
+        )
 
 
 def container_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
@@ -325,13 +373,18 @@ def endpoint_of(settings: LocalSettings) -> str:
 
 
 def store_args(
-    store: LocalStore, args: ServingArgs, deployment: Deployment, settings: LocalSettings
+    store: LocalStore,
+    args: ServingArgs,
+    deployment: Deployment,
+    settings: LocalSettings,
+    url: str | None = None,
 ) -> MemoryArgs:
     """A MemoryStore served beside the model: its data and its key files under the data
-    directory (keys apart from the data), its models the one this machine serves."""
+    directory (keys apart from the data), its models the one this machine serves (at
+    `url`, default the endpoint's root)."""
     from freehold.builders.memory_args import memory_args_for
 
-    url = endpoint_of(settings)
+    url = url or endpoint_of(settings)
     models: dict[str, tuple[str, str | None, str | None]] = {
         deployment.name: (url, args.model.served_name, args.model.sha256)
     }
@@ -343,10 +396,10 @@ def store_args(
             spec.extraction.model_deployment_ref if spec.extraction else None,
         ),
     ]
-    for field, ref in refs:
+    for where, ref in refs:
         if ref is not None and ref.name not in models:
             raise UpError(
-                f"MemoryStore {store.name}: {field} names ModelDeployment {ref.name!r}, but "
+                f"MemoryStore {store.name}: {where} names ModelDeployment {ref.name!r}, but "
                 f"this machine serves {deployment.name!r}"
             )
     if spec.embedding.builtin is not None or spec.embedding.model_deployment_ref is not None:
@@ -411,19 +464,43 @@ def print_hints(args: ServingArgs, url: str, console: Console) -> None:
         )
 
 
+def announce(args: ServingArgs, settings: LocalSettings, started: float, console: Console) -> None:
+    console.print(
+        f"[green]✓[/green] serving [bold]{args.model.served_name}[/bold] at "
+        f"[bold]{endpoint_of(settings)}[/bold] (ready in {time.perf_counter() - started:.1f}s)"
+    )
+
+
+def with_stores(
+    args: ServingArgs,
+    deployment: Deployment,
+    settings: LocalSettings,
+    stores: list[LocalStore],
+    route: str,
+) -> tuple[ServingArgs, list[MemoryArgs]]:
+    """The model's args naming the stores (memory in chat), and each store's args."""
+    memory_url = endpoint_of(settings) + "/memory"
+    args = args.model_copy(update={"memory_stores": {s.name: memory_url for s in stores}})
+    model_url = endpoint_of(settings).removesuffix("/v1") + f"{route.rstrip('/')}/v1"
+    return args, [store_args(s, args, deployment, settings, model_url) for s in stores]
+
+
 def serve_locally(
     deployment: Deployment,
     settings: LocalSettings,
     console: Console,
     block: bool = True,
     stores: list[LocalStore] | None = None,
+    extra: list[Deployment] | None = None,
+    router: LocalRouter | None = None,
 ) -> ServingArgs:
     cpus = settings.cpus or os.cpu_count() or 1
-    args = local_args(deployment, settings, cpus)
+    # Several models share the machine's cores; each gets its share of threads.
+    share = max(1, cpus // (1 + len(extra or [])))
+    args = local_args(deployment, settings, share)
+    route = f"/models/{deployment.name}" if router else "/"
     memory_url = endpoint_of(settings) + "/memory"
-    stores = stores or []
-    args = args.model_copy(update={"memory_stores": {s.name: memory_url for s in stores}})
-    memories = [store_args(s, args, deployment, settings) for s in stores]
+    args, memories = with_stores(args, deployment, settings, stores or [], route)
     started = time.perf_counter()
     size = model_size(args)  # fails fast on a missing file or package
     ray_environment()
@@ -476,16 +553,16 @@ def serve_locally(
                 f"{args.model.sha256[:16]}…) [dim]({hashed[0]:.1f}s, while Ray started)[/dim]"
             )
             loading = progress.add_task("Loading the model", total=None)
-            serve.run(build_app(args), name=args.name, route_prefix="/", blocking=False)
+            serve.run(build_app(args), name=args.name, route_prefix=route, blocking=False)
             progress.remove_task(loading)
-        elapsed = time.perf_counter() - started
-        url = endpoint_of(settings)
-        console.print(
-            f"[green]✓[/green] serving [bold]{args.model.served_name}[/bold] "
-            f"at [bold]{url}[/bold] (ready in {elapsed:.1f}s)"
-        )
+        shown = args
+        if router is not None:
+            from freehold.local.router import start_router
+
+            shown = start_router(router, deployment, args, extra or [], settings, share, console)
+        announce(shown, settings, started, console)
         start_stores(memories, memory_url, console)
-        print_hints(args, url, console)
+        print_hints(shown, endpoint_of(settings), console)
         if block:
             wait_for_signal()
             console.print("Shutting down…")
