@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
+import aiohttp
 from fastapi import FastAPI, Request
 from prometheus_client import Counter, Histogram
 from ray import serve
@@ -136,9 +136,13 @@ class RouterServer:
     def __init__(self, args: RouterArgs) -> None:
         self._args = args
         self._router = Router(args)
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(args.fallback.timeout_seconds),
-            limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
+        # aiohttp, not httpx, on the forwarding path: measured ~2 ms less per request on
+        # 2 cores (bench/router.py), which is most of what a router adds.
+        timeout = args.fallback.timeout_seconds
+        self._client = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout),
+            connector=aiohttp.TCPConnector(limit=512, keepalive_timeout=60),
+            auto_decompress=False,
         )
         vault = args.api_keys is not None and args.api_keys.vault is not None
         self._keys: ApiKeys | None = load_api_keys(args.api_keys, read_api_keys if vault else None)
@@ -267,40 +271,57 @@ class RouterServer:
                 "include_usage": True,
             }
         url = f"{target.url}{PATHS[kind]}"
+        charged = self._router.budget(tenant) is not None
         started = time.perf_counter()
         try:
-            request = self._client.build_request("POST", url, json=payload)
-            answer = await self._client.send(request, stream=stream)
-        except httpx.TimeoutException:
+            answer = await self._client.post(
+                url,
+                data=json.dumps(payload, separators=(",", ":")),
+                headers={"Content-Type": "application/json"},
+            )
+        except TimeoutError:
             raise FailedError("timeout") from None
-        except httpx.TransportError:
+        except aiohttp.ClientError:
             raise FailedError("5xx") from None  # unreachable: as good as a server error
         first_byte = time.perf_counter() - started
-        if answer.status_code != 200:
-            content = await answer.aread()
-            await answer.aclose()
-            self._failure(failure_cause(answer.status_code, content), answer.status_code, content)
+        if answer.status != 200:
+            try:
+                content = await answer.read()
+            except (TimeoutError, aiohttp.ClientError):
+                content = b""
+            answer.release()
+            self._failure(failure_cause(answer.status, content), answer.status, content)
             self._m.requests.labels(self._args.name, target.name, "client_error").inc()
-            return Response(content, answer.status_code, media_type="application/json")
+            return Response(content, answer.status, media_type="application/json")
         self._m.first_byte.labels(self._args.name, target.name).observe(first_byte)
         self._router.succeeded(target.name, first_byte)
         self._m.requests.labels(self._args.name, target.name, "ok").inc()
         if not stream:
-            content = answer.content
-            with contextlib.suppress(ValueError):
-                _charge_from(self._router, tenant, target, json.loads(content).get("usage"))
+            try:
+                content = await answer.read()
+            except TimeoutError:
+                raise FailedError("timeout") from None
+            except aiohttp.ClientError:
+                raise FailedError("5xx") from None
+            if charged:
+                with contextlib.suppress(ValueError):
+                    _charge_from(self._router, tenant, target, json.loads(content).get("usage"))
             return Response(content, 200, media_type="application/json")
         return StreamingResponse(
             self._relay(answer, target, tenant, wants_usage), media_type="text/event-stream"
         )
 
     async def _relay(
-        self, answer: httpx.Response, target: TargetConfig, tenant: str | None, wants_usage: bool
+        self,
+        answer: aiohttp.ClientResponse,
+        target: TargetConfig,
+        tenant: str | None,
+        wants_usage: bool,
     ) -> AsyncIterator[bytes]:
         try:
-            async for received in answer.aiter_lines():
+            async for received in answer.content:
                 line = received
-                if line.startswith("data: {") and '"usage":{' in line.replace(" ", ""):
+                if line.startswith(b"data: {") and b'"usage":{' in line.replace(b" ", b""):
                     chunk = json.loads(line[6:])
                     _charge_from(self._router, tenant, target, chunk.get("usage"))
                     if not wants_usage:
@@ -308,10 +329,10 @@ class RouterServer:
                         if not chunk.get("choices"):
                             continue
                         chunk.pop("usage", None)
-                        line = "data: " + json.dumps(chunk, separators=(",", ":"))
-                yield (line + "\n").encode()
+                        line = b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n"
+                yield line
         finally:
-            await answer.aclose()
+            answer.release()
 
     async def _external(
         self,
