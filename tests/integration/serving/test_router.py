@@ -304,3 +304,38 @@ def test_bad_requests_get_openai_errors(stack: Stack) -> None:
     refused = chat(nothing)
     assert refused.status_code == 503
     assert "smol: cannot do chat" in refused.json()["error"]["message"]
+
+
+def test_an_external_provider_goes_through_any_llm(stack: Stack) -> None:
+    """any-llm's openai provider against an OpenAI-compatible server we own (SmolLM2 at
+    /smol): the path an external provider takes, streaming included. The server needs no
+    key; any-llm's client wants one, so the target reads an unrelated variable."""
+    base = deploy(
+        stack,
+        "r-external",
+        targets=[
+            {
+                "name": "ext",
+                "external": {
+                    "provider": "openai",
+                    "model": SMOL,
+                    "base_url": stack.base("smol"),
+                    "api_key_env": "HOME",
+                },
+                "capabilities": ["chat"],
+            }
+        ],
+    )
+    answer = chat(base, max_tokens=6)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["X-Freehold-Target"] == "ext"
+    assert answer.json()["choices"][0]["message"]["content"]
+    body = {
+        "model": "assistant",
+        "messages": [{"role": "user", "content": "Count to three."}],
+        "max_tokens": 8,
+        "stream": True,
+    }
+    with httpx.stream("POST", f"{base}/chat/completions", json=body, timeout=60) as streamed:
+        lines = [x for x in streamed.iter_lines() if x.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]" and len(lines) > 2
