@@ -20,7 +20,7 @@ from freehold.builders.model_workload import (
     base_env,
     container_security_context,
     pod_security_context,
-    vault_token_volume,
+    vault_volumes,
 )
 from freehold.builders.network import DNS_PORTS, _ns
 from freehold.builders.promotion import EVALUATES_LABEL
@@ -158,11 +158,9 @@ def build_job(spec: EvalJobSpec, ctx: BuildContext) -> dict[str, Any]:
         )
         mounts.append({"name": f"data-{n}", "mountPath": f"{DATA_ROOT}/{claim}", "readOnly": True})
     if ctx.vault_address:
-        vols.append(vault_token_volume())
-        mounts.append({"name": "vault-token", "mountPath": VAULT_TOKEN_DIR, "readOnly": True})
-        if ctx.vault_ca_pem:
-            vols.append({"name": "vault-ca", "configMap": {"name": ca_name(ctx)}})
-            mounts.append({"name": "vault-ca", "mountPath": VAULT_CA_DIR, "readOnly": True})
+        more, more_mounts = vault_volumes(ctx, ca_name(ctx))
+        vols += more
+        mounts += more_mounts
     container = {
         "name": "eval",
         "image": ctx.serving_image,

@@ -15,14 +15,13 @@ from freehold.builders.model_workload import (
     REGION_LABEL,
     SERVE_PORT,
     VAULT_CA_DIR,
-    VAULT_TOKEN_DIR,
     ZONE_LABEL,
     BuildContext,
     base_env,
     container_security_context,
     pod_security_context,
     vault_ca_name,
-    vault_token_volume,
+    vault_volumes,
 )
 from freehold.builders.network import DNS_PORTS, _ns
 from freehold.builders.vault import VaultRole, acl_policy, role_body, vault_name
@@ -124,18 +123,13 @@ def build_statefulset(spec: MemoryStoreSpec, ctx: BuildContext) -> dict[str, Any
         vault_ca_cert=f"{VAULT_CA_DIR}/ca.crt" if vault and ctx.vault_ca_pem else None,
     )
     probe = {"httpGet": {"path": HEALTH, "port": SERVE_PORT}}
+    vault_vols, vault_mounts = vault_volumes(ctx, vault_ca_name(ctx))
     mounts = [
         {"name": "data", "mountPath": DATA_DIR},
         {"name": "tmp", "mountPath": "/tmp"},
-        {"name": "vault-token", "mountPath": VAULT_TOKEN_DIR, "readOnly": True},
+        *vault_mounts,
     ]
-    volumes: list[dict[str, Any]] = [
-        {"name": "tmp", "emptyDir": {}},
-        vault_token_volume(),
-    ]
-    if ctx.vault_ca_pem:
-        volumes.append({"name": "vault-ca", "configMap": {"name": vault_ca_name(ctx)}})
-        mounts.append({"name": "vault-ca", "mountPath": VAULT_CA_DIR, "readOnly": True})
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}, *vault_vols]
     container = {
         "name": "memory",
         "image": ctx.serving_image,

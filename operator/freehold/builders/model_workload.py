@@ -176,6 +176,21 @@ def vault_token_volume() -> dict[str, Any]:
     }
 
 
+def vault_volumes(
+    ctx: BuildContext, ca_config_map: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, mounts) of a pod that logs in to Vault itself: the Vault-audience token,
+    and Vault's private CA when there is one."""
+    vols = [vault_token_volume()]
+    mounts: list[dict[str, Any]] = [
+        {"name": "vault-token", "mountPath": VAULT_TOKEN_DIR, "readOnly": True}
+    ]
+    if ctx.vault_ca_pem:
+        vols.append({"name": "vault-ca", "configMap": {"name": ca_config_map}})
+        mounts.append({"name": "vault-ca", "mountPath": VAULT_CA_DIR, "readOnly": True})
+    return vols, mounts
+
+
 def volumes(
     spec: ModelDeploymentSpec, ctx: BuildContext
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -197,11 +212,9 @@ def volumes(
         )
         mounts.append({"name": "model", "mountPath": f"{MODELS_ROOT}/{claim}", "readOnly": True})
     if needs_vault(spec):
-        vols.append(vault_token_volume())
-        mounts.append({"name": "vault-token", "mountPath": VAULT_TOKEN_DIR, "readOnly": True})
-        if ctx.vault_ca_pem:
-            vols.append({"name": "vault-ca", "configMap": {"name": vault_ca_name(ctx)}})
-            mounts.append({"name": "vault-ca", "mountPath": VAULT_CA_DIR, "readOnly": True})
+        more, more_mounts = vault_volumes(ctx, vault_ca_name(ctx))
+        vols += more
+        mounts += more_mounts
     return vols, mounts
 
 

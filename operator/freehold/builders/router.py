@@ -15,12 +15,11 @@ from freehold.builders.model_workload import (
     MANAGED_BY,
     SERVE_PORT,
     VAULT_CA_DIR,
-    VAULT_TOKEN_DIR,
     BuildContext,
     base_env,
     container_security_context,
     pod_security_context,
-    vault_token_volume,
+    vault_volumes,
 )
 from freehold.builders.network import DNS_PORTS, _ns
 from freehold.builders.serving_args import api_keys_config
@@ -148,11 +147,9 @@ def build_deployment(spec: ModelRouterSpec, ctx: BuildContext, args: RouterArgs)
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
     vols: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
     if needs_vault(spec) and ctx.vault_address:
-        vols.append(vault_token_volume())
-        mounts.append({"name": "vault-token", "mountPath": VAULT_TOKEN_DIR, "readOnly": True})
-        if ctx.vault_ca_pem:
-            vols.append({"name": "vault-ca", "configMap": {"name": f"{ctx.name}-router-vault-ca"}})
-            mounts.append({"name": "vault-ca", "mountPath": VAULT_CA_DIR, "readOnly": True})
+        more, more_mounts = vault_volumes(ctx, f"{ctx.name}-router-vault-ca")
+        vols += more
+        mounts += more_mounts
     container = {
         "name": "router",
         "image": ctx.serving_image,
