@@ -35,6 +35,7 @@ from freehold.reconciler import (
 
 if TYPE_CHECKING:
     from freehold.adapters.metrics import OperatorMetrics
+    from freehold.adapters.tracing import ReconcileTracing
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str, str]  # (kind, namespace, name)
@@ -118,9 +119,11 @@ class Controller:
         backoff_base: float = 1.0,
         backoff_max: float = 60.0,
         metrics: OperatorMetrics | None = None,
+        tracing: ReconcileTracing | None = None,
     ) -> None:
         self._reconciler = reconciler
         self._metrics = metrics
+        self._tracing = tracing
         self._kinds = {k.api.kind: k for k in kinds}
         self._status_from = {c for k in kinds for c in k.status_from}
         self._workers = workers
@@ -270,16 +273,20 @@ class Controller:
         self._seen[key] = set()
         loop = asyncio.get_running_loop()
         began = time.perf_counter()
-        try:
-            outcome = await loop.run_in_executor(
-                self._pool, self._reconciler.reconcile, kind, copy.deepcopy(body), owned
-            )
-        except Exception:
-            if self._metrics is not None:
-                self._metrics.observe(key[0], time.perf_counter() - began, "error", None, [])
-            raise
-        finally:
-            seen = self._seen.pop(key, set())
+        with contextlib.ExitStack() as traced:
+            span = traced.enter_context(self._tracing.span(*key)) if self._tracing else None
+            try:
+                outcome = await loop.run_in_executor(
+                    self._pool, self._reconciler.reconcile, kind, copy.deepcopy(body), owned
+                )
+            except Exception:
+                if self._metrics is not None:
+                    self._metrics.observe(key[0], time.perf_counter() - began, "error", None, [])
+                raise
+            finally:
+                seen = self._seen.pop(key, set())
+            if span is not None and self._tracing is not None:
+                self._tracing.record(span, outcome)
         if self._metrics is not None:
             problem = outcome.problem
             result = "retry" if outcome.retry else ("problem" if problem else "ok")

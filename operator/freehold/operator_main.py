@@ -186,12 +186,19 @@ def run(settings: OperatorSettings) -> None:
         metrics = OperatorMetrics()
         metrics.serve(settings.metrics_host, settings.metrics_port)
         log.info("metrics on %s:%d/metrics", settings.metrics_host, settings.metrics_port)
+    tracing = None
+    if settings.otel_endpoint:
+        from freehold.adapters.tracing import ReconcileTracing
+
+        tracing = ReconcileTracing.otlp(settings.otel_endpoint)
+        log.info("reconcile spans to %s", settings.otel_endpoint)
     controller = Controller(
         reconciler,
         kinds,
         workers=settings.workers,
         resync_seconds=settings.resync_seconds,
         metrics=metrics,
+        tracing=tracing,
     )
     if metrics is not None:
         metrics.track_queue(lambda: controller.queue_depth)

@@ -87,7 +87,10 @@ class OperatorSettings(BaseSettings):
         validation_alias=AliasChoices("FREEHOLD_OPERATOR_POD_NAMESPACE", "POD_NAMESPACE"),
         description="The operator's own namespace: memory stores admit its status probe.",
     )
-    otel_endpoint: str | None = Field(default=None, description="OTLP/HTTP endpoint.")
+    otel_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP endpoint: the workloads' telemetry and the operator's reconcile spans.",
+    )
     kuberay_namespace: str = Field(
         default="kuberay-system",
         description="Namespace of the KubeRay operator, which must reach the Ray dashboard.",
