@@ -27,6 +27,7 @@ from freehold.reconciler import (
     MANAGED_BY_LABEL,
     ChildKey,
     KindController,
+    Outcome,
     OwnedChild,
     Reconciler,
     controller_uid,
@@ -34,6 +35,7 @@ from freehold.reconciler import (
 )
 
 if TYPE_CHECKING:
+    from freehold.adapters.audit import OperatorAudit
     from freehold.adapters.metrics import OperatorMetrics
     from freehold.adapters.tracing import ReconcileTracing
 
@@ -120,10 +122,12 @@ class Controller:
         backoff_max: float = 60.0,
         metrics: OperatorMetrics | None = None,
         tracing: ReconcileTracing | None = None,
+        audit: OperatorAudit | None = None,
     ) -> None:
         self._reconciler = reconciler
         self._metrics = metrics
         self._tracing = tracing
+        self._audit = audit
         self._kinds = {k.api.kind: k for k in kinds}
         self._status_from = {c for k in kinds for c in k.status_from}
         self._workers = workers
@@ -148,6 +152,8 @@ class Controller:
         meta = body.get("metadata") or {}
         key: Key = (kind, str(meta.get("namespace")), str(meta.get("name")))
         uid = str(meta.get("uid"))
+        if self._audit is not None:
+            self._audit.resource(kind, event_type, body)
         owner = controller_uid(body)
         if owner is not None and (meta.get("labels") or {}).get(MANAGED_BY_LABEL) == MANAGED_BY:
             # One of our kinds made by another (watched once, as a parent; a second,
@@ -237,6 +243,8 @@ class Controller:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._audit is not None:
+            self._audit.close()  # flush and sign what is queued
 
     async def _resync(self) -> None:
         # A safety net only: watches bring changes within a second. This catches what a
@@ -287,16 +295,7 @@ class Controller:
                 seen = self._seen.pop(key, set())
             if span is not None and self._tracing is not None:
                 self._tracing.record(span, outcome)
-        if self._metrics is not None:
-            problem = outcome.problem
-            result = "retry" if outcome.retry else ("problem" if problem else "ok")
-            self._metrics.observe(
-                key[0],
-                time.perf_counter() - began,
-                result,
-                problem.reason if problem else None,
-                outcome.repaired,
-            )
+        self._observe(key, outcome, time.perf_counter() - began)
         children = self._owned.setdefault(uid, {})
         ours = set()
         for child in outcome.applied:
@@ -329,6 +328,17 @@ class Controller:
             self._failures.pop(key, None)
             if outcome.requeue_after is not None:
                 self._queue.add(key, outcome.requeue_after)
+
+    def _observe(self, key: Key, outcome: Outcome, seconds: float) -> None:
+        """What a pass did, for the metrics and the audit log."""
+        if self._metrics is not None:
+            problem = outcome.problem
+            result = "retry" if outcome.retry else ("problem" if problem else "ok")
+            self._metrics.observe(
+                key[0], seconds, result, problem.reason if problem else None, outcome.repaired
+            )
+        if self._audit is not None:
+            self._audit.outcome(key, outcome)
 
     # -- introspection (tests, metrics) --------------------------------------------------
 

@@ -178,7 +178,8 @@ def run(settings: OperatorSettings) -> None:
     kinds = registry(cluster_config(settings, api_server_cidr(settings, api.configuration.host)))
     types = [k.resource for k in kinds] + child_types(kinds) + lookup_types(kinds)
     kube = KubeApi(api, types, discovery_ttl=settings.discovery_seconds)
-    reconciler = Reconciler(kube, connect_vault(settings), prober=HttpProbe())
+    vault = connect_vault(settings)
+    reconciler = Reconciler(kube, vault, prober=HttpProbe())
     metrics = None
     if settings.metrics_port:
         from freehold.adapters.metrics import OperatorMetrics
@@ -192,6 +193,13 @@ def run(settings: OperatorSettings) -> None:
 
         tracing = ReconcileTracing.otlp(settings.otel_endpoint)
         log.info("reconcile spans to %s", settings.otel_endpoint)
+    audit = None
+    if settings.audit_dir is not None:
+        from freehold.adapters.audit import OperatorAudit
+
+        signer = vault.signer(settings.audit_signing_key) if vault is not None else None
+        audit = OperatorAudit.open(settings.audit_dir, signer)
+        log.info("audit log in %s (%s)", settings.audit_dir, "signed" if signer else "unsigned")
     controller = Controller(
         reconciler,
         kinds,
@@ -199,6 +207,7 @@ def run(settings: OperatorSettings) -> None:
         resync_seconds=settings.resync_seconds,
         metrics=metrics,
         tracing=tracing,
+        audit=audit,
     )
     if metrics is not None:
         metrics.track_queue(lambda: controller.queue_depth)

@@ -208,6 +208,10 @@ class Outcome:
     # Kinds of children created or changed back while the parent's spec had not changed
     # since the last pass (drift repaired): for the operator's metrics.
     repaired: list[str] = field(default_factory=list)
+    # (created | updated | deleted, kind, name) of each child this pass changed, and
+    # (written | removed, name) of each Vault policy and role: for the audit log.
+    changes: list[tuple[str, str, str]] = field(default_factory=list)
+    vault: list[tuple[str, str]] = field(default_factory=list)
 
 
 def owner_reference(parent: Mapping[str, Any]) -> dict[str, Any]:
@@ -361,6 +365,7 @@ class Reconciler:
                 outcome.parent = self._kube.patch_metadata(parent, {"finalizers": finalizers})
             for external in desired.externals:
                 if self._externals.ensure(external):
+                    outcome.vault.append(("written", external.name))
                     self._kube.post_event(
                         parent,
                         "Normal",
@@ -378,6 +383,7 @@ class Reconciler:
             try:
                 for name in kind.external_names(parent):
                     self._externals.remove(name)
+                    outcome.vault.append(("removed", name))
             except VaultUnavailableError as exc:
                 return Problem(exc.reason, f"waiting for Vault to clean up: {exc.message}", True)
         current = outcome.parent or parent
@@ -451,8 +457,10 @@ class Reconciler:
                 outcome.repaired.append(key[1])
             if result.created:
                 changes.append(f"created {key[1]} {key[2]}")
+                outcome.changes.append(("created", key[1], key[2]))
             elif result.changed:
                 changes.append(f"updated {key[1]} {key[2]}")
+                outcome.changes.append(("updated", key[1], key[2]))
         if changes:
             self._kube.post_event(parent, "Normal", "Applied", "; ".join(changes))
         if conflicts:
@@ -484,6 +492,7 @@ class Reconciler:
             if self._kube.delete(ref, child.uid):
                 removed.append(f"{child.kind} {child.name}")
                 outcome.deleted.append(child.uid)
+                outcome.changes.append(("deleted", child.kind, child.name))
         if removed:
             self._kube.post_event(parent, "Normal", "Pruned", "deleted " + ", ".join(removed))
 

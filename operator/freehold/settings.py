@@ -89,7 +89,8 @@ class OperatorSettings(BaseSettings):
     )
     otel_endpoint: str | None = Field(
         default=None,
-        description="OTLP/HTTP endpoint: the workloads' telemetry and the operator's reconcile spans.",
+        description="OTLP/HTTP endpoint: the workloads' telemetry and the operator's "
+        "reconcile spans.",
     )
     kuberay_namespace: str = Field(
         default="kuberay-system",
@@ -106,6 +107,16 @@ class OperatorSettings(BaseSettings):
     metrics_host: str = Field(default="0.0.0.0", description="Address of /metrics.")
     metrics_port: int = Field(
         default=9090, ge=0, le=65535, description="Port of the operator's /metrics; 0: off."
+    )
+    audit_dir: Path | None = Field(
+        default=None,
+        description="Where the operator appends its hash-chained audit log (operator.jsonl); "
+        "unset: no audit log.",
+    )
+    audit_signing_key: str = Field(
+        default="freehold-operator-audit",
+        description="Vault transit key (ed25519, created if missing) that signs the audit "
+        "log's checkpoints; without Vault the log is chained but unsigned.",
     )
     watch_server_timeout: int = Field(
         default=300, description="Seconds the API server keeps a watch open."

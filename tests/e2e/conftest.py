@@ -302,6 +302,7 @@ def operator(
         tmp / "operator.log",
         FREEHOLD_OPERATOR_VAULT_ADDRESS=vault.url,
         FREEHOLD_OPERATOR_VAULT_TOKEN=vault.state.root_token,
+        FREEHOLD_OPERATOR_AUDIT_DIR=str(tmp / "audit"),
     )
     proc.start()
     yield proc

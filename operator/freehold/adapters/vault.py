@@ -188,6 +188,21 @@ class VaultApi:
             log.info("vault policy and role %s written", role.name)
         return changed
 
+    def signer(self, key: str, mount: str = "transit") -> Any:
+        """An ed25519 transit key (created when missing) as a Signer: the audit log's
+        checkpoints are signed in Vault; the private key never leaves it."""
+        from freehold_serving.memory.bundle import TransitSigner
+        from freehold_serving.transit import Transit
+
+        path = f"/v1/{mount}/keys/{key}"
+        try:
+            self._call("read a transit key", self._client.adapter.get, path)
+        except vault_errors.InvalidPath:
+            self._call(
+                "create a transit key", self._client.adapter.post, path, json={"type": "ed25519"}
+            )
+        return TransitSigner(Transit(self._client, mount), key)
+
     def remove(self, name: str) -> None:
         """Delete the role, then the policy; or a transit key (TRANSIT_KEY prefix). Missing
         ones are fine."""

@@ -1,0 +1,64 @@
+"""The operator's audit events: what is recorded for a resource's life and a pass's work,
+in a chain `freehold audit verify` accepts, with no spec value in it. (The same log on the
+real API server: tests/e2e/test_audit.py.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from freehold.adapters.audit import OperatorAudit
+from freehold.reconciler import Outcome, Problem
+from freehold_serving.audit import verify
+from freehold_serving.memory.bundle import FileSigner
+
+CANARY = "canary-d41b"
+
+
+def body(generation: int) -> dict[str, object]:
+    return {
+        "metadata": {
+            "name": "gemma",
+            "namespace": "team",
+            "uid": "u1",
+            "generation": generation,
+            "managedFields": [{"manager": "kubectl"}, {"manager": "freehold-operator"}],
+        },
+        "spec": {"model": {"sha256": "a" * 64, "servedName": CANARY}},
+    }
+
+
+def test_a_resource_life_and_a_pass_are_audited(tmp_path: Path) -> None:
+    audit = OperatorAudit.open(tmp_path, FileSigner(tmp_path / "k.pem"))
+    audit.resource("ModelDeployment", "ADDED", body(1))
+    audit.resource("ModelDeployment", "MODIFIED", body(1))  # status only: nothing
+    audit.resource("ModelDeployment", "MODIFIED", body(2))
+    outcome = Outcome(
+        changes=[("created", "Deployment", "gemma"), ("deleted", "PodDisruptionBudget", "gemma")],
+        vault=[("written", "freehold.team.gemma")],
+        problem=Problem("ApplyFailed", f"quota: {CANARY}", True),
+    )
+    key = ("ModelDeployment", "team", "gemma")
+    audit.outcome(key, outcome)
+    audit.outcome(key, outcome)  # the same reason again: no new outcome event
+    audit.resource("ModelDeployment", "DELETED", body(2))
+    audit.close()
+    log = tmp_path / "operator.jsonl"
+    text = log.read_text()
+    types = [line.split('"type":"')[1].split('"')[0] for line in text.splitlines()]
+    recorded = [t for t in types if t != "checkpoint"]
+    assert recorded == [
+        "resource.observed",
+        "resource.updated",
+        "child.created",
+        "child.deleted",
+        "vault.written",
+        "reconcile.outcome",
+        "child.created",
+        "child.deleted",
+        "vault.written",
+        "resource.deleted",
+    ]
+    assert types[-1] == "checkpoint"
+    assert '"managers":["freehold-operator","kubectl"]' in text
+    assert CANARY not in text
+    assert verify(log).exit_code == 0
