@@ -236,3 +236,18 @@ def _server_token(vault: Vault, policy: str) -> str:
     token = f"hvs.test-{policy}"
     vault.server.state.tokens[token] = [policy]
     return token
+
+
+def test_the_audit_signer_asks_vault_only_when_it_signs(vault: Vault) -> None:
+    """The operator's audit checkpoints are signed in transit; building the signer needs no
+    Vault (an operator starting while Vault is away still starts), the first signature
+    creates the key."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    key = "freehold-operator-audit-test"
+    unreachable = VaultApi.connect("http://127.0.0.1:9", "t").signer(key)  # nothing listens
+    assert unreachable is not None
+    signer = VaultApi.connect(vault.url, vault.token).signer(key)
+    signature = signer.sign(b"7:abc")
+    Ed25519PublicKey.from_public_bytes(signer.public_key()).verify(signature, b"7:abc")
+    assert vault.client().secrets.transit.read_key(name=key)["data"]["type"] == "ed25519"

@@ -189,19 +189,44 @@ class VaultApi:
         return changed
 
     def signer(self, key: str, mount: str = "transit") -> Any:
-        """An ed25519 transit key (created when missing) as a Signer: the audit log's
-        checkpoints are signed in Vault; the private key never leaves it."""
+        """An ed25519 transit key as a Signer (the audit log's checkpoints are signed in
+        Vault; the private key never leaves it). Nothing is asked of Vault until the first
+        signature, and the key is created then if missing: an operator starting while Vault
+        is away still starts."""
         from freehold_serving.memory.bundle import TransitSigner
         from freehold_serving.transit import Transit
 
-        path = f"/v1/{mount}/keys/{key}"
-        try:
-            self._call("read a transit key", self._client.adapter.get, path)
-        except vault_errors.InvalidPath:
-            self._call(
-                "create a transit key", self._client.adapter.post, path, json={"type": "ed25519"}
-            )
-        return TransitSigner(Transit(self._client, mount), key)
+        api = self
+
+        class EnsuredSigner:
+            def __init__(self) -> None:
+                self._inner = TransitSigner(Transit(api._client, mount), key)
+                self._ready = False
+
+            def _ensure(self) -> None:
+                if self._ready:
+                    return
+                path = f"/v1/{mount}/keys/{key}"
+                try:
+                    api._call("read a transit key", api._client.adapter.get, path)
+                except vault_errors.InvalidPath:
+                    api._call(
+                        "create a transit key",
+                        api._client.adapter.post,
+                        path,
+                        json={"type": "ed25519"},
+                    )
+                self._ready = True
+
+            def public_key(self) -> bytes:
+                self._ensure()
+                return self._inner.public_key()
+
+            def sign(self, message: bytes) -> bytes:
+                self._ensure()
+                return self._inner.sign(message)
+
+        return EnsuredSigner()
 
     def remove(self, name: str) -> None:
         """Delete the role, then the policy; or a transit key (TRANSIT_KEY prefix). Missing
