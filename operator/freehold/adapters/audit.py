@@ -61,14 +61,19 @@ class _Writer:
                 try:
                     self._log.record(item[0], **item[1])
                     pending += 1
-                except Exception:  # never take the operator down; say so loudly
-                    log.exception("audit event %s not written", item[0])
+                except Exception as exc:  # never take the operator down; say so loudly
+                    log.error(
+                        "audit event %s not written: %s: %s", item[0], type(exc).__name__, exc
+                    )
             if pending and self._signed and (item is None or self._queue.empty()):
                 try:
                     self._log.checkpoint()
                     pending = 0
-                except Exception:
-                    log.exception("audit checkpoint not signed (Vault); retried later")
+                except Exception as exc:  # Vault sealed or away: the next event retries
+                    log.warning(
+                        "audit checkpoint not signed (%s); retried with the next event",
+                        type(exc).__name__,
+                    )
             if item is None:
                 return
 
