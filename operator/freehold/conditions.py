@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -48,3 +48,15 @@ def merge_conditions(
             entry["observedGeneration"] = generation
         merged.append(entry)
     return merged
+
+
+def condition_of(obj: Mapping[str, Any] | None, type_: str) -> dict[str, Any] | None:
+    """The condition of this type in an object's status, as the API server returned it."""
+    for cond in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == type_:
+            return dict(cond)
+    return None
+
+
+def is_true(obj: Mapping[str, Any] | None, type_: str) -> bool:
+    return (condition_of(obj, type_) or {}).get("status") == "True"

@@ -27,6 +27,24 @@ class DataKey:
         return f"DataKey(ciphertext={self.ciphertext[:16]}…)"
 
 
+def login(
+    address: str,
+    role: str,
+    jwt_path: str,
+    *,
+    auth_mount: str = "kubernetes",
+    ca_cert: str | None = None,
+    mount: str = "transit",
+) -> Transit:
+    """Transit as a workload uses it: logged in with its projected ServiceAccount token."""
+    from pathlib import Path
+
+    client = hvac.Client(url=address, verify=ca_cert or True, timeout=10)
+    jwt = Path(jwt_path).read_text(encoding="utf-8").strip()
+    client.auth.kubernetes.login(role=role, jwt=jwt, mount_point=auth_mount)
+    return Transit(client, mount)
+
+
 class Transit:
     def __init__(self, client: hvac.Client, mount: str = "transit") -> None:
         self._client = client

@@ -27,6 +27,7 @@ from freehold.api.model_deployment import (
     PeerSelector,
     Scaling,
 )
+from freehold.conditions import is_true
 
 MODEL_ANNOTATION = "freehold.dev/model"
 PROMOTION_LABEL = "freehold.dev/promotion-of"
@@ -70,12 +71,9 @@ def model_annotation(model: ModelSource) -> str:
 def passed(job: Mapping[str, Any] | None, sha256: str) -> bool:
     """Finished, every gate passed, and for exactly this digest."""
     status = (job or {}).get("status") or {}
-    gates: Mapping[str, Any] = next(
-        (c for c in status.get("conditions") or [] if c.get("type") == "GatesPassed"), {}
-    )
     return (
         status.get("phase") == "Succeeded"
-        and gates.get("status") == "True"
+        and is_true(job, "GatesPassed")
         and status.get("modelDigest") == f"sha256:{sha256}"
     )
 

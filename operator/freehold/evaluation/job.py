@@ -109,15 +109,18 @@ def serve_progress(progress: Progress, host: str, port: int) -> ThreadingHTTPSer
 
 def signer_for(config: JobConfig) -> Signer:
     if config.vault is not None:
-        import hvac
-
-        from freehold_serving.transit import Transit
+        from freehold_serving.transit import login
 
         vault = config.vault
-        client = hvac.Client(url=vault.address, verify=vault.ca_cert or True, timeout=10)
-        jwt = Path(vault.jwt_path).read_text(encoding="utf-8").strip()
-        client.auth.kubernetes.login(role=vault.role, jwt=jwt, mount_point=vault.auth_mount)
-        return TransitSigner(Transit(client, vault.mount), vault.key_name)
+        transit = login(
+            vault.address,
+            vault.role,
+            vault.jwt_path,
+            auth_mount=vault.auth_mount,
+            ca_cert=vault.ca_cert,
+            mount=vault.mount,
+        )
+        return TransitSigner(transit, vault.key_name)
     if config.signing_key_file:
         return FileSigner(Path(config.signing_key_file))
     raise ValueError("no signing key: the config names neither Vault nor a key file")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
 from freehold.api.eval_job import Generation, Normalize, Suite
-from freehold.evaluation.datasets import DatasetError, Item
+from freehold.evaluation.datasets import DatasetError, Item, parse
 
 _ENV = SandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True)
 _ENV.filters["regex_replace"] = lambda s, pattern, repl, count=0: re.sub(
@@ -157,13 +156,8 @@ def load(
         )
     items: list[Item] = []
     choices = output_type == "multiple_choice"
-    for n, line in enumerate(data.decode("utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            doc = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{path.name} line {n}: not JSON ({exc.msg})") from None
+    for parsed in parse(path.name, data):  # one JSON object a line, as our own datasets
+        doc = parsed.data
         text = str(_render(task.get("doc_to_text", ""), doc, "doc_to_text"))
         target = _target(task.get("doc_to_target", ""), doc, choices)
         if choices:
@@ -175,9 +169,7 @@ def load(
             if task.get("doc_to_choice") is not None and isinstance(target, int):
                 target = _choices(task["doc_to_choice"], doc)[target]
             item = {"input": text, "target": target if isinstance(target, list) else str(target)}
-        items.append(Item(len(items), item))
-    if not items:
-        raise DatasetError(f"{where}: its data file has no items")
+        items.append(Item(parsed.index, item))
     return adapted(suite, task), items
 
 

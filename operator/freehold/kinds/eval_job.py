@@ -33,7 +33,7 @@ from freehold.builders.eval_job import (
 )
 from freehold.builders.model_workload import INSTANCE_LABEL, BuildContext, ClusterConfig
 from freehold.builders.promotion import candidate_name
-from freehold.conditions import Condition, condition
+from freehold.conditions import Condition, condition, condition_of, is_true
 from freehold.evaluation.job import PROGRESS_PORT, JobConfig
 from freehold.kinds.model_deployment import VAULT_FINALIZER, VAULT_REASONS
 from freehold.reconciler import (
@@ -328,11 +328,7 @@ def target_endpoint(
             "evaluation a key is planned, not built. (Promotion candidates need none: only "
             "their evaluation can reach them.)",
         )
-    ready = any(
-        c.get("type") == "Ready" and c.get("status") == "True"
-        for c in status.get("conditions") or []
-    )
-    if not ready or not status.get("endpoint"):
+    if not is_true(deployment, "Ready") or not status.get("endpoint"):
         raise WaitingError(
             "TargetNotReady", f"spec.{what}: waiting for ModelDeployment {ref.name} to serve"
         )
@@ -414,10 +410,8 @@ def termination_summary(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def job_condition(job: Mapping[str, Any], type_: str) -> dict[str, Any] | None:
-    for cond in (job.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == type_ and cond.get("status") == "True":
-            return dict(cond)
-    return None
+    """The Job's condition of this type when it holds (Complete, Failed)."""
+    return condition_of(job, type_) if is_true(job, type_) else None
 
 
 def finished(

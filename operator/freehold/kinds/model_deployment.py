@@ -29,7 +29,7 @@ from freehold.builders.promotion import (
 )
 from freehold.builders.rayservice import serve_service_name
 from freehold.builders.vault import build_role, vault_name
-from freehold.conditions import Condition, condition
+from freehold.conditions import Condition, condition, condition_of
 from freehold.kinds.checks import api_keys_in_namespace, positive_quantities
 from freehold.reconciler import (
     OWNER_UID_LABEL,
@@ -266,13 +266,6 @@ def awaiting_eval(decided: Plan, served: ModelSource) -> Condition:
     )
 
 
-def _condition_of(obj: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
-    for cond in (obj.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == type_:
-            return dict(cond)
-    return None
-
-
 def observe(backend: Backend, obj: Mapping[str, Any] | None, app_name: str) -> Observed:
     if obj is None:
         return Observed(backend, exists=False)
@@ -280,7 +273,7 @@ def observe(backend: Backend, obj: Mapping[str, Any] | None, app_name: str) -> O
     if backend == "RayService":
         active = status.get("activeServiceStatus") or {}
         cluster = active.get("rayClusterStatus") or {}
-        ready = (_condition_of(obj, "Ready") or {}).get("status") == "True"
+        ready = (condition_of(obj, "Ready") or {}).get("status") == "True"
         app = (active.get("applicationStatuses") or {}).get(app_name) or {}
         failure = None
         if app.get("status") in FAILED_APP_STATES:
@@ -295,7 +288,7 @@ def observe(backend: Backend, obj: Mapping[str, Any] | None, app_name: str) -> O
         )
     desired = int((obj.get("spec") or {}).get("replicas") or 0)
     ready_count = int(status.get("readyReplicas") or 0)
-    progressing = _condition_of(obj, "Progressing")
+    progressing = condition_of(obj, "Progressing")
     failure = None
     if progressing and progressing.get("reason") == "ProgressDeadlineExceeded":
         failure = progressing.get("message") or "the rollout exceeded its progress deadline"

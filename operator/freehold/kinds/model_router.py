@@ -18,7 +18,7 @@ from freehold.builders.router import (
     router_args,
     router_vault_name,
 )
-from freehold.conditions import condition
+from freehold.conditions import condition, is_true
 from freehold.kinds.model_deployment import VAULT_FINALIZER, VAULT_REASONS
 from freehold.reconciler import (
     ChildKey,
@@ -44,13 +44,6 @@ CHILD_TYPES: tuple[ResourceType, ...] = (
 )
 
 
-def _ready(obj: Mapping[str, Any] | None) -> bool:
-    return any(
-        c.get("type") == "Ready" and c.get("status") == "True"
-        for c in ((obj or {}).get("status") or {}).get("conditions") or []
-    )
-
-
 def eval_state(deployment: str, digest: str | None, jobs: list[dict[str, Any]]) -> str | None:
     """The latest EvalJob of this ModelDeployment's served digest: Passed, Failed or
     Pending; None when there is none."""
@@ -69,10 +62,7 @@ def eval_state(deployment: str, digest: str | None, jobs: list[dict[str, Any]]) 
     status = latest.get("status") or {}
     if status.get("phase") not in ("Succeeded", "Failed"):
         return "Pending"
-    gates: Mapping[str, Any] = next(
-        (c for c in status.get("conditions") or [] if c.get("type") == "GatesPassed"), {}
-    )
-    return "Passed" if gates.get("status") == "True" else "Failed"
+    return "Passed" if is_true(latest, "GatesPassed") else "Failed"
 
 
 class ModelRouterKind:
@@ -129,7 +119,7 @@ class ModelRouterKind:
                 continue
             md = facts.one(f"md:{t.name}")
             status = (md or {}).get("status") or {}
-            ready = md is not None and _ready(md)
+            ready = md is not None and is_true(md, "Ready")
             state = (
                 eval_state(t.model_deployment_ref.name, status.get("servedDigest"), jobs)
                 if spec.require_passing_eval

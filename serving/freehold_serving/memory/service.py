@@ -41,16 +41,18 @@ class UpstreamError(StoreError):
 
 
 def _transit(args: MemoryArgs) -> Any:
-    import hvac
-
-    from freehold_serving.transit import Transit
+    from freehold_serving.transit import login
 
     vault = args.vault
     assert vault is not None
-    client = hvac.Client(url=vault.address, verify=vault.ca_cert or True, timeout=10)
-    jwt = Path(vault.jwt_path).read_text(encoding="utf-8").strip()
-    client.auth.kubernetes.login(role=vault.role, jwt=jwt, mount_point=vault.auth_mount)
-    return Transit(client, vault.mount)
+    return login(
+        vault.address,
+        vault.role,
+        vault.jwt_path,
+        auth_mount=vault.auth_mount,
+        ca_cert=vault.ca_cert,
+        mount=vault.mount,
+    )
 
 
 def key_material(args: MemoryArgs) -> tuple[crypto.KeyWrapper, bundle.Signer]:
