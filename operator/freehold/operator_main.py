@@ -196,9 +196,20 @@ def run(settings: OperatorSettings) -> None:
     audit = None
     if settings.audit_dir is not None:
         from freehold.adapters.audit import OperatorAudit
+        from freehold_serving.audit import OtlpEventExport
 
         signer = vault.signer(settings.audit_signing_key) if vault is not None else None
-        audit = OperatorAudit.open(settings.audit_dir, signer)
+        export = (
+            OtlpEventExport(settings.otel_endpoint, "freehold-operator")
+            if settings.otel_endpoint
+            else None
+        )
+        audit = OperatorAudit.open(
+            settings.audit_dir,
+            signer,
+            registry=metrics.registry if metrics is not None else None,
+            export=export,
+        )
         log.info("audit log in %s (%s)", settings.audit_dir, "signed" if signer else "unsigned")
     controller = Controller(
         reconciler,

@@ -213,6 +213,10 @@ class OpenAIServer:
         telemetry = Telemetry(
             args.telemetry, f"freehold-{args.name}", metric_readers=[prometheus_reader()]
         )
+        if args.audit is not None:
+            from freehold_serving.access import AccessLog
+
+            telemetry.access = AccessLog(args, args.audit)
         config = args.api_keys
         vault = config is not None and config.vault is not None
         # A replica that cannot read its keys does not start: fail closed.

@@ -123,6 +123,18 @@ class TelemetryConfig(Strict):
     otlp_endpoint: str | None = None
 
 
+class AuditConfig(Strict):
+    """Inference access records (who called which model, tokens, latency, status; never
+    prompts or completions), hash-chained in DIRECTORY/access/NAME-SLOT.jsonl."""
+
+    directory: str
+    signing_key_file: str | None = Field(
+        default=None,
+        description="Ed25519 key (PEM, created if absent) that signs checkpoints; unset: "
+        "the chain is hash-linked but unsigned.",
+    )
+
+
 class EmbeddingsConfig(Strict):
     enabled: bool = True
     model: Literal["all-minilm-l6-v2"] = "all-minilm-l6-v2"
@@ -139,6 +151,7 @@ class ServingArgs(Strict):
     autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
     api_keys: ApiKeysConfig | None = None
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    audit: AuditConfig | None = None
     embeddings: EmbeddingsConfig = Field(default_factory=EmbeddingsConfig)
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     memory_stores: dict[str, str] = Field(

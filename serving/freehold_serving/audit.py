@@ -14,14 +14,18 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import os
+import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 GENESIS = "0" * 64
+_log = logging.getLogger(__name__)
 
 
 class Signer(Protocol):
@@ -50,12 +54,21 @@ class AuditLog:
         self, path: Path, component: str, signer: Signer | None = None, checkpoint_every: int = 1
     ) -> None:
         self.path = path
-        self._component = component
+        self.component = component
         self._signer = signer
         self._every = checkpoint_every
         self._lock = threading.Lock()
         self._since = 0
         path.parent.mkdir(parents=True, exist_ok=True)
+        # What is on disk is checked before anything is added to it: a log edited while
+        # this component was down is reported (freehold_audit_chain_intact) and never
+        # silently extended as if it were whole.
+        self.resumed_intact = True
+        if path.exists():
+            problems = verify(path).problems
+            if problems:
+                self.resumed_intact = False
+                _log.error("audit log %s was tampered with: %s", path, "; ".join(problems[:3]))
         self._seq, self._prev = self._resume()
         self._file = path.open("ab")
 
@@ -78,7 +91,7 @@ class AuditLog:
         event: dict[str, Any] = {
             "seq": self._seq + 1,
             "time": datetime.now(UTC).isoformat(),
-            "component": self._component,
+            "component": self.component,
             "type": kind,
             "data": data,
             "prev": self._prev,
@@ -98,12 +111,12 @@ class AuditLog:
                 self.checkpoint()
             return event
 
-    def checkpoint(self) -> None:
+    def checkpoint(self) -> dict[str, Any]:
         """Sign `seq:hash` of the latest event (call with the lock held or alone)."""
         assert self._signer is not None
         message = f"{self._seq}:{self._prev}".encode()
         public = self._signer.public_key()
-        self._append(
+        event = self._append(
             "checkpoint",
             {
                 "upto": self._seq,
@@ -114,6 +127,7 @@ class AuditLog:
             },
         )
         self._since = 0
+        return event
 
     def close(self) -> None:
         self._file.close()
@@ -190,3 +204,190 @@ def verify(path: Path, trusted: set[bytes] | None = None) -> Verdict:
             "checkpoint: no signature covers them (appended later, or not yet checkpointed)"
         )
     return verdict
+
+
+def _component_kind(component: str) -> str:
+    # Metric labels carry the kind of component only ("memory", not "memory/ns/name"):
+    # resource names can be personal data in namespace-per-user clusters.
+    return component.split("/", 1)[0]
+
+
+class AuditMetrics:
+    """Prometheus view of an audit log: what it wrote, when it was last signed, whether
+    writing or signing failed, and whether the chain it resumed was intact."""
+
+    _by_registry: dict[int, AuditMetrics] = {}
+
+    def __init__(self, registry: Any) -> None:
+        from prometheus_client import Counter, Gauge
+
+        self.events = Counter(
+            "freehold_audit_events_total",
+            "Audit events written, by component kind and event type.",
+            ["component", "type"],
+            registry=registry,
+        )
+        self.failures = Counter(
+            "freehold_audit_failures_total",
+            "Audit events not written or checkpoints not signed, by component kind and stage.",
+            ["component", "stage"],
+            registry=registry,
+        )
+        self.intact = Gauge(
+            "freehold_audit_chain_intact",
+            "1 if the audit log this process resumed verified when it started, 0 if it was "
+            "tampered with (see freehold audit verify).",
+            ["component"],
+            registry=registry,
+        )
+        self.signed_at = Gauge(
+            "freehold_audit_last_checkpoint_timestamp_seconds",
+            "When the audit log was last covered by a signed checkpoint (Unix time).",
+            ["component"],
+            registry=registry,
+        )
+
+    @classmethod
+    def of(cls, registry: Any = None) -> AuditMetrics:
+        """One set per registry and process (None: prometheus_client's default registry)."""
+        if registry is None:
+            from prometheus_client import REGISTRY
+
+            registry = REGISTRY
+        found = cls._by_registry.get(id(registry))
+        if found is None:
+            found = cls._by_registry[id(registry)] = cls(registry)
+        return found
+
+
+class EventExport(Protocol):
+    def export(self, event: dict[str, Any]) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+
+class OtlpEventExport:
+    """Ships each written event as an OpenTelemetry log record over OTLP/HTTP, so a
+    collector can forward the trail; the body is the event's canonical JSON, so what
+    arrives can be checked against the chain."""
+
+    def __init__(self, endpoint: str, service_name: str, exporter: Any = None) -> None:
+        from opentelemetry.sdk._logs import LoggerProvider
+        from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+        from opentelemetry.sdk.resources import Resource
+
+        if exporter is None:
+            from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+
+            exporter = OTLPLogExporter(endpoint=endpoint.rstrip("/") + "/v1/logs")
+        self._provider = LoggerProvider(resource=Resource.create({"service.name": service_name}))
+        self._provider.add_log_record_processor(BatchLogRecordProcessor(exporter))
+        self._logger = self._provider.get_logger("freehold.audit")
+
+    def export(self, event: dict[str, Any]) -> None:
+        from opentelemetry._logs import SeverityNumber
+
+        self._logger.emit(
+            body=_canonical(event).decode(),
+            event_name=f"freehold.audit.{event['type']}",
+            severity_number=SeverityNumber.INFO,
+            severity_text="INFO",
+            attributes={
+                "freehold.audit.component": str(event["component"]),
+                "freehold.audit.type": str(event["type"]),
+                "freehold.audit.seq": int(event["seq"]),
+                "freehold.audit.hash": str(event["hash"]),
+            },
+        )
+
+    def shutdown(self) -> None:
+        self._provider.shutdown()
+
+
+class AuditWriter:
+    """Appends from one thread, so a caller (an event loop, a request) never waits on a
+    disk sync or a signature. A checkpoint is signed whenever the queue runs dry (and at
+    least every `checkpoint_every` events under steady load), so the newest event is
+    covered soon after it is written."""
+
+    def __init__(
+        self,
+        log: AuditLog,
+        signed: bool,
+        *,
+        metrics: AuditMetrics | None = None,
+        export: EventExport | None = None,
+        checkpoint_every: int = 1000,
+    ) -> None:
+        self._log = log
+        self._signed = signed
+        self._metrics = metrics
+        self._export = export
+        self._every = checkpoint_every
+        self._kind = _component_kind(log.component)
+        if metrics is not None:
+            metrics.intact.labels(self._kind).set(1 if log.resumed_intact else 0)
+        self._queue: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="audit", daemon=True)
+        self._thread.start()
+
+    def record(self, kind: str, **data: Any) -> None:
+        self._queue.put((kind, data))
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until everything queued so far is written (tests, shutdown paths)."""
+        done = threading.Event()
+        self._queue.put(("__flush__", {"done": done}))
+        done.wait(timeout)
+
+    def _written(self, event: dict[str, Any]) -> None:
+        if self._metrics is not None:
+            self._metrics.events.labels(self._kind, event["type"]).inc()
+            if event["type"] == "checkpoint":
+                self._metrics.signed_at.labels(self._kind).set(time.time())
+        if self._export is not None:
+            try:
+                self._export.export(event)
+            except Exception as exc:  # the file is the record; shipping is best effort
+                _log.warning("audit event not exported: %s", type(exc).__name__)
+
+    def _failed(self, stage: str) -> None:
+        if self._metrics is not None:
+            self._metrics.failures.labels(self._kind, stage).inc()
+
+    def _run(self) -> None:
+        pending = 0
+        while True:
+            item = self._queue.get()
+            if item is not None and item[0] == "__flush__":
+                item[1]["done"].set()
+                continue
+            if item is not None:
+                try:
+                    self._written(self._log.record(item[0], **item[1]))
+                    pending += 1
+                except Exception as exc:  # never take the component down; say so loudly
+                    self._failed("write")
+                    _log.error(
+                        "audit event %s not written: %s: %s", item[0], type(exc).__name__, exc
+                    )
+            drained = item is None or self._queue.empty() or pending >= self._every
+            if pending and self._signed and drained:
+                try:
+                    self._written(self._log.checkpoint())
+                    pending = 0
+                except Exception as exc:  # Vault sealed or away: the next event retries
+                    self._failed("sign")
+                    _log.warning(
+                        "audit checkpoint not signed (%s); retried with the next event",
+                        type(exc).__name__,
+                    )
+            if item is None:
+                return
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(30)
+        self._log.close()
+        if self._export is not None:
+            self._export.shutdown()

@@ -84,3 +84,9 @@ def load_api_keys(
         # Fail closed: a configured but empty key source must not open the endpoint.
         raise RuntimeError("the API key source holds no keys; refusing to serve without auth")
     return ApiKeys(keys)
+
+
+def key_id(presented: str) -> str:
+    """A stable, non-reversible name for a key in audit records: the first 48 bits of its
+    SHA-256 (keys are random; this names one without letting anyone rebuild it)."""
+    return "key:" + hashlib.sha256(presented.encode()).hexdigest()[:12]

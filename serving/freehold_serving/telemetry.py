@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
@@ -28,6 +28,9 @@ from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
 from opentelemetry.trace import Span, Status, StatusCode
 
 from freehold_serving.args import TelemetryConfig
+
+if TYPE_CHECKING:
+    from freehold_serving.access import AccessLog
 
 DURATION_BUCKETS = [
     0.01,
@@ -113,6 +116,9 @@ class RequestRecord:
     output_tokens: int = 0
     finish_reason: str | None = None
     error_type: str | None = None
+    status: int | None = None  # the HTTP status answered; None: 200, or 500 on an error
+    key: str | None = None  # the caller's key id (auth.key_id), for access records
+    tenant: str | None = None
     output_text: list[str] = field(default_factory=list)
 
     def token_arrived(self, text: str) -> None:
@@ -158,6 +164,7 @@ class Telemetry:
             self._traces.add_span_processor(BatchSpanProcessor(exporter))
         self._tracer = self._traces.get_tracer("freehold.serving")
         self.capture_content = config.capture_content
+        self.access: AccessLog | None = None  # set by the replica when audit is on
 
     def start(
         self, operation: str, model: str, attributes: dict[str, Any], prompt: Any = None
@@ -221,6 +228,20 @@ class Telemetry:
             span.set_attribute("error.type", record.error_type)
             span.set_status(Status(StatusCode.ERROR))
         span.end()
+        if self.access is not None:
+            status = record.status or (200 if record.error_type is None else 500)
+            self.access.record(
+                operation=record.operation,
+                model=record.model,
+                key=record.key,
+                tenant=record.tenant,
+                status=status,
+                error=record.error_type,
+                latency_s=end - record.start,
+                ttft_s=None if record.first_token is None else record.first_token - record.start,
+                input_tokens=record.input_tokens,
+                output_tokens=record.output_tokens,
+            )
 
     def shutdown(self) -> None:
         self._traces.shutdown()

@@ -123,9 +123,11 @@ def test_rayservice_carries_the_same_serving_args_as_local_mode() -> None:
     assert app["import_path"] == IMPORT_PATH and app["route_prefix"] == "/"
     args = ServingArgs.model_validate(app["args"])  # the serving side accepts them
     local = serving_args_for(SPECS["cpu-example"], "gemma-270m", "freehold-demo")
-    assert args.model_dump(exclude={"model": {"models_root"}}) == local.model_dump(
-        exclude={"model": {"models_root"}}
-    )
+    # The same args, except where the cluster mounts models and keeps access records.
+    same = {"model": {"models_root"}, "audit": True}
+    assert args.model_dump(exclude=same) == local.model_dump(exclude=same)
+    assert args.audit is not None and args.audit.directory == "/var/lib/freehold/audit"
+    assert args.audit.signing_key_file is None  # signed checkpoints in pods are planned
     cluster = rs["spec"]["rayClusterConfig"]
     assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
     (workers,) = cluster["workerGroupSpecs"]

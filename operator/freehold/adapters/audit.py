@@ -11,19 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import queue
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from freehold_serving.audit import AuditLog, Signer
+from freehold_serving.audit import AuditLog, AuditMetrics, AuditWriter, EventExport, Signer
 
 if TYPE_CHECKING:
     from freehold.reconciler import Outcome
 
-log = logging.getLogger(__name__)
 Key = tuple[str, str, str]
 
 
@@ -38,62 +34,25 @@ def managers(body: Mapping[str, Any]) -> list[str]:
     return sorted({str(f.get("manager")) for f in fields if f.get("manager")})
 
 
-class _Writer:
-    """Appends from one thread so the controller's event loop never waits on a disk sync
-    or a Vault signature; a checkpoint is signed whenever the queue runs dry, so the last
-    event written is always covered soon after."""
-
-    def __init__(self, log: AuditLog, signed: bool) -> None:
-        self._log = log
-        self._signed = signed
-        self._queue: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="audit", daemon=True)
-        self._thread.start()
-
-    def record(self, kind: str, **data: Any) -> None:
-        self._queue.put((kind, data))
-
-    def _run(self) -> None:
-        pending = 0
-        while True:
-            item = self._queue.get()
-            if item is not None:
-                try:
-                    self._log.record(item[0], **item[1])
-                    pending += 1
-                except Exception as exc:  # never take the operator down; say so loudly
-                    log.error(
-                        "audit event %s not written: %s: %s", item[0], type(exc).__name__, exc
-                    )
-            if pending and self._signed and (item is None or self._queue.empty()):
-                try:
-                    self._log.checkpoint()
-                    pending = 0
-                except Exception as exc:  # Vault sealed or away: the next event retries
-                    log.warning(
-                        "audit checkpoint not signed (%s); retried with the next event",
-                        type(exc).__name__,
-                    )
-            if item is None:
-                return
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(30)
-        self._log.close()
-
-
 class OperatorAudit:
-    def __init__(self, log: AuditLog, signed: bool = False) -> None:
-        self._log = _Writer(log, signed)
+    def __init__(self, writer: AuditWriter) -> None:
+        self._log = writer
         self._generations: dict[str, int] = {}  # uid -> last recorded generation
         self._reasons: dict[Key, str | None] = {}
 
     @classmethod
-    def open(cls, directory: Path, signer: Signer | None) -> OperatorAudit:
+    def open(
+        cls,
+        directory: Path,
+        signer: Signer | None,
+        *,
+        registry: Any = None,
+        export: EventExport | None = None,
+    ) -> OperatorAudit:
         # Checkpoints are signed by the writer when it has caught up, not per event.
         log = AuditLog(directory / "operator.jsonl", "operator", signer, checkpoint_every=2**62)
-        return cls(log, signed=signer is not None)
+        metrics = AuditMetrics.of(registry) if registry is not None else None
+        return cls(AuditWriter(log, signer is not None, metrics=metrics, export=export))
 
     def resource(self, kind: str, event_type: str | None, body: Mapping[str, Any]) -> None:
         meta = body.get("metadata") or {}
@@ -134,6 +93,12 @@ class OperatorAudit:
         if self._reasons.get(key, None) != reason:
             self._reasons[key] = reason
             self._log.record("reconcile.outcome", owner=owner, reason=reason or "Ok")
+
+    def record(self, kind: str, **data: Any) -> None:
+        self._log.record(kind, **data)
+
+    def flush(self) -> None:
+        self._log.flush()
 
     def close(self) -> None:
         self._log.close()

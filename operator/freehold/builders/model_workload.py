@@ -191,6 +191,9 @@ def vault_volumes(
     return vols, mounts
 
 
+AUDIT_DIR = "/var/lib/freehold/audit"
+
+
 def volumes(
     spec: ModelDeploymentSpec, ctx: BuildContext
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -200,10 +203,14 @@ def volumes(
         # Ray writes sockets and logs under /tmp; the root filesystem is read-only.
         {"name": "tmp", "emptyDir": {}},
         {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}},
+        # Access records: the pod's copy of the chain; the OTLP export is what outlives
+        # the pod (signed checkpoints in pods are planned).
+        {"name": "audit", "emptyDir": {"sizeLimit": "1Gi"}},
     ]
     mounts: list[dict[str, Any]] = [
         {"name": "tmp", "mountPath": "/tmp"},
         {"name": "shm", "mountPath": "/dev/shm"},
+        {"name": "audit", "mountPath": AUDIT_DIR},
     ]
     claim = pvc_claim(spec)
     if claim is not None:

@@ -4,11 +4,18 @@ operator (RayService serveConfigV2, Deployment env) and `freehold up` use."""
 from __future__ import annotations
 
 from freehold.api.model_deployment import Auth, LlamaCppArgs, ModelDeploymentSpec, VllmArgs
-from freehold.builders.model_workload import MODELS_ROOT, SERVE_PORT, VAULT_CA_DIR, BuildContext
+from freehold.builders.model_workload import (
+    AUDIT_DIR,
+    MODELS_ROOT,
+    SERVE_PORT,
+    VAULT_CA_DIR,
+    BuildContext,
+)
 from freehold.builders.vault import vault_name
 from freehold.quantity import whole_cpus
 from freehold_serving.args import (
     ApiKeysConfig,
+    AuditConfig,
     AutoscalingConfig,
     EngineConfig,
     LlamaCppConfig,
@@ -124,6 +131,7 @@ def workload_args(spec: ModelDeploymentSpec, ctx: BuildContext) -> ServingArgs:
     return args.model_copy(
         update={
             "model": args.model.model_copy(update={"models_root": MODELS_ROOT}),
+            "audit": AuditConfig(directory=AUDIT_DIR),
             "memory_stores": {
                 ref.name: f"http://{ref.name}.{ctx.namespace}.svc:{SERVE_PORT}/v1/memory"
                 for ref in stores

@@ -29,7 +29,7 @@ from freehold.builders.serving_args import serving_args_for
 from freehold.manifests import ManifestError, load_documents
 from freehold.settings import LocalSettings
 from freehold.validation import FieldError, defaulted, validate
-from freehold_serving.args import ServingArgs
+from freehold_serving.args import AuditConfig, ServingArgs
 from freehold_serving.memory.args import MemoryArgs
 
 log = logging.getLogger(__name__)
@@ -235,7 +235,12 @@ def local_args(deployment: Deployment, settings: LocalSettings, cpus: int) -> Se
             "min_replicas": min(scale.min_replicas, fit),
         }
     )
-    return args.model_copy(update={"engine": engine, "autoscaling": autoscaling})
+    # Access records, signed with a key kept beside them (`freehold audit verify`).
+    audit = AuditConfig(
+        directory=str(settings.data_dir / "audit"),
+        signing_key_file=str(settings.data_dir / "keys" / "audit.pem"),
+    )
+    return args.model_copy(update={"engine": engine, "autoscaling": autoscaling, "audit": audit})
 
 
 def verify_model(args: ServingArgs, progress: Callable[[int], None]) -> ServingArgs:

@@ -6,6 +6,7 @@ callables, so the same code runs behind Ray Serve (deployment handles) and in te
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -20,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from freehold_serving.args import ServingArgs
-from freehold_serving.auth import ApiKeys
+from freehold_serving.auth import ApiKeys, key_id
 from freehold_serving.embeddings import MODEL_ID as EMBEDDING_MODEL
 from freehold_serving.engines.base import Chunk, GenerationJob
 from freehold_serving.openai import responses as r
@@ -118,6 +119,9 @@ class OpenAIApi:
             return
         header = request.headers.get("authorization", "")
         scheme, _, presented = header.partition(" ")
+        if presented.strip():
+            # Who called, for the access record: a digest prefix, never the key.
+            request.state.freehold_key = key_id(presented.strip())
         if not header:
             raise ApiError(
                 401,
@@ -125,8 +129,10 @@ class OpenAIApi:
                 "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
                 code="missing_api_key",
             )
-        if scheme.lower() != "bearer" or not self._keys.accepts(presented.strip()):
+        tenant = self._keys.tenant_of(presented.strip()) if scheme.lower() == "bearer" else None
+        if tenant is None:
             raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+        request.state.freehold_tenant = tenant
 
     async def _body(self, request: Request, model: type[B]) -> B:
         self._authorize(request)
@@ -192,12 +198,52 @@ class OpenAIApi:
         return JSONResponse(self._model_card(model_id))
 
     async def completions(self, request: Request) -> Response:
+        return await self._audited("text_completion", request, self._completions)
+
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._audited("chat", request, self._chat_completions)
+
+    async def embeddings(self, request: Request) -> Response:
+        return await self._audited("embeddings", request, self._embeddings)
+
+    async def _audited(
+        self, operation: str, request: Request, handler: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        """A request refused before it started (bad key, bad body, unknown model) is an
+        access record too; once started, telemetry's record writes it."""
+        start = time.perf_counter()
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            access = self._telemetry.access
+            if access is not None and not getattr(request.state, "freehold_started", False):
+                access.record(
+                    operation=operation,
+                    model=self._model,
+                    key=getattr(request.state, "freehold_key", None),
+                    tenant=getattr(request.state, "freehold_tenant", None),
+                    status=exc.status,
+                    error=exc.code or "invalid_request_error",
+                    latency_s=time.perf_counter() - start,
+                )
+            raise
+
+    def _start(
+        self, request: Request, operation: str, model: str, attrs: dict[str, Any], prompt: Any
+    ) -> RequestRecord:
+        record = self._telemetry.start(operation, model, attrs, prompt)
+        record.key = getattr(request.state, "freehold_key", None)
+        record.tenant = getattr(request.state, "freehold_tenant", None)
+        request.state.freehold_started = True
+        return record
+
+    async def _completions(self, request: Request) -> Response:
         req = await self._body(request, CompletionRequest)
         self._check_model(req.model, self._model)
         params = req.sampling()
         job = GenerationJob(params=params, prompt=req.prompt_text)
-        record = self._telemetry.start(
-            "text_completion", self._model, _attrs(req, params.max_tokens), req.prompt_text
+        record = self._start(
+            request, "text_completion", self._model, _attrs(req, params.max_tokens), req.prompt_text
         )
         stream = await self._run(job, record)
         want_logprobs = req.logprobs is not None
@@ -217,7 +263,7 @@ class OpenAIApi:
             )
         )
 
-    async def chat_completions(self, request: Request) -> Response:
+    async def _chat_completions(self, request: Request) -> Response:
         req = await self._body(request, ChatCompletionRequest)
         self._check_model(req.model, self._model)
         params = req.sampling()
@@ -228,9 +274,7 @@ class OpenAIApi:
         job = GenerationJob(
             params=params, messages=tuple((m["role"], m["content"]) for m in messages)
         )
-        record = self._telemetry.start(
-            "chat", self._model, _attrs(req, params.max_tokens), messages
-        )
+        record = self._start(request, "chat", self._model, _attrs(req, params.max_tokens), messages)
         stream = await self._run(job, record)
         want_logprobs = bool(req.logprobs)
         headers = {"X-Freehold-Memory-Records": ",".join(recalled)} if req.memory else {}
@@ -302,7 +346,7 @@ class OpenAIApi:
             messages = [{"role": "system", "content": recall}, *messages]
         return messages, [str(item["id"]) for item in found]
 
-    async def embeddings(self, request: Request) -> Response:
+    async def _embeddings(self, request: Request) -> Response:
         req = await self._body(request, EmbeddingRequest)
         if self._embed is None:
             self._check_model(req.model, self._model)
@@ -311,9 +355,16 @@ class OpenAIApi:
         texts = req.texts()
         if req.dimensions is not None and req.dimensions != 384:
             raise invalid("This model does not support specifying dimensions.", "dimensions")
-        with self._telemetry.request("embeddings", EMBEDDING_MODEL, {}, texts) as record:
+        record = self._start(request, "embeddings", EMBEDDING_MODEL, {}, texts)
+        try:
             vectors, tokens = await self._embed(texts)
             record.input_tokens = tokens
+        except BaseException as exc:
+            record.error_type = type(exc).__name__
+            record.status = exc.status if isinstance(exc, ApiError) else None
+            raise
+        finally:
+            self._telemetry.finish(record)
         data = [
             {
                 "object": "embedding",
@@ -342,6 +393,7 @@ class OpenAIApi:
             return await self._open(job)
         except BaseException as exc:
             record.error_type = type(exc).__name__
+            record.status = exc.status if isinstance(exc, ApiError) else None
             self._telemetry.finish(record)
             raise
 
@@ -385,6 +437,10 @@ class OpenAIApi:
                     yield chunk, result
         except BaseException as exc:
             record.error_type = type(exc).__name__
+            if isinstance(exc, ApiError):
+                record.status = exc.status
+            elif isinstance(exc, GeneratorExit | asyncio.CancelledError):
+                record.status = 499  # the client went away mid-answer
             raise
         finally:
             await rest.aclose()

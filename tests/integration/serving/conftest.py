@@ -23,6 +23,7 @@ from freehold.builders.serving_args import serving_args_for
 from freehold.local.up import local_ray
 from freehold.validation import defaulted
 from freehold_serving.args import ServingArgs
+from tests.otlp_receiver import Received, otlp_receiver
 from tests.paths import EXAMPLES
 
 API_KEY = "fh-test-key-7d1c0a"  # a test credential, only ever given to this local server
@@ -67,6 +68,9 @@ SMOL = "smollm2-135m-instruct"
 class Stack:
     root: str  # http://127.0.0.1:PORT
     memory_dir: Path
+    audit_dir: Path  # access records of the "locked" app (signed with audit_key)
+    audit_key: Path
+    otlp: Received  # what the "locked" app exported over OTLP (spans, audit events)
 
     @property
     def memory(self) -> str:
@@ -104,6 +108,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     jwt: Path = tmp_path_factory.mktemp("vault") / "token"
     jwt.write_text("projected-token-gemma")
     vault.state.service_accounts["projected-token-gemma"] = ("gemma-270m-model", "test")
+    audit_dir = tmp_path_factory.mktemp("audit")
+    audit = {"directory": str(audit_dir), "signing_key_file": str(audit_dir / "audit.pem")}
+    receiver = otlp_receiver()  # kept: a dropped context manager closes its server
+    otlp_url, otlp = receiver.__enter__()
     port = free_port()
     # 7 logical CPUs on a 2-core machine: four single-replica apps, oversubscribed on
     # purpose so they fit; throughput is measured in bench/, not here.
@@ -120,7 +128,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         )
         assert locked.api_keys is not None and locked.api_keys.vault is not None
         locked = with_updates(
-            locked, api_keys={"vault": {**locked.api_keys.vault.model_dump(), "jwt_path": str(jwt)}}
+            locked,
+            api_keys={"vault": {**locked.api_keys.vault.model_dump(), "jwt_path": str(jwt)}},
+            audit=audit,
+            telemetry={"otlp_endpoint": otlp_url},
         )
         serve.run(build_app(locked), name="locked", route_prefix="/locked", blocking=False)
         tiny = example_args(
@@ -132,8 +143,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         tiny = with_updates(tiny, embeddings={"enabled": False})
         serve.run(build_app(tiny), name="tiny", route_prefix="/tiny", blocking=False)
         memory_dir = deploy_memory(tmp_path_factory, port)
-        yield Stack(f"http://127.0.0.1:{port}", memory_dir)
+        yield Stack(
+            f"http://127.0.0.1:{port}", memory_dir, audit_dir, audit_dir / "audit.pem", otlp
+        )
     vault.stop()
+    receiver.__exit__(None, None, None)
 
 
 def deploy_memory(tmp_path_factory: pytest.TempPathFactory, port: int) -> Path:

@@ -1,0 +1,95 @@
+"""Inference access records: one audit event per request a model replica answered or
+refused (API key id and tenant, operation, model and digest, tokens, latency, status),
+never a prompt or a completion.
+
+Each replica appends to its own hash-chained file, DIRECTORY/access/NAME-SLOT.jsonl: a
+replica claims the first slot no other live process holds (an advisory lock), so replicas
+never interleave one chain, and a restarted replica resumes the chain of the slot it
+finds free.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from pathlib import Path
+from typing import IO, Any
+
+from freehold_serving.args import AuditConfig, ServingArgs
+from freehold_serving.audit import AuditLog, AuditMetrics, AuditWriter, OtlpEventExport
+
+log = logging.getLogger(__name__)
+MAX_SLOTS = 1024
+
+
+def _claim(directory: Path, name: str) -> tuple[Path, IO[bytes]]:
+    directory.mkdir(parents=True, exist_ok=True)
+    for slot in range(MAX_SLOTS):
+        lock = (directory / f"{name}-{slot}.lock").open("ab")
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            continue
+        return directory / f"{name}-{slot}.jsonl", lock
+    raise RuntimeError(f"more than {MAX_SLOTS} replicas of {name} write access records")
+
+
+class AccessLog:
+    """The access records of one replica (a writer thread; requests never wait on disk)."""
+
+    def __init__(self, args: ServingArgs, config: AuditConfig, export: Any = None) -> None:
+        path, self._lock = _claim(Path(config.directory) / "access", args.name)
+        signer = None
+        if config.signing_key_file:
+            from freehold_serving.memory.bundle import FileSigner
+
+            signer = FileSigner(Path(config.signing_key_file))
+        component = f"serving/{args.namespace}/{args.name}"
+        audit = AuditLog(path, component, signer, checkpoint_every=2**62)
+        if export is None and args.telemetry.otlp_endpoint:
+            export = OtlpEventExport(args.telemetry.otlp_endpoint, f"freehold-{args.name}")
+        self._writer = AuditWriter(
+            audit, signer is not None, metrics=AuditMetrics.of(), export=export
+        )
+        self._digest = f"sha256:{args.model.sha256}"
+        self.path = path
+        log.info("access records in %s (%s)", path, "signed" if signer else "unsigned")
+
+    def record(
+        self,
+        *,
+        operation: str,
+        model: str,
+        key: str | None,
+        tenant: str | None,
+        status: int,
+        latency_s: float,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        ttft_s: float | None = None,
+        error: str | None = None,
+    ) -> None:
+        self._writer.record(
+            "inference.access",
+            keyId=key,
+            tenant=tenant,
+            operation=operation,
+            model=model,
+            modelDigest=self._digest if operation != "embeddings" else None,
+            status=status,
+            error=error,
+            inputTokens=input_tokens,
+            outputTokens=output_tokens,
+            latencyMs=round(latency_s * 1000, 2),
+            ttftMs=round(ttft_s * 1000, 2) if ttft_s is not None else None,
+            pid=os.getpid(),
+        )
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+        self._lock.close()
