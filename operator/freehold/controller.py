@@ -346,6 +346,11 @@ class Controller:
     def queue_depth(self) -> int:
         return len(self._queue)
 
+    def resources(self) -> list[tuple[str, dict[str, Any]]]:
+        """(kind, body) of every resource held, as last seen or written: read from the
+        metrics thread, so a copy of the list is taken in one step (atomic under the GIL)."""
+        return [(key[0], body) for key, body in list(self._parents.items())]
+
 
 def _uid(body: Mapping[str, Any]) -> str:
     return str((body.get("metadata") or {}).get("uid"))

@@ -222,6 +222,7 @@ def run(settings: OperatorSettings) -> None:
     )
     if metrics is not None:
         metrics.track_queue(lambda: controller.queue_depth)
+        metrics.track_fleet(controller.resources)
     log.info("watching %s", ", ".join(settings.namespaces) or "all namespaces")
     kopf.run(
         registry=build_registry(controller, kinds),

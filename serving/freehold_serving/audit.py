@@ -51,10 +51,17 @@ class AuditLog:
     chain from the last complete line after a restart."""
 
     def __init__(
-        self, path: Path, component: str, signer: Signer | None = None, checkpoint_every: int = 1
+        self,
+        path: Path,
+        component: str,
+        signer: Signer | None = None,
+        checkpoint_every: int = 1,
+        metrics: AuditMetrics | None = None,
     ) -> None:
         self.path = path
         self.component = component
+        self._metrics = metrics
+        self._kind = _component_kind(component)
         self._signer = signer
         self._every = checkpoint_every
         self._lock = threading.Lock()
@@ -71,6 +78,8 @@ class AuditLog:
                 _log.error("audit log %s was tampered with: %s", path, "; ".join(problems[:3]))
         self._seq, self._prev = self._resume()
         self._file = path.open("ab")
+        if metrics is not None:
+            metrics.intact.labels(self._kind).set(1 if self.resumed_intact else 0)
 
     def _resume(self) -> tuple[int, str]:
         if not self.path.exists():
@@ -101,6 +110,10 @@ class AuditLog:
         self._file.flush()
         os.fsync(self._file.fileno())
         self._seq, self._prev = event["seq"], event["hash"]
+        if self._metrics is not None:
+            self._metrics.events.labels(self._kind, kind).inc()
+            if kind == "checkpoint":
+                self._metrics.signed_at.labels(self._kind).set(time.time())
         return event
 
     def record(self, kind: str, **data: Any) -> dict[str, Any]:
@@ -319,14 +332,14 @@ class AuditWriter:
         export: EventExport | None = None,
         checkpoint_every: int = 1000,
     ) -> None:
+        """`metrics` counts failures here; give the same object to the AuditLog for the
+        events it writes."""
         self._log = log
         self._signed = signed
         self._metrics = metrics
         self._export = export
         self._every = checkpoint_every
         self._kind = _component_kind(log.component)
-        if metrics is not None:
-            metrics.intact.labels(self._kind).set(1 if log.resumed_intact else 0)
         self._queue: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="audit", daemon=True)
         self._thread.start()
@@ -341,10 +354,6 @@ class AuditWriter:
         done.wait(timeout)
 
     def _written(self, event: dict[str, Any]) -> None:
-        if self._metrics is not None:
-            self._metrics.events.labels(self._kind, event["type"]).inc()
-            if event["type"] == "checkpoint":
-                self._metrics.signed_at.labels(self._kind).set(time.time())
         if self._export is not None:
             try:
                 self._export.export(event)

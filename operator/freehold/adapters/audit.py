@@ -50,8 +50,14 @@ class OperatorAudit:
         export: EventExport | None = None,
     ) -> OperatorAudit:
         # Checkpoints are signed by the writer when it has caught up, not per event.
-        log = AuditLog(directory / "operator.jsonl", "operator", signer, checkpoint_every=2**62)
         metrics = AuditMetrics.of(registry) if registry is not None else None
+        log = AuditLog(
+            directory / "operator.jsonl",
+            "operator",
+            signer,
+            checkpoint_every=2**62,
+            metrics=metrics,
+        )
         return cls(AuditWriter(log, signer is not None, metrics=metrics, export=export))
 
     def resource(self, kind: str, event_type: str | None, body: Mapping[str, Any]) -> None:

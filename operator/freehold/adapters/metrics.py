@@ -1,7 +1,8 @@
 """The operator's own Prometheus metrics, on their own port.
 
-Labels are kinds, child kinds and condition reasons only: never a resource's name, spec,
-secret or prompt (names can be personal data in a namespace-per-user setup).
+Counter labels are kinds, child kinds and condition reasons only: never a resource's name,
+spec, secret or prompt (names can be personal data in a namespace-per-user setup). The fleet
+gauges (fleet_metrics) name resources, as a fleet view must.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from freehold.adapters.fleet_metrics import FleetCollector, Snapshot
 
 VAULT_REASONS = frozenset(
     {"VaultSealed", "VaultUnreachable", "VaultForbidden", "VaultNotConfigured", "VaultError"}
@@ -51,6 +54,9 @@ class OperatorMetrics:
 
     def track_queue(self, depth: Callable[[], int]) -> None:
         self.queue_depth.set_function(lambda: float(depth()))
+
+    def track_fleet(self, snapshot: Snapshot) -> None:
+        self.registry.register(FleetCollector(snapshot))
 
     def serve(self, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=self.registry)

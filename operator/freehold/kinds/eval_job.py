@@ -249,7 +249,9 @@ class EvalJobKind:
             reason = (outcome or {}).get("reason") or (failed_job or {}).get("reason") or "Failed"
             message = (outcome or {}).get("message") or (failed_job or {}).get("message") or ""
             fields.update(phase="Failed", message=message[:1024])
-            fields["completionTime"] = job_status.get("completionTime")
+            fields["completionTime"] = job_status.get("completionTime") or (outcome or {}).get(
+                "finishedAt"
+            )
             return StatusReport(
                 [
                     condition("Completed", False, reason, f"the evaluation failed: {message}"),
@@ -398,9 +400,13 @@ def termination_summary(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
                 message = json.loads(terminated.get("message") or "")
             except ValueError:
                 message = None
+            # The container's end is the evaluation's end; the Job's completionTime
+            # follows later (or never, for a failed Job).
+            finished_at = terminated.get("finishedAt")
             if isinstance(message, dict) and message.get("v") == 1:
-                return message
+                return {**message, "finishedAt": finished_at}
             return {
+                "finishedAt": finished_at,
                 "state": "failed",
                 "reason": terminated.get("reason") or "Terminated",
                 "message": f"the evaluation container exited {terminated.get('exitCode')} "
@@ -446,7 +452,7 @@ def finished(
         signer=outcome.get("signer"),
         modelDigest=outcome.get("modelDigest") or fields.get("modelDigest"),
         progress={"completed": samples, "total": samples},
-        completionTime=job_status.get("completionTime"),
+        completionTime=job_status.get("completionTime") or outcome.get("finishedAt"),
     )
     failing = [
         f"{g['suite']}.{g['metric']} {g['value']} (needs {g['operator']} {g['threshold']})"

@@ -8,6 +8,7 @@ OpenAI-style error object; another tenant's records answer 404, as if absent.
 # No `from __future__ import annotations`: Ray Serve reads build_memory_app's annotation.
 
 import asyncio
+import functools
 import json
 import logging
 from typing import Any, TypeVar
@@ -136,6 +137,18 @@ async def _sweep(service: MemoryService, period: float) -> None:
         await asyncio.sleep(period)
 
 
+@functools.cache
+def _store_gauges() -> tuple[Any, Any]:
+    # Made in the replica's process on first scrape: Ray Serve pickles the ingress class
+    # by value, and a metric made at import would also be registered in the driver.
+    from prometheus_client import Gauge
+
+    return (
+        Gauge("freehold_memory_records", "Live memory records, by scope.", ["scope"]),
+        Gauge("freehold_memory_subjects", "Subjects with at least one record."),
+    )
+
+
 @serve.ingress(memory_app)
 class MemoryServer:
     def __init__(self, args: MemoryArgs) -> None:
@@ -196,6 +209,19 @@ class MemoryServer:
         """Aggregate counts for the operator (no key needed: no subject, no content)."""
         stats = await asyncio.to_thread(self._service.stats)
         return {k: stats[k] for k in ("records", "subjects", "lastExport", "lastImport", "signer")}
+
+    @memory_app.get("/metrics")
+    async def metrics(self) -> Response:
+        """Prometheus: records by scope and subjects (counts only), and this store's audit
+        events (exports, imports, erasures) as freehold_audit_events_total."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        stats = await asyncio.to_thread(self._service.stats)
+        gauges = _store_gauges()
+        for scope in ("user", "agent", "session"):
+            gauges[0].labels(scope).set(stats["records"][scope])
+        gauges[1].set(stats["subjects"])
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @memory_app.get("/stats")
     async def stats(self, request: Request) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from freehold_serving.audit import AuditLog
+from freehold_serving.audit import AuditLog, AuditMetrics
 from freehold_serving.memory import bundle, crypto, importers
 from freehold_serving.memory.args import MemoryArgs
 from freehold_serving.memory.records import (
@@ -159,6 +159,7 @@ class MemoryService:
             Path(args.data_dir) / "audit" / "memory.jsonl",
             f"memory/{args.namespace}/{args.name}",
             signer=self._signer,
+            metrics=AuditMetrics.of(),
         )
         own = self._signer.public_key()
         self._trusted = {own, *(base64.b64decode(k) for k in args.trusted_signers)}

@@ -10,11 +10,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.serving.conftest import SMOL, Stack, free_port
+from tests.integration.serving.conftest import MEMORY_KEYS, SMOL, Stack, free_port
 from tests.prometheus import empty_panels, label_values, prometheus
 
 pytestmark = pytest.mark.slow
-SERVING_DASHBOARDS = ["genai-serving.json"]
+SERVING_DASHBOARDS = ["genai-serving.json", "memory.json"]
 
 
 def traffic(stack: Stack) -> None:
@@ -46,12 +46,33 @@ def traffic(stack: Stack) -> None:
         timeout=120,
     )
     assert failed.status_code == 400
+    memory_traffic(stack)
+
+
+def memory_traffic(stack: Stack) -> None:
+    """A record added, a subject exported and erased: what the memory dashboard shows."""
+    with httpx.Client(
+        base_url=stack.memory,
+        headers={"Authorization": f"Bearer {MEMORY_KEYS['acme']}"},
+        timeout=120,
+    ) as c:
+        added = c.post(
+            "/records",
+            json={"records": [{"subject": "u-dash", "text": "Prefers tea over coffee."}]},
+        )
+        assert added.is_success, added.text
+        assert c.post("/export", json={"subject": "u-dash"}).is_success
+        assert c.post("/erase", json={"subject": "u-dash"}).is_success
 
 
 @pytest.mark.parametrize("name", SERVING_DASHBOARDS)
 def test_every_panel_returns_data(stack: Stack, tmp_path: Path, name: str) -> None:
     host = stack.root.removeprefix("http://")
-    jobs = {"freehold-gemma": (host, "/metrics"), "freehold-smol": (host, "/smol/metrics")}
+    jobs = {
+        "freehold-gemma": (host, "/metrics"),
+        "freehold-smol": (host, "/smol/metrics"),
+        "freehold-memory": (host, "/v1/memory/metrics"),
+    }
     with prometheus(tmp_path, free_port(), jobs) as url:
         traffic(stack)
         empty = empty_panels(url, name)
