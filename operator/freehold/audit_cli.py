@@ -52,3 +52,48 @@ def verify(
             )
         worst = max(worst, verdict.exit_code) if worst != 3 else 3
     raise typer.Exit(worst)
+
+
+@audit.command()
+def report(
+    paths: Annotated[
+        list[Path], typer.Argument(help="Audit log files or folders (every *.jsonl inside).")
+    ],
+    since: Annotated[
+        str | None, typer.Option(help="Start: ISO 8601 (UTC unless given) or 30m, 24h, 7d.")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="End (excluded), as --since.")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="HTML file to write.")] = Path(
+        "audit-report.html"
+    ),
+) -> None:
+    """Write a self-contained HTML report of a period: deployments (who, which digest,
+    where), evaluations and gates, memory exports and erasures, access per API key. Every
+    log is verified first and the verdict heads the page. Exit codes as verify's."""
+    from freehold.audit_report import parse_time, read_log, render, select
+
+    try:
+        start = parse_time(since) if since else None
+        end = parse_time(until) if until else None
+    except ValueError:
+        err.print("[red]error[/red] --since/--until: use ISO 8601 (2026-11-26T09:00) or 24h, 7d")
+        raise typer.Exit(2) from None
+    files: list[Path] = []
+    for path in paths:
+        files += sorted(path.rglob("*.jsonl")) if path.is_dir() else [path]
+    logs = []
+    worst = 0
+    for path in files:
+        try:
+            verdict, events = read_log(path)
+        except OSError as exc:
+            err.print(f"[red]error[/red] {path}: {exc.strerror}")
+            raise typer.Exit(3) from None
+        worst = max(worst, 1 if verdict.problems else 2 if verdict.warnings else 0)
+        logs.append((verdict, events))
+    made = select(logs, start, end)
+    output.write_text(render(made), encoding="utf-8")
+    out.print(f"wrote {output}: {len(made.events)} events from {len(files)} logs", highlight=False)
+    if worst == 1:
+        err.print("[red]tampered[/red] at least one log does not verify: see the report's top")
+    raise typer.Exit(worst)

@@ -62,3 +62,34 @@ def test_a_resource_life_and_a_pass_are_audited(tmp_path: Path) -> None:
     assert '"managers":["freehold-operator","kubectl"]' in text
     assert CANARY not in text
     assert verify(log).exit_code == 0
+
+
+def test_promotions_and_evaluation_results_are_audited(tmp_path: Path) -> None:
+    audit = OperatorAudit.open(tmp_path, None)
+    md = body(1)
+    md["spec"] = {"residency": {"region": "eu-gov-1"}}
+    for digest in ("sha256:" + "a" * 64, "sha256:" + "a" * 64, "sha256:" + "b" * 64):
+        md["status"] = {"servedDigest": digest, "backend": "Deployment"}
+        audit.resource("ModelDeployment", "MODIFIED", md)
+    job = {
+        "metadata": {"name": "ev", "namespace": "team", "uid": "u2", "generation": 1},
+        "status": {
+            "phase": "Succeeded",
+            "modelDigest": "sha256:" + "b" * 64,
+            "gates": [{"suite": "s", "metric": "accuracy", "value": 0.4, "passed": False}],
+        },
+    }
+    audit.resource("EvalJob", "ADDED", job)
+    audit.resource("EvalJob", "MODIFIED", job)  # the same result again: one event
+    audit.close()
+    import json
+
+    events = [json.loads(line) for line in (tmp_path / "operator.jsonl").read_text().splitlines()]
+    served = [e["data"] for e in events if e["type"] == "model.served"]
+    assert [(s["previousDigest"], s["modelDigest"][-1]) for s in served] == [
+        (None, "a"),
+        ("sha256:" + "a" * 64, "b"),
+    ]
+    assert served[0]["region"] == "eu-gov-1"
+    (finished,) = [e["data"] for e in events if e["type"] == "evaluation.finished"]
+    assert finished["gates"][0]["passed"] is False and finished["phase"] == "Succeeded"

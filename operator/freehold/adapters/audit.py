@@ -2,8 +2,10 @@
 writes (freehold_serving.audit; `freehold audit verify` checks it offline).
 
 Events: a resource observed, updated (a new generation) or deleted, with its spec hash, model
-digest and the field managers that wrote it; every child created, updated or pruned; every
-Vault policy and role written or removed; a problem when a resource's reason changes. Never a
+digest, region and the field managers that wrote it; a model digest that started serving
+(first deployment or promotion); an evaluation's result and gates; every child created,
+updated or pruned; every Vault policy and role written or removed; a problem when a
+resource's reason changes. Never a
 spec's values, a status message or anything read from Vault.
 """
 
@@ -39,6 +41,8 @@ class OperatorAudit:
         self._log = writer
         self._generations: dict[str, int] = {}  # uid -> last recorded generation
         self._reasons: dict[Key, str | None] = {}
+        self._served: dict[str, str] = {}  # ModelDeployment uid -> digest it serves
+        self._evaluated: set[str] = set()  # EvalJob uids whose result is recorded
 
     @classmethod
     def open(
@@ -61,11 +65,65 @@ class OperatorAudit:
         return cls(AuditWriter(log, signer is not None, metrics=metrics, export=export))
 
     def resource(self, kind: str, event_type: str | None, body: Mapping[str, Any]) -> None:
+        self._spec_change(kind, event_type, body)
+        if event_type != "DELETED":
+            self._status_change(kind, body)
+
+    def _status_change(self, kind: str, body: Mapping[str, Any]) -> None:
+        """What the status says happened: a digest that started serving (a promotion),
+        an evaluation's result and gates."""
+        meta, status = body.get("metadata") or {}, body.get("status") or {}
+        uid = str(meta.get("uid"))
+        resource = {"kind": kind, "namespace": meta.get("namespace"), "name": meta.get("name")}
+        if kind == "ModelDeployment" and status.get("servedDigest"):
+            digest = str(status["servedDigest"])
+            previous = self._served.get(uid)
+            if previous != digest:
+                self._served[uid] = digest
+                self._log.record(
+                    "model.served",
+                    resource=resource,
+                    uid=uid,
+                    modelDigest=digest,
+                    previousDigest=previous,
+                    region=((body.get("spec") or {}).get("residency") or {}).get("region"),
+                    backend=status.get("backend"),
+                )
+        elif (
+            kind == "EvalJob"
+            and status.get("phase") in ("Succeeded", "Failed")
+            and uid not in self._evaluated
+        ):
+            self._evaluated.add(uid)
+            self._log.record(
+                "evaluation.finished",
+                resource=resource,
+                uid=uid,
+                phase=status.get("phase"),
+                modelDigest=status.get("modelDigest"),
+                resultDigest=status.get("resultDigest"),
+                signer=status.get("signer"),
+                gates=[
+                    {
+                        "suite": g.get("suite"),
+                        "metric": g.get("metric"),
+                        "operator": g.get("operator"),
+                        "threshold": g.get("threshold"),
+                        "value": g.get("value"),
+                        "passed": g.get("passed"),
+                    }
+                    for g in status.get("gates") or []
+                ],
+            )
+
+    def _spec_change(self, kind: str, event_type: str | None, body: Mapping[str, Any]) -> None:
         meta = body.get("metadata") or {}
         uid = str(meta.get("uid"))
         generation = int(meta.get("generation") or 0)
         if event_type == "DELETED":
             self._generations.pop(uid, None)
+            self._served.pop(uid, None)
+            self._evaluated.discard(uid)
             action = "deleted"
         elif uid not in self._generations:
             action = "observed"  # created, or first seen since the operator started
@@ -83,6 +141,7 @@ class OperatorAudit:
             generation=generation,
             specHash=spec_hash(body),
             modelDigest=f"sha256:{model}" if model else None,
+            region=((body.get("spec") or {}).get("residency") or {}).get("region"),
             managers=managers(body),
         )
 
