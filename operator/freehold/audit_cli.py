@@ -22,6 +22,13 @@ def verify(
         list[str] | None,
         typer.Option(help="Ed25519 public key (base64) whose checkpoints count; repeatable."),
     ] = None,
+    anchor: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="SEQ:HASH of an event known from outside the file (a previous verify's "
+            "last event, a collector's copy): shows events cut off the end; repeatable."
+        ),
+    ] = None,
 ) -> None:
     """Exit 0: intact and every event signed by a checkpoint. 1: tampered (an event edited,
     deleted or reordered, or a checkpoint that does not verify). 2: intact, but events after
@@ -29,10 +36,17 @@ def verify(
     from freehold_serving.audit import verify as check
 
     trusted = {base64.b64decode(k) for k in trusted_key} if trusted_key else None
+    anchors = []
+    for given in anchor or []:
+        seq, _, digest = given.partition(":")
+        if not seq.isdigit() or len(digest) != 64:
+            err.print(f"[red]error[/red] --anchor {escape(given)}: use SEQ:HASH (64 hex digits)")
+            raise typer.Exit(3)
+        anchors.append((int(seq), digest))
     worst = 0
     for path in paths:
         try:
-            verdict = check(path, trusted)
+            verdict = check(path, trusted, anchors)
         except OSError as exc:
             err.print(f"[red]error[/red] {path}: {exc.strerror}")
             worst = max(worst, 3)
@@ -47,7 +61,8 @@ def verify(
             )
         if verdict.exit_code == 0:
             out.print(
-                f"[green]ok[/green] {path}: {verdict.events} events, all covered by checkpoints",
+                f"[green]ok[/green] {path}: {verdict.events} events, all covered by checkpoints; "
+                f"last event {verdict.last[0]}:{verdict.last[1]} (keep it as an --anchor)",
                 highlight=False,
             )
         worst = max(worst, verdict.exit_code) if worst != 3 else 3

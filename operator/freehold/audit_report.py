@@ -34,6 +34,7 @@ class FileVerdict:
     events: int
     problems: list[str]
     warnings: list[str]
+    last: str = ""  # SEQ:HASH of the last event: an anchor for the next verify
 
 
 @dataclass
@@ -119,8 +120,14 @@ def _integrity(files: list[FileVerdict]) -> str:
             )
         else:
             state = f"<b style='color:{PASS}'>intact, every event signed</b>"
-        rows.append([f"<code>{_e(f.path)}</code>", str(f.events), state])
-    return _table(["log", "events", "verdict (freehold audit verify)"], rows, "No logs given.")
+        rows.append(
+            [f"<code>{_e(f.path)}</code>", str(f.events), state, f"<code>{_e(f.last)}</code>"]
+        )
+    return _table(
+        ["log", "events", "verdict (freehold audit verify)", "last event (keep as --anchor)"],
+        rows,
+        "No logs given.",
+    )
 
 
 def _deployments(events: list[dict[str, Any]]) -> str:
@@ -392,4 +399,5 @@ def read_log(path: Path) -> tuple[FileVerdict, list[dict[str, Any]]]:
             continue
         if isinstance(event, dict) and "time" in event and "type" in event:
             events.append(event)
-    return FileVerdict(str(path), verdict.events, verdict.problems, verdict.warnings), events
+    last = f"{verdict.last[0]}:{verdict.last[1]}"
+    return FileVerdict(str(path), verdict.events, verdict.problems, verdict.warnings, last), events

@@ -10,6 +10,7 @@ per request), and, when the embeddings extra is installed, the embedder.
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -79,6 +80,25 @@ add_error_handlers(fastapi_app, "a request")
 @fastapi_app.exception_handler(RequestValidationError)
 async def _validation_error(_request: Request, exc: RequestValidationError) -> Response:
     return error_response(ApiError(400, "Invalid request."))
+
+
+@functools.cache
+def _load_gauges() -> tuple[Any, Any]:
+    # Made in the replica's process (the ingress class is pickled by value).
+    from prometheus_client import Gauge
+
+    return (
+        Gauge(
+            "freehold_serving_requests_in_flight",
+            "Requests admitted by this replica and not finished (generating or queued).",
+            ["model"],
+        ),
+        Gauge(
+            "freehold_serving_request_capacity",
+            "Requests this replica admits at once (running + queued) before answering 503.",
+            ["model"],
+        ),
+    )
 
 
 def _overloaded(args: ServingArgs) -> ApiError:
@@ -210,6 +230,9 @@ class OpenAIServer:
         scale = args.autoscaling
         self._capacity = scale.max_ongoing_requests + scale.max_queued_requests
         self._admitted = 0
+        in_flight, capacity = _load_gauges()
+        in_flight.labels(args.model.served_name).set_function(lambda: float(self._admitted))
+        capacity.labels(args.model.served_name).set(self._capacity)
         telemetry = Telemetry(
             args.telemetry, f"freehold-{args.name}", metric_readers=[prometheus_reader()]
         )

@@ -19,6 +19,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -152,6 +153,7 @@ class Verdict:
     covered_upto: int = 0  # last seq a valid checkpoint signs
     problems: list[str] = field(default_factory=list)  # tampering: edited, deleted, ...
     warnings: list[str] = field(default_factory=list)  # unsigned tail, partial last line
+    last: tuple[int, str] = (0, GENESIS)  # (seq, hash) of the last event: an anchor to keep
 
     @property
     def exit_code(self) -> int:
@@ -161,9 +163,14 @@ class Verdict:
         return 2 if self.warnings else 0
 
 
-def verify(path: Path, trusted: set[bytes] | None = None) -> Verdict:
+def verify(
+    path: Path, trusted: set[bytes] | None = None, anchors: Iterable[tuple[int, str]] = ()
+) -> Verdict:
     """Check one log offline. `trusted`: public keys whose checkpoints count (None: any
-    key the log names, which proves order and integrity but not who signed)."""
+    key the log names, which proves order and integrity but not who signed). `anchors`:
+    (seq, hash) pairs known from outside the file (a previous verify's last event, the
+    copy a collector received over OTLP): cutting events off the end leaves a chain that
+    is intact by itself, and only an anchor beyond the end shows it."""
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -173,6 +180,7 @@ def verify(path: Path, trusted: set[bytes] | None = None) -> Verdict:
         verdict.warnings.append("the last line is incomplete (a write cut short); ignored")
         data = data[: data.rfind(b"\n") + 1]
     prev, expected_seq = GENESIS, 1
+    hashes: dict[int, str] = {}
     for number, line in enumerate(data.splitlines(), 1):
         try:
             event = json.loads(line)
@@ -210,7 +218,17 @@ def verify(path: Path, trusted: set[bytes] | None = None) -> Verdict:
             else:
                 verdict.covered_upto = seq
         prev, expected_seq = claimed, seq + 1
+        hashes[seq] = claimed
         verdict.events += 1
+    verdict.last = (expected_seq - 1, prev)
+    for seq, digest in anchors:
+        if seq > expected_seq - 1:
+            verdict.problems.append(
+                f"the log was truncated: it ends at event {expected_seq - 1}, but anchored "
+                f"event {seq} existed"
+            )
+        elif hashes.get(seq) != digest:
+            verdict.problems.append(f"event {seq} does not match its anchor (edited or replaced)")
     if verdict.events > verdict.covered_upto:
         verdict.warnings.append(
             f"event(s) {verdict.covered_upto + 1}-{verdict.events} come after the last valid "

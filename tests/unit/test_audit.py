@@ -84,3 +84,82 @@ def test_a_write_cut_short_verifies_up_to_the_last_complete_event(tmp_path: Path
     resumed.close()
     verdict = verify(path)
     assert verdict.problems == [] and verdict.warnings == [] and verdict.events == 6
+
+
+def test_forged_checkpoints_are_named(tmp_path: Path) -> None:
+    import base64
+
+    path = log(tmp_path, 2)
+    rows = lines(path)
+    forged = json.loads(rows[1])  # a checkpoint whose signature was made up
+    forged["data"]["signature"] = base64.b64encode(b"\0" * 64).decode()
+    write(path, [rows[0], json.dumps(forged), *rows[2:]])
+    assert any("checkpoint 2" in p and "does not verify" in p for p in verify(path).problems)
+
+    # A checkpoint validly signed by some other key counts only if that key is trusted.
+    write(path, rows)
+    other = tmp_path / "other"
+    other.mkdir()
+    intruder = AuditLog(path, "intruder", signer=FileSigner(other / "k.pem"))
+    intruder.record("memory.export", subject="x")
+    intruder.close()
+    ours = FileSigner(tmp_path / "k.pem").public_key()
+    assert any("untrusted key" in p for p in verify(path, trusted={ours}).problems)
+    done = subprocess.run(
+        [sys.executable, "-m", "freehold", "audit", "verify", str(path), "--trusted-key",
+         base64.b64encode(ours).decode()],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1 and "untrusted key" in done.stderr
+
+
+def test_truncation_is_caught_by_an_anchor(tmp_path: Path) -> None:
+    path = log(tmp_path, 5)
+    whole = verify(path)
+    seq, digest = whole.last
+    assert seq == 10 and whole.exit_code == 0
+    rows = lines(path)
+    write(path, rows[:6])  # the last two events and their checkpoints cut off
+    assert verify(path).exit_code == 0  # intact by itself: only an anchor shows the cut
+    assert any("truncated" in p for p in verify(path, anchors=[(seq, digest)]).problems)
+    done = subprocess.run(
+        [sys.executable, "-m", "freehold", "audit", "verify", str(path), "--anchor",
+         f"{seq}:{digest}"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1 and "ends at event 6" in done.stderr
+
+
+WRITER = """
+import sys
+from pathlib import Path
+from freehold_serving.audit import AuditLog
+from freehold_serving.memory.bundle import FileSigner
+log = AuditLog(Path(sys.argv[1]), "crash", signer=FileSigner(Path(sys.argv[2])))
+print("ready", flush=True)
+n = 0
+while True:
+    n += 1
+    log.record("memory.erase", subject="s" * (n % 4000), versions=n)
+"""
+
+
+def test_kill_9_while_writing_leaves_a_chain_that_verifies(tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    path = tmp_path / "crash.jsonl"
+    for _ in range(3):  # three crashes, three resumes of the same chain
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(path), str(tmp_path / "k.pem")],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        time.sleep(0.5)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        verdict = verify(path)
+        assert verdict.problems == [], verdict.problems
+        assert verdict.events > 0
