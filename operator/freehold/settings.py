@@ -22,7 +22,8 @@ class LocalSettings(BaseSettings):
     otlp_endpoint: str | None = Field(default=None, description="OTLP/HTTP trace endpoint.")
     data_dir: Path = Field(
         default=Path.home() / ".local" / "share" / "freehold",
-        description="Local state: memory stores under memory/, their key files under keys/.",
+        description="Local state: memory stores under memory/, access records under audit/, "
+        "key files under keys/.",
     )
     ready_timeout_s: float = Field(default=600.0, gt=0)
 

@@ -159,3 +159,16 @@ def test_a_router_brings_its_models_and_says_what_is_missing(tmp_path: Path) -> 
     strict.write_text(yaml.safe_dump(doc))
     with pytest.raises(UpError, match="requirePassingEval reads EvalJobs on a cluster"):
         load_stack([*files, strict])
+
+
+def test_local_replicas_write_signed_access_records_under_the_data_dir(tmp_path: Path) -> None:
+    from freehold.local.up import load_stack, local_args
+    from freehold.settings import LocalSettings
+    from tests.paths import EXAMPLES
+
+    stack = load_stack([EXAMPLES / "smollm2.yaml"])
+    settings = LocalSettings(data_dir=tmp_path)
+    args = local_args(stack.deployment, settings, cpus=2)
+    assert args.audit is not None
+    assert args.audit.directory == str(tmp_path / "audit")
+    assert args.audit.signing_key_file == str(tmp_path / "keys" / "audit.pem")
