@@ -83,6 +83,11 @@ class OperatorSettings(BaseSettings):
     otel_namespace: str | None = Field(
         default=None, description="Namespace of the OpenTelemetry collector, if any."
     )
+    prometheus_namespace: str | None = Field(
+        default=None,
+        description="Namespace of the Prometheus that scrapes the workloads' /metrics: their "
+        "NetworkPolicies admit it on the serving port. Unset: no scraper is admitted.",
+    )
     pod_namespace: str | None = Field(
         default=None,
         validation_alias=AliasChoices("FREEHOLD_OPERATOR_POD_NAMESPACE", "POD_NAMESPACE"),

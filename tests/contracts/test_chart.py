@@ -58,7 +58,8 @@ def test_rendered_objects_are_valid_and_restricted(values: Path | None) -> None:
     kinds = {o["kind"] for o in objects}
     assert {"Deployment", "ServiceAccount", "NetworkPolicy", "CustomResourceDefinition"} <= kinds
     for obj in objects:
-        if obj["kind"] == "ServiceMonitor":  # a CRD of the Prometheus Operator
+        if obj["kind"] in ("ServiceMonitor", "PodMonitor", "PrometheusRule"):  # CRDs of the
+            # Prometheus Operator
             assert obj["apiVersion"] == "monitoring.coreos.com/v1"
             continue
         kubernetes_validate.validate(obj, "1.37.0", strict=True)
@@ -114,8 +115,21 @@ def test_rbac_modes_and_no_wildcards() -> None:
 
 def test_observability_objects() -> None:
     objects = render(ROOT / "tests/data/chart-values/observability.yaml")
-    (monitor,) = [o for o in objects if o["kind"] == "ServiceMonitor"]
-    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    monitors = [o for o in objects if o["kind"] in ("ServiceMonitor", "PodMonitor")]
+    assert {m["metadata"]["name"] for m in monitors} == {
+        "freehold-models",
+        "freehold-memory-stores",
+        "freehold-routers",
+        "freehold-operator",
+    }
+    assert all(m["metadata"]["labels"]["release"] == "prometheus" for m in monitors)
+    paths = {
+        m["spec"]["selector"]["matchLabels"].get("app.kubernetes.io/name", "operator"): (
+            m["spec"].get("endpoints") or m["spec"]["podMetricsEndpoints"]
+        )[0]["path"]
+        for m in monitors
+    }
+    assert paths["freehold-memory"] == "/v1/memory/metrics"
     dashboards = [o for o in objects if o["kind"] == "ConfigMap"]
     assert dashboards and all(
         d["metadata"]["labels"]["grafana_dashboard"] == "1" for d in dashboards

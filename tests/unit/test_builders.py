@@ -264,3 +264,18 @@ def test_a_private_vault_ca_reaches_the_workloads_vault_client() -> None:
         for o in build_children(SPECS["gpu-vllm-vault"], CTX, "RayService")
         if o["kind"] == "ConfigMap"
     ]
+
+
+def test_a_named_prometheus_namespace_may_scrape_the_serving_port() -> None:
+    import dataclasses
+
+    from freehold.builders.network import build_allow
+
+    closed = build_allow(SPECS["cpu-example"], CTX, ray=False)
+    scraping = dataclasses.replace(CTX, prometheus_namespace="monitoring")
+    opened = build_allow(SPECS["cpu-example"], scraping, ray=False)
+    extra = [r for r in opened["spec"]["ingress"] if r not in closed["spec"]["ingress"]]
+    monitoring = {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+    assert extra == [
+        {"from": [{"namespaceSelector": monitoring}], "ports": [{"protocol": "TCP", "port": 8000}]}
+    ]

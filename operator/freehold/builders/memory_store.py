@@ -23,7 +23,7 @@ from freehold.builders.model_workload import (
     vault_ca_name,
     vault_volumes,
 )
-from freehold.builders.network import DNS_PORTS, _ns
+from freehold.builders.network import DNS_PORTS, _ns, scrape_ingress
 from freehold.builders.vault import VaultRole, acl_policy, role_body, vault_name
 from freehold_serving.memory.args import ARGS_ENV
 
@@ -237,7 +237,10 @@ def build_network(spec: MemoryStoreSpec, ctx: BuildContext) -> list[dict[str, An
                 "podSelector": {"matchLabels": {"app.kubernetes.io/name": "freehold-operator"}},
             }
         )
-    ingress = [{"from": callers, "ports": [{"protocol": "TCP", "port": SERVE_PORT}]}]
+    ingress = [
+        {"from": callers, "ports": [{"protocol": "TCP", "port": SERVE_PORT}]},
+        *scrape_ingress(ctx),
+    ]
     deny = {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",

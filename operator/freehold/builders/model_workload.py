@@ -42,6 +42,8 @@ class ClusterConfig:
     vault_kv_prefix: str = "{namespace}/"
     otel_namespace: str | None = None
     otel_endpoint: str | None = None
+    # Namespace of the Prometheus that scrapes workloads' /metrics (NetworkPolicy ingress).
+    prometheus_namespace: str | None = None
     kuberay_namespace: str = "kuberay-system"
     # The operator's namespace: a MemoryStore admits its status probe (aggregate counts).
     operator_namespace: str | None = None

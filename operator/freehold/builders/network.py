@@ -24,6 +24,19 @@ KUBERAY_OPERATOR = {"app.kubernetes.io/name": "kuberay-operator"}
 KUBERAY_DASHBOARD_PORTS = [{"protocol": "TCP", "port": 8265}, {"protocol": "TCP", "port": 52365}]
 
 
+def scrape_ingress(ctx: BuildContext) -> list[dict[str, Any]]:
+    """Prometheus' namespace may reach the serving port (where /metrics is), when the
+    platform team named one; nothing is opened otherwise."""
+    if not ctx.prometheus_namespace:
+        return []
+    return [
+        {
+            "from": [_ns(ctx.prometheus_namespace)],
+            "ports": [{"protocol": "TCP", "port": SERVE_PORT}],
+        }
+    ]
+
+
 def _ns(name: str) -> dict[str, Any]:
     return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": name}}}
 
@@ -59,6 +72,7 @@ def build_allow(spec: ModelDeploymentSpec, ctx: BuildContext, *, ray: bool) -> d
     own = {"podSelector": {"matchLabels": selector(ctx)}}
     ingress: list[dict[str, Any]] = [
         {"from": _callers(spec), "ports": [{"protocol": "TCP", "port": SERVE_PORT}]},
+        *scrape_ingress(ctx),
     ]
     egress: list[dict[str, Any]] = [
         {

@@ -21,7 +21,7 @@ from freehold.builders.model_workload import (
     pod_security_context,
     vault_volumes,
 )
-from freehold.builders.network import DNS_PORTS, _ns
+from freehold.builders.network import DNS_PORTS, _ns, scrape_ingress
 from freehold.builders.serving_args import api_keys_config
 from freehold.builders.vault import VaultRole, acl_policy, role_body
 from freehold_serving.router.args import (
@@ -270,7 +270,10 @@ def build_network(spec: ModelRouterSpec, ctx: BuildContext) -> list[dict[str, An
             "spec": {
                 "podSelector": own,
                 "policyTypes": ["Ingress", "Egress"],
-                "ingress": [{"from": callers, "ports": [{"protocol": "TCP", "port": SERVE_PORT}]}],
+                "ingress": [
+                    {"from": callers, "ports": [{"protocol": "TCP", "port": SERVE_PORT}]},
+                    *scrape_ingress(ctx),
+                ],
                 "egress": egress,
             },
         },
