@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -22,6 +23,7 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 EXIT_INVALID = 2
+EXIT_REFUSED = 3  # the model failed verification: never served
 
 
 @app.command()
@@ -166,6 +168,29 @@ def operator() -> None:
     run(OperatorSettings())
 
 
+TERMINATION_LOG = "/dev/termination-log"
+
+
+def _verified_in_pod(args: Any) -> Any:
+    """Verify the model (signature, then digest) before Ray starts: a model that fails ends
+    the container with the reason as its termination message, which the operator reports
+    in ModelVerified; the replica then trusts this check (same file, same pod)."""
+    from pathlib import Path
+
+    from freehold.local.up import UpError, verify_model_and_signer
+
+    try:
+        verified, signer = verify_model_and_signer(args, lambda _n: None)
+    except UpError as exc:
+        err.print(f"error: {exc}")
+        with contextlib.suppress(OSError):
+            Path(TERMINATION_LOG).write_text(str(exc)[:4000], encoding="utf-8")
+        raise typer.Exit(EXIT_REFUSED) from None
+    if signer:
+        out.print(f"model signature verified: signed by {signer}")
+    return verified
+
+
 @app.command()
 def serve(
     application: Annotated[
@@ -216,6 +241,8 @@ def serve(
     except ValueError as exc:
         err.print(f"error: {variable}: {exc}")
         raise typer.Exit(EXIT_INVALID) from None
+    if isinstance(args, ServingArgs):
+        args = _verified_in_pod(args)
     from ray import serve as ray_serve
 
     # The container's CPU limit (cgroup), not the node's cores.
@@ -245,10 +272,12 @@ def serve(
 from freehold.audit_cli import audit  # noqa: E402 - subcommand groups, after `app`
 from freehold.eval_cli import evaluation  # noqa: E402
 from freehold.memory_cli import memory  # noqa: E402
+from freehold.model_cli import model  # noqa: E402
 
 app.add_typer(memory, name="memory")
 app.add_typer(evaluation, name="eval")
 app.add_typer(audit, name="audit")
+app.add_typer(model, name="model")
 
 
 def main() -> None:

@@ -138,6 +138,9 @@ class StatusReport:
 
     conditions: list[Condition]
     fields: dict[str, Any]
+    # Look again in this many seconds though nothing we watch may change (a pod's
+    # container restarting leaves its Deployment's status as it was).
+    recheck_after: float | None = None
 
 
 class KindController(Protocol, Generic[SpecT]):
@@ -513,6 +516,10 @@ class Reconciler:
                 facts = replace(facts, observed=self._prober(target.url))
                 outcome.requeue_after = target.every
         report = kind.status(spec, parent["metadata"], facts, children, problem)
+        if report.recheck_after is not None:
+            outcome.requeue_after = min(
+                outcome.requeue_after or report.recheck_after, report.recheck_after
+            )
         self._write_status(
             parent if outcome.parent is None else outcome.parent,
             report.conditions,

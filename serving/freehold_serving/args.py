@@ -55,6 +55,20 @@ class EngineConfig(Strict):
     gpus: int = Field(default=0, ge=0, description="GPUs per replica.")
 
 
+class SignatureConfig(Strict):
+    """A model-signing (OpenSSF) signature and whom to trust: a public key, or a
+    certificate chain plus the signing certificate's identity."""
+
+    ref: str = Field(description="Where the signature bundle is (URI schemes as the model).")
+    public_key: str | None = Field(default=None, description="PEM public key (EC).")
+    certificate_chain: list[str] = Field(
+        default_factory=list, description="PEM certificates the signing certificate chains to."
+    )
+    identity: str | None = Field(
+        default=None, description="Required subject alternative name of the signing certificate."
+    )
+
+
 class ModelConfig(Strict):
     uri: str = Field(description="pvc://, file://, package:// ... as in the spec.")
     sha256: str = Field(pattern=r"^[a-f0-9]{64}$")
@@ -64,8 +78,9 @@ class ModelConfig(Strict):
         default="/models",
         description="Where pvc:// claims are mounted inside the serving pod.",
     )
-    signature_ref: str | None = Field(default=None, description="Detached signature URI.")
-    signer: str | None = Field(default=None, description="Expected signer.")
+    signature: SignatureConfig | None = Field(
+        default=None, description="Verified before the file is loaded, when set."
+    )
     verified_identity: str | None = Field(
         default=None,
         description="Set by `freehold up` only, after it verified this very file on this "

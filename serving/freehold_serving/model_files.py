@@ -11,6 +11,12 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from freehold_serving.args import ModelConfig
+from freehold_serving.signatures import (
+    VERIFICATION_FAILED,
+    SignatureError,
+    Verified,
+    verify_model,
+)
 
 _CHUNK = 4 * 1024 * 1024
 
@@ -19,12 +25,20 @@ class ModelFileError(Exception):
     """The model cannot be located or fails verification. The engine must not start."""
 
 
+class ModelSignatureError(ModelFileError):
+    """The signature the spec requires is missing, invalid or by someone else."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(VERIFICATION_FAILED + message)
+
+
 class DigestMismatchError(ModelFileError):
     def __init__(self, path: str, expected: str, actual: str) -> None:
         # The actual digest is not echoed: the message reaches status and logs, and a
         # digest oracle helps nobody but someone forging a file.
         super().__init__(
-            f"refusing to serve {path}: its sha256 does not match the spec's {expected}. "
+            f"{VERIFICATION_FAILED}refusing to serve {path}: its sha256 does not match the "
+            f"spec's {expected}. "
             "The file may be corrupt or tampered with; fix model.sha256 or replace the file."
         )
         self.expected = expected
@@ -77,9 +91,11 @@ def _from_package(distribution: str, filename: str) -> Path:
     raise ModelFileError(f"package://{distribution}/{filename}: no such file in the package")
 
 
-def resolve(model: ModelConfig) -> Path:
-    """The local path of the model file named by `model.uri`."""
-    parsed = urlparse(model.uri)
+def resolve(model: ModelConfig, uri: str | None = None) -> Path:
+    """The local path of the model file named by `model.uri` (or of another file named the
+    same way, such as its signature)."""
+    uri = uri or model.uri
+    parsed = urlparse(uri)
     scheme = parsed.scheme
     if scheme == "file":
         path = Path(unquote(parsed.path))
@@ -93,11 +109,11 @@ def resolve(model: ModelConfig) -> Path:
         relative = unquote(parsed.path.lstrip("/"))
         parts = Path(relative).parts
         if not relative or ".." in parts or "%" in relative or Path(relative).is_absolute():
-            raise ModelFileError(f"{model.uri}: the path must name a file inside the claim")
+            raise ModelFileError(f"{uri}: the path must name a file inside the claim")
         path = mount / relative
     else:
         raise ModelFileError(
-            f"{model.uri}: {scheme}:// sources are planned, not built: nothing fetches them "
+            f"{uri}: {scheme}:// sources are planned, not built: nothing fetches them "
             "yet. Use pvc://, file:// or package://"
         )
     return _check_exists(path)
@@ -109,17 +125,6 @@ def _check_exists(path: Path) -> Path:
     return path
 
 
-def check_signature_supported(model: ModelConfig) -> None:
-    if model.signature_ref is not None:
-        # Fail closed: a signature the spec asks for must be checked, and this version
-        # cannot check one yet. Serving anyway would let users believe it was.
-        raise ModelFileError(
-            f"model.signature ({model.signature_ref}, signer {model.signer}) cannot be "
-            "verified by this version of Freehold; refusing to serve. Remove "
-            "spec.model.signature to rely on the sha256 digest alone."
-        )
-
-
 def file_identity(path: Path) -> str:
     """Which file this is on this machine, and whether it changed: device, inode, size and
     modification time in nanoseconds."""
@@ -127,16 +132,42 @@ def file_identity(path: Path) -> str:
     return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
 
 
-def verified_path(model: ModelConfig, progress: Callable[[int], None] | None = None) -> Path:
-    """Resolve and verify; raises rather than return a file with the wrong digest.
+def verify_file(
+    model: ModelConfig, progress: Callable[[int], None] | None = None
+) -> tuple[Path, Verified | None]:
+    """Resolve and verify (signature first, when the spec names one, then the digest);
+    raises rather than return a file that is not the one pinned and signed.
 
     `freehold up` verifies the file (with a progress bar) before Ray starts and passes its
-    identity on; the replica on the same machine then does not hash it a second time."""
-    check_signature_supported(model)
+    identity on; the replica on the same machine then does not verify it a second time."""
     path = resolve(model)
     if model.verified_identity is not None and file_identity(path) == model.verified_identity:
-        return path
+        return path, None
+    verified = None
+    if model.signature is not None:
+        try:
+            signature = resolve(model, model.signature.ref)
+        except ModelFileError as exc:
+            if "does not exist" in str(exc):
+                raise ModelSignatureError(
+                    f"the signature {model.signature.ref} does not exist; this model may only "
+                    "be served with a valid signature"
+                ) from None
+            raise ModelSignatureError(f"the signature {model.signature.ref}: {exc}") from None
+        try:
+            verified = verify_model(path, signature, model.signature, model.sha256)
+        except SignatureError as exc:
+            raise ModelSignatureError(str(exc)) from None
+        # The signature covered the spec's sha256 and the library hashed the file to
+        # check it: hashing it again would add nothing.
+        if progress is not None:
+            progress(path.stat().st_size)
+        return path, verified
     actual = sha256_of(path, progress)
     if actual != model.sha256:
         raise DigestMismatchError(str(path), model.sha256, actual)
-    return path
+    return path, verified
+
+
+def verified_path(model: ModelConfig, progress: Callable[[int], None] | None = None) -> Path:
+    return verify_file(model, progress)[0]

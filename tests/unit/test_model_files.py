@@ -70,16 +70,6 @@ def test_packaged_gemma_resolves() -> None:
     assert path.name == "gemma-3-270m-q4_k_m.gguf" and path.stat().st_size > 100_000_000
 
 
-def test_a_signature_that_cannot_be_checked_is_refused(tmp_path: Path) -> None:
-    f = tmp_path / "m.gguf"
-    f.write_bytes(b"weights")
-    config = model(f"file://{f}", hashlib.sha256(b"weights").hexdigest()).model_copy(
-        update={"signature_ref": "pvc://models/m.sig", "signer": "vault-transit://keys/m"}
-    )
-    with pytest.raises(ModelFileError, match="cannot be verified"):
-        verified_path(config)
-
-
 @pytest.mark.security
 @pytest.mark.parametrize(
     "uri",

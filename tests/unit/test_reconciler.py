@@ -47,6 +47,14 @@ class InjectingKube:
     def get(self, ref: Ref) -> dict[str, Any] | None:
         return self.objects.get((ref.kind, ref.name))
 
+    def list(self, type_: Any, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
+        return [
+            o
+            for (kind, _), o in self.objects.items()
+            if kind == type_.kind
+            and all((o["metadata"].get("labels") or {}).get(k) == v for k, v in labels.items())
+        ]
+
     def apply(self, desired: dict[str, Any]) -> Applied:
         self._maybe_fail("apply", desired["kind"])
         self.applied.append(f"{desired['kind']}/{desired['metadata']['name']}")

@@ -41,20 +41,60 @@ ModelFormat = Literal["gguf", "safetensors"]
 EngineName = Literal["llamacpp", "vllm"]
 
 
+PEM_PUBLIC_KEY = r"^-----BEGIN PUBLIC KEY-----[A-Za-z0-9+/=\s]+-----END PUBLIC KEY-----\s*$"
+PEM_CERTIFICATE = r"^-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+-----END CERTIFICATE-----\s*$"
+
+
 class ModelSignature(ApiModel):
-    """A detached signature over the model file, checked before the model is served."""
+    """An OpenSSF model-signing signature (a Sigstore bundle, as `freehold model sign` or
+    `model_signing sign` write it) over the model file, verified where the model is loaded,
+    before the engine opens it, against a public key or a certificate chain and identity.
+    Air-gapped: no transparency log is consulted. A missing, invalid or foreign signature
+    means the model is never served."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "has(self.publicKey) != (has(self.certificateChain) && "
+                "size(self.certificateChain) > 0)",
+                "give exactly one of publicKey or certificateChain",
+            ),
+            cel(
+                "!has(self.certificateChain) || size(self.certificateChain) == 0 || "
+                "has(self.identity)",
+                "a certificateChain needs the identity its signing certificate must carry",
+                field_path=".identity",
+            ),
+        )
+    )
 
     ref: str = Field(
         max_length=2048,
         pattern=MODEL_URI_PATTERN,
-        description="Where the signature (or Sigstore bundle) is, with the same URI schemes "
-        "as the model.",
+        description="Where the signature bundle is, with the same URI schemes as the model "
+        "(on a pvc://, the same claim as the model).",
     )
-    signer: str = Field(
+    public_key: str | None = Field(
+        default=None,
+        max_length=4096,
+        pattern=PEM_PUBLIC_KEY,
+        description="PEM public key (ECDSA P-256/P-384/P-521) the signature must verify with.",
+    )
+    certificate_chain: list[str] = Field(
+        default_factory=list,
+        max_length=8,
+        description="PEM certificates (root first or last) the signing certificate must chain "
+        "to; the signature bundle carries the signing certificate.",
+        json_schema_extra={
+            "items": {"type": "string", "maxLength": 16384, "pattern": PEM_CERTIFICATE}
+        },
+    )
+    identity: str | None = Field(
+        default=None,
         min_length=1,
         max_length=512,
-        description="Expected signer: a key reference (for example vault-transit://keys/models) "
-        "or a certificate identity. A signature by anyone else is rejected.",
+        description="Subject alternative name (email, URI or DNS name) the signing "
+        "certificate must carry, exactly.",
     )
 
 

@@ -21,6 +21,7 @@ from freehold_serving.args import (
     LlamaCppConfig,
     ModelConfig,
     ServingArgs,
+    SignatureConfig,
     TelemetryConfig,
     VaultKeySource,
     VllmConfig,
@@ -89,8 +90,16 @@ def serving_args_for(
             sha256=spec.model.sha256,
             served_name=spec.model.served_name or name,
             format=spec.model.format,
-            signature_ref=spec.model.signature.ref if spec.model.signature else None,
-            signer=spec.model.signature.signer if spec.model.signature else None,
+            signature=(
+                SignatureConfig(
+                    ref=spec.model.signature.ref,
+                    public_key=spec.model.signature.public_key,
+                    certificate_chain=list(spec.model.signature.certificate_chain),
+                    identity=spec.model.signature.identity,
+                )
+                if spec.model.signature
+                else None
+            ),
         ),
         engine=EngineConfig(
             name=engine.name,

@@ -11,6 +11,7 @@ from freehold.api.kinds import MODEL_DEPLOYMENT
 from freehold.api.model_deployment import ModelDeploymentSpec, ModelSource
 from freehold.builders.children import Backend, build_children
 from freehold.builders.model_workload import (
+    INSTANCE_LABEL,
     SERVE_PORT,
     BuildContext,
     ClusterConfig,
@@ -41,6 +42,7 @@ from freehold.reconciler import (
     SpecProblemError,
     StatusReport,
 )
+from freehold_serving.signatures import VERIFICATION_FAILED, key_fingerprint
 
 VAULT_FINALIZER = "freehold.dev/vault-cleanup"
 RAYSERVICE = ResourceType("ray.io/v1", "RayService", "rayservices")
@@ -67,6 +69,8 @@ VAULT_REASONS = {
 # What this build cannot do yet. Each is refused at reconcile, with a condition, instead
 # of a pod that crash-loops or a promise nobody keeps.
 PLANNED_SCHEMES = {"oci", "s3"}
+POD = ResourceType("v1", "Pod", "pods")
+NOT_READY_RECHECK_SECONDS = 15.0
 
 
 @dataclass(frozen=True)
@@ -112,12 +116,7 @@ class ModelDeploymentKind:
                 "is planned, not built: nothing would read them. Remove spec.secrets",
             )
         if spec.model.signature is not None:
-            raise SpecProblemError(
-                "SignatureUnsupported",
-                "spec.model.signature: signature verification is planned, not built; this "
-                "operator does not serve a model whose signature it cannot check. Remove "
-                "the signature to serve by sha256 alone",
-            )
+            signature_reachable(spec.model.uri, spec.model.signature.ref)
         if spec.engine.name == "vllm":
             raise SpecProblemError(
                 "EngineUnavailable",
@@ -134,14 +133,21 @@ class ModelDeploymentKind:
     def backend(self, facts: Facts) -> Backend:
         return "RayService" if facts.kuberay else "Deployment"
 
+    def _pods(self, meta: Mapping[str, Any]) -> Lookup:
+        # The serving pods: a model that fails verification ends its container with the
+        # reason as termination message (Deployment backend), read for ModelVerified.
+        return Lookup(POD, labels={INSTANCE_LABEL: meta["name"]})
+
     def lookups(
         self, spec: ModelDeploymentSpec, meta: Mapping[str, Any], facts: Facts
     ) -> dict[str, Lookup]:
-        """With promotion: the serving workload (what runs now) and our EvalJobs."""
+        """The serving pods; with promotion, also the serving workload (what runs now) and
+        our EvalJobs."""
         if spec.promotion is None:
-            return {}
+            return {"pods": self._pods(meta)}
         workload = RAYSERVICE if self.backend(facts) == "RayService" else DEPLOYMENT
         return {
+            "pods": self._pods(meta),
             "workload": Lookup(workload, name=meta["name"]),
             "evaljobs": Lookup(EVAL_JOB, labels={OWNER_UID_LABEL: meta["uid"]}),
         }
@@ -209,7 +215,8 @@ class ModelDeploymentKind:
         observed = observe(backend, children.get(serving), ctx.name)
         decided = self.plan(spec, meta, facts)
         served_model = decided.serve
-        conditions = serving_conditions(observed, served_name, served_model.sha256, problem)
+        refused = verification_failure(facts.related.get("pods") or [], observed.failure)
+        conditions = serving_conditions(observed, served_name, served_model, problem, refused)
         if needs_vault(spec):
             conditions.append(secrets_condition(problem))
         fields: dict[str, Any] = {
@@ -233,7 +240,10 @@ class ModelDeploymentKind:
                     "endpoint": endpoint(cctx, backend) if decided.candidate else None,
                     "ready": ready and decided.candidate is not None,
                 }
-        return StatusReport(conditions, fields)
+        # Not serving yet: pods may be verifying, or may have refused the model (their
+        # restarts change nothing a watch sees), so look again soon.
+        recheck = None if observed.ready else NOT_READY_RECHECK_SECONDS
+        return StatusReport(conditions, fields, recheck)
 
 
 def awaiting_eval(decided: Plan, served: ModelSource) -> Condition:
@@ -307,13 +317,56 @@ def endpoint(ctx: BuildContext, backend: Backend) -> str:
     return f"http://{service}.{ctx.namespace}.svc:{SERVE_PORT}/v1"
 
 
+def signature_reachable(model_uri: str, ref: str) -> None:
+    """The pod must be able to read the signature where it reads the model."""
+    scheme = ref.split("://", 1)[0]
+    if scheme in PLANNED_SCHEMES:
+        raise SpecProblemError(
+            "SourceUnsupported",
+            f"spec.model.signature.ref: {scheme}:// is planned, not built; put the signature "
+            "on the model's claim (pvc://) or in its package",
+        )
+    if scheme == "pvc" and (
+        not model_uri.startswith("pvc://") or ref.split("/")[2] != model_uri.split("/")[2]
+    ):
+        raise SpecProblemError(
+            "SignatureUnreachable",
+            "spec.model.signature.ref: a pvc:// signature must be on the model's own claim "
+            f"({model_uri.split('/')[2] if model_uri.startswith('pvc://') else 'none'}), the "
+            "only claim the serving pods mount",
+        )
+
+
+def verification_failure(pods: list[dict[str, Any]], app_failure: str | None) -> str | None:
+    """Why the model was refused, as the serving process said it: a container's
+    termination message (Deployment backend) or the Ray Serve application's message."""
+    for pod in pods:
+        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+            if status.get("ready"):
+                continue  # serving now: an earlier refusal is history
+            for state in (status.get("state"), status.get("lastState")):
+                message = ((state or {}).get("terminated") or {}).get("message") or ""
+                if VERIFICATION_FAILED in message:
+                    return message[message.index(VERIFICATION_FAILED) :][:1024]
+    if app_failure and VERIFICATION_FAILED in app_failure:
+        return app_failure[app_failure.index(VERIFICATION_FAILED) :][:1024]
+    return None
+
+
 def serving_conditions(
-    observed: Observed, served_name: str, sha256: str, problem: Problem | None
+    observed: Observed,
+    served_name: str,
+    model: ModelSource,
+    problem: Problem | None,
+    refused: str | None = None,
 ) -> list[Condition]:
+    sha256 = model.sha256
     replicas = f"{observed.ready_replicas}/{observed.desired_replicas} replicas ready"
     if problem is not None:
         reason = "SecretsUnavailable" if problem.reason in VAULT_REASONS else problem.reason
         ready = condition("Ready", False, reason, problem.message)
+    elif refused is not None:
+        ready = condition("Ready", False, "ModelRefused", refused)
     elif observed.failure:
         ready = condition("Ready", False, "ServingFailed", observed.failure)
     elif observed.ready:
@@ -331,15 +384,28 @@ def serving_conditions(
     failure = problem.message if problem is not None else observed.failure
     failure_reason = problem.reason if problem is not None else "ServingFailed"
     progressing = problem is None and not observed.ready and observed.failure is None
-    if problem is not None and problem.reason == "SignatureUnsupported":
-        verified = condition("ModelVerified", False, "SignatureUnsupported", problem.message)
+    signature = model.signature
+    if refused is not None:
+        reason = "DigestMismatch" if "sha256 does not match" in refused else "SignatureInvalid"
+        verified = condition("ModelVerified", False, reason, refused)
     elif observed.ready and problem is None:
-        # The serving process refuses a file whose sha256 differs before it loads it, and
-        # a replica only reports ready after loading: ready means verified.
-        verified = condition("ModelVerified", True, "DigestMatched", f"sha256 {sha256}")
+        # The serving process verifies the signature and the sha256 before it loads the
+        # file, and a replica only reports ready after loading: ready means verified.
+        if signature is not None:
+            signer = (
+                f"key {key_fingerprint(signature.public_key)}"
+                if signature.public_key
+                else str(signature.identity)
+            )
+            verified = condition(
+                "ModelVerified", True, "SignatureVerified", f"signed by {signer}; sha256 {sha256}"
+            )
+        else:
+            verified = condition("ModelVerified", True, "DigestMatched", f"sha256 {sha256}")
     else:
+        what = "signature and sha256" if signature is not None else "sha256"
         verified = condition(
-            "ModelVerified", None, "Pending", "each pod verifies the sha256 before loading"
+            "ModelVerified", None, "Pending", f"each pod verifies the {what} before loading"
         )
     return [
         ready,

@@ -244,16 +244,31 @@ def local_args(deployment: Deployment, settings: LocalSettings, cpus: int) -> Se
 
 
 def verify_model(args: ServingArgs, progress: Callable[[int], None]) -> ServingArgs:
-    """Locate and verify the file (sha256); the args returned carry its identity, so the
-    replica on this machine does not hash it again."""
-    from freehold_serving.model_files import ModelFileError, file_identity, verified_path
+    """Locate and verify the file (its signature when the spec names one, and its sha256);
+    the args returned carry its identity, so the replica on this machine does not verify it
+    again."""
+    return verify_model_and_signer(args, progress)[0]
+
+
+def verify_model_and_signer(
+    args: ServingArgs, progress: Callable[[int], None]
+) -> tuple[ServingArgs, str | None]:
+    from freehold_serving.model_files import ModelFileError, file_identity, verify_file
 
     try:
-        path = verified_path(args.model, progress)
+        path, verified = verify_file(args.model, progress)
     except ModelFileError as exc:
         raise UpError(str(exc)) from None
     model = args.model.model_copy(update={"verified_identity": file_identity(path)})
-    return args.model_copy(update={"model": model})
+    return args.model_copy(update={"model": model}), verified.signer if verified else None
+
+
+def _say_verified(console: Console, args: ServingArgs, signer: str | None, took: float) -> None:
+    signed = f", signed by {signer}" if signer else ""
+    console.print(
+        f"[green]✓[/green] {args.model.uri.rsplit('/', 1)[-1]} verified (sha256 "
+        f"{args.model.sha256[:16]}…{signed}) [dim]({took:.1f}s, while Ray started)[/dim]"
+    )
 
 
 def model_size(args: ServingArgs) -> int:
@@ -530,13 +545,19 @@ def serve_locally(
             ) as progress,
             ThreadPoolExecutor(1) as pool,
         ):
-            checking = progress.add_task("Verifying the model's sha256", total=size)
-            hashed: list[float] = []
+            checking = progress.add_task(
+                "Verifying the model's "
+                + ("signature and sha256" if args.model.signature else "sha256"),
+                total=size,
+            )
+            timed: list[tuple[float, str | None]] = []  # (seconds, signer)
 
             def verify() -> ServingArgs:
                 begin = time.perf_counter()
-                result = verify_model(args, lambda n: progress.advance(checking, n))
-                hashed.append(time.perf_counter() - begin)
+                result, signer = verify_model_and_signer(
+                    args, lambda n: progress.advance(checking, n)
+                )
+                timed.append((time.perf_counter() - begin, signer))
                 return result
 
             verifying = pool.submit(verify)
@@ -553,10 +574,7 @@ def serve_locally(
                 args = verifying.result()
             finally:
                 progress.remove_task(checking)
-            console.print(
-                f"[green]✓[/green] {args.model.uri.rsplit('/', 1)[-1]} verified (sha256 "
-                f"{args.model.sha256[:16]}…) [dim]({hashed[0]:.1f}s, while Ray started)[/dim]"
-            )
+            _say_verified(console, args, timed[0][1], timed[0][0])
             loading = progress.add_task("Loading the model", total=None)
             serve.run(build_app(args), name=args.name, route_prefix=route, blocking=False)
             progress.remove_task(loading)

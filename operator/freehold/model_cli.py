@@ -1,0 +1,127 @@
+"""`freehold model keygen | sign | verify`: OpenSSF model-signing signatures, air-gapped
+(a key pair, or a certificate chain and identity; no transparency log)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+model = typer.Typer(help="Sign and verify model files.", no_args_is_help=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+EXIT_FAILED, EXIT_USAGE = 1, 2
+
+
+@model.command()
+def keygen(
+    directory: Annotated[Path, typer.Argument(help="Where to write signing.key and signing.pub.")],
+) -> None:
+    """Make an ECDSA P-256 key pair: signing.key (private, mode 0600) signs, signing.pub
+    goes into spec.model.signature.publicKey."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from freehold_serving.signatures import key_fingerprint
+
+    directory.mkdir(parents=True, exist_ok=True)
+    private, public = directory / "signing.key", directory / "signing.pub"
+    if private.exists():
+        err.print(f"[red]error[/red] {private} exists; not overwriting a key")
+        raise typer.Exit(EXIT_USAGE)
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(pem)
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    public.write_bytes(public_pem)
+    out.print(f"wrote {private} and {public} (key {key_fingerprint(public_pem)})")
+
+
+@model.command()
+def sign(
+    path: Annotated[Path, typer.Argument(help="The model file.")],
+    key: Annotated[Path, typer.Option(help="Private key (PEM, EC).")],
+    certificate: Annotated[
+        Path | None, typer.Option(help="Signing certificate (PEM) for the key; optional.")
+    ] = None,
+    chain: Annotated[
+        list[Path] | None, typer.Option(help="Certificates above it (PEM); repeatable.")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Signature file; default PATH.sig.")
+    ] = None,
+) -> None:
+    """Sign a model file (OpenSSF model-signing: a Sigstore bundle over its sha256)."""
+    from freehold_serving.model_files import sha256_of
+    from freehold_serving.signatures import sign_model
+
+    if not path.is_file():
+        err.print(f"[red]error[/red] {escape(str(path))}: no such file")
+        raise typer.Exit(EXIT_USAGE)
+    target = output or path.with_name(path.name + ".sig")
+    try:
+        sign_model(path, target, key, certificate, chain)
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]error[/red] cannot sign: {escape(str(exc))}")
+        raise typer.Exit(EXIT_FAILED) from None
+    out.print(f"signed {path} (sha256 {sha256_of(path)}) -> {target}", highlight=False)
+
+
+@model.command()
+def verify(
+    path: Annotated[Path, typer.Argument(help="The model file.")],
+    signature: Annotated[Path, typer.Option(help="The signature bundle.")],
+    public_key: Annotated[Path | None, typer.Option(help="Trusted public key (PEM).")] = None,
+    chain: Annotated[
+        list[Path] | None, typer.Option(help="Trusted certificates (PEM); repeatable.")
+    ] = None,
+    identity: Annotated[
+        str | None, typer.Option(help="With --chain: the signing certificate's required SAN.")
+    ] = None,
+    sha256: Annotated[
+        str | None, typer.Option(help="The digest the signature must cover (the spec's).")
+    ] = None,
+) -> None:
+    """Verify as a serving pod does. Exit 0: valid, by the trusted key or identity, over this
+    file (and --sha256). 1: it does not verify (the reason is printed). 2: bad usage."""
+    from freehold_serving.args import SignatureConfig
+    from freehold_serving.model_files import sha256_of
+    from freehold_serving.signatures import SignatureError, verify_model
+
+    if (public_key is None) == (not chain):
+        err.print("[red]error[/red] give exactly one of --public-key or --chain")
+        raise typer.Exit(EXIT_USAGE)
+    if chain and not identity:
+        err.print("[red]error[/red] --chain needs --identity (the signer you trust)")
+        raise typer.Exit(EXIT_USAGE)
+    if not path.is_file():
+        err.print(f"[red]error[/red] {escape(str(path))}: no such file")
+        raise typer.Exit(EXIT_USAGE)
+    try:
+        config = SignatureConfig(
+            ref=f"file://{signature.resolve()}",
+            public_key=public_key.read_text() if public_key else None,
+            certificate_chain=[c.read_text() for c in chain or []],
+            identity=identity,
+        )
+    except OSError as exc:
+        err.print(f"[red]error[/red] {escape(str(exc))}")
+        raise typer.Exit(EXIT_USAGE) from None
+    try:
+        verified = verify_model(path, signature, config, sha256 or sha256_of(path))
+    except SignatureError as exc:
+        err.print(f"[red]refused[/red] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(EXIT_FAILED) from None
+    out.print(f"[green]ok[/green] {path}: signed by {verified.signer}", highlight=False)
