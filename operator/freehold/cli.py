@@ -71,6 +71,15 @@ def validate(
     more: Annotated[
         list[Path] | None, typer.Argument(help="More manifest files.", show_default=False)
     ] = None,
+    policy: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--policy",
+            help="SovereigntyPolicy manifest(s): also judge the manifests by their rules, as "
+            "the API server's admission policy would (namespace selectors are not applied "
+            "offline: every policy judges every manifest).",
+        ),
+    ] = None,
 ) -> None:
     """Check manifests offline, as the API server would. Writes nothing.
 
@@ -83,6 +92,7 @@ def validate(
     if not paths:
         err.print("error: no manifests given: pass -f FILE [FILE...]")
         raise typer.Exit(EXIT_INVALID)
+    judges = _load_policies(policy or [])
     invalid = 0
     checked = 0
     for file in paths:
@@ -97,7 +107,9 @@ def validate(
             invalid += 1
         for doc in documents:
             checked += 1
-            errors = validate_manifest(doc.body)
+            errors: list[Any] = list(validate_manifest(doc.body))
+            if not errors:
+                errors = _policy_errors(judges, doc.body)
             if errors:
                 invalid += 1
                 for error in errors:
@@ -166,6 +178,41 @@ def operator() -> None:
     from freehold.settings import OperatorSettings
 
     run(OperatorSettings())
+
+
+def _load_policies(paths: list[Path]) -> list[tuple[str, Any]]:
+    """(name, spec) of each SovereigntyPolicy given; a bad policy file exits 2."""
+    from freehold.api.sovereignty_policy import SovereigntyPolicySpec
+    from freehold.manifests import ManifestError, load_documents
+    from freehold.validation import defaulted
+    from freehold.validation import validate as validate_manifest
+
+    found = []
+    for path in paths:
+        try:
+            documents = list(load_documents(path))
+        except ManifestError as exc:
+            err.print(f"[red]error[/red] --policy {escape(str(exc))}", highlight=False)
+            raise typer.Exit(EXIT_INVALID) from None
+        for doc in documents:
+            if doc.body.get("kind") != "SovereigntyPolicy":
+                err.print(f"[red]error[/red] --policy {doc.label}: not a SovereigntyPolicy")
+                raise typer.Exit(EXIT_INVALID)
+            problems = validate_manifest(doc.body)
+            if problems:
+                for problem in problems:
+                    err.print(f"[red]error[/red] --policy {escape(f'{doc.label}: {problem}')}")
+                raise typer.Exit(EXIT_INVALID)
+            spec = SovereigntyPolicySpec.model_validate(defaulted(doc.body)["spec"])
+            found.append((str(doc.body["metadata"]["name"]), spec))
+    return found
+
+
+def _policy_errors(judges: list[tuple[str, Any]], body: dict[str, Any]) -> list[str]:
+    from freehold.policy import violations
+    from freehold.validation import defaulted
+
+    return [message for name, spec in judges for message in violations(name, spec, defaulted(body))]
 
 
 TERMINATION_LOG = "/dev/termination-log"

@@ -163,6 +163,8 @@ class Controller:
                 self._dependents.get(owner, set()).discard(key)
             else:
                 self._dependents.setdefault(owner, set()).add(key)
+        if getattr(self._kinds.get(kind), "judges_others", False):
+            self._rejudge(kind, body, event_type)
         if event_type == "DELETED":
             self._parents.pop(key, None)
             self._keys.pop(uid, None)
@@ -180,6 +182,26 @@ class Controller:
         self._wake(key, rv)
         for dependent in self._dependents.get(uid, ()):
             self._queue.add(dependent)
+
+    def _rejudge(self, kind: str, body: Mapping[str, Any], event_type: str | None) -> None:
+        """A SovereigntyPolicy came, changed or went: every other resource is judged
+        again (its PolicyCompliant). Only on a change of what is wanted, not on status."""
+        key: Key = (kind, str((body.get("metadata") or {}).get("namespace")), _name(body))
+        known = self._parents.get(key)
+        generation = (body.get("metadata") or {}).get("generation")
+        if (
+            event_type != "DELETED"
+            and known is not None
+            and ((known.get("metadata") or {}).get("generation") == generation)
+        ):
+            return
+        for other in list(self._parents):
+            if other[0] != kind:
+                self._queue.add(other)
+
+    def policies(self) -> list[dict[str, Any]]:
+        """The SovereigntyPolicies held (read from worker threads: one atomic copy)."""
+        return [body for key, body in list(self._parents.items()) if key[0] == "SovereigntyPolicy"]
 
     def child_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         meta = body.get("metadata") or {}
@@ -350,6 +372,10 @@ class Controller:
         """(kind, body) of every resource held, as last seen or written: read from the
         metrics thread, so a copy of the list is taken in one step (atomic under the GIL)."""
         return [(key[0], body) for key, body in list(self._parents.items())]
+
+
+def _name(body: Mapping[str, Any]) -> str:
+    return str((body.get("metadata") or {}).get("name"))
 
 
 def _uid(body: Mapping[str, Any]) -> str:

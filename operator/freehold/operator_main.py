@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 
 import kopf
 
-from freehold.adapters.kubernetes import KubeApi, ResourceType, load_client
+from freehold.adapters.kubernetes import NAMESPACE, KubeApi, ResourceType, load_client
 from freehold.adapters.probe import HttpProbe
 from freehold.adapters.vault import VaultApi
 from freehold.builders.model_workload import ClusterConfig
@@ -177,10 +177,16 @@ def run(settings: OperatorSettings) -> None:
     # One connection per worker thread: urllib3's default pool of 4 would throttle them.
     api = load_client(pool_size=settings.workers)
     kinds = registry(cluster_config(settings, api_server_cidr(settings, api.configuration.host)))
-    types = [k.resource for k in kinds] + child_types(kinds) + lookup_types(kinds)
+    types = [k.resource for k in kinds] + child_types(kinds) + lookup_types(kinds) + [NAMESPACE]
     kube = KubeApi(api, types, discovery_ttl=settings.discovery_seconds)
     vault = connect_vault(settings)
-    reconciler = Reconciler(kube, vault, prober=HttpProbe())
+    held: list[Controller] = []  # the controller, once made: it holds the policies
+    reconciler = Reconciler(
+        kube,
+        vault,
+        prober=HttpProbe(),
+        policies=lambda: held[0].policies() if held else [],
+    )
     metrics = None
     if settings.metrics_port:
         from freehold.adapters.metrics import OperatorMetrics
@@ -221,6 +227,7 @@ def run(settings: OperatorSettings) -> None:
         tracing=tracing,
         audit=audit,
     )
+    held.append(controller)
     if metrics is not None:
         metrics.track_queue(lambda: controller.queue_depth)
         metrics.track_fleet(controller.resources)

@@ -232,7 +232,8 @@ def owner_reference(parent: Mapping[str, Any]) -> dict[str, Any]:
 def stamp(child: dict[str, Any], parent: Mapping[str, Any]) -> dict[str, Any]:
     """Namespace, our labels and the one controller owner reference, on a built child."""
     meta = child.setdefault("metadata", {})
-    meta["namespace"] = parent["metadata"]["namespace"]
+    if parent["metadata"].get("namespace"):  # a cluster-scoped parent has cluster children
+        meta["namespace"] = parent["metadata"]["namespace"]
     labels = meta.setdefault("labels", {})
     labels[MANAGED_BY_LABEL] = MANAGED_BY
     labels[OWNER_KIND_LABEL] = parent["kind"]
@@ -268,11 +269,15 @@ class Reconciler:
         externals: ExternalStore | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         prober: Callable[[str], Mapping[str, Any] | None] | None = None,
+        policies: Callable[[], list[dict[str, Any]]] | None = None,
     ) -> None:
         self._kube = kube
         self._externals = externals
         self._clock = clock
         self._prober = prober
+        # The SovereigntyPolicies in force (the controller's cache): every governed
+        # resource reports PolicyCompliant against them.
+        self._policies = policies
 
     # -- the pass ----------------------------------------------------------------------
 
@@ -319,12 +324,44 @@ class Reconciler:
             self._report(kind, spec, parent, facts, children, problem, outcome)
         except KubeError as exc:
             # The API server or the network: nothing the user can fix. Back off, retry.
-            log.info("%s %s/%s: %s", parent["kind"], meta["namespace"], meta["name"], exc)
+            log.info("%s %s/%s: %s", parent["kind"], meta.get("namespace"), meta["name"], exc)
             outcome.retry = True
             outcome.problem = Problem("ApiError", str(exc), True)
         return outcome
 
     # -- steps -------------------------------------------------------------------------
+
+    def _compliance(self, parent: dict[str, Any]) -> Condition | None:
+        """PolicyCompliant: the rules of every SovereigntyPolicy governing this resource,
+        judged with the expressions the admission policy runs. A resource created before
+        a policy tightened is reported here, never deleted."""
+        from freehold.api.sovereignty_policy import SovereigntyPolicySpec
+        from freehold.policy import GOVERNED, governs, violations
+
+        if self._policies is None or parent.get("kind") not in GOVERNED:
+            return None
+        namespace_labels: Mapping[str, str] | None = None
+        found: list[str] = []
+        judged = 0
+        for body in self._policies():
+            try:
+                spec = SovereigntyPolicySpec.model_validate(defaulted(body).get("spec") or {})
+            except ValueError:
+                continue  # an invalid policy is reported on itself; it judges nothing
+            if spec.namespace_selector and namespace_labels is None:
+                ns = self._kube.get(Ref("v1", "Namespace", None, parent["metadata"]["namespace"]))
+                namespace_labels = ((ns or {}).get("metadata") or {}).get("labels") or {}
+            if not governs(spec, namespace_labels):
+                continue
+            judged += 1
+            found += violations(body["metadata"]["name"], spec, defaulted(parent))
+        if found:
+            return condition("PolicyCompliant", False, "PolicyViolation", "; ".join(found))
+        if judged == 0:
+            return condition("PolicyCompliant", True, "NoPolicy", "no SovereigntyPolicy governs it")
+        return condition(
+            "PolicyCompliant", True, "Compliant", f"complies with {judged} SovereigntyPolicy(ies)"
+        )
 
     def _look_up(
         self, kind: KindController[Any], spec: Any, meta: Mapping[str, Any], facts: Facts
@@ -335,12 +372,15 @@ class Reconciler:
         related: dict[str, list[dict[str, Any]]] = {}
         for key, lookup in lookups(spec, meta, facts).items():
             if lookup.name is not None:
+                namespace = meta.get("namespace") if lookup.type.namespaced else None
                 found = self._kube.get(
-                    Ref(lookup.type.api_version, lookup.type.kind, meta["namespace"], lookup.name)
+                    Ref(lookup.type.api_version, lookup.type.kind, namespace, lookup.name)
                 )
                 related[key] = [found] if found is not None else []
             else:
-                related[key] = self._kube.list(lookup.type, meta["namespace"], lookup.labels or {})
+                related[key] = self._kube.list(
+                    lookup.type, meta.get("namespace"), lookup.labels or {}
+                )
         return replace(facts, related=related)
 
     def _sync_externals(
@@ -484,7 +524,7 @@ class Reconciler:
         outcome: Outcome,
     ) -> None:
         wanted = {child_key(c) for c in desired.children} | desired.keep
-        namespace = parent["metadata"]["namespace"]
+        namespace = parent["metadata"].get("namespace")
         removed = []
         for child in owned:
             if (child.api_version, child.kind, child.name) in wanted:
@@ -516,6 +556,9 @@ class Reconciler:
                 facts = replace(facts, observed=self._prober(target.url))
                 outcome.requeue_after = target.every
         report = kind.status(spec, parent["metadata"], facts, children, problem)
+        compliance = self._compliance(parent)
+        if compliance is not None:
+            report = replace(report, conditions=[*report.conditions, compliance])
         if report.recheck_after is not None:
             outcome.requeue_after = min(
                 outcome.requeue_after or report.recheck_after, report.recheck_after

@@ -99,11 +99,18 @@ def test_rbac_modes_and_no_wildcards() -> None:
     namespaced = render(ROOT / "tests/data/chart-values/namespaced.yaml")
     roles = [o for o in namespaced if o["kind"] == "Role"]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
-    assert not [
-        o
-        for o in namespaced
-        if o["kind"].startswith("Cluster") and o["kind"] != "CustomResourceDefinition"
-    ]
+    # Namespaced mode: Roles for everything namespaced; the one ClusterRole is for what
+    # has no namespace (SovereigntyPolicies, the admission policies made from them,
+    # namespaces' labels).
+    (cluster_role,) = [o for o in namespaced if o["kind"] == "ClusterRole"]
+    assert {r for rule in cluster_role["rules"] for r in rule["resources"]} == {
+        "sovereigntypolicies",
+        "sovereigntypolicies/status",
+        "sovereigntypolicies/finalizers",
+        "namespaces",
+        "validatingadmissionpolicies",
+        "validatingadmissionpolicybindings",
+    }
     cluster = render(ROOT / "tests/data/chart-values/cluster-wide.yaml")
     (binding,) = [o for o in cluster if o["kind"] == "ClusterRoleBinding"]
     assert binding["roleRef"]["name"] != "cluster-admin"
@@ -187,7 +194,10 @@ def test_every_registered_kind_and_child_type_has_rules() -> None:
 
     kinds = registry()
     granted = {
-        (g, r) for rule in rules(kinds) for g in rule["apiGroups"] for r in rule["resources"]
+        (g, r)
+        for rule in rules(kinds) + rules(kinds, cluster=True)
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
     }
     for kind in kinds:
         assert (kind.resource.group, kind.resource.plural) in granted

@@ -79,4 +79,5 @@ def test_crds_command_writes_where_told(tmp_path: Path) -> None:
         "freehold.dev_memorystores.yaml",
         "freehold.dev_modeldeployments.yaml",
         "freehold.dev_modelrouters.yaml",
+        "freehold.dev_sovereigntypolicies.yaml",
     ]

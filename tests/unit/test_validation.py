@@ -29,7 +29,13 @@ def expectation(path: Path) -> str:
 
 def test_there_is_an_example_of_every_kind() -> None:
     kinds = {load(p)["kind"] for p in EXAMPLE_FILES}
-    assert kinds == {"ModelDeployment", "MemoryStore", "EvalJob", "ModelRouter"}
+    assert kinds == {
+        "ModelDeployment",
+        "MemoryStore",
+        "EvalJob",
+        "ModelRouter",
+        "SovereigntyPolicy",
+    }
 
 
 @pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.name)

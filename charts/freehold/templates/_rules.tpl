@@ -79,3 +79,23 @@
   resources: [jobs]
   verbs: [get, list, watch, create, patch, delete]
 {{- end -}}
+{{- define "freehold.clusterRules" -}}
+- apiGroups: [freehold.dev]
+  resources: [sovereigntypolicies]
+  verbs: [list, watch]
+- apiGroups: [freehold.dev]
+  resources: [sovereigntypolicies/status]
+  verbs: [patch]
+- apiGroups: [freehold.dev]
+  resources: [sovereigntypolicies/finalizers]
+  verbs: [update]
+- apiGroups: ['']
+  resources: [namespaces]
+  verbs: [get, list]
+- apiGroups: [admissionregistration.k8s.io]
+  resources: [validatingadmissionpolicies]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [admissionregistration.k8s.io]
+  resources: [validatingadmissionpolicybindings]
+  verbs: [get, list, watch, create, patch, delete]
+{{- end -}}

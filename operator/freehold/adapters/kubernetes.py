@@ -38,6 +38,7 @@ class ResourceType:
     api_version: str
     kind: str
     plural: str
+    namespaced: bool = True
 
     @property
     def group(self) -> str:
@@ -49,19 +50,21 @@ class ResourceType:
 
 
 EVENTS = ResourceType("v1", "Event", "events")
+# Read for PolicyCompliant when a SovereigntyPolicy selects namespaces by label.
+NAMESPACE = ResourceType("v1", "Namespace", "namespaces", namespaced=False)
 
 
 @dataclass(frozen=True)
 class Ref:
     api_version: str
     kind: str
-    namespace: str
+    namespace: str | None  # None: a cluster-scoped object
     name: str
 
     @classmethod
     def of(cls, obj: dict[str, Any]) -> Ref:
         meta = obj["metadata"]
-        return cls(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
+        return cls(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
 
 
 class KubeError(Exception):
@@ -141,7 +144,11 @@ class KubeApi:
     def _path(self, ref: Ref, *, named: bool = True, sub: str | None = None) -> str:
         prefix = "/api/v1" if ref.api_version == "v1" else f"/apis/{ref.api_version}"
         plural = self._plurals[(ref.api_version, ref.kind)]
-        path = f"{prefix}/namespaces/{ref.namespace}/{plural}"
+        path = (
+            f"{prefix}/namespaces/{ref.namespace}/{plural}"
+            if ref.namespace
+            else f"{prefix}/{plural}"
+        )
         if named:
             path += f"/{ref.name}"
         if sub:
@@ -197,10 +204,11 @@ class KubeApi:
         return body
 
     def list(
-        self, type_: ResourceType, namespace: str, labels: Mapping[str, str]
+        self, type_: ResourceType, namespace: str | None, labels: Mapping[str, str]
     ) -> list[dict[str, Any]]:
-        """Objects of a type in a namespace, by label selector (equality only)."""
-        ref = Ref(type_.api_version, type_.kind, namespace, "_")
+        """Objects of a type in a namespace (None: cluster-scoped), by label selector
+        (equality only)."""
+        ref = Ref(type_.api_version, type_.kind, namespace if type_.namespaced else None, "_")
         selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
         query = [("labelSelector", selector)] if selector else []
         _, listing = self._call("GET", self._path(ref, named=False), query=query)
@@ -285,16 +293,18 @@ class KubeApi:
     def post_event(self, about: dict[str, Any], type_: str, reason: str, message: str) -> None:
         """A core/v1 Event on an object, as `kubectl describe` shows them. Best effort."""
         meta = about["metadata"]
+        # Events about cluster-scoped objects live in "default", as kubectl looks for them.
+        namespace = meta.get("namespace") or "default"
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         event = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": namespace},
             "involvedObject": {
                 "apiVersion": about["apiVersion"],
                 "kind": about["kind"],
                 "name": meta["name"],
-                "namespace": meta["namespace"],
+                "namespace": meta.get("namespace") or "",
                 "uid": meta.get("uid", ""),
             },
             "type": type_,
@@ -307,7 +317,7 @@ class KubeApi:
             "reportingComponent": "freehold-operator",
             "reportingInstance": "freehold-operator",
         }
-        ref = Ref("v1", "Event", meta["namespace"], "_")
+        ref = Ref("v1", "Event", namespace, "_")
         try:
             self._call("POST", self._path(ref, named=False), event)
         except KubeError as exc:  # never fail a reconcile on an Event

@@ -372,7 +372,7 @@ class EvalJobStatus(ApiModel):
     """Observed state of an EvalJob."""
 
     phase: Phase = Field(default="Pending", description="Pending, Running, Succeeded, Failed.")
-    conditions: list[Condition] = conditions_field("Completed, GatesPassed.")
+    conditions: list[Condition] = conditions_field("Completed, GatesPassed, PolicyCompliant.")
     observed_generation: int | None = Field(
         default=None, ge=0, description="The .metadata.generation this status describes."
     )

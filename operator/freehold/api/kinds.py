@@ -11,6 +11,7 @@ from freehold.api.eval_job import EvalJobSpec, EvalJobStatus
 from freehold.api.memory_store import MemoryStoreSpec, MemoryStoreStatus
 from freehold.api.model_deployment import ModelDeploymentSpec, ModelDeploymentStatus
 from freehold.api.model_router import ModelRouterSpec, ModelRouterStatus
+from freehold.api.sovereignty_policy import SovereigntyPolicySpec, SovereigntyPolicyStatus
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class Kind:
     description: str
     columns: tuple[PrinterColumn, ...] = field(default_factory=tuple)
     categories: tuple[str, ...] = ("freehold",)
+    scope: str = "Namespaced"  # or "Cluster"
 
     @property
     def group(self) -> str:
@@ -133,5 +135,30 @@ MODEL_ROUTER = Kind(
     ),
 )
 
-KINDS: tuple[Kind, ...] = (MODEL_DEPLOYMENT, MEMORY_STORE, EVAL_JOB, MODEL_ROUTER)
+SOVEREIGNTY_POLICY = Kind(
+    kind="SovereigntyPolicy",
+    plural="sovereigntypolicies",
+    singular="sovereigntypolicy",
+    short_names=("sp", "sovpol"),
+    spec=SovereigntyPolicySpec,
+    status=SovereigntyPolicyStatus,
+    description="Organisation-wide rules (regions, model sources, signatures, licences, "
+    "external providers, content capture), enforced by the API server at admission and "
+    "reported on every resource as PolicyCompliant.",
+    columns=(
+        PrinterColumn("Ready", _condition("Ready") + ".status", description="In force."),
+        PrinterColumn("Rules", ".status.rules", "integer", "Rules enforced."),
+        PrinterColumn("Admission", ".status.admissionPolicies", priority=1),
+        _AGE,
+    ),
+    scope="Cluster",
+)
+
+KINDS: tuple[Kind, ...] = (
+    MODEL_DEPLOYMENT,
+    MEMORY_STORE,
+    EVAL_JOB,
+    MODEL_ROUTER,
+    SOVEREIGNTY_POLICY,
+)
 KINDS_BY_NAME: dict[str, Kind] = {k.kind: k for k in KINDS}

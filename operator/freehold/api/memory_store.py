@@ -231,7 +231,9 @@ class Transfer(ApiModel):
 class MemoryStoreStatus(ApiModel):
     """Observed state of a MemoryStore."""
 
-    conditions: list[Condition] = conditions_field("Ready, Progressing, SecretsUnavailable.")
+    conditions: list[Condition] = conditions_field(
+        "Ready, Progressing, SecretsUnavailable, PolicyCompliant."
+    )
     observed_generation: int | None = Field(
         default=None, ge=0, description="The .metadata.generation this status describes."
     )

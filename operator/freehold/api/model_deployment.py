@@ -122,6 +122,13 @@ class ModelSource(ApiModel):
     signature: ModelSignature | None = Field(
         default=None, description="Optional signature to verify together with the digest."
     )
+    license: str | None = Field(
+        default=None,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9.+:()-][A-Za-z0-9.+:() -]*$",
+        description="The model's licence as an SPDX expression (Apache-2.0, gemma, ...): "
+        "recorded in the ML-BOM and checked against a SovereigntyPolicy's allowedLicenses.",
+    )
 
 
 # Defaults come from the serving contract (freehold_serving.args): one definition.

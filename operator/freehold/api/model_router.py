@@ -217,7 +217,7 @@ class TargetStatus(ApiModel):
 class ModelRouterStatus(ApiModel):
     """Observed state of a ModelRouter."""
 
-    conditions: list[Condition] = conditions_field("Ready, Progressing, Degraded.")
+    conditions: list[Condition] = conditions_field("Ready, Progressing, Degraded, PolicyCompliant.")
     observed_generation: int | None = Field(
         default=None, ge=0, description="The .metadata.generation this status describes."
     )

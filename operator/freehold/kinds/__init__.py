@@ -11,6 +11,7 @@ from freehold.kinds.eval_job import EvalJobKind
 from freehold.kinds.memory_store import MemoryStoreKind
 from freehold.kinds.model_deployment import ModelDeploymentKind
 from freehold.kinds.model_router import ModelRouterKind
+from freehold.kinds.sovereignty_policy import SovereigntyPolicyKind
 from freehold.reconciler import KindController
 
 
@@ -21,6 +22,7 @@ def registry(config: ClusterConfig | None = None) -> list[KindController[Any]]:
         MemoryStoreKind(config),
         EvalJobKind(config),
         ModelRouterKind(config),
+        SovereigntyPolicyKind(config),
     ]
 
 

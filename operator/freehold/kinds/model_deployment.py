@@ -424,14 +424,7 @@ def serving_conditions(
             failure or "no failures reported",
         ),
         verified,
-        # Nothing in this build evaluates an organisation-wide policy (SovereigntyPolicy is
-        # planned): say Unknown rather than a compliance nobody checked.
-        condition(
-            "PolicyCompliant",
-            None,
-            "NotEvaluated",
-            "no SovereigntyPolicy is evaluated by this build (planned)",
-        ),
+        # PolicyCompliant is added by the reconciler, for every governed kind.
     ]
 
 

