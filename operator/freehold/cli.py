@@ -180,6 +180,67 @@ def operator() -> None:
     run(OperatorSettings())
 
 
+@app.command()
+def bom(
+    files: Annotated[
+        list[Path], typer.Option("--filename", "-f", help="ModelDeployment manifest(s).")
+    ],
+    serving_image: Annotated[
+        str,
+        typer.Option(
+            envvar="FREEHOLD_OPERATOR_SERVING_IMAGE",
+            help="The serving image, by digest (REPO@sha256:...) as the operator runs it.",
+        ),
+    ] = "ghcr.io/freehold-dev/freehold-serving:0.1.0",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write here; default stdout.")
+    ] = None,
+) -> None:
+    """Write the CycloneDX 1.6 ML-BOM of each ModelDeployment (model, digest, source,
+    licence, signer, engine and version, serving image), as the operator keeps it."""
+    from freehold.api.model_deployment import ModelDeploymentSpec
+    from freehold.builders.mlbom import build_mlbom, render
+    from freehold.manifests import ManifestError, load_documents
+    from freehold.validation import defaulted
+    from freehold.validation import validate as validate_manifest
+
+    documents = []
+    for file in files:
+        try:
+            loaded = list(load_documents(file))
+        except ManifestError as exc:
+            err.print(f"[red]error[/red] {escape(str(exc))}", highlight=False)
+            raise typer.Exit(EXIT_INVALID) from None
+        for doc in loaded:
+            if doc.body.get("kind") != "ModelDeployment":
+                continue
+            errors = validate_manifest(doc.body)
+            if errors:
+                for error in errors:
+                    err.print(f"[red]error[/red] {escape(f'{doc.label}: {error}')}")
+                raise typer.Exit(EXIT_INVALID)
+            body = defaulted(doc.body)
+            meta = body["metadata"]
+            spec = ModelDeploymentSpec.model_validate(body["spec"])
+            documents.append(
+                build_mlbom(
+                    spec,
+                    meta["name"],
+                    meta.get("namespace") or "default",
+                    serving_image=serving_image,
+                )
+            )
+    if not documents:
+        err.print("[red]error[/red] no ModelDeployment in the files given")
+        raise typer.Exit(EXIT_INVALID)
+    text = "".join(render(d) for d in documents)
+    if output is None:
+        out.print(text, end="", highlight=False, markup=False, soft_wrap=True)
+    else:
+        output.write_text(text, encoding="utf-8")
+        out.print(f"wrote {output} ({len(documents)} ML-BOM(s))")
+
+
 def _load_policies(paths: list[Path]) -> list[tuple[str, Any]]:
     """(name, spec) of each SovereigntyPolicy given; a bad policy file exits 2."""
     from freehold.api.sovereignty_policy import SovereigntyPolicySpec

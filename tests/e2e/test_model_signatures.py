@@ -7,6 +7,7 @@ signer once a pod serves."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -120,3 +121,10 @@ def test_model_verified_follows_what_the_pod_reports(namespace: str, operator: O
     assert condition(md, "ModelVerified")["reason"] == "SignatureVerified"
     assert key_fingerprint(PUBLIC_KEY) in condition(md, "ModelVerified")["message"]
     assert md["status"]["servedDigest"].startswith("sha256:")
+
+    # The ML-BOM of what serves, linked from status, names the signer.
+    assert md["status"]["mlBom"] == "configmap://sig-mlbom/bom.cdx.json"
+    bom = json.loads(get("configmap", "sig-mlbom", namespace)["data"]["bom.cdx.json"])  # type: ignore[index]
+    model = next(c for c in bom["components"] if c["type"] == "machine-learning-model")
+    signer = next(p["value"] for p in model["properties"] if p["name"] == "freehold:model:signer")
+    assert signer == f"key {key_fingerprint(PUBLIC_KEY)}"

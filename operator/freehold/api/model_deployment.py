@@ -467,6 +467,12 @@ class ModelDeploymentStatus(ApiModel):
         default=None,
         description="The new model digest awaiting promotion, while there is one.",
     )
+    ml_bom: str | None = Field(
+        default=None,
+        max_length=512,
+        description="Where the CycloneDX 1.6 ML-BOM of what serves is (configmap://NAME/KEY): "
+        "model, digest, source, licence, signer, engine and serving image.",
+    )
 
 
 class ModelDeploymentRef(LocalObjectReference):

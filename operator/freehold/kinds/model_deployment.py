@@ -10,6 +10,7 @@ from freehold.adapters.kubernetes import ResourceType
 from freehold.api.kinds import MODEL_DEPLOYMENT
 from freehold.api.model_deployment import ModelDeploymentSpec, ModelSource
 from freehold.builders.children import Backend, build_children
+from freehold.builders.mlbom import BOM_KEY, build_mlbom_configmap, mlbom_name
 from freehold.builders.model_workload import (
     INSTANCE_LABEL,
     SERVE_PORT,
@@ -163,6 +164,7 @@ class ModelDeploymentKind:
         serving = serving_spec(spec, decided.serve)
         externals = [build_role(serving, ctx)] if needs_vault(serving) else []
         children = build_children(serving, ctx, backend)
+        children.append(build_mlbom_configmap(serving, ctx, meta.get("creationTimestamp")))
         if spec.promotion is None:
             return Desired(children, externals)
         for child in children:
@@ -227,6 +229,7 @@ class ModelDeploymentKind:
             "servedName": served_name,
             "backend": backend,
             "candidate": None,
+            "mlBom": f"configmap://{mlbom_name(ctx.name)}/{BOM_KEY}",
         }
         if spec.promotion is not None:
             conditions.append(awaiting_eval(decided, served_model))
