@@ -291,8 +291,9 @@ def _verified_in_pod(args: Any) -> Any:
         verified, signer = verify_model_and_signer(args, lambda _n: None)
     except UpError as exc:
         err.print(f"error: {exc}")
-        with contextlib.suppress(OSError):
-            Path(TERMINATION_LOG).write_text(str(exc)[:4000], encoding="utf-8")
+        if Path(TERMINATION_LOG).exists():  # the kubelet makes it; never outside a pod
+            with contextlib.suppress(OSError):
+                Path(TERMINATION_LOG).write_text(str(exc)[:4000], encoding="utf-8")
         raise typer.Exit(EXIT_REFUSED) from None
     if signer:
         out.print(f"model signature verified: signed by {signer}")

@@ -125,3 +125,46 @@ def verify(
         err.print(f"[red]refused[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(EXIT_FAILED) from None
     out.print(f"[green]ok[/green] {path}: signed by {verified.signer}", highlight=False)
+
+
+@model.command()
+def fetch(
+    uri: Annotated[str, typer.Option(help="oci://REGISTRY/REPOSITORY:TAG (or @sha256:...).")],
+    sha256: Annotated[str, typer.Option(help="The digest the model file must have.")],
+    to: Annotated[
+        Path, typer.Option(help="Models folder: the file lands at TO/oci/SHA256.")
+    ] = Path("/models"),
+) -> None:
+    """Pull an OCI model artifact and keep it only if its sha256 matches (the serving pod's
+    init container runs this). Plain HTTP only to loopback or FREEHOLD_INSECURE_REGISTRIES.
+    Exit 0 fetched; 1 cannot pull; 3 the digest does not match (nothing is kept)."""
+    from freehold_serving.args import ModelConfig
+    from freehold_serving.fetch import fetch_oci, insecure_registries
+    from freehold_serving.model_files import DigestMismatchError, ModelFileError
+
+    if not uri.startswith("oci://") or len(sha256) != 64:
+        err.print("[red]error[/red] --uri must be oci://... and --sha256 64 hex digits")
+        raise typer.Exit(EXIT_USAGE)
+    config = ModelConfig(uri=uri, sha256=sha256, served_name="-", models_root=str(to))
+    try:
+        path = fetch_oci(config, insecure_registries())
+    except DigestMismatchError as exc:
+        err.print(f"[red]refused[/red] {escape(str(exc))}", highlight=False)
+        _termination_message(str(exc))
+        raise typer.Exit(3) from None
+    except ModelFileError as exc:
+        err.print(f"[red]error[/red] {escape(str(exc))}", highlight=False)
+        _termination_message(str(exc))
+        raise typer.Exit(EXIT_FAILED) from None
+    out.print(f"fetched {uri} -> {path} (sha256 verified)", highlight=False)
+
+
+def _termination_message(text: str) -> None:
+    """In a pod, the reason becomes the container's termination message (the operator
+    reports it in ModelVerified)."""
+    import contextlib
+
+    log = Path("/dev/termination-log")
+    if log.exists():  # the kubelet makes it; never create one outside a pod
+        with contextlib.suppress(OSError):
+            log.write_text(text[:4000], encoding="utf-8")

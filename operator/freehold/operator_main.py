@@ -117,6 +117,7 @@ def cluster_config(settings: OperatorSettings, api_cidr: str) -> ClusterConfig:
         otel_namespace=settings.otel_namespace,
         otel_endpoint=settings.otel_endpoint,
         prometheus_namespace=settings.prometheus_namespace,
+        insecure_registries=tuple(settings.insecure_registries),
         kuberay_namespace=settings.kuberay_namespace,
         operator_namespace=settings.pod_namespace,
         api_server_cidr=api_cidr,

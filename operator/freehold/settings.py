@@ -83,6 +83,11 @@ class OperatorSettings(BaseSettings):
     otel_namespace: str | None = Field(
         default=None, description="Namespace of the OpenTelemetry collector, if any."
     )
+    insecure_registries: list[str] = Field(
+        default_factory=list,
+        description="Registry hosts oci:// models may be pulled from over plain HTTP "
+        "(loopback always may); everything else is pulled over TLS.",
+    )
     prometheus_namespace: str | None = Field(
         default=None,
         description="Namespace of the Prometheus that scrapes the workloads' /metrics: their "

@@ -102,6 +102,16 @@ def resolve(model: ModelConfig, uri: str | None = None) -> Path:
     elif scheme == "package":
         filename = unquote(parsed.path.lstrip("/"))
         return _check_exists(_from_package(parsed.netloc, filename))
+    elif scheme == "oci":
+        # Fetched (and digest-checked) by fetch.fetch_oci: the init container on a
+        # cluster, `freehold up` locally.
+        path = oci_path(model)
+        if not path.is_file():
+            raise ModelFileError(
+                f"{uri}: not fetched: {path} does not exist (the fetch-model init container "
+                "or freehold up puts it there)"
+            )
+        return path
     elif scheme == "pvc":
         # The operator mounts claim CLAIM at <models_root>/CLAIM (read-only). The path is
         # decoded once and must stay inside that mount: no `..`, no encoded separators.
@@ -114,9 +124,14 @@ def resolve(model: ModelConfig, uri: str | None = None) -> Path:
     else:
         raise ModelFileError(
             f"{uri}: {scheme}:// sources are planned, not built: nothing fetches them "
-            "yet. Use pvc://, file:// or package://"
+            "yet. Use oci://, pvc://, file:// or package://"
         )
     return _check_exists(path)
+
+
+def oci_path(model: ModelConfig) -> Path:
+    """Where an oci:// model is kept once fetched: named by its digest."""
+    return Path(model.models_root) / "oci" / model.sha256
 
 
 def _check_exists(path: Path) -> Path:

@@ -128,3 +128,58 @@ def test_model_verified_follows_what_the_pod_reports(namespace: str, operator: O
     model = next(c for c in bom["components"] if c["type"] == "machine-learning-model")
     signer = next(p["value"] for p in model["properties"] if p["name"] == "freehold:model:signer")
     assert signer == f"key {key_fingerprint(PUBLIC_KEY)}"
+
+
+def test_an_oci_model_is_fetched_by_an_init_container_and_its_refusal_reported(
+    namespace: str, operator: Operator
+) -> None:
+    doc = example(namespace, "from-oci")
+    doc["spec"]["model"]["uri"] = "oci://registry.gov.example/models/gemma:270m"
+    apply(doc)
+    deployment = eventually(lambda: get("deployment", "from-oci", namespace))
+    (init,) = deployment["spec"]["template"]["spec"]["initContainers"]
+    assert (
+        init["name"] == "fetch-model"
+        and "oci://registry.gov.example/models/gemma:270m" in (init["command"])
+    )
+    # Admitted under the namespace's restricted Pod Security profile, init container too.
+    (pod,) = eventually(lambda: pods(namespace, "freehold.dev/model-deployment=from-oci"))
+    refusal = (
+        "model verification failed: refusing to serve oci://registry.gov.example/models/"
+        "gemma:270m: its sha256 does not match the spec's a5fd3b62. The file may be corrupt"
+    )
+    set_status(
+        "pod",
+        pod["metadata"]["name"],
+        namespace,
+        {
+            "phase": "Pending",
+            "initContainerStatuses": [
+                {
+                    "name": "fetch-model",
+                    "image": "registry.local/freehold-serving:e2e",
+                    "imageID": "",
+                    "ready": False,
+                    "restartCount": 1,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    "lastState": {
+                        "terminated": {
+                            "exitCode": 3,
+                            "reason": "Error",
+                            "message": refusal,
+                            "startedAt": NOW,
+                            "finishedAt": NOW,
+                        }
+                    },
+                }
+            ],
+        },
+    )
+
+    def refused() -> dict[str, Any] | None:
+        md = get("modeldeployment", "from-oci", namespace)
+        return md if condition(md, "ModelVerified").get("status") == "False" else None
+
+    md = eventually(refused, timeout=45)
+    assert condition(md, "ModelVerified")["reason"] == "DigestMismatch"
+    assert condition(md, "Ready")["reason"] == "ModelRefused"

@@ -340,12 +340,12 @@ PUBLIC_KEY = (  # any P-256 key: only its shape and fingerprint matter on the AP
             "fetched",
             {
                 "model": {
-                    "uri": "oci://registry.local/models/gemma:1",
+                    "uri": "s3://models/gemma.gguf",
                     "sha256": "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
                 }
             },
             "SourceUnsupported",
-            "oci://",
+            "s3://",
         ),
     ],
 )

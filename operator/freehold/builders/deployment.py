@@ -14,6 +14,7 @@ from freehold.builders.model_workload import (
     BuildContext,
     base_env,
     container_security_context,
+    fetch_init_containers,
     labels,
     metadata,
     model_resources,
@@ -72,7 +73,12 @@ def build_deployment(spec: ModelDeploymentSpec, ctx: BuildContext) -> dict[str, 
             "template": {
                 "metadata": {"labels": labels(ctx, "model")},
                 "spec": pod_spec(
-                    spec, ctx, [container], vols, service_account=service_account_name(ctx)
+                    spec,
+                    ctx,
+                    [container],
+                    vols,
+                    service_account=service_account_name(ctx),
+                    init_containers=fetch_init_containers(spec, ctx),
                 ),
             },
         },

@@ -44,6 +44,8 @@ class ClusterConfig:
     otel_endpoint: str | None = None
     # Namespace of the Prometheus that scrapes workloads' /metrics (NetworkPolicy ingress).
     prometheus_namespace: str | None = None
+    # Registries oci:// models may be pulled from over plain HTTP (besides loopback).
+    insecure_registries: tuple[str, ...] = ()
     kuberay_namespace: str = "kuberay-system"
     # The operator's namespace: a MemoryStore admits its status probe (aggregate counts).
     operator_namespace: str | None = None
@@ -214,6 +216,10 @@ def volumes(
         {"name": "shm", "mountPath": "/dev/shm"},
         {"name": "audit", "mountPath": AUDIT_DIR},
     ]
+    if is_oci(spec):
+        # The fetch-model init container writes the digest-checked file here.
+        vols.append({"name": "model-oci", "emptyDir": {}})
+        mounts.append({"name": "model-oci", "mountPath": f"{MODELS_ROOT}/oci", "readOnly": True})
     claim = pvc_claim(spec)
     if claim is not None:
         vols.append(
@@ -249,6 +255,44 @@ def tolerations(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
     return []
 
 
+def is_oci(spec: ModelDeploymentSpec) -> bool:
+    return spec.model.uri.startswith("oci://")
+
+
+def fetch_init_containers(spec: ModelDeploymentSpec, ctx: BuildContext) -> list[dict[str, Any]]:
+    """An oci:// model is pulled by an init container of the serving image into the pod's
+    model volume, and kept only if its sha256 matches; the serving container starts after
+    it and verifies again before loading."""
+    if not is_oci(spec):
+        return []
+    env = [{"name": "HOME", "value": "/tmp"}]
+    if ctx.insecure_registries:
+        env.append(
+            {"name": "FREEHOLD_INSECURE_REGISTRIES", "value": ",".join(ctx.insecure_registries)}
+        )
+    command = ["freehold", "model", "fetch", "--uri", spec.model.uri]
+    command += ["--sha256", spec.model.sha256, "--to", MODELS_ROOT]
+    return [
+        {
+            "name": "fetch-model",
+            "image": ctx.serving_image,
+            "imagePullPolicy": "IfNotPresent",
+            "command": command,
+            "env": env,
+            "resources": {
+                "requests": {"cpu": "100m", "memory": "256Mi"},
+                "limits": {"cpu": "1", "memory": "1Gi"},
+            },
+            "securityContext": container_security_context(),
+            "volumeMounts": [
+                {"name": "tmp", "mountPath": "/tmp"},
+                {"name": "model-oci", "mountPath": f"{MODELS_ROOT}/oci"},
+            ],
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+        }
+    ]
+
+
 def pod_spec(
     spec: ModelDeploymentSpec,
     ctx: BuildContext,
@@ -256,6 +300,7 @@ def pod_spec(
     vols: list[dict[str, Any]],
     *,
     service_account: str | None,
+    init_containers: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     result: dict[str, Any] = {
         "automountServiceAccountToken": False,
@@ -264,6 +309,8 @@ def pod_spec(
         "volumes": vols,
         "enableServiceLinks": False,
     }
+    if init_containers:
+        result["initContainers"] = init_containers
     if service_account is not None:
         result["serviceAccountName"] = service_account
     affinity = node_affinity(spec)

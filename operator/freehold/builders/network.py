@@ -80,6 +80,13 @@ def build_allow(spec: ModelDeploymentSpec, ctx: BuildContext, *, ray: bool) -> d
             "ports": DNS_PORTS,
         },
     ]
+    if spec.model.uri.startswith("oci://"):
+        # The fetch-model init container pulls from the registry. A NetworkPolicy cannot
+        # name a host: the registry's port, any address.
+        from urllib.parse import urlparse
+
+        port = urlparse(spec.model.uri).port or 443
+        egress.append({"ports": [{"protocol": "TCP", "port": port}]})
     if ray:
         # Ray-internal: head and workers talk on many ports (GCS, object store, ...).
         ingress.append({"from": [own]})

@@ -69,7 +69,7 @@ VAULT_REASONS = {
 }
 # What this build cannot do yet. Each is refused at reconcile, with a condition, instead
 # of a pod that crash-loops or a promise nobody keeps.
-PLANNED_SCHEMES = {"oci", "s3"}
+PLANNED_SCHEMES = {"s3"}
 POD = ResourceType("v1", "Pod", "pods")
 NOT_READY_RECHECK_SECONDS = 15.0
 
@@ -344,7 +344,12 @@ def verification_failure(pods: list[dict[str, Any]], app_failure: str | None) ->
     """Why the model was refused, as the serving process said it: a container's
     termination message (Deployment backend) or the Ray Serve application's message."""
     for pod in pods:
-        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        pod_status = pod.get("status") or {}
+        statuses = [
+            *(pod_status.get("initContainerStatuses") or []),  # fetch-model (oci://)
+            *(pod_status.get("containerStatuses") or []),
+        ]
+        for status in statuses:
             if status.get("ready"):
                 continue  # serving now: an earlier refusal is history
             for state in (status.get("state"), status.get("lastState")):

@@ -1,0 +1,120 @@
+"""oci:// models against a real OCI registry (Debian's docker-registry on loopback): the
+packaged SmolLM2 pushed with oras, fetched by `freehold model fetch` (what the serving pod's
+init container runs) and by freehold up's path, its digest checked before it is kept; a
+different artifact under the same tag is refused and nothing is left where a server would
+read it; the builders wire the init container, volume and egress."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from freehold.local.up import SMOLLM2_SHA256, load_stack, local_args, verify_model_and_signer
+from freehold.settings import LocalSettings
+from freehold_serving.model_files import resolve
+from tests.registry import registry
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with registry(tmp_path_factory.mktemp("registry")) as running:
+        yield running
+
+
+def push(host: str, reference: str, file: Path) -> None:
+    import oras.client
+
+    client = oras.client.OrasClient(hostname=host, insecure=True)
+    here = Path.cwd()
+    os.chdir(file.parent)  # oras names the layer by the path given
+    try:
+        assert client.push(target=f"{host}/{reference}", files=[file.name]).status_code == 201
+    finally:
+        os.chdir(here)
+
+
+def fetch(uri: str, sha: str, to: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "freehold", "model", "fetch", "--uri", uri, "--sha256", sha,
+         "--to", str(to)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+
+
+def test_the_packaged_model_pushed_fetched_and_verified(host: str, tmp_path: Path) -> None:
+    stack = load_stack([])
+    packaged = resolve(local_args(stack.deployment, LocalSettings(data_dir=tmp_path), 2).model)
+    staged = tmp_path / "push" / packaged.name
+    staged.parent.mkdir()
+    staged.write_bytes(packaged.read_bytes())
+    push(host, "models/smollm2:135m", staged)
+    uri = f"oci://{host}/models/smollm2:135m"
+    done = fetch(uri, SMOLLM2_SHA256, tmp_path / "models")
+    assert done.returncode == 0, done.stderr
+    kept = tmp_path / "models" / "oci" / SMOLLM2_SHA256
+    assert kept.is_file() and hashlib.sha256(kept.read_bytes()).hexdigest() == SMOLLM2_SHA256
+
+    # freehold up's path: the manifest's oci:// model is fetched under the data dir and
+    # verified before anything starts.
+    data = tmp_path / "data"
+    deployment = stack.deployment
+    spec = deployment.spec.model_copy(
+        update={"model": deployment.spec.model.model_copy(update={"uri": uri})}
+    )
+    args = local_args(
+        type(deployment)(deployment.name, deployment.namespace, spec),
+        LocalSettings(data_dir=data),
+        2,
+    )
+    verified, _ = verify_model_and_signer(args, lambda _n: None)
+    assert resolve(verified.model) == data / "models" / "oci" / SMOLLM2_SHA256
+
+
+def test_a_different_artifact_is_refused_and_nothing_is_kept(host: str, tmp_path: Path) -> None:
+    other = tmp_path / "m.gguf"
+    other.write_bytes(b"GGUF not the model you pinned")
+    push(host, "models/tampered:1", other)
+    done = fetch(f"oci://{host}/models/tampered:1", SMOLLM2_SHA256, tmp_path / "models")
+    assert done.returncode == 3
+    assert "model verification failed" in done.stderr and "does not match" in done.stderr
+    assert not (tmp_path / "models" / "oci" / SMOLLM2_SHA256).exists()
+    assert list((tmp_path / "models" / "oci").iterdir()) == []  # no partial pull left
+    missing = fetch(f"oci://{host}/models/none:1", SMOLLM2_SHA256, tmp_path / "models")
+    assert missing.returncode == 1 and "cannot pull" in missing.stderr
+
+
+def test_the_workload_fetches_with_an_init_container() -> None:
+    import yaml
+
+    from freehold.api.model_deployment import ModelDeploymentSpec
+    from freehold.builders.deployment import build_deployment
+    from freehold.builders.model_workload import BuildContext
+    from freehold.builders.network import build_allow
+    from freehold.validation import defaulted
+    from tests.paths import EXAMPLES
+    from tests.pss import violations
+
+    doc = defaulted(yaml.safe_load((EXAMPLES / "smollm2.yaml").read_text()))
+    doc["spec"]["model"]["uri"] = "oci://registry.gov.example:5443/models/smollm2:135m"
+    spec = ModelDeploymentSpec.model_validate(doc["spec"])
+    ctx = BuildContext(name="smol", namespace="team", serving_image="img@sha256:" + "a" * 64,
+                       ray_version="2", api_server_cidr="10.0.0.1/32")  # fmt: skip
+    pod = build_deployment(spec, ctx)["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    assert init["command"][:4] == ["freehold", "model", "fetch", "--uri"]
+    assert {"name": "model-oci", "mountPath": "/models/oci"} in init["volumeMounts"]
+    serving = pod["containers"][0]
+    assert {"name": "model-oci", "mountPath": "/models/oci", "readOnly": True} in serving[
+        "volumeMounts"
+    ]
+    assert violations(pod) == []  # restricted Pod Security, init container included
+    egress = build_allow(spec, ctx, ray=False)["spec"]["egress"]
+    assert {"ports": [{"protocol": "TCP", "port": 5443}]} in egress

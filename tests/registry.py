@@ -1,0 +1,59 @@
+"""A real OCI registry (Debian's docker-registry, the CNCF distribution) on loopback, with
+its storage in a temporary folder, for the oci:// model source tests."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextmanager
+def registry(folder: Path) -> Iterator[str]:
+    """Yields host:port of a running registry (plain HTTP, loopback only, no auth)."""
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        raise AssertionError(
+            "Debian's docker-registry is needed for the OCI tests: apt-get install "
+            "docker-registry (scripts/test installs it)"
+        )
+    port = _port()
+    config = folder / "registry.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log: {level: warn}\n"
+        f"storage: {{filesystem: {{rootdirectory: {folder / 'data'}}}}}\n"
+        f"http: {{addr: '127.0.0.1:{port}'}}\n"
+    )
+    proc = subprocess.Popen(
+        [binary, "serve", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=(folder / "registry.log").open("wb"),
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        else:
+            raise AssertionError((folder / "registry.log").read_text())
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
