@@ -139,7 +139,7 @@ def fetch(
     init container runs this). Plain HTTP only to loopback or FREEHOLD_INSECURE_REGISTRIES.
     Exit 0 fetched; 1 cannot pull; 3 the digest does not match (nothing is kept)."""
     from freehold_serving.args import ModelConfig
-    from freehold_serving.fetch import fetch_oci, insecure_registries
+    from freehold_serving.fetch import fetch_model, insecure_registries
     from freehold_serving.model_files import DigestMismatchError, ModelFileError
 
     if not uri.startswith("oci://") or len(sha256) != 64:
@@ -147,7 +147,7 @@ def fetch(
         raise typer.Exit(EXIT_USAGE)
     config = ModelConfig(uri=uri, sha256=sha256, served_name="-", models_root=str(to))
     try:
-        path = fetch_oci(config, insecure_registries())
+        path = fetch_model(config, insecure_registries())
     except DigestMismatchError as exc:
         err.print(f"[red]refused[/red] {escape(str(exc))}", highlight=False)
         _termination_message(str(exc))

@@ -102,10 +102,10 @@ def resolve(model: ModelConfig, uri: str | None = None) -> Path:
     elif scheme == "package":
         filename = unquote(parsed.path.lstrip("/"))
         return _check_exists(_from_package(parsed.netloc, filename))
-    elif scheme == "oci":
-        # Fetched (and digest-checked) by fetch.fetch_oci: the init container on a
+    elif scheme in FETCHED_SCHEMES:
+        # Fetched (and digest-checked) by fetch.fetch_model: the init container on a
         # cluster, `freehold up` locally.
-        path = oci_path(model)
+        path = fetched_path(model)
         if not path.is_file():
             raise ModelFileError(
                 f"{uri}: not fetched: {path} does not exist (the fetch-model init container "
@@ -129,9 +129,12 @@ def resolve(model: ModelConfig, uri: str | None = None) -> Path:
     return _check_exists(path)
 
 
-def oci_path(model: ModelConfig) -> Path:
-    """Where an oci:// model is kept once fetched: named by its digest."""
-    return Path(model.models_root) / "oci" / model.sha256
+FETCHED_SCHEMES = ("oci",)  # s3:// is planned
+
+
+def fetched_path(model: ModelConfig) -> Path:
+    """Where a fetched (oci://) model is kept: MODELS_ROOT/SCHEME/SHA256."""
+    return Path(model.models_root) / model.uri.split("://", 1)[0] / model.sha256
 
 
 def _check_exists(path: Path) -> Path:

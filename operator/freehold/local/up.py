@@ -237,7 +237,7 @@ def local_args(deployment: Deployment, settings: LocalSettings, cpus: int) -> Se
         }
     )
     if args.model.uri.startswith("oci://"):
-        # Fetched models are kept by digest under the data dir (MODELS/oci/SHA256).
+        # Fetched models are kept by digest under the data dir (MODELS/SCHEME/SHA256).
         model = args.model.model_copy(update={"models_root": str(settings.data_dir / "models")})
         args = args.model_copy(update={"model": model})
     # Access records, signed with a key kept beside them (`freehold audit verify`).
@@ -258,13 +258,13 @@ def verify_model(args: ServingArgs, progress: Callable[[int], None]) -> ServingA
 def verify_model_and_signer(
     args: ServingArgs, progress: Callable[[int], None]
 ) -> tuple[ServingArgs, str | None]:
-    from freehold_serving.model_files import ModelFileError, file_identity, oci_path, verify_file
+    from freehold_serving.model_files import ModelFileError, file_identity, verify_file
 
     try:
-        if args.model.uri.startswith("oci://") and not oci_path(args.model).is_file():
-            from freehold_serving.fetch import fetch_oci, insecure_registries
+        if needs_fetch(args):
+            from freehold_serving.fetch import fetch_model, insecure_registries
 
-            fetch_oci(args.model, insecure_registries())
+            fetch_model(args.model, insecure_registries())
         path, verified = verify_file(args.model, progress)
     except ModelFileError as exc:
         raise UpError(str(exc)) from None
@@ -280,15 +280,23 @@ def _say_verified(console: Console, args: ServingArgs, signer: str | None, took:
     )
 
 
+def needs_fetch(args: ServingArgs) -> bool:
+    """An oci:// model not fetched yet (once there, it is verified like any)."""
+    from freehold_serving.model_files import FETCHED_SCHEMES, fetched_path
+
+    scheme = args.model.uri.split("://", 1)[0]
+    return scheme in FETCHED_SCHEMES and not fetched_path(args.model).is_file()
+
+
 def model_size(args: ServingArgs) -> int:
     """The model file's size; an oci:// model is fetched first (digest-checked)."""
-    from freehold_serving.model_files import ModelFileError, oci_path, resolve
+    from freehold_serving.model_files import ModelFileError, resolve
 
     try:
-        if args.model.uri.startswith("oci://") and not oci_path(args.model).is_file():
-            from freehold_serving.fetch import fetch_oci, insecure_registries
+        if needs_fetch(args):
+            from freehold_serving.fetch import fetch_model, insecure_registries
 
-            fetch_oci(args.model, insecure_registries())  # verified again with the rest
+            fetch_model(args.model, insecure_registries())  # verified again with the rest
         return resolve(args.model).stat().st_size
     except ModelFileError as exc:
         raise UpError(str(exc)) from None
