@@ -8,14 +8,25 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends build-essential cmake git \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
+COPY requirements/serving.lock requirements/
+# llama.cpp for a portable CPU (no -march=native: the image runs on other hosts).
+ENV CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
+# Every dependency pinned and checked against its hash (scripts/lock makes the lock);
+# the CPU build of torch from PyTorch's index, llama-cpp-python built from its sdist.
+RUN python -m venv /opt/freehold \
+    && /opt/freehold/bin/pip install --no-cache-dir --require-hashes \
+         --extra-index-url https://download.pytorch.org/whl/cpu \
+         -r requirements/serving.lock
 COPY pyproject.toml README.md ./
 COPY operator ./operator
 COPY serving ./serving
-# llama.cpp for a portable CPU (no -march=native: the image runs on other hosts).
-ENV CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
-# The CPU build of torch (PyPI's default Linux wheel is CUDA, several GB).
-RUN pip wheel --no-cache-dir --wheel-dir /wheels \
-      --extra-index-url https://download.pytorch.org/whl/cpu ".[serving,embeddings,operator]"
+RUN /opt/freehold/bin/pip install --no-cache-dir --no-deps . \
+    && /opt/freehold/bin/pip uninstall -y pip setuptools wheel
+# A CycloneDX SBOM of the image's Python environment, shipped inside the image.
+RUN pip install --no-cache-dir "cyclonedx-bom==7.5.0" \
+    && mkdir -p /opt/freehold/share/freehold \
+    && cyclonedx-py environment --pyproject pyproject.toml --output-reproducible \
+         --of JSON -o /opt/freehold/share/freehold/sbom.cdx.json /opt/freehold/bin/python
 
 FROM ${PYTHON_IMAGE}
 # libgomp: llama.cpp's OpenMP runtime. No compilers in this stage.
@@ -23,15 +34,11 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends libgomp1 \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --uid 1000 --user-group --no-create-home --shell /usr/sbin/nologin freehold
-COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links /wheels \
-      "freehold[serving,embeddings,operator]" \
-    && rm -rf /wheels \
-    && pip uninstall -y pip setuptools wheel
+COPY --from=build /opt/freehold /opt/freehold
 USER 1000:1000
-# Offline by design: weights come from the image, a volume or a Python package.
-ENV PYTHONUNBUFFERED=1 HOME=/tmp HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
-    RAY_USAGE_STATS_ENABLED=0
+# Offline by design: weights come from the image, a volume, a registry or a Python package.
+ENV PATH=/opt/freehold/bin:$PATH PYTHONUNBUFFERED=1 HOME=/tmp HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0
 EXPOSE 8000
 ENTRYPOINT ["freehold"]
 CMD ["serve"]
