@@ -129,23 +129,46 @@ def verify(
 
 @model.command()
 def fetch(
-    uri: Annotated[str, typer.Option(help="oci://REGISTRY/REPOSITORY:TAG (or @sha256:...).")],
-    sha256: Annotated[str, typer.Option(help="The digest the model file must have.")],
+    uri: Annotated[
+        str | None, typer.Option(help="oci://REGISTRY/REPOSITORY:TAG (or @sha256:...).")
+    ] = None,
+    sha256: Annotated[str | None, typer.Option(help="The digest the file must have.")] = None,
     to: Annotated[
-        Path, typer.Option(help="Models folder: the file lands at TO/oci/SHA256.")
+        Path, typer.Option(help="Models folder: the file lands at TO/SCHEME/SHA256.")
     ] = Path("/models"),
+    from_env: Annotated[
+        bool,
+        typer.Option(
+            "--from-env",
+            help="Read the model (oci:// or s3://, with its store and where its access key "
+            "is in Vault) from FREEHOLD_MODEL, as the operator writes it.",
+        ),
+    ] = False,
 ) -> None:
-    """Pull an OCI model artifact and keep it only if its sha256 matches (the serving pod's
-    init container runs this). Plain HTTP only to loopback or FREEHOLD_INSECURE_REGISTRIES.
-    Exit 0 fetched; 1 cannot pull; 3 the digest does not match (nothing is kept)."""
+    """Fetch a model and keep it only if its sha256 matches (the serving pod's init
+    container runs this). Plain HTTP only to loopback or FREEHOLD_INSECURE_REGISTRIES.
+    Exit 0 fetched; 1 cannot fetch; 3 the digest does not match (nothing is kept)."""
+    import os
+
+    from pydantic import ValidationError
+
     from freehold_serving.args import ModelConfig
     from freehold_serving.fetch import fetch_model, insecure_registries
     from freehold_serving.model_files import DigestMismatchError, ModelFileError
 
-    if not uri.startswith("oci://") or len(sha256) != 64:
-        err.print("[red]error[/red] --uri must be oci://... and --sha256 64 hex digits")
+    if from_env:
+        try:
+            config = ModelConfig.model_validate_json(os.environ.get("FREEHOLD_MODEL", ""))
+        except ValidationError as exc:
+            err.print(f"[red]error[/red] FREEHOLD_MODEL: {escape(str(exc))}")
+            raise typer.Exit(EXIT_USAGE) from None
+    elif uri is None or sha256 is None or not uri.startswith("oci://") or len(sha256) != 64:
+        err.print(
+            "[red]error[/red] give --uri oci://... and --sha256 (64 hex digits), or --from-env"
+        )
         raise typer.Exit(EXIT_USAGE)
-    config = ModelConfig(uri=uri, sha256=sha256, served_name="-", models_root=str(to))
+    else:
+        config = ModelConfig(uri=uri, sha256=sha256, served_name="-", models_root=str(to))
     try:
         path = fetch_model(config, insecure_registries())
     except DigestMismatchError as exc:
@@ -156,7 +179,7 @@ def fetch(
         err.print(f"[red]error[/red] {escape(str(exc))}", highlight=False)
         _termination_message(str(exc))
         raise typer.Exit(EXIT_FAILED) from None
-    out.print(f"fetched {uri} -> {path} (sha256 verified)", highlight=False)
+    out.print(f"fetched {config.uri} -> {path} (sha256 verified)", highlight=False)
 
 
 def _termination_message(text: str) -> None:

@@ -69,6 +69,14 @@ class SignatureConfig(Strict):
     )
 
 
+class S3Config(Strict):
+    endpoint: str
+    region: str = "us-east-1"
+    credentials: VaultKeySource | None = Field(
+        default=None, description="Vault KV secret with accessKey and secretKey."
+    )
+
+
 class ModelConfig(Strict):
     uri: str = Field(description="pvc://, file://, package:// ... as in the spec.")
     sha256: str = Field(pattern=r"^[a-f0-9]{64}$")
@@ -81,6 +89,7 @@ class ModelConfig(Strict):
     signature: SignatureConfig | None = Field(
         default=None, description="Verified before the file is loaded, when set."
     )
+    s3: S3Config | None = Field(default=None, description="The store of an s3:// model.")
     verified_identity: str | None = Field(
         default=None,
         description="Set by `freehold up` only, after it verified this very file on this "

@@ -1,12 +1,12 @@
 """Fetch an oci:// model (an OCI artifact, as air-gapped sites mirror content in their
-registries; pushed with `oras push`) into the model folder, checking its sha256 before
-anything can load it. (s3:// is planned: no S3-compatible server can be run here to test
-it, so it is refused at reconcile rather than shipped untested.)
+registries; pushed with `oras push`) or an s3:// model (any S3-compatible store) into the
+model folder, checking its sha256 before anything can load it.
 
 On a cluster this runs as the serving pod's init container, into the pod's model volume;
 under `freehold up` it runs before Ray starts. The file lands at MODELS_ROOT/oci/SHA256
 (model_files.resolve looks there), moved into place only once its digest matched: a
-tampered or wrong artifact never sits where a server would read it.
+tampered or wrong artifact never sits where a server would read it. A store's access key
+is read from Vault by this process (never a Kubernetes Secret, never in args).
 """
 
 from __future__ import annotations
@@ -28,7 +28,11 @@ from freehold_serving.model_files import (
 
 
 def endpoint_of(model: ModelConfig) -> tuple[str, int]:
-    """(host, port) of an oci:// model's registry (port 443 unless given)."""
+    """(host, port) the fetch talks to: an oci:// model's registry, an s3:// model's store
+    (port 443 unless given; 80 for plain http)."""
+    if model.uri.startswith("s3://") and model.s3 is not None:
+        store = urlparse(model.s3.endpoint)
+        return store.hostname or "", store.port or (80 if store.scheme == "http" else 443)
     parsed = urlparse(model.uri)
     return parsed.hostname or "", parsed.port or 443
 
@@ -50,19 +54,75 @@ def insecure_registries() -> list[str]:
 
 
 def fetch_model(model: ModelConfig, insecure: Iterable[str] = ()) -> Path:
-    """Fetch an oci:// model, check its sha256, move it into place; return its path.
-    Already there and intact: nothing is fetched."""
+    """Fetch an oci:// or s3:// model, check its sha256, move it into place; return its
+    path. Already there and intact: nothing is fetched."""
     target = fetched_path(model)
     if target.is_file() and sha256_of(target) == model.sha256:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".pull-") as tmp:
-        pulled = _pull_oci(model, Path(tmp), insecure)
+        if model.uri.startswith("s3://"):
+            pulled = _get_s3(model, Path(tmp), insecure)
+        else:
+            pulled = _pull_oci(model, Path(tmp), insecure)
         actual = sha256_of(pulled)
         if actual != model.sha256:
             raise DigestMismatchError(model.uri, model.sha256, actual)
         os.replace(pulled, target)
     return target
+
+
+def _s3_keys(model: ModelConfig) -> tuple[str | None, str | None]:
+    store = model.s3
+    if store is None or store.credentials is None:
+        return None, None  # anonymous reads
+    from freehold_serving.vault_keys import VaultKeysError, read_secret
+
+    try:
+        fields = read_secret(store.credentials, "the object store's access key")
+    except VaultKeysError as exc:
+        raise ModelFileError(f"{model.uri}: {exc}") from None
+    access, secret = str(fields.get("accessKey") or ""), str(fields.get("secretKey") or "")
+    if not access or not secret:
+        raise ModelFileError(
+            f"{model.uri}: the Vault secret {store.credentials.path} needs the fields "
+            "accessKey and secretKey"
+        )
+    return access, secret
+
+
+def _get_s3(model: ModelConfig, tmp: Path, insecure: Iterable[str]) -> Path:
+    from minio import Minio
+    from minio.error import S3Error
+
+    store = model.s3
+    if store is None:
+        raise ModelFileError(f"{model.uri}: no store given (spec.model.s3)")
+    endpoint = urlparse(store.endpoint)
+    host, _ = endpoint_of(model)
+    if endpoint.scheme == "http" and not _plain_http_allowed(host, insecure):
+        raise ModelFileError(
+            f"{store.endpoint}: plain http only to loopback or a host listed in "
+            "FREEHOLD_INSECURE_REGISTRIES; use https"
+        )
+    access, secret = _s3_keys(model)
+    location = urlparse(model.uri)
+    client = Minio(
+        endpoint.netloc,
+        access_key=access,
+        secret_key=secret,
+        secure=endpoint.scheme == "https",
+        region=store.region,
+    )
+    out = tmp / "model"
+    try:
+        client.fget_object(location.netloc, location.path.lstrip("/"), str(out))
+    except Exception as exc:  # S3Error, urllib3's retries exhausted, OSError, ...
+        # The store's own code says what is wrong (NoSuchKey, AccessDenied, ...); the
+        # message never carries a key.
+        code = exc.code if isinstance(exc, S3Error) else type(exc).__name__
+        raise ModelFileError(f"{model.uri}: cannot get the object: {code}") from None
+    return out
 
 
 def _pull_oci(model: ModelConfig, tmp: Path, insecure: Iterable[str]) -> Path:

@@ -124,16 +124,16 @@ def resolve(model: ModelConfig, uri: str | None = None) -> Path:
     else:
         raise ModelFileError(
             f"{uri}: {scheme}:// sources are planned, not built: nothing fetches them "
-            "yet. Use oci://, pvc://, file:// or package://"
+            "yet. Use oci://, s3://, pvc://, file:// or package://"
         )
     return _check_exists(path)
 
 
-FETCHED_SCHEMES = ("oci",)  # s3:// is planned
+FETCHED_SCHEMES = ("oci", "s3")
 
 
 def fetched_path(model: ModelConfig) -> Path:
-    """Where a fetched (oci://) model is kept: MODELS_ROOT/SCHEME/SHA256."""
+    """Where an oci:// or s3:// model is kept once fetched: MODELS_ROOT/SCHEME/SHA256."""
     return Path(model.models_root) / model.uri.split("://", 1)[0] / model.sha256
 
 

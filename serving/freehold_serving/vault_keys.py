@@ -11,7 +11,7 @@ import logging
 
 import hvac
 
-from freehold_serving.args import ApiKeysConfig
+from freehold_serving.args import ApiKeysConfig, VaultKeySource
 from freehold_serving.auth import KeyEntry
 
 log = logging.getLogger(__name__)
@@ -31,9 +31,15 @@ def read_api_keys(config: ApiKeysConfig) -> list[KeyEntry]:
     source = config.vault
     if source is None:
         raise VaultKeysError("no Vault source configured")
+    values = read_secret(source, "API keys")
+    return [(str(v), str(k).split(".", 1)[0]) for k, v in values.items() if v]
+
+
+def read_secret(source: VaultKeySource, what: str) -> dict[str, object]:
+    """A KV v2 secret's fields, read as this workload (Kubernetes auth, its own role)."""
     address = source.address
     if not address or not source.role:
-        raise VaultKeysError("Vault address and role are required to read API keys")
+        raise VaultKeysError(f"Vault address and role are required to read {what}")
     try:
         with open(source.jwt_path, encoding="utf-8") as handle:
             jwt = handle.read().strip()
@@ -46,13 +52,13 @@ def read_api_keys(config: ApiKeysConfig) -> list[KeyEntry]:
             path=source.path, mount_point=source.mount, raise_on_deleted_version=True
         )
     except hvac.exceptions.InvalidPath:
-        raise NoKeysError(f"no API keys at {source.mount}/{source.path}") from None
+        raise NoKeysError(f"no {what} at {source.mount}/{source.path}") from None
     except Exception as exc:  # hvac and requests errors alike; their text may quote input
         raise VaultKeysError(
-            f"reading API keys from Vault ({source.mount}/{source.path} as role "
+            f"reading {what} from Vault ({source.mount}/{source.path} as role "
             f"{source.role}) failed: {type(exc).__name__}"
         ) from None
     finally:
         client.adapter.close()
-    values = (secret.get("data") or {}).get("data") or {}
-    return [(str(v), str(k).split(".", 1)[0]) for k, v in values.items() if v]
+    values: dict[str, object] = (secret.get("data") or {}).get("data") or {}
+    return values

@@ -26,14 +26,16 @@ pytestmark = pytest.mark.e2e
 def helm(*args: str) -> subprocess.CompletedProcess[str]:
     from tests.e2e.conftest import _CLUSTER
 
-    return subprocess.run(
+    done = subprocess.run(
         [str(binary("helm")), *args],
-        check=True,
+        check=False,
         capture_output=True,
         text=True,
         timeout=360,
         env={**os.environ, "KUBECONFIG": _CLUSTER["kubeconfig"]},
     )
+    assert done.returncode == 0, f"helm {args[0]}: {done.stderr}"
+    return done
 
 
 def test_chart_installs_under_restricted_pod_security(crds: None) -> None:
@@ -97,11 +99,16 @@ def test_chart_installs_under_restricted_pod_security(crds: None) -> None:
                 timeout=120,
             )
     finally:
+        from tests.e2e.conftest import _CLUSTER
+
+        # Uninstalled, not just its namespace deleted: the chart's cluster-scoped objects
+        # (ClusterRole and binding for SovereigntyPolicies) outlive a namespace.
         subprocess.run(
             [str(binary("helm")), "uninstall", "freehold", "-n", system],
             check=False,
             capture_output=True,
             timeout=120,
+            env={**os.environ, "KUBECONFIG": _CLUSTER["kubeconfig"]},
         )
         for ns in (workloads, system):
             kubectl("delete", "namespace", ns, "--wait=false", check=False)

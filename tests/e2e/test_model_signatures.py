@@ -16,6 +16,7 @@ from freehold_serving.signatures import key_fingerprint
 from tests.e2e.conftest import Operator, apply, condition, eventually, example, get, kubectl
 from tests.e2e.test_eval_job import NOW, make_ready, pods, set_status
 from tests.e2e.test_operator import PUBLIC_KEY
+from tests.vault_server import VaultServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("deployment_backend")]
 REFUSAL = (
@@ -138,10 +139,9 @@ def test_an_oci_model_is_fetched_by_an_init_container_and_its_refusal_reported(
     apply(doc)
     deployment = eventually(lambda: get("deployment", "from-oci", namespace))
     (init,) = deployment["spec"]["template"]["spec"]["initContainers"]
-    assert (
-        init["name"] == "fetch-model"
-        and "oci://registry.gov.example/models/gemma:270m" in (init["command"])
-    )
+    env = {e["name"]: e["value"] for e in init["env"]}
+    assert init["name"] == "fetch-model"
+    assert "oci://registry.gov.example/models/gemma:270m" in env["FREEHOLD_MODEL"]
     # Admitted under the namespace's restricted Pod Security profile, init container too.
     (pod,) = eventually(lambda: pods(namespace, "freehold.dev/model-deployment=from-oci"))
     refusal = (
@@ -183,3 +183,38 @@ def test_an_oci_model_is_fetched_by_an_init_container_and_its_refusal_reported(
     md = eventually(refused, timeout=45)
     assert condition(md, "ModelVerified")["reason"] == "DigestMismatch"
     assert condition(md, "Ready")["reason"] == "ModelRefused"
+
+
+def test_an_s3_model_is_fetched_with_a_key_only_its_pod_may_read(
+    namespace: str, operator: Operator, vault: VaultServer
+) -> None:
+    doc = example(namespace, "from-s3")
+    doc["spec"]["model"]["uri"] = "s3://models/gemma/model.gguf"
+    doc["spec"]["model"]["s3"] = {
+        "endpoint": "https://s3.gov.example",
+        "credentials": {"path": f"{namespace}/s3"},
+    }
+    apply(doc)
+    deployment = eventually(lambda: get("deployment", "from-s3", namespace))
+    (init,) = deployment["spec"]["template"]["spec"]["initContainers"]
+    assert {m["name"] for m in init["volumeMounts"]} >= {"vault-token", "model-fetched"}
+    role = f"freehold.{namespace}.from-s3"
+    eventually(lambda: role in vault.state.roles)
+    assert f'path "secret/data/{namespace}/s3"' in vault.state.policies[role]
+    # Admitted under restricted Pod Security, init container and Vault token included.
+    eventually(lambda: pods(namespace, "freehold.dev/model-deployment=from-s3"))
+    # Another team's path is refused before anything is built.
+    other = example(namespace, "s3-other-team")
+    other["spec"]["model"]["uri"] = "s3://models/gemma/model.gguf"
+    other["spec"]["model"]["s3"] = {
+        "endpoint": "https://s3.gov.example",
+        "credentials": {"path": "other-team/s3"},
+    }
+    apply(other)
+
+    def refused() -> dict[str, Any] | None:
+        md = get("modeldeployment", "s3-other-team", namespace)
+        return md if condition(md, "Ready").get("reason") == "InvalidSpec" else None
+
+    md = eventually(refused)
+    assert "spec.model.s3.credentials.path" in condition(md, "Ready")["message"]

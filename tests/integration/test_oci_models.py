@@ -109,10 +109,12 @@ def test_the_workload_fetches_with_an_init_container() -> None:
                        ray_version="2", api_server_cidr="10.0.0.1/32")  # fmt: skip
     pod = build_deployment(spec, ctx)["spec"]["template"]["spec"]
     (init,) = pod["initContainers"]
-    assert init["command"][:4] == ["freehold", "model", "fetch", "--uri"]
-    assert {"name": "model-oci", "mountPath": "/models/oci"} in init["volumeMounts"]
+    assert init["command"] == ["freehold", "model", "fetch", "--from-env"]
+    env = {e["name"]: e["value"] for e in init["env"]}
+    assert '"uri":"oci://registry.gov.example:5443/models/smollm2:135m"' in env["FREEHOLD_MODEL"]
+    assert {"name": "model-fetched", "mountPath": "/models/oci"} in init["volumeMounts"]
     serving = pod["containers"][0]
-    assert {"name": "model-oci", "mountPath": "/models/oci", "readOnly": True} in serving[
+    assert {"name": "model-fetched", "mountPath": "/models/oci", "readOnly": True} in serving[
         "volumeMounts"
     ]
     assert violations(pod) == []  # restricted Pod Security, init container included

@@ -59,8 +59,10 @@ def test_pvc_uri_maps_to_the_mounted_claim(tmp_path: Path) -> None:
 def test_missing_file_and_remote_schemes_are_errors(tmp_path: Path) -> None:
     with pytest.raises(ModelFileError, match="does not exist"):
         resolve(model(f"file://{tmp_path}/nope.gguf"))
+    with pytest.raises(ModelFileError, match="not fetched"):
+        resolve(model("s3://bucket/m.gguf"))  # the init container fetches it first
     with pytest.raises(ModelFileError, match="planned, not built"):
-        resolve(model("s3://bucket/m.gguf"))
+        resolve(model("https://example.org/m.gguf"))
     with pytest.raises(ModelFileError, match="is not installed"):
         resolve(model("package://no-such-distribution-xyz/m.gguf"))
 

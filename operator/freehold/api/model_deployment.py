@@ -98,8 +98,56 @@ class ModelSignature(ApiModel):
     )
 
 
+class S3Credentials(ApiModel):
+    """Where the store's access key is: a Vault KV v2 secret with fields accessKey and
+    secretKey, read by the fetch-model init container itself (never a Kubernetes Secret)."""
+
+    mount: str = Field(
+        default="secret",
+        max_length=128,
+        pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$",
+        description="KV v2 mount in Vault.",
+    )
+    path: VaultPath = Field(description="Path below the mount (under the namespace's prefix).")
+
+
+class S3Store(ApiModel):
+    """An S3-compatible object store (MinIO, Ceph RGW, an in-country cloud region...)."""
+
+    endpoint: str = Field(
+        max_length=512,
+        pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]+)?/?$",
+        description="Base URL of the store, https://HOST[:PORT] (plain http only to loopback "
+        "or a host the platform team lists as insecure).",
+    )
+    region: str = Field(
+        default="us-east-1",
+        max_length=63,
+        pattern=r"^[a-z0-9-]+$",
+        description="Region the requests are signed for.",
+    )
+    credentials: S3Credentials | None = Field(
+        default=None, description="The access key, in Vault; unset: anonymous reads."
+    )
+
+
 class ModelSource(ApiModel):
     """The model file and what it must hash to."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "!self.uri.startsWith('s3://') || has(self.s3)",
+                "s3:// models need spec.model.s3 (the store's endpoint)",
+                field_path=".s3",
+            ),
+            cel(
+                "self.uri.startsWith('s3://') || !has(self.s3)",
+                "spec.model.s3 is only for s3:// models",
+                field_path=".s3",
+            ),
+        )
+    )
 
     uri: str = Field(
         max_length=2048,
@@ -121,6 +169,9 @@ class ModelSource(ApiModel):
     )
     signature: ModelSignature | None = Field(
         default=None, description="Optional signature to verify together with the digest."
+    )
+    s3: S3Store | None = Field(
+        default=None, description="The object store of an s3://BUCKET/KEY model."
     )
     license: str | None = Field(
         default=None,

@@ -155,7 +155,8 @@ def pvc_claim(spec: ModelDeploymentSpec) -> str | None:
 
 
 def needs_vault(spec: ModelDeploymentSpec) -> bool:
-    return bool(spec.secrets) or spec.auth.api_keys is not None
+    s3_keys = spec.model.s3 is not None and spec.model.s3.credentials is not None
+    return bool(spec.secrets) or spec.auth.api_keys is not None or s3_keys
 
 
 def vault_ca_name(ctx: BuildContext) -> str:
@@ -216,10 +217,13 @@ def volumes(
         {"name": "shm", "mountPath": "/dev/shm"},
         {"name": "audit", "mountPath": AUDIT_DIR},
     ]
-    if is_oci(spec):
+    scheme = fetched_scheme(spec)
+    if scheme is not None:
         # The fetch-model init container writes the digest-checked file here.
-        vols.append({"name": "model-oci", "emptyDir": {}})
-        mounts.append({"name": "model-oci", "mountPath": f"{MODELS_ROOT}/oci", "readOnly": True})
+        vols.append({"name": "model-fetched", "emptyDir": {}})
+        mounts.append(
+            {"name": "model-fetched", "mountPath": f"{MODELS_ROOT}/{scheme}", "readOnly": True}
+        )
     claim = pvc_claim(spec)
     if claim is not None:
         vols.append(
@@ -255,39 +259,51 @@ def tolerations(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
     return []
 
 
+FETCHED = ("oci", "s3")  # schemes an init container fetches into the pod
+
+
+def fetched_scheme(spec: ModelDeploymentSpec) -> str | None:
+    scheme = spec.model.uri.split("://", 1)[0]
+    return scheme if scheme in FETCHED else None
+
+
 def is_oci(spec: ModelDeploymentSpec) -> bool:
-    return spec.model.uri.startswith("oci://")
+    return fetched_scheme(spec) is not None
 
 
-def fetch_init_containers(spec: ModelDeploymentSpec, ctx: BuildContext) -> list[dict[str, Any]]:
-    """An oci:// model is pulled by an init container of the serving image into the pod's
-    model volume, and kept only if its sha256 matches; the serving container starts after
-    it and verifies again before loading."""
-    if not is_oci(spec):
+def fetch_init_containers(
+    spec: ModelDeploymentSpec, ctx: BuildContext, model_json: str
+) -> list[dict[str, Any]]:
+    """An oci:// or s3:// model is fetched by an init container of the serving image into
+    the pod's model volume, and kept only if its sha256 matches; the serving container
+    starts after it and verifies again before loading. A store's access key is read from
+    Vault by the init container itself (`model_json` names where; never the key)."""
+    scheme = fetched_scheme(spec)
+    if scheme is None:
         return []
-    env = [{"name": "HOME", "value": "/tmp"}]
+    env = [{"name": "HOME", "value": "/tmp"}, {"name": "FREEHOLD_MODEL", "value": model_json}]
     if ctx.insecure_registries:
-        env.append(
-            {"name": "FREEHOLD_INSECURE_REGISTRIES", "value": ",".join(ctx.insecure_registries)}
-        )
-    command = ["freehold", "model", "fetch", "--uri", spec.model.uri]
-    command += ["--sha256", spec.model.sha256, "--to", MODELS_ROOT]
+        insecure = ",".join(ctx.insecure_registries)
+        env.append({"name": "FREEHOLD_INSECURE_REGISTRIES", "value": insecure})
+    mounts = [
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "model-fetched", "mountPath": f"{MODELS_ROOT}/{scheme}"},
+    ]
+    if spec.model.s3 is not None and spec.model.s3.credentials is not None:
+        mounts += vault_volumes(ctx, vault_ca_name(ctx))[1]
     return [
         {
             "name": "fetch-model",
             "image": ctx.serving_image,
             "imagePullPolicy": "IfNotPresent",
-            "command": command,
+            "command": ["freehold", "model", "fetch", "--from-env"],
             "env": env,
             "resources": {
                 "requests": {"cpu": "100m", "memory": "256Mi"},
                 "limits": {"cpu": "1", "memory": "1Gi"},
             },
             "securityContext": container_security_context(),
-            "volumeMounts": [
-                {"name": "tmp", "mountPath": "/tmp"},
-                {"name": "model-oci", "mountPath": f"{MODELS_ROOT}/oci"},
-            ],
+            "volumeMounts": mounts,
             "terminationMessagePolicy": "FallbackToLogsOnError",
         }
     ]

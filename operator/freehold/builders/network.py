@@ -80,12 +80,13 @@ def build_allow(spec: ModelDeploymentSpec, ctx: BuildContext, *, ray: bool) -> d
             "ports": DNS_PORTS,
         },
     ]
-    if spec.model.uri.startswith("oci://"):
-        # The fetch-model init container pulls from the registry. A NetworkPolicy cannot
-        # name a host: the registry's port, any address.
+    if spec.model.uri.split("://", 1)[0] in ("oci", "s3"):
+        # The fetch-model init container pulls from the registry or store. A
+        # NetworkPolicy cannot name a host: its port, any address.
         from urllib.parse import urlparse
 
-        port = urlparse(spec.model.uri).port or 443
+        source = urlparse(spec.model.s3.endpoint if spec.model.s3 else spec.model.uri)
+        port = source.port or (80 if source.scheme == "http" else 443)
         egress.append({"ports": [{"protocol": "TCP", "port": port}]})
     if ray:
         # Ray-internal: head and workers talk on many ports (GCS, object store, ...).

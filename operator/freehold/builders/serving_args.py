@@ -20,6 +20,7 @@ from freehold_serving.args import (
     EngineConfig,
     LlamaCppConfig,
     ModelConfig,
+    S3Config,
     ServingArgs,
     SignatureConfig,
     TelemetryConfig,
@@ -90,6 +91,25 @@ def serving_args_for(
             sha256=spec.model.sha256,
             served_name=spec.model.served_name or name,
             format=spec.model.format,
+            s3=(
+                S3Config(
+                    endpoint=spec.model.s3.endpoint,
+                    region=spec.model.s3.region,
+                    credentials=(
+                        VaultKeySource(
+                            mount=spec.model.s3.credentials.mount,
+                            path=spec.model.s3.credentials.path,
+                            address=vault_address,
+                            role=vault_role,
+                            ca_cert=vault_ca_cert,
+                        )
+                        if spec.model.s3.credentials is not None
+                        else None
+                    ),
+                )
+                if spec.model.s3 is not None
+                else None
+            ),
             signature=(
                 SignatureConfig(
                     ref=spec.model.signature.ref,

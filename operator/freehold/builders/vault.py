@@ -26,6 +26,9 @@ def readable_paths(spec: ModelDeploymentSpec) -> list[str]:
     paths = {f"{s.mount}/data/{s.path}" for s in spec.secrets}
     if spec.auth.api_keys is not None:
         paths.add(f"{spec.auth.api_keys.mount}/data/{spec.auth.api_keys.path}")
+    s3 = spec.model.s3
+    if s3 is not None and s3.credentials is not None:
+        paths.add(f"{s3.credentials.mount}/data/{s3.credentials.path}")
     return sorted(paths)
 
 

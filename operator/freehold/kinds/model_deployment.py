@@ -69,7 +69,8 @@ VAULT_REASONS = {
 }
 # What this build cannot do yet. Each is refused at reconcile, with a condition, instead
 # of a pod that crash-loops or a promise nobody keeps.
-PLANNED_SCHEMES = {"s3"}
+PLANNED_SCHEMES: set[str] = set()  # model URI schemes refused as planned
+SIGNATURE_PLANNED = {"oci", "s3"}  # signatures are read where the pod reads files
 POD = ResourceType("v1", "Pod", "pods")
 NOT_READY_RECHECK_SECONDS = 15.0
 
@@ -118,6 +119,15 @@ class ModelDeploymentKind:
             )
         if spec.model.signature is not None:
             signature_reachable(spec.model.uri, spec.model.signature.ref)
+        s3 = spec.model.s3
+        if s3 is not None and s3.credentials is not None:
+            prefix = self.config.vault_kv_prefix.format(namespace=meta["namespace"])
+            if not s3.credentials.path.startswith(prefix):
+                raise SpecProblemError(
+                    "InvalidSpec",
+                    f"spec.model.s3.credentials.path: {s3.credentials.path!r} is outside this "
+                    f"namespace's Vault paths: it must start with {prefix!r}",
+                )
         if spec.engine.name == "vllm":
             raise SpecProblemError(
                 "EngineUnavailable",
@@ -323,7 +333,7 @@ def endpoint(ctx: BuildContext, backend: Backend) -> str:
 def signature_reachable(model_uri: str, ref: str) -> None:
     """The pod must be able to read the signature where it reads the model."""
     scheme = ref.split("://", 1)[0]
-    if scheme in PLANNED_SCHEMES:
+    if scheme in SIGNATURE_PLANNED:
         raise SpecProblemError(
             "SourceUnsupported",
             f"spec.model.signature.ref: {scheme}:// is planned, not built; put the signature "
