@@ -58,10 +58,14 @@ class AuditLog:
         signer: Signer | None = None,
         checkpoint_every: int = 1,
         metrics: AuditMetrics | None = None,
+        export: EventExport | None = None,
     ) -> None:
+        """`export`: ship each event as it is written (components that append in place;
+        the AuditWriter ships for those that write through it)."""
         self.path = path
         self.component = component
         self._metrics = metrics
+        self._export = export
         self._kind = _component_kind(component)
         self._signer = signer
         self._every = checkpoint_every
@@ -115,6 +119,11 @@ class AuditLog:
             self._metrics.events.labels(self._kind, kind).inc()
             if kind == "checkpoint":
                 self._metrics.signed_at.labels(self._kind).set(time.time())
+        if self._export is not None:
+            try:
+                self._export.export(event)
+            except Exception as exc:  # the file is the record; shipping is best effort
+                _log.warning("audit event not exported: %s", type(exc).__name__)
         return event
 
     def record(self, kind: str, **data: Any) -> dict[str, Any]:
@@ -145,6 +154,8 @@ class AuditLog:
 
     def close(self) -> None:
         self._file.close()
+        if self._export is not None:
+            self._export.shutdown()
 
 
 @dataclass

@@ -84,14 +84,18 @@ def test_vault_role_may_use_only_this_stores_keys() -> None:
     assert role.body["bound_service_account_names"] == ["gemma-270m-memory"]
 
 
-def test_network_allows_only_dns_vault_and_the_named_models() -> None:
+def test_network_allows_only_dns_vault_the_named_models_and_the_collector() -> None:
     objs = by_kind(build_memory_children(example(), VAULT_CTX))
     egress = objs["NetworkPolicy/gemma-270m-allow"]["spec"]["egress"]
     targets = [rule["to"][0] for rule in egress]
     assert {
         "podSelector": {"matchLabels": {"freehold.dev/model-deployment": "smollm2-135m"}}
     } in targets
-    assert len(egress) == 3  # DNS, the extraction model, Vault
+    # DNS, the extraction model, Vault, the OTLP collector (audit events as logs)
+    assert len(egress) == 4
+    assert {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}}
+    } in targets
     assert objs["NetworkPolicy/gemma-270m-default-deny"]["spec"]["policyTypes"] == [
         "Ingress",
         "Egress",

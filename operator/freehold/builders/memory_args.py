@@ -38,6 +38,7 @@ def memory_args_for(
     vault_address: str | None = None,
     vault_role: str | None = None,
     vault_ca_cert: str | None = None,
+    otlp_endpoint: str | None = None,
 ) -> MemoryArgs:
     """`model_urls` maps ModelDeployment names to (base URL, served name, digest): where
     the embedding and extraction models named in the spec answer."""
@@ -76,6 +77,7 @@ def memory_args_for(
         )
     retention = spec.retention
     return MemoryArgs(
+        otlp_endpoint=otlp_endpoint,
         name=name,
         namespace=namespace,
         data_dir=data_dir,

@@ -121,6 +121,7 @@ def build_statefulset(spec: MemoryStoreSpec, ctx: BuildContext) -> dict[str, Any
         vault_address=ctx.vault_address,
         vault_role=vault_name(ctx) if vault else None,
         vault_ca_cert=f"{VAULT_CA_DIR}/ca.crt" if vault and ctx.vault_ca_pem else None,
+        otlp_endpoint=ctx.otel_endpoint,
     )
     probe = {"httpGet": {"path": HEALTH, "port": SERVE_PORT}}
     vault_vols, vault_mounts = vault_volumes(ctx, vault_ca_name(ctx))
@@ -225,6 +226,13 @@ def build_network(spec: MemoryStoreSpec, ctx: BuildContext) -> list[dict[str, An
             {
                 "to": [_ns(ctx.vault_namespace)],
                 "ports": [{"protocol": "TCP", "port": ctx.vault_port}],
+            }
+        )
+    if ctx.otel_namespace:  # audit events shipped as OTLP logs
+        egress.append(
+            {
+                "to": [_ns(ctx.otel_namespace)],
+                "ports": [{"protocol": "TCP", "port": 4317}, {"protocol": "TCP", "port": 4318}],
             }
         )
     # Callers from this namespace only, as for a ModelDeployment by default; and the

@@ -76,4 +76,7 @@ class MemoryArgs(Strict):
     extraction: ChatModel | None = None
     api_keys: ApiKeysConfig | None = None
     sweep_seconds: float = Field(default=3600, gt=0, description="Retention sweep period.")
+    otlp_endpoint: str | None = Field(
+        default=None, description="OTLP/HTTP endpoint: audit events are also shipped as logs."
+    )
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from freehold_serving.audit import AuditLog, AuditMetrics
+from freehold_serving.audit import AuditLog, AuditMetrics, OtlpEventExport
 from freehold_serving.memory import bundle, crypto, importers
 from freehold_serving.memory.args import MemoryArgs
 from freehold_serving.memory.records import (
@@ -160,6 +160,11 @@ class MemoryService:
             f"memory/{args.namespace}/{args.name}",
             signer=self._signer,
             metrics=AuditMetrics.of(),
+            export=(
+                OtlpEventExport(args.otlp_endpoint, f"freehold-memory-{args.name}")
+                if args.otlp_endpoint
+                else None
+            ),
         )
         own = self._signer.public_key()
         self._trusted = {own, *(base64.b64decode(k) for k in args.trusted_signers)}

@@ -142,7 +142,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         )
         tiny = with_updates(tiny, embeddings={"enabled": False})
         serve.run(build_app(tiny), name="tiny", route_prefix="/tiny", blocking=False)
-        memory_dir = deploy_memory(tmp_path_factory, port)
+        memory_dir = deploy_memory(tmp_path_factory, port, otlp_url)
         yield Stack(
             f"http://127.0.0.1:{port}", memory_dir, audit_dir, audit_dir / "audit.pem", otlp
         )
@@ -150,7 +150,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     receiver.__exit__(None, None, None)
 
 
-def deploy_memory(tmp_path_factory: pytest.TempPathFactory, port: int) -> Path:
+def deploy_memory(tmp_path_factory: pytest.TempPathFactory, port: int, otlp: str) -> Path:
     """SmolLM2 (the extraction model) at /smol and the example MemoryStore at /v1/memory,
     with two tenants' keys in a key file and its keys in local key files."""
     from ray import serve
@@ -180,6 +180,6 @@ def deploy_memory(tmp_path_factory: pytest.TempPathFactory, port: int) -> Path:
         model_urls={"smollm2-135m": (f"http://127.0.0.1:{port}/smol/v1", SMOL, smol.model.sha256)},
     )
     # Sweep every second, so the retention test need not wait an hour.
-    args = args.model_copy(update={"sweep_seconds": 1.0})
+    args = args.model_copy(update={"sweep_seconds": 1.0, "otlp_endpoint": otlp})
     serve.run(build_memory_app(args), name="memory", route_prefix="/v1/memory", blocking=False)
     return data

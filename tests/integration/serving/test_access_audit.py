@@ -138,3 +138,32 @@ def test_a_restarted_writer_resumes_the_chain(tmp_path: Path) -> None:
     (path,) = (tmp_path / "access").glob("*.jsonl")
     verdict = verify(path)
     assert verdict.exit_code == 0 and verdict.events == 4  # two events, two checkpoints
+
+
+def test_memory_audit_events_are_shipped_over_otlp_too(stack: Stack) -> None:
+    from tests.integration.serving.conftest import MEMORY_KEYS
+
+    with httpx.Client(
+        base_url=stack.memory,
+        headers={"Authorization": f"Bearer {MEMORY_KEYS['acme']}"},
+        timeout=120,
+    ) as c:
+        added = c.post("/records", json={"records": [{"subject": "u-otlp", "text": CANARY}]})
+        assert added.is_success, added.text
+        assert c.post("/erase", json={"subject": "u-otlp"}).is_success
+    log = stack.memory_dir / "audit" / "memory.jsonl"
+    erased = [
+        json.loads(line)
+        for line in log.read_text().splitlines()
+        if json.loads(line)["type"] == "memory.erase"
+    ][-1]
+
+    def shipped() -> bool:
+        return any(
+            json.loads(r.body.string_value)["hash"] == erased["hash"]
+            for r in stack.otlp.logs()
+            if r.event_name == "freehold.audit.memory.erase"
+        )
+
+    assert wait_for(shipped), "the erasure was not exported as an OTLP log"
+    assert CANARY.encode() not in stack.otlp.raw() and CANARY not in log.read_text()
