@@ -200,36 +200,16 @@ def bom(
     licence, signer, engine and version, serving image), as the operator keeps it."""
     from freehold.api.model_deployment import ModelDeploymentSpec
     from freehold.builders.mlbom import build_mlbom, render
-    from freehold.manifests import ManifestError, load_documents
-    from freehold.validation import defaulted
-    from freehold.validation import validate as validate_manifest
 
     documents = []
-    for file in files:
-        try:
-            loaded = list(load_documents(file))
-        except ManifestError as exc:
-            err.print(f"[red]error[/red] {escape(str(exc))}", highlight=False)
-            raise typer.Exit(EXIT_INVALID) from None
-        for doc in loaded:
-            if doc.body.get("kind") != "ModelDeployment":
-                continue
-            errors = validate_manifest(doc.body)
-            if errors:
-                for error in errors:
-                    err.print(f"[red]error[/red] {escape(f'{doc.label}: {error}')}")
-                raise typer.Exit(EXIT_INVALID)
-            body = defaulted(doc.body)
-            meta = body["metadata"]
-            spec = ModelDeploymentSpec.model_validate(body["spec"])
-            documents.append(
-                build_mlbom(
-                    spec,
-                    meta["name"],
-                    meta.get("namespace") or "default",
-                    serving_image=serving_image,
-                )
+    for body in _valid_documents(files, "ModelDeployment", "", others="skip"):
+        meta = body["metadata"]
+        spec = ModelDeploymentSpec.model_validate(body["spec"])
+        documents.append(
+            build_mlbom(
+                spec, meta["name"], meta.get("namespace") or "default", serving_image=serving_image
             )
+        )
     if not documents:
         err.print("[red]error[/red] no ModelDeployment in the files given")
         raise typer.Exit(EXIT_INVALID)
@@ -241,32 +221,47 @@ def bom(
         out.print(f"wrote {output} ({len(documents)} ML-BOM(s))")
 
 
-def _load_policies(paths: list[Path]) -> list[tuple[str, Any]]:
-    """(name, spec) of each SovereigntyPolicy given; a bad policy file exits 2."""
-    from freehold.api.sovereignty_policy import SovereigntyPolicySpec
+def _valid_documents(
+    paths: list[Path], kind: str, flag: str, *, others: str = "refuse"
+) -> list[dict[str, Any]]:
+    """The defaulted bodies of the `kind` documents in these files, each valid as the API
+    server would judge it; anything else (unreadable, invalid, another kind unless
+    `others="skip"`) is named and exits 2."""
     from freehold.manifests import ManifestError, load_documents
     from freehold.validation import defaulted
     from freehold.validation import validate as validate_manifest
 
+    said = f"{flag} " if flag else ""
     found = []
     for path in paths:
         try:
             documents = list(load_documents(path))
         except ManifestError as exc:
-            err.print(f"[red]error[/red] --policy {escape(str(exc))}", highlight=False)
+            err.print(f"[red]error[/red] {said}{escape(str(exc))}", highlight=False)
             raise typer.Exit(EXIT_INVALID) from None
         for doc in documents:
-            if doc.body.get("kind") != "SovereigntyPolicy":
-                err.print(f"[red]error[/red] --policy {doc.label}: not a SovereigntyPolicy")
+            if doc.body.get("kind") != kind:
+                if others == "skip":
+                    continue
+                err.print(f"[red]error[/red] {said}{doc.label}: not a {kind}")
                 raise typer.Exit(EXIT_INVALID)
             problems = validate_manifest(doc.body)
             if problems:
                 for problem in problems:
-                    err.print(f"[red]error[/red] --policy {escape(f'{doc.label}: {problem}')}")
+                    err.print(f"[red]error[/red] {said}{escape(f'{doc.label}: {problem}')}")
                 raise typer.Exit(EXIT_INVALID)
-            spec = SovereigntyPolicySpec.model_validate(defaulted(doc.body)["spec"])
-            found.append((str(doc.body["metadata"]["name"]), spec))
+            found.append(defaulted(doc.body))
     return found
+
+
+def _load_policies(paths: list[Path]) -> list[tuple[str, Any]]:
+    """(name, spec) of each SovereigntyPolicy given; a bad policy file exits 2."""
+    from freehold.api.sovereignty_policy import SovereigntyPolicySpec
+
+    return [
+        (str(body["metadata"]["name"]), SovereigntyPolicySpec.model_validate(body["spec"]))
+        for body in _valid_documents(paths, "SovereigntyPolicy", "--policy")
+    ]
 
 
 def _policy_errors(judges: list[tuple[str, Any]], body: dict[str, Any]) -> list[str]:
