@@ -45,8 +45,14 @@ def test_the_operator_audits_what_it_sees_and_does(namespace: str, operator: Ope
     assert observed["generation"] == 1 and str(observed["specHash"]).startswith("sha256:")
     assert observed["modelDigest"] == f"sha256:{doc['spec']['model']['sha256']}"
     assert "kubectl-client-side-apply" in observed["managers"] or observed["managers"]
-    created = {e["data"]["child"]["kind"] for e in eventually(lambda: mine("child.created"))}  # type: ignore[index]
-    assert {"Deployment", "Service", "ServiceAccount", "NetworkPolicy"} <= created
+    wanted = {"Deployment", "Service", "ServiceAccount", "NetworkPolicy"}
+
+    def created() -> set[str]:
+        kinds = {e["data"]["child"]["kind"] for e in mine("child.created")}  # type: ignore[index]
+        return kinds if wanted <= kinds else set()
+
+    # The writer thread appends (and fsyncs) one event at a time: wait for them all.
+    assert eventually(created)
     one = json.dumps({"spec": {"scaling": {"minReplicas": 1, "maxReplicas": 1}}})
     kubectl("patch", "modeldeployment", "audited", "-n", namespace, "--type=merge", "-p", one)
     updated = eventually(lambda: mine("resource.updated"))[0]["data"]
