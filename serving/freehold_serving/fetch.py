@@ -20,10 +20,12 @@ from urllib.parse import urlparse
 
 from freehold_serving.args import ModelConfig
 from freehold_serving.model_files import (
+    FETCHED_SCHEMES,
     DigestMismatchError,
     ModelFileError,
     fetched_path,
     sha256_of,
+    signature_path,
 )
 
 
@@ -53,10 +55,33 @@ def insecure_registries() -> list[str]:
     return [host.strip() for host in listed.split(",") if host.strip()]
 
 
+def fetch_signature(model: ModelConfig, insecure: Iterable[str] = ()) -> Path | None:
+    """A signature kept in a registry (oci://, an artifact holding the bundle) or in the
+    model's store (s3://), fetched beside the model. Not checked here: the serving process
+    verifies it against the trusted key or chain before loading."""
+    signature = model.signature
+    if signature is None or signature.ref.split("://", 1)[0] not in FETCHED_SCHEMES:
+        return None
+    target = signature_path(model)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    source = model.model_copy(update={"uri": signature.ref})
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".pull-") as tmp:
+        if signature.ref.startswith("s3://"):
+            pulled = _get_s3(source, Path(tmp), insecure)
+        else:
+            pulled = _pull_oci(source, Path(tmp), insecure)
+        os.replace(pulled, target)
+    return target
+
+
 def fetch_model(model: ModelConfig, insecure: Iterable[str] = ()) -> Path:
-    """Fetch an oci:// or s3:// model, check its sha256, move it into place; return its
-    path. Already there and intact: nothing is fetched."""
+    """Fetch an oci:// or s3:// model (and a signature kept beside it in a registry or
+    store), check the model's sha256, move it into place; return its path. Already there
+    and intact: the model is not fetched again."""
+    fetch_signature(model, insecure)
     target = fetched_path(model)
+    if model.uri.split("://", 1)[0] not in FETCHED_SCHEMES:
+        return target
     if target.is_file() and sha256_of(target) == model.sha256:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -104,8 +104,8 @@ def resolve(model: ModelConfig, uri: str | None = None) -> Path:
         return _check_exists(_from_package(parsed.netloc, filename))
     elif scheme in FETCHED_SCHEMES:
         # Fetched (and digest-checked) by fetch.fetch_model: the init container on a
-        # cluster, `freehold up` locally.
-        path = fetched_path(model)
+        # cluster, `freehold up` locally. A signature fetched with it lies beside it.
+        path = fetched_path(model) if uri == model.uri else signature_path(model)
         if not path.is_file():
             raise ModelFileError(
                 f"{uri}: not fetched: {path} does not exist (the fetch-model init container "
@@ -135,6 +135,12 @@ FETCHED_SCHEMES = ("oci", "s3")
 def fetched_path(model: ModelConfig) -> Path:
     """Where an oci:// or s3:// model is kept once fetched: MODELS_ROOT/SCHEME/SHA256."""
     return Path(model.models_root) / model.uri.split("://", 1)[0] / model.sha256
+
+
+def signature_path(model: ModelConfig) -> Path:
+    """Where a signature fetched from a registry or store is kept: beside the model's
+    fetched file, named by the model's digest."""
+    return Path(model.models_root) / "signatures" / f"{model.sha256}.sig"
 
 
 def _check_exists(path: Path) -> Path:

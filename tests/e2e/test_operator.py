@@ -348,8 +348,8 @@ PUBLIC_KEY = (  # any P-256 key: only its shape and fingerprint matter on the AP
                     },
                 }
             },
-            "SourceUnsupported",
-            "spec.model.signature.ref: oci://",
+            "SignatureUnreachable",
+            "a oci:// signature is fetched with an oci:// or s3:// model",
         ),
     ],
 )

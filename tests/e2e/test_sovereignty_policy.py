@@ -114,7 +114,13 @@ def test_the_api_server_enforces_a_policy_and_older_resources_are_reported(
     # A compliant deployment is admitted (once the API server has the policy loaded,
     # a breach is refused: wait for the first refusal before checking each rule).
     said = f"SovereigntyPolicy {sovereign}: "
-    eventually(lambda: said in refused(example(namespace, "no-region")), timeout=60)
+    # Each attempt is a create under a new name: an object admitted before the policy
+    # loaded would only be updated by a retry, and an update that keeps the spec is let
+    # through by design.
+    attempts = iter(range(1000))
+    eventually(
+        lambda: said in refused(example(namespace, f"no-region-{next(attempts)}")), timeout=60
+    )
     apply(compliant(namespace, "allowed"))
     breaches: list[tuple[dict[str, Any], str]] = []
     doc = compliant(namespace, "bad-source")

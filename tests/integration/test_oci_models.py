@@ -120,3 +120,52 @@ def test_the_workload_fetches_with_an_init_container() -> None:
     assert violations(pod) == []  # restricted Pod Security, init container included
     egress = build_allow(spec, ctx, ray=False)["spec"]["egress"]
     assert {"ports": [{"protocol": "TCP", "port": 5443}]} in egress
+
+
+def test_a_signature_kept_in_the_registry_is_fetched_and_verified(
+    host: str, tmp_path: Path
+) -> None:
+    """The model and its signature bundle as two artifacts in the same registry: the init
+    container's command fetches both; the serving side verifies before loading; a
+    signature by another key is refused."""
+    import json
+
+    from freehold_serving.args import ModelConfig, SignatureConfig
+    from freehold_serving.model_files import verify_file
+    from freehold_serving.signatures import sign_model
+    from tests.unit.test_model_signatures import keypair
+
+    model_file = tmp_path / "push" / "model.gguf"
+    model_file.parent.mkdir()
+    model_file.write_bytes(b"GGUF" + bytes(range(256)) * 64)
+    sha = hashlib.sha256(model_file.read_bytes()).hexdigest()
+    private, public = keypair(tmp_path / "keys")
+    bundle = tmp_path / "sig" / "model.gguf.sig"
+    bundle.parent.mkdir()
+    sign_model(model_file, bundle, private)
+    push(host, "models/tiny:1", model_file)
+    push(host, "models/tiny-signature:1", bundle)
+    config = ModelConfig(
+        uri=f"oci://{host}/models/tiny:1",
+        sha256=sha,
+        served_name="tiny",
+        models_root=str(tmp_path / "models"),
+        signature=SignatureConfig(ref=f"oci://{host}/models/tiny-signature:1", public_key=public),
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "freehold", "model", "fetch", "--from-env"],
+        env={**os.environ, "FREEHOLD_MODEL": config.model_dump_json()},
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    _, verified = verify_file(config)
+    assert verified is not None and verified.signer.startswith("key sha256:")
+    _, other = keypair(tmp_path / "other")
+    foreign = config.model_copy(
+        update={"signature": config.signature.model_copy(update={"public_key": other})}  # type: ignore[union-attr]
+    )
+    from freehold_serving.model_files import ModelSignatureError
+
+    with pytest.raises(ModelSignatureError, match="not made with the trusted key"):
+        verify_file(foreign)
+    assert json.loads(config.model_dump_json())["signature"]["ref"].startswith("oci://")

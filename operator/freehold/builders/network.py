@@ -88,6 +88,11 @@ def build_allow(spec: ModelDeploymentSpec, ctx: BuildContext, *, ray: bool) -> d
         source = urlparse(spec.model.s3.endpoint if spec.model.s3 else spec.model.uri)
         port = source.port or (80 if source.scheme == "http" else 443)
         egress.append({"ports": [{"protocol": "TCP", "port": port}]})
+        signature = spec.model.signature
+        if signature is not None and signature.ref.startswith("oci://"):
+            registry = urlparse(signature.ref).port or 443
+            if registry != port:
+                egress.append({"ports": [{"protocol": "TCP", "port": registry}]})
     if ray:
         # Ray-internal: head and workers talk on many ports (GCS, object store, ...).
         ingress.append({"from": [own]})

@@ -69,8 +69,7 @@ VAULT_REASONS = {
 }
 # What this build cannot do yet. Each is refused at reconcile, with a condition, instead
 # of a pod that crash-loops or a promise nobody keeps.
-PLANNED_SCHEMES: set[str] = set()  # model URI schemes refused as planned
-SIGNATURE_PLANNED = {"oci", "s3"}  # signatures are read where the pod reads files
+FETCHED = {"oci", "s3"}  # fetched into the pod by the fetch-model init container
 POD = ResourceType("v1", "Pod", "pods")
 NOT_READY_RECHECK_SECONDS = 15.0
 
@@ -132,13 +131,6 @@ class ModelDeploymentKind:
             raise SpecProblemError(
                 "EngineUnavailable",
                 "spec.engine.name: the vLLM engine is planned, not built; use llamacpp",
-            )
-        scheme = spec.model.uri.split("://", 1)[0]
-        if scheme in PLANNED_SCHEMES:
-            raise SpecProblemError(
-                "SourceUnsupported",
-                f"spec.model.uri: {scheme}:// sources are planned, not built: nothing fetches "
-                "them yet. Use pvc://, file:// or package://",
             )
 
     def backend(self, facts: Facts) -> Backend:
@@ -333,11 +325,19 @@ def endpoint(ctx: BuildContext, backend: Backend) -> str:
 def signature_reachable(model_uri: str, ref: str) -> None:
     """The pod must be able to read the signature where it reads the model."""
     scheme = ref.split("://", 1)[0]
-    if scheme in SIGNATURE_PLANNED:
+    model_scheme = model_uri.split("://", 1)[0]
+    if scheme in FETCHED and model_scheme not in FETCHED:
         raise SpecProblemError(
-            "SourceUnsupported",
-            f"spec.model.signature.ref: {scheme}:// is planned, not built; put the signature "
-            "on the model's claim (pvc://) or in its package",
+            "SignatureUnreachable",
+            f"spec.model.signature.ref: a {scheme}:// signature is fetched with an oci:// or "
+            "s3:// model; put this model's signature where the model is (its claim, its "
+            "package or a file)",
+        )
+    if scheme == "s3" and model_scheme != "s3":
+        raise SpecProblemError(
+            "SignatureUnreachable",
+            "spec.model.signature.ref: an s3:// signature must be in the model's own store "
+            "(spec.model.s3)",
         )
     if scheme == "pvc" and (
         not model_uri.startswith("pvc://") or ref.split("/")[2] != model_uri.split("/")[2]

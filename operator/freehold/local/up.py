@@ -236,7 +236,7 @@ def local_args(deployment: Deployment, settings: LocalSettings, cpus: int) -> Se
             "min_replicas": min(scale.min_replicas, fit),
         }
     )
-    if args.model.uri.startswith("oci://"):
+    if args.model.uri.split("://", 1)[0] in ("oci", "s3"):
         # Fetched models are kept by digest under the data dir (MODELS/SCHEME/SHA256).
         model = args.model.model_copy(update={"models_root": str(settings.data_dir / "models")})
         args = args.model_copy(update={"model": model})
@@ -281,11 +281,15 @@ def _say_verified(console: Console, args: ServingArgs, signer: str | None, took:
 
 
 def needs_fetch(args: ServingArgs) -> bool:
-    """An oci:// model not fetched yet (once there, it is verified like any)."""
-    from freehold_serving.model_files import FETCHED_SCHEMES, fetched_path
+    """An oci:// or s3:// model (or its signature) not fetched yet (once there, it is
+    verified like any)."""
+    from freehold_serving.model_files import FETCHED_SCHEMES, fetched_path, signature_path
 
-    scheme = args.model.uri.split("://", 1)[0]
-    return scheme in FETCHED_SCHEMES and not fetched_path(args.model).is_file()
+    model = args.model
+    if model.uri.split("://", 1)[0] in FETCHED_SCHEMES and not fetched_path(model).is_file():
+        return True
+    ref = model.signature.ref if model.signature else ""
+    return ref.split("://", 1)[0] in FETCHED_SCHEMES and not signature_path(model).is_file()
 
 
 def model_size(args: ServingArgs) -> int:
