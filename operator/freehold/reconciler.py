@@ -341,6 +341,7 @@ class Reconciler:
         if self._policies is None or parent.get("kind") not in GOVERNED:
             return None
         namespace_labels: Mapping[str, str] | None = None
+        judged_body = defaulted(parent)  # as the API server stores it, once per pass
         found: list[str] = []
         judged = 0
         for body in self._policies():
@@ -354,7 +355,7 @@ class Reconciler:
             if not governs(spec, namespace_labels):
                 continue
             judged += 1
-            found += violations(body["metadata"]["name"], spec, defaulted(parent))
+            found += violations(body["metadata"]["name"], spec, judged_body)
         if found:
             return condition("PolicyCompliant", False, "PolicyViolation", "; ".join(found))
         if judged == 0:

@@ -48,10 +48,12 @@ class AccessLog:
             signer = FileSigner(Path(config.signing_key_file))
         component = f"serving/{args.namespace}/{args.name}"
         metrics = AuditMetrics.of()
-        audit = AuditLog(path, component, signer, checkpoint_every=2**62, metrics=metrics)
         if export is None and args.telemetry.otlp_endpoint:
             export = OtlpEventExport(args.telemetry.otlp_endpoint, f"freehold-{args.name}")
-        self._writer = AuditWriter(audit, signer is not None, metrics=metrics, export=export)
+        audit = AuditLog(
+            path, component, signer, checkpoint_every=2**62, metrics=metrics, export=export
+        )
+        self._writer = AuditWriter(audit, signer is not None, metrics=metrics)
         self._digest = f"sha256:{args.model.sha256}"
         self.path = path
         log.info("access records in %s (%s)", path, "signed" if signer else "unsigned")

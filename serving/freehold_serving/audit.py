@@ -60,8 +60,7 @@ class AuditLog:
         metrics: AuditMetrics | None = None,
         export: EventExport | None = None,
     ) -> None:
-        """`export`: ship each event as it is written (components that append in place;
-        the AuditWriter ships for those that write through it)."""
+        """`export`: ship each event (checkpoints included) as it is written."""
         self.path = path
         self.component = component
         self._metrics = metrics
@@ -358,15 +357,13 @@ class AuditWriter:
         signed: bool,
         *,
         metrics: AuditMetrics | None = None,
-        export: EventExport | None = None,
         checkpoint_every: int = 1000,
     ) -> None:
-        """`metrics` counts failures here; give the same object to the AuditLog for the
-        events it writes."""
+        """`metrics` counts failures here; give the same object (and any exporter) to the
+        AuditLog, which counts and ships the events it writes."""
         self._log = log
         self._signed = signed
         self._metrics = metrics
-        self._export = export
         self._every = checkpoint_every
         self._kind = _component_kind(log.component)
         self._queue: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue()
@@ -382,13 +379,6 @@ class AuditWriter:
         self._queue.put(("__flush__", {"done": done}))
         done.wait(timeout)
 
-    def _written(self, event: dict[str, Any]) -> None:
-        if self._export is not None:
-            try:
-                self._export.export(event)
-            except Exception as exc:  # the file is the record; shipping is best effort
-                _log.warning("audit event not exported: %s", type(exc).__name__)
-
     def _failed(self, stage: str) -> None:
         if self._metrics is not None:
             self._metrics.failures.labels(self._kind, stage).inc()
@@ -402,7 +392,7 @@ class AuditWriter:
                 continue
             if item is not None:
                 try:
-                    self._written(self._log.record(item[0], **item[1]))
+                    self._log.record(item[0], **item[1])
                     pending += 1
                 except Exception as exc:  # never take the component down; say so loudly
                     self._failed("write")
@@ -412,7 +402,7 @@ class AuditWriter:
             drained = item is None or self._queue.empty() or pending >= self._every
             if pending and self._signed and drained:
                 try:
-                    self._written(self._log.checkpoint())
+                    self._log.checkpoint()
                     pending = 0
                 except Exception as exc:  # Vault sealed or away: the next event retries
                     self._failed("sign")
@@ -427,5 +417,3 @@ class AuditWriter:
         self._queue.put(None)
         self._thread.join(30)
         self._log.close()
-        if self._export is not None:
-            self._export.shutdown()

@@ -61,8 +61,9 @@ class OperatorAudit:
             signer,
             checkpoint_every=2**62,
             metrics=metrics,
+            export=export,
         )
-        return cls(AuditWriter(log, signer is not None, metrics=metrics, export=export))
+        return cls(AuditWriter(log, signer is not None, metrics=metrics))
 
     def resource(self, kind: str, event_type: str | None, body: Mapping[str, Any]) -> None:
         self._spec_change(kind, event_type, body)

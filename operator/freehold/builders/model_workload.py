@@ -267,10 +267,6 @@ def fetched_scheme(spec: ModelDeploymentSpec) -> str | None:
     return scheme if scheme in FETCHED else None
 
 
-def is_oci(spec: ModelDeploymentSpec) -> bool:
-    return fetched_scheme(spec) is not None
-
-
 def fetch_init_containers(
     spec: ModelDeploymentSpec, ctx: BuildContext, model_json: str
 ) -> list[dict[str, Any]]:
