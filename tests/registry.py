@@ -22,8 +22,9 @@ def _port() -> int:
 
 
 @contextmanager
-def registry(folder: Path) -> Iterator[str]:
-    """Yields host:port of a running registry (plain HTTP, loopback only, no auth)."""
+def registry(folder: Path, host: str = "127.0.0.1") -> Iterator[str]:
+    """Yields host:port of a running registry (plain HTTP, no auth; loopback unless
+    `host` names another address of this machine, e.g. the one pods reach)."""
     binary = shutil.which("docker-registry")
     if binary is None:
         raise AssertionError(
@@ -36,7 +37,7 @@ def registry(folder: Path) -> Iterator[str]:
         "version: 0.1\n"
         "log: {level: warn}\n"
         f"storage: {{filesystem: {{rootdirectory: {folder / 'data'}}}}}\n"
-        f"http: {{addr: '127.0.0.1:{port}'}}\n"
+        f"http: {{addr: '{host}:{port}'}}\n"
     )
     proc = subprocess.Popen(
         [binary, "serve", str(config)],
@@ -47,13 +48,13 @@ def registry(folder: Path) -> Iterator[str]:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=2).status_code == 200:
+                if httpx.get(f"http://{host}:{port}/v2/", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 time.sleep(0.2)
         else:
             raise AssertionError((folder / "registry.log").read_text())
-        yield f"127.0.0.1:{port}"
+        yield f"{host}:{port}"
     finally:
         proc.terminate()
         proc.wait(10)

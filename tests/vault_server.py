@@ -6,17 +6,25 @@ with real cryptography.
 It is the test double for Vault, which cannot be installed here. It enforces what
 matters for the tests: tokens, and ACL policies (exact paths and `*` suffixes) with
 read/create/update/delete capabilities; Kubernetes auth checks a role's bound
-ServiceAccount and namespace. TokenReview itself (an API-server call) is stood in by a
-map of JWT -> (ServiceAccount, namespace) that the test provides.
+ServiceAccount and namespace. In-process, TokenReview (an API-server call) is stood in by
+a map of JWT -> (ServiceAccount, namespace) that the test provides; run in a pod
+(`python vault_server.py --in-cluster`, the real-pods suite), every login's JWT is sent to
+the real API server's TokenReview with the audience `vault`, as Vault's Kubernetes auth
+does, and only what the API server vouches for is trusted.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import secrets
+import ssl
 import threading
+import urllib.request
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 _PATH_BLOCK = re.compile(r'path\s+"([^"]+)"\s*\{\s*capabilities\s*=\s*\[([^\]]*)\]\s*\}')
@@ -40,6 +48,14 @@ class VaultState:
         self.service_accounts: dict[str, tuple[str, str]] = {}  # jwt -> (sa, namespace)
         self.transit: dict[str, dict[str, Any]] = {}
         self.lock = threading.Lock()
+        # JWT -> (ServiceAccount, namespace) as the API server's TokenReview answers it;
+        # None: the `service_accounts` map stands in for it.
+        self.token_review: Callable[[str], tuple[str, str] | None] | None = None
+
+    def identity(self, jwt: str) -> tuple[str, str] | None:
+        if self.token_review is not None:
+            return self.token_review(jwt)
+        return self.service_accounts.get(jwt)
 
     def allowed(self, token: str | None, path: str, capability: str) -> bool:
         policies = self.tokens.get(token or "")
@@ -258,7 +274,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _login(self, body: dict[str, Any]) -> None:
         state = self.state
         role = state.roles.get(str(body.get("role")))
-        identity = state.service_accounts.get(str(body.get("jwt")))
+        identity = state.identity(str(body.get("jwt")))
         if role is None or identity is None:
             return self._reply(403, {"errors": ["permission denied"]})
         sa, namespace = identity
@@ -314,3 +330,57 @@ class VaultServer:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+def kubernetes_token_review(audience: str = "vault") -> Callable[[str], tuple[str, str] | None]:
+    """TokenReview on the API server this pod runs under, with the pod's own token (its
+    ServiceAccount needs system:auth-delegator, as Vault's does)."""
+    context = ssl.create_default_context(cafile=str(SA_DIR / "ca.crt"))
+    url = "https://kubernetes.default.svc/apis/authentication.k8s.io/v1/tokenreviews"
+
+    def review(jwt: str) -> tuple[str, str] | None:
+        body = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "spec": {"token": jwt, "audiences": [audience]},
+        }
+        request = urllib.request.Request(
+            url,
+            data=json.dumps(body).encode(),
+            headers={
+                "Authorization": f"Bearer {(SA_DIR / 'token').read_text().strip()}",
+                "Content-Type": "application/json",
+            },
+            method="POST",
+        )
+        with urllib.request.urlopen(request, context=context, timeout=10) as response:
+            status = json.loads(response.read()).get("status") or {}
+        if not status.get("authenticated") or audience not in (status.get("audiences") or []):
+            return None
+        parts = str((status.get("user") or {}).get("username", "")).split(":")
+        if len(parts) != 4 or parts[:2] != ["system", "serviceaccount"]:
+            return None
+        return parts[3], parts[2]
+
+    return review
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Vault's HTTP API, for tests")
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=8200)
+    parser.add_argument("--root-token", required=True)
+    parser.add_argument("--in-cluster", action="store_true", help="logins via TokenReview")
+    args = parser.parse_args()
+    state = VaultState(args.root_token)
+    if args.in_cluster:
+        state.token_review = kubernetes_token_review()
+    handler = type("Handler", (_Handler,), {"state": state})
+    ThreadingHTTPServer((args.host, args.port), handler).serve_forever()
+
+
+if __name__ == "__main__":
+    main()

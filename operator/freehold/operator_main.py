@@ -121,6 +121,10 @@ def cluster_config(settings: OperatorSettings, api_cidr: str) -> ClusterConfig:
         kuberay_namespace=settings.kuberay_namespace,
         operator_namespace=settings.pod_namespace,
         api_server_cidr=api_cidr,
+        dns_namespace=settings.dns_namespace,
+        dns_pod_labels=tuple(sorted(settings.dns_pod_labels.items())),
+        dns_ports=tuple(settings.dns_ports),
+        dns_cidrs=tuple(settings.dns_cidrs),
     )
 
 

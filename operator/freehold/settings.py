@@ -113,6 +113,23 @@ class OperatorSettings(BaseSettings):
         "egress. The chart sets it; unset, the operator uses the address it connects to, "
         "if that is an IP address, and otherwise refuses to start.",
     )
+    dns_namespace: str = Field(
+        default="kube-system", description="Namespace of the cluster DNS pods (egress rules)."
+    )
+    dns_pod_labels: dict[str, str] = Field(
+        default_factory=lambda: {"k8s-app": "kube-dns"},
+        description="Labels of the cluster DNS pods (egress rules).",
+    )
+    dns_ports: list[int] = Field(
+        default_factory=lambda: [53],
+        description="Ports the DNS server listens on (policies match after the Service's "
+        "DNAT): 53, or e.g. 1053 for a CoreDNS on the host network.",
+    )
+    dns_cidrs: list[str] = Field(
+        default_factory=list,
+        description="Addresses of a DNS with no pod to select (host network, node-local "
+        "cache on 169.254.20.10/32): workloads may reach them on the DNS ports.",
+    )
     liveness_host: str = Field(default="0.0.0.0", description="Address of /healthz.")
     liveness_port: int = Field(default=8080, description="Port of /healthz.")
     metrics_host: str = Field(default="0.0.0.0", description="Address of /metrics.")

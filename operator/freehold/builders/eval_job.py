@@ -22,7 +22,7 @@ from freehold.builders.model_workload import (
     pod_security_context,
     vault_volumes,
 )
-from freehold.builders.network import DNS_PORTS, _ns
+from freehold.builders.network import dns_egress, _ns
 from freehold.builders.promotion import EVALUATES_LABEL
 from freehold.builders.vault import VaultRole, acl_policy, role_body
 from freehold.evaluation.job import PROGRESS_PORT, RESULT_FILE, JobConfig, VaultSigner
@@ -234,10 +234,7 @@ def _egress_to(url: str, pods: dict[str, str] | None) -> dict[str, Any]:
 def build_network(ctx: BuildContext, resolved: Resolved) -> list[dict[str, Any]]:
     own = {"matchLabels": {EVAL_LABEL: ctx.name}}
     egress: list[dict[str, Any]] = [
-        {
-            "to": [{**_ns("kube-system"), "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
-            "ports": DNS_PORTS,
-        },
+        dns_egress(ctx),
         _egress_to(resolved.endpoint, resolved.target_pods),
     ]
     if resolved.judge_endpoint is not None:

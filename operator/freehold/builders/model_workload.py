@@ -51,6 +51,14 @@ class ClusterConfig:
     operator_namespace: str | None = None
     # Where the API server is, for the Ray autoscaler's egress. No default: never 0.0.0.0/0.
     api_server_cidr: str
+    # Where pods resolve names (every workload's DNS egress): the cluster DNS pods, and
+    # addresses for a DNS with no pod to select (CoreDNS on the host network, a node-local
+    # cache on a link-local address). Ports are the DNS server's own (policies match after
+    # the Service's DNAT), e.g. 53, or 1053 for a host-network CoreDNS.
+    dns_namespace: str = "kube-system"
+    dns_pod_labels: tuple[tuple[str, str], ...] = (("k8s-app", "kube-dns"),)
+    dns_ports: tuple[int, ...] = (53,)
+    dns_cidrs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -217,13 +225,11 @@ def volumes(
         {"name": "shm", "mountPath": "/dev/shm"},
         {"name": "audit", "mountPath": AUDIT_DIR},
     ]
-    scheme = fetched_scheme(spec)
-    if scheme is not None:
-        # The fetch-model init container writes the digest-checked file here.
-        vols.append({"name": "model-fetched", "emptyDir": {}})
-        mounts.append(
-            {"name": "model-fetched", "mountPath": f"{MODELS_ROOT}/{scheme}", "readOnly": True}
-        )
+    # The fetch-model init container writes the digest-checked file (and a signature kept
+    # in a registry or store) here; the serving container only reads them.
+    fetched = fetched_volumes(spec)
+    vols += [{"name": name, "emptyDir": {}} for name, _ in fetched]
+    mounts += [{"name": name, "mountPath": path, "readOnly": True} for name, path in fetched]
     claim = pvc_claim(spec)
     if claim is not None:
         vols.append(
@@ -267,6 +273,24 @@ def fetched_scheme(spec: ModelDeploymentSpec) -> str | None:
     return scheme if scheme in FETCHED else None
 
 
+def signature_fetched(spec: ModelDeploymentSpec) -> bool:
+    signature = spec.model.signature
+    return signature is not None and signature.ref.split("://", 1)[0] in FETCHED
+
+
+def fetched_volumes(spec: ModelDeploymentSpec) -> list[tuple[str, str]]:
+    """(volume, mount path) of what the init container fetches: the model under
+    MODELS_ROOT/SCHEME, a signature under MODELS_ROOT/signatures (the paths
+    freehold_serving.model_files reads). The root filesystem is read-only."""
+    found = []
+    scheme = fetched_scheme(spec)
+    if scheme is not None:
+        found.append(("model-fetched", f"{MODELS_ROOT}/{scheme}"))
+    if signature_fetched(spec):
+        found.append(("signature-fetched", f"{MODELS_ROOT}/signatures"))
+    return found
+
+
 def fetch_init_containers(
     spec: ModelDeploymentSpec, ctx: BuildContext, model_json: str
 ) -> list[dict[str, Any]]:
@@ -274,8 +298,8 @@ def fetch_init_containers(
     the pod's model volume, and kept only if its sha256 matches; the serving container
     starts after it and verifies again before loading. A store's access key is read from
     Vault by the init container itself (`model_json` names where; never the key)."""
-    scheme = fetched_scheme(spec)
-    if scheme is None:
+    fetched = fetched_volumes(spec)
+    if not fetched:
         return []
     env = [{"name": "HOME", "value": "/tmp"}, {"name": "FREEHOLD_MODEL", "value": model_json}]
     if ctx.insecure_registries:
@@ -283,7 +307,7 @@ def fetch_init_containers(
         env.append({"name": "FREEHOLD_INSECURE_REGISTRIES", "value": insecure})
     mounts = [
         {"name": "tmp", "mountPath": "/tmp"},
-        {"name": "model-fetched", "mountPath": f"{MODELS_ROOT}/{scheme}"},
+        *({"name": name, "mountPath": path} for name, path in fetched),
     ]
     if spec.model.s3 is not None and spec.model.s3.credentials is not None:
         mounts += vault_volumes(ctx, vault_ca_name(ctx))[1]

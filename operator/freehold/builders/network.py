@@ -15,11 +15,11 @@ from freehold.builders.model_workload import (
     ROLE_LABEL,
     SERVE_PORT,
     BuildContext,
+    fetched_scheme,
     metadata,
     selector,
 )
 
-DNS_PORTS = [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
 KUBERAY_OPERATOR = {"app.kubernetes.io/name": "kuberay-operator"}
 KUBERAY_DASHBOARD_PORTS = [{"protocol": "TCP", "port": 8265}, {"protocol": "TCP", "port": 52365}]
 
@@ -39,6 +39,40 @@ def scrape_ingress(ctx: BuildContext) -> list[dict[str, Any]]:
 
 def _ns(name: str) -> dict[str, Any]:
     return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": name}}}
+
+
+def dns_egress(ctx: BuildContext) -> dict[str, Any]:
+    """Name resolution, the one egress every workload has: the cluster DNS pods, plus the
+    addresses of a DNS that has no pod to select (host network, node-local cache)."""
+    peers: list[dict[str, Any]] = [
+        {**_ns(ctx.dns_namespace), "podSelector": {"matchLabels": dict(ctx.dns_pod_labels)}}
+    ]
+    peers += [{"ipBlock": {"cidr": cidr}} for cidr in ctx.dns_cidrs]
+    ports = [
+        {"protocol": protocol, "port": port} for port in ctx.dns_ports for protocol in ("UDP", "TCP")
+    ]
+    return {"to": peers, "ports": ports}
+
+
+def fetch_ports(spec: ModelDeploymentSpec) -> list[int]:
+    """Ports of the registries or stores the init container fetches from."""
+    from urllib.parse import urlparse
+
+    ports: list[int] = []
+    uris = []
+    if fetched_scheme(spec) is not None:
+        uris.append(spec.model.s3.endpoint if spec.model.s3 else spec.model.uri)
+    signature = spec.model.signature
+    if signature is not None and signature.ref.startswith("oci://"):
+        uris.append(signature.ref)
+    elif signature is not None and signature.ref.startswith("s3://") and spec.model.s3:
+        uris.append(spec.model.s3.endpoint)
+    for uri in uris:
+        source = urlparse(uri)
+        port = source.port or (80 if source.scheme == "http" else 443)
+        if port not in ports:
+            ports.append(port)
+    return ports
 
 
 def build_default_deny(ctx: BuildContext) -> dict[str, Any]:
@@ -74,25 +108,11 @@ def build_allow(spec: ModelDeploymentSpec, ctx: BuildContext, *, ray: bool) -> d
         {"from": _callers(spec), "ports": [{"protocol": "TCP", "port": SERVE_PORT}]},
         *scrape_ingress(ctx),
     ]
-    egress: list[dict[str, Any]] = [
-        {
-            "to": [{**_ns("kube-system"), "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
-            "ports": DNS_PORTS,
-        },
-    ]
-    if spec.model.uri.split("://", 1)[0] in ("oci", "s3"):
-        # The fetch-model init container pulls from the registry or store. A
-        # NetworkPolicy cannot name a host: its port, any address.
-        from urllib.parse import urlparse
-
-        source = urlparse(spec.model.s3.endpoint if spec.model.s3 else spec.model.uri)
-        port = source.port or (80 if source.scheme == "http" else 443)
+    egress: list[dict[str, Any]] = [dns_egress(ctx)]
+    # The fetch-model init container pulls from the registry or store (the model, a
+    # signature kept there). A NetworkPolicy cannot name a host: its port, any address.
+    for port in fetch_ports(spec):
         egress.append({"ports": [{"protocol": "TCP", "port": port}]})
-        signature = spec.model.signature
-        if signature is not None and signature.ref.startswith("oci://"):
-            registry = urlparse(signature.ref).port or 443
-            if registry != port:
-                egress.append({"ports": [{"protocol": "TCP", "port": registry}]})
     if ray:
         # Ray-internal: head and workers talk on many ports (GCS, object store, ...).
         ingress.append({"from": [own]})

@@ -21,7 +21,7 @@ from freehold.builders.model_workload import (
     pod_security_context,
     vault_volumes,
 )
-from freehold.builders.network import DNS_PORTS, _ns, scrape_ingress
+from freehold.builders.network import dns_egress, _ns, scrape_ingress
 from freehold.builders.serving_args import api_keys_config
 from freehold.builders.vault import VaultRole, acl_policy, role_body
 from freehold_serving.router.args import (
@@ -209,10 +209,7 @@ def build_service(ctx: BuildContext) -> dict[str, Any]:
 def build_network(spec: ModelRouterSpec, ctx: BuildContext) -> list[dict[str, Any]]:
     own = {"matchLabels": {ROUTER_LABEL: ctx.name}}
     egress: list[dict[str, Any]] = [
-        {
-            "to": [{**_ns("kube-system"), "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
-            "ports": DNS_PORTS,
-        }
+        dns_egress(ctx)
     ]
     for t in spec.targets:
         if t.model_deployment_ref is not None:

