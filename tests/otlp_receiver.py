@@ -60,7 +60,6 @@ class Received:
         with self.lock:
             return b"".join(b for bodies in self.bodies.values() for b in bodies)
 
-
     @classmethod
     def from_dump(cls, dump: dict[str, list[str]]) -> Received:
         """What `GET /received` of a receiver in a pod answered."""
@@ -72,8 +71,7 @@ def _handler(received: Received) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             with received.lock:
                 dump = {
-                    p: [base64.b64encode(b).decode() for b in v]
-                    for p, v in received.bodies.items()
+                    p: [base64.b64encode(b).decode() for b in v] for p, v in received.bodies.items()
                 }
             data = json.dumps(dump).encode()
             self.send_response(200)
@@ -113,6 +111,4 @@ def otlp_receiver() -> Iterator[tuple[str, Received]]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="an OTLP/HTTP receiver, for tests")
     parser.add_argument("--port", type=int, default=4318)
-    ThreadingHTTPServer(
-        ("0.0.0.0", parser.parse_args().port), _handler(Received())
-    ).serve_forever()
+    ThreadingHTTPServer(("0.0.0.0", parser.parse_args().port), _handler(Received())).serve_forever()

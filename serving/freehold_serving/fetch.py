@@ -39,10 +39,12 @@ def endpoint_of(model: ModelConfig) -> tuple[str, int]:
     return parsed.hostname or "", parsed.port or 443
 
 
-def _plain_http_allowed(host: str, insecure: Iterable[str]) -> bool:
+def _plain_http_allowed(host: str, port: int, insecure: Iterable[str]) -> bool:
     """Plain HTTP only to loopback (as container runtimes allow) or to registries the
-    platform team listed (FREEHOLD_INSECURE_REGISTRIES)."""
-    if host in set(insecure) or host == "localhost":
+    platform team listed (FREEHOLD_INSECURE_REGISTRIES: HOST, or HOST:PORT as container
+    runtimes list them)."""
+    listed = set(insecure)
+    if host in listed or f"{host}:{port}" in listed or host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -124,8 +126,8 @@ def _get_s3(model: ModelConfig, tmp: Path, insecure: Iterable[str]) -> Path:
     if store is None:
         raise ModelFileError(f"{model.uri}: no store given (spec.model.s3)")
     endpoint = urlparse(store.endpoint)
-    host, _ = endpoint_of(model)
-    if endpoint.scheme == "http" and not _plain_http_allowed(host, insecure):
+    host, port = endpoint_of(model)
+    if endpoint.scheme == "http" and not _plain_http_allowed(host, port, insecure):
         raise ModelFileError(
             f"{store.endpoint}: plain http only to loopback or a host listed in "
             "FREEHOLD_INSECURE_REGISTRIES; use https"
@@ -155,8 +157,8 @@ def _pull_oci(model: ModelConfig, tmp: Path, insecure: Iterable[str]) -> Path:
 
     parsed = urlparse(model.uri)
     reference = f"{parsed.netloc}{parsed.path}"
-    host, _ = endpoint_of(model)
-    plain = _plain_http_allowed(host, insecure)
+    host, port = endpoint_of(model)
+    plain = _plain_http_allowed(host, port, insecure)
     client = oras.client.OrasClient(hostname=parsed.netloc, insecure=plain)
     try:
         files = [Path(f) for f in client.pull(target=reference, outdir=str(tmp))]

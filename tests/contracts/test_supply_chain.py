@@ -84,7 +84,7 @@ def test_images_install_only_hashed_requirements_and_ship_an_sbom(
     text = (ROOT / "docker" / dockerfile).read_text()
     assert "--require-hashes" in text and f"-r requirements/{lock_name}" in text
     # The project itself goes in without pulling anything unhashed.
-    assert "pip install --no-cache-dir --no-deps ." in text
+    assert "install --no-cache-dir --no-deps" in text and "--target /opt/freehold-app ." in text
     assert "cyclonedx-py environment" in text and "sbom.cdx.json" in text
 
 

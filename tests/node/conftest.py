@@ -36,7 +36,9 @@ from tests.registry import registry
 from tests.tools import binary
 
 KUBE = SHARED / "kube"
-STATE = Path(os.environ.get("FREEHOLD_KUBE_STATE") or f"{os.environ.get('TMPDIR', '/tmp')}/freehold-kube")
+STATE = Path(
+    os.environ.get("FREEHOLD_KUBE_STATE") or f"{os.environ.get('TMPDIR', '/tmp')}/freehold-kube"
+)
 REGISTRY = f"localhost:{os.environ.get('FREEHOLD_NODE_REGISTRY_PORT', '5000')}"
 REPORT = ROOT / ".cache" / "node-report.json"
 SYSTEM = "freehold-system"
@@ -70,8 +72,12 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 def diagnose(namespace: str) -> str:
     """Pods, events and the last logs of every container in a namespace, for a failure."""
     parts = [
-        kubectl("get", "pods,deploy,sts,jobs,svc", "-n", namespace, "-o", "wide", check=False).stdout,
-        kubectl("get", "events", "-n", namespace, "--sort-by=.lastTimestamp", check=False).stdout[-6000:],
+        kubectl(
+            "get", "pods,deploy,sts,jobs,svc", "-n", namespace, "-o", "wide", check=False
+        ).stdout,
+        kubectl("get", "events", "-n", namespace, "--sort-by=.lastTimestamp", check=False).stdout[
+            -6000:
+        ],
     ]
     pods = kubectl("get", "pods", "-n", namespace, "-o", "name", check=False).stdout.split()
     for pod in pods:
@@ -111,10 +117,13 @@ def restricted_namespace(name: str, **labels: str) -> None:
     if kubectl("get", "namespace", name, check=False).returncode != 0:
         kubectl("create", "namespace", name)
     kubectl(
-        "label", "namespace", name, "--overwrite",
+        "label",
+        "namespace",
+        name,
+        "--overwrite",
         "pod-security.kubernetes.io/enforce=restricted",
         *(f"{k}={v}" for k, v in labels.items()),
-    )  # fmt: skip
+    )
 
 
 def restricted() -> dict[str, Any]:
@@ -130,18 +139,58 @@ def restricted() -> dict[str, Any]:
 def clean_slate() -> None:
     """Remove what an earlier run left (a developer's rerun on the same node): the models'
     namespaces first, while the operator can still release their Vault finalizers."""
-    kubectl("delete", "ns", MODELS, OTHER, "--ignore-not-found", "--wait=true", "--timeout=90s", check=False, timeout=120)
+    kubectl(
+        "delete",
+        "ns",
+        MODELS,
+        OTHER,
+        "--ignore-not-found",
+        "--wait=true",
+        "--timeout=90s",
+        check=False,
+        timeout=120,
+    )
     for kind in ("modeldeployments", "memorystores", "evaljobs", "modelrouters"):
         for name in kubectl("get", kind, "-n", MODELS, "-o", "name", check=False).stdout.split():
-            kubectl("patch", name, "-n", MODELS, "--type=merge", "-p", '{"metadata":{"finalizers":null}}', check=False)
+            kubectl(
+                "patch",
+                name,
+                "-n",
+                MODELS,
+                "--type=merge",
+                "-p",
+                '{"metadata":{"finalizers":null}}',
+                check=False,
+            )
     subprocess.run(
         [str(binary("helm")), "uninstall", "freehold", "-n", SYSTEM, "--wait"],
-        capture_output=True, check=False, timeout=120,
+        capture_output=True,
+        check=False,
+        timeout=120,
         env={**os.environ, "KUBECONFIG": _CLUSTER["kubeconfig"]},
-    )  # fmt: skip
-    kubectl("delete", "ns", MODELS, OTHER, SYSTEM, "vault", "otel", "--ignore-not-found", "--wait=true", "--timeout=120s", check=False, timeout=150)
+    )
+    kubectl(
+        "delete",
+        "ns",
+        MODELS,
+        OTHER,
+        SYSTEM,
+        "vault",
+        "otel",
+        "--ignore-not-found",
+        "--wait=true",
+        "--timeout=120s",
+        check=False,
+        timeout=150,
+    )
     kubectl("delete", "pv", "-l", "freehold.dev/test=node", "--ignore-not-found", check=False)
-    kubectl("delete", "clusterrolebinding", "fh-node-vault-tokenreview", "--ignore-not-found", check=False)
+    kubectl(
+        "delete",
+        "clusterrolebinding",
+        "fh-node-vault-tokenreview",
+        "--ignore-not-found",
+        check=False,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -179,8 +228,11 @@ def images(node: str) -> dict[str, Any]:
     with timed("build (cached) and push both images"):
         done = subprocess.run(
             ["bash", str(ROOT / "scripts" / "images"), "--push", REGISTRY],
-            check=False, capture_output=True, text=True, timeout=3600,
-        )  # fmt: skip
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=3600,
+        )
     assert done.returncode == 0, done.stderr[-4000:]
     found: dict[str, Any] = json.loads((ROOT / ".cache" / "images" / "images.json").read_text())
     return found
@@ -190,11 +242,16 @@ def images(node: str) -> dict[str, Any]:
 def host_address(node: str) -> str:
     """This machine's address as pods see it (they reach the node itself, nothing else)."""
     return kubectl(
-        "get", "nodes", "-o", "jsonpath={.items[0].status.addresses[?(@.type=='InternalIP')].address}"
-    ).stdout.strip()  # fmt: skip
+        "get",
+        "nodes",
+        "-o",
+        "jsonpath={.items[0].status.addresses[?(@.type=='InternalIP')].address}",
+    ).stdout.strip()
 
 
-def serving_pod(name: str, namespace: str, image: str, command: list[str], **extra: Any) -> dict[str, Any]:
+def serving_pod(
+    name: str, namespace: str, image: str, command: list[str], **extra: Any
+) -> dict[str, Any]:
     """A restricted pod of the serving image (a client, or a stand-in) by digest."""
     spec: dict[str, Any] = {
         "securityContext": {
@@ -229,9 +286,15 @@ def pod_ip(name: str, namespace: str) -> str:
 
 def wait_ready(kind_name: str, namespace: str, timeout: int = 180) -> None:
     done = kubectl(
-        "wait", "--for=condition=Ready", kind_name, "-n", namespace, f"--timeout={timeout}s",
-        check=False, timeout=timeout + 30,
-    )  # fmt: skip
+        "wait",
+        "--for=condition=Ready",
+        kind_name,
+        "-n",
+        namespace,
+        f"--timeout={timeout}s",
+        check=False,
+        timeout=timeout + 30,
+    )
     if done.returncode != 0:
         raise AssertionError(f"{kind_name} not Ready: {done.stderr}\n{diagnose(namespace)}")
 
@@ -271,23 +334,41 @@ def vault(node: str, images: dict[str, Any]) -> Vault:
         script = (ROOT / "tests" / "vault_server.py").read_text()
         apply(
             [
-                {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "vault", "namespace": "vault"}},
+                {
+                    "apiVersion": "v1",
+                    "kind": "ServiceAccount",
+                    "metadata": {"name": "vault", "namespace": "vault"},
+                },
                 {
                     "apiVersion": "rbac.authorization.k8s.io/v1",
                     "kind": "ClusterRoleBinding",
                     "metadata": {"name": "fh-node-vault-tokenreview"},
-                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:auth-delegator"},
+                    "roleRef": {
+                        "apiGroup": "rbac.authorization.k8s.io",
+                        "kind": "ClusterRole",
+                        "name": "system:auth-delegator",
+                    },
                     "subjects": [{"kind": "ServiceAccount", "name": "vault", "namespace": "vault"}],
                 },
-                {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "vault-server", "namespace": "vault"}, "data": {"vault_server.py": script}},
+                {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": {"name": "vault-server", "namespace": "vault"},
+                    "data": {"vault_server.py": script},
+                },
                 serving_pod(
-                    "vault", "vault", images["serving"],
+                    "vault",
+                    "vault",
+                    images["serving"],
                     ["python3", "/srv/vault_server.py", "--in-cluster", "--root-token", ROOT_TOKEN],
                     serviceAccountName="vault",
                     container={
                         "ports": [{"containerPort": 8200}],
                         "volumeMounts": [{"name": "code", "mountPath": "/srv"}],
-                        "readinessProbe": {"httpGet": {"path": "/v1/sys/health", "port": 8200}, "periodSeconds": 1},
+                        "readinessProbe": {
+                            "httpGet": {"path": "/v1/sys/health", "port": 8200},
+                            "periodSeconds": 1,
+                        },
                     },
                     volumes=[{"name": "code", "configMap": {"name": "vault-server"}}],
                 ),
@@ -295,10 +376,13 @@ def vault(node: str, images: dict[str, Any]) -> Vault:
                     "apiVersion": "v1",
                     "kind": "Service",
                     "metadata": {"name": "vault", "namespace": "vault"},
-                    "spec": {"selector": {"app": "vault"}, "ports": [{"port": 8200, "targetPort": 8200}]},
+                    "spec": {
+                        "selector": {"app": "vault"},
+                        "ports": [{"port": 8200, "targetPort": 8200}],
+                    },
                 },
             ]
-        )  # fmt: skip
+        )
         wait_ready("pod/vault", "vault")
     found = Vault(f"http://{pod_ip('vault', 'vault')}:8200")
     found.write("sys/policies/acl/freehold-operator", {"policy": OPERATOR_POLICY})
@@ -321,9 +405,17 @@ def otel(node: str, images: dict[str, Any]) -> str:
         restricted_namespace("otel")
         apply(
             [
-                {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "receiver", "namespace": "otel"}, "data": {"otlp_receiver.py": (ROOT / "tests" / "otlp_receiver.py").read_text()}},
+                {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": {"name": "receiver", "namespace": "otel"},
+                    "data": {"otlp_receiver.py": (ROOT / "tests" / "otlp_receiver.py").read_text()},
+                },
                 serving_pod(
-                    "otel", "otel", images["serving"], ["python3", "/srv/otlp_receiver.py", "--port", "4318"],
+                    "otel",
+                    "otel",
+                    images["serving"],
+                    ["python3", "/srv/otlp_receiver.py", "--port", "4318"],
                     container={
                         "ports": [{"containerPort": 4318}],
                         "volumeMounts": [{"name": "code", "mountPath": "/srv"}],
@@ -331,15 +423,25 @@ def otel(node: str, images: dict[str, Any]) -> str:
                     },
                     volumes=[{"name": "code", "configMap": {"name": "receiver"}}],
                 ),
-                {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "otel", "namespace": "otel"}, "spec": {"selector": {"app": "otel"}, "ports": [{"port": 4318, "targetPort": 4318}]}},
+                {
+                    "apiVersion": "v1",
+                    "kind": "Service",
+                    "metadata": {"name": "otel", "namespace": "otel"},
+                    "spec": {
+                        "selector": {"app": "otel"},
+                        "ports": [{"port": 4318, "targetPort": 4318}],
+                    },
+                },
             ]
-        )  # fmt: skip
+        )
         wait_ready("pod/otel", "otel")
     return f"http://{pod_ip('otel', 'otel')}:4318"
 
 
 @pytest.fixture(scope="session")
-def model_registry(node: str, host_address: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def model_registry(
+    node: str, host_address: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     """HOST:PORT of an OCI registry on this machine's address, which pods reach."""
     with registry(tmp_path_factory.mktemp("models-registry"), host=host_address) as running:
         yield running
@@ -351,7 +453,9 @@ def audit_volume(node: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     the test reads the log from the node's disk afterwards."""
     folder = tmp_path_factory.mktemp("operator-audit")
     folder.chmod(0o777)  # the operator runs as 1000; fsGroup does not apply to hostPath
-    apply(local_volume("fh-node-operator-audit", folder, "1Gi", f"{SYSTEM}/freehold-operator-audit"))
+    apply(
+        local_volume("fh-node-operator-audit", folder, "1Gi", f"{SYSTEM}/freehold-operator-audit")
+    )
     return folder
 
 
@@ -387,30 +491,60 @@ def operator(
     restricted_namespace(SYSTEM)
     restricted_namespace(MODELS)
     restricted_namespace(OTHER)
-    values = Path(os.environ.get("FREEHOLD_NODE_VALUES") or ROOT / ".cache" / "images" / "values.yaml")
+    values = Path(
+        os.environ.get("FREEHOLD_NODE_VALUES") or ROOT / ".cache" / "images" / "values.yaml"
+    )
     t0 = time.monotonic()
     with timed("helm install until the operator pod is Ready"):
         helm(
-            "upgrade", "--install", "freehold", str(CHART), "-n", SYSTEM, "-f", str(values),
-            "--set", f"watch.namespaces={{{MODELS}}}",
-            "--set", "vault.address=http://vault.vault.svc:8200",
-            "--set", "telemetry.otlpEndpoint=http://otel.otel.svc:4318",
-            "--set", "telemetry.collectorNamespace=otel",
-            "--set", "audit.enabled=true",
-            "--set", f"insecureRegistries={{{model_registry}}}",
-            "--set", "resyncSeconds=60",
+            "upgrade",
+            "--install",
+            "freehold",
+            str(CHART),
+            "-n",
+            SYSTEM,
+            "-f",
+            str(values),
+            "--set",
+            f"watch.namespaces={{{MODELS}}}",
+            "--set",
+            "vault.address=http://vault.vault.svc:8200",
+            "--set",
+            "telemetry.otlpEndpoint=http://otel.otel.svc:4318",
+            "--set",
+            "telemetry.collectorNamespace=otel",
+            "--set",
+            "audit.enabled=true",
+            "--set",
+            f"insecureRegistries={{{model_registry}}}",
+            "--set",
+            "resyncSeconds=60",
             # This cluster's CoreDNS runs on the host network, on port 1053.
-            "--set", f"networkPolicy.dns.cidrs={{{host_address}/32}}",
-            "--set", "networkPolicy.dns.ports={53,1053}",
-            "--wait", "--timeout", "5m",
-        )  # fmt: skip
+            "--set",
+            f"networkPolicy.dns.cidrs={{{host_address}/32}}",
+            "--set",
+            "networkPolicy.dns.ports={53,1053}",
+            "--wait",
+            "--timeout",
+            "5m",
+        )
         wait_for(
-            lambda: kubectl(
-                "get", "pods", "-n", SYSTEM, "-l", "app.kubernetes.io/name=freehold-operator",
-                "-o", "jsonpath={.items[*].status.containerStatuses[*].ready}",
-            ).stdout == "true",
-            SYSTEM, "the operator pod Ready",
-        )  # fmt: skip
+            lambda: (
+                kubectl(
+                    "get",
+                    "pods",
+                    "-n",
+                    SYSTEM,
+                    "-l",
+                    "app.kubernetes.io/name=freehold-operator",
+                    "-o",
+                    "jsonpath={.items[*].status.containerStatuses[*].ready}",
+                ).stdout
+                == "true"
+            ),
+            SYSTEM,
+            "the operator pod Ready",
+        )
     return {"installed_at": t0}
 
 

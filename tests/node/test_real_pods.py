@@ -60,7 +60,8 @@ import base64, json, sys, httpx
 url, body, headers, timeout = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), float(sys.argv[4])
 try:
     if body:
-        r = httpx.post(url, content=body, headers={"content-type": "application/json", **headers}, timeout=timeout)
+        headers["content-type"] = "application/json"
+        r = httpx.post(url, content=body, headers=headers, timeout=timeout)
     else:
         r = httpx.get(url, headers=headers, timeout=timeout)
     print(r.status_code)
@@ -85,10 +86,21 @@ def call(
     """(status or ERR, body, headers) of one request from a client pod."""
     headers = {"authorization": f"Bearer {key}"} if key else {}
     done = kubectl(
-        "exec", pod, "-n", namespace, "--", "python3", "-c", CALL, url,
-        json.dumps(body) if body is not None else "", json.dumps(headers), str(timeout),
-        timeout=timeout + 30, check=False,
-    )  # fmt: skip
+        "exec",
+        pod,
+        "-n",
+        namespace,
+        "--",
+        "python3",
+        "-c",
+        CALL,
+        url,
+        json.dumps(body) if body is not None else "",
+        json.dumps(headers),
+        str(timeout),
+        timeout=timeout + 30,
+        check=False,
+    )
     status, _, rest = done.stdout.partition("\n")
     headers, _, text = rest.partition("\n")
     return status.strip() or f"EXEC {done.stderr.strip()}", text, json.loads(headers or "{}")
@@ -123,11 +135,14 @@ def signed_model(model_registry: str, tmp_path_factory: pytest.TempPathFactory) 
     staged = tmp / SMOLLM2[1]
     staged.write_bytes(_from_package(*SMOLLM2).read_bytes())
     freehold = [sys.executable, "-m", "freehold"]
-    subprocess.run([*freehold, "model", "keygen", str(tmp / "keys")], check=True, capture_output=True)
+    subprocess.run(
+        [*freehold, "model", "keygen", str(tmp / "keys")], check=True, capture_output=True
+    )
     subprocess.run(
         [*freehold, "model", "sign", str(staged), "--key", str(tmp / "keys" / "signing.key")],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        check=True,
+        capture_output=True,
+    )
     oras_push(model_registry, "models/smollm2:135m", staged)
     oras_push(model_registry, "models/smollm2-signature:135m", tmp / f"{SMOLLM2[1]}.sig")
     return {
@@ -147,7 +162,7 @@ def model_spec(model: dict[str, Any], **more: Any) -> dict[str, Any]:
     return {
         "model": model,
         "engine": {"name": "llamacpp", "contextLength": 2048, "llamacpp": {"threads": 1}},
-        "resources": {"cpu": "500m", "memory": "1Gi"},
+        "resources": {"cpu": "500m", "memory": "2Gi"},
         "scaling": {"minReplicas": 1, "maxReplicas": 1},
         "residency": {"region": REGION},
         "auth": {"apiKeys": {"path": f"{MODELS}/api-keys"}},
@@ -163,16 +178,31 @@ def ready(kind: str, name: str) -> dict[str, Any] | None:
 
 def test_the_operator_runs_in_its_pod_and_reconciles(operator: dict[str, Any]) -> None:
     pod = json.loads(
-        kubectl("get", "pods", "-n", SYSTEM, "-l", "app.kubernetes.io/name=freehold-operator", "-o", "json").stdout
-    )["items"][0]  # fmt: skip
+        kubectl(
+            "get",
+            "pods",
+            "-n",
+            SYSTEM,
+            "-l",
+            "app.kubernetes.io/name=freehold-operator",
+            "-o",
+            "json",
+        ).stdout
+    )["items"][0]
     context = pod["spec"]["containers"][0]["securityContext"]
     assert context["readOnlyRootFilesystem"] and context["runAsNonRoot"]
     assert "@sha256:" in pod["spec"]["containers"][0]["image"]
     # Only the chart's RBAC: it may not read Secrets.
     can = kubectl(
-        "auth", "can-i", "get", "secrets", "-n", MODELS,
-        f"--as=system:serviceaccount:{SYSTEM}:freehold-operator", check=False,
-    )  # fmt: skip
+        "auth",
+        "can-i",
+        "get",
+        "secrets",
+        "-n",
+        MODELS,
+        f"--as=system:serviceaccount:{SYSTEM}:freehold-operator",
+        check=False,
+    )
     assert can.stdout.strip() == "no"
 
 
@@ -182,14 +212,16 @@ def test_a_signed_model_from_the_registry_serves_through_its_service(
     vault.write(f"secret/data/{MODELS}/api-keys", {"data": {"team-a.main": API_KEY}})
     apply(manifest("ModelDeployment", "smol", MODELS, model_spec(signed_model)))
     with timed("ModelDeployment (oci://, signed, Vault keys) Ready"):
-        found = wait_for(lambda: ready("ModelDeployment", "smol"), MODELS, "ModelDeployment Ready", timeout=300)
+        found = wait_for(
+            lambda: ready("ModelDeployment", "smol"), MODELS, "ModelDeployment Ready", timeout=300
+        )
     scheduled = _scheduled_at("smol")
     _timings_ready_after_scheduled("smol", scheduled)
     verified = condition(found, "ModelVerified")
     assert verified["status"] == "True" and verified["reason"] == "SignatureVerified", verified
     url = f"http://smol.{MODELS}.svc.cluster.local:8000/v1/chat/completions"
     with timed("first chat answer through the Service"):
-        status, body, headers = call("client", MODELS, url, chat("smollm2"), key=API_KEY, timeout=120)
+        status, body, _ = call("client", MODELS, url, chat("smollm2"), key=API_KEY, timeout=120)
     assert status == "200", body
     answer = json.loads(body)
     assert answer["choices"][0]["message"]["content"].strip(), answer
@@ -197,19 +229,21 @@ def test_a_signed_model_from_the_registry_serves_through_its_service(
     _record("helm install to first chat answer (s)", time.monotonic() - operator["installed_at"])
 
     # Without a key: 401, an OpenAI-style error.
-    status, body, headers = call("client", MODELS, url, chat("smollm2"))
+    status, body, _ = call("client", MODELS, url, chat("smollm2"))
     assert status == "401", body
     assert json.loads(body)["error"]["type"]
 
     # From another namespace: the NetworkPolicy drops it (no answer at all).
-    status, body, headers = call("client", OTHER, url, chat("smollm2"), key=API_KEY, timeout=5)
+    status, body, _ = call("client", OTHER, url, chat("smollm2"), key=API_KEY, timeout=5)
     assert status == "ERR", (status, body)
 
 
 def _scheduled_at(name: str) -> float | None:
     pods = json.loads(
-        kubectl("get", "pods", "-n", MODELS, "-l", f"freehold.dev/model-deployment={name}", "-o", "json").stdout
-    )["items"]  # fmt: skip
+        kubectl(
+            "get", "pods", "-n", MODELS, "-l", f"freehold.dev/model-deployment={name}", "-o", "json"
+        ).stdout
+    )["items"]
     for pod in pods:
         for cond in pod["status"].get("conditions") or []:
             if cond["type"] == "PodScheduled" and cond["status"] == "True":
@@ -244,27 +278,75 @@ def _crictl(*args: str) -> str:
     node = STATE / "node"
     done = subprocess.run(
         [str(node / "bin" / "crictl"), "--config", str(node / "bin" / "crictl.yaml"), *args],
-        check=True, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     return done.stdout
 
 
 def test_a_killed_serving_container_restarts_and_serves_again(clients: None) -> None:
     pod = kubectl(
-        "get", "pods", "-n", MODELS, "-l", "freehold.dev/model-deployment=smol", "-o", "jsonpath={.items[0].metadata.name}"
-    ).stdout  # fmt: skip
-    before = int(kubectl("get", "pod", pod, "-n", MODELS, "-o", "jsonpath={.status.containerStatuses[0].restartCount}").stdout or 0)
-    container = _crictl("ps", "-q", "--name", "^serving$", "--label", f"io.kubernetes.pod.name={pod}").split()[0]
+        "get",
+        "pods",
+        "-n",
+        MODELS,
+        "-l",
+        "freehold.dev/model-deployment=smol",
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ).stdout
+    before = int(
+        kubectl(
+            "get",
+            "pod",
+            pod,
+            "-n",
+            MODELS,
+            "-o",
+            "jsonpath={.status.containerStatuses[0].restartCount}",
+        ).stdout
+        or 0
+    )
+    container = _crictl(
+        "ps", "-q", "--name", "^serving$", "--label", f"io.kubernetes.pod.name={pod}"
+    ).split()[0]
     pid = json.loads(_crictl("inspect", container))["info"]["pid"]
     subprocess.run(["kill", "-9", str(pid)], check=True)
     with timed("killed serving container: restarted and Ready"):
         wait_for(
-            lambda: int(kubectl("get", "pod", pod, "-n", MODELS, "-o", "jsonpath={.status.containerStatuses[0].restartCount}").stdout or 0) > before
-            and kubectl("get", "pod", pod, "-n", MODELS, "-o", "jsonpath={.status.containerStatuses[0].ready}").stdout == "true",
-            MODELS, "the serving container restarted and Ready", timeout=240,
-        )  # fmt: skip
+            lambda: (
+                int(
+                    kubectl(
+                        "get",
+                        "pod",
+                        pod,
+                        "-n",
+                        MODELS,
+                        "-o",
+                        "jsonpath={.status.containerStatuses[0].restartCount}",
+                    ).stdout
+                    or 0
+                )
+                > before
+                and kubectl(
+                    "get",
+                    "pod",
+                    pod,
+                    "-n",
+                    MODELS,
+                    "-o",
+                    "jsonpath={.status.containerStatuses[0].ready}",
+                ).stdout
+                == "true"
+            ),
+            MODELS,
+            "the serving container restarted and Ready",
+            timeout=240,
+        )
     url = f"http://smol.{MODELS}.svc.cluster.local:8000/v1/chat/completions"
-    status, body, headers = call("client", MODELS, url, chat("smollm2"), key=API_KEY, timeout=120)
+    status, body, _ = call("client", MODELS, url, chat("smollm2"), key=API_KEY, timeout=120)
     assert status == "200", body
     assert "Traceback" not in operator_logs()
 
@@ -287,7 +369,7 @@ def test_a_memory_store_keeps_records_on_its_volume_signs_and_erases(
     vault.write(f"secret/data/{MODELS}/memory-keys", {"data": {"team-a.main": API_KEY}})
     spec = {
         "backend": {"type": "sqlite", "sqlite": {"storageSize": "1Gi"}},
-        "resources": {"cpu": "250m", "memory": "1536Mi"},
+        "resources": {"cpu": "250m", "memory": "2Gi"},
         "auth": {"apiKeys": {"path": f"{MODELS}/memory-keys"}},
         "residency": {"region": REGION},
     }
@@ -296,7 +378,7 @@ def test_a_memory_store_keeps_records_on_its_volume_signs_and_erases(
         wait_for(lambda: ready("MemoryStore", "mem"), MODELS, "MemoryStore Ready", timeout=300)
     base = f"http://mem.{MODELS}.svc.cluster.local:8000"
     records = {"records": [{"subject": "u-node", "text": "Ada prefers green tea."}]}
-    status, body, headers = call("client", MODELS, f"{base}/records", records, key=API_KEY)
+    status, body, _ = call("client", MODELS, f"{base}/records", records, key=API_KEY)
     assert status == "201", body
     assert any(memory_volume.rglob("*.db")), "the store writes to the PersistentVolume"
 
@@ -304,17 +386,30 @@ def test_a_memory_store_keeps_records_on_its_volume_signs_and_erases(
     kubectl("delete", "pod", "mem-0", "-n", MODELS, "--wait=true", timeout=120)
     with timed("MemoryStore pod deleted: back and Ready"):
         wait_for(
-            lambda: kubectl("get", "pod", "mem-0", "-n", MODELS, "-o", "jsonpath={.metadata.uid}", check=False).stdout
-            not in ("", pod_uid)
-            and ready("MemoryStore", "mem"),
-            MODELS, "the store's new pod Ready", timeout=300,
-        )  # fmt: skip
+            lambda: (
+                kubectl(
+                    "get",
+                    "pod",
+                    "mem-0",
+                    "-n",
+                    MODELS,
+                    "-o",
+                    "jsonpath={.metadata.uid}",
+                    check=False,
+                ).stdout
+                not in ("", pod_uid)
+                and ready("MemoryStore", "mem")
+            ),
+            MODELS,
+            "the store's new pod Ready",
+            timeout=300,
+        )
         wait_ready("pod/mem-0", MODELS)
     search = {"subject": "u-node", "query": "What does Ada drink?", "top_k": 3}
-    status, body, headers = call("client", MODELS, f"{base}/search", search, key=API_KEY)
+    status, body, _ = call("client", MODELS, f"{base}/search", search, key=API_KEY)
     assert status == "200" and "green tea" in body, body
 
-    status, body, headers = call("client", MODELS, f"{base}/export", {"subject": "u-node"}, key=API_KEY)
+    status, body, _ = call("client", MODELS, f"{base}/export", {"subject": "u-node"}, key=API_KEY)
     assert status == "200", body
     data = base64.b64decode(body)
     signing = vault.read(f"transit/keys/freehold-{MODELS}-mem-signing")["data"]["keys"]
@@ -322,9 +417,9 @@ def test_a_memory_store_keeps_records_on_its_volume_signs_and_erases(
     contents = bundle.read(data, trusted=public)  # raises unless the store's transit key signed it
     assert [r.text for r, _ in contents.versions] == ["Ada prefers green tea."]
 
-    status, body, headers = call("client", MODELS, f"{base}/erase", {"subject": "u-node"}, key=API_KEY)
+    status, body, _ = call("client", MODELS, f"{base}/erase", {"subject": "u-node"}, key=API_KEY)
     assert status == "200" and json.loads(body)["erased_versions"] >= 1, body
-    status, body, headers = call("client", MODELS, f"{base}/search", search, key=API_KEY)
+    status, body, _ = call("client", MODELS, f"{base}/search", search, key=API_KEY)
     assert status == "200" and json.loads(body)["data"] == [], body
     kubectl("delete", "memorystore", "mem", "-n", MODELS, "--wait=true", timeout=180)
 
@@ -363,7 +458,11 @@ def open_model(model: dict[str, Any], **more: Any) -> dict[str, Any]:
 
 
 def test_an_eval_job_runs_to_completion_against_a_model(operator: dict[str, Any]) -> None:
-    template = {"suites": [CAPITALS], "gates": [{"suite": "capitals", "metric": "accuracy", "threshold": 0.0}], "concurrency": 2}
+    template = {
+        "suites": [CAPITALS],
+        "gates": [{"suite": "capitals", "metric": "accuracy", "threshold": 0.0}],
+        "concurrency": 2,
+    }
     spec = open_model(SMOLLM2_PACKAGED, promotion={"evalTemplate": template})
     apply(manifest("ModelDeployment", "smol-b", MODELS, spec))
     with timed("second ModelDeployment (package://) Ready"):
@@ -373,7 +472,12 @@ def test_an_eval_job_runs_to_completion_against_a_model(operator: dict[str, Any]
 
     def finished() -> dict[str, Any] | None:
         found = get("EvalJob", "eval-b", MODELS)
-        return found if condition(found, "Complete").get("status") in ("True", "False") or condition(found, "Failed").get("status") == "True" else None
+        return (
+            found
+            if condition(found, "Complete").get("status") in ("True", "False")
+            or condition(found, "Failed").get("status") == "True"
+            else None
+        )
 
     with timed("EvalJob: Job ran to completion, results in status"):
         found = wait_for(finished, MODELS, "EvalJob finished", timeout=400, interval=2)
@@ -395,7 +499,11 @@ def test_a_promotion_runs_the_candidate_and_rolls_only_when_its_gate_passes(
     assert current is not None
     old = SMOLLM2_SHA256
     # A new digest whose gate cannot pass: the candidate runs, is evaluated, and is refused.
-    failing = {"suites": [CAPITALS], "gates": [{"suite": "capitals", "metric": "accuracy", "threshold": 1.01 - 0.01}], "concurrency": 2}
+    failing = {
+        "suites": [CAPITALS],
+        "gates": [{"suite": "capitals", "metric": "accuracy", "threshold": 1.01 - 0.01}],
+        "concurrency": 2,
+    }
     spec = open_model(GEMMA_PACKAGED, promotion={"evalTemplate": failing})
     failing["gates"][0]["threshold"] = 1.0
     spec["promotion"]["evalTemplate"]["gates"][0]["operator"] = ">"
@@ -406,25 +514,56 @@ def test_a_promotion_runs_the_candidate_and_rolls_only_when_its_gate_passes(
         return found if condition(found, "AwaitingEval").get("reason") == reason else None
 
     with timed("promotion refused: candidate pod, its EvalJob, GatesFailed"):
-        wait_for(lambda: get("deployment", "smol-b-next", MODELS), MODELS, "the candidate Deployment", timeout=60)
-        found = wait_for(lambda: decided("GatesFailed"), MODELS, "GatesFailed", timeout=600, interval=2)
+        wait_for(
+            lambda: get("deployment", "smol-b-next", MODELS),
+            MODELS,
+            "the candidate Deployment",
+            timeout=60,
+        )
+        found = wait_for(
+            lambda: decided("GatesFailed"), MODELS, "GatesFailed", timeout=600, interval=2
+        )
     assert _served_sha("smol-b") == old, "the old digest keeps serving"
     assert "capitals.accuracy" in condition(found, "AwaitingEval")["message"]
 
     # The same digest with a gate it passes: rolled out.
-    spec = open_model(GEMMA_PACKAGED, promotion={"evalTemplate": {"suites": [CAPITALS], "gates": [{"suite": "capitals", "metric": "accuracy", "threshold": 0.0}], "concurrency": 2}})
+    spec = open_model(
+        GEMMA_PACKAGED,
+        promotion={
+            "evalTemplate": {
+                "suites": [CAPITALS],
+                "gates": [{"suite": "capitals", "metric": "accuracy", "threshold": 0.0}],
+                "concurrency": 2,
+            }
+        },
+    )
     apply(manifest("ModelDeployment", "smol-b", MODELS, spec))
     with timed("promotion passed: rolled out and Ready"):
         wait_for(
-            lambda: _served_sha("smol-b") == GEMMA_PACKAGED["sha256"] and ready("ModelDeployment", "smol-b"),
-            MODELS, "the new digest serves", timeout=600, interval=2,
-        )  # fmt: skip
+            lambda: (
+                _served_sha("smol-b") == GEMMA_PACKAGED["sha256"]
+                and ready("ModelDeployment", "smol-b")
+            ),
+            MODELS,
+            "the new digest serves",
+            timeout=600,
+            interval=2,
+        )
     found = get("ModelDeployment", "smol-b", MODELS)
-    assert found is not None and found["status"].get("servedDigest", "").endswith(GEMMA_PACKAGED["sha256"])
-    wait_for(lambda: get("deployment", "smol-b-next", MODELS) is None, MODELS, "candidate gone", timeout=120)
+    assert found is not None and found["status"].get("servedDigest", "").endswith(
+        GEMMA_PACKAGED["sha256"]
+    )
+    wait_for(
+        lambda: get("deployment", "smol-b-next", MODELS) is None,
+        MODELS,
+        "candidate gone",
+        timeout=120,
+    )
 
 
-def test_a_router_routes_between_two_models_and_falls_back(operator: dict[str, Any], clients: None) -> None:
+def test_a_router_routes_between_two_models_and_falls_back(
+    operator: dict[str, Any], clients: None
+) -> None:
     apply(manifest("ModelDeployment", "smol-c", MODELS, open_model(SMOLLM2_PACKAGED)))
     router = {
         "servedName": "assistant",
@@ -446,7 +585,16 @@ def test_a_router_routes_between_two_models_and_falls_back(operator: dict[str, A
     assert headers.get("x-freehold-target") == "first", headers
 
     # The first target's pod goes: the router falls back to the second.
-    kubectl("delete", "pod", "-n", MODELS, "-l", "freehold.dev/model-deployment=smol-c", "--wait=true", timeout=120)
+    kubectl(
+        "delete",
+        "pod",
+        "-n",
+        MODELS,
+        "-l",
+        "freehold.dev/model-deployment=smol-c",
+        "--wait=true",
+        timeout=120,
+    )
     with timed("router falls back after a target's pod is deleted"):
         status, body, headers = call("client", MODELS, url, chat("assistant"), timeout=120)
     assert status == "200", body
@@ -469,6 +617,9 @@ def test_audit_events_reach_the_collector_and_the_operator_log_verifies(
     assert logs, list(audit_volume.rglob("*"))
     done = subprocess.run(
         [sys.executable, "-m", "freehold", "audit", "verify", str(logs[0])],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr

@@ -22,7 +22,7 @@ from freehold.builders.model_workload import (
     pod_security_context,
     vault_volumes,
 )
-from freehold.builders.network import dns_egress, _ns
+from freehold.builders.network import _ns, dns_egress
 from freehold.builders.promotion import EVALUATES_LABEL
 from freehold.builders.vault import VaultRole, acl_policy, role_body
 from freehold.evaluation.job import PROGRESS_PORT, RESULT_FILE, JobConfig, VaultSigner

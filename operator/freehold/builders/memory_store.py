@@ -23,7 +23,7 @@ from freehold.builders.model_workload import (
     vault_ca_name,
     vault_volumes,
 )
-from freehold.builders.network import dns_egress, _ns, scrape_ingress
+from freehold.builders.network import _ns, dns_egress, scrape_ingress
 from freehold.builders.vault import VaultRole, acl_policy, role_body, vault_name
 from freehold_serving.memory.args import ARGS_ENV
 
@@ -208,9 +208,7 @@ def build_service(ctx: BuildContext) -> dict[str, Any]:
 
 def build_network(spec: MemoryStoreSpec, ctx: BuildContext) -> list[dict[str, Any]]:
     own = {"podSelector": {"matchLabels": selector(ctx)}}
-    egress: list[dict[str, Any]] = [
-        dns_egress(ctx)
-    ]
+    egress: list[dict[str, Any]] = [dns_egress(ctx)]
     for ref in model_refs(spec):
         egress.append(
             {

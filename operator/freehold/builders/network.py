@@ -48,9 +48,7 @@ def dns_egress(ctx: BuildContext) -> dict[str, Any]:
         {**_ns(ctx.dns_namespace), "podSelector": {"matchLabels": dict(ctx.dns_pod_labels)}}
     ]
     peers += [{"ipBlock": {"cidr": cidr}} for cidr in ctx.dns_cidrs]
-    ports = [
-        {"protocol": protocol, "port": port} for port in ctx.dns_ports for protocol in ("UDP", "TCP")
-    ]
+    ports = [{"protocol": p, "port": port} for port in ctx.dns_ports for p in ("UDP", "TCP")]
     return {"to": peers, "ports": ports}
 
 

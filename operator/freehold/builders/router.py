@@ -21,7 +21,7 @@ from freehold.builders.model_workload import (
     pod_security_context,
     vault_volumes,
 )
-from freehold.builders.network import dns_egress, _ns, scrape_ingress
+from freehold.builders.network import _ns, dns_egress, scrape_ingress
 from freehold.builders.serving_args import api_keys_config
 from freehold.builders.vault import VaultRole, acl_policy, role_body
 from freehold_serving.router.args import (
@@ -208,9 +208,7 @@ def build_service(ctx: BuildContext) -> dict[str, Any]:
 
 def build_network(spec: ModelRouterSpec, ctx: BuildContext) -> list[dict[str, Any]]:
     own = {"matchLabels": {ROUTER_LABEL: ctx.name}}
-    egress: list[dict[str, Any]] = [
-        dns_egress(ctx)
-    ]
+    egress: list[dict[str, Any]] = [dns_egress(ctx)]
     for t in spec.targets:
         if t.model_deployment_ref is not None:
             egress.append(
