@@ -26,8 +26,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.responses import Response
 
 from freehold_serving import embeddings
-from freehold_serving.args import ApiKeysConfig, EmbeddingsConfig, ServingArgs
-from freehold_serving.auth import ApiKeys, load_api_keys
+from freehold_serving.args import EmbeddingsConfig, ServingArgs
 from freehold_serving.engines.base import Chunk, EngineError, GenerationJob, Generator
 from freehold_serving.llm_server import LLMServer
 from freehold_serving.openai.api import OpenAIApi, Stream, add_error_handlers, error_response
@@ -38,7 +37,7 @@ from freehold_serving.openai.schemas import (
     EmbeddingRequest,
 )
 from freehold_serving.telemetry import Telemetry, prometheus_reader
-from freehold_serving.vault_keys import NoKeysError, read_api_keys
+from freehold_serving.vault_keys import follow_keys, load_keys
 
 log = logging.getLogger(__name__)
 fastapi_app = FastAPI(title="Freehold OpenAI-compatible API", docs_url=None, redoc_url=None)
@@ -156,30 +155,6 @@ class EmbedderServer:
 
 # Defined before the ingress class: @serve.ingress captures the class (and what its
 # methods reference) when the class statement runs.
-async def _refresh_keys(keys: ApiKeys, config: ApiKeysConfig) -> None:
-    """Re-read the keys so a rotation or a revocation in Vault reaches every replica."""
-    source = config.vault
-    assert source is not None
-    loop = asyncio.get_running_loop()
-    last_read = loop.time()
-    while True:
-        await asyncio.sleep(source.refresh_seconds)
-        try:
-            keys.replace(await asyncio.to_thread(read_api_keys, config))
-            last_read = loop.time()
-        except NoKeysError as exc:
-            log.warning("%s: every API key is revoked", exc)
-            keys.replace([])
-            last_read = loop.time()
-        except Exception as exc:
-            stale = loop.time() - last_read
-            if stale > source.grace_seconds:
-                log.error("API keys unreadable for %.0f s: accepting none: %s", stale, exc)
-                keys.replace([])
-            else:
-                log.warning("API keys not refreshed, keeping the last ones: %s", exc)
-
-
 class Admitted:
     """The rest of an admitted generation. It holds the admission slot (and, through the
     generation, the engine) until `aclose()`, which always releases: an async generator
@@ -240,13 +215,10 @@ class OpenAIServer:
             from freehold_serving.access import AccessLog
 
             telemetry.access = AccessLog(args, args.audit)
-        config = args.api_keys
-        vault = config is not None and config.vault is not None
         # A replica that cannot read its keys does not start: fail closed.
-        keys = load_api_keys(config, read_api_keys if vault else None)
+        keys = load_keys(args.api_keys)
         self._api = OpenAIApi(args, self._open, self._embed if embedder else None, telemetry, keys)
-        if vault and keys is not None and config is not None:
-            self._refresh = asyncio.get_running_loop().create_task(_refresh_keys(keys, config))
+        self._refresh = follow_keys(keys, args.api_keys)
         self._first_done = asyncio.Event()
         if embedder is not None:
             self._warming = asyncio.get_running_loop().create_task(self._warm_embedder())

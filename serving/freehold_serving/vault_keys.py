@@ -7,12 +7,13 @@ reads this workload's paths. Keys live in this process's memory only.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import hvac
 
 from freehold_serving.args import ApiKeysConfig, VaultKeySource
-from freehold_serving.auth import KeyEntry
+from freehold_serving.auth import ApiKeys, KeyEntry, load_api_keys
 
 log = logging.getLogger(__name__)
 
@@ -62,3 +63,42 @@ def read_secret(source: VaultKeySource, what: str) -> dict[str, object]:
         client.adapter.close()
     values: dict[str, object] = (secret.get("data") or {}).get("data") or {}
     return values
+
+
+def load_keys(config: ApiKeysConfig | None) -> ApiKeys | None:
+    """The keys a server accepts (a key file, or Vault through the pod's identity); None
+    when it requires none. Raises when they cannot be read: a server must not start open."""
+    vault = config is not None and config.vault is not None
+    return load_api_keys(config, read_api_keys if vault else None)
+
+
+def follow_keys(keys: ApiKeys | None, config: ApiKeysConfig | None) -> asyncio.Task[None] | None:
+    """Keys from Vault are re-read in the background (rotation, revocation); call inside
+    the server's event loop and keep the task."""
+    if keys is None or config is None or config.vault is None:
+        return None
+    return asyncio.get_running_loop().create_task(_refresh(keys, config))
+
+
+async def _refresh(keys: ApiKeys, config: ApiKeysConfig) -> None:
+    """Re-read the keys so a rotation or a revocation in Vault reaches every replica."""
+    source = config.vault
+    assert source is not None
+    loop = asyncio.get_running_loop()
+    last_read = loop.time()
+    while True:
+        await asyncio.sleep(source.refresh_seconds)
+        try:
+            keys.replace(await asyncio.to_thread(read_api_keys, config))
+            last_read = loop.time()
+        except NoKeysError as exc:
+            log.warning("%s: every API key is revoked", exc)
+            keys.replace([])
+            last_read = loop.time()
+        except Exception as exc:
+            stale = loop.time() - last_read
+            if stale > source.grace_seconds:
+                log.error("API keys unreadable for %.0f s: accepting none: %s", stale, exc)
+                keys.replace([])
+            else:
+                log.warning("API keys not refreshed, keeping the last ones: %s", exc)

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,7 +44,7 @@ REPORT = ROOT / ".cache" / "node-report.json"
 SYSTEM = "freehold-system"
 MODELS = "fh-node-models"
 OTHER = "fh-node-other"
-ROOT_TOKEN = "root-" + uuid.uuid4().hex
+ROOT_TOKEN = "root-node-suite"  # the stand-in lives only in this test cluster
 REGION = "eu-central"
 
 _timings: dict[str, float] = {}
@@ -208,7 +208,8 @@ def node() -> str:
         )
     assert started.returncode == 0, started.stderr[-3000:]
     _CLUSTER["kubeconfig"] = started.stdout.strip().rsplit("export KUBECONFIG=", 1)[-1].strip()
-    clean_slate()
+    if not os.environ.get("FREEHOLD_NODE_REUSE"):  # keep what runs (a developer's rerun)
+        clean_slate()
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRDS))
     # ModelDeployments are pinned to a region: this node is in it.
     node_name = kubectl("get", "nodes", "-o", "jsonpath={.items[0].metadata.name}").stdout
@@ -448,14 +449,17 @@ def model_registry(
 
 
 @pytest.fixture(scope="session")
-def audit_volume(node: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def audit_volume(node: str) -> Path:
     """A local PersistentVolume for the operator's audit log (no dynamic provisioner here);
-    the test reads the log from the node's disk afterwards."""
-    folder = tmp_path_factory.mktemp("operator-audit")
-    folder.chmod(0o777)  # the operator runs as 1000; fsGroup does not apply to hostPath
-    apply(
-        local_volume("fh-node-operator-audit", folder, "1Gi", f"{SYSTEM}/freehold-operator-audit")
-    )
+    the test reads the log from the node's disk afterwards. A fixed folder, kept while
+    FREEHOLD_NODE_REUSE keeps the installation."""
+    folder = ROOT / ".cache" / "node-operator-audit"
+    if not os.environ.get("FREEHOLD_NODE_REUSE"):
+        shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chown(folder, 1000, 1000)  # the operator runs as 1000; fsGroup does not apply to hostPath
+    claim = f"{SYSTEM}/freehold-operator-audit"
+    apply(local_volume("fh-node-operator-audit", folder, "1Gi", claim))
     return folder
 
 

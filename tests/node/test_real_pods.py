@@ -355,6 +355,10 @@ def test_a_killed_serving_container_restarts_and_serves_again(clients: None) -> 
 def memory_volume(node: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.node.conftest import local_volume
 
+    # A store left by an earlier run (FREEHOLD_NODE_REUSE) goes first, with its claim.
+    kubectl("delete", "memorystore", "mem", "-n", MODELS, "--ignore-not-found", timeout=180)
+    kubectl("delete", "pvc", "data-mem-0", "-n", MODELS, "--ignore-not-found", timeout=60)
+    kubectl("delete", "pv", "fh-node-memory", "--ignore-not-found", timeout=60)
     folder = tmp_path_factory.mktemp("memory-volume")
     os.chown(folder, 1000, 1000)  # the store runs as 1000; fsGroup does not apply to hostPath
     apply(local_volume("fh-node-memory", folder, "1Gi", f"{MODELS}/data-mem-0"))
@@ -376,7 +380,7 @@ def test_a_memory_store_keeps_records_on_its_volume_signs_and_erases(
     apply(manifest("MemoryStore", "mem", MODELS, spec))
     with timed("MemoryStore (StatefulSet, real volume, transit keys) Ready"):
         wait_for(lambda: ready("MemoryStore", "mem"), MODELS, "MemoryStore Ready", timeout=300)
-    base = f"http://mem.{MODELS}.svc.cluster.local:8000"
+    base = f"http://mem.{MODELS}.svc.cluster.local:8000/v1/memory"
     records = {"records": [{"subject": "u-node", "text": "Ada prefers green tea."}]}
     status, body, _ = call("client", MODELS, f"{base}/records", records, key=API_KEY)
     assert status == "201", body
@@ -450,6 +454,12 @@ CAPITALS = {
 }
 
 
+def gated(operator: str, threshold: float) -> dict[str, Any]:
+    """An evaluation template: eight capitals questions, one accuracy gate."""
+    gate = {"suite": "capitals", "metric": "accuracy", "operator": operator}
+    return {"suites": [CAPITALS], "gates": [{**gate, "threshold": threshold}], "concurrency": 2}
+
+
 def open_model(model: dict[str, Any], **more: Any) -> dict[str, Any]:
     """A model without API keys (an EvalJob cannot hold a key yet: planned)."""
     spec = model_spec(model, **more)
@@ -458,11 +468,7 @@ def open_model(model: dict[str, Any], **more: Any) -> dict[str, Any]:
 
 
 def test_an_eval_job_runs_to_completion_against_a_model(operator: dict[str, Any]) -> None:
-    template = {
-        "suites": [CAPITALS],
-        "gates": [{"suite": "capitals", "metric": "accuracy", "threshold": 0.0}],
-        "concurrency": 2,
-    }
+    template = gated(">=", 0.0)
     spec = open_model(SMOLLM2_PACKAGED, promotion={"evalTemplate": template})
     apply(manifest("ModelDeployment", "smol-b", MODELS, spec))
     with timed("second ModelDeployment (package://) Ready"):
@@ -495,18 +501,10 @@ def _served_sha(name: str) -> str:
 def test_a_promotion_runs_the_candidate_and_rolls_only_when_its_gate_passes(
     operator: dict[str, Any],
 ) -> None:
-    current = get("ModelDeployment", "smol-b", MODELS)
-    assert current is not None
     old = SMOLLM2_SHA256
-    # A new digest whose gate cannot pass: the candidate runs, is evaluated, and is refused.
-    failing = {
-        "suites": [CAPITALS],
-        "gates": [{"suite": "capitals", "metric": "accuracy", "threshold": 1.01 - 0.01}],
-        "concurrency": 2,
-    }
-    spec = open_model(GEMMA_PACKAGED, promotion={"evalTemplate": failing})
-    failing["gates"][0]["threshold"] = 1.0
-    spec["promotion"]["evalTemplate"]["gates"][0]["operator"] = ">"
+    # A new digest whose gate cannot pass (accuracy above 1): the candidate runs, is
+    # evaluated, and is refused.
+    spec = open_model(GEMMA_PACKAGED, promotion={"evalTemplate": gated(">", 1.0)})
     apply(manifest("ModelDeployment", "smol-b", MODELS, spec))
 
     def decided(reason: str) -> Any:
@@ -527,16 +525,7 @@ def test_a_promotion_runs_the_candidate_and_rolls_only_when_its_gate_passes(
     assert "capitals.accuracy" in condition(found, "AwaitingEval")["message"]
 
     # The same digest with a gate it passes: rolled out.
-    spec = open_model(
-        GEMMA_PACKAGED,
-        promotion={
-            "evalTemplate": {
-                "suites": [CAPITALS],
-                "gates": [{"suite": "capitals", "metric": "accuracy", "threshold": 0.0}],
-                "concurrency": 2,
-            }
-        },
-    )
+    spec = open_model(GEMMA_PACKAGED, promotion={"evalTemplate": gated(">=", 0.0)})
     apply(manifest("ModelDeployment", "smol-b", MODELS, spec))
     with timed("promotion passed: rolled out and Ready"):
         wait_for(

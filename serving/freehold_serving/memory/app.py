@@ -20,7 +20,7 @@ from ray import serve
 from ray.serve import Application
 from starlette.responses import JSONResponse, Response
 
-from freehold_serving.auth import DEFAULT_TENANT, ApiKeys, load_api_keys
+from freehold_serving.auth import DEFAULT_TENANT, ApiKeys
 from freehold_serving.memory.args import MemoryArgs
 from freehold_serving.memory.records import (
     AddRequest,
@@ -41,6 +41,7 @@ from freehold_serving.memory.service import (
 from freehold_serving.memory.store import StoreError
 from freehold_serving.openai.api import add_error_handlers, error_response
 from freehold_serving.openai.errors import ApiError, from_validation_error
+from freehold_serving.vault_keys import follow_keys, load_keys
 
 log = logging.getLogger(__name__)
 ROUTE_PREFIX = "/v1/memory"
@@ -159,7 +160,9 @@ class MemoryServer:
         else:
             embedder = builtin_embedder()
         self._service = MemoryService(args, embedder=embedder, keys=key_material(args))
-        self._keys: ApiKeys | None = load_api_keys(args.api_keys)
+        # Keys from Vault (the store's pod logs in itself) are followed for rotations.
+        self._keys: ApiKeys | None = load_keys(args.api_keys)
+        self._follow = follow_keys(self._keys, args.api_keys)
         self._sweeper = asyncio.get_running_loop().create_task(
             _sweep(self._service, args.sweep_seconds)
         )

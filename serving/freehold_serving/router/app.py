@@ -25,12 +25,12 @@ from ray import serve
 from ray.serve import Application
 from starlette.responses import Response, StreamingResponse
 
-from freehold_serving.auth import ApiKeys, load_api_keys
+from freehold_serving.auth import ApiKeys
 from freehold_serving.openai.api import add_error_handlers, error_response
 from freehold_serving.openai.errors import ApiError
 from freehold_serving.router.args import RouterArgs, TargetConfig
 from freehold_serving.router.policy import Need, Router, estimate_tokens, failure_cause
-from freehold_serving.vault_keys import read_api_keys
+from freehold_serving.vault_keys import follow_keys, load_keys
 
 log = logging.getLogger(__name__)
 router_app = FastAPI(title="Freehold model router", docs_url=None, redoc_url=None)
@@ -144,8 +144,8 @@ class RouterServer:
             connector=aiohttp.TCPConnector(limit=512, keepalive_timeout=60),
             auto_decompress=False,
         )
-        vault = args.api_keys is not None and args.api_keys.vault is not None
-        self._keys: ApiKeys | None = load_api_keys(args.api_keys, read_api_keys if vault else None)
+        self._keys: ApiKeys | None = load_keys(args.api_keys)
+        self._follow = follow_keys(self._keys, args.api_keys)
         self._external_keys: dict[str, str | None] = {}
         self._m = router_metrics()
 
