@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -210,6 +211,7 @@ def node() -> str:
     _CLUSTER["kubeconfig"] = started.stdout.strip().rsplit("export KUBECONFIG=", 1)[-1].strip()
     if not os.environ.get("FREEHOLD_NODE_REUSE"):  # keep what runs (a developer's rerun)
         clean_slate()
+        shutil.rmtree(VOLUMES, ignore_errors=True)
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRDS))
     # ModelDeployments are pinned to a region: this node is in it.
     node_name = kubectl("get", "nodes", "-o", "jsonpath={.items[0].metadata.name}").stdout
@@ -463,6 +465,47 @@ def audit_volume(node: str) -> Path:
     return folder
 
 
+VOLUMES = ROOT / ".cache" / "node-volumes"
+
+
+@pytest.fixture(scope="session")
+def provisioner(node: str) -> Iterator[None]:
+    """Stands in for a dynamic volume provisioner, which this cluster has none of (a real
+    one is a controller image we cannot pull here): every Pending claim in the models'
+    namespace gets a hostPath PersistentVolume of its own, bound to it by claimRef. The
+    kubelet, the binding and the pods' use of the volumes are real."""
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(1):
+            listed = kubectl("get", "pvc", "-n", MODELS, "-o", "json", check=False)
+            if listed.returncode != 0:
+                continue
+            for claim in json.loads(listed.stdout)["items"]:
+                if claim["status"].get("phase") != "Pending" or claim["spec"].get("volumeName"):
+                    continue
+                name = claim["metadata"]["name"]
+                folder = VOLUMES / f"{MODELS}-{name}-{claim['metadata']['uid'][:8]}"
+                folder.mkdir(parents=True, exist_ok=True)
+                os.chown(folder, 1000, 1000)  # fsGroup does not apply to hostPath
+                size = claim["spec"]["resources"]["requests"]["storage"]
+                pv = local_volume(f"fh-node-{folder.name}"[:63], folder, size, f"{MODELS}/{name}")
+                kubectl("apply", "-f", "-", input=json.dumps(pv), check=False)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    yield
+    stop.set()
+    thread.join(10)
+
+
+def claimed_folder(claim: str) -> Path:
+    """Where the provisioner keeps a claim's volume on this machine."""
+    volume = kubectl("get", "pvc", claim, "-n", MODELS, "-o", "jsonpath={.spec.volumeName}")
+    path = kubectl("get", "pv", volume.stdout, "-o", "jsonpath={.spec.hostPath.path}")
+    return Path(path.stdout)
+
+
 def local_volume(name: str, folder: Path, size: str, claim: str) -> dict[str, Any]:
     namespace, _, claim_name = claim.partition("/")
     return {
@@ -488,6 +531,7 @@ def operator(
     model_registry: str,
     audit_volume: Path,
     host_address: str,
+    provisioner: None,
 ) -> dict[str, Any]:
     """`helm install` as a platform team runs it, with the air-gapped values (images by
     digest); the operator runs as a pod under restricted PSS with the chart's RBAC and

@@ -28,6 +28,7 @@ from tests.node.conftest import (
     STATE,
     SYSTEM,
     Vault,
+    claimed_folder,
     manifest,
     operator_logs,
     serving_pod,
@@ -351,29 +352,15 @@ def test_a_killed_serving_container_restarts_and_serves_again(clients: None) -> 
     assert "Traceback" not in operator_logs()
 
 
-@pytest.fixture(scope="module")
-def memory_volume(node: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.node.conftest import local_volume
-
-    # A store left by an earlier run (FREEHOLD_NODE_REUSE) goes first, with its claim.
-    kubectl("delete", "memorystore", "mem", "-n", MODELS, "--ignore-not-found", timeout=180)
-    kubectl("delete", "pvc", "data-mem-0", "-n", MODELS, "--ignore-not-found", timeout=60)
-    kubectl("delete", "pv", "fh-node-memory", "--ignore-not-found", timeout=60)
-    folder = tmp_path_factory.mktemp("memory-volume")
-    os.chown(folder, 1000, 1000)  # the store runs as 1000; fsGroup does not apply to hostPath
-    apply(local_volume("fh-node-memory", folder, "1Gi", f"{MODELS}/data-mem-0"))
-    return folder
-
-
 def test_a_memory_store_keeps_records_on_its_volume_signs_and_erases(
-    operator: dict[str, Any], vault: Vault, clients: None, memory_volume: Path
+    operator: dict[str, Any], vault: Vault, clients: None
 ) -> None:
     from freehold_serving.memory import bundle
 
     vault.write(f"secret/data/{MODELS}/memory-keys", {"data": {"team-a.main": API_KEY}})
     spec = {
         "backend": {"type": "sqlite", "sqlite": {"storageSize": "1Gi"}},
-        "resources": {"cpu": "250m", "memory": "2Gi"},
+        "resources": {"cpu": "500m", "memory": "2Gi"},
         "auth": {"apiKeys": {"path": f"{MODELS}/memory-keys"}},
         "residency": {"region": REGION},
     }
@@ -384,7 +371,8 @@ def test_a_memory_store_keeps_records_on_its_volume_signs_and_erases(
     records = {"records": [{"subject": "u-node", "text": "Ada prefers green tea."}]}
     status, body, _ = call("client", MODELS, f"{base}/records", records, key=API_KEY)
     assert status == "201", body
-    assert any(memory_volume.rglob("*.db")), "the store writes to the PersistentVolume"
+    volume = claimed_folder("data-mem-0")
+    assert any(volume.rglob("*.db")), "the store writes to its PersistentVolume"
 
     pod_uid = kubectl("get", "pod", "mem-0", "-n", MODELS, "-o", "jsonpath={.metadata.uid}").stdout
     kubectl("delete", "pod", "mem-0", "-n", MODELS, "--wait=true", timeout=120)
@@ -478,16 +466,12 @@ def test_an_eval_job_runs_to_completion_against_a_model(operator: dict[str, Any]
 
     def finished() -> dict[str, Any] | None:
         found = get("EvalJob", "eval-b", MODELS)
-        return (
-            found
-            if condition(found, "Complete").get("status") in ("True", "False")
-            or condition(found, "Failed").get("status") == "True"
-            else None
-        )
+        return found if condition(found, "Completed").get("status") in ("True", "False") else None
 
     with timed("EvalJob: Job ran to completion, results in status"):
         found = wait_for(finished, MODELS, "EvalJob finished", timeout=400, interval=2)
-    assert condition(found, "Complete")["status"] == "True", found["status"]
+    assert condition(found, "Completed")["status"] == "True", found["status"]
+    assert condition(found, "GatesPassed")["status"] == "True", found["status"]
     results = json.dumps(found["status"])
     assert "capitals" in results and "accuracy" in results, results
 

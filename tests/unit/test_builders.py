@@ -279,3 +279,60 @@ def test_a_named_prometheus_namespace_may_scrape_the_serving_port() -> None:
     assert extra == [
         {"from": [{"namespaceSelector": monitoring}], "ports": [{"protocol": "TCP", "port": 8000}]}
     ]
+
+
+def test_every_workload_resolves_names_where_the_cluster_answers() -> None:
+    """A DNS with no pod to select (CoreDNS on the host network, as on the real-pods
+    suite's node, or a node-local cache) is reached by address, on the server's own port
+    (policies match after the Service's DNAT). Every kind's egress uses the same rule."""
+    import dataclasses
+
+    from freehold.builders.network import dns_egress
+
+    ctx = dataclasses.replace(CTX, dns_cidrs=("192.0.2.2/32",), dns_ports=(53, 1053))
+    rule = dns_egress(ctx)
+    assert rule["to"][1] == {"ipBlock": {"cidr": "192.0.2.2/32"}}
+    assert {"protocol": "UDP", "port": 1053} in rule["ports"]
+    assert {"protocol": "TCP", "port": 53} in rule["ports"]
+    objs = build_children(SPECS["cpu-example"], ctx, "Deployment")
+    allow = next(o for o in objs if o["metadata"]["name"].endswith("-allow"))
+    assert rule in allow["spec"]["egress"]
+    # The default is the cluster DNS pods on port 53, as before.
+    assert dns_egress(CTX) == {
+        "to": [
+            {
+                "namespaceSelector": {
+                    "matchLabels": {"kubernetes.io/metadata.name": "kube-system"}
+                },
+                "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+            }
+        ],
+        "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+    }
+
+
+def test_a_signature_kept_in_a_registry_gets_its_own_volume() -> None:
+    """The init container writes a fetched signature under /models/signatures, which the
+    read-only root refused until it had a volume (found on the real node)."""
+    spec = SPECS["cpu-example"].model_copy(deep=True)
+    pem = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----END PUBLIC KEY-----\n"
+    signature = {"ref": "oci://mirror.local:5000/sig:1", "publicKey": pem}
+    spec = ModelDeploymentSpec.model_validate(
+        {
+            **spec.model_dump(by_alias=True, exclude_none=True),
+            "model": {
+                **spec.model.model_dump(by_alias=True, exclude_none=True),
+                "signature": signature,
+            },
+        }
+    )
+    dep = next(o for o in build_children(spec, CTX, "Deployment") if o["kind"] == "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    assert {"name": "signature-fetched", "mountPath": "/models/signatures"} in init["volumeMounts"]
+    serving = pod["containers"][0]["volumeMounts"]
+    assert {
+        "name": "signature-fetched",
+        "mountPath": "/models/signatures",
+        "readOnly": True,
+    } in serving
