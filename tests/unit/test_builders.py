@@ -314,8 +314,8 @@ def test_every_workload_resolves_names_where_the_cluster_answers() -> None:
 def test_a_signature_kept_in_a_registry_gets_its_own_volume() -> None:
     """The init container writes a fetched signature under /models/signatures, which the
     read-only root refused until it had a volume (found on the real node)."""
-    spec = SPECS["cpu-example"].model_copy(deep=True)
-    pem = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----END PUBLIC KEY-----\n"
+    spec = SPECS["cpu-example"]
+    pem = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----END PUBLIC KEY-----\n"  # noqa: E501
     signature = {"ref": "oci://mirror.local:5000/sig:1", "publicKey": pem}
     spec = ModelDeploymentSpec.model_validate(
         {

@@ -125,7 +125,14 @@ class ModelRouterKind:
                 if spec.require_passing_eval
                 else None
             )
-            admitted = ready and (not spec.require_passing_eval or state == "Passed")
+            # Admission is what the router's args say, so it must change rarely: a target
+            # that exists and whose evaluation passed. Readiness is not part of it: a model
+            # pod restarting would roll the router's pod (seen on a real node: the router
+            # restarted exactly when it should have fallen back); the router itself falls
+            # back from a target that does not answer and cools it down.
+            admitted = bool(status.get("endpoint")) and (
+                not spec.require_passing_eval or state == "Passed"
+            )
             out[t.name] = {
                 "ready": ready,
                 "admitted": admitted,
