@@ -58,3 +58,18 @@ def registry(folder: Path, host: str = "127.0.0.1") -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def push(host: str, reference: str, file: Path) -> None:
+    """Push one file as an OCI artifact (as `oras push HOST/REF FILE` does)."""
+    import os
+
+    import oras.client
+
+    client = oras.client.OrasClient(hostname=host, insecure=True)
+    here = Path.cwd()
+    os.chdir(file.parent)  # oras names the layer by the path given
+    try:
+        assert client.push(target=f"{host}/{reference}", files=[file.name]).status_code == 201
+    finally:
+        os.chdir(here)

@@ -18,7 +18,7 @@ import pytest
 from freehold.local.up import SMOLLM2_SHA256, load_stack, local_args, verify_model_and_signer
 from freehold.settings import LocalSettings
 from freehold_serving.model_files import resolve
-from tests.registry import registry
+from tests.registry import push, registry
 
 pytestmark = pytest.mark.slow
 
@@ -27,18 +27,6 @@ pytestmark = pytest.mark.slow
 def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with registry(tmp_path_factory.mktemp("registry")) as running:
         yield running
-
-
-def push(host: str, reference: str, file: Path) -> None:
-    import oras.client
-
-    client = oras.client.OrasClient(hostname=host, insecure=True)
-    here = Path.cwd()
-    os.chdir(file.parent)  # oras names the layer by the path given
-    try:
-        assert client.push(target=f"{host}/{reference}", files=[file.name]).status_code == 201
-    finally:
-        os.chdir(here)
 
 
 def fetch(uri: str, sha: str, to: Path) -> subprocess.CompletedProcess[str]:

