@@ -128,6 +128,19 @@ def cluster() -> str:
                 "no cluster for the e2e suite: set FREEHOLD_E2E_KUBECONFIG (kind, k3d), "
                 f"or provide {KUBE_START}"
             )
+        # `start` reuses a running plane. One left in node mode (the real-pods suite, or a run
+        # killed before its cleanup) holds another release's cluster-wide objects and runs
+        # pods: this suite wants a plane where pods never run, so it starts a fresh one.
+        tmp = os.environ.get("TMPDIR", "/tmp")
+        state = os.environ.get("FREEHOLD_KUBE_STATE") or f"{tmp}/freehold-kube"
+        mode = Path(state) / "run" / "mode"
+        if mode.exists() and mode.read_text().strip() == "node":
+            subprocess.run(
+                ["bash", str(KUBE_START.with_name("stop"))],
+                check=False,
+                capture_output=True,
+                timeout=180,
+            )
         started = subprocess.run(
             ["bash", str(KUBE_START)], check=False, capture_output=True, text=True, timeout=300
         )

@@ -195,8 +195,10 @@ def clean_slate() -> None:
 
 
 @pytest.fixture(scope="session")
-def node() -> str:
-    """A control plane with a real node (restarted in node mode if a plane-only one runs)."""
+def node() -> Iterator[str]:
+    """A control plane with a real node (restarted in node mode if a plane-only one runs).
+    Everything the suite installed is removed at the end (its cluster-wide RBAC would stop a
+    later `helm install` of another release), unless FREEHOLD_NODE_REUSE keeps it."""
     start = KUBE / "start"
     if not start.exists():
         pytest.skip(f"no {start}: the real-pods suite needs ../shared/kube")
@@ -216,7 +218,9 @@ def node() -> str:
     # ModelDeployments are pinned to a region: this node is in it.
     node_name = kubectl("get", "nodes", "-o", "jsonpath={.items[0].metadata.name}").stdout
     kubectl("label", "node", node_name, "--overwrite", f"topology.kubernetes.io/region={REGION}")
-    return _CLUSTER["kubeconfig"]
+    yield _CLUSTER["kubeconfig"]
+    if not os.environ.get("FREEHOLD_NODE_REUSE"):
+        clean_slate()
 
 
 @pytest.fixture(scope="session")
