@@ -35,6 +35,15 @@ class FileVerdict:
     problems: list[str]
     warnings: list[str]
     last: str = ""  # SEQ:HASH of the last event: an anchor for the next verify
+    trusted: bool = True  # False: checked without a trust anchor (unverified)
+
+    @property
+    def exit_code(self) -> int:
+        if self.problems:
+            return 1
+        if not self.trusted:
+            return 4
+        return 2 if self.warnings else 0
 
 
 @dataclass
@@ -114,12 +123,17 @@ def _integrity(files: list[FileVerdict]) -> str:
     for f in files:
         if f.problems:
             state = f"<b style='color:{FAIL}'>TAMPERED</b>: " + _e("; ".join(f.problems[:5]))
+        elif not f.trusted:
+            state = (
+                f"<b style='color:{WARN}'>UNVERIFIED</b>: the chain holds together, but no "
+                "trusted key was given (--trusted-key): anyone could have re-signed it"
+            )
         elif f.warnings:
             state = f"<b style='color:{WARN}'>intact, partly unsigned</b>: " + _e(
                 "; ".join(f.warnings)
             )
         else:
-            state = f"<b style='color:{PASS}'>intact, every event signed</b>"
+            state = f"<b style='color:{PASS}'>intact, every event signed by a trusted key</b>"
         rows.append(
             [f"<code>{_e(f.path)}</code>", str(f.events), state, f"<code>{_e(f.last)}</code>"]
         )
@@ -384,13 +398,16 @@ def render(report: Report) -> str:
     )
 
 
-def read_log(path: Path) -> tuple[FileVerdict, list[dict[str, Any]]]:
-    """A log's verdict and its events (lines that do not parse are left to the verdict)."""
+def read_log(
+    path: Path, trusted: set[bytes] | None = None
+) -> tuple[FileVerdict, list[dict[str, Any]]]:
+    """A log's verdict against the `trusted` keys (None: unverified) and its events
+    (lines that do not parse are left to the verdict)."""
     import json
 
     from freehold_serving.audit import verify
 
-    verdict = verify(path)
+    verdict = verify(path, trusted)
     events = []
     for line in path.read_bytes().splitlines():
         try:
@@ -400,4 +417,7 @@ def read_log(path: Path) -> tuple[FileVerdict, list[dict[str, Any]]]:
         if isinstance(event, dict) and "time" in event and "type" in event:
             events.append(event)
     last = f"{verdict.last[0]}:{verdict.last[1]}"
-    return FileVerdict(str(path), verdict.events, verdict.problems, verdict.warnings, last), events
+    found = FileVerdict(
+        str(path), verdict.events, verdict.problems, verdict.warnings, last, verdict.trusted
+    )
+    return found, events

@@ -392,4 +392,10 @@ def main() -> None:
         level=getattr(logging, level, logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    # httpx logs every request at INFO (with its URL): noise in a command's output, and a
+    # URL can carry a subject. FREEHOLD_LOG_LEVEL=DEBUG shows them again.
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(
+            logging.DEBUG if logging.root.level <= logging.DEBUG else logging.WARNING
+        )
     app()

@@ -36,6 +36,13 @@ def run_command(
     pvc_root: Annotated[
         Path, typer.Option(help="Where pvc://CLAIM/... datasets are mounted.")
     ] = Path("/data"),
+    data_root: Annotated[
+        Path | None,
+        typer.Option(
+            help="The only folder file:// datasets may be read from (symlinks resolved); "
+            "default: the manifest's folder."
+        ),
+    ] = None,
     baseline: Annotated[
         Path | None,
         typer.Option(help="A result file whose suite values maxRegression gates compare with."),
@@ -64,13 +71,21 @@ def run_command(
             "--endpoint (on a cluster the EvalJob's Job finds it)"
         )
         raise typer.Exit(2)
+    judge_base = judge_endpoint or (spec.judge.endpoint if spec.judge else None)
+    for name, url in (("--endpoint", base), ("--judge-endpoint", judge_base)):
+        if url is not None and url.rstrip("/").endswith("/v1"):
+            err.print(
+                f"[red]error[/red] {name} {escape(url)}: give the base URL without /v1 "
+                f"({escape(url.rstrip('/').removesuffix('/v1'))}); /v1/completions is added"
+            )
+            raise typer.Exit(2)
     try:
-        spec, loaded = load_suites(spec, pvc_root)  # every digest checked before anything runs
+        # Every digest is checked before anything runs.
+        spec, loaded = load_suites(spec, pvc_root, data_root or filename.resolve().parent)
         baseline_values = baseline_of(baseline) if baseline else None
     except DatasetError as exc:
         err.print(f"[red]error[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
-    judge_base = judge_endpoint or (spec.judge.endpoint if spec.judge else None)
     if any(s.task == "judge" for s in spec.suites) and judge_base is None:
         err.print("[red]error[/red] judge suites need --judge-endpoint (or spec.judge.endpoint)")
         raise typer.Exit(2)
@@ -208,10 +223,14 @@ def verify_command(
     result: Annotated[Path, typer.Argument(help="A result file (JSON).")],
     public_key: Annotated[
         list[str] | None,
-        typer.Option(help="Trusted Ed25519 public key (base64); repeatable. Unset: any signer."),
+        typer.Option(
+            help="Trusted Ed25519 public key (base64); repeatable. Required: a signature "
+            "by a key the result itself names proves nothing."
+        ),
     ] = None,
 ) -> None:
-    """Check a result's signature (exit 0), or say what is wrong (exit 1)."""
+    """Check a result's signature against a key you trust (exit 0), say what is wrong
+    (exit 1), or exit 2 on unreadable input or when no --public-key is given."""
     import base64
 
     from freehold.evaluation.signing import ResultSignatureError, verify
@@ -221,7 +240,18 @@ def verify_command(
     except (OSError, ValueError) as exc:
         err.print(f"[red]error[/red] {escape(f'{result}: {exc}')}", highlight=False)
         raise typer.Exit(2) from None
-    trusted = [base64.b64decode(k) for k in public_key] if public_key else None
+    if not public_key:
+        err.print(
+            "[red]unverified[/red] give --public-key (the EvalJob's signer: its status.signer "
+            "names the key; a local key's: freehold audit key FILE): anyone can sign a "
+            "result with a key of their own"
+        )
+        raise typer.Exit(2)
+    try:
+        trusted = [base64.b64decode(k, validate=True) for k in public_key]
+    except ValueError:
+        err.print("[red]error[/red] --public-key: not base64")
+        raise typer.Exit(2) from None
     try:
         signer = verify(data, trusted)
     except ResultSignatureError as exc:

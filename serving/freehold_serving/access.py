@@ -18,13 +18,14 @@ from typing import IO, Any
 
 from freehold_serving.args import AuditConfig, ServingArgs
 from freehold_serving.audit import AuditLog, AuditMetrics, AuditWriter, OtlpEventExport
+from freehold_serving.private_files import private_dir
 
 log = logging.getLogger(__name__)
 MAX_SLOTS = 1024
 
 
 def _claim(directory: Path, name: str) -> tuple[Path, IO[bytes]]:
-    directory.mkdir(parents=True, exist_ok=True)
+    private_dir(directory)
     for slot in range(MAX_SLOTS):
         lock = (directory / f"{name}-{slot}.lock").open("ab")
         try:

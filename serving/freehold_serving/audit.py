@@ -7,11 +7,21 @@ previous line's hash; 64 zeros for the first) and `hash` (sha256 of the line wit
 event before it (Ed25519). Editing, deleting or reordering a line breaks the chain;
 appending after the last checkpoint is visible as events no signature covers. Events never
 hold content: subjects are pseudonyms, never texts or prompts.
+
+Trust comes from outside the file: a verifier names the public keys it trusts (the
+operator's and each store's are published); a checkpoint whose key the log itself names
+proves nothing, since whoever rewrote the log could sign it with a key of their own. Every
+log begins with a `log.opened` event, so an empty file is never a valid log. A component
+resumes its log only when every event is covered by a checkpoint signed with its own key;
+otherwise it sets the file aside (`NAME.rejected-TIME.jsonl`), raises
+freehold_audit_chain_intact to 0 and starts a new log whose first event names the one set
+aside: it never signs over history it cannot vouch for.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -24,6 +34,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
+
+from freehold_serving.private_files import private_dir, private_file
 
 GENESIS = "0" * 64
 _log = logging.getLogger(__name__)
@@ -70,20 +82,72 @@ class AuditLog:
         self._every = checkpoint_every
         self._lock = threading.Lock()
         self._since = 0
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         # What is on disk is checked before anything is added to it: a log edited while
         # this component was down is reported (freehold_audit_chain_intact) and never
         # silently extended as if it were whole.
         self.resumed_intact = True
+        self.rejected: Path | None = None
+        previous: dict[str, Any] | None = None
         if path.exists():
-            problems = verify(path).problems
-            if problems:
+            reason = self._unresumable()
+            if reason is not None:
                 self.resumed_intact = False
-                _log.error("audit log %s was tampered with: %s", path, "; ".join(problems[:3]))
+                previous = self._set_aside(reason)
         self._seq, self._prev = self._resume()
+        private_file(path)
         self._file = path.open("ab")
+        if self._seq == 0:
+            self._append("log.opened", {"previous": previous})
         if metrics is not None:
             metrics.intact.labels(self._kind).set(1 if self.resumed_intact else 0)
+
+    def _unresumable(self) -> str | None:
+        """Why the log on disk cannot be continued, or None. Continuing means signing the
+        next checkpoint over everything before it: only history this component's own
+        checkpoints already cover qualifies."""
+        trusted: set[bytes] | None = None
+        if self._signer is not None:
+            try:
+                trusted = {self._signer.public_key()}
+            except Exception as exc:  # Vault away: nothing can be vouched for yet
+                return f"its signing key could not be read ({type(exc).__name__})"
+        verdict = verify(self.path, trusted)
+        if verdict.problems:
+            return "; ".join(verdict.problems[:3])
+        if verdict.events == 0:
+            return "it holds no event (a log always begins with log.opened)"
+        if trusted is not None and verdict.covered_upto < verdict.events:
+            return (
+                f"event(s) {verdict.covered_upto + 1}-{verdict.events} are covered by no "
+                "checkpoint of this component (written after its last signature, or added "
+                "by someone else)"
+            )
+        return None
+
+    def _set_aside(self, reason: str) -> dict[str, Any]:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        aside = self.path.with_name(f"{self.path.stem}.rejected-{stamp}{self.path.suffix}")
+        data = self.path.read_bytes()
+        lines = data[: data.rfind(b"\n") + 1].splitlines()
+        last: dict[str, Any] = {}
+        with contextlib.suppress(ValueError):
+            last = json.loads(lines[-1]) if lines else {}
+        os.replace(self.path, aside)
+        self.rejected = aside
+        _log.error(
+            "audit log %s cannot be continued: %s. Kept as %s; a new log starts, linked to it",
+            self.path,
+            reason,
+            aside.name,
+        )
+        digest = hashlib.sha256(data).hexdigest()
+        return {
+            "file": aside.name,
+            "sha256": digest,
+            "lastEvent": f"{last.get('seq')}:{last.get('hash')}" if last else None,
+            "reason": reason,
+        }
 
     def _resume(self) -> tuple[int, str]:
         if not self.path.exists():
@@ -159,6 +223,7 @@ class AuditLog:
 
 @dataclass
 class Verdict:
+    trusted: bool = True  # False: no trust anchor was given; nothing says who signed
     events: int = 0
     covered_upto: int = 0  # last seq a valid checkpoint signs
     problems: list[str] = field(default_factory=list)  # tampering: edited, deleted, ...
@@ -167,24 +232,28 @@ class Verdict:
 
     @property
     def exit_code(self) -> int:
-        """0 intact and signed; 1 tampered; 2 intact but partly unsigned or cut short."""
+        """0 intact and signed by a trusted key; 1 tampered; 2 intact but partly unsigned
+        or cut short; 4 unverified: no trusted key was given."""
         if self.problems:
             return 1
+        if not self.trusted:
+            return 4
         return 2 if self.warnings else 0
 
 
 def verify(
     path: Path, trusted: set[bytes] | None = None, anchors: Iterable[tuple[int, str]] = ()
 ) -> Verdict:
-    """Check one log offline. `trusted`: public keys whose checkpoints count (None: any
-    key the log names, which proves order and integrity but not who signed). `anchors`:
+    """Check one log offline. `trusted`: public keys whose checkpoints count. None checks
+    the chain alone and the verdict is unverified (exit code 4): a log re-signed with any
+    key would pass that check, so it never counts as intact. `anchors`:
     (seq, hash) pairs known from outside the file (a previous verify's last event, the
     copy a collector received over OTLP): cutting events off the end leaves a chain that
     is intact by itself, and only an anchor beyond the end shows it."""
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    verdict = Verdict()
+    verdict = Verdict(trusted=trusted is not None)
     data = path.read_bytes()
     if data and not data.endswith(b"\n"):
         verdict.warnings.append("the last line is incomplete (a write cut short); ignored")
@@ -231,6 +300,8 @@ def verify(
         hashes[seq] = claimed
         verdict.events += 1
     verdict.last = (expected_seq - 1, prev)
+    if verdict.events == 0:
+        verdict.problems.append("the log holds no event: a log always begins with log.opened")
     for seq, digest in anchors:
         if seq > expected_seq - 1:
             verdict.problems.append(

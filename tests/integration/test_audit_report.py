@@ -17,11 +17,13 @@ from freehold_serving.access import AccessLog
 from freehold_serving.args import AuditConfig
 from freehold_serving.audit import AuditLog
 from freehold_serving.auth import key_id
-from freehold_serving.memory.bundle import FileSigner, subject_pseudonym
+from freehold_serving.memory.bundle import FileSigner
 from tests.chromium import pixels_near, screenshot
 from tests.integration.serving.conftest import example_args
 
 A, B = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+# What a store writes for a subject: its keyed pseudonym (crypto.tag), never the name.
+PATIENT = "5e1f0c2a9b7d4e3f8a6c1b0d2e4f6a8c"
 
 
 def write_logs(root: Path) -> None:
@@ -75,8 +77,8 @@ def write_logs(root: Path) -> None:
     access.close()
 
     memory = AuditLog(root / "memory" / "memory.jsonl", "memory/health/notes", signer)
-    memory.record("memory.export", subject=subject_pseudonym("patient-17"), records=4)
-    memory.record("memory.erase", subject=subject_pseudonym("patient-17"), versions=6)
+    memory.record("memory.export", subject=PATIENT, records=4)
+    memory.record("memory.erase", subject=PATIENT, versions=6)
     memory.close()
 
 
@@ -102,7 +104,7 @@ def test_the_report_answers_an_auditor_and_renders(tmp_path: Path) -> None:
     assert "kubectl-client-side-apply" in html  # who changed it, not the operator
     assert "(was <code>sha256:aaaaaaaaaaaa" in html  # the promotion from A to B
     assert "1 of 2 gates failed" in html and "capitals.accuracy = 0.35" in html
-    assert subject_pseudonym("patient-17") in html and "patient-17" not in html
+    assert PATIENT in html and "patient-17" not in html
     assert key_id("fh-key-clinic") in html and "fh-key-clinic" not in html
     assert "2 x 401" in html and "1 x 401" in html  # refused requests, per key
 

@@ -29,9 +29,18 @@ def write(path: Path, rows: list[str]) -> None:
     path.write_text("".join(r + "\n" for r in rows))
 
 
+def ours(tmp_path: Path) -> set[bytes]:
+    """The trust anchor a verifier supplies: the writer's public key."""
+    return {FileSigner(tmp_path / "k.pem").public_key()}
+
+
 def cli(path: Path) -> subprocess.CompletedProcess[str]:
+    import base64
+
+    (key,) = ours(path.parent)
     return subprocess.run(
-        [sys.executable, "-m", "freehold", "audit", "verify", str(path)],
+        [sys.executable, "-m", "freehold", "audit", "verify", str(path), "--trusted-key",
+         base64.b64encode(key).decode()],
         capture_output=True,
         text=True,
         timeout=60,
@@ -41,8 +50,9 @@ def cli(path: Path) -> subprocess.CompletedProcess[str]:
 
 def test_an_intact_signed_log_verifies(tmp_path: Path) -> None:
     path = log(tmp_path)
-    verdict = verify(path)
-    assert verdict.problems == [] and verdict.warnings == [] and verdict.events == 10
+    verdict = verify(path, ours(tmp_path))
+    # log.opened, then each event and the checkpoint after it
+    assert verdict.problems == [] and verdict.warnings == [] and verdict.events == 11
     assert cli(path).returncode == 0
 
 
@@ -66,7 +76,7 @@ def test_edited_deleted_reordered_and_appended_are_named(tmp_path: Path) -> None
     appender = AuditLog(path, "intruder")
     appender.record("memory.export", subject="x")
     appender.close()
-    verdict = verify(path)
+    verdict = verify(path, ours(tmp_path))
     assert verdict.problems == [] and "come after the last valid checkpoint" in verdict.warnings[0]
     assert cli(path).returncode == 2
 
@@ -75,15 +85,16 @@ def test_a_write_cut_short_verifies_up_to_the_last_complete_event(tmp_path: Path
     path = log(tmp_path, 2)
     with path.open("ab") as handle:
         handle.write(b'{"seq": 5, "time": "2026-')  # kill -9 mid-write
-    verdict = verify(path)
-    assert verdict.problems == [] and verdict.events == 4
+    verdict = verify(path, ours(tmp_path))
+    assert verdict.problems == [] and verdict.events == 5
     assert any("incomplete" in w for w in verdict.warnings)
     # The writer resumes the chain after a restart, dropping the partial line.
     resumed = AuditLog(path, "test", signer=FileSigner(tmp_path / "k.pem"))
     resumed.record("memory.erase", subject="after-restart")
     resumed.close()
-    verdict = verify(path)
-    assert verdict.problems == [] and verdict.warnings == [] and verdict.events == 6
+    verdict = verify(path, ours(tmp_path))
+    assert verdict.problems == [] and verdict.warnings == [] and verdict.events == 7
+    assert resumed.resumed_intact  # every complete event was covered by its checkpoints
 
 
 def test_forged_checkpoints_are_named(tmp_path: Path) -> None:
@@ -91,17 +102,19 @@ def test_forged_checkpoints_are_named(tmp_path: Path) -> None:
 
     path = log(tmp_path, 2)
     rows = lines(path)
-    forged = json.loads(rows[1])  # a checkpoint whose signature was made up
+    forged = json.loads(rows[2])  # a checkpoint whose signature was made up
     forged["data"]["signature"] = base64.b64encode(b"\0" * 64).decode()
-    write(path, [rows[0], json.dumps(forged), *rows[2:]])
-    assert any("checkpoint 2" in p and "does not verify" in p for p in verify(path).problems)
+    write(path, [*rows[:2], json.dumps(forged), *rows[3:]])
+    assert any("checkpoint 3" in p and "does not verify" in p for p in verify(path).problems)
 
     # A checkpoint validly signed by some other key counts only if that key is trusted.
     write(path, rows)
     other = tmp_path / "other"
     other.mkdir()
-    intruder = AuditLog(path, "intruder", signer=FileSigner(other / "k.pem"))
+    intruder = AuditLog(path, "intruder")  # resumes: the chain itself holds together
     intruder.record("memory.export", subject="x")
+    intruder._signer = FileSigner(other / "k.pem")  # and signs with a key of its own
+    intruder.checkpoint()
     intruder.close()
     ours = FileSigner(tmp_path / "k.pem").public_key()
     assert any("untrusted key" in p for p in verify(path, trusted={ours}).problems)
@@ -115,19 +128,21 @@ def test_forged_checkpoints_are_named(tmp_path: Path) -> None:
 
 def test_truncation_is_caught_by_an_anchor(tmp_path: Path) -> None:
     path = log(tmp_path, 5)
-    whole = verify(path)
+    whole = verify(path, ours(tmp_path))
     seq, digest = whole.last
-    assert seq == 10 and whole.exit_code == 0
+    assert seq == 11 and whole.exit_code == 0
     rows = lines(path)
-    write(path, rows[:6])  # the last two events and their checkpoints cut off
-    assert verify(path).exit_code == 0  # intact by itself: only an anchor shows the cut
-    assert any("truncated" in p for p in verify(path, anchors=[(seq, digest)]).problems)
+    write(path, rows[:7])  # the last two events and their checkpoints cut off
+    assert verify(path, ours(tmp_path)).exit_code == 0  # only an anchor shows the cut
+    assert any(
+        "truncated" in p for p in verify(path, ours(tmp_path), [(seq, digest)]).problems
+    )
     done = subprocess.run(
         [sys.executable, "-m", "freehold", "audit", "verify", str(path), "--anchor",
          f"{seq}:{digest}"],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
-    assert done.returncode == 1 and "ends at event 6" in done.stderr
+    assert done.returncode == 1 and "ends at event 7" in done.stderr
 
 
 WRITER = """
@@ -150,7 +165,10 @@ def test_kill_9_while_writing_leaves_a_chain_that_verifies(tmp_path: Path) -> No
     import time
 
     path = tmp_path / "crash.jsonl"
-    for _ in range(3):  # three crashes, three resumes of the same chain
+    # Three crashes. Each restart resumes the chain, or, when the kill fell between an
+    # event and its checkpoint, sets the file aside and starts a new, linked log: either
+    # way no file has a broken chain.
+    for _ in range(3):
         proc = subprocess.Popen(
             [sys.executable, "-c", WRITER, str(path), str(tmp_path / "k.pem")],
             stdout=subprocess.PIPE,
@@ -160,6 +178,7 @@ def test_kill_9_while_writing_leaves_a_chain_that_verifies(tmp_path: Path) -> No
         time.sleep(0.5)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        verdict = verify(path)
-        assert verdict.problems == [], verdict.problems
-        assert verdict.events > 0
+        for file in [path, *tmp_path.glob("crash.rejected-*.jsonl")]:
+            verdict = verify(file, ours(tmp_path))
+            assert verdict.problems == [], verdict.problems
+            assert verdict.events > 0

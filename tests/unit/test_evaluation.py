@@ -30,22 +30,23 @@ def test_builtin_suites_are_pinned_and_load() -> None:
         assert items and all(isinstance(i.data["input"], str) for i in items)
 
 
-def test_a_tampered_dataset_is_refused_with_both_digests(tmp_path: Path) -> None:
+def test_a_tampered_dataset_is_refused_naming_the_pinned_digest(tmp_path: Path) -> None:
     path = tmp_path / "d.jsonl"
     path.write_text('{"input": "a", "target": "b"}\n')
     pinned = hashlib.sha256(path.read_bytes()).hexdigest()
-    assert len(datasets.load(f"file://{path}", pinned)) == 1
+    assert len(datasets.load(f"file://{path}", pinned, file_root=tmp_path)) == 1
     path.write_text('{"input": "a", "target": "c"}\n')
     actual = hashlib.sha256(path.read_bytes()).hexdigest()
     with pytest.raises(datasets.DatasetError) as refused:
-        datasets.load(f"file://{path}", pinned)
-    assert pinned in str(refused.value) and actual in str(refused.value)
+        datasets.load(f"file://{path}", pinned, file_root=tmp_path)
+    # The pinned digest is named; the file's own is not (issue 25: no digest oracle).
+    assert pinned in str(refused.value) and actual not in str(refused.value)
 
 
 def test_nothing_is_fetched() -> None:
     with pytest.raises(datasets.DatasetError, match="not fetched"):
         datasets.locate("https://example.org/data.jsonl")
-    with pytest.raises(datasets.DatasetError, match="must not leave"):
+    with pytest.raises(datasets.DatasetError, match="leaves its root"):
         datasets.locate("pvc://claim/../../etc/passwd")
 
 

@@ -51,7 +51,10 @@ def job(task_yaml: Path, data: Path, task: str = "exact_match", **dataset: Any) 
 
 def load(doc: dict[str, Any]) -> tuple[EvalJobSpec, list[Any]]:
     assert validate(doc) == []
-    spec, loaded = load_suites(EvalJobSpec.model_validate(defaulted(doc)["spec"]))
+    # file:// task files, read from where they are (the CLI's --data-root): root /
+    spec, loaded = load_suites(
+        EvalJobSpec.model_validate(defaulted(doc)["spec"]), file_root=Path("/")
+    )
     return spec, loaded["s"]
 
 
@@ -120,7 +123,7 @@ def test_the_data_file_is_pinned_and_the_task_type_must_agree(tmp_path: Path) ->
     task_yaml, data = write(tmp_path, MC, [{"country": "F", "options": ["a"], "answer": 0}])
     doc = job(task_yaml, data, task="multiple_choice")
     doc["spec"]["suites"][0]["dataset"]["dataSha256"] = "0" * 64
-    with pytest.raises(DatasetError, match="data file sha256 mismatch"):
+    with pytest.raises(DatasetError, match="data file: sha256 mismatch"):
         load(doc)
     with pytest.raises(DatasetError, match="set the suite's task to multiple_choice"):
         load(job(task_yaml, data, task="exact_match"))

@@ -47,6 +47,7 @@ def test_a_resource_life_and_a_pass_are_audited(tmp_path: Path) -> None:
     types = [line.split('"type":"')[1].split('"')[0] for line in text.splitlines()]
     recorded = [t for t in types if t != "checkpoint"]
     assert recorded == [
+        "log.opened",
         "resource.observed",
         "resource.updated",
         "child.created",
@@ -61,7 +62,7 @@ def test_a_resource_life_and_a_pass_are_audited(tmp_path: Path) -> None:
     assert types[-1] == "checkpoint"
     assert '"managers":["freehold-operator","kubectl"]' in text
     assert CANARY not in text
-    assert verify(log).exit_code == 0
+    assert verify(log, {FileSigner(tmp_path / "k.pem").public_key()}).exit_code == 0
 
 
 def test_promotions_and_evaluation_results_are_audited(tmp_path: Path) -> None:

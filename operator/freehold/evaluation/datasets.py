@@ -24,58 +24,101 @@ class Item:
     data: dict[str, Any]
 
 
-def locate(uri: str, pvc_root: Path = Path("/data")) -> Path:
-    """file:// paths, pvc://CLAIM/path (mounted at <pvc_root>/CLAIM in the Job's pod) and
-    package://freehold/evals/NAME (the built-in suites). Nothing is fetched."""
+def _confined(uri: str, path: Path, root: Path) -> Path:
+    """`path` with every symlink and `..` resolved, refused by name unless it stays inside
+    `root` (itself resolved): a dataset name never reaches a file outside its root."""
+    real_root = root.resolve()
+    real = path.resolve()
+    if not real.is_relative_to(real_root):
+        raise DatasetError(f"{uri}: the path leaves its root {root}; refused")
+    return real
+
+
+def locate(uri: str, pvc_root: Path = Path("/data"), file_root: Path | None = None) -> Path:
+    """file:// paths (only inside `file_root`: `freehold eval run --data-root`),
+    pvc://CLAIM/path (mounted at <pvc_root>/CLAIM in the Job's pod) and
+    package://freehold/evals/NAME (the built-in suites). Nothing is fetched; every path is
+    confined to its root after symlinks are resolved."""
     parsed = urlparse(uri)
     relative = unquote(parsed.path.lstrip("/"))
     if parsed.scheme == "file":
-        return Path(unquote(parsed.path))
+        if file_root is None:
+            raise DatasetError(
+                f"{uri}: file:// datasets are read only by `freehold eval run` (under "
+                "--data-root); in a Job use pvc:// or package://"
+            )
+        return _confined(uri, Path("/") / relative, file_root)
     if parsed.scheme == "package":
         if parsed.netloc != BUILTIN_PACKAGE or not relative.startswith("evals/"):
             raise DatasetError(f"{uri}: only package://freehold/evals/... is shipped")
-        path = BUILTIN_DIR / relative.removeprefix("evals/")
-    elif parsed.scheme == "pvc":
-        path = pvc_root / parsed.netloc / relative
-    else:
-        raise DatasetError(
-            f"{uri}: {parsed.scheme}:// datasets are not fetched by this runner (offline by "
-            "design); use file://, pvc:// or package://"
-        )
-    if ".." in Path(relative).parts:
-        raise DatasetError(f"{uri}: the path must not leave its root")
-    return path
+        return _confined(uri, BUILTIN_DIR / relative.removeprefix("evals/"), BUILTIN_DIR)
+    if parsed.scheme == "pvc":
+        claim = unquote(parsed.netloc)
+        if not claim or "/" in claim or claim in (".", ".."):
+            raise DatasetError(f"{uri}: pvc://CLAIM/PATH needs a claim name")
+        return _confined(uri, pvc_root / claim / relative, pvc_root / claim)
+    raise DatasetError(
+        f"{uri}: {parsed.scheme}:// datasets are not fetched by this runner (offline by "
+        "design); use file://, pvc:// or package://"
+    )
 
 
-def load(uri: str, sha256: str, pvc_root: Path = Path("/data")) -> list[Item]:
-    return parse(uri, read(uri, sha256, pvc_root)[1])
+def load(
+    uri: str, sha256: str, pvc_root: Path = Path("/data"), file_root: Path | None = None
+) -> list[Item]:
+    return parse(uri, read(uri, sha256, pvc_root, file_root)[1])
 
 
-def read(uri: str, sha256: str, pvc_root: Path = Path("/data")) -> tuple[Path, bytes]:
-    """The file's path and bytes, once its sha256 matched."""
-    path = locate(uri, pvc_root)
+def read(
+    uri: str, sha256: str, pvc_root: Path = Path("/data"), file_root: Path | None = None
+) -> tuple[Path, bytes]:
+    """The file's path and bytes, once its sha256 matched. A mismatch never shows the
+    file's own digest (it would tell the caller what an unknown file holds)."""
+    path = locate(uri, pvc_root, file_root)
+    return path, read_pinned(uri, path, sha256)
+
+
+MAX_DATASET_BYTES = 256 * 1024 * 1024
+
+
+def read_pinned(where: str, path: Path, sha256: str) -> bytes:
     try:
+        if path.stat().st_size > MAX_DATASET_BYTES:
+            raise DatasetError(f"{where}: larger than {MAX_DATASET_BYTES} bytes; refused")
         raw = path.read_bytes()
     except OSError as exc:
-        raise DatasetError(f"{uri}: cannot read {path}: {exc.strerror}") from None
-    actual = hashlib.sha256(raw).hexdigest()
-    if actual != sha256:
+        raise DatasetError(f"{where}: cannot read {path.name}: {exc.strerror}") from None
+    if hashlib.sha256(raw).hexdigest() != sha256:
         raise DatasetError(
-            f"{uri}: sha256 mismatch: the spec pins {sha256}, the file is {actual}. "
+            f"{where}: sha256 mismatch: {path.name} is not the file the spec pins ({sha256}). "
             "Nothing was evaluated."
         )
-    return path, raw
+    return raw
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def parse(uri: str, raw: bytes) -> list[Item]:
+    """One JSON object a line. Bad bytes, deep nesting and NaN are refused naming the
+    line (exit code 2 in `freehold eval run`: bad input, never a failed gate)."""
     items: list[Item] = []
-    for n, line in enumerate(raw.decode("utf-8").splitlines(), 1):
-        if not line.strip():
+    for n, raw_line in enumerate(raw.splitlines(), 1):
+        if not raw_line.strip():
             continue
         try:
-            data = json.loads(line)
+            line = raw_line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DatasetError(f"{uri} line {n}: not UTF-8 (byte {exc.start + 1})") from None
+        try:
+            data = json.loads(line, parse_constant=_refuse_constant)
         except json.JSONDecodeError as exc:
             raise DatasetError(f"{uri} line {n}: not JSON ({exc.msg})") from None
+        except RecursionError:
+            raise DatasetError(f"{uri} line {n}: nested too deeply") from None
+        except ValueError as exc:
+            raise DatasetError(f"{uri} line {n}: {exc}") from None
         if not isinstance(data, dict):
             raise DatasetError(f"{uri} line {n}: expected a JSON object")
         items.append(Item(len(items), data))

@@ -66,6 +66,9 @@ class JobConfig(BaseModel):
     vault: VaultSigner | None = None
     signing_key_file: str | None = None
     pvc_root: str = "/data"
+    # file:// datasets: refused unless a root is named (the operator never names one: an
+    # EvalJob reads pvc:// and package:// datasets; tests and local runs may).
+    file_root: str | None = None
 
 
 class Progress:
@@ -183,7 +186,9 @@ def execute(
     completed evaluation (exit 0): the gates are in the summary."""
     spec = EvalJobSpec.model_validate(config.spec)
     try:
-        spec, loaded = load_suites(spec, Path(config.pvc_root))
+        spec, loaded = load_suites(
+            spec, Path(config.pvc_root), Path(config.file_root) if config.file_root else None
+        )
     except DatasetError as exc:
         progress.state = "failed"
         return EXIT_DATASET, failure("DatasetInvalid", str(exc))

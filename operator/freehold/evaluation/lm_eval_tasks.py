@@ -11,7 +11,6 @@ other output types, remote datasets.
 from __future__ import annotations
 
 import ast
-import hashlib
 import re
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
 from freehold.api.eval_job import Generation, Normalize, Suite
-from freehold.evaluation.datasets import DatasetError, Item, parse
+from freehold.evaluation.datasets import DatasetError, Item, parse, read_pinned
 
 _ENV = SandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True)
 _ENV.filters["regex_replace"] = lambda s, pattern, repl, count=0: re.sub(
@@ -125,9 +124,13 @@ def data_file(task: dict[str, Any], yaml_path: Path, where: str) -> Path:
     if "://" in chosen:
         raise DatasetError(f"{where}: data file {chosen!r} is not local")
     path = Path(chosen)
-    resolved = path if path.is_absolute() else yaml_path.parent / path
-    if not path.is_absolute() and ".." in path.parts:
-        raise DatasetError(f"{where}: data file {chosen!r} must not leave the task's folder")
+    folder = yaml_path.parent.resolve()
+    resolved = (folder / path).resolve()
+    if path.is_absolute() or not resolved.is_relative_to(folder):
+        # Refused by name, before anything is read: the data file lives beside its task.
+        raise DatasetError(
+            f"{where}: data file {chosen!r} must be a relative path inside the task's folder"
+        )
     return resolved
 
 
@@ -144,19 +147,74 @@ def load(
             f"{' or '.join(TASKS[output_type])}"
         )
     path = data_file(task, yaml_path, where)
+    data = read_pinned(f"{where}: data file", path, data_sha256)
+    docs = parse(path.name, data)  # one JSON object a line, as our own datasets
+    return adapted(suite, task), _bounded(_items, task, docs, output_type)
+
+
+# Templates are the task author's code: rendered in a child process with a deadline and
+# an address-space cap, so a loop, a huge output or a backtracking regex ends the
+# evaluation with a clear error (exit 2) instead of hanging or exhausting the pod.
+RENDER_SECONDS = 60.0
+RENDER_MEMORY_BYTES = 1024 * 1024 * 1024
+MAX_TEMPLATE_CHARS = 8192
+MAX_RENDERED_CHARS = 65536
+
+
+def _bounded(work: Any, task: dict[str, Any], docs: list[Item], output_type: str) -> list[Item]:
+    import multiprocessing
+    import resource
+
+    for key in ("doc_to_text", "doc_to_target", "doc_to_choice"):
+        if isinstance(task.get(key), str) and len(task[key]) > MAX_TEMPLATE_CHARS:
+            raise DatasetError(f"{key}: a template longer than {MAX_TEMPLATE_CHARS} characters")
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+
+    def child() -> None:
+        # The cap is on top of what the forked process already maps (libraries loaded).
+        with open("/proc/self/statm") as statm:
+            mapped = int(statm.read().split()[0]) * resource.getpagesize()
+        cap = mapped + RENDER_MEMORY_BYTES
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+        try:
+            send.send(("ok", work(task, docs, output_type)))
+        except DatasetError as exc:
+            send.send(("error", str(exc)))
+        except MemoryError:
+            send.send(("error", "rendering the templates needed more than the memory limit"))
+        except Exception as exc:  # the author's template: any failure is bad input
+            send.send(("error", f"a template failed: {type(exc).__name__}: {exc}"))
+
+    process = context.Process(target=child, daemon=True)
+    process.start()
+    send.close()
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DatasetError(f"{where}: cannot read its data file {path}: {exc.strerror}") from None
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != data_sha256:
-        raise DatasetError(
-            f"{where}: data file sha256 mismatch: the spec pins {data_sha256}, {path.name} is "
-            f"{actual}. Nothing was evaluated."
-        )
+        if not receive.poll(RENDER_SECONDS):
+            raise DatasetError(
+                f"rendering the task's templates took longer than {RENDER_SECONDS:.0f} s (a "
+                "loop or a backtracking regex?): nothing was evaluated"
+            )
+        try:
+            state, value = receive.recv()
+        except EOFError:
+            raise DatasetError(
+                "rendering the task's templates failed (the renderer ran out of memory?)"
+            ) from None
+    finally:
+        process.kill()
+        process.join(5)
+        receive.close()
+    if state != "ok":
+        raise DatasetError(str(value))
+    result: list[Item] = value
+    return result
+
+
+def _items(task: dict[str, Any], docs: list[Item], output_type: str) -> list[Item]:
     items: list[Item] = []
     choices = output_type == "multiple_choice"
-    for parsed in parse(path.name, data):  # one JSON object a line, as our own datasets
+    for parsed in docs:
         doc = parsed.data
         text = str(_render(task.get("doc_to_text", ""), doc, "doc_to_text"))
         target = _target(task.get("doc_to_target", ""), doc, choices)
@@ -169,8 +227,14 @@ def load(
             if task.get("doc_to_choice") is not None and isinstance(target, int):
                 target = _choices(task["doc_to_choice"], doc)[target]
             item = {"input": text, "target": target if isinstance(target, list) else str(target)}
+        for value in (text, target):
+            if isinstance(value, str) and len(value) > MAX_RENDERED_CHARS:
+                raise DatasetError(
+                    f"line {parsed.index + 1}: a template rendered more than "
+                    f"{MAX_RENDERED_CHARS} characters"
+                )
         items.append(Item(parsed.index, item))
-    return adapted(suite, task), items
+    return items
 
 
 def adapted(suite: Suite, task: dict[str, Any]) -> Suite:

@@ -165,7 +165,7 @@ def check_gates(
 
 
 def load_suites(
-    spec: EvalJobSpec, pvc_root: Path = Path("/data")
+    spec: EvalJobSpec, pvc_root: Path = Path("/data"), file_root: Path | None = None
 ) -> tuple[EvalJobSpec, dict[str, list[datasets.Item]]]:
     """Every suite's items, read once: every digest and item is checked before anything
     runs. lm-eval task suites come back as lm-evaluation-harness would run them (their
@@ -173,7 +173,7 @@ def load_suites(
     loaded = {}
     suites = []
     for given in spec.suites:
-        path, raw = datasets.read(given.dataset.uri, given.dataset.sha256, pvc_root)
+        path, raw = datasets.read(given.dataset.uri, given.dataset.sha256, pvc_root, file_root)
         suite = given
         if given.dataset.format == "lm-eval":
             assert given.dataset.data_sha256 is not None  # the CRD's CEL rule

@@ -211,7 +211,17 @@ class MemoryServer:
     async def status(self) -> dict[str, Any]:
         """Aggregate counts for the operator (no key needed: no subject, no content)."""
         stats = await asyncio.to_thread(self._service.stats)
-        return {k: stats[k] for k in ("records", "subjects", "lastExport", "lastImport", "signer")}
+        return {
+            k: stats[k]
+            for k in (
+                "records",
+                "subjects",
+                "lastExport",
+                "lastImport",
+                "signer",
+                "signerPublicKey",
+            )
+        }
 
     @memory_app.get("/metrics")
     async def metrics(self) -> Response:
@@ -228,8 +238,9 @@ class MemoryServer:
 
     @memory_app.get("/stats")
     async def stats(self, request: Request) -> dict[str, Any]:
-        self._tenant(request)
-        return await asyncio.to_thread(self._service.stats)
+        """The caller's tenant only: its records, subjects, last export and import."""
+        tenant = self._tenant(request)
+        return await asyncio.to_thread(self._service.stats, tenant)
 
     @memory_app.post("/records")
     async def add(self, request: Request) -> Response:

@@ -13,9 +13,11 @@ import gzip
 import hashlib
 import io
 import json
+import math
 import os
 import stat
 import tarfile
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +28,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import ValidationError
 
-from freehold_serving.memory.records import Record
+from freehold_serving.memory.records import Record, check_metadata
+from freehold_serving.private_files import private_dir
 from freehold_serving.transit import Transit
 
 FORMAT = "freehold.dev/memory-bundle"
@@ -38,7 +41,9 @@ MANIFEST, RECORDS, EMBEDDINGS, SIGNATURE = (
     "signature.json",
 )
 MAX_BUNDLE_BYTES = 256 * 1024 * 1024
-MAX_MEMBER_BYTES = 1024 * 1024 * 1024
+# What a bundle may expand to (its files, held while their digests and signature are
+# checked): bounds an import's memory whatever the compression ratio.
+MAX_EXPANDED_BYTES = 512 * 1024 * 1024
 
 
 class BundleError(Exception):
@@ -47,10 +52,6 @@ class BundleError(Exception):
 
 def canonical(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def subject_pseudonym(subject: str) -> str:
-    return hashlib.sha256(f"freehold-subject\0{subject}".encode()).hexdigest()[:32]
 
 
 def key_id(public: bytes) -> str:
@@ -68,7 +69,7 @@ class FileSigner:
 
     def __init__(self, path: Path) -> None:
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(path.parent)
             pem = Ed25519PrivateKey.generate().private_bytes(
                 serialization.Encoding.PEM,
                 serialization.PrivateFormat.PKCS8,
@@ -132,14 +133,16 @@ def _member(archive: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def write(
-    subject: str,
     versions: list[tuple[Record, list[float] | None]],
     *,
     signer: Signer,
+    subject_id: str,
     embedding: tuple[str, int] | None,
     producer: str,
 ) -> Bundle:
-    """`embedding` (model, dimension) includes the vectors; None leaves them out."""
+    """`embedding` (model, dimension) includes the vectors; None leaves them out.
+    `subject_id`: the store's keyed pseudonym of the subject (never an unkeyed hash of the
+    name, which anyone holding a candidate name could recompute)."""
     ordered = sorted(versions, key=lambda rv: (rv[0].id, rv[0].version))
     records = b"".join(
         canonical(r.model_dump(mode="json", exclude={"score"})) + b"\n" for r, _ in ordered
@@ -160,7 +163,7 @@ def write(
         "format": FORMAT,
         "formatVersion": FORMAT_VERSION,
         "producer": producer,
-        "subject": subject_pseudonym(subject),
+        "subject": subject_id,
         "scopes": scopes,
         "counts": {
             "records": len({r.id for r, _ in ordered}),
@@ -203,28 +206,72 @@ class Contents:
     versions: list[tuple[Record, list[float] | None]]
 
 
-def _members(data: bytes) -> dict[str, bytes]:
+class _Gunzip(io.RawIOBase):
+    """gzip decompressed as it is read, never past `limit` bytes of output: a bundle of a
+    few MB that expands to GBs is refused after at most `limit` bytes, not after it was
+    all in memory. One gzip member only (what `write` makes); nothing may follow it."""
+
+    def __init__(self, data: bytes, limit: int) -> None:
+        self._data = memoryview(data)
+        self._at = 0
+        self._zlib = zlib.decompressobj(wbits=31)
+        self._pending = b""
+        self._limit = limit
+        self.expanded = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        want = len(buffer)
+        while len(self._pending) < want and not self._zlib.eof:
+            if self._zlib.unconsumed_tail:
+                chunk = self._zlib.unconsumed_tail
+            elif self._at < len(self._data):
+                chunk = bytes(self._data[self._at : self._at + 65536])
+                self._at += len(chunk)
+            else:
+                raise BundleError("not a gzip file, or truncated: the stream ends early")
+            try:
+                out = self._zlib.decompress(chunk, max(want, 65536))
+            except zlib.error as exc:
+                raise BundleError(f"not a gzip file, or corrupt: {exc}") from None
+            self.expanded += len(out)
+            if self.expanded > self._limit:
+                raise BundleError(f"the bundle expands to more than {self._limit} bytes")
+            self._pending += out
+        if self._zlib.eof and (self._zlib.unused_data or self._at < len(self._data)):
+            raise BundleError("data follows the end of the bundle's gzip stream")
+        taken, self._pending = self._pending[:want], self._pending[want:]
+        buffer[: len(taken)] = taken
+        return len(taken)
+
+
+def _members(data: bytes, limit: int = MAX_EXPANDED_BYTES) -> dict[str, bytes]:
+    """The bundle's files, read as a stream: each member's declared size is checked
+    against what is left of `limit` before a byte of it is read."""
     if len(data) > MAX_BUNDLE_BYTES:
         raise BundleError(f"the bundle is larger than {MAX_BUNDLE_BYTES} bytes")
-    try:
-        raw = gzip.decompress(data)
-    except (OSError, EOFError) as exc:
-        raise BundleError(f"not a gzip file, or truncated: {exc}") from None
-    if len(raw) > MAX_MEMBER_BYTES:
-        raise BundleError("the bundle expands to more than 1 GiB")
     found: dict[str, bytes] = {}
+    total = 0
     try:
-        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as archive:
+        stream = io.BufferedReader(_Gunzip(data, limit), buffer_size=65536)
+        with tarfile.open(fileobj=stream, mode="r|") as archive:
             for info in archive:
                 if not info.isfile() or info.name not in (MANIFEST, RECORDS, EMBEDDINGS, SIGNATURE):
                     raise BundleError(f"unexpected member {info.name!r} in the bundle")
                 if info.name in found:
                     raise BundleError(f"{info.name} appears twice in the bundle")
+                total += info.size
+                if total > limit:
+                    raise BundleError(f"the bundle expands to more than {limit} bytes")
                 handle = archive.extractfile(info)
                 assert handle is not None
                 found[info.name] = handle.read()
     except tarfile.TarError as exc:
         raise BundleError(f"not a valid bundle archive (truncated?): {exc}") from None
+    except (OSError, EOFError) as exc:
+        raise BundleError(f"not a gzip file, or truncated: {exc}") from None
     for name in (MANIFEST, SIGNATURE, RECORDS):
         if name not in found:
             raise BundleError(f"the bundle has no {name}")
@@ -279,13 +326,23 @@ def _parse(
     records: list[Record] = []
     for n, line in enumerate(files[RECORDS].splitlines(), 1):
         try:
-            records.append(Record.model_validate_json(line))
+            record = Record.model_validate_json(line)
+            check_metadata(record.metadata)
         except ValidationError as exc:
             raise BundleError(f"records.jsonl line {n}: {exc.errors()[0]['msg']}") from None
+        except ValueError as exc:
+            raise BundleError(f"records.jsonl line {n}: {exc}") from None
+        records.append(record)
     vectors: dict[tuple[str, int], list[float]] = {}
-    for line in files.get(EMBEDDINGS, b"").splitlines():
-        entry = json.loads(line)
-        vectors[(entry["id"], entry["version"])] = [float(x) for x in entry["vector"]]
+    for n, line in enumerate(files.get(EMBEDDINGS, b"").splitlines(), 1):
+        try:
+            entry = json.loads(line)
+            vector = [float(x) for x in entry["vector"]]
+            if not all(math.isfinite(x) for x in vector):
+                raise ValueError("a vector holds NaN or Infinity")
+            vectors[(str(entry["id"]), int(entry["version"]))] = vector
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            raise BundleError(f"embeddings.jsonl line {n}: {exc}") from None
     counts = manifest.get("counts") or {}
     if counts.get("versions") != len(records) or counts.get("embeddings", 0) != len(vectors):
         raise BundleError("the record counts do not match the manifest")

@@ -25,6 +25,7 @@ from typing import Protocol
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from freehold_serving.private_files import private_dir
 from freehold_serving.transit import Transit
 
 _NONCE = 12
@@ -54,7 +55,7 @@ class FileKeyWrapper:
     def __init__(self, path: Path) -> None:
         self.name = f"file:{path.name}"
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(path.parent)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(os.urandom(32))

@@ -19,6 +19,33 @@ class ImportFormatError(Exception):
     """The file is not in the format named; the message names the entry and field."""
 
 
+def _text(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ImportFormatError(f"line {line}: not UTF-8 (byte offset {exc.start})") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number: use finite numbers")
+
+
+def _json(text: str, where: str) -> Any:
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        # The C decoder stops at the interpreter's recursion limit (about a thousand
+        # levels): refused as bad input, and metadata is held to far less afterwards.
+        raise ImportFormatError(f"{where}nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        raise ImportFormatError(
+            f"{where}not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    except ValueError as exc:
+        raise ImportFormatError(f"{where}{exc}") from None
+
+
 def _when(value: Any) -> datetime | None:
     if not isinstance(value, str) or not value:
         return None
@@ -32,10 +59,7 @@ def from_mem0(data: bytes, subject: str | None = None) -> list[NewRecord]:
     """mem0's `get_all()` output, `{"results": [...]}`, or a bare list of its memories:
     `{"id", "memory", "hash", "metadata", "created_at", "updated_at", "user_id",
     "agent_id", "run_id"}`."""
-    try:
-        parsed = json.loads(data)
-    except json.JSONDecodeError as exc:
-        raise ImportFormatError(f"not JSON: {exc.msg} at line {exc.lineno}") from None
+    parsed = _json(_text(data), "")
     items = parsed.get("results") if isinstance(parsed, dict) else parsed
     if not isinstance(items, list):
         raise ImportFormatError('expected {"results": [...]} or a list of mem0 memories')
@@ -43,6 +67,8 @@ def from_mem0(data: bytes, subject: str | None = None) -> list[NewRecord]:
     for n, item in enumerate(items):
         if not isinstance(item, dict) or not isinstance(item.get("memory"), str):
             raise ImportFormatError(f"results[{n}].memory: expected a string")
+        if not isinstance(item.get("metadata") or {}, dict):
+            raise ImportFormatError(f"results[{n}].metadata: expected an object")
         metadata = dict(item.get("metadata") or {})
         kind = metadata.pop("type", None)
         extra = {k: item[k] for k in ("id", "hash") if item.get(k)}
@@ -74,18 +100,22 @@ def from_mem0(data: bytes, subject: str | None = None) -> list[NewRecord]:
 def from_jsonl(data: bytes, subject: str | None = None) -> list[NewRecord]:
     """One record per line, in the API's add shape (`subject`, `text`, `type`, ...)."""
     out = []
-    for n, line in enumerate(data.decode("utf-8", errors="strict").splitlines(), 1):
-        if not line.strip():
+    for n, raw in enumerate(data.splitlines(), 1):
+        if not raw.strip():
             continue
         try:
-            item = json.loads(line)
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ImportFormatError(
+                f"line {n}: not UTF-8 (byte {exc.start + 1} of the line)"
+            ) from None
+        item = _json(line, f"line {n}: ")
+        try:
             if subject is not None and isinstance(item, dict):
                 item = {**item, "subject": subject}
             if isinstance(item, dict):
                 item.setdefault("provenance", {"source": "import:jsonl"})
             out.append(NewRecord.model_validate(item))
-        except json.JSONDecodeError as exc:
-            raise ImportFormatError(f"line {n}: not JSON ({exc.msg})") from None
         except ValidationError as exc:
             first = exc.errors()[0]
             field = ".".join(str(p) for p in first["loc"])

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, field_validator
 
 RecordType = Literal["preference", "fact", "task", "episode", "entity", "relation", "note"]
 RECORD_TYPES: tuple[RecordType, ...] = (
@@ -32,6 +32,39 @@ MAX_BATCH = 512
 # no control characters (they end up in logs and audit pseudonyms).
 Identifier = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")]
 RecordId = Annotated[str, Field(pattern=r"^mem_[0-9a-f]{32}$")]
+
+
+MAX_METADATA_DEPTH = 16
+
+
+def _check_depth(value: Any) -> None:
+    """Nesting deeper than any real metadata needs is refused before anything recurses
+    into it (json.dumps would fail with a RecursionError: a 500, not a 400)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_METADATA_DEPTH:
+            raise ValueError(f"metadata is nested deeper than {MAX_METADATA_DEPTH} levels")
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+
+
+def check_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    """Bounded, finite JSON: raises ValueError saying what is wrong."""
+    import json
+
+    _check_depth(value)
+    try:
+        # allow_nan=False: NaN and Infinity are not JSON; stored, they would come back
+        # as null and the store's own export would no longer re-import.
+        size = len(json.dumps(value, separators=(",", ":"), allow_nan=False))
+    except ValueError:
+        raise ValueError("metadata holds NaN or Infinity: use finite numbers") from None
+    if size > MAX_METADATA_BYTES:
+        raise ValueError(f"metadata is larger than {MAX_METADATA_BYTES} bytes")
+    return value
 
 
 class Strict(BaseModel):
@@ -64,7 +97,7 @@ class RecordFields(Strict):
     expires_at: datetime | None = Field(
         default=None, description="Deleted after this time; unset: the store's retention."
     )
-    embedding: list[float] | None = Field(
+    embedding: list[FiniteFloat] | None = Field(
         default=None,
         description="A precomputed vector from the store's embedding model (its dimension "
         "is checked); unset: the store embeds the text.",
@@ -73,11 +106,7 @@ class RecordFields(Strict):
     @field_validator("metadata")
     @classmethod
     def _small_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
-        import json
-
-        if len(json.dumps(value, separators=(",", ":"))) > MAX_METADATA_BYTES:
-            raise ValueError(f"metadata is larger than {MAX_METADATA_BYTES} bytes")
-        return value
+        return check_metadata(value)
 
 
 class NewRecord(RecordFields):
@@ -118,7 +147,7 @@ class Record(BaseModel):
 class SearchRequest(Strict):
     subject: Identifier
     query: str | None = Field(default=None, min_length=1, max_length=MAX_TEXT_CHARS)
-    embedding: list[float] | None = None
+    embedding: list[FiniteFloat] | None = None
     top_k: int = Field(default=10, ge=1, le=100)
     types: list[RecordType] | None = None
     agent_id: Identifier | None = None

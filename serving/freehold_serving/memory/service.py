@@ -168,8 +168,9 @@ class MemoryService:
         )
         own = self._signer.public_key()
         self._trusted = {own, *(base64.b64decode(k) for k in args.trusted_signers)}
-        self.last_export: dict[str, Any] | None = None
-        self.last_import: dict[str, Any] | None = None
+        # Per tenant: one tenant never sees when another last exported or imported.
+        self.last_export: dict[str, dict[str, Any]] = {}
+        self.last_import: dict[str, dict[str, Any]] = {}
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
         return await asyncio.to_thread(self._embed, texts)
@@ -223,21 +224,21 @@ class MemoryService:
         )
         made = await asyncio.to_thread(
             bundle.write,
-            subject,
             versions,
             signer=self._signer,
+            subject_id=self.store.pseudonym("subject", subject),
             embedding=(self.store.embedding_model, self.store.dimension) if with_vectors else None,
             producer=f"freehold memory {self.args.namespace}/{self.args.name}",
         )
-        self.last_export = {
+        self.last_export[tenant] = {
             "time": _now(),
             "records": made.manifest["counts"]["records"],
             "digest": made.digest,
         }
         self.audit.record(
             "memory.export",
-            subject=bundle.subject_pseudonym(subject),
-            tenant=bundle.subject_pseudonym(f"tenant:{tenant}"),
+            subject=self.store.pseudonym("subject", subject),
+            tenant=self.store.pseudonym("tenant", tenant),
             records=made.manifest["counts"]["records"],
             digest=made.digest,
         )
@@ -262,12 +263,16 @@ class MemoryService:
             if not record.deleted:
                 self._check_scopes(record.agent_id, record.session_id, f"record {record.id}: ")
         added, _ = await asyncio.to_thread(self.store.import_versions, tenant, versions)
-        self.last_import = {"time": _now(), "records": added, "digest": "sha256:" + _sha(data)}
+        self.last_import[tenant] = {
+            "time": _now(),
+            "records": added,
+            "digest": "sha256:" + _sha(data),
+        }
         self.audit.record(
             "memory.import",
             format="bundle",
             subject=contents.manifest.get("subject"),
-            tenant=bundle.subject_pseudonym(f"tenant:{tenant}"),
+            tenant=self.store.pseudonym("tenant", tenant),
             versions=added,
             digest="sha256:" + _sha(data),
             signer=contents.signer_key_id,
@@ -284,12 +289,12 @@ class MemoryService:
         added = 0
         for start in range(0, len(records), 256):
             added += len(await self.add(tenant, records[start : start + 256]))
-        self.last_import = {"time": _now(), "records": added, "digest": None}
+        self.last_import[tenant] = {"time": _now(), "records": added, "digest": None}
         self.audit.record(
             "memory.import",
             format="records",
-            subjects=sorted({bundle.subject_pseudonym(r.subject) for r in records}),
-            tenant=bundle.subject_pseudonym(f"tenant:{tenant}"),
+            subjects=sorted({self.store.pseudonym("subject", r.subject) for r in records}),
+            tenant=self.store.pseudonym("tenant", tenant),
             records=added,
         )
         return {"imported": added, "skipped": 0}
@@ -298,8 +303,8 @@ class MemoryService:
         removed = await asyncio.to_thread(self.store.erase_subject, tenant, subject)
         self.audit.record(
             "memory.erase",
-            subject=bundle.subject_pseudonym(subject),
-            tenant=bundle.subject_pseudonym(f"tenant:{tenant}"),
+            subject=self.store.pseudonym("subject", subject),
+            tenant=self.store.pseudonym("tenant", tenant),
             versions=removed,
         )
         return removed
@@ -385,8 +390,17 @@ class MemoryService:
         except (httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
             raise UpstreamError(f"the extraction model at {url} did not answer: {exc}") from None
 
-    def stats(self) -> dict[str, Any]:
-        counts = self.store.counts()
+    def stats(self, tenant: str | None = None) -> dict[str, Any]:
+        """One tenant's view (its records, subjects, exports and imports), or the store's
+        aggregate for the operator (None): counts, and the latest export or import of any
+        tenant without saying whose."""
+        counts = self.store.counts(tenant)
+        if tenant is not None:
+            last_export, last_import = self.last_export.get(tenant), self.last_import.get(tenant)
+        else:
+            last_export = max(self.last_export.values(), key=lambda e: e["time"], default=None)
+            last_import = max(self.last_import.values(), key=lambda e: e["time"], default=None)
+        public = self._signer.public_key()
         return {
             "records": {
                 "total": counts.records,
@@ -396,9 +410,11 @@ class MemoryService:
             },
             "subjects": counts.subjects,
             "embedding": {"model": self.store.embedding_model, "dimension": self.store.dimension},
-            "lastExport": self.last_export,
-            "lastImport": self.last_import,
-            "signer": bundle.key_id(self._signer.public_key()),
+            "lastExport": last_export,
+            "lastImport": last_import,
+            "signer": bundle.key_id(public),
+            # Published so a verifier can pin it: `freehold audit verify --trusted-key`.
+            "signerPublicKey": base64.b64encode(public).decode(),
         }
 
 

@@ -40,6 +40,7 @@ from freehold_serving.memory.records import (
     RecordFields,
     SearchRequest,
 )
+from freehold_serving.private_files import private_file
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,8 @@ class Store:
         self._clock = clock
         self._lock = threading.RLock()
         self._subjects: dict[str, _Subject] = {}
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # 0600 before SQLite opens it: its -wal and -shm files take the database's mode.
+        private_file(path)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         for pragma in (
             "journal_mode = WAL",
@@ -171,6 +173,7 @@ class Store:
             self._db.execute(f"PRAGMA {pragma}")
         self._db.executescript(_SCHEMA)
         self._store_key = self._load_store_key()
+        self._pseudonym_key = crypto.derive(self._store_key, "audit-pseudonym")
 
     # -- keys ---------------------------------------------------------------------------
 
@@ -202,6 +205,14 @@ class Store:
 
     def _tenant_tag(self, tenant: str) -> str:
         return crypto.tag(self._store_key, f"tenant\0{tenant}")
+
+    def pseudonym(self, kind: str, value: str) -> str:
+        """What audit events and bundle manifests call a subject or tenant: keyed by a
+        secret of this store (derived from its store key, wrapped by the KEK), so a
+        candidate name cannot be checked against them without that key. Erasure removes a
+        subject's own key, not this one: the pseudonym stays stable for the trail, and
+        only someone holding the store key and the name can link the two."""
+        return crypto.tag(self._pseudonym_key, f"{kind}\0{value}")
 
     def _subject(self, tenant: str, subject: str, *, create: bool) -> _Subject | None:
         tag = self._subject_tag(tenant, subject)
@@ -376,10 +387,14 @@ class Store:
             ).fetchone()
         finally:
             self._db.row_factory = None
-        if row is None or row["deleted"]:
+        if row is None or row["deleted"] or self._expired(row):
             raise NotFoundError(f"record {record_id}")
         entry = self._entry_for(row["subject"], row["wrapped_key"])
         return entry, row
+
+    def _expired(self, row: sqlite3.Row) -> bool:
+        """Past its lifetime: gone for every read now, whatever the sweep's schedule."""
+        return row["expires_at"] is not None and row["expires_at"] <= self._now()
 
     def _entry_for(self, tag: str, wrapped: str) -> _Subject:
         entry = self._subjects.get(tag)
@@ -575,7 +590,7 @@ class Store:
             " WHERE v.id = ? AND s.tenant = ? ORDER BY v.version DESC LIMIT 1",
             (record_id, self._tenant_tag(tenant)),
         )
-        if not rows:
+        if not rows or self._expired(rows[0]):
             raise NotFoundError(f"record {record_id}")
         return self._entry_for(rows[0]["subject"], rows[0]["wrapped_key"]), rows[0]
 
@@ -589,7 +604,10 @@ class Store:
             if entry is None:
                 return []
             rows = self._rows(
-                "SELECT * FROM versions WHERE subject = ? ORDER BY id, version", (entry.tag,)
+                "SELECT * FROM versions WHERE subject = ? AND id NOT IN (SELECT id FROM versions"
+                " WHERE subject = ? AND valid_to IS NULL AND expires_at IS NOT NULL"
+                " AND expires_at <= ?) ORDER BY id, version",
+                (entry.tag, entry.tag, self._now()),
             )
             out = []
             for row in rows:
@@ -613,6 +631,7 @@ class Store:
         here with the same content is skipped; with other content it is a conflict and
         the whole import is refused, changing nothing."""
         conflicts: list[str] = []
+        foreign = 0
         added = 0
         touched: set[str] = set()
         with self._tx():
@@ -626,7 +645,12 @@ class Store:
                 )
                 if existing:
                     row = existing[0]
-                    same = row["subject"] == entry.tag and self._decode(entry, row).model_dump(
+                    if row["subject"] != entry.tag:
+                        # Someone else's record (another subject, maybe another tenant):
+                        # counted, never named, so an import cannot probe for ids.
+                        foreign += 1
+                        continue
+                    same = self._decode(entry, row).model_dump(
                         exclude={"score"}
                     ) == record.model_dump(exclude={"score"})
                     if not same:
@@ -664,8 +688,8 @@ class Store:
                 )
                 added += 1
                 touched.add(entry.tag)
-            if conflicts:
-                raise ImportConflictError(conflicts)
+            if conflicts or foreign:
+                raise ImportConflictError(conflicts, foreign)
         for tag in touched:
             entry = self._subjects.get(tag)
             if entry is not None:
@@ -697,6 +721,8 @@ class Store:
                     self._keyword_hits(entry, request.query, where, params, pool)
                 ):
                     ranked[rowid] = ranked.get(rowid, 0.0) + 1.0 / (_RRF_K + rank + 1)
+            for rowid in self._expired_among(list(ranked)):
+                del ranked[rowid]
             best = sorted(ranked.items(), key=lambda kv: (-kv[1], kv[0]))[: request.top_k]
             if not best:
                 return []
@@ -713,6 +739,19 @@ class Store:
                 record.score = round(score, 6)
                 out.append(record)
             return out
+
+    def _expired_among(self, rowids: list[int]) -> list[int]:
+        """Candidates past their lifetime that the hourly sweep has not deleted yet."""
+        if not rowids:
+            return []
+        return [
+            int(r[0])
+            for r in self._db.execute(
+                f"SELECT rowid FROM versions WHERE rowid IN ({','.join('?' * len(rowids))})"
+                " AND expires_at IS NOT NULL AND expires_at <= ?",
+                (*rowids, self._now()),
+            )
+        ]
 
     def _filters(self, entry: _Subject, request: SearchRequest) -> tuple[str, list[Any]]:
         where = ["v.subject = ?", "v.deleted = 0"]
@@ -893,29 +932,47 @@ class Store:
                 entry.index = None
         return done
 
-    def counts(self) -> Counts:
+    def counts(self, tenant: str | None = None) -> Counts:
+        """Live records and subjects: one tenant's (what its keys may see), or the whole
+        store's (None: for the operator, which sees no tenant)."""
+        join, where = "", ""
+        params: tuple[str, ...] = ()
+        if tenant is not None:
+            join = " JOIN subjects s ON s.tag = v.subject"
+            where = " AND s.tenant = ?"
+            params = (self._tenant_tag(tenant),)
         with self._lock:
             row = self._db.execute(
                 "SELECT count(*),"
-                " sum(agent IS NULL AND session IS NULL),"
-                " sum(agent IS NOT NULL AND session IS NULL),"
-                " sum(session IS NOT NULL)"
-                " FROM versions WHERE valid_to IS NULL AND deleted = 0"
+                " sum(v.agent IS NULL AND v.session IS NULL),"
+                " sum(v.agent IS NOT NULL AND v.session IS NULL),"
+                " sum(v.session IS NOT NULL)"
+                f" FROM versions v{join} WHERE v.valid_to IS NULL AND v.deleted = 0{where}",
+                params,
             ).fetchone()
-            subjects = self._db.execute("SELECT count(*) FROM subjects").fetchone()[0]
+            subjects = self._db.execute(
+                "SELECT count(*) FROM subjects" + (" WHERE tenant = ?" if tenant else ""),
+                params,
+            ).fetchone()[0]
         return Counts(
             int(row[0]), int(subjects), int(row[1] or 0), int(row[2] or 0), int(row[3] or 0)
         )
 
 
 class ImportConflictError(StoreError):
-    def __init__(self, ids: list[str]) -> None:
-        shown = ", ".join(ids[:5]) + (" ..." if len(ids) > 5 else "")
-        super().__init__(
-            f"{len(ids)} record version(s) already exist here with different content "
-            f"({shown}); nothing was imported",
-            status=409,
-        )
+    def __init__(self, ids: list[str], foreign: int = 0) -> None:
+        """`ids`: the subject's own versions that differ; `foreign`: versions whose ids
+        belong to another subject here (counted only: naming them would tell one tenant
+        which ids another holds)."""
+        parts = []
+        if ids:
+            shown = ", ".join(ids[:5]) + (" ..." if len(ids) > 5 else "")
+            parts.append(
+                f"{len(ids)} record version(s) already exist here with different content ({shown})"
+            )
+        if foreign:
+            parts.append(f"{foreign} record version(s) use ids this store already holds")
+        super().__init__("; ".join(parts) + "; nothing was imported", status=409)
         self.ids = ids
 
 

@@ -92,6 +92,7 @@ def config(stack: Stack, tmp: Path, **changes: Any) -> Path:
         "judge_model": SMOL,
         "baseline": {"capitals": 0.5},
         "signing_key_file": str(tmp / "keys" / "eval.pem"),
+        "file_root": str(tmp),  # the judged dataset is a file:// one, in this folder
         **changes,
     }
     path = tmp / "job.json"
