@@ -335,6 +335,20 @@ class VaultServer:
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
+def transit_public_keys(url: str, token: str, name: str) -> list[str]:
+    """Every version's public key of an ed25519 transit key (base64), read over Vault's HTTP
+    API as an auditor reads them (`vault read transit/keys/NAME`): the trust anchor that
+    `freehold audit verify --trusted-key` wants for the operator's log."""
+    import httpx
+
+    answer = httpx.get(
+        f"{url.rstrip('/')}/v1/transit/keys/{name}", headers={"X-Vault-Token": token}, timeout=10
+    )
+    answer.raise_for_status()
+    keys = answer.json()["data"]["keys"]
+    return [str(keys[n]["public_key"]) for n in sorted(keys, key=int)]
+
+
 def kubernetes_token_review(audience: str = "vault") -> Callable[[str], tuple[str, str] | None]:
     """TokenReview on the API server this pod runs under, with the pod's own token (its
     ServiceAccount needs system:auth-delegator, as Vault's does)."""

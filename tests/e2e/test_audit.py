@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import Operator, apply, eventually, example, get, kubectl
+from tests.vault_server import VaultServer, transit_public_keys
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("deployment_backend")]
 CANARY = "canary-audit-5d1e"
@@ -23,7 +24,9 @@ def events(path: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
-def test_the_operator_audits_what_it_sees_and_does(namespace: str, operator: Operator) -> None:
+def test_the_operator_audits_what_it_sees_and_does(
+    namespace: str, operator: Operator, vault: VaultServer
+) -> None:
     log = Path(operator.env["FREEHOLD_OPERATOR_AUDIT_DIR"]) / "operator.jsonl"
     doc = example(namespace, "audited")
     doc["metadata"]["annotations"] = {"note": CANARY}
@@ -64,8 +67,16 @@ def test_the_operator_audits_what_it_sees_and_does(namespace: str, operator: Ope
     text = log.read_text()
     assert CANARY not in text  # spec values and annotations are hashed, never written
     assert '"type":"checkpoint"' in text  # signed in Vault transit
+    # Verified against the operator's key as published by Vault, never one the log names.
+    keys = transit_public_keys(vault.url, vault.state.root_token, "freehold-operator-audit")
+    trusted = [arg for key in keys for arg in ("--trusted-key", key)]
     verified = subprocess.run(
-        [sys.executable, "-m", "freehold", "audit", "verify", str(log)],
+        [sys.executable, "-m", "freehold", "audit", "verify", str(log), *trusted],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert verified.returncode == 0, verified.stdout + verified.stderr
+    unanchored = subprocess.run(
+        [sys.executable, "-m", "freehold", "audit", "verify", str(log)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert unanchored.returncode == 4, unanchored.stderr

@@ -82,9 +82,18 @@ def write_logs(root: Path) -> None:
     memory.close()
 
 
+def trusted(root: Path) -> list[str]:
+    """--trusted-key for each signer of write_logs: what the auditor was given."""
+    import base64
+
+    keys = [FileSigner(root / name).public_key() for name in ("operator.pem", "s.pem")]
+    return [arg for key in keys for arg in ("--trusted-key", base64.b64encode(key).decode())]
+
+
 def report(*args: str) -> subprocess.CompletedProcess[str]:
+    logs = Path(args[0])
     return subprocess.run(
-        [sys.executable, "-m", "freehold", "audit", "report", *args],
+        [sys.executable, "-m", "freehold", "audit", "report", *args, *trusted(logs)],
         capture_output=True,
         text=True,
         timeout=120,

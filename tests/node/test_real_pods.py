@@ -24,6 +24,7 @@ from tests.node.conftest import (
     MODELS,
     OTHER,
     REGION,
+    ROOT_TOKEN,
     STATE,
     SYSTEM,
     Vault,
@@ -36,6 +37,7 @@ from tests.node.conftest import (
     wait_ready,
 )
 from tests.registry import push
+from tests.vault_server import transit_public_keys
 
 pytestmark = [pytest.mark.node, pytest.mark.timeout(1800)]
 
@@ -566,7 +568,7 @@ def test_a_router_routes_between_two_models_and_falls_back(
 
 
 def test_audit_events_reach_the_collector_and_the_operator_log_verifies(
-    operator: dict[str, Any], otel: str, audit_volume: Path
+    operator: dict[str, Any], otel: str, audit_volume: Path, vault: Vault
 ) -> None:
     from tests.otlp_receiver import Received
 
@@ -577,10 +579,13 @@ def test_audit_events_reach_the_collector_and_the_operator_log_verifies(
 
     with timed("audit events exported over OTLP"):
         wait_for(exported, SYSTEM, "audit logs at the OTLP receiver", timeout=120, interval=2)
-    logs = sorted(audit_volume.rglob("*.jsonl"))
+    logs = sorted(audit_volume.rglob("operator.jsonl"))
     assert logs, list(audit_volume.rglob("*"))
+    # Against the operator's signing key as Vault publishes it (transit/keys/NAME).
+    keys = transit_public_keys(vault.url, ROOT_TOKEN, "freehold-operator-audit")
+    trusted = [arg for key in keys for arg in ("--trusted-key", key)]
     done = subprocess.run(
-        [sys.executable, "-m", "freehold", "audit", "verify", str(logs[0])],
+        [sys.executable, "-m", "freehold", "audit", "verify", str(logs[0]), *trusted],
         capture_output=True,
         text=True,
         timeout=60,

@@ -39,8 +39,16 @@ def cli(path: Path) -> subprocess.CompletedProcess[str]:
 
     (key,) = ours(path.parent)
     return subprocess.run(
-        [sys.executable, "-m", "freehold", "audit", "verify", str(path), "--trusted-key",
-         base64.b64encode(key).decode()],
+        [
+            sys.executable,
+            "-m",
+            "freehold",
+            "audit",
+            "verify",
+            str(path),
+            "--trusted-key",
+            base64.b64encode(key).decode(),
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -134,9 +142,7 @@ def test_truncation_is_caught_by_an_anchor(tmp_path: Path) -> None:
     rows = lines(path)
     write(path, rows[:7])  # the last two events and their checkpoints cut off
     assert verify(path, ours(tmp_path)).exit_code == 0  # only an anchor shows the cut
-    assert any(
-        "truncated" in p for p in verify(path, ours(tmp_path), [(seq, digest)]).problems
-    )
+    assert any("truncated" in p for p in verify(path, ours(tmp_path), [(seq, digest)]).problems)
     done = subprocess.run(
         [sys.executable, "-m", "freehold", "audit", "verify", str(path), "--anchor",
          f"{seq}:{digest}"],

@@ -18,6 +18,7 @@ import pytest
 
 from freehold_serving.audit import verify
 from freehold_serving.auth import key_id
+from freehold_serving.memory.bundle import FileSigner
 from tests.integration.serving.conftest import API_KEY, Stack
 
 pytestmark = pytest.mark.slow
@@ -93,8 +94,9 @@ def test_access_records_are_chained_signed_shipped_and_hold_no_content(stack: St
 
     # The chain verifies and a checkpoint signed with the replica's key covers it all.
     files = sorted((stack.audit_dir / "access").glob("*.jsonl"))
-    assert wait_for(lambda: all(verify(f).exit_code == 0 for f in files)), [
-        verify(f).warnings for f in files
+    trusted = {FileSigner(stack.audit_key).public_key()}
+    assert wait_for(lambda: all(verify(f, trusted).exit_code == 0 for f in files)), [
+        verify(f, trusted).warnings for f in files
     ]
 
     # Shipped over OTLP as log records whose body is the event itself.
@@ -136,8 +138,10 @@ def test_a_restarted_writer_resumes_the_chain(tmp_path: Path) -> None:
         log.record(operation="chat", model="m", key=None, tenant=None, status=200, latency_s=0.1)
         log.close()
     (path,) = (tmp_path / "access").glob("*.jsonl")
-    verdict = verify(path)
-    assert verdict.exit_code == 0 and verdict.events == 4  # two events, two checkpoints
+    verdict = verify(path, {FileSigner(tmp_path / "k.pem").public_key()})
+    # log.opened, two events, two checkpoints: one chain, no file set aside
+    assert verdict.exit_code == 0 and verdict.events == 5
+    assert list((tmp_path / "access").glob("*.rejected-*")) == []
 
 
 def test_memory_audit_events_are_shipped_over_otlp_too(stack: Stack) -> None:

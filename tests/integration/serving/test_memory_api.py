@@ -4,6 +4,7 @@ Also the crash-safety of the store under kill -9."""
 
 from __future__ import annotations
 
+import base64
 import gzip
 import io
 import json
@@ -179,7 +180,9 @@ def test_bundle_round_trip_tamper_and_erasure(stack: Stack) -> None:
         from freehold_serving.audit import verify
 
         trail = stack.memory_dir / "audit" / "memory.jsonl"
-        verdict = verify(trail)
+        # Against the key the store publishes (its /status), never one the log names.
+        published = httpx.get(f"{stack.memory}/status", timeout=30).json()["signerPublicKey"]
+        verdict = verify(trail, {base64.b64decode(published)})
         assert verdict.problems == [] and verdict.warnings == [], verdict
         text = trail.read_text()
         assert canary not in text and "u-bundle" not in text
