@@ -223,6 +223,16 @@ def run(settings: OperatorSettings) -> None:
             export=export,
         )
         log.info("audit log in %s (%s)", settings.audit_dir, "signed" if signer else "unsigned")
+        if signer is not None:
+            import base64
+
+            # The verifier's trust anchor, said where operators look: `freehold audit verify
+            # --trusted-key` (also `vault read transit/keys/<audit_signing_key>`).
+            log.info(
+                "audit checkpoints signed with public key %s (Vault transit key %s)",
+                base64.b64encode(signer.public_key()).decode(),
+                settings.audit_signing_key,
+            )
     controller = Controller(
         reconciler,
         kinds,

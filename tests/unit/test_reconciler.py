@@ -239,6 +239,7 @@ def test_a_serving_memory_store_reports_its_counts_and_asks_again_in_a_minute() 
             "lastExport": {"time": "2026-01-01T00:00:00+00:00", "records": 2, "digest": None},
             "lastImport": None,
             "signer": "ed25519:0123456789abcdef",
+            "signerPublicKey": "MCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=",
             "secret": "never copied into status",
         }
 
@@ -253,6 +254,7 @@ def test_a_serving_memory_store_reports_its_counts_and_asks_again_in_a_minute() 
     assert status["records"] == {"total": 5, "user": 3, "agent": 1, "session": 1}
     assert status["subjects"] == 2 and status["signer"] == "ed25519:0123456789abcdef"
     assert status["lastExport"]["records"] == 2 and "secret" not in status
+    assert status["signerPublicKey"].startswith("MCow")  # published: a verifier's anchor
     assert ready(status)["status"] == "True" and outcome.requeue_after == 60.0
 
     # A store that answers nonsense (or nothing) changes no field but its conditions.

@@ -254,3 +254,9 @@ class MemoryStoreStatus(ApiModel):
     signer: str | None = Field(
         default=None, max_length=64, description="Key id that signs this store's bundles."
     )
+    signer_public_key: str | None = Field(
+        default=None,
+        max_length=64,
+        description="The Ed25519 public key (base64) that signs this store's bundles and "
+        "audit checkpoints: the trust anchor for `freehold audit verify --trusted-key`.",
+    )

@@ -165,6 +165,7 @@ def observed_fields(observed: Mapping[str, Any] | None) -> dict[str, Any]:
         "lastExport": observed.get("lastExport"),
         "lastImport": observed.get("lastImport"),
         "signer": observed.get("signer"),
+        "signerPublicKey": observed.get("signerPublicKey"),
     }
     try:
         status = MemoryStoreStatus.model_validate(
