@@ -583,3 +583,65 @@ def test_a_bundle_with_nan_in_a_record_is_refused_not_a_500(tmp_path: Path) -> N
 def test_crypto_tag_is_what_pseudonyms_use() -> None:
     # The keyed pseudonym is HMAC-SHA256 (crypto.tag): 128 bits, hex.
     assert len(crypto.tag(b"k" * 32, "x")) == 32
+
+
+def _peak_growth_kib(script: str) -> tuple[int, str]:
+    """Run `script` in a fresh interpreter; peak RSS growth across it, in KiB."""
+    wrapped = (
+        "import resource\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        f"{script}\n"
+        "print('grown_kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", wrapped], capture_output=True, text=True, timeout=300, check=True
+    )
+    return int(done.stdout.split("grown_kib")[1].split()[0]), done.stdout
+
+
+@pytest.mark.parametrize(
+    "setup",
+    [
+        # The largest mem0 document accepted, all tiny memories: the most objects per byte.
+        'one = b\'{"memory":"a","user_id":"u"},\'\n'
+        "n = (importers.MAX_MEM0_BYTES - 64) // len(one) - 1\n"
+        "data = b'{\"results\":[' + one * n + one[:-1] + b']}'\n"
+        "fn = importers.from_mem0",
+        # A 64 MiB JSONL body (the API's limit): refused at the record limit.
+        'line = b\'{"subject":"u","text":"\' + b\'x\' * 100 + b\'"}\\n\'\n'
+        "data = line * ((64 << 20) // len(line))\n"
+        "fn = importers.from_jsonl",
+    ],
+    ids=["mem0", "jsonl"],
+)
+def test_foreign_imports_parse_within_bounded_memory(setup: str) -> None:
+    """Stated limit: one import's parse grows the process by less than 256 MiB."""
+    script = (
+        "from freehold_serving.memory import importers\n"
+        f"{setup}\n"
+        "try:\n"
+        "    print('records', len(fn(data)))\n"
+        "except importers.ImportFormatError as exc:\n"
+        "    print('refused', exc)\n"
+    )
+    grown, printed = _peak_growth_kib(script)
+    assert grown < 256 * 1024, printed
+    assert "records" in printed or "more than 20000 records" in printed, printed
+
+
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [
+        (b'a: &a ["x","x"]\nb: &b [*a,*a]\nc: &c [*b,*b]\ndataset_path: json\n', "aliases"),
+        (b"doc_to_text: \xff\n", "not UTF-8"),
+        (b"x: " + b"[" * 5000, "not YAML"),
+        (b"# " + b"x" * (300 * 1024), "larger than"),
+    ],
+    ids=["billion-laughs", "bad-bytes", "nesting", "size"],
+)
+def test_lm_eval_task_files_are_read_within_limits(raw: bytes, says: str) -> None:
+    from freehold.evaluation.datasets import DatasetError
+    from freehold.evaluation.lm_eval_tasks import read_task
+
+    with pytest.raises(DatasetError, match=says):
+        read_task(raw, "t.yaml")

@@ -29,8 +29,22 @@ _ENV.filters["regex_replace"] = lambda s, pattern, repl, count=0: re.sub(
 TASKS = {"generate_until": ("exact_match",), "multiple_choice": ("multiple_choice",)}
 
 
+MAX_TASK_BYTES = 256 * 1024
+
+
 class _Loader(yaml.SafeLoader):
-    """Safe YAML that names `!function` instead of failing on an unknown tag."""
+    """Safe YAML that names `!function` instead of failing on an unknown tag, and refuses
+    aliases: a few lines of nested `*alias` lists stand for billions of items to whatever
+    walks them ("billion laughs"); lm-evaluation-harness task files do not need them."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise DatasetError(
+                f"line {event.start_mark.line + 1}: YAML aliases (*name) are not accepted "
+                "in a task file"
+            )
+        return super().compose_node(parent, index)
 
 
 def _function(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
@@ -88,12 +102,16 @@ def _choices(template: Any, doc: dict[str, Any]) -> list[str]:
 
 
 def read_task(raw: bytes, where: str) -> dict[str, Any]:
+    if len(raw) > MAX_TASK_BYTES:
+        raise DatasetError(f"{where}: a task file larger than {MAX_TASK_BYTES} bytes")
     try:
         task = yaml.load(raw.decode("utf-8"), Loader=_Loader)  # a SafeLoader subclass
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{where}: not UTF-8 (byte {exc.start + 1})") from None
     except DatasetError as exc:
         raise DatasetError(f"{where}: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise DatasetError(f"{where}: not YAML ({exc})") from None
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise DatasetError(f"{where}: not YAML ({str(exc)[:200]})") from None
     if not isinstance(task, dict):
         raise DatasetError(f"{where}: expected a task mapping")
     for key in ("include", "group", "process_docs", "process_results", "filter_list"):

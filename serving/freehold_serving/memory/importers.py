@@ -19,6 +19,20 @@ class ImportFormatError(Exception):
     """The file is not in the format named; the message names the entry and field."""
 
 
+# Foreign imports are parsed whole (mem0's export is one JSON document), so their size is
+# bounded before parsing: Python objects take about ten times the bytes they came from.
+# 8 MiB of mem0 JSON and 20,000 records per import keep one import's parse within about
+# 256 MiB (tests/unit/test_hardening.py measures the worst case). Split larger exports.
+MAX_MEM0_BYTES = 8 * 1024 * 1024
+MAX_IMPORT_RECORDS = 20_000
+
+
+def _too_many(n: int) -> ImportFormatError:
+    return ImportFormatError(
+        f"more than {MAX_IMPORT_RECORDS} records in one import (record {n}): split the file"
+    )
+
+
 def _text(data: bytes) -> str:
     try:
         return data.decode("utf-8")
@@ -59,10 +73,16 @@ def from_mem0(data: bytes, subject: str | None = None) -> list[NewRecord]:
     """mem0's `get_all()` output, `{"results": [...]}`, or a bare list of its memories:
     `{"id", "memory", "hash", "metadata", "created_at", "updated_at", "user_id",
     "agent_id", "run_id"}`."""
+    if len(data) > MAX_MEM0_BYTES:
+        raise ImportFormatError(
+            f"a mem0 export larger than {MAX_MEM0_BYTES} bytes: split it (one user per file)"
+        )
     parsed = _json(_text(data), "")
     items = parsed.get("results") if isinstance(parsed, dict) else parsed
     if not isinstance(items, list):
         raise ImportFormatError('expected {"results": [...]} or a list of mem0 memories')
+    if len(items) > MAX_IMPORT_RECORDS:
+        raise _too_many(len(items))
     out = []
     for n, item in enumerate(items):
         if not isinstance(item, dict) or not isinstance(item.get("memory"), str):
@@ -99,10 +119,12 @@ def from_mem0(data: bytes, subject: str | None = None) -> list[NewRecord]:
 
 def from_jsonl(data: bytes, subject: str | None = None) -> list[NewRecord]:
     """One record per line, in the API's add shape (`subject`, `text`, `type`, ...)."""
-    out = []
+    out: list[NewRecord] = []
     for n, raw in enumerate(data.splitlines(), 1):
         if not raw.strip():
             continue
+        if len(out) >= MAX_IMPORT_RECORDS:
+            raise _too_many(len(out) + 1)
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
