@@ -645,3 +645,33 @@ def test_lm_eval_task_files_are_read_within_limits(raw: bytes, says: str) -> Non
 
     with pytest.raises(DatasetError, match=says):
         read_task(raw, "t.yaml")
+
+
+def test_the_memory_cli_prints_no_http_client_log_lines(tmp_path: Path) -> None:
+    """A local HTTP server answering /stats (a stand-in for the memory API: the CLI's
+    output is under test, not the store)."""
+    import http.server
+    import threading
+
+    class Stats(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"records": {"total": 1}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stats)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1/memory"
+        done = freehold("memory", "stats", "--endpoint", url)
+    finally:
+        server.shutdown()
+    assert done.returncode == 0, done.stderr
+    assert '"total": 1' in done.stdout
+    assert "HTTP Request" not in done.stdout + done.stderr
