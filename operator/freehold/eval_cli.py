@@ -242,9 +242,10 @@ def verify_command(
         raise typer.Exit(2) from None
     if not public_key:
         err.print(
-            "[red]unverified[/red] give --public-key (the EvalJob's signer: its status.signer "
-            "names the key; a local key's: freehold audit key FILE): anyone can sign a "
-            "result with a key of their own"
+            "[red]unverified[/red] give --public-key: the signer's Ed25519 public key (an "
+            "EvalJob's is its Vault transit signing key, `vault read transit/keys/NAME`; a "
+            "local key file's: freehold audit key FILE). Anyone can sign a result with a "
+            "key of their own"
         )
         raise typer.Exit(2)
     try:

@@ -5,6 +5,7 @@ volume, the summary the operator reads, and no connection anywhere but loopback.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -18,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from freehold_serving.memory.bundle import FileSigner
 from tests.integration.serving.conftest import SMOL, Stack, free_port
 
 pytestmark = pytest.mark.slow
@@ -152,7 +154,8 @@ def test_the_job_program_evaluates_signs_and_reports(stack: Stack, tmp_path: Pat
     assert regression["baseline"] == 0.5 and regression["threshold"] == 0.0
     assert regression["passed"] is True
 
-    # The signed file verifies offline; an edited one does not.
+    # The signed file verifies offline against the job's key; an edited one does not.
+    key = base64.b64encode(FileSigner(tmp_path / "keys" / "eval.pem").public_key()).decode()
     verified = subprocess.run(
         [
             sys.executable,
@@ -161,6 +164,8 @@ def test_the_job_program_evaluates_signs_and_reports(stack: Stack, tmp_path: Pat
             "eval",
             "verify",
             str(tmp_path / "results" / "result.json"),
+            "--public-key",
+            key,
         ],
         capture_output=True,
         text=True,
@@ -171,7 +176,7 @@ def test_the_job_program_evaluates_signs_and_reports(stack: Stack, tmp_path: Pat
     edited = tmp_path / "edited.json"
     edited.write_text(json.dumps(result))
     refused = subprocess.run(
-        [sys.executable, "-m", "freehold", "eval", "verify", str(edited)],
+        [sys.executable, "-m", "freehold", "eval", "verify", str(edited), "--public-key", key],
         capture_output=True,
         text=True,
         check=False,
