@@ -112,7 +112,7 @@ class AuditLog:
                 trusted = {self._signer.public_key()}
             except Exception as exc:  # Vault away: nothing can be vouched for yet
                 return f"its signing key could not be read ({type(exc).__name__})"
-        verdict = verify(self.path, trusted)
+        verdict = verify(self.path, trusted, self._anchor())
         if verdict.problems:
             return "; ".join(verdict.problems[:3])
         if verdict.events == 0:
@@ -125,6 +125,30 @@ class AuditLog:
             )
         return None
 
+    @property
+    def anchor_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".anchor")
+
+    def _anchor(self) -> list[tuple[int, str]]:
+        """The last checkpoint this component wrote, as `seq:hash` beside the log: a log
+        cut back (or restored from an older copy) ends before it and is not resumed. It
+        is on the same disk, so it stops accidents and careless edits; against someone
+        who rewrites both, only anchors kept elsewhere help (docs/audit.md)."""
+        try:
+            seq, _, digest = self.anchor_path.read_text().strip().partition(":")
+            return [(int(seq), digest)]
+        except (OSError, ValueError):
+            return []
+
+    def _write_anchor(self, seq: int, digest: str) -> None:
+        part = self.anchor_path.with_name(self.anchor_path.name + ".part")
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"{seq}:{digest}\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(part, self.anchor_path)
+
     def _set_aside(self, reason: str) -> dict[str, Any]:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         aside = self.path.with_name(f"{self.path.stem}.rejected-{stamp}{self.path.suffix}")
@@ -134,6 +158,8 @@ class AuditLog:
         with contextlib.suppress(ValueError):
             last = json.loads(lines[-1]) if lines else {}
         os.replace(self.path, aside)
+        if self.anchor_path.exists():
+            os.replace(self.anchor_path, aside.with_name(aside.name + ".anchor"))
         self.rejected = aside
         _log.error(
             "audit log %s cannot be continued: %s. Kept as %s; a new log starts, linked to it",
@@ -213,6 +239,7 @@ class AuditLog:
             },
         )
         self._since = 0
+        self._write_anchor(event["seq"], event["hash"])
         return event
 
     def close(self) -> None:

@@ -116,7 +116,9 @@ def test_an_empty_log_is_never_intact(tmp_path: Path) -> None:
     assert freehold("audit", "verify", str(path), "--trusted-key", public(signer)).returncode == 1
 
 
-@pytest.mark.parametrize("damage", ["checkpoints removed", "appended", "someone else's log"])
+@pytest.mark.parametrize(
+    "damage", ["checkpoints removed", "appended", "someone else's log", "cut back"]
+)
 def test_a_component_never_resumes_history_its_own_checkpoints_do_not_cover(
     tmp_path: Path, damage: str
 ) -> None:
@@ -134,6 +136,10 @@ def test_a_component_never_resumes_history_its_own_checkpoints_do_not_cover(
             }
         )
         path.write_bytes(rechain(events))
+    elif damage == "cut back":  # to an earlier checkpoint: covered, but shorter than its anchor
+        rows = path.read_bytes().splitlines(keepends=True)
+        assert json.loads(rows[4])["type"] == "checkpoint"
+        path.write_bytes(b"".join(rows[:5]))
     else:
         other, _ = signed_log(tmp_path / "other")
         path.write_bytes(other.read_bytes())
@@ -151,7 +157,14 @@ def test_a_component_never_resumes_history_its_own_checkpoints_do_not_cover(
     assert link["sha256"] == hashlib.sha256(before).hexdigest()
     # The new log holds nothing of the old one and is whole under the store's own key.
     assert verify(path, {signer.public_key()}).exit_code == 0
-    assert verify(resumed.rejected, {signer.public_key()}).exit_code != 0
+    # The rejected file does not verify clean: by itself, or (cut back) against the anchor
+    # the component kept for it.
+    anchors = []
+    kept = resumed.rejected.with_name(resumed.rejected.name + ".anchor")
+    if kept.exists():
+        seq, _, digest = kept.read_text().strip().partition(":")
+        anchors.append((int(seq), digest))
+    assert verify(resumed.rejected, {signer.public_key()}, anchors).exit_code != 0
 
 
 def test_a_clean_restart_resumes_the_same_log(tmp_path: Path) -> None:
