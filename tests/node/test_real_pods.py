@@ -503,9 +503,15 @@ def test_a_promotion_runs_the_candidate_and_rolls_only_when_its_gate_passes(
     spec = open_model(GEMMA_PACKAGED, promotion={"evalTemplate": gated(">=", 0.0)})
     apply(manifest("ModelDeployment", "smol-b", MODELS, spec))
     with timed("promotion passed: rolled out and Ready"):
+        # The Deployment's template changes first; status.servedDigest follows once the
+        # rollout finished (Ready alone can still describe the old pods).
         wait_for(
             lambda: (
                 _served_sha("smol-b") == GEMMA_PACKAGED["sha256"]
+                and (get("ModelDeployment", "smol-b", MODELS) or {})
+                .get("status", {})
+                .get("servedDigest", "")
+                .endswith(GEMMA_PACKAGED["sha256"])
                 and ready("ModelDeployment", "smol-b")
             ),
             MODELS,
