@@ -688,3 +688,49 @@ def test_the_memory_cli_prints_no_http_client_log_lines(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert '"total": 1' in done.stdout
     assert "HTTP Request" not in done.stdout + done.stderr
+
+
+def test_the_evaluation_waits_for_an_endpoint_that_is_still_starting() -> None:
+    """A candidate can be Ready a moment before its Service routes to it: the Job waits for
+    the endpoint to answer instead of failing the evaluation. A local HTTP server that
+    starts late stands in for the model server (what is under test is the waiting)."""
+    import http.server
+    import socket
+    import threading
+
+    from freehold.evaluation.client import Endpoint, EndpointError
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    class Models(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"data": [{"id": "late-model"}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    servers: list[http.server.ThreadingHTTPServer] = []
+
+    def start_late() -> None:
+        time.sleep(1.5)
+        servers.append(http.server.ThreadingHTTPServer(("127.0.0.1", port), Models))
+        servers[0].serve_forever()
+
+    threading.Thread(target=start_late, daemon=True).start()
+    endpoint = Endpoint(f"http://127.0.0.1:{port}/v1", None)  # asks nothing yet
+    try:
+        endpoint.wait_ready(30, interval=0.2)
+        assert endpoint.model == "late-model"
+    finally:
+        endpoint.close()
+        if servers:
+            servers[0].shutdown()
+    gone = Endpoint("http://127.0.0.1:9/v1", "m")
+    with pytest.raises(EndpointError, match="did not answer within 1 s"):
+        gone.wait_ready(1, interval=0.2)

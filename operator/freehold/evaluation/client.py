@@ -29,7 +29,15 @@ class Endpoint:
         self.base_url = base_url.rstrip("/")
         self._client = httpx.Client(base_url=self.base_url, headers=headers, timeout=300)
         self.seed = seed
-        self.model = model or self._first_model()
+        self._model = model
+
+    @property
+    def model(self) -> str:
+        """The model named, or the endpoint's first (asked once, when first needed: after
+        wait_ready, not while the endpoint may still be starting)."""
+        if self._model is None:
+            self._model = self._first_model()
+        return self._model
 
     def close(self) -> None:
         self._client.close()
@@ -71,6 +79,28 @@ class Endpoint:
         except ValueError:
             raise EndpointError(f"the judge's answer is not JSON: {content[:200]!r}") from None
         return verdict
+
+    def wait_ready(self, timeout: float, interval: float = 2.0) -> None:
+        """Wait until the endpoint answers at all (any HTTP status but 502-504): a model
+        that was just rolled out can be Ready a moment before its Service routes to it,
+        and a refused connection then is a dependency not ready yet, not a failed
+        evaluation. EndpointError after `timeout` seconds."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                answer = self._client.get("/models", timeout=10)
+                if answer.status_code not in (502, 503, 504):
+                    return
+                why = f"answered {answer.status_code}"
+            except httpx.HTTPError as exc:
+                why = str(exc) or type(exc).__name__
+            if time.monotonic() >= deadline:
+                raise EndpointError(
+                    f"{self.base_url}/models did not answer within {timeout:.0f} s ({why})"
+                )
+            time.sleep(interval)
 
     def _first_model(self) -> str:
         try:

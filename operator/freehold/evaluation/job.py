@@ -69,6 +69,8 @@ class JobConfig(BaseModel):
     # file:// datasets: refused unless a root is named (the operator never names one: an
     # EvalJob reads pvc:// and package:// datasets; tests and local runs may).
     file_root: str | None = None
+    # How long the target (and judge) may take to answer before the evaluation fails.
+    ready_timeout: float = 180.0
 
 
 class Progress:
@@ -201,6 +203,9 @@ def execute(
         else None
     )
     try:
+        target.wait_ready(config.ready_timeout)
+        if judge is not None:
+            judge.wait_ready(config.ready_timeout)
         result = run(
             spec,
             loaded,
