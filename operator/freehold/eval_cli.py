@@ -126,7 +126,7 @@ def run_command(
     print_result(result)
     if sign_key is not None:
         from freehold.evaluation.signing import sign
-        from freehold_serving.memory.bundle import FileSigner
+        from freehold_serving.signing import FileSigner
 
         result = sign(result, FileSigner(sign_key))
     target_file = output or Path(f"{full['metadata']['name']}.result.json")

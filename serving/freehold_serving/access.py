@@ -44,7 +44,7 @@ class AccessLog:
         path, self._lock = _claim(Path(config.directory) / "access", args.name)
         signer = None
         if config.signing_key_file:
-            from freehold_serving.memory.bundle import FileSigner
+            from freehold_serving.signing import FileSigner
 
             signer = FileSigner(Path(config.signing_key_file))
         component = f"serving/{args.namespace}/{args.name}"

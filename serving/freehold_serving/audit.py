@@ -36,27 +36,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from freehold_serving.private_files import private_dir, private_file
+from freehold_serving.signing import Signer, canonical, key_id, verifies
 
 GENESIS = "0" * 64
 _log = logging.getLogger(__name__)
 
 
-class Signer(Protocol):
-    def public_key(self) -> bytes: ...
-
-    def sign(self, message: bytes) -> bytes: ...
-
-
-def _canonical(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 def _hash(event: dict[str, Any]) -> str:
-    return hashlib.sha256(_canonical({k: v for k, v in event.items() if k != "hash"})).hexdigest()
-
-
-def key_id(public: bytes) -> str:
-    return "ed25519:" + hashlib.sha256(public).hexdigest()[:16]
+    return hashlib.sha256(canonical({k: v for k, v in event.items() if k != "hash"})).hexdigest()
 
 
 class AuditLog:
@@ -200,7 +187,7 @@ class AuditLog:
             "prev": self._prev,
         }
         event["hash"] = _hash(event)
-        self._file.write(_canonical(event) + b"\n")
+        self._file.write(canonical(event) + b"\n")
         self._file.flush()
         os.fsync(self._file.fileno())
         self._seq, self._prev = event["seq"], event["hash"]
@@ -277,9 +264,6 @@ def verify(
     (seq, hash) pairs known from outside the file (a previous verify's last event, the
     copy a collector received over OTLP): cutting events off the end leaves a chain that
     is intact by itself, and only an anchor beyond the end shows it."""
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
     verdict = Verdict(trusted=trusted is not None)
     data = path.read_bytes()
     if data and not data.endswith(b"\n"):
@@ -309,12 +293,17 @@ def verify(
             body = event.get("data") or {}
             try:
                 public = base64.b64decode(body["publicKey"])
-                Ed25519PublicKey.from_public_bytes(public).verify(
-                    base64.b64decode(body["signature"]), f"{body['upto']}:{body['hash']}".encode()
+                valid = (
+                    verifies(
+                        public,
+                        base64.b64decode(body["signature"]),
+                        f"{body['upto']}:{body['hash']}".encode(),
+                    )
+                    and body["upto"] == seq - 1
+                    and body["hash"] == prev
                 )
-                valid = body["upto"] == seq - 1 and body["hash"] == prev
-            except (InvalidSignature, KeyError, ValueError):
-                valid = False
+            except (KeyError, ValueError, TypeError):
+                public, valid = b"", False
             if not valid:
                 verdict.problems.append(f"checkpoint {seq} (line {number}) does not verify")
             elif trusted is not None and public not in trusted:
@@ -427,7 +416,7 @@ class OtlpEventExport:
         from opentelemetry._logs import SeverityNumber
 
         self._logger.emit(
-            body=_canonical(event).decode(),
+            body=canonical(event).decode(),
             event_name=f"freehold.audit.{event['type']}",
             severity_number=SeverityNumber.INFO,
             severity_text="INFO",

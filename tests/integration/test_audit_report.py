@@ -17,7 +17,7 @@ from freehold_serving.access import AccessLog
 from freehold_serving.args import AuditConfig
 from freehold_serving.audit import AuditLog
 from freehold_serving.auth import key_id
-from freehold_serving.memory.bundle import FileSigner
+from freehold_serving.signing import FileSigner
 from tests.chromium import pixels_near, screenshot
 from tests.integration.serving.conftest import example_args
 

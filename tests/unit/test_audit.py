@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from freehold_serving.audit import AuditLog, verify
-from freehold_serving.memory.bundle import FileSigner
+from freehold_serving.signing import FileSigner
 
 
 def log(tmp_path: Path, n: int = 5) -> Path:
@@ -155,7 +155,7 @@ WRITER = """
 import sys
 from pathlib import Path
 from freehold_serving.audit import AuditLog
-from freehold_serving.memory.bundle import FileSigner
+from freehold_serving.signing import FileSigner
 log = AuditLog(Path(sys.argv[1]), "crash", signer=FileSigner(Path(sys.argv[2])))
 print("ready", flush=True)
 n = 0

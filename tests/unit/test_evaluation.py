@@ -111,7 +111,7 @@ def test_regression_gates_compare_with_the_baseline() -> None:
 
 def test_results_are_signed_and_tampering_is_named(tmp_path: Path) -> None:
     from freehold.evaluation.signing import ResultSignatureError, sign, verify
-    from freehold_serving.memory.bundle import FileSigner
+    from freehold_serving.signing import FileSigner
 
     signer = FileSigner(tmp_path / "k.pem")
     signed = sign({"digest": "sha256:x", "gatesPassed": True}, signer)

@@ -24,10 +24,11 @@ import pytest
 
 from freehold_serving.audit import AuditLog, verify
 from freehold_serving.memory import bundle, crypto
-from freehold_serving.memory.bundle import BundleError, FileSigner
+from freehold_serving.memory.bundle import BundleError
 from freehold_serving.memory.importers import ImportFormatError, from_jsonl, from_mem0
 from freehold_serving.memory.records import NewRecord, RecordFields, SearchRequest
 from freehold_serving.memory.store import ImportConflictError, NotFoundError
+from freehold_serving.signing import FileSigner, canonical
 from tests.unit.test_memory_store import DIM, Clock, add, open_store, vec
 
 pytestmark = pytest.mark.security
@@ -50,14 +51,14 @@ def public(signer: FileSigner) -> str:
 
 def rechain(lines: list[dict[str, object]]) -> bytes:
     """Rewrite a log as a forger with disk access would: renumbered, re-hashed."""
-    from freehold_serving.audit import GENESIS, _canonical, _hash
+    from freehold_serving.audit import GENESIS, _hash
 
     prev, out = GENESIS, b""
     for seq, given in enumerate(lines, 1):
         event = {k: v for k, v in given.items() if k != "hash"}
         event["seq"], event["prev"] = seq, prev
         event["hash"] = prev = _hash(event)
-        out += _canonical(event) + b"\n"
+        out += canonical(event) + b"\n"
     return out
 
 
@@ -579,13 +580,13 @@ def test_a_bundle_with_nan_in_a_record_is_refused_not_a_500(tmp_path: Path) -> N
         "sha256": hashlib.sha256(records).hexdigest(),
         "bytes": len(records),
     }
-    manifest_bytes = bundle.canonical(manifest)
+    manifest_bytes = canonical(manifest)
     signature = json.loads(members[bundle.SIGNATURE])
     signature["signature"] = base64.b64encode(signer.sign(manifest_bytes)).decode()
     data = _tar_gz(
         {
             bundle.MANIFEST: manifest_bytes,
-            bundle.SIGNATURE: bundle.canonical(signature),
+            bundle.SIGNATURE: canonical(signature),
             bundle.RECORDS: records,
         }
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 from freehold.adapters.audit import OperatorAudit
 from freehold.reconciler import Outcome, Problem
 from freehold_serving.audit import verify
-from freehold_serving.memory.bundle import FileSigner
+from freehold_serving.signing import FileSigner
 
 CANARY = "canary-d41b"
 

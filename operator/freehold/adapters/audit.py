@@ -17,7 +17,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from freehold_serving.audit import AuditLog, AuditMetrics, AuditWriter, EventExport, Signer
+from freehold_serving.audit import AuditLog, AuditMetrics, AuditWriter, EventExport
+from freehold_serving.signing import Signer
 
 if TYPE_CHECKING:
     from freehold.reconciler import Outcome

@@ -193,7 +193,7 @@ class VaultApi:
         Vault; the private key never leaves it). Nothing is asked of Vault until the first
         signature, and the key is created then if missing: an operator starting while Vault
         is away still starts."""
-        from freehold_serving.memory.bundle import TransitSigner
+        from freehold_serving.signing import TransitSigner
         from freehold_serving.transit import Transit
 
         api = self

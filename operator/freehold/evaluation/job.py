@@ -26,7 +26,7 @@ from freehold.evaluation import signing
 from freehold.evaluation.client import Endpoint, EndpointError
 from freehold.evaluation.datasets import DatasetError
 from freehold.evaluation.runner import chosen_items, load_suites, run
-from freehold_serving.memory.bundle import FileSigner, Signer, TransitSigner
+from freehold_serving.signing import FileSigner, Signer, TransitSigner
 
 log = logging.getLogger(__name__)
 RESULT_FILE = "result.json"

@@ -14,7 +14,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from freehold_serving.memory.bundle import Signer, canonical, key_id
+from freehold_serving.signing import Signer, canonical, key_id
 
 ALGORITHM = "ed25519"
 

@@ -14,23 +14,23 @@ import hashlib
 import io
 import json
 import math
-import os
-import stat
 import tarfile
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import ValidationError
 
 from freehold_serving.memory.records import Record, check_metadata
-from freehold_serving.private_files import private_dir
-from freehold_serving.transit import Transit
+from freehold_serving.signing import (
+    Signer,
+    canonical,
+    key_id,
+    signature_block,
+    trusted_signer,
+    verifies,
+)
 
 FORMAT = "freehold.dev/memory-bundle"
 FORMAT_VERSION = 1
@@ -48,64 +48,6 @@ MAX_EXPANDED_BYTES = 512 * 1024 * 1024
 
 class BundleError(Exception):
     """The bundle is refused; nothing was imported. The message says what failed."""
-
-
-def canonical(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def key_id(public: bytes) -> str:
-    return "ed25519:" + hashlib.sha256(public).hexdigest()[:16]
-
-
-class Signer(Protocol):
-    def public_key(self) -> bytes: ...
-
-    def sign(self, message: bytes) -> bytes: ...
-
-
-class FileSigner:
-    """An Ed25519 private key in a file (PEM, PKCS#8), created with mode 0600 if absent."""
-
-    def __init__(self, path: Path) -> None:
-        if not path.exists():
-            private_dir(path.parent)
-            pem = Ed25519PrivateKey.generate().private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(pem)
-        if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise BundleError(f"{path} is readable by others; chmod 600 it")
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(key, Ed25519PrivateKey):
-            raise BundleError(f"{path} is not an Ed25519 private key")
-        self._key = key
-
-    def public_key(self) -> bytes:
-        return self._key.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
-
-    def sign(self, message: bytes) -> bytes:
-        return self._key.sign(message)
-
-
-class TransitSigner:
-    """A Vault transit ed25519 key: the private key never leaves Vault."""
-
-    def __init__(self, transit: Transit, key_name: str) -> None:
-        self._transit = transit
-        self._key = key_name
-
-    def public_key(self) -> bytes:
-        return base64.b64decode(self._transit.public_key(self._key))
-
-    def sign(self, message: bytes) -> bytes:
-        return base64.b64decode(self._transit.sign(self._key, message).split(":", 2)[2])
 
 
 @dataclass(frozen=True)
@@ -179,13 +121,7 @@ def write(
         },
     }
     manifest_bytes = canonical(manifest)
-    public = signer.public_key()
-    signature = {
-        "algorithm": "ed25519",
-        "keyId": key_id(public),
-        "publicKey": base64.b64encode(public).decode(),
-        "signature": base64.b64encode(signer.sign(manifest_bytes)).decode(),
-    }
+    signature = signature_block(signer, manifest_bytes)
     files[MANIFEST] = manifest_bytes
     files[SIGNATURE] = canonical(signature)
     raw = io.BytesIO()
@@ -290,16 +226,12 @@ def read(data: bytes, trusted: Iterable[bytes]) -> Contents:
         raise BundleError("signature.json is malformed") from None
     if signature.get("algorithm") != "ed25519":
         raise BundleError(f"unsupported signature algorithm {signature.get('algorithm')!r}")
-    if public not in set(trusted):
+    if not trusted_signer(public, trusted):
         raise BundleError(
             f"the bundle is signed by {key_id(public)}, which is not a trusted signer"
         )
-    try:
-        Ed25519PublicKey.from_public_bytes(public).verify(sig, files[MANIFEST])
-    except (InvalidSignature, ValueError):
-        raise BundleError(
-            "the manifest's signature does not verify: the bundle was altered"
-        ) from None
+    if not verifies(public, sig, files[MANIFEST]):
+        raise BundleError("the manifest's signature does not verify: the bundle was altered")
     manifest = json.loads(files[MANIFEST])
     if manifest.get("format") != FORMAT or manifest.get("formatVersion") != FORMAT_VERSION:
         raise BundleError(

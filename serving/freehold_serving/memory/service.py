@@ -27,6 +27,7 @@ from freehold_serving.memory.records import (
     SearchRequest,
 )
 from freehold_serving.memory.store import Retention, Store, StoreError
+from freehold_serving.signing import FileSigner, Signer, TransitSigner, key_id
 
 log = logging.getLogger(__name__)
 
@@ -55,20 +56,20 @@ def _transit(args: MemoryArgs) -> Any:
     )
 
 
-def key_material(args: MemoryArgs) -> tuple[crypto.KeyWrapper, bundle.Signer]:
+def key_material(args: MemoryArgs) -> tuple[crypto.KeyWrapper, Signer]:
     """The store's KEK and bundle signer: Vault transit in a cluster, key files locally."""
     if args.vault is not None:
         transit = _transit(args)
         return (
             crypto.TransitKeyWrapper(transit, args.vault.key_name),
-            bundle.TransitSigner(transit, args.vault.signing_key_name),
+            TransitSigner(transit, args.vault.signing_key_name),
         )
     data = Path(args.data_dir)
     key_file = Path(args.key_file) if args.key_file else data / "keys" / "store.key"
     signing = (
         Path(args.signing_key_file) if args.signing_key_file else data / "keys" / "signing.pem"
     )
-    return crypto.FileKeyWrapper(key_file), bundle.FileSigner(signing)
+    return crypto.FileKeyWrapper(key_file), FileSigner(signing)
 
 
 def builtin_embedder() -> tuple[str, int, Embed]:
@@ -137,7 +138,7 @@ class MemoryService:
         args: MemoryArgs,
         *,
         embedder: tuple[str, int, Embed],
-        keys: tuple[crypto.KeyWrapper, bundle.Signer],
+        keys: tuple[crypto.KeyWrapper, Signer],
     ) -> None:
         self.args = args
         model, dimension, self._embed = embedder
@@ -412,7 +413,7 @@ class MemoryService:
             "embedding": {"model": self.store.embedding_model, "dimension": self.store.dimension},
             "lastExport": last_export,
             "lastImport": last_import,
-            "signer": bundle.key_id(public),
+            "signer": key_id(public),
             # Published so a verifier can pin it: `freehold audit verify --trusted-key`.
             "signerPublicKey": base64.b64encode(public).decode(),
         }

@@ -18,7 +18,7 @@ import pytest
 
 from freehold_serving.audit import verify
 from freehold_serving.auth import key_id
-from freehold_serving.memory.bundle import FileSigner
+from freehold_serving.signing import FileSigner
 from tests.integration.serving.conftest import API_KEY, Stack
 
 pytestmark = pytest.mark.slow

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from freehold_serving.memory.bundle import FileSigner
+from freehold_serving.signing import FileSigner
 from tests.integration.serving.conftest import SMOL, Stack, free_port
 
 pytestmark = pytest.mark.slow
