@@ -21,6 +21,7 @@ from freehold.adapters.vault import VaultApi
 from freehold.builders.model_workload import ClusterConfig
 from freehold.controller import Controller
 from freehold.kinds import child_types, lookup_types, registry
+from freehold.policy import compliance_judge
 from freehold.reconciler import MANAGED_BY, MANAGED_BY_LABEL, KindController, Reconciler
 from freehold.settings import OperatorSettings
 
@@ -190,7 +191,7 @@ def run(settings: OperatorSettings) -> None:
         kube,
         vault,
         prober=HttpProbe(),
-        policies=lambda: held[0].policies() if held else [],
+        judges=[compliance_judge(lambda: held[0].policies() if held else [])],
     )
     metrics = None
     if settings.metrics_port:

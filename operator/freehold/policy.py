@@ -9,12 +9,14 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from freehold.api.base import GROUP, VERSION
 from freehold.api.sovereignty_policy import SovereigntyPolicySpec
+from freehold.conditions import Condition, condition
+from freehold.validation import defaulted
 
 GOVERNED = {
     "ModelDeployment": "modeldeployments",
@@ -225,3 +227,38 @@ def violations(name: str, spec: SovereigntyPolicySpec, resource: Mapping[str, An
         if ok is not True:
             out.append(rule.message)
     return out
+
+
+def compliance_judge(
+    policies: Callable[[], list[dict[str, Any]]],
+) -> Callable[[dict[str, Any], Callable[[], Mapping[str, str]]], Condition | None]:
+    """PolicyCompliant for the reconciler: the rules of every SovereigntyPolicy in force
+    (`policies`: the controller's cache) that governs a resource, judged with the
+    expressions the admission policy runs. A resource created before a policy tightened is
+    reported here, never deleted."""
+
+    def judge(
+        resource: dict[str, Any], namespace_labels: Callable[[], Mapping[str, str]]
+    ) -> Condition | None:
+        if resource.get("kind") not in GOVERNED:
+            return None
+        found: list[str] = []
+        judged = 0
+        for body in policies():
+            try:
+                spec = SovereigntyPolicySpec.model_validate(defaulted(body).get("spec") or {})
+            except ValueError:
+                continue  # an invalid policy is reported on itself; it judges nothing
+            if not governs(spec, namespace_labels() if spec.namespace_selector else None):
+                continue
+            judged += 1
+            found += violations(body["metadata"]["name"], spec, resource)
+        if found:
+            return condition("PolicyCompliant", False, "PolicyViolation", "; ".join(found))
+        if judged == 0:
+            return condition("PolicyCompliant", True, "NoPolicy", "no SovereigntyPolicy governs it")
+        return condition(
+            "PolicyCompliant", True, "Compliant", f"complies with {judged} SovereigntyPolicy(ies)"
+        )
+
+    return judge

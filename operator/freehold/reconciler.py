@@ -22,6 +22,10 @@ from freehold.api.kinds import Kind as ApiKind
 from freehold.conditions import Condition, condition, merge_conditions
 from freehold.validation import FieldError, defaulted, validate
 
+# A judge adds a condition to any resource it has an opinion on (None: no opinion). It gets
+# the resource as stored (defaulted) and a reader of its namespace's labels.
+Judge = Callable[[dict[str, Any], Callable[[], Mapping[str, str]]], Condition | None]
+
 log = logging.getLogger(__name__)
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
@@ -269,15 +273,14 @@ class Reconciler:
         externals: ExternalStore | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         prober: Callable[[str], Mapping[str, Any] | None] | None = None,
-        policies: Callable[[], list[dict[str, Any]]] | None = None,
+        judges: Sequence[Judge] = (),
     ) -> None:
         self._kube = kube
         self._externals = externals
         self._clock = clock
         self._prober = prober
-        # The SovereigntyPolicies in force (the controller's cache): every governed
-        # resource reports PolicyCompliant against them.
-        self._policies = policies
+        # Extra conditions judged on every resource (PolicyCompliant: freehold.policy).
+        self._judges = judges
 
     # -- the pass ----------------------------------------------------------------------
 
@@ -331,38 +334,22 @@ class Reconciler:
 
     # -- steps -------------------------------------------------------------------------
 
-    def _compliance(self, parent: dict[str, Any]) -> Condition | None:
-        """PolicyCompliant: the rules of every SovereigntyPolicy governing this resource,
-        judged with the expressions the admission policy runs. A resource created before
-        a policy tightened is reported here, never deleted."""
-        from freehold.api.sovereignty_policy import SovereigntyPolicySpec
-        from freehold.policy import GOVERNED, governs, violations
+    def _judged(self, parent: dict[str, Any]) -> list[Condition]:
+        """Conditions the registered judges add (PolicyCompliant, from the SovereigntyPolicy
+        kind's judge): this pass knows no policy, only that judges see the resource as the
+        API server stores it and may ask for its namespace's labels (read once a pass)."""
+        if not self._judges:
+            return []
+        body = defaulted(parent)
+        read: list[Mapping[str, str]] = []
 
-        if self._policies is None or parent.get("kind") not in GOVERNED:
-            return None
-        namespace_labels: Mapping[str, str] | None = None
-        judged_body = defaulted(parent)  # as the API server stores it, once per pass
-        found: list[str] = []
-        judged = 0
-        for body in self._policies():
-            try:
-                spec = SovereigntyPolicySpec.model_validate(defaulted(body).get("spec") or {})
-            except ValueError:
-                continue  # an invalid policy is reported on itself; it judges nothing
-            if spec.namespace_selector and namespace_labels is None:
+        def namespace_labels() -> Mapping[str, str]:
+            if not read:
                 ns = self._kube.get(Ref("v1", "Namespace", None, parent["metadata"]["namespace"]))
-                namespace_labels = ((ns or {}).get("metadata") or {}).get("labels") or {}
-            if not governs(spec, namespace_labels):
-                continue
-            judged += 1
-            found += violations(body["metadata"]["name"], spec, judged_body)
-        if found:
-            return condition("PolicyCompliant", False, "PolicyViolation", "; ".join(found))
-        if judged == 0:
-            return condition("PolicyCompliant", True, "NoPolicy", "no SovereigntyPolicy governs it")
-        return condition(
-            "PolicyCompliant", True, "Compliant", f"complies with {judged} SovereigntyPolicy(ies)"
-        )
+                read.append(((ns or {}).get("metadata") or {}).get("labels") or {})
+            return read[0]
+
+        return [c for judge in self._judges if (c := judge(body, namespace_labels)) is not None]
 
     def _look_up(
         self, kind: KindController[Any], spec: Any, meta: Mapping[str, Any], facts: Facts
@@ -557,9 +544,9 @@ class Reconciler:
                 facts = replace(facts, observed=self._prober(target.url))
                 outcome.requeue_after = target.every
         report = kind.status(spec, parent["metadata"], facts, children, problem)
-        compliance = self._compliance(parent)
-        if compliance is not None:
-            report = replace(report, conditions=[*report.conditions, compliance])
+        judged = self._judged(parent)
+        if judged:
+            report = replace(report, conditions=[*report.conditions, *judged])
         if report.recheck_after is not None:
             outcome.requeue_after = min(
                 outcome.requeue_after or report.recheck_after, report.recheck_after

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from freehold.adapters.kubernetes import ResourceType
+from freehold.api import kinds as api_kinds
 from freehold.api.eval_job import EvalJobSpec, Judge, Target
-from freehold.api.kinds import EVAL_JOB
 from freehold.api.model_deployment import ModelDeploymentSpec
 from freehold.builders.eval_job import (
     CONFIG_KEY,
@@ -31,10 +31,21 @@ from freehold.builders.eval_job import (
     eval_vault_name,
     job_name,
 )
-from freehold.builders.model_workload import INSTANCE_LABEL, BuildContext, ClusterConfig
+from freehold.builders.model_workload import INSTANCE_LABEL, BuildContext
 from freehold.builders.promotion import candidate_name
 from freehold.conditions import Condition, condition, condition_of, is_true
 from freehold.evaluation.job import PROGRESS_PORT, JobConfig
+from freehold.kinds.base import (
+    CONFIG_MAP,
+    EVAL_JOB,
+    JOB,
+    MODEL_DEPLOYMENT,
+    NETWORK_POLICY,
+    POD,
+    PVC,
+    SERVICE_ACCOUNT,
+    KindBase,
+)
 from freehold.kinds.model_deployment import VAULT_FINALIZER, VAULT_REASONS
 from freehold.reconciler import (
     ChildKey,
@@ -50,18 +61,7 @@ from freehold.reconciler import (
 from freehold.validation import defaulted
 
 PROBE_SECONDS = 5.0
-JOB = ResourceType("batch/v1", "Job", "jobs")
-CONFIG_MAP = ResourceType("v1", "ConfigMap", "configmaps")
-POD = ResourceType("v1", "Pod", "pods")
-MODEL_DEPLOYMENT = ResourceType("freehold.dev/v1alpha1", "ModelDeployment", "modeldeployments")
-EVAL_JOB_TYPE = ResourceType("freehold.dev/v1alpha1", "EvalJob", "evaljobs")
-CHILD_TYPES: tuple[ResourceType, ...] = (
-    ResourceType("v1", "ServiceAccount", "serviceaccounts"),
-    CONFIG_MAP,
-    ResourceType("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
-    JOB,
-    ResourceType("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
-)
+CHILD_TYPES: tuple[ResourceType, ...] = (SERVICE_ACCOUNT, CONFIG_MAP, PVC, JOB, NETWORK_POLICY)
 TERMINAL = ("Succeeded", "Failed")
 # Fields of a finished EvalJob's status that are its record.
 RECORD_FIELDS = (
@@ -80,23 +80,13 @@ RECORD_FIELDS = (
 )
 
 
-class EvalJobKind:
-    api = EVAL_JOB
-    resource = EVAL_JOB_TYPE
+class EvalJobKind(KindBase[EvalJobSpec]):
+    api = api_kinds.EVAL_JOB
     child_types: tuple[ResourceType, ...] = CHILD_TYPES
-    lookup_types: tuple[ResourceType, ...] = (MODEL_DEPLOYMENT, EVAL_JOB_TYPE, POD)
+    lookup_types: tuple[ResourceType, ...] = (MODEL_DEPLOYMENT, EVAL_JOB, POD)
     status_from = frozenset({"Job"})
     # Its Vault role (sign with the namespace's evaluation key) is removed when it ends.
     finalizer: str | None = VAULT_FINALIZER
-
-    def __init__(self, config: ClusterConfig) -> None:
-        self.config = config
-
-    def context(self, meta: Mapping[str, Any]) -> BuildContext:
-        return BuildContext.of(self.config, meta["name"], meta["namespace"])
-
-    def parse(self, manifest: dict[str, Any]) -> EvalJobSpec:
-        return EvalJobSpec.model_validate(manifest["spec"])
 
     def check(self, spec: EvalJobSpec, meta: Mapping[str, Any]) -> None:
         for n, suite in enumerate(spec.suites):
@@ -130,7 +120,7 @@ class EvalJobKind:
         if spec.judge is not None and spec.judge.model_deployment_ref is not None:
             found["judge"] = Lookup(MODEL_DEPLOYMENT, name=spec.judge.model_deployment_ref.name)
         if spec.baseline is not None:
-            found["baseline"] = Lookup(EVAL_JOB_TYPE, name=spec.baseline.name)
+            found["baseline"] = Lookup(EVAL_JOB, name=spec.baseline.name)
         return found
 
     def build(self, spec: EvalJobSpec, meta: Mapping[str, Any], facts: Facts) -> Desired:

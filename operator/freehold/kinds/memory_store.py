@@ -7,13 +7,21 @@ from collections.abc import Mapping
 from typing import Any
 
 from freehold.adapters.kubernetes import ResourceType
-from freehold.api.kinds import MEMORY_STORE
+from freehold.api import kinds as api_kinds
 from freehold.api.memory_store import MemoryStoreSpec
 from freehold.builders.memory_args import transit_key_names
 from freehold.builders.memory_store import build_memory_children, build_vault_role
-from freehold.builders.model_workload import SERVE_PORT, BuildContext, ClusterConfig
+from freehold.builders.model_workload import SERVE_PORT, BuildContext
 from freehold.builders.vault import transit_key_ref, vault_name
 from freehold.conditions import condition
+from freehold.kinds.base import (
+    CONFIG_MAP,
+    NETWORK_POLICY,
+    SERVICE,
+    SERVICE_ACCOUNT,
+    STATEFULSET,
+    KindBase,
+)
 from freehold.kinds.checks import api_keys_in_namespace, positive_quantities
 from freehold.kinds.model_deployment import VAULT_FINALIZER, VAULT_REASONS
 from freehold.reconciler import (
@@ -26,32 +34,21 @@ from freehold.reconciler import (
 )
 
 PROBE_SECONDS = 60.0
-STATEFULSET = ResourceType("apps/v1", "StatefulSet", "statefulsets")
 CHILD_TYPES: tuple[ResourceType, ...] = (
-    ResourceType("v1", "ServiceAccount", "serviceaccounts"),
-    ResourceType("v1", "Service", "services"),
+    SERVICE_ACCOUNT,
+    SERVICE,
     STATEFULSET,
-    ResourceType("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
-    ResourceType("v1", "ConfigMap", "configmaps"),
+    NETWORK_POLICY,
+    CONFIG_MAP,
 )
 
 
-class MemoryStoreKind:
-    api = MEMORY_STORE
-    resource = ResourceType("freehold.dev/v1alpha1", "MemoryStore", "memorystores")
+class MemoryStoreKind(KindBase[MemoryStoreSpec]):
+    api = api_kinds.MEMORY_STORE
     child_types: tuple[ResourceType, ...] = CHILD_TYPES
     status_from = frozenset({"StatefulSet"})
     # The store's keys live in Vault: its role always, its transit keys on Destroy.
     finalizer: str | None = VAULT_FINALIZER
-
-    def __init__(self, config: ClusterConfig) -> None:
-        self.config = config
-
-    def context(self, meta: Mapping[str, Any]) -> BuildContext:
-        return BuildContext.of(self.config, meta["name"], meta["namespace"])
-
-    def parse(self, manifest: dict[str, Any]) -> MemoryStoreSpec:
-        return MemoryStoreSpec.model_validate(manifest["spec"])
 
     def check(self, spec: MemoryStoreSpec, meta: Mapping[str, Any]) -> None:
         sqlite = spec.backend.sqlite

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from freehold.adapters.kubernetes import ResourceType
-from freehold.api.kinds import MODEL_DEPLOYMENT
+from freehold.api import kinds as api_kinds
 from freehold.api.model_deployment import ModelDeploymentSpec, ModelSource
 from freehold.builders.children import Backend, build_children
 from freehold.builders.mlbom import BOM_KEY, build_mlbom_configmap, mlbom_name
@@ -15,7 +15,6 @@ from freehold.builders.model_workload import (
     INSTANCE_LABEL,
     SERVE_PORT,
     BuildContext,
-    ClusterConfig,
     needs_vault,
 )
 from freehold.builders.promotion import (
@@ -32,6 +31,18 @@ from freehold.builders.promotion import (
 from freehold.builders.rayservice import serve_service_name
 from freehold.builders.vault import build_role, vault_name
 from freehold.conditions import Condition, condition, condition_of
+from freehold.kinds.base import (
+    CONFIG_MAP,
+    DEPLOYMENT,
+    EVAL_JOB,
+    NETWORK_POLICY,
+    PDB,
+    POD,
+    RAYSERVICE,
+    SERVICE,
+    SERVICE_ACCOUNT,
+    KindBase,
+)
 from freehold.kinds.checks import api_keys_in_namespace, positive_quantities
 from freehold.reconciler import (
     OWNER_UID_LABEL,
@@ -46,16 +57,13 @@ from freehold.reconciler import (
 from freehold_serving.signatures import VERIFICATION_FAILED, key_fingerprint
 
 VAULT_FINALIZER = "freehold.dev/vault-cleanup"
-RAYSERVICE = ResourceType("ray.io/v1", "RayService", "rayservices")
-DEPLOYMENT = ResourceType("apps/v1", "Deployment", "deployments")
-EVAL_JOB = ResourceType("freehold.dev/v1alpha1", "EvalJob", "evaljobs")
 CHILD_TYPES: tuple[ResourceType, ...] = (
-    ResourceType("v1", "ServiceAccount", "serviceaccounts"),
-    ResourceType("v1", "Service", "services"),
+    SERVICE_ACCOUNT,
+    SERVICE,
     DEPLOYMENT,
-    ResourceType("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
-    ResourceType("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
-    ResourceType("v1", "ConfigMap", "configmaps"),
+    NETWORK_POLICY,
+    PDB,
+    CONFIG_MAP,
     RAYSERVICE,
     EVAL_JOB,  # spec.promotion's evaluations
 )
@@ -70,7 +78,6 @@ VAULT_REASONS = {
 # What this build cannot do yet. Each is refused at reconcile, with a condition, instead
 # of a pod that crash-loops or a promise nobody keeps.
 FETCHED = {"oci", "s3"}  # fetched into the pod by the fetch-model init container
-POD = ResourceType("v1", "Pod", "pods")
 NOT_READY_RECHECK_SECONDS = 15.0
 
 
@@ -86,21 +93,11 @@ class Observed:
     failure: str | None = None
 
 
-class ModelDeploymentKind:
-    api = MODEL_DEPLOYMENT
-    resource = ResourceType("freehold.dev/v1alpha1", "ModelDeployment", "modeldeployments")
+class ModelDeploymentKind(KindBase[ModelDeploymentSpec]):
+    api = api_kinds.MODEL_DEPLOYMENT
     child_types: tuple[ResourceType, ...] = CHILD_TYPES
     status_from = frozenset({"RayService", "Deployment", "EvalJob"})
     finalizer: str | None = VAULT_FINALIZER
-
-    def __init__(self, config: ClusterConfig) -> None:
-        self.config = config
-
-    def context(self, meta: Mapping[str, Any]) -> BuildContext:
-        return BuildContext.of(self.config, meta["name"], meta["namespace"])
-
-    def parse(self, manifest: dict[str, Any]) -> ModelDeploymentSpec:
-        return ModelDeploymentSpec.model_validate(manifest["spec"])
 
     def check(self, spec: ModelDeploymentSpec, meta: Mapping[str, Any]) -> None:
         positive_quantities(

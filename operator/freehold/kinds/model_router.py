@@ -7,9 +7,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from freehold.adapters.kubernetes import ResourceType
-from freehold.api.kinds import MODEL_ROUTER
+from freehold.api import kinds as api_kinds
 from freehold.api.model_router import ModelRouterSpec
-from freehold.builders.model_workload import SERVE_PORT, BuildContext, ClusterConfig
+from freehold.builders.model_workload import SERVE_PORT, BuildContext
 from freehold.builders.router import (
     ResolvedTarget,
     build_router_children,
@@ -19,6 +19,16 @@ from freehold.builders.router import (
     router_vault_name,
 )
 from freehold.conditions import condition, is_true
+from freehold.kinds.base import (
+    CONFIG_MAP,
+    DEPLOYMENT,
+    EVAL_JOB,
+    MODEL_DEPLOYMENT,
+    NETWORK_POLICY,
+    SERVICE,
+    SERVICE_ACCOUNT,
+    KindBase,
+)
 from freehold.kinds.model_deployment import VAULT_FINALIZER, VAULT_REASONS
 from freehold.reconciler import (
     ChildKey,
@@ -32,15 +42,12 @@ from freehold.reconciler import (
 )
 
 PROBE_SECONDS = 30.0
-DEPLOYMENT = ResourceType("apps/v1", "Deployment", "deployments")
-MODEL_DEPLOYMENT = ResourceType("freehold.dev/v1alpha1", "ModelDeployment", "modeldeployments")
-EVAL_JOB = ResourceType("freehold.dev/v1alpha1", "EvalJob", "evaljobs")
 CHILD_TYPES: tuple[ResourceType, ...] = (
-    ResourceType("v1", "ServiceAccount", "serviceaccounts"),
-    ResourceType("v1", "Service", "services"),
+    SERVICE_ACCOUNT,
+    SERVICE,
     DEPLOYMENT,
-    ResourceType("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
-    ResourceType("v1", "ConfigMap", "configmaps"),
+    NETWORK_POLICY,
+    CONFIG_MAP,
 )
 
 
@@ -65,22 +72,12 @@ def eval_state(deployment: str, digest: str | None, jobs: list[dict[str, Any]]) 
     return "Passed" if is_true(latest, "GatesPassed") else "Failed"
 
 
-class ModelRouterKind:
-    api = MODEL_ROUTER
-    resource = ResourceType("freehold.dev/v1alpha1", "ModelRouter", "modelrouters")
+class ModelRouterKind(KindBase[ModelRouterSpec]):
+    api = api_kinds.MODEL_ROUTER
     child_types: tuple[ResourceType, ...] = CHILD_TYPES
     lookup_types: tuple[ResourceType, ...] = (MODEL_DEPLOYMENT, EVAL_JOB)
     status_from = frozenset({"Deployment"})
     finalizer: str | None = VAULT_FINALIZER
-
-    def __init__(self, config: ClusterConfig) -> None:
-        self.config = config
-
-    def context(self, meta: Mapping[str, Any]) -> BuildContext:
-        return BuildContext.of(self.config, meta["name"], meta["namespace"])
-
-    def parse(self, manifest: dict[str, Any]) -> ModelRouterSpec:
-        return ModelRouterSpec.model_validate(manifest["spec"])
 
     def check(self, spec: ModelRouterSpec, meta: Mapping[str, Any]) -> None:
         prefix = self.config.vault_kv_prefix.format(namespace=meta["namespace"])

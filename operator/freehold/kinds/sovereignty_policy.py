@@ -8,10 +8,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from freehold.adapters.kubernetes import ResourceType
-from freehold.api.kinds import SOVEREIGNTY_POLICY
+from freehold.api import kinds as api_kinds
 from freehold.api.sovereignty_policy import SovereigntyPolicySpec
-from freehold.builders.model_workload import ClusterConfig
 from freehold.conditions import condition
+from freehold.kinds.base import KindBase
 from freehold.policy import admission_names, build_admission, rules
 from freehold.reconciler import ChildKey, Desired, Facts, Problem, StatusReport
 
@@ -29,22 +29,13 @@ ADMISSION_BINDING = ResourceType(
 )
 
 
-class SovereigntyPolicyKind:
-    api = SOVEREIGNTY_POLICY
-    resource = ResourceType(
-        "freehold.dev/v1alpha1", "SovereigntyPolicy", "sovereigntypolicies", namespaced=False
-    )
+class SovereigntyPolicyKind(KindBase[SovereigntyPolicySpec]):
+    api = api_kinds.SOVEREIGNTY_POLICY
     child_types: tuple[ResourceType, ...] = (ADMISSION_POLICY, ADMISSION_BINDING)
     status_from = frozenset({"ValidatingAdmissionPolicy"})
     finalizer: str | None = None
     # A change re-judges every governed resource (PolicyCompliant).
     judges_others = True
-
-    def __init__(self, config: ClusterConfig) -> None:
-        self.config = config
-
-    def parse(self, manifest: dict[str, Any]) -> SovereigntyPolicySpec:
-        return SovereigntyPolicySpec.model_validate(manifest["spec"])
 
     def check(self, spec: SovereigntyPolicySpec, meta: Mapping[str, Any]) -> None:
         return None
