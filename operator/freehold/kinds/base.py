@@ -40,6 +40,17 @@ MEMORY_STORE = freehold_type(api_kinds.MEMORY_STORE)
 MODEL_ROUTER = freehold_type(api_kinds.MODEL_ROUTER)
 SOVEREIGNTY_POLICY = freehold_type(api_kinds.SOVEREIGNTY_POLICY)
 
+# Kinds with a Vault role (or keys) keep this finalizer until Vault let them go.
+VAULT_FINALIZER = "freehold.dev/vault-cleanup"
+# Reasons that say Vault, not the spec, is why a resource waits.
+VAULT_REASONS = {
+    "VaultSealed",
+    "VaultUnreachable",
+    "VaultForbidden",
+    "VaultNotConfigured",
+    "VaultError",
+}
+
 SpecT = TypeVar("SpecT", bound=BaseModel)
 
 

@@ -44,9 +44,10 @@ from freehold.kinds.base import (
     POD,
     PVC,
     SERVICE_ACCOUNT,
+    VAULT_FINALIZER,
+    VAULT_REASONS,
     KindBase,
 )
-from freehold.kinds.model_deployment import VAULT_FINALIZER, VAULT_REASONS
 from freehold.reconciler import (
     ChildKey,
     Desired,

@@ -20,10 +20,11 @@ from freehold.kinds.base import (
     SERVICE,
     SERVICE_ACCOUNT,
     STATEFULSET,
+    VAULT_FINALIZER,
+    VAULT_REASONS,
     KindBase,
 )
 from freehold.kinds.checks import api_keys_in_namespace, positive_quantities
-from freehold.kinds.model_deployment import VAULT_FINALIZER, VAULT_REASONS
 from freehold.reconciler import (
     ChildKey,
     Desired,

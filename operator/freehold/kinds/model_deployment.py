@@ -41,6 +41,8 @@ from freehold.kinds.base import (
     RAYSERVICE,
     SERVICE,
     SERVICE_ACCOUNT,
+    VAULT_FINALIZER,
+    VAULT_REASONS,
     KindBase,
 )
 from freehold.kinds.checks import api_keys_in_namespace, positive_quantities
@@ -56,7 +58,6 @@ from freehold.reconciler import (
 )
 from freehold_serving.signatures import VERIFICATION_FAILED, key_fingerprint
 
-VAULT_FINALIZER = "freehold.dev/vault-cleanup"
 CHILD_TYPES: tuple[ResourceType, ...] = (
     SERVICE_ACCOUNT,
     SERVICE,
@@ -68,13 +69,6 @@ CHILD_TYPES: tuple[ResourceType, ...] = (
     EVAL_JOB,  # spec.promotion's evaluations
 )
 FAILED_APP_STATES = {"DEPLOY_FAILED", "UNHEALTHY"}
-VAULT_REASONS = {
-    "VaultSealed",
-    "VaultUnreachable",
-    "VaultForbidden",
-    "VaultNotConfigured",
-    "VaultError",
-}
 # What this build cannot do yet. Each is refused at reconcile, with a condition, instead
 # of a pod that crash-loops or a promise nobody keeps.
 FETCHED = {"oci", "s3"}  # fetched into the pod by the fetch-model init container
