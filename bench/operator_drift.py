@@ -15,11 +15,7 @@ The cluster: --kubeconfig, FREEHOLD_E2E_KUBECONFIG, or ../shared/kube/start (sta
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import signal
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -30,7 +26,7 @@ from typing import Any
 from kubernetes import client, config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from operator_scale import install_crds, kubeconfig, manifest
+from operator_scale import install_crds, kubeconfig, manifest, start_operator, stop_operator
 
 GOAL_SECONDS = 5.0
 NAME = "bench-0000"
@@ -56,7 +52,7 @@ def uid(read: Callable[[], Any]) -> str | None:
     return str(meta["uid"] if isinstance(meta, dict) else meta.uid)
 
 
-def main() -> None:  # noqa: PLR0915 (one scenario, top to bottom)
+def main() -> None:
     import urllib3
 
     urllib3.disable_warnings()  # the test plane's self-signed certificate
@@ -75,20 +71,7 @@ def main() -> None:  # noqa: PLR0915 (one scenario, top to bottom)
     install_crds(api)
     ns = f"fh-drift-{uuid.uuid4().hex[:6]}"
     core.create_namespace({"metadata": {"name": ns}})
-    env = {
-        **os.environ,
-        "KUBECONFIG": path,
-        "FREEHOLD_OPERATOR_NAMESPACES": json.dumps([ns]),
-        "FREEHOLD_OPERATOR_LIVENESS_HOST": "127.0.0.1",
-        "FREEHOLD_OPERATOR_LIVENESS_PORT": "18912",
-        "FREEHOLD_OPERATOR_METRICS_PORT": "0",
-        "FREEHOLD_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
-        "PYTHONWARNINGS": "ignore::Warning",
-    }
-    log = open(os.environ.get("BENCH_OPERATOR_LOG", os.devnull), "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "freehold", "operator"], env=env, stdout=log, stderr=log
-    )
+    proc = start_operator(path, ns, liveness_port=18912)
 
     def md() -> dict[str, Any]:
         found: dict[str, Any] = custom.get_namespaced_custom_object(
@@ -180,11 +163,7 @@ def main() -> None:  # noqa: PLR0915 (one scenario, top to bottom)
             "headroom)"
         )
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_operator(proc)
         core.delete_namespace(ns)
 
 

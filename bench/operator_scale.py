@@ -117,7 +117,38 @@ def install_crds(api: client.ApiClient) -> None:
     time.sleep(2)  # Established
 
 
-def main() -> None:  # noqa: PLR0915 (one scenario, top to bottom)
+def start_operator(
+    kubeconfig_path: str, namespace: str, *, liveness_port: int, workers: int | None = None
+) -> subprocess.Popen[bytes]:
+    """`freehold operator` as a subprocess watching `namespace`, as in production (one
+    process, bounded workers); its log goes to BENCH_OPERATOR_LOG (default: nowhere)."""
+    env = {
+        **os.environ,
+        "KUBECONFIG": kubeconfig_path,
+        "FREEHOLD_OPERATOR_NAMESPACES": json.dumps([namespace]),
+        "FREEHOLD_OPERATOR_LIVENESS_HOST": "127.0.0.1",
+        "FREEHOLD_OPERATOR_LIVENESS_PORT": str(liveness_port),
+        "FREEHOLD_OPERATOR_METRICS_PORT": "0",
+        "FREEHOLD_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+        "PYTHONWARNINGS": "ignore::Warning",
+    }
+    if workers is not None:
+        env["FREEHOLD_OPERATOR_WORKERS"] = str(workers)
+    log = open(os.environ.get("BENCH_OPERATOR_LOG", os.devnull), "w")  # noqa: SIM115
+    return subprocess.Popen(
+        [sys.executable, "-m", "freehold", "operator"], env=env, stdout=log, stderr=log
+    )
+
+
+def stop_operator(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=8)
@@ -132,21 +163,7 @@ def main() -> None:  # noqa: PLR0915 (one scenario, top to bottom)
     install_crds(api)
     namespace = f"fh-bench-{uuid.uuid4().hex[:6]}"
     core.create_namespace({"metadata": {"name": namespace}})
-    env = {
-        **os.environ,
-        "KUBECONFIG": path,
-        "FREEHOLD_OPERATOR_NAMESPACES": json.dumps([namespace]),
-        "FREEHOLD_OPERATOR_WORKERS": str(args.workers),
-        "FREEHOLD_OPERATOR_LIVENESS_HOST": "127.0.0.1",
-        "FREEHOLD_OPERATOR_LIVENESS_PORT": "18911",
-        "FREEHOLD_OPERATOR_METRICS_PORT": "0",
-        "FREEHOLD_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
-        "PYTHONWARNINGS": "ignore::Warning",
-    }
-    log = open(os.environ.get("BENCH_OPERATOR_LOG", os.devnull), "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "freehold", "operator"], env=env, stdout=log, stderr=log
-    )
+    proc = start_operator(path, namespace, workers=args.workers, liveness_port=18911)
     try:
         time.sleep(4)  # imports, login, first (empty) listings
         idle_cpu = cpu_seconds(proc.pid)
@@ -198,11 +215,7 @@ def main() -> None:  # noqa: PLR0915 (one scenario, top to bottom)
             f"all deleted at once: {left} children left after {time.perf_counter() - start:.1f} s"
         )
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_operator(proc)
         core.delete_namespace(namespace)
 
 
