@@ -60,8 +60,8 @@ def registry(folder: Path, host: str = "127.0.0.1") -> Iterator[str]:
         proc.wait(10)
 
 
-def push(host: str, reference: str, file: Path) -> None:
-    """Push one file as an OCI artifact (as `oras push HOST/REF FILE` does)."""
+def push(host: str, reference: str, file: Path, *more: Path) -> None:
+    """Push files of one folder as an OCI artifact (as `oras push HOST/REF FILE...` does)."""
     import os
 
     import oras.client
@@ -70,6 +70,7 @@ def push(host: str, reference: str, file: Path) -> None:
     here = Path.cwd()
     os.chdir(file.parent)  # oras names the layer by the path given
     try:
-        assert client.push(target=f"{host}/{reference}", files=[file.name]).status_code == 201
+        names = [file.name, *(m.name for m in more)]
+        assert client.push(target=f"{host}/{reference}", files=names).status_code == 201
     finally:
         os.chdir(here)

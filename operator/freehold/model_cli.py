@@ -1,5 +1,6 @@
-"""`freehold model keygen | sign | verify`: OpenSSF model-signing signatures, air-gapped
-(a key pair, or a certificate chain and identity; no transparency log)."""
+"""`freehold model keygen | sign | verify | digest | fetch | to-hf`: OpenSSF model-signing
+signatures, air-gapped (a key pair, or a certificate chain and identity; no transparency
+log); the digest that pins a model file or directory; Hugging Face directories for vLLM."""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def keygen(
 
 @model.command()
 def sign(
-    path: Annotated[Path, typer.Argument(help="The model file.")],
+    path: Annotated[Path, typer.Argument(help="The model file or directory.")],
     key: Annotated[Path, typer.Option(help="Private key (PEM, EC).")],
     certificate: Annotated[
         Path | None, typer.Option(help="Signing certificate (PEM) for the key; optional.")
@@ -63,25 +64,29 @@ def sign(
         Path | None, typer.Option("--output", "-o", help="Signature file; default PATH.sig.")
     ] = None,
 ) -> None:
-    """Sign a model file (OpenSSF model-signing: a Sigstore bundle over its sha256)."""
-    from freehold_serving.model_files import sha256_of
+    """Sign a model file or directory (OpenSSF model-signing: a Sigstore bundle over its
+    files' sha256). Keep a directory's signature outside the directory."""
+    from freehold_serving.model_files import model_digest
     from freehold_serving.signatures import sign_model
 
-    if not path.is_file():
-        err.print(f"[red]error[/red] {escape(str(path))}: no such file")
+    if not path.exists():
+        err.print(f"[red]error[/red] {escape(str(path))}: no such file or directory")
         raise typer.Exit(EXIT_USAGE)
     target = output or path.with_name(path.name + ".sig")
+    if path.is_dir() and target.resolve().is_relative_to(path.resolve()):
+        err.print("[red]error[/red] --output: a directory's signature must lie outside it")
+        raise typer.Exit(EXIT_USAGE)
     try:
         sign_model(path, target, key, certificate, chain)
     except (OSError, ValueError) as exc:
         err.print(f"[red]error[/red] cannot sign: {escape(str(exc))}")
         raise typer.Exit(EXIT_FAILED) from None
-    out.print(f"signed {path} (sha256 {sha256_of(path)}) -> {target}", highlight=False)
+    out.print(f"signed {path} (sha256 {model_digest(path)}) -> {target}", highlight=False)
 
 
 @model.command()
 def verify(
-    path: Annotated[Path, typer.Argument(help="The model file.")],
+    path: Annotated[Path, typer.Argument(help="The model file or directory.")],
     signature: Annotated[Path, typer.Option(help="The signature bundle.")],
     public_key: Annotated[Path | None, typer.Option(help="Trusted public key (PEM).")] = None,
     chain: Annotated[
@@ -97,7 +102,7 @@ def verify(
     """Verify as a serving pod does. Exit 0: valid, by the trusted key or identity, over this
     file (and --sha256). 1: it does not verify (the reason is printed). 2: bad usage."""
     from freehold_serving.args import SignatureConfig
-    from freehold_serving.model_files import sha256_of
+    from freehold_serving.model_files import ModelFileError, model_digest
     from freehold_serving.signatures import SignatureError, verify_model
 
     if (public_key is None) == (not chain):
@@ -106,8 +111,8 @@ def verify(
     if chain and not identity:
         err.print("[red]error[/red] --chain needs --identity (the signer you trust)")
         raise typer.Exit(EXIT_USAGE)
-    if not path.is_file():
-        err.print(f"[red]error[/red] {escape(str(path))}: no such file")
+    if not path.exists():
+        err.print(f"[red]error[/red] {escape(str(path))}: no such file or directory")
         raise typer.Exit(EXIT_USAGE)
     try:
         config = SignatureConfig(
@@ -120,11 +125,50 @@ def verify(
         err.print(f"[red]error[/red] {escape(str(exc))}")
         raise typer.Exit(EXIT_USAGE) from None
     try:
-        verified = verify_model(path, signature, config, sha256 or sha256_of(path))
-    except SignatureError as exc:
+        verified = verify_model(path, signature, config, sha256 or model_digest(path))
+    except (SignatureError, ModelFileError) as exc:
         err.print(f"[red]refused[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(EXIT_FAILED) from None
     out.print(f"[green]ok[/green] {path}: signed by {verified.signer}", highlight=False)
+
+
+@model.command()
+def digest(
+    path: Annotated[Path, typer.Argument(help="A model file, or a Hugging Face directory.")],
+) -> None:
+    """Print the sha256 that pins a model in spec.model.sha256: of a file, or a directory's
+    digest (sha256 over `sha256sum` lines of its files in byte order of their paths)."""
+    from freehold_serving.model_files import ModelFileError, model_digest
+
+    if not path.exists():
+        err.print(f"[red]error[/red] {escape(str(path))}: no such file or directory")
+        raise typer.Exit(EXIT_USAGE)
+    try:
+        out.print(model_digest(path), highlight=False)
+    except ModelFileError as exc:
+        err.print(f"[red]error[/red] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(EXIT_FAILED) from None
+
+
+@model.command("to-hf")
+def to_hf(
+    gguf: Annotated[
+        str,
+        typer.Argument(help="A GGUF file: a path or package://DISTRIBUTION/FILE."),
+    ],
+    output: Annotated[Path, typer.Argument(help="The Hugging Face directory to write.")],
+) -> None:
+    """Write a GGUF model as a Hugging Face directory (config, tokenizer, safetensors in
+    bfloat16) that engine vllm serves, and print its directory digest. Offline; needs the
+    vllm extra (transformers, gguf, accelerate)."""
+    from freehold.hf_export import ExportError, export_gguf
+
+    try:
+        result = export_gguf(gguf, output)
+    except ExportError as exc:
+        err.print(f"[red]error[/red] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(EXIT_FAILED) from None
+    out.print(f"wrote {output}; sha256 (directory digest) {result}", highlight=False)
 
 
 @model.command()

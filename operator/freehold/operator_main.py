@@ -103,6 +103,7 @@ def api_server_cidr(settings: OperatorSettings, host: str) -> str:
 def cluster_config(settings: OperatorSettings, api_cidr: str) -> ClusterConfig:
     return ClusterConfig(
         serving_image=settings.serving_image,
+        serving_vllm_image=settings.serving_vllm_image,
         ray_version=settings.ray_version,
         head_cpu=settings.head_cpu,
         head_memory=settings.head_memory,

@@ -40,6 +40,11 @@ class OperatorSettings(BaseSettings):
         default="ghcr.io/freehold-dev/freehold-serving:0.1.0",
         description="Image of the serving pods (Ray + freehold_serving).",
     )
+    serving_vllm_image: str | None = Field(
+        default=None,
+        description="Image of ModelDeployments with engine vllm (Ray Serve LLM + vLLM, "
+        "docker/serving-vllm.Dockerfile); unset: they report EngineUnavailable.",
+    )
     ray_version: str = Field(default="2.60.0", description="Ray version in the serving image.")
     resync_seconds: float = Field(
         default=300.0,

@@ -198,12 +198,26 @@ class OpenAIServer:
     process, which matters on small nodes where every hop steals CPU from the engine.
     """
 
-    def __init__(self, args: ServingArgs, embedder: DeploymentHandle[Any] | None) -> None:
+    def __init__(
+        self,
+        args: ServingArgs,
+        embedder: DeploymentHandle[Any] | None,
+        engine: DeploymentHandle[Any] | None = None,
+    ) -> None:
         self._args = args
-        self._runner: Generator = LLMServer(args)  # verifies the digest, then loads: fail closed
+        self._runner: Generator
+        if engine is not None:
+            # vLLM: the engine runs in its own deployment (Ray Serve LLM), which batches.
+            from freehold_serving.engines.vllm import VllmGenerator
+
+            self._runner = VllmGenerator(args, engine)
+        else:
+            self._runner = LLMServer(args)  # verifies the digest, then loads: fail closed
         self._embedder = embedder
         scale = args.autoscaling
         self._capacity = scale.max_ongoing_requests + scale.max_queued_requests
+        if engine is not None:  # one front admits for every engine replica
+            self._capacity *= scale.max_replicas
         self._admitted = 0
         in_flight, capacity = _load_gauges()
         in_flight.labels(args.model.served_name).set_function(lambda: float(self._admitted))
@@ -301,6 +315,8 @@ class OpenAIServer:
 
 def deployment_options(args: ServingArgs) -> dict[str, Any]:
     """Ray Serve options of the model deployment, from the spec's scaling section."""
+    if args.engine.name == "vllm":
+        return front_options(args)
     scale = args.autoscaling
     threads = args.engine.llamacpp.threads
     ceiling = scale.max_ongoing_requests + scale.max_queued_requests + LIGHT_REQUEST_SLACK
@@ -340,6 +356,27 @@ def deployment_options(args: ServingArgs) -> dict[str, Any]:
     return options
 
 
+def front_options(args: ServingArgs) -> dict[str, Any]:
+    """The front of the vllm engine: API, admission and records for every engine replica
+    (the engine deployment scales on its own). It holds no model."""
+    scale = args.autoscaling
+    per_replica = scale.max_ongoing_requests + scale.max_queued_requests
+    ceiling = per_replica * scale.max_replicas + LIGHT_REQUEST_SLACK
+    return {
+        "max_ongoing_requests": ceiling,
+        "max_queued_requests": ceiling,
+        "backpressure_config": BackpressureConfig(
+            status_code=503, retry_after_s=args.retry_after_seconds
+        ),
+        # Relays and records only; its CPU time is small and must not keep an engine
+        # replica from being placed on a small node.
+        "ray_actor_options": {"num_cpus": 0, "num_gpus": 0},
+        "health_check_period_s": 10,
+        "graceful_shutdown_timeout_s": 30,
+        "num_replicas": 1,
+    }
+
+
 def build_app(args: ServingArgs) -> Application:
     """The typed app builder named by `import_path` in serveConfigV2."""
     embedder = None
@@ -357,4 +394,12 @@ def build_app(args: ServingArgs) -> Application:
         else:
             log.warning("embeddings extra not installed: /v1/embeddings is disabled")
     server = serve.deployment(name="openai")(OpenAIServer)
+    if args.engine.name == "vllm":
+        from freehold_serving.engines import vllm
+        from freehold_serving.model_files import resolve
+
+        if not vllm.available():
+            raise vllm.unavailable_error()
+        engine = vllm.build_engine(args, str(resolve(args.model)))
+        return server.options(**front_options(args)).bind(args, embedder, engine)
     return server.options(**deployment_options(args)).bind(args, embedder)

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from freehold_serving.args import ModelConfig
@@ -24,7 +26,8 @@ from freehold_serving.model_files import (
     DigestMismatchError,
     ModelFileError,
     fetched_path,
-    sha256_of,
+    is_directory_model,
+    model_digest,
     signature_path,
 )
 
@@ -84,19 +87,29 @@ def fetch_model(model: ModelConfig, insecure: Iterable[str] = ()) -> Path:
     target = fetched_path(model)
     if model.uri.split("://", 1)[0] not in FETCHED_SCHEMES:
         return target
-    if target.is_file() and sha256_of(target) == model.sha256:
+    directory = is_directory_model(model)
+    if (target.is_dir() if directory else target.is_file()) and _intact(target, model.sha256):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".pull-") as tmp:
         if model.uri.startswith("s3://"):
-            pulled = _get_s3(model, Path(tmp), insecure)
+            pulled = (_get_s3_dir if directory else _get_s3)(model, Path(tmp), insecure)
         else:
-            pulled = _pull_oci(model, Path(tmp), insecure)
-        actual = sha256_of(pulled)
+            pulled = _pull_oci(model, Path(tmp), insecure, directory)
+        actual = model_digest(pulled)
         if actual != model.sha256:
             raise DigestMismatchError(model.uri, model.sha256, actual)
+        if target.is_dir():  # a damaged earlier copy (its digest did not match)
+            shutil.rmtree(target)
         os.replace(pulled, target)
     return target
+
+
+def _intact(path: Path, sha256: str) -> bool:
+    try:
+        return model_digest(path) == sha256
+    except ModelFileError:
+        return False
 
 
 def _s3_keys(model: ModelConfig) -> tuple[str | None, str | None]:
@@ -118,9 +131,8 @@ def _s3_keys(model: ModelConfig) -> tuple[str | None, str | None]:
     return access, secret
 
 
-def _get_s3(model: ModelConfig, tmp: Path, insecure: Iterable[str]) -> Path:
+def _s3_client(model: ModelConfig, insecure: Iterable[str]) -> Any:
     from minio import Minio
-    from minio.error import S3Error
 
     store = model.s3
     if store is None:
@@ -133,26 +145,74 @@ def _get_s3(model: ModelConfig, tmp: Path, insecure: Iterable[str]) -> Path:
             "FREEHOLD_INSECURE_REGISTRIES; use https"
         )
     access, secret = _s3_keys(model)
-    location = urlparse(model.uri)
-    client = Minio(
+    return Minio(
         endpoint.netloc,
         access_key=access,
         secret_key=secret,
         secure=endpoint.scheme == "https",
         region=store.region,
     )
+
+
+def _s3_failure(model: ModelConfig, what: str, exc: Exception) -> ModelFileError:
+    from minio.error import S3Error
+
+    # The store's own code says what is wrong (NoSuchKey, AccessDenied, ...); the message
+    # never carries a key.
+    code = exc.code if isinstance(exc, S3Error) else type(exc).__name__
+    return ModelFileError(f"{model.uri}: cannot {what}: {code}")
+
+
+def _get_s3(model: ModelConfig, tmp: Path, insecure: Iterable[str]) -> Path:
+    client = _s3_client(model, insecure)
+    location = urlparse(model.uri)
     out = tmp / "model"
     try:
         client.fget_object(location.netloc, location.path.lstrip("/"), str(out))
     except Exception as exc:  # S3Error, urllib3's retries exhausted, OSError, ...
-        # The store's own code says what is wrong (NoSuchKey, AccessDenied, ...); the
-        # message never carries a key.
-        code = exc.code if isinstance(exc, S3Error) else type(exc).__name__
-        raise ModelFileError(f"{model.uri}: cannot get the object: {code}") from None
+        raise _s3_failure(model, "get the object", exc) from None
     return out
 
 
-def _pull_oci(model: ModelConfig, tmp: Path, insecure: Iterable[str]) -> Path:
+def _get_s3_dir(model: ModelConfig, tmp: Path, insecure: Iterable[str]) -> Path:
+    """A Hugging Face directory kept under a prefix (s3://BUCKET/PREFIX): every object
+    below it, at its path relative to the prefix."""
+    client = _s3_client(model, insecure)
+    location = urlparse(model.uri)
+    prefix = location.path.strip("/") + "/"
+    out = tmp / "model"
+    try:
+        keys = [
+            o.object_name
+            for o in client.list_objects(location.netloc, prefix=prefix, recursive=True)
+            if not o.is_dir
+        ]
+        if not keys:
+            raise ModelFileError(f"{model.uri}: no objects under this prefix")
+        for key in keys:
+            relative = key[len(prefix) :]
+            target = _inside(out, relative, model.uri)
+            client.fget_object(location.netloc, key, str(target))
+    except ModelFileError:
+        raise
+    except Exception as exc:
+        raise _s3_failure(model, "get the directory's objects", exc) from None
+    return out
+
+
+def _inside(root: Path, relative: str, uri: str) -> Path:
+    """ROOT/RELATIVE, refused when RELATIVE would leave ROOT (a hostile name)."""
+    parts = Path(relative).parts
+    if not relative or Path(relative).is_absolute() or ".." in parts:
+        raise ModelFileError(f"{uri}: refusing the file name {relative!r}")
+    return root / relative
+
+
+def _pull_oci(
+    model: ModelConfig, tmp: Path, insecure: Iterable[str], directory: bool = False
+) -> Path:
+    """The artifact's one file; for a Hugging Face model, the directory of its files
+    (`oras push REF config.json tokenizer.json model.safetensors ...`)."""
     import oras.client
 
     parsed = urlparse(model.uri)
@@ -160,10 +220,17 @@ def _pull_oci(model: ModelConfig, tmp: Path, insecure: Iterable[str]) -> Path:
     host, port = endpoint_of(model)
     plain = _plain_http_allowed(host, port, insecure)
     client = oras.client.OrasClient(hostname=parsed.netloc, insecure=plain)
+    out = tmp / "model"
+    out.mkdir()
     try:
-        files = [Path(f) for f in client.pull(target=reference, outdir=str(tmp))]
+        files = [Path(f) for f in client.pull(target=reference, outdir=str(out))]
     except Exception as exc:  # oras raises ValueError, requests errors, ...
         raise ModelFileError(f"{model.uri}: cannot pull the artifact: {exc}") from None
+    for file in files:  # oras names files by their title annotation: keep them inside
+        if not file.resolve().is_relative_to(out.resolve()):
+            raise ModelFileError(f"{model.uri}: the artifact names a file outside its folder")
+    if directory:
+        return out
     files = [f for f in files if f.is_file()]
     if len(files) != 1:
         raise ModelFileError(

@@ -1,4 +1,11 @@
-"""Locate a model file from its URI and verify its digest before anything loads it."""
+"""Locate a model from its URI and verify its digest before anything loads it.
+
+A model is one file (GGUF, for llama.cpp) or a directory (Hugging Face format: config,
+tokenizer, safetensors; for vLLM). A directory is pinned by one sha256 over its files
+(`directory_digest`), which a shell reproduces:
+
+    cd DIR && find . -type f -printf '%P\\n' | LC_ALL=C sort | xargs -d '\\n' sha256sum | sha256sum
+"""
 
 from __future__ import annotations
 
@@ -55,6 +62,56 @@ def sha256_of(path: Path, progress: Callable[[int], None] | None = None) -> str:
     return digest.hexdigest()
 
 
+def is_directory_model(model: ModelConfig) -> bool:
+    """safetensors models are Hugging Face directories; GGUF models are one file."""
+    return model.format == "safetensors"
+
+
+def directory_files(path: Path) -> list[tuple[str, Path]]:
+    """The regular files of a model directory as (relative POSIX path, path), in byte order
+    of the relative path. A symbolic link or special file is refused: it could point
+    outside the directory, so what is hashed would not be what is pinned."""
+    found: list[tuple[str, Path]] = []
+    for item in sorted(path.rglob("*")):
+        relative = item.relative_to(path).as_posix()
+        if item.is_symlink() or not (item.is_file() or item.is_dir()):
+            raise ModelFileError(
+                f"model directory {path}: {relative} is a link or special file; a model "
+                "directory may hold only regular files and folders"
+            )
+        if item.is_file():
+            found.append((relative, item))
+    found.sort(key=lambda entry: entry[0].encode())
+    if not found:
+        raise ModelFileError(f"model directory {path} holds no files")
+    return found
+
+
+def manifest_digest(entries: list[tuple[str, str]]) -> str:
+    """sha256 over `sha256sum` lines ("HEX  PATH\\n") in byte order of PATH."""
+    ordered = sorted(entries, key=lambda entry: entry[0].encode())
+    text = "".join(f"{digest}  {name}\n" for name, digest in ordered)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def directory_digest(path: Path, progress: Callable[[int], None] | None = None) -> str:
+    """The one sha256 that pins a model directory (see the module docstring)."""
+    return manifest_digest(
+        [(name, sha256_of(file, progress)) for name, file in directory_files(path)]
+    )
+
+
+def model_digest(path: Path, progress: Callable[[int], None] | None = None) -> str:
+    """The sha256 that pins a model: of the file, or over a directory's files."""
+    return directory_digest(path, progress) if path.is_dir() else sha256_of(path, progress)
+
+
+def model_size(path: Path) -> int:
+    if path.is_dir():
+        return sum(file.stat().st_size for _, file in directory_files(path))
+    return path.stat().st_size
+
+
 def _module_name(distribution: str) -> str:
     return re.sub(r"[-.]+", "_", distribution).lower()
 
@@ -78,6 +135,12 @@ def _from_package(distribution: str, filename: str) -> Path:
     for file in dist.files or []:
         if file.name == filename:
             return Path(str(dist.locate_file(file)))
+        # A directory inside the package (a Hugging Face model folder): the folder that
+        # holds this file, named by its path within the package.
+        parents = list(Path(str(file)).parents)[:-1]  # without "."
+        for n, parent in enumerate(parents):
+            if filename in (parent.as_posix(), parent.name):
+                return Path(str(dist.locate_file(file))).parents[n]
     try:
         module = importlib.import_module(_module_name(distribution))
     except ImportError:
@@ -101,12 +164,12 @@ def resolve(model: ModelConfig, uri: str | None = None) -> Path:
         path = Path(unquote(parsed.path))
     elif scheme == "package":
         filename = unquote(parsed.path.lstrip("/"))
-        return _check_exists(_from_package(parsed.netloc, filename))
+        return _check_exists(_from_package(parsed.netloc, filename), _wants_dir(model, uri))
     elif scheme in FETCHED_SCHEMES:
         # Fetched (and digest-checked) by fetch.fetch_model: the init container on a
         # cluster, `freehold up` locally. A signature fetched with it lies beside it.
         path = fetched_path(model) if uri == model.uri else signature_path(model)
-        if not path.is_file():
+        if not (path.is_dir() if _wants_dir(model, uri) else path.is_file()):
             raise ModelFileError(
                 f"{uri}: not fetched: {path} does not exist (the fetch-model init container "
                 "or freehold up puts it there)"
@@ -121,12 +184,19 @@ def resolve(model: ModelConfig, uri: str | None = None) -> Path:
         if not relative or ".." in parts or "%" in relative or Path(relative).is_absolute():
             raise ModelFileError(f"{uri}: the path must name a file inside the claim")
         path = mount / relative
+        return _check_exists(path, _wants_dir(model, uri))
     else:
         raise ModelFileError(
             f"{uri}: {scheme}:// sources are planned, not built: nothing fetches them "
             "yet. Use oci://, s3://, pvc://, file:// or package://"
         )
-    return _check_exists(path)
+    return _check_exists(path, _wants_dir(model, uri))
+
+
+def _wants_dir(model: ModelConfig, uri: str) -> bool:
+    """The model's own URI names a directory for a Hugging Face model; a signature is
+    always one file."""
+    return uri == model.uri and is_directory_model(model)
 
 
 FETCHED_SCHEMES = ("oci", "s3")
@@ -143,17 +213,31 @@ def signature_path(model: ModelConfig) -> Path:
     return Path(model.models_root) / "signatures" / f"{model.sha256}.sig"
 
 
-def _check_exists(path: Path) -> Path:
+def _check_exists(path: Path, directory: bool = False) -> Path:
+    if directory:
+        if not path.is_dir():
+            raise ModelFileError(
+                f"model directory {path} does not exist (a safetensors model is a Hugging "
+                "Face directory: config, tokenizer and weights)"
+            )
+        return path
     if not path.is_file():
         raise ModelFileError(f"model file {path} does not exist")
     return path
 
 
-def file_identity(path: Path) -> str:
-    """Which file this is on this machine, and whether it changed: device, inode, size and
-    modification time in nanoseconds."""
+def _identity(path: Path) -> str:
     st = path.stat()
     return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def file_identity(path: Path) -> str:
+    """Which file this is on this machine, and whether it changed: device, inode, size and
+    modification time in nanoseconds (for a directory: of each file, and their names)."""
+    if path.is_dir():
+        parts = [f"{name}={_identity(file)}" for name, file in directory_files(path)]
+        return "dir:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    return _identity(path)
 
 
 def verify_file(
@@ -185,9 +269,9 @@ def verify_file(
         # The signature covered the spec's sha256 and the library hashed the file to
         # check it: hashing it again would add nothing.
         if progress is not None:
-            progress(path.stat().st_size)
+            progress(model_size(path))
         return path, verified
-    actual = sha256_of(path, progress)
+    actual = model_digest(path, progress)
     if actual != model.sha256:
         raise DigestMismatchError(str(path), model.sha256, actual)
     return path, verified

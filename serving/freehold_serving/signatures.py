@@ -51,16 +51,24 @@ def _bundle(signature: Path) -> dict[str, Any]:
 
 
 def signed_digest(bundle: dict[str, Any]) -> str | None:
-    """The sha256 of the single file the statement covers (its resource named ".")."""
+    """The digest the statement covers, as Freehold pins models: the sha256 of the single
+    file (its resource named "."), or for a signed directory, the directory digest over
+    the files it lists (model_files.manifest_digest)."""
+    from freehold_serving.model_files import manifest_digest
+
     try:
         statement = json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"]))
         resources = statement["predicate"]["resources"]
     except (KeyError, ValueError, TypeError):
         return None
+    files: list[tuple[str, str]] = []
     for resource in resources:
-        if resource.get("name") == "." and resource.get("algorithm") == "sha256":
+        if resource.get("algorithm") != "sha256":
+            return None
+        if resource.get("name") == ".":
             return str(resource.get("digest"))
-    return None
+        files.append((str(resource.get("name")), str(resource.get("digest"))))
+    return manifest_digest(files) if files else None
 
 
 def certificate_identities(bundle: dict[str, Any]) -> list[str]:

@@ -157,3 +157,34 @@ def test_a_signature_kept_in_the_registry_is_fetched_and_verified(
     with pytest.raises(ModelSignatureError, match="not made with the trusted key"):
         verify_file(foreign)
     assert json.loads(config.model_dump_json())["signature"]["ref"].startswith("oci://")
+
+
+def test_a_model_directory_is_one_artifact_of_its_files(host: str, tmp_path: Path) -> None:
+    """engine vllm's Hugging Face directories: every file of the artifact, kept as a folder
+    only when its directory digest is the pinned one."""
+    from freehold_serving.args import ModelConfig
+    from freehold_serving.fetch import fetch_model
+    from freehold_serving.model_files import DigestMismatchError, directory_digest
+
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    for name, data in {
+        "config.json": b"{}",
+        "tokenizer.json": b"{}",
+        "model.safetensors": b"w" * 4096,
+    }.items():
+        (folder / name).write_bytes(data)
+    push(host, "models/hf-dir:1", *sorted(folder.iterdir()))
+    digest = directory_digest(folder)
+    model = ModelConfig(
+        uri=f"oci://{host}/models/hf-dir:1", sha256=digest, served_name="m",
+        format="safetensors", models_root=str(tmp_path / "models"),
+    )  # fmt: skip
+    kept = fetch_model(model)
+    assert kept == tmp_path / "models" / "oci" / digest and kept.is_dir()
+    assert directory_digest(kept) == digest
+    assert fetch_model(model) == kept  # already there and intact: not pulled again
+    wrong = model.model_copy(update={"sha256": "f" * 64})
+    with pytest.raises(DigestMismatchError):
+        fetch_model(wrong)
+    assert not (tmp_path / "models" / "oci" / ("f" * 64)).exists()

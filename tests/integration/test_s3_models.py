@@ -7,6 +7,7 @@ key, a missing object and a different object are refused, and nothing is kept.""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -35,6 +36,9 @@ from tests.vault_server import VaultServer
 pytestmark = pytest.mark.slow
 
 
+HF_FILES = {"config.json": b"{}", "sub/tokenizer.json": b"{}", "model.safetensors": b"w" * 4096}
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     from minio import Minio
@@ -54,6 +58,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
         client.fput_object("models", "smollm2/model.gguf", str(packaged))
         other = b"GGUF not the model you pinned"
         client.put_object("models", "other/model.gguf", io.BytesIO(other), len(other))
+        for name, data in HF_FILES.items():
+            client.put_object("models", f"hf/smol/{name}", io.BytesIO(data), len(data))
         yield running
 
 
@@ -159,3 +165,25 @@ def test_the_workload_fetches_s3_with_its_own_vault_role() -> None:
     assert "secret/data/team/s3" in readable_paths(spec)
     egress = build_allow(spec, ctx, ray=False)["spec"]["egress"]
     assert {"ports": [{"protocol": "TCP", "port": 9443}]} in egress
+
+
+def test_a_model_directory_is_every_object_under_its_prefix(store: Store, tmp_path: Path) -> None:
+    from freehold_serving.model_files import manifest_digest
+
+    digest = manifest_digest(
+        [(name, hashlib.sha256(data).hexdigest()) for name, data in HF_FILES.items()]
+    )
+    with VaultServer() as vault:
+        vault.state.kv["secret/data/team/s3"] = {
+            "accessKey": store.access_key,
+            "secretKey": store.secret_key,
+        }
+        model = pod_model(store, vault, tmp_path, "hf/smol")
+        done = fetch({**model, "sha256": digest, "format": "safetensors"})
+        assert done.returncode == 0, done.stderr
+        kept = tmp_path / "models" / "s3" / digest
+        assert (kept / "sub" / "tokenizer.json").read_bytes() == b"{}"
+        refused = fetch({**model, "sha256": "a" * 64, "format": "safetensors"})
+        assert refused.returncode == 3 and not (tmp_path / "models" / "s3" / ("a" * 64)).exists()
+        empty = fetch({**model, "uri": "s3://models/none", "format": "safetensors"})
+        assert empty.returncode == 1 and "no objects under this prefix" in empty.stderr

@@ -23,13 +23,16 @@ from freehold.api.eval_job import EvalTemplate
 from freehold_serving.args import (
     BatchSize,
     ContextLength,
+    CpuKvCacheGib,
     Dtype,
     EngineConfig,
     GpuLayers,
     GpuMemoryUtilization,
     LlamaCppConfig,
     MaxNumSeqs,
+    PipelineParallelSize,
     Quantization,
+    RequestRouter,
     TensorParallelSize,
     Threads,
     VllmConfig,
@@ -153,12 +156,19 @@ class ModelSource(ApiModel):
         max_length=2048,
         pattern=MODEL_URI_PATTERN,
         description="Location of the model: pvc://CLAIM/PATH, oci://REF, s3://BUCKET/KEY, "
-        "file:///PATH, or package://DISTRIBUTION/FILE for a model shipped in a Python package.",
+        "file:///PATH, or package://DISTRIBUTION/FILE for a model shipped in a Python package. "
+        "A safetensors model is a Hugging Face directory (config, tokenizer, weights): the "
+        "uri names the directory (oci://: an artifact with its files; s3://: a prefix).",
     )
-    format: ModelFormat = Field(default="gguf", description="File format of the model.")
+    format: ModelFormat = Field(
+        default="gguf",
+        description="gguf: one GGUF file (engine llamacpp). safetensors: a Hugging Face "
+        "directory (engine vllm).",
+    )
     sha256: Sha256 = Field(
-        description="Required SHA-256 of the model file (lowercase hex). The engine refuses to "
-        "load a file with any other digest."
+        description="Required SHA-256 of the model file (lowercase hex); for a directory, its "
+        "directory digest (`freehold model digest DIR`: sha256 over the `sha256sum` lines of "
+        "its files in byte order). The engine refuses to load anything else."
     )
     served_name: str | None = Field(
         default=None,
@@ -207,11 +217,18 @@ class LlamaCppArgs(ApiModel):
 
 
 class VllmArgs(ApiModel):
-    """Arguments for the vLLM engine (GPU only; planned, not built: refused at reconcile)."""
+    """Arguments for the vLLM engine (Ray Serve LLM: continuous batching, prefix-aware
+    routing across replicas). On GPUs (resources.gpu), or on CPU with vLLM's CPU backend
+    (for small models: a replica uses its CPU request)."""
 
     tensor_parallel_size: TensorParallelSize = Field(
         default=_VLLM.tensor_parallel_size,
-        description="GPUs one replica shards the model across.",
+        description="GPUs one replica shards each layer across (tensor parallel).",
+    )
+    pipeline_parallel_size: PipelineParallelSize = Field(
+        default=_VLLM.pipeline_parallel_size,
+        description="GPUs one replica splits the layers across (pipeline parallel). A "
+        "replica uses tensorParallelSize x pipelineParallelSize GPUs.",
     )
     gpu_memory_utilization: GpuMemoryUtilization = Field(
         default=_VLLM.gpu_memory_utilization, description="Fraction of GPU memory vLLM may use."
@@ -222,6 +239,21 @@ class VllmArgs(ApiModel):
     )
     max_num_seqs: MaxNumSeqs = Field(
         default=_VLLM.max_num_seqs, description="Sequences batched together per step."
+    )
+    enforce_eager: bool | None = Field(
+        default=None,
+        description="Run without torch.compile and CUDA graphs. Unset: eager on CPU "
+        "(compiling there costs about a minute of start-up), compiled on GPU.",
+    )
+    cpu_kv_cache_gib: CpuKvCacheGib = Field(
+        default=_VLLM.cpu_kv_cache_gib,
+        description="On CPU only: GiB of memory for the KV cache, within resources.memory.",
+    )
+    request_router: RequestRouter = Field(
+        default=_VLLM.request_router,
+        description="How requests pick a replica: prefix-aware (to the replica whose KV "
+        "cache holds the longest shared prefix, unless load is uneven) or power-of-two "
+        "(the less loaded of two random replicas).",
     )
 
 
@@ -245,8 +277,8 @@ class Engine(ApiModel):
 
     name: EngineName = Field(
         default="llamacpp",
-        description="llamacpp (GGUF on CPU, GPU offload when a GPU is requested) or vllm "
-        "(GPU only; planned, not built: refused at reconcile).",
+        description="llamacpp (one GGUF file; CPU, GPU offload when a GPU is requested) or "
+        "vllm (a Hugging Face directory; GPUs, or CPU with vLLM's CPU backend).",
     )
     context_length: ContextLength = Field(
         default=EngineConfig.model_fields["context_length"].default,
@@ -270,6 +302,32 @@ class GpuResources(ApiModel):
         default=None,
         max_length=63,
         description="Required value of the node label nvidia.com/gpu.product, if any.",
+    )
+
+
+class Toleration(ApiModel):
+    """A node taint the model's pods tolerate (as in a pod's tolerations)."""
+
+    key: str | None = Field(default=None, max_length=316, description="Taint key; unset: any.")
+    operator: Literal["Exists", "Equal"] = Field(default="Equal", description="Exists or Equal.")
+    value: str | None = Field(default=None, max_length=63, description="Taint value (Equal).")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect; unset: any."
+    )
+
+
+class Placement(ApiModel):
+    """Which nodes run the model (the serving pods; on KubeRay, the Ray workers)."""
+
+    node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        description="Node labels the model's pods require (GPU pools, machine types).",
+        json_schema_extra={"maxProperties": 16},
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Taints of dedicated nodes (a GPU pool) the model's pods tolerate.",
     )
 
 
@@ -439,10 +497,11 @@ class ModelDeploymentSpec(ApiModel):
                 field_path=".model.format",
             ),
             cel(
-                "self.engine.name != 'vllm' || "
-                "(has(self.resources.gpu) && self.resources.gpu.count >= 1)",
-                "engine vllm needs a GPU: set resources.gpu.count to 1 or more",
-                field_path=".resources.gpu",
+                "self.engine.name != 'vllm' || self.model.format == 'safetensors'",
+                "engine vllm serves Hugging Face model directories: set model.format to "
+                "safetensors (the uri names the directory, sha256 is its directory digest: "
+                "freehold model digest DIR)",
+                field_path=".model.format",
             ),
             cel(
                 "!has(oldSelf.residency) || has(self.residency)",
@@ -457,6 +516,9 @@ class ModelDeploymentSpec(ApiModel):
     engine: Engine = Field(default_factory=Engine, description="The inference engine.")
     resources: Resources = Field(default_factory=Resources, description="Compute per replica.")
     scaling: Scaling = Field(default_factory=Scaling, description="Replica autoscaling.")
+    placement: Placement = Field(
+        default_factory=Placement, description="Node selectors and tolerations of the pods."
+    )
     residency: Residency | None = Field(
         default=None, description="Where the model may run. Unset: anywhere in the cluster."
     )

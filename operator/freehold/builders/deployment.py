@@ -17,6 +17,7 @@ from freehold.builders.model_workload import (
     fetch_init_containers,
     labels,
     metadata,
+    model_image,
     model_resources,
     pod_spec,
     selector,
@@ -44,7 +45,7 @@ def build_deployment(spec: ModelDeploymentSpec, ctx: BuildContext) -> dict[str, 
     probe = {"httpGet": {"path": "/health", "port": SERVE_PORT}}
     container = {
         "name": "serving",
-        "image": ctx.serving_image,
+        "image": model_image(spec, ctx),
         "imagePullPolicy": "IfNotPresent",
         "command": ["freehold", "serve"],
         "env": [*base_env(ctx), {"name": ARGS_ENV, "value": args.model_dump_json()}],

@@ -28,6 +28,8 @@ class ClusterConfig:
 
     serving_image: str
     ray_version: str
+    # Model pods of engine vllm (Ray Serve LLM + vLLM); None: that engine is unavailable.
+    serving_vllm_image: str | None = None
     head_cpu: str = "1"
     head_memory: str = "2Gi"
     vault_address: str | None = None
@@ -259,10 +261,21 @@ def base_env(ctx: BuildContext) -> list[dict[str, Any]]:
 
 
 def tolerations(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
+    """GPU nodes' usual taint (when GPUs are requested) and the spec's own."""
+    result: list[dict[str, Any]] = []
     gpu = spec.resources.gpu
     if gpu is not None and gpu.count > 0:
-        return [{"key": gpu.resource_name, "operator": "Exists", "effect": "NoSchedule"}]
-    return []
+        result.append({"key": gpu.resource_name, "operator": "Exists", "effect": "NoSchedule"})
+    result += [t.model_dump(by_alias=True, exclude_none=True) for t in spec.placement.tolerations]
+    return result
+
+
+def model_image(spec: ModelDeploymentSpec, ctx: BuildContext) -> str:
+    """The image of the model's Ray and serving pods: the vLLM image for engine vllm (the
+    kind refuses that engine when none is configured)."""
+    if spec.engine.name == "vllm" and ctx.serving_vllm_image is not None:
+        return ctx.serving_vllm_image
+    return ctx.serving_image
 
 
 FETCHED = ("oci", "s3")  # schemes an init container fetches into the pod
@@ -355,4 +368,6 @@ def pod_spec(
     tol = tolerations(spec)
     if tol:
         result["tolerations"] = tol
+    if spec.placement.node_selector:
+        result["nodeSelector"] = dict(spec.placement.node_selector)
     return result

@@ -15,6 +15,7 @@ from freehold.builders.model_workload import (
     fetch_init_containers,
     labels,
     metadata,
+    model_image,
     model_resources,
     pod_spec,
     service_account_name,
@@ -80,8 +81,10 @@ def build_rayservice(spec: ModelDeploymentSpec, ctx: BuildContext) -> dict[str, 
     }
     head_vols = [v for v in vols if v["name"] in {"tmp", "shm"}]
     head_mounts = [m for m in mounts if m["name"] in {"tmp", "shm"}]
-    head = _container("ray-head", ctx.serving_image, head_resources, head_mounts, env, HEAD_PORTS)
-    worker = _container("ray-worker", ctx.serving_image, model_resources(spec), mounts, env)
+    # The head builds the Serve application too (Ray Serve LLM for engine vllm): same image.
+    image = model_image(spec, ctx)
+    head = _container("ray-head", image, head_resources, head_mounts, env, HEAD_PORTS)
+    worker = _container("ray-worker", image, model_resources(spec), mounts, env)
     scale = spec.scaling
     gpus = spec.resources.gpu.count if spec.resources.gpu else 0
     worker_start: dict[str, str] = {"num-cpus": str(whole_cpus(spec.resources.cpu))}

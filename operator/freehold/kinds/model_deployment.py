@@ -118,10 +118,13 @@ class ModelDeploymentKind(KindBase[ModelDeploymentSpec]):
                     f"spec.model.s3.credentials.path: {s3.credentials.path!r} is outside this "
                     f"namespace's Vault paths: it must start with {prefix!r}",
                 )
-        if spec.engine.name == "vllm":
+        if spec.engine.name == "vllm" and self.config.serving_vllm_image is None:
             raise SpecProblemError(
                 "EngineUnavailable",
-                "spec.engine.name: the vLLM engine is planned, not built; use llamacpp",
+                "spec.engine.name: engine vllm needs the vLLM serving image, and this "
+                "operator has none configured (chart value serving.vllmImage, setting "
+                "FREEHOLD_OPERATOR_SERVING_VLLM_IMAGE); ask your platform team, or use "
+                "engine llamacpp with a GGUF model",
             )
 
     def backend(self, facts: Facts) -> Backend:
@@ -211,7 +214,9 @@ class ModelDeploymentKind(KindBase[ModelDeploymentSpec]):
         decided = self.plan(spec, meta, facts)
         served_model = decided.serve
         refused = verification_failure(facts.related.get("pods") or [], observed.failure)
-        conditions = serving_conditions(observed, served_name, served_model, problem, refused)
+        conditions = serving_conditions(
+            observed, served_name, served_model, problem, refused, engine_note(spec)
+        )
         if needs_vault(spec):
             conditions.append(secrets_condition(problem))
         fields: dict[str, Any] = {
@@ -240,6 +245,15 @@ class ModelDeploymentKind(KindBase[ModelDeploymentSpec]):
         # restarts change nothing a watch sees), so look again soon.
         recheck = None if observed.ready else NOT_READY_RECHECK_SECONDS
         return StatusReport(conditions, fields, recheck)
+
+
+def engine_note(spec: ModelDeploymentSpec) -> str:
+    """Said in Ready: vLLM without GPUs runs on its CPU backend, which is allowed (small
+    models, tests) but is not what a platform team expects of vLLM."""
+    gpu = spec.resources.gpu
+    if spec.engine.name == "vllm" and (gpu is None or gpu.count == 0):
+        return "; engine vllm on CPU (vLLM's CPU backend: no resources.gpu requested)"
+    return ""
 
 
 def awaiting_eval(decided: Plan, served: ModelSource) -> Condition:
@@ -368,6 +382,7 @@ def serving_conditions(
     model: ModelSource,
     problem: Problem | None,
     refused: str | None = None,
+    engine_note: str = "",
 ) -> list[Condition]:
     sha256 = model.sha256
     replicas = f"{observed.ready_replicas}/{observed.desired_replicas} replicas ready"
@@ -379,7 +394,9 @@ def serving_conditions(
     elif observed.failure:
         ready = condition("Ready", False, "ServingFailed", observed.failure)
     elif observed.ready:
-        ready = condition("Ready", True, "Serving", f"serving {served_name}; {replicas}")
+        ready = condition(
+            "Ready", True, "Serving", f"serving {served_name}; {replicas}{engine_note}"
+        )
     elif not observed.exists:
         ready = condition("Ready", False, "Creating", f"creating the {observed.backend}")
     else:

@@ -286,7 +286,7 @@ def needs_fetch(args: ServingArgs) -> bool:
     from freehold_serving.model_files import FETCHED_SCHEMES, fetched_path, signature_path
 
     model = args.model
-    if model.uri.split("://", 1)[0] in FETCHED_SCHEMES and not fetched_path(model).is_file():
+    if model.uri.split("://", 1)[0] in FETCHED_SCHEMES and not fetched_path(model).exists():
         return True
     ref = model.signature.ref if model.signature else ""
     return ref.split("://", 1)[0] in FETCHED_SCHEMES and not signature_path(model).is_file()
@@ -295,13 +295,14 @@ def needs_fetch(args: ServingArgs) -> bool:
 def model_size(args: ServingArgs) -> int:
     """The model file's size; an oci:// model is fetched first (digest-checked)."""
     from freehold_serving.model_files import ModelFileError, resolve
+    from freehold_serving.model_files import model_size as size_of
 
     try:
         if needs_fetch(args):
             from freehold_serving.fetch import fetch_model, insecure_registries
 
             fetch_model(args.model, insecure_registries())  # verified again with the rest
-        return resolve(args.model).stat().st_size
+        return size_of(resolve(args.model))
     except ModelFileError as exc:
         raise UpError(str(exc)) from None
 

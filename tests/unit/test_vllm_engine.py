@@ -1,0 +1,252 @@
+"""engine vllm: the model directory digest, the translation of spec and requests to Ray
+Serve LLM / vLLM, and the operator's side. Pure functions and real files; vLLM itself runs
+in tests/integration/vllm."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from freehold.api.model_deployment import ModelDeploymentSpec
+from freehold.builders.children import build_children
+from freehold.builders.model_workload import BuildContext
+from freehold.builders.serving_args import serving_args_for
+from freehold.kinds.model_deployment import engine_note
+from freehold_serving.args import ModelConfig, ServingArgs
+from freehold_serving.engines import vllm
+from freehold_serving.engines.base import (
+    ContextLengthError,
+    EngineError,
+    GenerationJob,
+    SamplingParams,
+)
+from freehold_serving.model_files import (
+    DigestMismatchError,
+    ModelFileError,
+    directory_digest,
+    resolve,
+    verify_file,
+)
+from tests.unit.test_builders import CTX, spec
+
+
+def hf_dir(root: Path) -> Path:
+    model = root / "model"
+    (model / "sub").mkdir(parents=True)
+    (model / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    (model / "tokenizer.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"\x00\x01weights" * 1000)
+    (model / "sub" / "extra.txt").write_text("x")
+    return model
+
+
+def test_the_directory_digest_is_what_sha256sum_gives(tmp_path: Path) -> None:
+    model = hf_dir(tmp_path)
+    shell = subprocess.run(
+        "find . -type f -printf '%P\\n' | LC_ALL=C sort | xargs -d '\\n' sha256sum | sha256sum",
+        shell=True,
+        cwd=model,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()[0]
+    assert directory_digest(model) == shell
+
+
+def test_a_directory_model_is_verified_and_a_changed_file_refused(tmp_path: Path) -> None:
+    model = hf_dir(tmp_path)
+    config = ModelConfig(
+        uri=f"file://{model}",
+        sha256=directory_digest(model),
+        served_name="m",
+        format="safetensors",
+    )
+    assert verify_file(config)[0] == model
+    (model / "tokenizer.json").write_text('{"changed": true}')
+    with pytest.raises(DigestMismatchError):
+        verify_file(config)
+    (model / "tokenizer.json").write_text("{}")
+    (model / "added.bin").write_bytes(b"more")  # a file more is another model too
+    with pytest.raises(DigestMismatchError):
+        verify_file(config)
+
+
+def test_links_and_empty_directories_are_refused(tmp_path: Path) -> None:
+    model = hf_dir(tmp_path)
+    (model / "escape.json").symlink_to("/etc/hostname")
+    with pytest.raises(ModelFileError, match="link or special file"):
+        directory_digest(model)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelFileError, match="holds no files"):
+        directory_digest(empty)
+
+
+def test_a_safetensors_model_names_a_directory_and_a_file_is_not_one(tmp_path: Path) -> None:
+    model = hf_dir(tmp_path)
+    config = ModelConfig(
+        uri=f"file://{model / 'config.json'}", sha256="a" * 64, served_name="m",
+        format="safetensors",
+    )  # fmt: skip
+    with pytest.raises(ModelFileError, match="Hugging Face directory"):
+        resolve(config)
+    pvc = ModelConfig(
+        uri="pvc://models/hf/smol", sha256="a" * 64, served_name="m", format="safetensors",
+        models_root=str(tmp_path),
+    )  # fmt: skip
+    (tmp_path / "models" / "hf" / "smol").mkdir(parents=True)
+    assert resolve(pvc) == tmp_path / "models" / "hf" / "smol"
+
+
+def test_a_signed_directory_verifies_and_its_signature_pins_the_digest(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from freehold_serving.args import SignatureConfig
+    from freehold_serving.signatures import SignatureError, sign_model, verify_model
+
+    model = hf_dir(tmp_path)
+    key = ec.generate_private_key(ec.SECP256R1())
+    private = tmp_path / "k.pem"
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    signature = tmp_path / "model.sig"
+    sign_model(model, signature, private)
+    trust = SignatureConfig(ref=f"file://{signature}", public_key=public.decode())
+    digest = directory_digest(model)
+    assert verify_model(model, signature, trust, digest).method == "key"
+    with pytest.raises(SignatureError, match="covers another file"):
+        verify_model(model, signature, trust, "b" * 64)
+    (model / "model.safetensors").write_bytes(b"tampered")
+    with pytest.raises(SignatureError, match="not the one that was signed"):
+        verify_model(model, signature, trust, digest)
+
+
+def vllm_args(**vllm_changes: Any) -> ServingArgs:
+    changes: dict[str, Any] = {
+        "model": {"uri": "pvc://models/llama", "format": "safetensors", "sha256": "a" * 64},
+        "engine": {"name": "vllm", "contextLength": 2048, "vllm": vllm_changes},
+        "resources": {"cpu": "4", "memory": "16Gi"},
+        "scaling": {
+            "minReplicas": 0,
+            "maxReplicas": 3,
+            "targetOngoingRequests": 8,
+            "maxOngoingRequests": 32,
+        },
+    }
+    return serving_args_for(spec(**changes), "llama", "team-a")
+
+
+def test_engine_arguments_follow_the_spec_and_the_device() -> None:
+    cpu = vllm.engine_kwargs(vllm_args(), "/models/llama")
+    assert cpu["enforce_eager"] is True  # compiling on CPU costs a minute of start-up
+    assert cpu["enable_prefix_caching"] and not cpu["trust_remote_code"]
+    assert "gpu_memory_utilization" not in cpu and cpu["max_model_len"] == 2048
+    assert vllm.engine_env(vllm_args(cpuKvCacheGib=3))["VLLM_CPU_KVCACHE_SPACE"] == "3"
+    gpu_args = vllm_args(tensorParallelSize=2, pipelineParallelSize=2).model_copy(
+        update={"engine": vllm_args(tensorParallelSize=2, pipelineParallelSize=2).engine.model_copy(
+            update={"gpus": 4})}
+    )  # fmt: skip
+    gpu = vllm.engine_kwargs(gpu_args, "/models/llama")
+    assert gpu["enforce_eager"] is False and gpu["gpu_memory_utilization"] == 0.9
+    assert (gpu["tensor_parallel_size"], gpu["pipeline_parallel_size"]) == (2, 2)
+    assert "VLLM_CPU_KVCACHE_SPACE" not in vllm.engine_env(gpu_args)
+
+
+def test_replicas_autoscale_on_ongoing_requests_and_route_by_prefix() -> None:
+    config = vllm.deployment_config(vllm_args())
+    assert config["request_router_config"]["request_router_class"].endswith(
+        "PrefixCacheAffinityRouter"
+    )
+    assert config["autoscaling_config"]["min_replicas"] == 0  # scale to zero
+    assert config["autoscaling_config"]["target_ongoing_requests"] == 8
+    assert config["max_ongoing_requests"] == 32
+    other = vllm.deployment_config(vllm_args(requestRouter="power-of-two"))
+    assert other["request_router_config"]["request_router_class"].endswith(
+        "PowerOfTwoChoicesRequestRouter"
+    )
+
+
+def test_requests_translate_to_vllm_openai_requests() -> None:
+    params = SamplingParams(
+        max_tokens=16, temperature=0.2, stop=("\n",), seed=7, logprobs=2,
+        json_schema='{"type": "object"}',
+    )  # fmt: skip
+    chat = vllm._request(GenerationJob(params, messages=(("user", "hi"),)), "m")
+    assert chat["messages"] == [{"role": "user", "content": "hi"}]
+    assert chat["logprobs"] is True and chat["top_logprobs"] == 2 and chat["stream"]
+    assert chat["stream_options"] == {"include_usage": True}
+    assert chat["response_format"]["json_schema"]["schema"] == {"type": "object"}
+    completion = vllm._request(GenerationJob(SamplingParams(logprobs=1), prompt="p"), "m")
+    assert completion["prompt"] == "p" and completion["logprobs"] == 1
+    with pytest.raises(EngineError, match="echo with logprobs"):
+        vllm._request(GenerationJob(SamplingParams(logprobs=1, echo=True), prompt="p"), "m")
+
+
+def sse(data: dict[str, Any]) -> str:
+    return f"data: {json.dumps(data)}\n\n"
+
+
+def test_streamed_events_become_chunks_with_usage_on_the_last() -> None:
+    events = vllm._Events(chat=True)
+    first = events.feed(sse({"choices": [{"delta": {"role": "assistant"}, "finish_reason": None}]}))
+    assert first == []
+    lp = {"content": [{"token": "Hi", "logprob": -0.1, "bytes": [72, 105], "top_logprobs": [
+        {"token": "Hi", "logprob": -0.1, "bytes": [72, 105]}]}]}  # fmt: skip
+    (chunk,) = events.feed(sse({"choices": [{"delta": {"content": "Hi"}, "logprobs": lp}]}))
+    assert chunk.text == "Hi" and chunk.logprobs[0].top == [("Hi", [72, 105], -0.1)]
+    assert events.feed(sse({"choices": [{"delta": {}, "finish_reason": "length"}]})) == []
+    (last,) = events.feed(
+        sse({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 1}})
+        + "data: [DONE]\n\n"
+    )
+    assert (last.finish_reason, last.prompt_tokens, last.completion_tokens) == ("length", 5, 1)
+    assert events.done and events.close() == []
+
+
+def test_engine_errors_become_client_or_server_errors() -> None:
+    events = vllm._Events(chat=False)
+    with pytest.raises(ContextLengthError):
+        events.feed(sse({"error": {"message": "This model's maximum context length is 2048",
+                                   "code": 400, "type": "BadRequestError"}}))  # fmt: skip
+    with pytest.raises(EngineError) as bad:
+        events.feed(sse({"error": {"message": "bad top_p", "code": 400, "param": "top_p"}}))
+    assert bad.value.param == "top_p"
+    with pytest.raises(RuntimeError, match="vLLM engine error"):
+        events.feed(sse({"error": {"message": "engine dead", "code": 500}}))
+
+
+def md(**changes: Any) -> ModelDeploymentSpec:
+    return spec("modeldeployment-vllm-gpu.yaml", **changes)
+
+
+def test_pods_get_the_vllm_image_gpus_and_the_placement_the_spec_names() -> None:
+    ctx = BuildContext(**{**vars(CTX), "serving_vllm_image": "registry.local/fh-vllm:1"})
+    for backend in ("RayService", "Deployment"):
+        objs = build_children(md(), ctx, backend)  # type: ignore[arg-type]
+        (workload,) = [o for o in objs if o["kind"] == backend]
+        text = json.dumps(workload)
+        assert "registry.local/fh-vllm:1" in text and "freehold-serving:0.1.0" not in text
+        assert '"node-pool": "gpu-l4"' in text
+        assert (
+            '{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}'
+            in text
+        )
+        assert '"nvidia.com/gpu": "1"' in text
+
+
+def test_vllm_without_gpus_is_allowed_and_says_so() -> None:
+    assert "vLLM's CPU backend" in engine_note(md(resources={"cpu": "4", "memory": "8Gi"}))
+    assert engine_note(md()) == ""
