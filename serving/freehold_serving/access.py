@@ -55,6 +55,10 @@ class AccessLog:
             path, component, signer, checkpoint_every=2**62, metrics=metrics, export=export
         )
         self._writer = AuditWriter(audit, signer is not None, metrics=metrics)
+        # The digest of what answered: the model, or the LoRA adapter a request named.
+        self._digests = {args.model.served_name: f"sha256:{args.model.sha256}"} | {
+            a.served_name: f"sha256:{a.sha256}" for a in args.adapters
+        }
         self._digest = f"sha256:{args.model.sha256}"
         self.path = path
         log.info("access records in %s (%s)", path, "signed" if signer else "unsigned")
@@ -79,7 +83,9 @@ class AccessLog:
             tenant=tenant,
             operation=operation,
             model=model,
-            modelDigest=self._digest if operation != "embeddings" else None,
+            modelDigest=(
+                self._digests.get(model, self._digest) if operation != "embeddings" else None
+            ),
             status=status,
             error=error,
             inputTokens=input_tokens,

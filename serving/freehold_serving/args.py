@@ -28,6 +28,7 @@ MaxNumSeqs = Annotated[int, Field(ge=1, le=4096)]
 PipelineParallelSize = Annotated[int, Field(ge=1, le=64)]
 CpuKvCacheGib = Annotated[int, Field(ge=1, le=1024)]
 RequestRouter = Literal["prefix-aware", "power-of-two"]
+LoraRank = Literal[8, 16, 32, 64, 128, 256]
 ContextLength = Annotated[int, Field(ge=128, le=1048576)]
 
 
@@ -49,6 +50,7 @@ class VllmConfig(Strict):
     dtype: Dtype = "auto"
     quantization: Quantization | None = None
     max_num_seqs: MaxNumSeqs = 256
+    max_lora_rank: LoraRank = 16
     # None: eager on CPU (torch.compile there costs a minute of start for ~15% speed),
     # compiled with CUDA graphs on GPU.
     enforce_eager: bool | None = None
@@ -187,6 +189,11 @@ class ServingArgs(Strict):
     audit: AuditConfig | None = None
     embeddings: EmbeddingsConfig = Field(default_factory=EmbeddingsConfig)
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    adapters: list[ModelConfig] = Field(
+        default_factory=list,
+        description="LoRA adapters of the model (engine vllm), each a Hugging Face adapter "
+        "directory pinned by its digest; requests address one by its served_name.",
+    )
     memory_stores: dict[str, str] = Field(
         default_factory=dict,
         description="MemoryStores a chat request may name (`memory.store`): name -> base URL "

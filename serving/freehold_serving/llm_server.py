@@ -53,6 +53,8 @@ class LLMServer:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
 
     def _tokens(self, job: GenerationJob) -> tuple[list[int], SamplingParams]:
+        if job.adapter is not None:  # admission refuses adapters without vllm
+            raise EngineError("LoRA adapters are served by engine vllm", param="model")
         engine = self._engine
         params = job.params
         if job.messages is not None:

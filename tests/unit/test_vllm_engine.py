@@ -188,7 +188,10 @@ def test_requests_translate_to_vllm_openai_requests() -> None:
     assert chat["messages"] == [{"role": "user", "content": "hi"}]
     assert chat["logprobs"] is True and chat["top_logprobs"] == 2 and chat["stream"]
     assert chat["stream_options"] == {"include_usage": True}
-    assert chat["response_format"]["json_schema"]["schema"] == {"type": "object"}
+    assert chat["structured_outputs"] == {
+        "json": {"type": "object"},
+        "disable_any_whitespace": True,
+    }
     completion = vllm._request(GenerationJob(SamplingParams(logprobs=1), prompt="p"), "m")
     assert completion["prompt"] == "p" and completion["logprobs"] == 1
     with pytest.raises(EngineError, match="echo with logprobs"):
@@ -250,3 +253,58 @@ def test_pods_get_the_vllm_image_gpus_and_the_placement_the_spec_names() -> None
 def test_vllm_without_gpus_is_allowed_and_says_so() -> None:
     assert "vLLM's CPU backend" in engine_note(md(resources={"cpu": "4", "memory": "8Gi"}))
     assert engine_note(md()) == ""
+
+
+ADAPTERS = [
+    {"name": "llama-legal", "uri": "pvc://adapters/legal", "sha256": "b" * 64},
+    {"name": "llama-health", "uri": "pvc://models/lora/health", "sha256": "c" * 64},
+]
+
+
+def test_adapters_reach_the_pods_the_args_and_the_mlbom() -> None:
+    from freehold.builders.mlbom import build_mlbom
+    from freehold.builders.serving_args import workload_args
+
+    ctx = BuildContext(**{**vars(CTX), "serving_vllm_image": "registry.local/fh-vllm:1"})
+    spec_ = md(adapters=ADAPTERS)
+    args = workload_args(spec_, ctx)
+    assert [(a.served_name, a.format, a.models_root) for a in args.adapters] == [
+        ("llama-legal", "safetensors", "/models"),
+        ("llama-health", "safetensors", "/models"),
+    ]
+    (workload,) = [o for o in build_children(spec_, ctx, "Deployment") if o["kind"] == "Deployment"]
+    claims = [
+        v["persistentVolumeClaim"]["claimName"]
+        for v in workload["spec"]["template"]["spec"]["volumes"]
+        if "persistentVolumeClaim" in v
+    ]
+    assert claims == ["models", "adapters"]  # each claim once, read-only
+    bom = build_mlbom(spec_, "llama-8b", "ns", serving_image="img@sha256:" + "d" * 64)
+    adapters = [c for c in bom["components"] if c["bom-ref"].startswith("adapter:")]
+    assert {(c["name"], c["hashes"][0]["content"]) for c in adapters} == {
+        ("llama-legal", "b" * 64),
+        ("llama-health", "c" * 64),
+    }
+    kwargs = vllm.engine_kwargs(serving_args_for(spec_, "llama", "ns"), "/m")
+    assert kwargs["enable_lora"] and kwargs["max_loras"] == 2 and kwargs["max_lora_rank"] == 16
+
+
+def test_the_api_refuses_adapters_without_vllm_or_named_as_the_model() -> None:
+    from freehold.validation import validate
+
+    doc = {
+        "apiVersion": "freehold.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "m"},
+        "spec": {
+            "model": {"uri": "pvc://m/x", "format": "safetensors", "sha256": "a" * 64,
+                      "servedName": "llama-legal"},
+            "engine": {"name": "vllm"},
+            "adapters": ADAPTERS,
+        },
+    }  # fmt: skip
+    errors = validate(doc)
+    assert any("must differ from model.servedName" in e.message for e in errors), errors
+    doc["spec"]["adapters"] = [{**ADAPTERS[0], "uri": "oci://registry/lora:1"}]
+    doc["spec"]["model"]["servedName"] = "llama"
+    assert any(e.path.startswith("spec.adapters[0].uri") for e in validate(doc))

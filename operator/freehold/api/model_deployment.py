@@ -29,6 +29,7 @@ from freehold_serving.args import (
     GpuLayers,
     GpuMemoryUtilization,
     LlamaCppConfig,
+    LoraRank,
     MaxNumSeqs,
     PipelineParallelSize,
     Quantization,
@@ -192,6 +193,30 @@ class ModelSource(ApiModel):
     )
 
 
+class Adapter(ApiModel):
+    """A LoRA adapter of the model (engine vllm): a Hugging Face adapter directory
+    (adapter_config.json, adapter_model.safetensors) pinned by its directory digest, loaded
+    on a replica when a request first names it."""
+
+    name: str = Field(
+        max_length=253,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$",
+        description="The model name requests use for this adapter.",
+    )
+    uri: str = Field(
+        max_length=2048,
+        pattern=r"^(pvc|file|package)://[^\s]+$",
+        description="The adapter directory: pvc://CLAIM/PATH, file:///PATH or "
+        "package://DISTRIBUTION/DIR (oci:// and s3:// adapters: planned).",
+    )
+    sha256: Sha256 = Field(
+        description="Directory digest of the adapter (`freehold model digest DIR`)."
+    )
+    signature: ModelSignature | None = Field(
+        default=None, description="Verified with the digest before the adapter loads."
+    )
+
+
 # Defaults come from the serving contract (freehold_serving.args): one definition.
 _LLAMA = LlamaCppConfig()
 _VLLM = VllmConfig()
@@ -239,6 +264,9 @@ class VllmArgs(ApiModel):
     )
     max_num_seqs: MaxNumSeqs = Field(
         default=_VLLM.max_num_seqs, description="Sequences batched together per step."
+    )
+    max_lora_rank: LoraRank = Field(
+        default=_VLLM.max_lora_rank, description="The largest LoRA rank among spec.adapters."
     )
     enforce_eager: bool | None = Field(
         default=None,
@@ -504,6 +532,18 @@ class ModelDeploymentSpec(ApiModel):
                 field_path=".model.format",
             ),
             cel(
+                "self.engine.name == 'vllm' || size(self.adapters) == 0",
+                "spec.adapters: LoRA adapters are served by engine vllm (llama.cpp adapters "
+                "are planned)",
+                field_path=".adapters",
+            ),
+            cel(
+                "!has(self.model.servedName) || "
+                "self.adapters.all(a, a.name != self.model.servedName)",
+                "spec.adapters: an adapter's name must differ from model.servedName",
+                field_path=".adapters",
+            ),
+            cel(
                 "!has(oldSelf.residency) || has(self.residency)",
                 "residency cannot be removed once set",
                 field_path=".residency",
@@ -514,6 +554,13 @@ class ModelDeploymentSpec(ApiModel):
 
     model: ModelSource = Field(description="The model to serve.")
     engine: Engine = Field(default_factory=Engine, description="The inference engine.")
+    adapters: list[Adapter] = Field(
+        default_factory=list,
+        max_length=64,
+        description="LoRA adapters served on this model (engine vllm), addressed by name in "
+        "requests' `model` field.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
     resources: Resources = Field(default_factory=Resources, description="Compute per replica.")
     scaling: Scaling = Field(default_factory=Scaling, description="Replica autoscaling.")
     placement: Placement = Field(

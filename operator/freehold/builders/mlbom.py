@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from freehold.api.model_deployment import ModelDeploymentSpec
-from freehold.builders.model_workload import BuildContext, metadata
+from freehold.builders.model_workload import BuildContext, metadata, model_image
 from freehold_serving.engines import ENGINE_PACKAGES
 from freehold_serving.signatures import key_fingerprint
 
@@ -74,6 +74,27 @@ def build_mlbom(
             ),
         ],
     )
+    # LoRA adapters: models of their own, named by the name requests use, pinned by digest.
+    adapters = [
+        Component(
+            type=ComponentType.MACHINE_LEARNING_MODEL,
+            name=adapter.name,
+            bom_ref=f"adapter:{adapter.name}",
+            version=f"sha256:{adapter.sha256}",
+            hashes=[HashType(alg=HashAlgorithm.SHA_256, content=adapter.sha256)],
+            external_references=[
+                ExternalReference(type=ExternalReferenceType.DISTRIBUTION, url=XsUri(adapter.uri))
+            ],
+            properties=[
+                Property(name="freehold:model:kind", value="lora-adapter"),
+                Property(name="freehold:adapter:base", value=served),
+                Property(
+                    name="freehold:model:signed", value="true" if adapter.signature else "false"
+                ),
+            ],
+        )
+        for adapter in spec.adapters
+    ]
     package, version = ENGINE_PACKAGES[spec.engine.name]
     engine = Component(
         type=ComponentType.LIBRARY,
@@ -114,10 +135,12 @@ def build_mlbom(
     bom = Bom(serial_number=uuid.uuid5(_NAMESPACE, seed))
     bom.metadata.timestamp = created or datetime(1970, 1, 1, tzinfo=UTC)
     bom.metadata.component = deployment
-    for component in (model, engine, image):
+    for component in (model, engine, image, *adapters):
         bom.components.add(component)
-    bom.register_dependency(deployment, [model, engine, image])
-    bom.register_dependency(engine, [model])
+    bom.register_dependency(deployment, [model, engine, image, *adapters])
+    bom.register_dependency(engine, [model, *adapters])
+    for adapter in adapters:
+        bom.register_dependency(adapter, [model])
     document: dict[str, Any] = json.loads(JsonV1Dot6(bom).output_as_string())
     # The library stamps its own tool entry with its version: keep the document stable
     # across library upgrades by naming Freehold as the tool instead.
@@ -141,7 +164,7 @@ def build_mlbom_configmap(
     """The ML-BOM of what serves, kept beside it (status.mlBom links it)."""
     when = datetime.fromisoformat(created.replace("Z", "+00:00")) if created else None
     document = build_mlbom(
-        spec, ctx.name, ctx.namespace, serving_image=ctx.serving_image, created=when
+        spec, ctx.name, ctx.namespace, serving_image=model_image(spec, ctx), created=when
     )
     return {
         "apiVersion": "v1",

@@ -157,11 +157,11 @@ def model_resources(spec: ModelDeploymentSpec) -> dict[str, Any]:
     return {"requests": amounts, "limits": limits}
 
 
-def pvc_claim(spec: ModelDeploymentSpec) -> str | None:
-    uri = spec.model.uri
-    if not uri.startswith("pvc://"):
-        return None
-    return uri.removeprefix("pvc://").split("/", 1)[0]
+def pvc_claims(spec: ModelDeploymentSpec) -> list[str]:
+    """Every claim the pods read: the model's, then its LoRA adapters' (each once)."""
+    uris = [spec.model.uri, *(a.uri for a in spec.adapters)]
+    claims = [u.removeprefix("pvc://").split("/", 1)[0] for u in uris if u.startswith("pvc://")]
+    return list(dict.fromkeys(claims))
 
 
 def needs_vault(spec: ModelDeploymentSpec) -> bool:
@@ -232,12 +232,10 @@ def volumes(
     fetched = fetched_volumes(spec)
     vols += [{"name": name, "emptyDir": {}} for name, _ in fetched]
     mounts += [{"name": name, "mountPath": path, "readOnly": True} for name, path in fetched]
-    claim = pvc_claim(spec)
-    if claim is not None:
-        vols.append(
-            {"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
-        )
-        mounts.append({"name": "model", "mountPath": f"{MODELS_ROOT}/{claim}", "readOnly": True})
+    for n, claim in enumerate(pvc_claims(spec)):
+        name = "model" if n == 0 else f"model-{n}"  # the first keeps its historic name
+        vols.append({"name": name, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+        mounts.append({"name": name, "mountPath": f"{MODELS_ROOT}/{claim}", "readOnly": True})
     if needs_vault(spec):
         more, more_mounts = vault_volumes(ctx, vault_ca_name(ctx))
         vols += more

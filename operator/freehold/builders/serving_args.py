@@ -3,7 +3,13 @@ operator (RayService serveConfigV2, Deployment env) and `freehold up` use."""
 
 from __future__ import annotations
 
-from freehold.api.model_deployment import Auth, LlamaCppArgs, ModelDeploymentSpec, VllmArgs
+from freehold.api.model_deployment import (
+    Auth,
+    LlamaCppArgs,
+    ModelDeploymentSpec,
+    ModelSignature,
+    VllmArgs,
+)
 from freehold.builders.model_workload import (
     AUDIT_DIR,
     MODELS_ROOT,
@@ -52,6 +58,17 @@ def api_keys_config(
             role=vault_role,
             ca_cert=vault_ca_cert,
         )
+    )
+
+
+def _signature(signature: ModelSignature | None) -> SignatureConfig | None:
+    if signature is None:
+        return None
+    return SignatureConfig(
+        ref=signature.ref,
+        public_key=signature.public_key,
+        certificate_chain=list(signature.certificate_chain),
+        identity=signature.identity,
     )
 
 
@@ -110,16 +127,7 @@ def serving_args_for(
                 if spec.model.s3 is not None
                 else None
             ),
-            signature=(
-                SignatureConfig(
-                    ref=spec.model.signature.ref,
-                    public_key=spec.model.signature.public_key,
-                    certificate_chain=list(spec.model.signature.certificate_chain),
-                    identity=spec.model.signature.identity,
-                )
-                if spec.model.signature
-                else None
-            ),
+            signature=_signature(spec.model.signature),
         ),
         engine=EngineConfig(
             name=engine.name,
@@ -135,6 +143,16 @@ def serving_args_for(
             max_ongoing_requests=spec.scaling.max_ongoing_requests,
             max_queued_requests=spec.scaling.max_queued_requests,
         ),
+        adapters=[
+            ModelConfig(
+                uri=a.uri,
+                sha256=a.sha256,
+                served_name=a.name,
+                format="safetensors",
+                signature=_signature(a.signature),
+            )
+            for a in spec.adapters
+        ],
         api_keys=api_keys,
         telemetry=TelemetryConfig(
             capture_content=spec.telemetry.capture_content,
@@ -160,6 +178,7 @@ def workload_args(spec: ModelDeploymentSpec, ctx: BuildContext) -> ServingArgs:
     return args.model_copy(
         update={
             "model": args.model.model_copy(update={"models_root": MODELS_ROOT}),
+            "adapters": [a.model_copy(update={"models_root": MODELS_ROOT}) for a in args.adapters],
             "audit": AuditConfig(directory=AUDIT_DIR),
             "memory_stores": {
                 ref.name: f"http://{ref.name}.{ctx.namespace}.svc:{SERVE_PORT}/v1/memory"

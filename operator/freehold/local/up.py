@@ -272,6 +272,22 @@ def verify_model_and_signer(
     return args.model_copy(update={"model": model}), verified.signer if verified else None
 
 
+def verify_and_warm(
+    args: ServingArgs, progress: Callable[[int], None], timed: list[tuple[float, str | None]]
+) -> ServingArgs:
+    """While Ray starts: verify the model (timed, with its signer), and for engine vllm
+    import Ray Serve LLM and vLLM, which takes seconds the application build would wait."""
+    begin = time.perf_counter()
+    result, signer = verify_model_and_signer(args, progress)
+    timed.append((time.perf_counter() - begin, signer))
+    if args.engine.name == "vllm":
+        from freehold_serving.engines import vllm
+
+        if vllm.available():  # else build_app says what is missing
+            vllm.warm_imports()
+    return result
+
+
 def _say_verified(console: Console, args: ServingArgs, signer: str | None, took: float) -> None:
     signed = f", signed by {signer}" if signer else ""
     console.print(
@@ -579,15 +595,9 @@ def serve_locally(
             )
             timed: list[tuple[float, str | None]] = []  # (seconds, signer)
 
-            def verify() -> ServingArgs:
-                begin = time.perf_counter()
-                result, signer = verify_model_and_signer(
-                    args, lambda n: progress.advance(checking, n)
-                )
-                timed.append((time.perf_counter() - begin, signer))
-                return result
-
-            verifying = pool.submit(verify)
+            verifying = pool.submit(
+                verify_and_warm, args, lambda n: progress.advance(checking, n), timed
+            )
             starting = progress.add_task(f"Starting Ray on {cpus} CPU(s)", total=None)
             try:
                 running.enter_context(local_ray(cpus, settings.host, settings.port))

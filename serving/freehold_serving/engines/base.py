@@ -82,6 +82,7 @@ class GenerationJob:
     params: SamplingParams
     prompt: str | None = None
     messages: tuple[tuple[str, str], ...] | None = None
+    adapter: str | None = None  # a LoRA adapter's name (engine vllm); None: the model
 
 
 class Generator(Protocol):

@@ -5,15 +5,52 @@ directory it is about to load. Imported only where vLLM is installed."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from typing import Any
 
+from ray.llm._internal.serve.utils.lora_serve_utils import LoraModelLoader
 from ray.serve.llm.deployment import LLMServer
 
-from freehold_serving.args import ServingArgs
+from freehold_serving.args import ModelConfig, ServingArgs
 from freehold_serving.model_files import verify_file
 
 log = logging.getLogger(__name__)
+
+
+class AdapterLoader(LoraModelLoader):
+    """The LoRA adapters of this deployment, loaded on demand (Ray Serve multiplexing) from
+    where the spec pins them: verified (digest, signature when named) on every load, never
+    downloaded from a hub. Ray Serve LLM's loader interface."""
+
+    adapters: dict[str, ModelConfig] = {}
+
+    def __init__(self, download_timeout_s: float | None = None, max_tries: int = 1) -> None:
+        super().__init__(download_timeout_s=download_timeout_s, max_tries=max_tries)
+        self._ids = itertools.count(1)
+
+    async def load_model_from_config(self, lora_model_id: str, llm_config: Any) -> Any:
+        from ray.llm._internal.serve.core.configs.llm_config import DiskMultiplexConfig
+
+        adapter = self.adapters.get(lora_model_id)
+        if adapter is None:
+            raise ValueError(f"no LoRA adapter named {lora_model_id!r} in this deployment")
+        path, _ = await asyncio.to_thread(verify_file, adapter)
+        log.info("LoRA adapter %s verified (sha256 %s); loading", lora_model_id, adapter.sha256)
+        return DiskMultiplexConfig(
+            model_id=lora_model_id,
+            max_total_tokens=None,
+            local_path=str(path),
+            lora_assigned_int_id=next(self._ids),
+        )
+
+
+def adapter_loader(args: ServingArgs) -> type[AdapterLoader]:
+    return type(
+        "FreeholdAdapterLoader",
+        (AdapterLoader,),
+        {"adapters": {a.served_name: a for a in args.adapters}},
+    )
 
 
 class FreeholdLLMServer(LLMServer):
@@ -28,4 +65,4 @@ class FreeholdLLMServer(LLMServer):
             args.model.sha256,
             f", signed by {verified.signer}" if verified else "",
         )
-        await super().__init__(llm_config)
+        await super().__init__(llm_config, model_downloader=adapter_loader(args))

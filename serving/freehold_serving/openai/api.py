@@ -106,6 +106,7 @@ class OpenAIApi:
     ) -> None:
         self._args = args
         self._model = args.model.served_name
+        self._adapters = [a.served_name for a in args.adapters]
         self._open = open_stream
         self._embed = embed
         self._telemetry = telemetry
@@ -170,13 +171,19 @@ class OpenAIApi:
             raise from_validation_error(exc) from None
 
     def _check_model(self, requested: str, available: str) -> None:
-        if requested != available:
+        if requested != available and not (
+            available == self._model and requested in self._adapters
+        ):
             raise ApiError(
                 404,
                 f"The model `{requested}` does not exist or you do not have access to it.",
                 code="model_not_found",
                 param="model",
             )
+
+    def _adapter(self, requested: str) -> str | None:
+        """The LoRA adapter a request names (it passed _check_model), or None."""
+        return requested if requested != self._model else None
 
     def _model_card(self, model_id: str) -> dict[str, Any]:
         return {"id": model_id, "object": "model", "created": self._created, "owned_by": "freehold"}
@@ -185,14 +192,16 @@ class OpenAIApi:
 
     async def models(self, request: Request) -> Response:
         self._authorize(request)
-        cards = [self._model_card(self._model)]
+        cards = [self._model_card(m) for m in (self._model, *self._adapters)]
         if self._embed is not None:
             cards.append(self._model_card(EMBEDDING_MODEL))
         return JSONResponse({"object": "list", "data": cards})
 
     async def model(self, request: Request, model_id: str) -> Response:
         self._authorize(request)
-        known = [self._model] + ([EMBEDDING_MODEL] if self._embed is not None else [])
+        known = [self._model, *self._adapters] + (
+            [EMBEDDING_MODEL] if self._embed is not None else []
+        )
         if model_id not in known:
             self._check_model(model_id, self._model)
         return JSONResponse(self._model_card(model_id))
@@ -241,9 +250,9 @@ class OpenAIApi:
         req = await self._body(request, CompletionRequest)
         self._check_model(req.model, self._model)
         params = req.sampling()
-        job = GenerationJob(params=params, prompt=req.prompt_text)
+        job = GenerationJob(params=params, prompt=req.prompt_text, adapter=self._adapter(req.model))
         record = self._start(
-            request, "text_completion", self._model, _attrs(req, params.max_tokens), req.prompt_text
+            request, "text_completion", req.model, _attrs(req, params.max_tokens), req.prompt_text
         )
         stream = await self._run(job, record)
         want_logprobs = req.logprobs is not None
@@ -255,7 +264,7 @@ class OpenAIApi:
         return JSONResponse(
             r.completion(
                 r.new_id("cmpl"),
-                self._model,
+                req.model,
                 req.prompt_text,
                 bool(req.echo),
                 result,
@@ -272,9 +281,11 @@ class OpenAIApi:
         if req.memory is not None:
             messages, recalled = await self._recall(request, req.memory, messages)
         job = GenerationJob(
-            params=params, messages=tuple((m["role"], m["content"]) for m in messages)
+            params=params,
+            messages=tuple((m["role"], m["content"]) for m in messages),
+            adapter=self._adapter(req.model),
         )
-        record = self._start(request, "chat", self._model, _attrs(req, params.max_tokens), messages)
+        record = self._start(request, "chat", req.model, _attrs(req, params.max_tokens), messages)
         stream = await self._run(job, record)
         want_logprobs = bool(req.logprobs)
         headers = {"X-Freehold-Memory-Records": ",".join(recalled)} if req.memory else {}
@@ -285,7 +296,7 @@ class OpenAIApi:
             response.headers.update(headers)
             return response
         result = await self._collect(stream, record)
-        body = r.chat_completion(r.new_id("chatcmpl"), self._model, result, want_logprobs)
+        body = r.chat_completion(r.new_id("chatcmpl"), req.model, result, want_logprobs)
         if req.memory is not None:
             body["memory"] = {
                 "store": req.memory.store,
@@ -452,7 +463,7 @@ class OpenAIApi:
     async def _completion_events(
         self, req: CompletionRequest, stream: Stream, record: RequestRecord, want_lp: bool
     ) -> AsyncIterator[bytes]:
-        chunks = r.Chunks(r.new_id("cmpl"), "text_completion", self._model)
+        chunks = r.Chunks(r.new_id("cmpl"), "text_completion", req.model)
         # text_offset counts from the start of the returned text, prompt included on echo.
         offset = len(req.prompt_text) if req.echo else 0
         if req.echo and not want_lp:
@@ -479,7 +490,7 @@ class OpenAIApi:
     async def _chat_events(
         self, req: ChatCompletionRequest, stream: Stream, record: RequestRecord, want_lp: bool
     ) -> AsyncIterator[bytes]:
-        chunks = r.Chunks(r.new_id("chatcmpl"), "chat.completion.chunk", self._model)
+        chunks = r.Chunks(r.new_id("chatcmpl"), "chat.completion.chunk", req.model)
         yield _sse(chunks.delta({"role": "assistant", "content": ""}, None, None))
         try:
             async for chunk, totals in self._events(stream, record):

@@ -63,8 +63,60 @@ def model_dir(vllm_python: Path, tmp_path_factory: pytest.TempPathFactory) -> tu
     return target, digest
 
 
-def manifest(path: Path, digest: str) -> str:
-    return f"""apiVersion: freehold.dev/v1alpha1
+# A LoRA adapter made here, from random weights (no hub, no training): PEFT's format, the
+# B matrices non-zero (PEFT starts them at zero) so its answers differ from the model's.
+MAKE_ADAPTER = """
+import json, sys, torch
+from pathlib import Path
+from safetensors.torch import save_file
+out = Path(sys.argv[1]); out.mkdir(parents=True)
+config = json.loads(Path(sys.argv[2], "config.json").read_text())
+hidden, layers, rank = config["hidden_size"], config["num_hidden_layers"], 8
+torch.manual_seed(26)
+tensors = {}
+for i in range(layers):
+    for proj in ("q_proj", "v_proj"):
+        out_dim = hidden if proj == "q_proj" else config["num_key_value_heads"] * config["head_dim"]
+        name = f"base_model.model.model.layers.{i}.self_attn.{proj}"
+        tensors[f"{name}.lora_A.weight"] = torch.randn(rank, hidden) * 0.5
+        tensors[f"{name}.lora_B.weight"] = torch.randn(out_dim, rank) * 0.5
+save_file(tensors, str(out / "adapter_model.safetensors"))
+(out / "adapter_config.json").write_text(json.dumps({
+    "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": 16,
+    "lora_dropout": 0.0, "bias": "none", "target_modules": ["q_proj", "v_proj"],
+    "base_model_name_or_path": sys.argv[2], "fan_in_fan_out": False,
+    "modules_to_save": None, "use_rslora": False, "use_dora": False,
+}))
+"""
+ADAPTER = "smollm2-noisy"
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(
+    vllm_python: Path, model_dir: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, str]:
+    target = tmp_path_factory.mktemp("lora") / "noisy"
+    subprocess.run(
+        [str(vllm_python), "-c", MAKE_ADAPTER, str(target), str(model_dir[0])],
+        check=True, timeout=300,
+    )  # fmt: skip
+    digest = subprocess.run(
+        [freehold(vllm_python), "model", "digest", str(target)],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout.strip()  # fmt: skip
+    return target, digest
+
+
+def manifest(path: Path, digest: str, adapter: tuple[Path, str] | None = None) -> str:
+    adapters = (
+        f"""  adapters:
+    - {{name: {ADAPTER}, uri: "file://{adapter[0]}", sha256: {adapter[1]}}}
+"""
+        if adapter
+        else ""
+    )
+    return (
+        f"""apiVersion: freehold.dev/v1alpha1
 kind: ModelDeployment
 metadata: {{name: smollm2-vllm, namespace: local}}
 spec:
@@ -79,6 +131,8 @@ spec:
     vllm: {{dtype: bfloat16, cpuKvCacheGib: 1}}
   scaling: {{maxOngoingRequests: 32}}
 """
+        + adapters
+    )
 
 
 def free_port() -> int:
@@ -102,10 +156,13 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(
-    vllm_python: Path, model_dir: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory
+    vllm_python: Path,
+    model_dir: tuple[Path, str],
+    adapter_dir: tuple[Path, str],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Server]:
     work = tmp_path_factory.mktemp("up")
-    (work / "md.yaml").write_text(manifest(*model_dir))
+    (work / "md.yaml").write_text(manifest(*model_dir, adapter=adapter_dir))
     (work / "keys").write_text(KEY + "\n")
     port = free_port()
     env = {**os.environ, "FREEHOLD_DATA_DIR": str(work / "data")}
@@ -150,7 +207,7 @@ def test_chat_answers_through_the_front_with_keys_and_usage(server: Server) -> N
     listed = httpx.get(
         f"{server.base}/v1/models", headers={"Authorization": f"Bearer {KEY}"}
     ).json()
-    assert [m["id"] for m in listed["data"]] == [MODEL]
+    assert [m["id"] for m in listed["data"]] == [MODEL, ADAPTER]
 
 
 def test_streamed_completion_with_logprobs_ends_with_usage(server: Server) -> None:
@@ -177,20 +234,25 @@ def test_streamed_completion_with_logprobs_ends_with_usage(server: Server) -> No
 def test_json_schema_output_is_constrained(server: Server) -> None:
     schema = {
         "type": "object",
-        "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
-        "required": ["city", "population"],
+        # Bounded: a small model may write digits or letters until max_tokens otherwise.
+        "properties": {
+            "city": {"type": "string", "maxLength": 20},
+            "capital": {"type": "boolean"},
+        },
+        "required": ["city", "capital"],
     }
     answer = server.post(
         "/v1/chat/completions",
         {
-            "model": MODEL, "max_tokens": 64, "temperature": 0,
+            "model": MODEL, "max_tokens": 200, "temperature": 0,
             "messages": [{"role": "user", "content": "Describe Paris as JSON."}],
             "response_format": {"type": "json_schema", "json_schema": {"name": "c",
                                                                         "schema": schema}},
         },
     ).json()  # fmt: skip
+    assert answer["choices"][0]["finish_reason"] == "stop", answer
     parsed = json.loads(answer["choices"][0]["message"]["content"])
-    assert isinstance(parsed["city"], str) and isinstance(parsed["population"], int)
+    assert isinstance(parsed["city"], str) and isinstance(parsed["capital"], bool)
 
 
 def test_requests_beyond_the_context_get_an_openai_error(server: Server) -> None:
@@ -230,7 +292,7 @@ def test_access_records_name_the_model_and_its_digest_and_verify(server: Server)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         events = [json.loads(line) for p in logs for line in p.read_text().splitlines()]
-        access = [e for e in events if e["type"] == "inference.access"]
+        access = [e["data"] for e in events if e["type"] == "inference.access"]
         if access:
             break
         time.sleep(0.5)
@@ -266,3 +328,32 @@ def test_a_changed_model_directory_is_refused_before_anything_loads(
     )  # fmt: skip
     assert done.returncode == 1
     assert "refusing to serve" in done.stderr and "c" * 64 in done.stderr
+
+
+def test_a_lora_adapter_is_addressed_by_name_and_recorded_with_its_digest(
+    server: Server, adapter_dir: tuple[Path, str]
+) -> None:
+    body = {
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "max_tokens": 16, "temperature": 0,
+    }  # fmt: skip
+    base = server.post("/v1/chat/completions", {**body, "model": MODEL}).json()
+    tuned = server.post("/v1/chat/completions", {**body, "model": ADAPTER})
+    assert tuned.status_code == 200, tuned.text
+    assert tuned.json()["model"] == ADAPTER
+    assert (
+        tuned.json()["choices"][0]["message"]["content"]
+        != (base["choices"][0]["message"]["content"])
+    )
+    unknown = server.post("/v1/chat/completions", {**body, "model": "no-such-adapter"})
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
+    logs = sorted((server.data / "audit" / "access").glob("*.jsonl"))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        events = [json.loads(line) for p in logs for line in p.read_text().splitlines()]
+        records = [e["data"] for e in events if e["type"] == "inference.access"]
+        named = [e for e in records if e["model"] == ADAPTER and e["status"] == 200]
+        if named:
+            break
+        time.sleep(0.5)
+    assert named and named[-1]["modelDigest"] == f"sha256:{adapter_dir[1]}"
