@@ -186,23 +186,10 @@ def multi_turn(base: str, conversations: int, turns: int) -> float:
     return statistics.median(samples) * 1000
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--conversations", type=int, default=8)
-    parser.add_argument("--turns", type=int, default=4)
-    parser.add_argument("--out", type=Path)
-    parser.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench")
-    opts = parser.parse_args()
-    os.environ.update(engine_env())
-    opts.cache.mkdir(parents=True, exist_ok=True)
-    path, digest = model_dir(opts.cache)
-    work = Path(tempfile.mkdtemp(prefix="freehold-bench-vllm-"))
-    os.environ["FREEHOLD_DATA_DIR"] = str(work / "data")
-    one = work / "one.yaml"
-    one.write_text(manifest(path, digest))
-
+def throughput_rounds(
+    opts: argparse.Namespace, path: Path, manifest_file: Path
+) -> tuple[list[list[Result]], list[list[Result]], list[float]]:
+    """Alternating rounds: `vllm serve`, then Freehold, each started afresh."""
     peer_rounds: list[list[Result]] = []
     ours_rounds: list[list[Result]] = []
     ready: list[float] = []
@@ -219,7 +206,7 @@ def main() -> None:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         took, ours = run_server(
-            up_cmd(one, port),
+            up_cmd(manifest_file, port),
             base,
             MODEL,
             lambda b=base: throughput("freehold", b, opts.max_tokens),
@@ -227,9 +214,15 @@ def main() -> None:
         ours_rounds.append(ours)
         ready.append(took)
         print(f"round {r + 1}: freehold ready in {took:.1f}s", flush=True)
+    return peer_rounds, ours_rounds, ready
 
+
+def routing_rounds(
+    opts: argparse.Namespace, path: Path, digest: str, work: Path
+) -> dict[str, float]:
+    """Two replicas, multi-turn conversations: each router twice, the better run kept."""
     routing: dict[str, float] = {}
-    for router in ("power-of-two", "prefix-aware", "power-of-two", "prefix-aware"):
+    for router in ("power-of-two", "prefix-aware") * 2:
         two = work / f"two-{router}.yaml"
         two.write_text(manifest(path, digest, replicas=2, router=router))
         port = free_port()
@@ -240,11 +233,17 @@ def main() -> None:
             MODEL,
             lambda b=base: [multi_turn(b, opts.conversations, opts.turns)],
         )
-        routing.setdefault(router, ms)
-        routing[router] = min(routing[router], ms)
+        routing[router] = min(routing.get(router, ms), ms)
         print(f"multi-turn, 2 replicas, {router}: TTFT p50 {ms:.0f} ms", flush=True)
+    prefix = routing["power-of-two"] / routing["prefix-aware"]
+    print(
+        f"prefix-aware routing, multi-turn TTFT p50: {routing['prefix-aware']:.0f} ms vs "
+        f"power-of-two {routing['power-of-two']:.0f} ms: {prefix:.1f}x (target 2x)"
+    )
+    return routing
 
-    peer_m, ours_m = median_of(peer_rounds), median_of(ours_rounds)
+
+def report(peer_m: list[Result], ours_m: list[Result], ready: list[float]) -> float:
     print(f"\n{'':28}{'vllm serve':>14}{'freehold':>12}{'ratio':>8}")
     for p, o in zip(peer_m, ours_m, strict=True):
         print(
@@ -257,25 +256,41 @@ def main() -> None:
         )
     batching = ours_m[1].tokens_per_s / ours_m[0].tokens_per_s
     print(f"continuous batching (freehold, 16 streams / 1 stream): {batching:.1f}x (target 4x)")
-    prefix = routing["power-of-two"] / routing["prefix-aware"]
-    print(
-        f"prefix-aware routing, multi-turn TTFT p50: {routing['prefix-aware']:.0f} ms vs "
-        f"power-of-two {routing['power-of-two']:.0f} ms: {prefix:.1f}x (target 2x)"
-    )
     print(f"freehold up ready (vLLM): median {statistics.median(ready):.1f}s (target 60 s)")
+    return batching
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--conversations", type=int, default=8)
+    parser.add_argument("--turns", type=int, default=4)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--only", choices=("throughput", "routing"), help="one part alone")
+    parser.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench")
+    opts = parser.parse_args()
+    os.environ.update(engine_env())
+    opts.cache.mkdir(parents=True, exist_ok=True)
+    path, digest = model_dir(opts.cache)
+    work = Path(tempfile.mkdtemp(prefix="freehold-bench-vllm-"))
+    os.environ["FREEHOLD_DATA_DIR"] = str(work / "data")
+    one = work / "one.yaml"
+    one.write_text(manifest(path, digest))
+    results: dict[str, object] = {}
+    if opts.only != "routing":
+        peer_rounds, ours_rounds, ready = throughput_rounds(opts, path, one)
+        peer_m, ours_m = median_of(peer_rounds), median_of(ours_rounds)
+        results |= {
+            "peer": [asdict(x) for x in peer_m],
+            "freehold": [asdict(x) for x in ours_m],
+            "batching": report(peer_m, ours_m, ready),
+            "ready_s": ready,
+        }
+    if opts.only != "throughput":
+        results["routing_ttft_p50_ms"] = routing_rounds(opts, path, digest, work)
     if opts.out:
-        opts.out.write_text(
-            json.dumps(
-                {
-                    "peer": [asdict(x) for x in peer_m],
-                    "freehold": [asdict(x) for x in ours_m],
-                    "batching": batching,
-                    "routing_ttft_p50_ms": routing,
-                    "ready_s": ready,
-                },
-                indent=2,
-            )
-        )
+        opts.out.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

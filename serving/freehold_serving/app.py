@@ -370,7 +370,13 @@ def front_options(args: ServingArgs) -> dict[str, Any]:
         ),
         # Relays and records only; its CPU time is small and must not keep an engine
         # replica from being placed on a small node.
-        "ray_actor_options": {"num_cpus": 0, "num_gpus": 0},
+        "ray_actor_options": {
+            "num_cpus": 0,
+            "num_gpus": 0,
+            # At Ray's default nice 15 the engine's processes (nice 0) starve the front:
+            # every token waits for it.
+            "runtime_env": {"env_vars": {"RAY_worker_niceness": "0"}},
+        },
         "health_check_period_s": 10,
         "graceful_shutdown_timeout_s": 30,
         "num_replicas": 1,

@@ -308,3 +308,19 @@ def test_the_api_refuses_adapters_without_vllm_or_named_as_the_model() -> None:
     doc["spec"]["adapters"] = [{**ADAPTERS[0], "uri": "oci://registry/lora:1"}]
     doc["spec"]["model"]["servedName"] = "llama"
     assert any(e.path.startswith("spec.adapters[0].uri") for e in validate(doc))
+
+
+def test_without_a_vllm_image_the_operator_says_engine_unavailable() -> None:
+    from freehold.builders.model_workload import ClusterConfig
+    from freehold.kinds.model_deployment import ModelDeploymentKind
+    from freehold.reconciler import SpecProblemError
+
+    spec_ = md(secrets=[], auth={})  # only the engine is in question here
+    meta = {"name": "llama-8b", "namespace": "freehold-demo"}
+    plain = ClusterConfig(serving_image="img", ray_version="2.60.0", api_server_cidr="-")
+    with pytest.raises(SpecProblemError) as refused:
+        ModelDeploymentKind(plain).check(spec_, meta)
+    assert refused.value.reason == "EngineUnavailable"
+    assert "serving.vllmImage" in str(refused.value)
+    ready = ClusterConfig(**{**vars(plain), "serving_vllm_image": "img-vllm"})
+    ModelDeploymentKind(ready).check(spec_, meta)  # nothing else to refuse

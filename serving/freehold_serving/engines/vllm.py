@@ -48,7 +48,7 @@ def available() -> bool:
 def unavailable_error() -> EngineError:
     return EngineError(
         "engine vllm: vLLM is not installed in this serving environment (pip install "
-        "'freehold[vllm]', or the serving-vllm image)",
+        "'freehold[serving,vllm]'; scripts/vllm-env makes one)",
         code="engine_unavailable",
     )
 
@@ -93,7 +93,17 @@ def engine_env(args: ServingArgs) -> dict[str, str]:
     env = {"RAY_worker_niceness": "0", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
     if args.engine.gpus == 0:
         env["VLLM_CPU_KVCACHE_SPACE"] = str(args.engine.vllm.cpu_kv_cache_gib)
+        if shares_node(args):
+            # vLLM's automatic binding pins every engine on a node to the same first
+            # cores; replicas that share a node get cores of their own instead
+            # (vllm_server.confine_to_cores).
+            env["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
     return env
+
+
+def shares_node(args: ServingArgs) -> bool:
+    """CPU replicas that may run side by side on one node (more than one replica)."""
+    return args.engine.gpus == 0 and args.autoscaling.max_replicas > 1
 
 
 def deployment_config(args: ServingArgs) -> dict[str, Any]:

@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 from typing import Any
 
 from ray.llm._internal.serve.utils.lora_serve_utils import LoraModelLoader
 from ray.serve.llm.deployment import LLMServer
 
 from freehold_serving.args import ModelConfig, ServingArgs
+from freehold_serving.engines.vllm import shares_node
 from freehold_serving.model_files import verify_file
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,18 @@ def adapter_loader(args: ServingArgs) -> type[AdapterLoader]:
     )
 
 
+def confine_to_cores(args: ServingArgs, local_rank: int) -> list[int]:
+    """A CPU replica's own share of the node's cores (its CPU request, by its rank on the
+    node), so replicas side by side do not compute on the same cores."""
+    allowed = sorted(os.sched_getaffinity(0))
+    per = max(1, min(args.engine.llamacpp.threads, len(allowed)))
+    start = (local_rank * per) % len(allowed)
+    cores = allowed[start : start + per]
+    os.sched_setaffinity(0, cores)  # inherited by vLLM's engine processes
+    os.environ["OMP_NUM_THREADS"] = str(len(cores))
+    return cores
+
+
 class FreeholdLLMServer(LLMServer):
     # Ray Serve awaits an async constructor (as LLMServer's own).
     async def __init__(self, llm_config: Any, *, args: ServingArgs) -> None:  # type: ignore[misc]
@@ -65,4 +79,9 @@ class FreeholdLLMServer(LLMServer):
             args.model.sha256,
             f", signed by {verified.signer}" if verified else "",
         )
+        if shares_node(args):
+            from ray import serve
+
+            cores = confine_to_cores(args, serve.get_replica_context().rank.local_rank)
+            log.info("CPU engine on cores %s", cores)
         await super().__init__(llm_config, model_downloader=adapter_loader(args))
