@@ -133,20 +133,24 @@ def throughput(name: str, base: str, max_tokens: int) -> list[Result]:
     ]
 
 
-# A multi-turn workload: conversations with their own long system prompt (a shared
-# prefix per conversation), each turn sending the whole history again.
-SYSTEM = (
-    "You are the help desk of the {n}th district office. Answer briefly and politely. "
-    "Office rules: {rules}"
-)
+# A multi-turn workload: many conversations, each with its own long opening (a prefix no
+# other conversation shares), each turn sending the whole history again, turn by turn
+# across all conversations. What prefix-aware routing buys is cache capacity: each replica
+# keeps only its own conversations' histories, where power-of-two makes both replicas hold
+# every conversation. With more conversations than one replica's KV cache holds twice over,
+# follow-up turns hit the cache under prefix-aware routing and miss under power-of-two.
+OPENING = "Ticket {n:05d}. You are the help desk of district office {n}. Office rules: {rules}"
 
 
 def conversation_turns(conversations: int, turns: int) -> list[list[list[dict[str, str]]]]:
-    rules = " ".join(f"Rule {i}: forms of kind {i} are handled at desk {i % 7}." for i in range(60))
     out = []
     for n in range(conversations):
+        rules = " ".join(
+            f"Rule {i}: forms of kind {i * n % 97} are handled at desk {(i + n) % 7}."
+            for i in range(30)
+        )
         history: list[dict[str, str]] = [
-            {"role": "system", "content": SYSTEM.format(n=n, rules=rules)}
+            {"role": "system", "content": OPENING.format(n=n, rules=rules)}
         ]
         per = []
         for t in range(turns):
@@ -172,17 +176,26 @@ def ttft_chat(client: httpx.Client, base: str, messages: list[dict[str, str]]) -
     return time.perf_counter() - start
 
 
-def multi_turn(base: str, conversations: int, turns: int) -> float:
-    """TTFT p50 (ms) of the follow-up turns: conversations run side by side, each turn of
-    a conversation after its previous answer."""
+def multi_turn(base: str, conversations: int, turns: int, parallel: int) -> float:
+    """TTFT p50 (ms) of the follow-up turns (turn 2 on): each turn of every conversation,
+    `parallel` requests at a time, before the next turn of any."""
     chats = conversation_turns(conversations, turns)
-
-    def run(per: list[list[dict[str, str]]]) -> list[float]:
-        with httpx.Client() as client:
-            return [ttft_chat(client, base, messages) for messages in per][1:]
-
-    with ThreadPoolExecutor(max_workers=conversations) as pool:
-        samples = [t for per in pool.map(run, chats) for t in per]
+    samples: list[float] = []
+    clients = [httpx.Client() for _ in range(parallel)]
+    try:
+        with ThreadPoolExecutor(max_workers=parallel) as pool:
+            for t in range(turns):
+                took = list(
+                    pool.map(
+                        lambda n, t=t: ttft_chat(clients[n % parallel], base, chats[n][t]),
+                        range(conversations),
+                    )
+                )
+                if t > 0:
+                    samples += took
+    finally:
+        for client in clients:
+            client.close()
     return statistics.median(samples) * 1000
 
 
@@ -231,7 +244,7 @@ def routing_rounds(
             up_cmd(two, port),
             base,
             MODEL,
-            lambda b=base: [multi_turn(b, opts.conversations, opts.turns)],
+            lambda b=base: [multi_turn(b, opts.conversations, opts.turns, opts.parallel)],
         )
         routing[router] = min(routing.get(router, ms), ms)
         print(f"multi-turn, 2 replicas, {router}: TTFT p50 {ms:.0f} ms", flush=True)
@@ -264,8 +277,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--conversations", type=int, default=8)
-    parser.add_argument("--turns", type=int, default=4)
+    parser.add_argument("--conversations", type=int, default=96)
+    parser.add_argument("--turns", type=int, default=3)
+    parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--only", choices=("throughput", "routing"), help="one part alone")
     parser.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench")

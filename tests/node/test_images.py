@@ -13,13 +13,18 @@ import pytest
 
 pytestmark = pytest.mark.node
 
+# Modules of an extra these images do not ship: the vllm engine's Ray Serve LLM server
+# class runs only in an image with vLLM (none is built yet; tests/integration/vllm runs it).
+NOT_IN_IMAGES = ("freehold_serving.engines.vllm_server",)
+
 IMPORT_ALL = """
 import importlib, pkgutil, sys
 bad = {}
-for top in sys.argv[1:]:
+skip = set(sys.argv[1].split(","))
+for top in sys.argv[2:]:
     package = importlib.import_module(top)
     for found in pkgutil.walk_packages(package.__path__, top + "."):
-        if found.name.endswith("__main__"):
+        if found.name.endswith("__main__") or found.name in skip:
             continue
         try:
             importlib.import_module(found.name)
@@ -57,7 +62,8 @@ def run(name: str, *command: str) -> str:
 def test_every_module_imports_in_the_image(container: tuple[str, str]) -> None:
     kind, name = container
     packages = ["freehold"] if kind == "operator" else ["freehold", "freehold_serving"]
-    assert run(name, "python3", "-c", IMPORT_ALL, *packages).strip() == "{}"
+    skip = ",".join(NOT_IN_IMAGES)
+    assert run(name, "python3", "-c", IMPORT_ALL, skip, *packages).strip() == "{}"
 
 
 def test_the_image_runs_as_its_user_and_ships_its_sbom(container: tuple[str, str]) -> None:
