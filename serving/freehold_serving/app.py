@@ -342,18 +342,7 @@ def deployment_options(args: ServingArgs) -> dict[str, Any]:
         "health_check_period_s": 10,
         "graceful_shutdown_timeout_s": 30,
     }
-    if scale.min_replicas == scale.max_replicas:
-        options["num_replicas"] = scale.max_replicas
-    else:
-        options["autoscaling_config"] = {
-            "min_replicas": scale.min_replicas,
-            "initial_replicas": max(scale.min_replicas, 1),
-            "max_replicas": scale.max_replicas,
-            "target_ongoing_requests": scale.target_ongoing_requests,
-            "upscale_delay_s": 5,
-            "downscale_delay_s": 300,
-        }
-    return options
+    return options | scale.serve_options()
 
 
 def front_options(args: ServingArgs) -> dict[str, Any]:

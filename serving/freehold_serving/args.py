@@ -8,7 +8,7 @@ imports pydantic only, so the operator can validate what it generates.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -114,6 +114,22 @@ class AutoscalingConfig(Strict):
     target_ongoing_requests: int = Field(default=1, ge=1)
     max_ongoing_requests: int = Field(default=4, ge=1)
     max_queued_requests: int = Field(default=16, ge=0)
+
+    def serve_options(self) -> dict[str, Any]:
+        """Ray Serve's replica count: fixed, or autoscaled on ongoing requests per replica
+        (the model deployment of either engine)."""
+        if self.min_replicas == self.max_replicas:
+            return {"num_replicas": self.max_replicas}
+        return {
+            "autoscaling_config": {
+                "min_replicas": self.min_replicas,
+                "initial_replicas": max(self.min_replicas, 1),
+                "max_replicas": self.max_replicas,
+                "target_ongoing_requests": self.target_ongoing_requests,
+                "upscale_delay_s": 5,
+                "downscale_delay_s": 300,
+            }
+        }
 
 
 class VaultKeySource(Strict):

@@ -121,18 +121,7 @@ def deployment_config(args: ServingArgs) -> dict[str, Any]:
         # (one placement bundle each), so the replica asks for none beside them.
         "ray_actor_options": {"num_cpus": 0},
     }
-    if scale.min_replicas == scale.max_replicas:
-        config["num_replicas"] = scale.max_replicas
-    else:
-        config["autoscaling_config"] = {
-            "min_replicas": scale.min_replicas,
-            "initial_replicas": max(scale.min_replicas, 1),
-            "max_replicas": scale.max_replicas,
-            "target_ongoing_requests": scale.target_ongoing_requests,
-            "upscale_delay_s": 5,
-            "downscale_delay_s": 300,
-        }
-    return config
+    return config | scale.serve_options()
 
 
 def llm_config(args: ServingArgs, model_dir: str) -> Any:
