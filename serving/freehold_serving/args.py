@@ -30,6 +30,7 @@ CpuKvCacheGib = Annotated[int, Field(ge=1, le=1024)]
 RequestRouter = Literal["prefix-aware", "power-of-two"]
 LoraRank = Literal[8, 16, 32, 64, 128, 256]
 ContextLength = Annotated[int, Field(ge=128, le=1048576)]
+PromptCacheMib = Annotated[int, Field(ge=0, le=65536)]
 
 
 class Strict(BaseModel):
@@ -41,6 +42,8 @@ class LlamaCppConfig(Strict):
     gpu_layers: GpuLayers = 0
     batch_size: BatchSize = 512
     flash_attention: bool = False
+    prompt_cache_mib: PromptCacheMib = 128
+    request_router: RequestRouter = "prefix-aware"
 
 
 class VllmConfig(Strict):

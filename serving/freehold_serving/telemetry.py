@@ -88,6 +88,7 @@ REQUEST_DURATION = "gen_ai.server.request.duration"
 TIME_TO_FIRST_TOKEN = "gen_ai.server.time_to_first_token"
 TIME_PER_OUTPUT_TOKEN = "gen_ai.server.time_per_output_token"
 TOKEN_USAGE = "gen_ai.client.token.usage"
+CACHED_INPUT_TOKENS = "freehold.serving.cached_input_tokens"
 
 
 def _views() -> list[View]:
@@ -113,6 +114,7 @@ class RequestRecord:
     start: float = field(default_factory=time.perf_counter)
     first_token: float | None = None
     input_tokens: int = 0
+    cached_input_tokens: int = 0  # input tokens held from an earlier request, not evaluated
     output_tokens: int = 0
     finish_reason: str | None = None
     error_type: str | None = None
@@ -155,6 +157,12 @@ class Telemetry:
         )
         self._tokens = meter.create_histogram(
             TOKEN_USAGE, unit="{token}", description="Input and output tokens used."
+        )
+        self._cached = meter.create_counter(
+            CACHED_INPUT_TOKENS,
+            unit="{token}",
+            description="Input tokens not evaluated again: held by the replica from an "
+            "earlier request of the same conversation (prompt cache).",
         )
         self._traces = TracerProvider(
             resource=resource, sampler=TraceIdRatioBased(config.trace_sample_ratio)
@@ -213,11 +221,14 @@ class Telemetry:
                 self._tpot.record(per_token, base)
         if record.error_type is None:
             self._tokens.record(record.input_tokens, {**base, "gen_ai.token.type": "input"})
+            self._cached.add(record.cached_input_tokens, base)
             if record.operation != "embeddings":
                 self._tokens.record(record.output_tokens, {**base, "gen_ai.token.type": "output"})
         span = record.span
         span.set_attribute("gen_ai.usage.input_tokens", record.input_tokens)
         span.set_attribute("gen_ai.usage.output_tokens", record.output_tokens)
+        if record.cached_input_tokens:
+            span.set_attribute("gen_ai.usage.cache_read.input_tokens", record.cached_input_tokens)
         if record.finish_reason:
             span.set_attribute("gen_ai.response.finish_reasons", [record.finish_reason])
         if self.capture_content and record.output_text:

@@ -99,3 +99,49 @@ def test_file_uri_with_wrong_digest_fails_before_load(tmp_path: Path) -> None:
                 name="t", model=ModelConfig(uri=f"file://{f}", sha256="1" * 64, served_name="x")
             )
         )
+
+
+def _first_logprob(engine: LlamaCppEngine, prompt: list[int]) -> tuple[float | None, int]:
+    chunks = list(
+        engine.generate(
+            prompt, SamplingParams(max_tokens=3, temperature=0, logprobs=0), threading.Event()
+        )
+    )
+    first = next(c.logprobs[0] for c in chunks if c.logprobs)
+    return first.logprob, chunks[-1].cached_tokens
+
+
+def test_a_returning_conversation_is_restored_not_evaluated_again() -> None:
+    """Conversation A, then B, then A's next turn: A's state comes back from the prompt
+    cache; the answer is what llama.cpp gives when A never left the context."""
+    with_cache, without = (
+        make_engine(
+            ServingArgs(
+                name="t",
+                model=GEMMA,
+                engine=EngineConfig(context_length=512, llamacpp={"prompt_cache_mib": mib}),
+            )
+        )
+        for mib in (64, 0)
+    )
+    turn = with_cache.tokenize(
+        "Alpha log. " + "The river rose by two metres overnight and the bridge closed. " * 5,
+        add_special=True,
+    )
+    other = with_cache.tokenize(
+        "Beta notes. " + "Bread rises when the yeast is warm and fed. " * 5, add_special=True
+    )
+    more = with_cache.tokenize(" When will the bridge open again?", add_special=False)
+    assert len(turn) > 40 and len(other) > 40
+
+    _first_logprob(with_cache, turn)
+    _first_logprob(with_cache, other)
+    restored, cached = _first_logprob(with_cache, turn + more)
+    assert cached == len(turn)  # every token of the first turn: only the new ones ran
+
+    _first_logprob(without, turn)
+    kept, _ = _first_logprob(without, turn + more)  # A never left the context
+    assert restored == pytest.approx(kept, abs=1e-6)
+    _first_logprob(without, other)
+    _, cached_without = _first_logprob(without, turn + more)
+    assert cached_without <= 1  # no prompt cache: only <bos> is shared with B

@@ -23,6 +23,7 @@ def run(capture: bool) -> tuple[InMemorySpanExporter, InMemoryMetricReader]:
         rec.token_arrived("canary-out")
         rec.token_arrived(" more")
         rec.input_tokens, rec.output_tokens, rec.finish_reason = 12, 2, "length"
+        rec.cached_input_tokens = 8
     telemetry.shutdown()
     return spans, metrics
 
@@ -34,6 +35,7 @@ def test_metrics_and_span_attributes() -> None:
     assert span.attributes is not None
     assert span.attributes["gen_ai.operation.name"] == "chat"
     assert span.attributes["gen_ai.usage.input_tokens"] == 12
+    assert span.attributes["gen_ai.usage.cache_read.input_tokens"] == 8
     assert span.attributes["gen_ai.response.finish_reasons"] == ("length",)
     data = metrics.get_metrics_data()
     assert data is not None
@@ -43,6 +45,7 @@ def test_metrics_and_span_attributes() -> None:
         "gen_ai.server.time_to_first_token",
         "gen_ai.server.time_per_output_token",
         "gen_ai.client.token.usage",
+        "freehold.serving.cached_input_tokens",
     }
 
 

@@ -32,6 +32,7 @@ from freehold_serving.args import (
     LoraRank,
     MaxNumSeqs,
     PipelineParallelSize,
+    PromptCacheMib,
     Quantization,
     RequestRouter,
     TensorParallelSize,
@@ -238,6 +239,21 @@ class LlamaCppArgs(ApiModel):
     )
     flash_attention: bool = Field(
         default=_LLAMA.flash_attention, description="Use flash attention kernels."
+    )
+    prompt_cache_mib: PromptCacheMib = Field(
+        default=_LLAMA.prompt_cache_mib,
+        description="MiB per replica (within resources.memory) for the KV states of "
+        "earlier conversations, so a returning conversation's history is not evaluated "
+        "again; 0 keeps only the last one.",
+    )
+    request_router: RequestRouter = Field(
+        default=_LLAMA.request_router,
+        description="How requests pick a replica when there can be more than one "
+        "(RayService backend, scaling.maxReplicas > 1): prefix-aware (a conversation's "
+        "turns go to the replica that holds its earlier turns, unless that one is busier "
+        "than another by more than two requests) or power-of-two (the less loaded of two "
+        "random replicas). Prefix-aware puts the API in a replica of its own, one more "
+        "hop per request.",
     )
 
 

@@ -63,6 +63,7 @@ class Chunk:
     finish_reason: FinishReason | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens not evaluated again (held from an earlier request)
     echo: bool = False  # logprobs of the prompt itself (echo=true), before any output
 
 

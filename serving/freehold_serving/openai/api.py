@@ -456,6 +456,7 @@ class OpenAIApi:
         finally:
             await rest.aclose()
             record.input_tokens = result.prompt_tokens
+            record.cached_input_tokens = result.cached_tokens
             record.output_tokens = result.completion_tokens
             record.finish_reason = result.finish_reason
             self._telemetry.finish(record)
@@ -506,11 +507,11 @@ class OpenAIApi:
         yield _SSE_DONE
 
 
-def _final_usage(chunk: Chunk, totals: r.Accumulated) -> dict[str, int] | None:
+def _final_usage(chunk: Chunk, totals: r.Accumulated) -> dict[str, Any] | None:
     """Usage rides on the chunk that ends the stream, and on no other."""
     if chunk.finish_reason is None:
         return None
-    return r.usage(totals.prompt_tokens, totals.completion_tokens)
+    return r.usage(totals.prompt_tokens, totals.completion_tokens, totals.cached_tokens)
 
 
 def _attrs(

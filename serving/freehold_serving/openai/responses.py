@@ -15,12 +15,15 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(12)}"
 
 
-def usage(prompt: int, completion: int) -> dict[str, int]:
-    return {
+def usage(prompt: int, completion: int, cached: int = 0) -> dict[str, Any]:
+    body: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
     }
+    if cached:  # as OpenAI reports prompt caching: tokens not evaluated again
+        body["prompt_tokens_details"] = {"cached_tokens": cached}
+    return body
 
 
 @dataclass
@@ -74,6 +77,7 @@ class Accumulated:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
     echo_logprobs: list[TokenLogprob] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
 
@@ -84,6 +88,7 @@ class Accumulated:
             self.finish_reason = chunk.finish_reason
             self.prompt_tokens = chunk.prompt_tokens
             self.completion_tokens = chunk.completion_tokens
+            self.cached_tokens = chunk.cached_tokens
 
 
 def completion(
@@ -104,7 +109,7 @@ def completion(
         "choices": [
             {"text": text, "index": 0, "logprobs": logprobs, "finish_reason": result.finish_reason}
         ],
-        "usage": usage(result.prompt_tokens, result.completion_tokens),
+        "usage": usage(result.prompt_tokens, result.completion_tokens, result.cached_tokens),
     }
 
 
@@ -124,7 +129,7 @@ def chat_completion(
                 "finish_reason": result.finish_reason,
             }
         ],
-        "usage": usage(result.prompt_tokens, result.completion_tokens),
+        "usage": usage(result.prompt_tokens, result.completion_tokens, result.cached_tokens),
     }
 
 
@@ -138,7 +143,7 @@ class Chunks:
     created: int = field(default_factory=lambda: int(time.time()))
 
     def _envelope(
-        self, choices: list[dict[str, Any]], usage_body: dict[str, int] | None
+        self, choices: list[dict[str, Any]], usage_body: dict[str, Any] | None
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "id": self.request_id,
@@ -156,7 +161,7 @@ class Chunks:
         text: str,
         logprobs: dict[str, Any] | None,
         finish_reason: str | None,
-        usage_body: dict[str, int] | None = None,
+        usage_body: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         choice = {"text": text, "index": 0, "logprobs": logprobs, "finish_reason": finish_reason}
         return self._envelope([choice], usage_body)
@@ -166,11 +171,11 @@ class Chunks:
         delta: dict[str, Any],
         logprobs: dict[str, Any] | None,
         finish_reason: str | None,
-        usage_body: dict[str, int] | None = None,
+        usage_body: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
         return self._envelope([choice], usage_body)
 
-    def usage_only(self, usage_body: dict[str, int]) -> dict[str, Any]:
+    def usage_only(self, usage_body: dict[str, Any]) -> dict[str, Any]:
         """The extra final chunk of `stream_options.include_usage`: no choices, only usage."""
         return self._envelope([], usage_body)
