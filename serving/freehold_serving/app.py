@@ -2,7 +2,9 @@
 
 Two deployments: the OpenAI-compatible API together with one model replica (one llama.cpp
 context each, autoscaled on ongoing requests; API and engine in one replica saves a hop
-per request), and, when the embeddings extra is installed, the embedder.
+per request), and, when the embeddings extra is installed, the embedder. Engines whose
+replicas are chosen per request (vLLM; llama.cpp with prefix-aware routing over several
+replicas) run behind a front instead: the API in one deployment, the engine in another.
 """
 
 # No `from __future__ import annotations` here: Ray Serve reads build_app's parameter
@@ -27,6 +29,7 @@ from starlette.responses import Response
 
 from freehold_serving import embeddings
 from freehold_serving.args import EmbeddingsConfig, ServingArgs
+from freehold_serving.engines import prefix_routing, remote
 from freehold_serving.engines.base import Chunk, EngineError, GenerationJob, Generator
 from freehold_serving.llm_server import LLMServer
 from freehold_serving.openai.api import OpenAIApi, Stream, add_error_handlers, error_response
@@ -206,11 +209,15 @@ class OpenAIServer:
     ) -> None:
         self._args = args
         self._runner: Generator
-        if engine is not None:
+        if engine is not None and args.engine.name == "vllm":
             # vLLM: the engine runs in its own deployment (Ray Serve LLM), which batches.
             from freehold_serving.engines.vllm import VllmGenerator
 
             self._runner = VllmGenerator(args, engine)
+        elif engine is not None:  # llama.cpp replicas routed by prefix
+            from freehold_serving.engines.remote import RemoteGenerator
+
+            self._runner = RemoteGenerator(args, engine)
         else:
             self._runner = LLMServer(args)  # verifies the digest, then loads: fail closed
         self._embedder = embedder
@@ -314,9 +321,14 @@ class OpenAIServer:
 
 
 def deployment_options(args: ServingArgs) -> dict[str, Any]:
-    """Ray Serve options of the model deployment, from the spec's scaling section."""
-    if args.engine.name == "vllm":
+    """Ray Serve options of the deployment that answers HTTP."""
+    if args.engine.name == "vllm" or remote.split(args):
         return front_options(args)
+    return replica_options(args)
+
+
+def replica_options(args: ServingArgs) -> dict[str, Any]:
+    """Ray Serve options of a llama.cpp replica, from the spec's scaling section."""
     scale = args.autoscaling
     threads = args.engine.llamacpp.threads
     ceiling = scale.max_ongoing_requests + scale.max_queued_requests + LIGHT_REQUEST_SLACK
@@ -346,8 +358,9 @@ def deployment_options(args: ServingArgs) -> dict[str, Any]:
 
 
 def front_options(args: ServingArgs) -> dict[str, Any]:
-    """The front of the vllm engine: API, admission and records for every engine replica
-    (the engine deployment scales on its own). It holds no model."""
+    """The front of engine replicas (vllm; llama.cpp routed by prefix): API, admission
+    and records for every engine replica (the engine deployment scales on its own). It
+    holds no model."""
     scale = args.autoscaling
     per_replica = scale.max_ongoing_requests + scale.max_queued_requests
     ceiling = per_replica * scale.max_replicas + LIGHT_REQUEST_SLACK
@@ -397,4 +410,14 @@ def build_app(args: ServingArgs) -> Application:
             raise vllm.unavailable_error()
         engine = vllm.build_engine(args, str(resolve(args.model)))
         return server.options(**front_options(args)).bind(args, embedder, engine)
-    return server.options(**deployment_options(args)).bind(args, embedder)
+    if remote.split(args):
+        replicas = (
+            serve.deployment(name=remote.DEPLOYMENT_NAME)(remote.EngineReplica)
+            .options(
+                **replica_options(args),
+                request_router_config={"request_router_class": prefix_routing.CLASS_PATH},
+            )
+            .bind(args)
+        )
+        return server.options(**front_options(args)).bind(args, embedder, replicas)
+    return server.options(**replica_options(args)).bind(args, embedder)

@@ -11,8 +11,9 @@ from freehold.api.model_deployment import ModelDeploymentSpec
 from freehold.builders.serving_args import serving_args_for
 from freehold.local.up import replicas_that_fit
 from freehold.validation import defaulted
-from freehold_serving.app import deployment_options
+from freehold_serving.app import deployment_options, replica_options
 from freehold_serving.args import IMPORT_PATH, ServingArgs
+from freehold_serving.engines import remote
 from tests.paths import EXAMPLES
 
 
@@ -55,7 +56,7 @@ def test_threads_default_to_the_cpu_request() -> None:
 
 def test_fixed_replicas_and_autoscaling_options() -> None:
     args = serving_args_for(spec_of("modeldeployment.yaml"), "m", "ns")
-    opts = deployment_options(args)
+    opts = replica_options(args)
     assert opts["autoscaling_config"]["min_replicas"] == 1
     assert opts["autoscaling_config"]["max_replicas"] == 2
     assert opts["max_ongoing_requests"] == 4 + 16 + 16 == opts["max_queued_requests"]
@@ -77,7 +78,7 @@ def test_fixed_replicas_and_autoscaling_options() -> None:
         "m",
         "ns",
     )
-    assert deployment_options(fixed)["num_replicas"] == 3
+    assert replica_options(fixed)["num_replicas"] == 3
     zero = serving_args_for(
         spec_of(
             "modeldeployment.yaml",
@@ -92,7 +93,7 @@ def test_fixed_replicas_and_autoscaling_options() -> None:
         "m",
         "ns",
     )
-    auto = deployment_options(zero)["autoscaling_config"]
+    auto = replica_options(zero)["autoscaling_config"]
     assert auto["min_replicas"] == 0 and auto["initial_replicas"] == 1
 
 
@@ -127,3 +128,24 @@ def test_engine_settings_cannot_drift_between_api_and_serving(api: str, serving:
         assert ours == theirs, name
         if name != "threads":
             assert field.default == serving_model.model_fields[name].default, name
+
+
+def test_prefix_aware_llamacpp_replicas_sit_behind_a_front() -> None:
+    """Routing by prompt needs the request parsed before a replica is picked: with more
+    than one replica and prefix-aware routing (the default), the API answers HTTP in a
+    front of its own; one replica, or power-of-two, keeps API and engine in one process."""
+    args = serving_args_for(spec_of("modeldeployment.yaml"), "m", "ns")  # maxReplicas 2
+    assert remote.split(args)
+    front = deployment_options(args)
+    assert front["num_replicas"] == 1 and front["ray_actor_options"]["num_cpus"] == 0
+    assert front["max_ongoing_requests"] == (4 + 16) * 2 + 16
+    pow2 = serving_args_for(
+        spec_of("modeldeployment.yaml", engine={"llamacpp": {"requestRouter": "power-of-two"}}),
+        "m",
+        "ns",
+    )
+    assert not remote.split(pow2) and deployment_options(pow2) == replica_options(pow2)
+    one = args.model_copy(
+        update={"autoscaling": args.autoscaling.model_copy(update={"max_replicas": 1})}
+    )
+    assert not remote.split(one)

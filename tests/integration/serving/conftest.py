@@ -1,9 +1,11 @@
 """One local Ray Serve per test session, serving the real packaged Gemma 3 270M.
 
-Three applications share it: "open" (no auth, embeddings on), "locked" (API keys that
-the replica reads from Vault itself, logging in with a ServiceAccount token file), and
-"tiny" (a one-request queue, to overload). Real Ray, real llama.cpp, real model; Vault is
-tests/vault_server.py (the one test double: Vault cannot be installed here).
+Applications sharing it: "open" (no auth, embeddings on), "locked" (API keys that
+the replica reads from Vault itself, logging in with a ServiceAccount token file),
+"tiny" (a one-request queue, to overload), "smol" and "routed" (SmolLM2 on one replica,
+and on two behind a prefix-aware router) and the memory store. Real Ray, real
+llama.cpp, real model; Vault is tests/vault_server.py (the one test double: Vault
+cannot be installed here).
 """
 
 from __future__ import annotations
@@ -113,9 +115,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     receiver = otlp_receiver()  # kept: a dropped context manager closes its server
     otlp_url, otlp = receiver.__enter__()
     port = free_port()
-    # 7 logical CPUs on a 2-core machine: four single-replica apps, oversubscribed on
-    # purpose so they fit; throughput is measured in bench/, not here.
-    with local_ray(7, "127.0.0.1", port):
+    # 9 logical CPUs on a 2-core machine: four single-replica apps and a two-replica one,
+    # oversubscribed on purpose so they fit; throughput is measured in bench/, not here.
+    with local_ray(9, "127.0.0.1", port):
         open_args = example_args(engine__contextLength=1024, scaling__maxReplicas=1)
         memory_url = f"http://127.0.0.1:{port}/v1/memory"
         open_args = with_updates(open_args, memory_stores={"assistant-memory": memory_url})
@@ -167,6 +169,10 @@ def deploy_memory(tmp_path_factory: pytest.TempPathFactory, port: int, otlp: str
     engine["llamacpp"]["threads"] = 1
     smol = with_updates(smol, embeddings={"enabled": False}, engine=engine)
     serve.run(build_app(smol), name="smol", route_prefix="/smol", blocking=False)
+    # The same model on two replicas behind a front, routed by prefix (test_prefix_routing).
+    two = {"min_replicas": 2, "max_replicas": 2}
+    routed = with_updates(smol, autoscaling={**smol.autoscaling.model_dump(), **two})
+    serve.run(build_app(routed), name="routed", route_prefix="/routed", blocking=False)
     keys = tmp_path_factory.mktemp("memkeys") / "keys"
     keys.write_text("".join(f"{key} {tenant}\n" for tenant, key in MEMORY_KEYS.items()))
     data = tmp_path_factory.mktemp("memory")
