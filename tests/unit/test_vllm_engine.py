@@ -4,8 +4,10 @@ in tests/integration/vllm."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -324,3 +326,36 @@ def test_without_a_vllm_image_the_operator_says_engine_unavailable() -> None:
     assert "serving.vllmImage" in str(refused.value)
     ready = ClusterConfig(**{**vars(plain), "serving_vllm_image": "img-vllm"})
     ModelDeploymentKind(ready).check(spec_, meta)  # nothing else to refuse
+
+
+def test_ready_batches_yield_at_once_and_merge_what_piled_up() -> None:
+    ready_batches = vllm.ready_batches
+
+    async def main() -> None:
+        queue: asyncio.Queue[int | None] = asyncio.Queue()
+
+        async def outputs() -> AsyncIterator[int]:
+            while (item := await queue.get()) is not None:
+                if item < 0:
+                    raise RuntimeError("engine failed")
+                yield item
+
+        batches = ready_batches(outputs())
+        queue.put_nowait(1)
+        # The first output leaves at once: no fixed interval to wait out.
+        assert await asyncio.wait_for(anext(batches), 0.02) == [1]
+        for item in (2, 3, 4):
+            queue.put_nowait(item)
+        await asyncio.sleep(0.01)  # the consumer was busy: what piled up leaves together
+        assert await anext(batches) == [2, 3, 4]
+        queue.put_nowait(None)
+        assert [b async for b in batches] == []
+
+        failing = ready_batches(outputs())
+        queue.put_nowait(5)
+        queue.put_nowait(-1)
+        assert await anext(failing) == [5]
+        with pytest.raises(RuntimeError, match="engine failed"):
+            await anext(failing)
+
+    asyncio.run(main())

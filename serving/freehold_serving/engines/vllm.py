@@ -16,10 +16,11 @@ the `vllm` extra's, not the base serving install's.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
-from collections.abc import AsyncGenerator
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, TypeVar
 
 from freehold_serving.args import ServingArgs
 from freehold_serving.engines.base import (
@@ -36,6 +37,7 @@ ROUTERS = {
     # Ray Serve's default: the less loaded of two random replicas.
     "power-of-two": "ray.serve._private.request_router:PowerOfTwoChoicesRequestRouter",
 }
+T = TypeVar("T")
 MAX_LORAS_PER_BATCH = 8
 # The deployment's name in the application (Ray Serve LLM prefixes its class name).
 DEPLOYMENT_NAME = "vllm"
@@ -142,7 +144,50 @@ def llm_config(args: ServingArgs, model_dir: str) -> Any:
             {"max_num_adapters_per_replica": len(args.adapters)} if args.adapters else None
         ),
         log_engine_metrics=True,
+        # The directory is local and verified by the replica before vLLM opens it: Ray
+        # Serve LLM's node initialization (a task per node to "download" it, a worker
+        # process each) has nothing to do.
+        callback_config={
+            "callback_class": "freehold_serving.engines.vllm_server:LocalModel",
+        },
     )
+
+
+async def ready_batches(items: AsyncIterator[T]) -> AsyncGenerator[list[T], None]:
+    """What is ready, as soon as it is: the first output at once, and whatever piled up
+    while the consumer was busy in one batch. (Ray Serve LLM's own batcher waits a fixed
+    50 ms before yielding anything, first token included.)"""
+    queue: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue()
+
+    async def read() -> None:
+        try:
+            async for item in items:
+                queue.put_nowait((False, item))
+        except BaseException as exc:  # handed to the consumer, raised there
+            queue.put_nowait((True, exc))
+        else:
+            queue.put_nowait((True, None))
+
+    reader = asyncio.get_running_loop().create_task(read())
+    try:
+        while True:
+            batch: list[T] = []
+            done, value = await queue.get()
+            while True:
+                if done:
+                    if batch:
+                        yield batch
+                    if value is not None:
+                        raise value
+                    return
+                batch.append(value)
+                if queue.empty():
+                    break
+                done, value = queue.get_nowait()
+            yield batch
+    finally:
+        if not reader.done():
+            reader.cancel()
 
 
 def build_engine(args: ServingArgs, model_dir: str) -> Any:
