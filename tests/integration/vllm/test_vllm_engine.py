@@ -135,6 +135,16 @@ spec:
     )
 
 
+# Memory in chat is the front's, whichever engine answers: a store served beside the model.
+MEMORY_STORE = """apiVersion: freehold.dev/v1alpha1
+kind: MemoryStore
+metadata: {name: chat-memory, namespace: local}
+spec:
+  backend: {type: sqlite}
+  embedding: {builtin: all-minilm-l6-v2}
+"""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -163,14 +173,15 @@ def server(
 ) -> Iterator[Server]:
     work = tmp_path_factory.mktemp("up")
     (work / "md.yaml").write_text(manifest(*model_dir, adapter=adapter_dir))
+    (work / "memory.yaml").write_text(MEMORY_STORE)
     (work / "keys").write_text(KEY + "\n")
     port = free_port()
     env = {**os.environ, "FREEHOLD_DATA_DIR": str(work / "data")}
     log = (work / "up.log").open("w")
     start = time.monotonic()
     proc = subprocess.Popen(
-        [freehold(vllm_python), "up", "-f", str(work / "md.yaml"), "--port", str(port),
-         "--api-keys-file", str(work / "keys")],
+        [freehold(vllm_python), "up", "-f", str(work / "md.yaml"), "-f",
+         str(work / "memory.yaml"), "--port", str(port), "--api-keys-file", str(work / "keys")],
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
@@ -357,3 +368,25 @@ def test_a_lora_adapter_is_addressed_by_name_and_recorded_with_its_digest(
             break
         time.sleep(0.5)
     assert named and named[-1]["modelDigest"] == f"sha256:{adapter_dir[1]}"
+
+
+def test_memory_in_chat_reaches_the_vllm_engine(server: Server) -> None:
+    fact = {"subject": "u-vllm", "text": "The user keeps bees in Szeged", "type": "fact"}
+    added = server.post("/v1/memory/records", {"records": [fact]})
+    assert added.status_code == 201, added.text
+    (record,) = [r["id"] for r in added.json()["data"]]
+    question = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Where do I keep my bees?"}],
+        "max_tokens": 8,
+        "temperature": 0,
+    }
+    recalled = server.post(
+        "/v1/chat/completions",
+        {**question, "memory": {"store": "chat-memory", "subject": "u-vllm", "top_k": 1}},
+    )
+    assert recalled.status_code == 200, recalled.text
+    assert recalled.headers["x-freehold-memory-records"] == record
+    plain = server.post("/v1/chat/completions", question).json()
+    # The recalled record is in the prompt vLLM evaluated.
+    assert recalled.json()["usage"]["prompt_tokens"] > plain["usage"]["prompt_tokens"] + 5
