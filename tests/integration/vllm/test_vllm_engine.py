@@ -218,7 +218,8 @@ def test_chat_answers_through_the_front_with_keys_and_usage(server: Server) -> N
     listed = httpx.get(
         f"{server.base}/v1/models", headers={"Authorization": f"Bearer {KEY}"}
     ).json()
-    assert [m["id"] for m in listed["data"]] == [MODEL, ADAPTER]
+    # The model, its adapter, and the embedding model the front serves beside them.
+    assert [m["id"] for m in listed["data"]] == [MODEL, ADAPTER, "all-minilm-l6-v2"]
 
 
 def test_streamed_completion_with_logprobs_ends_with_usage(server: Server) -> None:
