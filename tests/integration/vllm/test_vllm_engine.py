@@ -388,6 +388,18 @@ def test_memory_in_chat_reaches_the_vllm_engine(server: Server) -> None:
     )
     assert recalled.status_code == 200, recalled.text
     assert recalled.headers["x-freehold-memory-records"] == record
-    plain = server.post("/v1/chat/completions", question).json()
-    # The recalled record is in the prompt vLLM evaluated.
-    assert recalled.json()["usage"]["prompt_tokens"] > plain["usage"]["prompt_tokens"] + 5
+    # The recalled record reached vLLM's prompt as a system message: the same prompt as a
+    # request that writes that message itself. (Without one, SmolLM2's template adds its
+    # own default system prompt, so "longer than without memory" would prove nothing.)
+    written = {
+        **question,
+        "messages": [
+            {
+                "role": "system",
+                "content": "What you remember about the user:\n- The user keeps bees in Szeged",
+            },
+            *question["messages"],
+        ],
+    }
+    same = server.post("/v1/chat/completions", written).json()
+    assert recalled.json()["usage"]["prompt_tokens"] == same["usage"]["prompt_tokens"]
