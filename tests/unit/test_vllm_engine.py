@@ -179,6 +179,13 @@ def test_replicas_autoscale_on_ongoing_requests_and_route_by_prefix() -> None:
     assert other["request_router_config"]["request_router_class"].endswith(
         "PowerOfTwoChoicesRequestRouter"
     )
+    one = vllm_args()
+    one = one.model_copy(
+        update={"autoscaling": one.autoscaling.model_copy(update={"max_replicas": 1})}
+    )
+    assert vllm.deployment_config(one)["request_router_config"]["request_router_class"].endswith(
+        "PowerOfTwoChoicesRequestRouter"
+    )  # one replica: nothing to route
 
 
 def test_requests_translate_to_vllm_openai_requests() -> None:

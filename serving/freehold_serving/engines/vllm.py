@@ -112,8 +112,11 @@ def deployment_config(args: ServingArgs) -> dict[str, Any]:
     """Ray Serve options of the engine deployment: prefix-aware routing, and replicas
     autoscaled on ongoing requests per replica (engine load)."""
     scale = args.autoscaling
+    # One replica: nothing to choose between, and the prefix-aware router would still
+    # consult its prefix tree (an actor, called twice per request).
+    router = args.engine.vllm.request_router if scale.max_replicas > 1 else "power-of-two"
     config: dict[str, Any] = {
-        "request_router_config": {"request_router_class": ROUTERS[args.engine.vllm.request_router]},
+        "request_router_config": {"request_router_class": ROUTERS[router]},
         # vLLM batches what a replica admits: the spec's per-replica concurrency.
         "max_ongoing_requests": scale.max_ongoing_requests,
         "max_queued_requests": scale.max_queued_requests,
