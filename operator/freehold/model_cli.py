@@ -185,45 +185,54 @@ def fetch(
         typer.Option(
             "--from-env",
             help="Read the model (oci:// or s3://, with its store and where its access key "
-            "is in Vault) from FREEHOLD_MODEL, as the operator writes it.",
+            "is in Vault) from FREEHOLD_MODEL, and its oci:// LoRA adapters from "
+            "FREEHOLD_ADAPTERS (a JSON list), as the operator writes them.",
         ),
     ] = False,
 ) -> None:
-    """Fetch a model and keep it only if its sha256 matches (the serving pod's init
-    container runs this). Plain HTTP only to loopback or FREEHOLD_INSECURE_REGISTRIES.
-    Exit 0 fetched; 1 cannot fetch; 3 the digest does not match (nothing is kept)."""
+    """Fetch a model (and its adapters) and keep each only if its sha256 matches (the
+    serving pod's init container runs this). Plain HTTP only to loopback or
+    FREEHOLD_INSECURE_REGISTRIES. Exit 0 fetched; 1 cannot fetch; 3 a digest does not
+    match (nothing of it is kept)."""
     import os
 
-    from pydantic import ValidationError
+    from pydantic import TypeAdapter, ValidationError
 
     from freehold_serving.args import ModelConfig
     from freehold_serving.fetch import fetch_model, insecure_registries
     from freehold_serving.model_files import DigestMismatchError, ModelFileError
 
+    configs: list[ModelConfig]
     if from_env:
         try:
             config = ModelConfig.model_validate_json(os.environ.get("FREEHOLD_MODEL", ""))
+            adapters = TypeAdapter(list[ModelConfig]).validate_json(
+                os.environ.get("FREEHOLD_ADAPTERS") or "[]"
+            )
         except ValidationError as exc:
-            err.print(f"[red]error[/red] FREEHOLD_MODEL: {escape(str(exc))}")
+            err.print(f"[red]error[/red] FREEHOLD_MODEL/FREEHOLD_ADAPTERS: {escape(str(exc))}")
             raise typer.Exit(EXIT_USAGE) from None
+        configs = [config, *adapters]
     elif uri is None or sha256 is None or not uri.startswith("oci://") or len(sha256) != 64:
         err.print(
             "[red]error[/red] give --uri oci://... and --sha256 (64 hex digits), or --from-env"
         )
         raise typer.Exit(EXIT_USAGE)
     else:
-        config = ModelConfig(uri=uri, sha256=sha256, served_name="-", models_root=str(to))
-    try:
-        path = fetch_model(config, insecure_registries())
-    except DigestMismatchError as exc:
-        err.print(f"[red]refused[/red] {escape(str(exc))}", highlight=False)
-        _termination_message(str(exc))
-        raise typer.Exit(3) from None
-    except ModelFileError as exc:
-        err.print(f"[red]error[/red] {escape(str(exc))}", highlight=False)
-        _termination_message(str(exc))
-        raise typer.Exit(EXIT_FAILED) from None
-    out.print(f"fetched {config.uri} -> {path} (sha256 verified)", highlight=False)
+        configs = [ModelConfig(uri=uri, sha256=sha256, served_name="-", models_root=str(to))]
+    for config in configs:
+        try:
+            path = fetch_model(config, insecure_registries())
+        except DigestMismatchError as exc:
+            err.print(f"[red]refused[/red] {escape(str(exc))}", highlight=False)
+            _termination_message(str(exc))
+            raise typer.Exit(3) from None
+        except ModelFileError as exc:
+            err.print(f"[red]error[/red] {escape(str(exc))}", highlight=False)
+            _termination_message(str(exc))
+            raise typer.Exit(EXIT_FAILED) from None
+        if path.exists():  # a pvc://, file:// or package:// model is not fetched
+            out.print(f"fetched {config.uri} -> {path} (sha256 verified)", highlight=False)
 
 
 def _termination_message(text: str) -> None:

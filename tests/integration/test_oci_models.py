@@ -188,3 +188,60 @@ def test_a_model_directory_is_one_artifact_of_its_files(host: str, tmp_path: Pat
     with pytest.raises(DigestMismatchError):
         fetch_model(wrong)
     assert not (tmp_path / "models" / "oci" / ("f" * 64)).exists()
+
+
+def test_oci_lora_adapters_are_fetched_by_the_init_container_program(
+    host: str, tmp_path: Path
+) -> None:
+    """`freehold model fetch --from-env` as the operator writes its environment for an
+    engine vllm model on a claim with an oci:// adapter: the adapter directory lands where
+    the replica's loader reads it, checked against its digest; a wrong digest exits 3 and
+    keeps nothing."""
+    import json
+
+    from freehold_serving.args import ModelConfig
+    from freehold_serving.model_files import directory_digest, fetched_path
+
+    folder = tmp_path / "lora"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text('{"r": 8}')
+    (folder / "adapter_model.safetensors").write_bytes(b"l" * 2048)
+    push(host, "adapters/legal:1", *sorted(folder.iterdir()))
+    models = tmp_path / "models"
+    model = ModelConfig(
+        uri="pvc://models/llama", sha256="a" * 64, served_name="llama",
+        format="safetensors", models_root=str(models),
+    )  # fmt: skip
+    adapter = ModelConfig(
+        uri=f"oci://{host}/adapters/legal:1", sha256=directory_digest(folder),
+        served_name="legal", format="safetensors", models_root=str(models),
+    )  # fmt: skip
+
+    def run(adapters: list[ModelConfig]) -> subprocess.CompletedProcess[str]:
+        env = {
+            **os.environ,
+            "FREEHOLD_MODEL": model.model_dump_json(),
+            "FREEHOLD_ADAPTERS": json.dumps([a.model_dump(mode="json") for a in adapters]),
+        }
+        return subprocess.run(
+            [sys.executable, "-m", "freehold", "model", "fetch", "--from-env"],
+            capture_output=True, text=True, timeout=300, check=False, env=env,
+        )  # fmt: skip
+
+    done = run([adapter])
+    assert done.returncode == 0, done.stderr
+    kept = fetched_path(adapter)
+    assert kept.is_dir() and directory_digest(kept) == adapter.sha256
+    assert resolve(adapter) == kept  # where the replica's adapter loader reads it
+    wrong = adapter.model_copy(update={"sha256": "e" * 64})
+    refused = run([wrong])
+    assert refused.returncode == 3, refused.stderr
+    assert not fetched_path(wrong).exists()
+
+    # `freehold up` fetches them too, before the model server starts.
+    from freehold.local.up import fetch_adapters
+    from freehold_serving.args import ServingArgs
+
+    local = adapter.model_copy(update={"models_root": str(tmp_path / "local")})
+    fetch_adapters(ServingArgs(name="t", model=model, adapters=[local]))
+    assert directory_digest(fetched_path(local)) == adapter.sha256

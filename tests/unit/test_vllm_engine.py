@@ -314,8 +314,10 @@ def test_the_api_refuses_adapters_without_vllm_or_named_as_the_model() -> None:
     }  # fmt: skip
     errors = validate(doc)
     assert any("must differ from model.servedName" in e.message for e in errors), errors
-    doc["spec"]["adapters"] = [{**ADAPTERS[0], "uri": "oci://registry/lora:1"}]
     doc["spec"]["model"]["servedName"] = "llama"
+    doc["spec"]["adapters"] = [{**ADAPTERS[0], "uri": "oci://registry/lora:1"}]
+    assert validate(doc) == []  # fetched by the pods' init container
+    doc["spec"]["adapters"] = [{**ADAPTERS[0], "uri": "s3://bucket/lora"}]  # planned
     assert any(e.path.startswith("spec.adapters[0].uri") for e in validate(doc))
 
 
@@ -366,3 +368,51 @@ def test_ready_batches_yield_at_once_and_merge_what_piled_up() -> None:
             await anext(failing)
 
     asyncio.run(main())
+
+
+def test_oci_adapters_are_fetched_by_the_init_container_with_their_egress() -> None:
+    from freehold.builders.network import fetch_ports
+
+    ctx = BuildContext(**{**vars(CTX), "serving_vllm_image": "registry.local/fh-vllm:1"})
+    oci = {"name": "llama-tax", "uri": "oci://registry.local:5000/lora/tax:1", "sha256": "d" * 64}
+    spec_ = md(adapters=[*ADAPTERS, oci])
+    for backend in ("RayService", "Deployment"):
+        objs = build_children(spec_, ctx, backend)  # type: ignore[arg-type]
+        (workload,) = [o for o in objs if o["kind"] == backend]
+        text = json.dumps(workload)
+        assert '"name": "fetch-model"' in text and "FREEHOLD_ADAPTERS" in text
+        assert '"mountPath": "/models/oci"' in text
+    (deployment,) = [
+        o for o in build_children(spec_, ctx, "Deployment") if o["kind"] == "Deployment"
+    ]
+    (init,) = deployment["spec"]["template"]["spec"]["initContainers"]
+    env = {e["name"]: e["value"] for e in init["env"]}
+    fetched = json.loads(env["FREEHOLD_ADAPTERS"])
+    # Only the oci:// one; claims are mounted, not fetched. Kept where the loader reads.
+    assert [(a["served_name"], a["models_root"]) for a in fetched] == [("llama-tax", "/models")]
+    assert 5000 in fetch_ports(spec_)
+    assert "FREEHOLD_ADAPTERS" not in json.dumps(build_children(md(), ctx, "Deployment"))
+
+
+def test_an_adapter_signature_must_be_readable_where_the_adapter_is() -> None:
+    from freehold.builders.model_workload import ClusterConfig
+    from freehold.kinds.model_deployment import ModelDeploymentKind
+    from freehold.reconciler import SpecProblemError
+
+    signed = {
+        **ADAPTERS[0],
+        "signature": {
+            "ref": "oci://registry.local/sigs/legal:1",
+            "publicKey": "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYI\n"
+            "-----END PUBLIC KEY-----\n",
+        },
+    }
+    spec_ = md(secrets=[], auth={}, adapters=[signed])
+    meta = {"name": "llama-8b", "namespace": "freehold-demo"}
+    config = ClusterConfig(
+        serving_image="img", ray_version="2.60.0", api_server_cidr="-", serving_vllm_image="v"
+    )
+    with pytest.raises(SpecProblemError) as refused:
+        ModelDeploymentKind(config).check(spec_, meta)
+    assert refused.value.reason == "SignatureUnreachable"
+    assert "spec.adapters[0].signature.ref" in str(refused.value)

@@ -206,9 +206,10 @@ class Adapter(ApiModel):
     )
     uri: str = Field(
         max_length=2048,
-        pattern=r"^(pvc|file|package)://[^\s]+$",
-        description="The adapter directory: pvc://CLAIM/PATH, file:///PATH or "
-        "package://DISTRIBUTION/DIR (oci:// and s3:// adapters: planned).",
+        pattern=r"^(pvc|file|package|oci)://[^\s]+$",
+        description="The adapter directory: pvc://CLAIM/PATH, file:///PATH, "
+        "package://DISTRIBUTION/DIR or oci://REGISTRY/REPO:TAG (one artifact holding the "
+        "directory's files, fetched by the pod's init container; s3:// adapters: planned).",
     )
     sha256: Sha256 = Field(
         description="Directory digest of the adapter (`freehold model digest DIR`)."

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
-from freehold.api.model_deployment import ModelDeploymentSpec
+from freehold.api.model_deployment import Adapter, ModelDeploymentSpec
+from freehold_serving.args import ServingArgs
 
 SERVE_PORT = 8000
 MANAGED_BY = "freehold-operator"
@@ -284,35 +286,58 @@ def fetched_scheme(spec: ModelDeploymentSpec) -> str | None:
     return scheme if scheme in FETCHED else None
 
 
+def fetched_adapters(spec: ModelDeploymentSpec) -> list[Adapter]:
+    """LoRA adapters the init container fetches (oci://)."""
+    return [a for a in spec.adapters if a.uri.split("://", 1)[0] in FETCHED]
+
+
+def _fetched_signatures(spec: ModelDeploymentSpec) -> list[str]:
+    refs = [spec.model.signature, *(a.signature for a in spec.adapters)]
+    return [s.ref for s in refs if s is not None and s.ref.split("://", 1)[0] in FETCHED]
+
+
 def signature_fetched(spec: ModelDeploymentSpec) -> bool:
-    signature = spec.model.signature
-    return signature is not None and signature.ref.split("://", 1)[0] in FETCHED
+    return bool(_fetched_signatures(spec))
 
 
 def fetched_volumes(spec: ModelDeploymentSpec) -> list[tuple[str, str]]:
-    """(volume, mount path) of what the init container fetches: the model under
-    MODELS_ROOT/SCHEME, a signature under MODELS_ROOT/signatures (the paths
+    """(volume, mount path) of what the init container fetches: models and adapters under
+    MODELS_ROOT/SCHEME, signatures under MODELS_ROOT/signatures (the paths
     freehold_serving.model_files reads). The root filesystem is read-only."""
-    found = []
-    scheme = fetched_scheme(spec)
-    if scheme is not None:
-        found.append(("model-fetched", f"{MODELS_ROOT}/{scheme}"))
+    schemes: list[str] = []
+    for uri in [spec.model.uri, *(a.uri for a in fetched_adapters(spec))]:
+        scheme = uri.split("://", 1)[0]
+        if scheme in FETCHED and scheme not in schemes:
+            schemes.append(scheme)
+    # The first keeps its historic name.
+    found = [
+        ("model-fetched" if n == 0 else f"model-fetched-{scheme}", f"{MODELS_ROOT}/{scheme}")
+        for n, scheme in enumerate(schemes)
+    ]
     if signature_fetched(spec):
         found.append(("signature-fetched", f"{MODELS_ROOT}/signatures"))
     return found
 
 
 def fetch_init_containers(
-    spec: ModelDeploymentSpec, ctx: BuildContext, model_json: str
+    spec: ModelDeploymentSpec, ctx: BuildContext, args: ServingArgs
 ) -> list[dict[str, Any]]:
-    """An oci:// or s3:// model is fetched by an init container of the serving image into
-    the pod's model volume, and kept only if its sha256 matches; the serving container
-    starts after it and verifies again before loading. A store's access key is read from
-    Vault by the init container itself (`model_json` names where; never the key)."""
+    """An oci:// or s3:// model (and oci:// LoRA adapters) are fetched by an init
+    container of the serving image into the pod's volumes, and kept only if their sha256
+    matches; the serving container starts after it and verifies again before loading. A
+    store's access key is read from Vault by the init container itself (the model's JSON
+    names where; never the key)."""
     fetched = fetched_volumes(spec)
     if not fetched:
         return []
-    env = [{"name": "HOME", "value": "/tmp"}, {"name": "FREEHOLD_MODEL", "value": model_json}]
+    adapters = {a.name for a in fetched_adapters(spec)}
+    env = [
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "FREEHOLD_MODEL", "value": args.model.model_dump_json()},
+    ]
+    if adapters:
+        listed = [a.model_dump(mode="json") for a in args.adapters if a.served_name in adapters]
+        env.append({"name": "FREEHOLD_ADAPTERS", "value": json.dumps(listed)})
     if ctx.insecure_registries:
         insecure = ",".join(ctx.insecure_registries)
         env.append({"name": "FREEHOLD_INSECURE_REGISTRIES", "value": insecure})

@@ -15,6 +15,7 @@ from freehold.builders.model_workload import (
     ROLE_LABEL,
     SERVE_PORT,
     BuildContext,
+    fetched_adapters,
     fetched_scheme,
     metadata,
     selector,
@@ -60,11 +61,12 @@ def fetch_ports(spec: ModelDeploymentSpec) -> list[int]:
     uris = []
     if fetched_scheme(spec) is not None:
         uris.append(spec.model.s3.endpoint if spec.model.s3 else spec.model.uri)
-    signature = spec.model.signature
-    if signature is not None and signature.ref.startswith("oci://"):
-        uris.append(signature.ref)
-    elif signature is not None and signature.ref.startswith("s3://") and spec.model.s3:
-        uris.append(spec.model.s3.endpoint)
+    uris += [a.uri for a in fetched_adapters(spec)]  # oci:// only
+    for signature in [spec.model.signature, *(a.signature for a in spec.adapters)]:
+        if signature is not None and signature.ref.startswith("oci://"):
+            uris.append(signature.ref)
+        elif signature is not None and signature.ref.startswith("s3://") and spec.model.s3:
+            uris.append(spec.model.s3.endpoint)
     for uri in uris:
         source = urlparse(uri)
         port = source.port or (80 if source.scheme == "http" else 443)
@@ -107,8 +109,8 @@ def build_allow(spec: ModelDeploymentSpec, ctx: BuildContext, *, ray: bool) -> d
         *scrape_ingress(ctx),
     ]
     egress: list[dict[str, Any]] = [dns_egress(ctx)]
-    # The fetch-model init container pulls from the registry or store (the model, a
-    # signature kept there). A NetworkPolicy cannot name a host: its port, any address.
+    # The fetch-model init container pulls from the registry or store (the model, its
+    # adapters, signatures kept there). A NetworkPolicy cannot name a host: its port, any address.
     for port in fetch_ports(spec):
         egress.append({"ports": [{"protocol": "TCP", "port": port}]})
     if ray:

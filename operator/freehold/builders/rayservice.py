@@ -74,7 +74,7 @@ def _container(
 def build_rayservice(spec: ModelDeploymentSpec, ctx: BuildContext) -> dict[str, Any]:
     vols, mounts = volumes(spec, ctx)
     env = base_env(ctx)
-    fetch = fetch_init_containers(spec, ctx, workload_args(spec, ctx).model.model_dump_json())
+    fetch = fetch_init_containers(spec, ctx, workload_args(spec, ctx))
     head_resources = {
         "requests": {"cpu": ctx.head_cpu, "memory": ctx.head_memory},
         "limits": {"cpu": ctx.head_cpu, "memory": ctx.head_memory},

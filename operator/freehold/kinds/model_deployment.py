@@ -109,6 +109,9 @@ class ModelDeploymentKind(KindBase[ModelDeploymentSpec]):
             )
         if spec.model.signature is not None:
             signature_reachable(spec.model.uri, spec.model.signature.ref)
+        for n, adapter in enumerate(spec.adapters):
+            if adapter.signature is not None:
+                signature_reachable(adapter.uri, adapter.signature.ref, f"spec.adapters[{n}]")
         s3 = spec.model.s3
         if s3 is not None and s3.credentials is not None:
             prefix = self.config.vault_kv_prefix.format(namespace=meta["namespace"])
@@ -327,31 +330,31 @@ def endpoint(ctx: BuildContext, backend: Backend) -> str:
     return f"http://{service}.{ctx.namespace}.svc:{SERVE_PORT}/v1"
 
 
-def signature_reachable(model_uri: str, ref: str) -> None:
-    """The pod must be able to read the signature where it reads the model."""
+def signature_reachable(model_uri: str, ref: str, where: str = "spec.model") -> None:
+    """The pod must be able to read the signature where it reads the model (or adapter,
+    `where` naming it)."""
     scheme = ref.split("://", 1)[0]
     model_scheme = model_uri.split("://", 1)[0]
+    field = f"{where}.signature.ref"
     if scheme in FETCHED and model_scheme not in FETCHED:
         raise SpecProblemError(
             "SignatureUnreachable",
-            f"spec.model.signature.ref: a {scheme}:// signature is fetched with an oci:// or "
-            "s3:// model; put this model's signature where the model is (its claim, its "
-            "package or a file)",
+            f"{field}: a {scheme}:// signature is fetched with an oci:// or s3:// model or "
+            "adapter; put its signature where it is (its claim, its package or a file)",
         )
     if scheme == "s3" and model_scheme != "s3":
         raise SpecProblemError(
             "SignatureUnreachable",
-            "spec.model.signature.ref: an s3:// signature must be in the model's own store "
-            "(spec.model.s3)",
+            f"{field}: an s3:// signature must be in the model's own store (spec.model.s3)",
         )
     if scheme == "pvc" and (
         not model_uri.startswith("pvc://") or ref.split("/")[2] != model_uri.split("/")[2]
     ):
         raise SpecProblemError(
             "SignatureUnreachable",
-            "spec.model.signature.ref: a pvc:// signature must be on the model's own claim "
+            f"{field}: a pvc:// signature must be on its own claim "
             f"({model_uri.split('/')[2] if model_uri.startswith('pvc://') else 'none'}), the "
-            "only claim the serving pods mount",
+            "only claim the serving pods mount for it",
         )
 
 

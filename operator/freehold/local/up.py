@@ -236,10 +236,14 @@ def local_args(deployment: Deployment, settings: LocalSettings, cpus: int) -> Se
             "min_replicas": min(scale.min_replicas, fit),
         }
     )
+    # Fetched models and adapters are kept by digest under the data dir (MODELS/SCHEME/SHA256).
+    models_root = {"models_root": str(settings.data_dir / "models")}
     if args.model.uri.split("://", 1)[0] in ("oci", "s3"):
-        # Fetched models are kept by digest under the data dir (MODELS/SCHEME/SHA256).
-        model = args.model.model_copy(update={"models_root": str(settings.data_dir / "models")})
-        args = args.model_copy(update={"model": model})
+        args = args.model_copy(update={"model": args.model.model_copy(update=models_root)})
+    adapters = [
+        a.model_copy(update=models_root) if a.uri.startswith("oci://") else a for a in args.adapters
+    ]
+    args = args.model_copy(update={"adapters": adapters})
     # Access records, signed with a key kept beside them (`freehold audit verify`).
     audit = AuditConfig(
         directory=str(settings.data_dir / "audit"),
@@ -265,6 +269,7 @@ def verify_model_and_signer(
             from freehold_serving.fetch import fetch_model, insecure_registries
 
             fetch_model(args.model, insecure_registries())
+        fetch_adapters(args)
         path, verified = verify_file(args.model, progress)
     except ModelFileError as exc:
         raise UpError(str(exc)) from None
@@ -306,6 +311,18 @@ def needs_fetch(args: ServingArgs) -> bool:
         return True
     ref = model.signature.ref if model.signature else ""
     return ref.split("://", 1)[0] in FETCHED_SCHEMES and not signature_path(model).is_file()
+
+
+def fetch_adapters(args: ServingArgs) -> None:
+    """oci:// LoRA adapters not fetched yet, fetched (digest-checked) before the model
+    server starts: the replica verifies, never downloads, what a request names."""
+    from freehold_serving.model_files import fetched_path
+
+    for adapter in args.adapters:
+        if adapter.uri.startswith("oci://") and not fetched_path(adapter).exists():
+            from freehold_serving.fetch import fetch_model, insecure_registries
+
+            fetch_model(adapter, insecure_registries())
 
 
 def model_size(args: ServingArgs) -> int:
