@@ -140,7 +140,8 @@ def test_an_eval_job_runs_as_a_locked_down_job_and_records_its_result(
     make_ready(namespace, "ev-target")
     eventually(
         lambda: (
-            condition(get("modeldeployment", "ev-target", namespace), "Ready")["status"] == "True"
+            condition(get("modeldeployment", "ev-target", namespace), "Ready").get("status")
+            == "True"
         )
     )
     apply(evaljob(namespace, "ev-smoke", target={"modelDeploymentRef": {"name": "ev-target"}}))
@@ -256,7 +257,9 @@ def test_a_new_digest_serves_only_after_its_evaluation_passes(
     apply(first)
     make_ready(namespace, "promo")
     eventually(
-        lambda: condition(get("modeldeployment", "promo", namespace), "Ready")["status"] == "True"
+        lambda: (
+            condition(get("modeldeployment", "promo", namespace), "Ready").get("status") == "True"
+        )
     )
     assert served_sha(namespace) == old
     # The served version is evaluated too (the baseline of the next digest).

@@ -100,7 +100,9 @@ def test_memory_store_lifecycle(
             "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}],
         },
     )
-    eventually(lambda: condition(get("memorystore", name, namespace), "Ready")["status"] == "True")
+    eventually(
+        lambda: condition(get("memorystore", name, namespace), "Ready").get("status") == "True"
+    )
     columns = kubectl("get", "memorystore", name, "-n", namespace).stdout
     assert "True" in columns and f"{name}.{namespace}.svc" in columns
 

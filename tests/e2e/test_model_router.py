@@ -40,7 +40,9 @@ def test_a_router_routes_to_live_targets_only(namespace: str, operator: Operator
     apply(example(namespace, "rt-a"))
     make_ready(namespace, "rt-a")
     eventually(
-        lambda: condition(get("modeldeployment", "rt-a", namespace), "Ready")["status"] == "True"
+        lambda: (
+            condition(get("modeldeployment", "rt-a", namespace), "Ready").get("status") == "True"
+        )
     )
     apply(router(namespace, "assistant"))
     deployment = eventually(lambda: get("deployment", "assistant", namespace))
