@@ -39,9 +39,6 @@ class EngineReplica:
         async for batch in self._server.generate(job):
             yield batch
 
-    async def context_length(self) -> int:
-        return await self._server.ready()
-
 
 class RemoteGenerator:
     """The front's `Generator` over the engine replicas."""
