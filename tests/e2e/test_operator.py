@@ -160,10 +160,18 @@ def test_deleted_and_edited_children_come_back_within_seconds(
         timeout=DRIFT_SECONDS,
     )
     assert time.monotonic() - started < 3 * DRIFT_SECONDS
-    # The operator counts what it put back (its own /metrics).
+    # The operator counts what it put back (its own /metrics). A pass records its metrics
+    # when it ends, after its applies are visible: wait for the count, not just the object.
+
+    def counted() -> bool:
+        now = drift_repairs(operator)
+        return (
+            now.get("NetworkPolicy", 0) - repaired_before.get("NetworkPolicy", 0) >= 2
+            and now.get("Deployment", 0) - repaired_before.get("Deployment", 0) >= 1
+        )
+
+    eventually(counted, timeout=DRIFT_SECONDS)
     repaired = drift_repairs(operator)
-    assert repaired.get("NetworkPolicy", 0) - repaired_before.get("NetworkPolicy", 0) >= 2
-    assert repaired.get("Deployment", 0) - repaired_before.get("Deployment", 0) >= 1
     # What nobody touched was not "repaired".
     assert repaired.get("ServiceAccount", 0) == repaired_before.get("ServiceAccount", 0)
 
