@@ -521,9 +521,11 @@ def test_data_and_logs_are_private_whatever_the_umask(tmp_path: Path) -> None:
         path, _ = signed_log(tmp_path / "logs")
     finally:
         os.umask(old)
-    for file in (store.path, path, *store.path.parent.glob("memory.db-*")):
+    db = tmp_path / "store" / "memory.db"
+    assert store.counts().records == 1
+    for file in (db, path, *db.parent.glob("memory.db-*")):
         assert stat.S_IMODE(file.stat().st_mode) == 0o600, file
-    for folder in (store.path.parent, path.parent):
+    for folder in (db.parent, path.parent):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
 
 

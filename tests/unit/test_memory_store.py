@@ -1,4 +1,5 @@
-"""The memory store library on a real SQLite file, with a key file (local mode's KEK).
+"""The memory store library on both engines: a real SQLite file and a real PostgreSQL
+(tests/pg_server.py), with a key file (local mode's KEK).
 
 Vectors here are deterministic bag-of-words hashes, not a model: the store's contract
 is about any vector of its dimension, and the real embedder is exercised in the
@@ -8,6 +9,8 @@ integration tests.
 from __future__ import annotations
 
 import hashlib
+import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,6 +18,8 @@ import numpy as np
 import pytest
 
 from freehold_serving.memory import crypto
+from freehold_serving.memory.database import Database, SqliteDatabase
+from freehold_serving.memory.postgres import Credentials, PostgresDatabase
 from freehold_serving.memory.records import RecordFields, SearchRequest
 from freehold_serving.memory.store import (
     ImportConflictError,
@@ -23,6 +28,7 @@ from freehold_serving.memory.store import (
     Store,
     StoreError,
 )
+from tests.pg_server import Postgres
 
 DIM = 32
 
@@ -47,15 +53,53 @@ def clock() -> Clock:
     return Clock()
 
 
+# A place for a store: `where(name)` opens the same database each time for one name.
+Where = Callable[[str], Database]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def where(request: pytest.FixtureRequest, tmp_path: Path) -> Where:
+    if request.param == "sqlite":
+
+        def sqlite(name: str) -> Database:
+            (tmp_path / name).mkdir(exist_ok=True)
+            return SqliteDatabase(tmp_path / name / "memory.db")
+
+        return sqlite
+    pg: Postgres = request.getfixturevalue("postgres")
+    database = pg.create_database("t" + uuid.uuid4().hex[:12])
+
+    def postgres(name: str) -> Database:
+        return PostgresDatabase(
+            pg.conninfo(database),
+            schema=name,
+            credentials=lambda: Credentials(pg.user, pg.password),
+        )
+
+    return postgres
+
+
 @pytest.fixture
-def store(tmp_path: Path, clock: Clock) -> Store:
-    return open_store(tmp_path, clock)
+def store(where: Where, tmp_path: Path, clock: Clock) -> Store:
+    return store_at(where, tmp_path, clock)
 
 
 def open_store(tmp_path: Path, clock: Clock, **kw: object) -> Store:
-    wrapper = crypto.FileKeyWrapper(tmp_path / "keys" / "store.key")
+    """A store on SQLite in tmp_path (the tests of what is not about the engine)."""
     return Store(
         tmp_path / "memory.db",
+        crypto.FileKeyWrapper(tmp_path / "keys" / "store.key"),
+        embedding_model="test-bow",
+        dimension=DIM,
+        clock=clock,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def store_at(where: Where, tmp_path: Path, clock: Clock, name: str = "s", **kw: object) -> Store:
+    wrapper = crypto.FileKeyWrapper(tmp_path / "keys" / name / "store.key")
+    return Store(
+        where(name),
         wrapper,
         embedding_model="test-bow",
         dimension=DIM,
@@ -136,35 +180,55 @@ def test_wrong_dimension_is_refused_and_nothing_changes(store: Store) -> None:
     assert store.counts().records == 0
 
 
-def raw_bytes(tmp_path: Path) -> bytes:
-    return b"".join(p.read_bytes() for p in tmp_path.glob("memory.db*"))
+def raw_bytes(store: Store, tmp_path: Path) -> bytes:
+    """Everything the engine has written to disk for this store."""
+    if isinstance(store.database, SqliteDatabase):
+        return b"".join(p.read_bytes() for p in tmp_path.glob("*/memory.db*"))
+    assert isinstance(store.database, PostgresDatabase)
+    pg = store.database
+    pg.execute("CHECKPOINT")  # (superuser) the shared buffers written out to the files
+    data_dir = Path(str(pg.rows("SHOW data_directory")[0]["data_directory"]))
+    return b"".join(p.read_bytes() for p in data_dir.rglob("*") if p.is_file())
 
 
 def test_nothing_in_the_clear_and_erasure_leaves_no_trace(store: Store, tmp_path: Path) -> None:
     canary = "zebracanary4217"
     rid = add(store, "carol", f"Carol's passport number is {canary}")
     add(store, "dave", "Dave keeps a diary")
-    assert canary.encode() not in raw_bytes(tmp_path)
-    assert b"carol" not in raw_bytes(tmp_path).lower()
-    # What would identify Carol's data on disk even though it is encrypted: the record's
-    # ciphertext and her keyword tokens.
-    payload = store._db.execute("SELECT payload FROM versions WHERE id = ?", (rid,)).fetchone()[0]
-    token = crypto.blind_tokens(
-        store._subject("acme", "carol", create=False).words_key,  # type: ignore[union-attr]
-        canary,
-    ).encode()
-    assert payload[20:60] in raw_bytes(tmp_path) and token in raw_bytes(tmp_path)
+    assert canary.encode() not in raw_bytes(store, tmp_path)
+    assert b"carol" not in raw_bytes(store, tmp_path).lower()
+    # What would identify Carol's data even though it is encrypted: the record's
+    # ciphertext, her keyword tokens and her wrapped key.
+    payload = bytes(
+        store.database.rows("SELECT payload FROM versions WHERE id = ?", (rid,))[0]["payload"]
+    )
+    carol = store._lookup("acme", "carol")
+    assert carol is not None
+    token = crypto.blind_tokens(carol.words_key, canary).encode()
+    data = raw_bytes(store, tmp_path)
+    assert payload[20:60] in data
+    if isinstance(store.database, SqliteDatabase):
+        assert token in data
     assert store.erase_subject("acme", "carol") == 1
-    data = raw_bytes(tmp_path)
-    assert payload[20:60] not in data and token not in data
+    assert store.database.rows("SELECT * FROM versions WHERE subject = ?", (carol.tag,)) == []
+    assert store.database.rows("SELECT * FROM subjects WHERE tag = ?", (carol.tag,)) == []
+    if isinstance(store.database, SqliteDatabase):
+        # Zeroed pages and a truncated WAL: not even the ciphertext stays on disk. (On
+        # PostgreSQL dead rows keep ciphertext until autovacuum reuses their space; its
+        # key went with the subject's row.)
+        data = raw_bytes(store, tmp_path)
+        assert payload[20:60] not in data and token not in data
     assert search(store, "carol", canary) == []
     assert search(store, "dave", "diary") == ["Dave keeps a diary"]
     assert store.counts().subjects == 1
 
 
-def test_retention_sweep(tmp_path: Path, clock: Clock) -> None:
-    store = open_store(
-        tmp_path, clock, retention=Retention(default_seconds=None, per_type={"episode": 3600})
+def test_retention_sweep(where: Where, tmp_path: Path, clock: Clock) -> None:
+    store = store_at(
+        where,
+        tmp_path,
+        clock,
+        retention=Retention(default_seconds=None, per_type={"episode": 3600}),
     )
     add(store, "alice", "We talked about the weather", type="episode")
     keep = add(store, "alice", "Alice is vegetarian", type="fact")
@@ -181,16 +245,18 @@ def test_retention_sweep(tmp_path: Path, clock: Clock) -> None:
     assert store.counts().records == 1
 
 
-def test_reopen_keeps_everything_and_reembeds_on_model_change(tmp_path: Path, clock: Clock) -> None:
-    store = open_store(tmp_path, clock)
+def test_reopen_keeps_everything_and_reembeds_on_model_change(
+    where: Where, tmp_path: Path, clock: Clock
+) -> None:
+    store = store_at(where, tmp_path, clock)
     add(store, "alice", "Alice likes jazz")
     store.close()
-    again = open_store(tmp_path, clock)
+    again = store_at(where, tmp_path, clock)
     assert search(again, "alice", "jazz") == ["Alice likes jazz"]
     again.close()
     changed = Store(
-        tmp_path / "memory.db",
-        crypto.FileKeyWrapper(tmp_path / "keys" / "store.key"),
+        where("s"),
+        crypto.FileKeyWrapper(tmp_path / "keys" / "s" / "store.key"),
         embedding_model="other-model",
         dimension=8,
         clock=clock,
@@ -202,26 +268,52 @@ def test_reopen_keeps_everything_and_reembeds_on_model_change(tmp_path: Path, cl
     assert [r.text for r in got] == ["Alice likes jazz"]
 
 
-def test_wrong_key_file_cannot_open(tmp_path: Path, clock: Clock) -> None:
-    open_store(tmp_path, clock).close()
-    (tmp_path / "keys" / "store.key").unlink()
+def test_wrong_key_file_cannot_open(where: Where, tmp_path: Path, clock: Clock) -> None:
+    store_at(where, tmp_path, clock).close()
+    (tmp_path / "keys" / "s" / "store.key").unlink()
     with pytest.raises(crypto.CryptoError, match="does not unwrap"):
-        open_store(tmp_path, clock)
+        store_at(where, tmp_path, clock)
 
 
-def test_import_round_trip_and_conflict(tmp_path: Path, clock: Clock) -> None:
-    source = open_store(tmp_path / "a", clock)
+def test_import_round_trip_and_conflict(where: Where, tmp_path: Path, clock: Clock) -> None:
+    source = store_at(where, tmp_path, clock, "a")
     rid = add(source, "alice", "Alice lives in Lyon")
     clock.t += 5
     source.update("acme", rid, "alice", RecordFields(text="Alice lives in Nice"), vec("Nice"))
     exported = source.subject_versions("acme", "alice")
-    target = open_store(tmp_path / "b", clock)
+    target = store_at(where, tmp_path, clock, "b")
     assert target.import_versions("acme", exported) == (2, [])
     assert target.subject_versions("acme", "alice") == exported
     assert target.import_versions("acme", exported) == (0, [])  # idempotent
-    other = open_store(tmp_path / "c", clock)
+    other = store_at(where, tmp_path, clock, "c")
     changed = [(r.model_copy(update={"text": "forged"}), v) for r, v in exported]
     other.import_versions("acme", exported[:1])
     with pytest.raises(ImportConflictError):
         other.import_versions("acme", changed)
     assert [r.text for r, _ in other.subject_versions("acme", "alice")] == ["Alice lives in Lyon"]
+
+
+def test_replicas_see_each_others_writes(where: Where, tmp_path: Path, clock: Clock) -> None:
+    """Two store objects on one database (PostgreSQL replicas; on SQLite, a reopened
+    file): each one's vector index follows the other's adds, updates, deletes and
+    erasures, without a rebuild for each write."""
+    if where("s").engine == "sqlite":
+        pytest.skip("one writer per SQLite file: replicas are a PostgreSQL feature")
+    a = store_at(where, tmp_path, clock)
+    b = store_at(where, tmp_path, clock)
+    first = add(a, "alice", "Alice plays the cello")
+    assert search(b, "alice", "cello", mode="vector") == ["Alice plays the cello"]
+    index = b._subjects[b._lookup("acme", "alice").tag].index  # type: ignore[union-attr]
+    add(a, "alice", "Alice grows tomatoes")
+    assert search(b, "alice", "tomatoes", mode="vector")[0] == "Alice grows tomatoes"
+    a.update("acme", first, "alice", RecordFields(text="Alice plays the viola"), vec("viola"))
+    assert "Alice plays the cello" not in search(b, "alice", "cello", mode="vector")
+    assert search(b, "alice", "viola", mode="vector")[0] == "Alice plays the viola"
+    # The same index object all along: followed, not rebuilt.
+    assert b._subjects[b._lookup("acme", "alice").tag].index is index  # type: ignore[union-attr]
+    a.delete("acme", first)
+    assert search(b, "alice", "viola", mode="vector") == ["Alice grows tomatoes"]
+    a.erase_subject("acme", "alice")
+    assert search(b, "alice", "tomatoes", mode="vector") == []
+    add(a, "alice", "Alice started again")
+    assert search(b, "alice", "again", mode="vector") == ["Alice started again"]

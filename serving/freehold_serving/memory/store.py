@@ -1,17 +1,22 @@
-"""The memory store: SQLite for records and history, FTS5 for keywords, usearch for vectors.
+"""The memory store: records and history in SQL (SQLite or PostgreSQL, database.py),
+keywords in the engine's full-text index, vectors in usearch in this process's memory.
 
 Why this shape:
-- SQLite (WAL, synchronous=FULL, secure_delete) needs no server, survives kill -9 with
-  every acknowledged (committed) record, and has one writer: one replica per store.
 - Record text, metadata and vectors are AES-GCM ciphertext under the subject's data key
-  (see crypto.py); the keyword index holds keyed hashes of words, so BM25 works and no
-  word is on disk in the clear.
-- Vectors live in SQLite (sealed) and in an in-memory usearch HNSW index per subject,
-  built on first use. One index per subject filters *inside* the index (a global index
-  filtered afterwards loses recall: see ../shared/design/reference.md); usearch ships
-  wheels for every platform (hnswlib needs a compiler) and measured 0.25 ms p50 / 0.99
-  recall@10 on 100k records. No index file on disk: nothing to fall out of sync after a
-  crash, nothing to scrub after an erasure.
+  (see crypto.py); the keyword index holds keyed hashes of words, so ranking works and no
+  word is in the database in the clear.
+- Vectors live in the database (sealed) and in an in-memory usearch HNSW index per
+  subject, built on first use. One index per subject filters *inside* the index (a global
+  index filtered afterwards loses recall: see ../shared/design/reference.md); usearch
+  ships wheels for every platform (hnswlib needs a compiler) and measured 0.25 ms p50 /
+  0.99 recall@10 on 100k records. No index file on disk: nothing to fall out of sync
+  after a crash, nothing to scrub after an erasure.
+- Several processes may serve one store (PostgreSQL replicas): every write transaction
+  on a subject takes the subject's row (serialising writers of that subject) and bumps
+  its revision; rows carry the revision that wrote (seq) or closed (closed_seq) them. A
+  search reads the subject's revision and the rows changed since its index's, in one
+  statement, and applies them: any replica answers any request with every committed
+  write, and a replica never rebuilds an index for someone else's single write.
 """
 
 from __future__ import annotations
@@ -19,11 +24,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,17 +38,16 @@ import numpy as np
 from numpy.typing import NDArray
 
 from freehold_serving.memory import crypto
+from freehold_serving.memory.database import SCHEMA_VERSION, Database, Row, SqliteDatabase, first
 from freehold_serving.memory.records import (
     Provenance,
     Record,
     RecordFields,
     SearchRequest,
 )
-from freehold_serving.private_files import private_file
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1"
 _RRF_K = 60  # reciprocal rank fusion constant (Cormack et al.): robust, no tuning
 
 
@@ -98,46 +101,19 @@ def from_micros(value: int | None) -> datetime | None:
     return datetime.fromtimestamp(value // 1_000_000, UTC).replace(microsecond=value % 1_000_000)
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS subjects (
-    tag TEXT PRIMARY KEY,          -- HMAC(store key, tenant NUL subject)
-    tenant TEXT NOT NULL,          -- HMAC(store key, tenant)
-    wrapped_key TEXT NOT NULL,     -- the subject's data key, wrapped by the KEK
-    created_at INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS versions (
-    rowid INTEGER PRIMARY KEY,
-    id TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    subject TEXT NOT NULL REFERENCES subjects(tag),
-    type TEXT NOT NULL,
-    agent TEXT,                    -- HMAC tags: equality filters without the ids
-    session TEXT,
-    created_at INTEGER NOT NULL,
-    updated_at INTEGER NOT NULL,
-    valid_from INTEGER NOT NULL,
-    valid_to INTEGER,
-    expires_at INTEGER,
-    deleted INTEGER NOT NULL DEFAULT 0,
-    payload BLOB,                  -- AES-GCM(subject key, JSON)
-    vector BLOB,                   -- AES-GCM(subject key, float32[])
-    vector_model TEXT,
-    vector_dim INTEGER,
-    UNIQUE (id, version)
-);
-CREATE INDEX IF NOT EXISTS versions_current ON versions (subject, valid_to);
-CREATE INDEX IF NOT EXISTS versions_expiry ON versions (expires_at) WHERE valid_to IS NULL;
-CREATE VIRTUAL TABLE IF NOT EXISTS keywords USING fts5 (terms, tokenize = 'ascii');
-"""
-
-
 @dataclass
 class _Subject:
     tag: str
+    wrapped: str  # the wrapped key as stored: a subject erased and made again has another
     key: bytes
     words_key: bytes
     index: Any = None  # usearch Index of current versions, built on first vector search
+    revision: int = -1  # the subject revision the index reflects
+    epoch: int = -1
+
+
+# The columns a search needs to keep an index in step (never the payload).
+_INDEX_COLUMNS = "v.rowid, v.id, v.version, v.vector, v.valid_to, v.deleted"
 
 
 class Store:
@@ -145,7 +121,7 @@ class Store:
 
     def __init__(
         self,
-        path: Path,
+        database: Database | Path,
         wrapper: crypto.KeyWrapper,
         *,
         embedding_model: str,
@@ -153,7 +129,7 @@ class Store:
         retention: Retention | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.path = path
+        self._db: Database = SqliteDatabase(database) if isinstance(database, Path) else database
         self._wrapper = wrapper
         self.embedding_model = embedding_model
         self.dimension = dimension
@@ -161,40 +137,36 @@ class Store:
         self._clock = clock
         self._lock = threading.RLock()
         self._subjects: dict[str, _Subject] = {}
-        # 0600 before SQLite opens it: its -wal and -shm files take the database's mode.
-        private_file(path)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        for pragma in (
-            "journal_mode = WAL",
-            "synchronous = FULL",  # a commit is on disk before add() returns
-            "secure_delete = ON",  # freed pages are zeroed: erased data is gone
-            "foreign_keys = ON",
-        ):
-            self._db.execute(f"PRAGMA {pragma}")
-        self._db.executescript(_SCHEMA)
+        self._db.migrate()
         self._store_key = self._load_store_key()
         self._pseudonym_key = crypto.derive(self._store_key, "audit-pseudonym")
+
+    @property
+    def database(self) -> Database:
+        return self._db
 
     # -- keys ---------------------------------------------------------------------------
 
     def _meta(self, key: str) -> str | None:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
+        row = first(self._db.rows("SELECT value FROM meta WHERE key = ?", (key,)))
+        return None if row is None else str(row["value"])
 
     def _load_store_key(self) -> bytes:
         with self._tx():
-            wrapped = self._meta("store_key")
-            if wrapped is None:
-                wrapped = self._wrapper.wrap(os.urandom(32))
-                self._db.executemany(
-                    "INSERT INTO meta (key, value) VALUES (?, ?)",
-                    [
-                        ("store_key", wrapped),
-                        ("schema", SCHEMA_VERSION),
-                        ("embedding_model", self.embedding_model),
-                        ("dimension", str(self.dimension)),
-                    ],
+            # Replicas starting together: the first insert wins, every one reads it back.
+            fresh = self._wrapper.wrap(os.urandom(32))
+            for key, value in (
+                ("store_key", fresh),
+                ("schema", str(SCHEMA_VERSION)),
+                ("embedding_model", self.embedding_model),
+                ("dimension", str(self.dimension)),
+            ):
+                self._db.execute(
+                    "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                    (key, value),
                 )
+            wrapped = self._meta("store_key")
+        assert wrapped is not None
         return self._wrapper.unwrap(wrapped)
 
     def stored_embedding_model(self) -> tuple[str, int]:
@@ -214,25 +186,49 @@ class Store:
         only someone holding the store key and the name can link the two."""
         return crypto.tag(self._pseudonym_key, f"{kind}\0{value}")
 
-    def _subject(self, tenant: str, subject: str, *, create: bool) -> _Subject | None:
-        tag = self._subject_tag(tenant, subject)
-        known = self._subjects.get(tag)
-        if known is not None:
-            return known
-        row = self._db.execute("SELECT wrapped_key FROM subjects WHERE tag = ?", (tag,)).fetchone()
-        if row is None:
-            if not create:
-                return None
-            key = os.urandom(32)
-            self._db.execute(
-                "INSERT INTO subjects (tag, tenant, wrapped_key, created_at) VALUES (?,?,?,?)",
-                (tag, self._tenant_tag(tenant), self._wrapper.wrap(key), self._now()),
-            )
-        else:
-            key = self._wrapper.unwrap(str(row[0]))
-        entry = _Subject(tag, key, crypto.derive(key, "keywords"))
-        self._subjects[tag] = entry
+    def _entry_for(self, tag: str, wrapped: str) -> _Subject:
+        entry = self._subjects.get(tag)
+        if entry is None or entry.wrapped != wrapped:
+            key = self._wrapper.unwrap(wrapped)
+            entry = _Subject(tag, wrapped, key, crypto.derive(key, "keywords"))
+            self._subjects[tag] = entry
         return entry
+
+    def _lookup(self, tenant: str, subject: str) -> _Subject | None:
+        """The subject's keys as the database has them now (erased elsewhere: None)."""
+        tag = self._subject_tag(tenant, subject)
+        row = first(self._db.rows("SELECT wrapped_key FROM subjects WHERE tag = ?", (tag,)))
+        if row is None:
+            self._subjects.pop(tag, None)
+            return None
+        return self._entry_for(tag, str(row["wrapped_key"]))
+
+    def _claim(self, tag: str, *, epoch: bool = False) -> tuple[_Subject, int] | None:
+        """Inside a write transaction: take the subject's row (writers of one subject
+        queue here, on every replica) and bump its revision. Returns its keys and the
+        revision this transaction writes, or None if the subject does not exist."""
+        bump = ", epoch = epoch + 1" if epoch else ""
+        row = first(
+            self._db.rows(
+                f"UPDATE subjects SET revision = revision + 1{bump} WHERE tag = ?"
+                " RETURNING wrapped_key, revision",
+                (tag,),
+            )
+        )
+        if row is None:
+            return None
+        return self._entry_for(tag, str(row["wrapped_key"])), int(row["revision"])
+
+    def _claim_or_create(self, tenant: str, subject: str) -> tuple[_Subject, int]:
+        tag = self._subject_tag(tenant, subject)
+        self._db.execute(
+            "INSERT INTO subjects (tag, tenant, wrapped_key, created_at) VALUES (?,?,?,?)"
+            " ON CONFLICT (tag) DO NOTHING",
+            (tag, self._tenant_tag(tenant), self._wrapper.wrap(os.urandom(32)), self._now()),
+        )
+        claimed = self._claim(tag)
+        assert claimed is not None
+        return claimed
 
     # -- plumbing -----------------------------------------------------------------------
 
@@ -241,16 +237,8 @@ class Store:
 
     @contextmanager
     def _tx(self) -> Iterator[None]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                # Cached subjects may name keys whose rows were just rolled back.
-                self._subjects.clear()
-                raise
-            self._db.execute("COMMIT")
+        with self._lock, self._db.transaction():
+            yield
 
     def close(self) -> None:
         with self._lock:
@@ -288,15 +276,21 @@ class Store:
         of items[i] (from the client or the API's embedder)."""
         checked = [self._check_vector(v, f"records[{i}].embedding") for i, v in enumerate(vectors)]
         now = self._now()
-        added: list[tuple[_Subject, int, NDArray[np.float32] | None]] = []
         out: list[Record] = []
         with self._tx():
+            # Subjects in one order on every replica: two batches never wait on each other
+            # in a cycle.
+            claimed: dict[str, tuple[_Subject, int]] = {}
+            for subject in sorted(
+                {s for s, _ in items}, key=lambda s: self._subject_tag(tenant, s)
+            ):
+                claimed[subject] = self._claim_or_create(tenant, subject)
             for (subject, fields), vector in zip(items, checked, strict=True):
-                entry = self._subject(tenant, subject, create=True)
-                assert entry is not None
+                entry, revision = claimed[subject]
                 record_id = "mem_" + uuid.uuid4().hex
-                rowid = self._insert(
+                self._insert(
                     entry,
+                    revision,
                     subject,
                     record_id,
                     1,
@@ -306,15 +300,13 @@ class Store:
                     now,
                     self._expiry(fields, now),
                 )
-                added.append((entry, rowid, vector))
                 out.append(self._record(entry, subject, record_id, 1, fields, now, now, None))
-        for entry, rowid, vector in added:
-            self._index_add(entry, rowid, vector)
         return out
 
     def _insert(
         self,
         entry: _Subject,
+        revision: int,
         subject: str,
         record_id: str,
         version: int,
@@ -343,66 +335,63 @@ class Store:
         sealed_vector = None
         if vector is not None:
             sealed_vector = crypto.seal(entry.key, vector.tobytes(), aad + b":vector")
-        cursor = self._db.execute(
-            "INSERT INTO versions (id, version, subject, type, agent, session, created_at,"
-            " updated_at, valid_from, expires_at, deleted, payload, vector, vector_model,"
-            " vector_dim) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                record_id,
-                version,
-                entry.tag,
-                fields.type,
-                self._scope_tag(entry, fields.agent_id),
-                self._scope_tag(entry, fields.session_id),
-                created,
-                valid_from,
-                valid_from,
-                expires,
-                int(deleted),
-                payload,
-                sealed_vector,
-                self.embedding_model if vector is not None else None,
-                len(vector) if vector is not None else None,
-            ),
+        return self._db.insert_version(
+            {
+                "id": record_id,
+                "version": version,
+                "subject": entry.tag,
+                "type": fields.type,
+                "agent": self._scope_tag(entry, fields.agent_id),
+                "session": self._scope_tag(entry, fields.session_id),
+                "created_at": created,
+                "updated_at": valid_from,
+                "valid_from": valid_from,
+                "expires_at": expires,
+                "deleted": int(deleted),
+                "payload": payload,
+                "vector": sealed_vector,
+                "vector_model": self.embedding_model if vector is not None else None,
+                "vector_dim": len(vector) if vector is not None else None,
+                "seq": revision,
+            },
+            None if deleted else crypto.blind_tokens(entry.words_key, fields.text),
         )
-        rowid = int(cursor.lastrowid or 0)
-        if not deleted:
-            self._db.execute(
-                "INSERT INTO keywords (rowid, terms) VALUES (?, ?)",
-                (rowid, crypto.blind_tokens(entry.words_key, fields.text)),
-            )
-        return rowid
 
     def _scope_tag(self, entry: _Subject, value: str | None) -> str | None:
         return None if value is None else crypto.tag(entry.key, value)
 
-    def _current(self, tenant: str, record_id: str) -> tuple[_Subject, sqlite3.Row]:
-        tenant_tag = self._tenant_tag(tenant)
-        self._db.row_factory = sqlite3.Row
-        try:
-            row = self._db.execute(
+    def _current(self, tenant: str, record_id: str) -> tuple[_Subject, Row]:
+        row = first(
+            self._db.rows(
                 "SELECT v.*, s.wrapped_key FROM versions v JOIN subjects s ON s.tag = v.subject"
                 " WHERE v.id = ? AND v.valid_to IS NULL AND s.tenant = ?",
-                (record_id, tenant_tag),
-            ).fetchone()
-        finally:
-            self._db.row_factory = None
+                (record_id, self._tenant_tag(tenant)),
+            )
+        )
         if row is None or row["deleted"] or self._expired(row):
             raise NotFoundError(f"record {record_id}")
-        entry = self._entry_for(row["subject"], row["wrapped_key"])
-        return entry, row
+        return self._entry_for(row["subject"], row["wrapped_key"]), row
 
-    def _expired(self, row: sqlite3.Row) -> bool:
+    def _current_claimed(self, tenant: str, record_id: str) -> tuple[_Subject, int, Row]:
+        """Inside a write transaction: the record's current version, read after taking its
+        subject (so a writer elsewhere cannot close the same version meanwhile)."""
+        entry, _ = self._current(tenant, record_id)
+        claimed = self._claim(entry.tag)
+        if claimed is None:
+            raise NotFoundError(f"record {record_id}")
+        entry, revision = claimed
+        entry, row = self._current(tenant, record_id)
+        return entry, revision, row
+
+    def _expired(self, row: Row) -> bool:
         """Past its lifetime: gone for every read now, whatever the sweep's schedule."""
         return row["expires_at"] is not None and row["expires_at"] <= self._now()
 
-    def _entry_for(self, tag: str, wrapped: str) -> _Subject:
-        entry = self._subjects.get(tag)
-        if entry is None:
-            key = self._wrapper.unwrap(wrapped)
-            entry = _Subject(tag, key, crypto.derive(key, "keywords"))
-            self._subjects[tag] = entry
-        return entry
+    def _close(self, row: Row, now: int, revision: int) -> None:
+        self._db.execute(
+            "UPDATE versions SET valid_to = ?, closed_seq = ? WHERE rowid = ?",
+            (now, revision, row["rowid"]),
+        )
 
     def update(
         self,
@@ -416,16 +405,15 @@ class Store:
         checked = self._check_vector(vector, "embedding")
         now = self._now()
         with self._tx():
-            entry, row = self._current(tenant, record_id)
+            entry, revision, row = self._current_claimed(tenant, record_id)
             if entry.tag != self._subject_tag(tenant, subject):
                 raise NotFoundError(f"record {record_id} of subject {subject!r}")
-            self._db.execute(
-                "UPDATE versions SET valid_to = ? WHERE rowid = ?", (now, row["rowid"])
-            )
+            self._close(row, now, revision)
             version = int(row["version"]) + 1
             created = int(row["created_at"])
-            rowid = self._insert(
+            self._insert(
                 entry,
+                revision,
                 subject,
                 record_id,
                 version,
@@ -435,8 +423,6 @@ class Store:
                 now,
                 self._expiry(fields, created),
             )
-        self._index_remove(entry, int(row["rowid"]))
-        self._index_add(entry, rowid, checked)
         return self._record(entry, subject, record_id, version, fields, created, now, None)
 
     def delete(self, tenant: str, record_id: str) -> None:
@@ -444,13 +430,11 @@ class Store:
         get no longer see it. (Erasing a subject removes everything, history included.)"""
         now = self._now()
         with self._tx():
-            entry, row = self._current(tenant, record_id)
-            self._db.execute(
-                "UPDATE versions SET valid_to = ? WHERE rowid = ?", (now, row["rowid"])
-            )
+            entry, revision, row = self._current_claimed(tenant, record_id)
+            self._close(row, now, revision)
             self._db.execute(
                 "INSERT INTO versions (id, version, subject, type, created_at, updated_at,"
-                " valid_from, deleted) VALUES (?,?,?,?,?,?,?,1)",
+                " valid_from, deleted, seq) VALUES (?,?,?,?,?,?,?,1,?)",
                 (
                     record_id,
                     int(row["version"]) + 1,
@@ -459,69 +443,62 @@ class Store:
                     row["created_at"],
                     now,
                     now,
+                    revision,
                 ),
             )
-        self._index_remove(entry, int(row["rowid"]))
 
     def erase_subject(self, tenant: str, subject: str) -> int:
-        """Right to be forgotten: every version, keyword row and the subject's key go, and
-        the freed pages are zeroed and the WAL truncated, so no trace stays on disk."""
+        """Right to be forgotten: every version, keyword row and the subject's key go (on
+        SQLite the freed pages are zeroed and the WAL truncated: no trace stays on disk;
+        on PostgreSQL what stays in dead rows, WAL and backups is ciphertext whose key
+        row is gone)."""
         tag = self._subject_tag(tenant, subject)
         with self._tx():
-            rowids = [
-                r[0]
-                for r in self._db.execute("SELECT rowid FROM versions WHERE subject = ?", (tag,))
-            ]
-            self._db.executemany("DELETE FROM keywords WHERE rowid = ?", [(r,) for r in rowids])
-            self._db.execute("DELETE FROM versions WHERE subject = ?", (tag,))
-            self._db.execute("DELETE FROM subjects WHERE tag = ?", (tag,))
+            if self._claim(tag) is None:
+                rowids: list[int] = []
+            else:
+                rowids = [
+                    int(r["rowid"])
+                    for r in self._db.rows("SELECT rowid FROM versions WHERE subject = ?", (tag,))
+                ]
+                self._db.forget_words(rowids)
+                self._db.execute("DELETE FROM versions WHERE subject = ?", (tag,))
+                self._db.execute("DELETE FROM subjects WHERE tag = ?", (tag,))
         self._subjects.pop(tag, None)
-        self._scrub()
+        self._db.reclaim()
         return len(rowids)
-
-    def _scrub(self) -> None:
-        with self._lock:
-            # Merging the FTS segments rewrites the index without the deleted rows (FTS5
-            # keeps deleted entries in old segments until a merge).
-            self._db.execute("INSERT INTO keywords (keywords) VALUES ('optimize')")
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            self._db.execute("VACUUM")
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def sweep(self) -> int:
         """Delete records whose lifetime is over (every version). Returns how many."""
         now = self._now()
         with self._tx():
-            expired = self._db.execute(
+            expired = self._db.rows(
                 "SELECT DISTINCT v.id, v.subject FROM versions v WHERE v.valid_to IS NULL"
                 " AND v.expires_at IS NOT NULL AND v.expires_at <= ?",
                 (now,),
-            ).fetchall()
-            for record_id, _subject in expired:
+            )
+            # Rows go without a trace a replica could follow: a new epoch makes every
+            # replica rebuild these subjects' indexes.
+            for tag in sorted({str(r["subject"]) for r in expired}):
+                self._claim(tag, epoch=True)
+            for row in expired:
                 rowids = [
-                    r[0]
-                    for r in self._db.execute(
-                        "SELECT rowid FROM versions WHERE id = ?", (record_id,)
-                    )
+                    int(r["rowid"])
+                    for r in self._db.rows("SELECT rowid FROM versions WHERE id = ?", (row["id"],))
                 ]
-                self._db.executemany("DELETE FROM keywords WHERE rowid = ?", [(r,) for r in rowids])
-                self._db.execute("DELETE FROM versions WHERE id = ?", (record_id,))
-        for _record_id, subject_tag in expired:
-            # The subject's index is rebuilt on its next search.
-            entry = self._subjects.get(subject_tag)
-            if entry is not None:
-                entry.index = None
+                self._db.forget_words(rowids)
+                self._db.execute("DELETE FROM versions WHERE id = ?", (row["id"],))
         if expired:
-            self._scrub()
+            self._db.reclaim()
         return len(expired)
 
     # -- reads --------------------------------------------------------------------------
 
-    def _decode(self, entry: _Subject, row: sqlite3.Row) -> Record:
+    def _decode(self, entry: _Subject, row: Row) -> Record:
         aad = f"{row['id']}:{row['version']}".encode()
         body: dict[str, Any] = {}
         if row["payload"] is not None:
-            body = json.loads(crypto.open_sealed(entry.key, row["payload"], aad))
+            body = json.loads(crypto.open_sealed(entry.key, bytes(row["payload"]), aad))
         return Record(
             id=row["id"],
             version=row["version"],
@@ -565,13 +542,9 @@ class Store:
             expires_at=from_micros(self._expiry(fields, created)),
         )
 
-    def _rows(self, sql: str, params: Iterable[Any]) -> list[sqlite3.Row]:
+    def _rows(self, sql: str, params: Iterable[Any]) -> list[Row]:
         with self._lock:
-            self._db.row_factory = sqlite3.Row
-            try:
-                return list(self._db.execute(sql, tuple(params)).fetchall())
-            finally:
-                self._db.row_factory = None
+            return self._db.rows(sql, tuple(params))
 
     def get(self, tenant: str, record_id: str) -> Record:
         with self._lock:
@@ -584,7 +557,7 @@ class Store:
             rows = self._rows("SELECT * FROM versions WHERE id = ? ORDER BY version", (record_id,))
             return [self._decode(entry, r) for r in rows]
 
-    def _current_or_tombstone(self, tenant: str, record_id: str) -> tuple[_Subject, sqlite3.Row]:
+    def _current_or_tombstone(self, tenant: str, record_id: str) -> tuple[_Subject, Row]:
         rows = self._rows(
             "SELECT v.*, s.wrapped_key FROM versions v JOIN subjects s ON s.tag = v.subject"
             " WHERE v.id = ? AND s.tenant = ? ORDER BY v.version DESC LIMIT 1",
@@ -600,7 +573,7 @@ class Store:
         """Every version of every record of a subject, with vectors, in (id, version)
         order: what an export holds."""
         with self._lock:
-            entry = self._subject(tenant, subject, create=False)
+            entry = self._lookup(tenant, subject)
             if entry is None:
                 return []
             rows = self._rows(
@@ -614,12 +587,21 @@ class Store:
                 out.append((self._decode(entry, row), self._vector_of(entry, row)))
             return out
 
-    def _vector_of(self, entry: _Subject, row: sqlite3.Row) -> list[float] | None:
+    def _vector_of(self, entry: _Subject, row: Row) -> list[float] | None:
+        array = self._array_of(entry, row)
+        return None if array is None else [float(x) for x in array]
+
+    def _array_of(self, entry: _Subject, row: Row) -> NDArray[np.float32] | None:
         if row["vector"] is None:
             return None
         aad = f"{row['id']}:{row['version']}:vector".encode()
-        raw = crypto.open_sealed(entry.key, row["vector"], aad)
-        return [float(x) for x in np.frombuffer(raw, dtype=np.float32)]
+        raw = crypto.open_sealed(entry.key, bytes(row["vector"]), aad)
+        return np.frombuffer(raw, dtype=np.float32)
+
+    def _matrix(self, entry: _Subject, rows: Sequence[Row]) -> NDArray[np.float32]:
+        """The rows' vectors (every row has one), one per line."""
+        arrays = [self._array_of(entry, r) for r in rows]
+        return np.stack([a for a in arrays if a is not None])
 
     # -- import -------------------------------------------------------------------------
 
@@ -633,12 +615,17 @@ class Store:
         conflicts: list[str] = []
         foreign = 0
         added = 0
-        touched: set[str] = set()
         with self._tx():
+            claimed: dict[str, tuple[_Subject, int]] = {}
+            for subject in sorted(
+                {r.subject for r, _ in items}, key=lambda s: self._subject_tag(tenant, s)
+            ):
+                claimed[subject] = self._claim_or_create(tenant, subject)
+                # Imported versions may be closed already: rebuild, not follow.
+                self._claim(claimed[subject][0].tag, epoch=True)
             for record, vector in items:
                 checked = self._check_vector(vector, f"record {record.id} embedding")
-                entry = self._subject(tenant, record.subject, create=True)
-                assert entry is not None
+                entry, revision = claimed[record.subject]
                 existing = self._rows(
                     "SELECT * FROM versions WHERE id = ? AND version = ?",
                     (record.id, record.version),
@@ -668,6 +655,7 @@ class Store:
                 )
                 rowid = self._insert(
                     entry,
+                    revision + 1,
                     record.subject,
                     record.id,
                     record.version,
@@ -687,13 +675,8 @@ class Store:
                     ),
                 )
                 added += 1
-                touched.add(entry.tag)
             if conflicts or foreign:
                 raise ImportConflictError(conflicts, foreign)
-        for tag in touched:
-            entry = self._subjects.get(tag)
-            if entry is not None:
-                entry.index = None
         return added, conflicts
 
     # -- search -------------------------------------------------------------------------
@@ -703,13 +686,19 @@ class Store:
     ) -> list[Record]:
         vector = self._check_vector(query_vector, "embedding")
         with self._lock:
-            entry = self._subject(tenant, request.subject, create=False)
+            wants_vectors = vector is not None and request.mode in ("hybrid", "vector")
+            entry = (
+                self._synced(tenant, request.subject)
+                if wants_vectors and request.as_of is None
+                else self._lookup(tenant, request.subject)
+            )
             if entry is None:
                 return []
             where, params = self._filters(entry, request)
             pool = request.top_k * 4
             ranked: dict[int, float] = {}
-            if vector is not None and request.mode in ("hybrid", "vector"):
+            if wants_vectors:
+                assert vector is not None
                 if request.as_of is None:
                     hits = self._vector_hits(entry, vector, where, params, pool)
                 else:
@@ -735,6 +724,8 @@ class Store:
             }
             out = []
             for rowid, score in best:
+                if rowid not in rows:  # erased or swept between the two reads
+                    continue
                 record = self._decode(entry, rows[rowid])
                 record.score = round(score, 6)
                 out.append(record)
@@ -745,8 +736,8 @@ class Store:
         if not rowids:
             return []
         return [
-            int(r[0])
-            for r in self._db.execute(
+            int(r["rowid"])
+            for r in self._db.rows(
                 f"SELECT rowid FROM versions WHERE rowid IN ({','.join('?' * len(rowids))})"
                 " AND expires_at IS NOT NULL AND expires_at <= ?",
                 (*rowids, self._now()),
@@ -780,27 +771,22 @@ class Store:
     def _keyword_hits(
         self, entry: _Subject, query: str, where: str, params: list[Any], limit: int
     ) -> list[int]:
-        tokens = crypto.blind_tokens(entry.words_key, query).split()
+        tokens = list(dict.fromkeys(crypto.blind_tokens(entry.words_key, query).split()))
         if not tokens:
             return []
-        match = " OR ".join(dict.fromkeys(tokens))
-        # Rank inside FTS5 first (its own top-k by bm25, no join), then keep the current,
+        # Rank in the engine's full-text index first (no join), then keep the current,
         # filtered versions among a generous pool: the tokens are the subject's own, so
         # every candidate already is this subject's. Joining before ranking cost ~5 ms on a
         # subject whose 1,000 records share every word (bench/memory.py).
-        pool = self._db.execute(
-            "SELECT rowid FROM keywords WHERE keywords MATCH ? ORDER BY rank LIMIT ?",
-            (match, limit * 8),
-        ).fetchall()
-        return self._keep([int(r[0]) for r in pool], where, params, limit)
+        return self._keep(self._db.keyword_hits(tokens, limit * 8), where, params, limit)
 
     def _keep(self, ranked: list[int], where: str, params: list[Any], limit: int) -> list[int]:
         """The first `limit` of `ranked` (version rowids) that the filters admit."""
         if not ranked:
             return []
         allowed = {
-            int(r[0])
-            for r in self._db.execute(
+            int(r["rowid"])
+            for r in self._db.rows(
                 f"SELECT v.rowid FROM versions v WHERE {where} AND v.rowid IN"
                 f" ({','.join('?' * len(ranked))})",
                 (*params, *ranked),
@@ -816,8 +802,8 @@ class Store:
         params: list[Any],
         limit: int,
     ) -> list[int]:
-        index = self._index(entry)
-        if len(index) == 0:
+        index = entry.index
+        if index is None or len(index) == 0:
             return []
         simple = where == "v.subject = ? AND v.deleted = 0 AND v.valid_to IS NULL"
         # With filters, look deeper and keep the matching ones: one subject's records
@@ -845,39 +831,66 @@ class Store:
         )
         if not rows:
             return []
-        matrix = np.stack([np.asarray(self._vector_of(entry, r), dtype=np.float32) for r in rows])
+        matrix = self._matrix(entry, rows)
         scores = _cosine(matrix, vector)
         order = np.argsort(-scores, kind="stable")[:limit]
         return [int(rows[i]["rowid"]) for i in order]
 
-    def _index(self, entry: _Subject) -> Any:
-        if entry.index is None:
-            from usearch.index import Index
-
-            index = Index(ndim=self.dimension, metric="cos", dtype="f32")
-            rows = self._rows(
-                "SELECT rowid, id, version, vector FROM versions WHERE subject = ?"
-                " AND valid_to IS NULL AND deleted = 0 AND vector IS NOT NULL",
-                (entry.tag,),
+    def _synced(self, tenant: str, subject: str) -> _Subject | None:
+        """The subject with its vector index as of now: built on first use, then kept in
+        step with the rows written since (here or by another replica), read in the same
+        statement as the subject's revision so the two agree."""
+        tag = self._subject_tag(tenant, subject)
+        entry = self._subjects.get(tag)
+        follow = entry is not None and entry.index is not None
+        if follow:
+            assert entry is not None
+            rows = self._db.rows(
+                f"SELECT s.wrapped_key, s.revision, s.epoch, {_INDEX_COLUMNS} FROM subjects s"
+                " LEFT JOIN versions v ON v.subject = s.tag AND (v.seq > ? OR v.closed_seq > ?)"
+                " WHERE s.tag = ?",
+                (entry.revision, entry.revision, tag),
             )
-            if rows:
-                keys = np.array([r["rowid"] for r in rows], dtype=np.uint64)
-                vectors = np.stack(
-                    [np.asarray(self._vector_of(entry, r), dtype=np.float32) for r in rows]
-                )
-                index.add(keys, vectors, threads=1)
-            entry.index = index
-        return entry.index
+            if rows and rows[0]["wrapped_key"] == entry.wrapped and rows[0]["epoch"] == entry.epoch:
+                self._follow(entry, rows)
+                return entry
+        rows = self._db.rows(
+            f"SELECT s.wrapped_key, s.revision, s.epoch, {_INDEX_COLUMNS} FROM subjects s"
+            " LEFT JOIN versions v ON v.subject = s.tag AND v.valid_to IS NULL"
+            " AND v.deleted = 0 AND v.vector IS NOT NULL WHERE s.tag = ?",
+            (tag,),
+        )
+        if not rows:
+            self._subjects.pop(tag, None)
+            return None
+        entry = self._entry_for(tag, str(rows[0]["wrapped_key"]))
+        self._build(entry, rows)
+        return entry
 
-    def _index_add(self, entry: _Subject, rowid: int, vector: NDArray[np.float32] | None) -> None:
-        if vector is not None and entry.index is not None:
-            with self._lock:
-                entry.index.add(rowid, vector)
+    def _build(self, entry: _Subject, rows: Sequence[Row]) -> None:
+        from usearch.index import Index
 
-    def _index_remove(self, entry: _Subject, rowid: int) -> None:
-        if entry.index is not None:
-            with self._lock:
-                entry.index.remove(rowid)
+        index = Index(ndim=self.dimension, metric="cos", dtype="f32")
+        live = [r for r in rows if r["rowid"] is not None]
+        if live:
+            keys = np.array([r["rowid"] for r in live], dtype=np.uint64)
+            vectors = self._matrix(entry, live)
+            index.add(keys, vectors, threads=1)
+        entry.index = index
+        entry.revision = int(rows[0]["revision"])
+        entry.epoch = int(rows[0]["epoch"])
+
+    def _follow(self, entry: _Subject, rows: Sequence[Row]) -> None:
+        index = entry.index
+        for row in rows:
+            if row["rowid"] is None:
+                continue
+            key = int(row["rowid"])
+            if key in index:
+                index.remove(key)
+            if row["valid_to"] is None and not row["deleted"] and row["vector"] is not None:
+                index.add(key, self._array_of(entry, row))
+        entry.revision = int(rows[0]["revision"])
 
     # -- re-embedding and stats ---------------------------------------------------------
 
@@ -889,47 +902,55 @@ class Store:
         """Re-embed every current record with the configured model: vectors from two models
         are never mixed in one index. Runs before the store serves."""
         done = 0
-        with self._lock:
+        with self._tx():
+            # Every subject: a new epoch (replicas rebuild), and its row taken (writers wait).
+            self._db.execute("UPDATE subjects SET revision = revision + 1, epoch = epoch + 1")
             rows = self._rows(
                 "SELECT v.rowid, v.id, v.version, v.payload, v.subject, s.wrapped_key FROM"
                 " versions v JOIN subjects s ON s.tag = v.subject WHERE v.deleted = 0",
                 (),
             )
-            with self._tx():
+            self._db.execute(
+                "UPDATE versions SET vector = NULL, vector_model = NULL, vector_dim = NULL"
+            )
+            for start in range(0, len(rows), batch):
+                chunk = rows[start : start + batch]
+                texts = []
+                for row in chunk:
+                    entry = self._entry_for(row["subject"], row["wrapped_key"])
+                    aad = f"{row['id']}:{row['version']}".encode()
+                    texts.append(
+                        json.loads(crypto.open_sealed(entry.key, bytes(row["payload"]), aad))[
+                            "text"
+                        ]
+                    )
+                for row, vector in zip(chunk, embed(texts), strict=True):
+                    entry = self._entry_for(row["subject"], row["wrapped_key"])
+                    array = self._check_vector(vector, "embedding")
+                    assert array is not None
+                    aad = f"{row['id']}:{row['version']}:vector".encode()
+                    self._db.execute(
+                        "UPDATE versions SET vector = ?, vector_model = ?, vector_dim = ?"
+                        " WHERE rowid = ?",
+                        (
+                            crypto.seal(entry.key, array.tobytes(), aad),
+                            self.embedding_model,
+                            self.dimension,
+                            row["rowid"],
+                        ),
+                    )
+                    done += 1
+            for key, value in (
+                ("embedding_model", self.embedding_model),
+                ("dimension", str(self.dimension)),
+            ):
                 self._db.execute(
-                    "UPDATE versions SET vector = NULL, vector_model = NULL, vector_dim = NULL"
+                    "INSERT INTO meta (key, value) VALUES (?, ?)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (key, value),
                 )
-                for start in range(0, len(rows), batch):
-                    chunk = rows[start : start + batch]
-                    texts = []
-                    for row in chunk:
-                        entry = self._entry_for(row["subject"], row["wrapped_key"])
-                        aad = f"{row['id']}:{row['version']}".encode()
-                        texts.append(
-                            json.loads(crypto.open_sealed(entry.key, row["payload"], aad))["text"]
-                        )
-                    for row, vector in zip(chunk, embed(texts), strict=True):
-                        entry = self._entry_for(row["subject"], row["wrapped_key"])
-                        array = self._check_vector(vector, "embedding")
-                        assert array is not None
-                        aad = f"{row['id']}:{row['version']}:vector".encode()
-                        self._db.execute(
-                            "UPDATE versions SET vector = ?, vector_model = ?, vector_dim = ?"
-                            " WHERE rowid = ?",
-                            (
-                                crypto.seal(entry.key, array.tobytes(), aad),
-                                self.embedding_model,
-                                self.dimension,
-                                row["rowid"],
-                            ),
-                        )
-                        done += 1
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                    [("embedding_model", self.embedding_model), ("dimension", str(self.dimension))],
-                )
-            for entry in self._subjects.values():
-                entry.index = None
+        for entry in self._subjects.values():
+            entry.index = None
         return done
 
     def counts(self, tenant: str | None = None) -> Counts:
@@ -942,20 +963,24 @@ class Store:
             where = " AND s.tenant = ?"
             params = (self._tenant_tag(tenant),)
         with self._lock:
-            row = self._db.execute(
-                "SELECT count(*),"
-                " sum(v.agent IS NULL AND v.session IS NULL),"
-                " sum(v.agent IS NOT NULL AND v.session IS NULL),"
-                " sum(v.session IS NOT NULL)"
+            row = self._db.rows(
+                "SELECT count(*) AS records,"
+                " count(*) FILTER (WHERE v.agent IS NULL AND v.session IS NULL) AS user_scope,"
+                " count(*) FILTER (WHERE v.agent IS NOT NULL AND v.session IS NULL) AS agent,"
+                " count(*) FILTER (WHERE v.session IS NOT NULL) AS session"
                 f" FROM versions v{join} WHERE v.valid_to IS NULL AND v.deleted = 0{where}",
                 params,
-            ).fetchone()
-            subjects = self._db.execute(
-                "SELECT count(*) FROM subjects" + (" WHERE tenant = ?" if tenant else ""),
+            )[0]
+            subjects = self._db.rows(
+                "SELECT count(*) AS n FROM subjects" + (" WHERE tenant = ?" if tenant else ""),
                 params,
-            ).fetchone()[0]
+            )[0]["n"]
         return Counts(
-            int(row[0]), int(subjects), int(row[1] or 0), int(row[2] or 0), int(row[3] or 0)
+            int(row["records"]),
+            int(subjects),
+            int(row["user_scope"]),
+            int(row["agent"]),
+            int(row["session"]),
         )
 
 

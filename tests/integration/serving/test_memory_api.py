@@ -323,6 +323,7 @@ def test_every_acknowledged_record_survives_kill_9(tmp_path: Path) -> None:
     """The store's process is killed with SIGKILL mid-write; after restart, every record it
     acknowledged is there and the database is intact."""
     from freehold_serving.memory import crypto
+    from freehold_serving.memory.database import SqliteDatabase
     from freehold_serving.memory.store import Store
 
     proc = subprocess.Popen(
@@ -346,7 +347,8 @@ def test_every_acknowledged_record_survives_kill_9(tmp_path: Path) -> None:
         embedding_model="m",
         dimension=4,
     )
-    assert store._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert isinstance(store.database, SqliteDatabase)
+    assert store.database.integrity() == "ok"
     present = {r.id for r, _ in store.subject_versions("t", "crash")}
     assert set(acked) <= present
 
