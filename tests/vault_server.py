@@ -1,7 +1,8 @@
 """A small server speaking Vault's documented HTTP API, for exactly the endpoints
-Freehold calls: sys/health, ACL policies, Kubernetes auth (roles, login), KV v2, and
+Freehold calls: sys/health, ACL policies, Kubernetes auth (roles, login), KV v2,
 transit (keys, config, delete, rotate, datakey, encrypt, decrypt, rewrap, sign, verify)
-with real cryptography.
+with real cryptography, and the database secrets engine for PostgreSQL (config, roles,
+creds: each read makes a real PostgreSQL user with the role's creation statements).
 
 It is the test double for Vault, which cannot be installed here. It enforces what
 matters for the tests: tokens, and ACL policies (exact paths and `*` suffixes) with
@@ -47,6 +48,8 @@ class VaultState:
         self.kv: dict[str, dict[str, Any]] = {}
         self.service_accounts: dict[str, tuple[str, str]] = {}  # jwt -> (sa, namespace)
         self.transit: dict[str, dict[str, Any]] = {}
+        self.db_configs: dict[str, dict[str, Any]] = {}
+        self.db_roles: dict[str, dict[str, Any]] = {}
         self.lock = threading.Lock()
         # JWT -> (ServiceAccount, namespace) as the API server's TokenReview answers it;
         # None: the `service_accounts` map stands in for it.
@@ -142,6 +145,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._reply(204)
         if path.startswith("transit/"):
             return self._transit(method, path.removeprefix("transit/"), body)
+        if path.startswith("database/"):
+            return self._database(method, path.removeprefix("database/"), body)
         if "/data/" in path:  # KV v2
             if method == "GET":
                 if path not in state.kv:
@@ -156,6 +161,58 @@ class _Handler(BaseHTTPRequestHandler):
                 state.kv.pop(path, None)
                 return self._reply(204)
         return self._reply(404, {"errors": [f"no handler for route {path!r}"]})
+
+    def _database(self, method: str, path: str, body: dict[str, Any]) -> None:
+        """Vault's database secrets engine, PostgreSQL plugin: what a store's replicas ask
+        for their short-lived users."""
+        state = self.state
+        kind, _, name = path.partition("/")
+        if kind in ("config", "roles") and method in ("POST", "PUT"):
+            (state.db_configs if kind == "config" else state.db_roles)[name] = dict(body)
+            return self._reply(204)
+        if kind == "creds" and method == "GET":
+            role = state.db_roles.get(name)
+            config = state.db_configs.get(str((role or {}).get("db_name")))
+            if role is None or config is None:
+                return self._reply(400, {"errors": [f"unknown role: {name}"]})
+            import datetime
+
+            import psycopg
+
+            user = f"v-{name[:20]}-{secrets.token_hex(6)}"
+            password = "A1a-" + secrets.token_urlsafe(18)
+            ttl = int(role.get("default_ttl") or 3600)
+            expiration = (
+                datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=ttl)
+            ).strftime("%Y-%m-%d %H:%M:%S+00")
+            url = (
+                str(config["connection_url"])
+                .replace("{{username}}", str(config["username"]))
+                .replace("{{password}}", str(config["password"]))
+            )
+            statements = role.get("creation_statements") or []
+            if isinstance(statements, str):
+                statements = [statements]
+            with psycopg.connect(url, autocommit=True) as conn:
+                for statement in statements:
+                    for part in str(statement).split(";"):
+                        if part.strip():
+                            sql = (
+                                part.replace("{{name}}", user)
+                                .replace("{{password}}", password)
+                                .replace("{{expiration}}", expiration)
+                            )
+                            conn.execute(sql.encode())
+            return self._reply(
+                200,
+                {
+                    "lease_id": f"database/creds/{name}/{secrets.token_hex(8)}",
+                    "lease_duration": ttl,
+                    "renewable": True,
+                    "data": {"username": user, "password": password},
+                },
+            )
+        return self._reply(404, {"errors": [f"no handler for route database/{path}"]})
 
     def _transit(self, method: str, path: str, body: dict[str, Any]) -> None:
         """Transit with real cryptography (AES-GCM, Ed25519), versioned keys."""

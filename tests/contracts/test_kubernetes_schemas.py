@@ -52,14 +52,15 @@ def test_children_validate(name: str, backend: str) -> None:
             kubernetes_validate.validate(obj, "1.37.0", strict=True)
 
 
+@pytest.mark.parametrize("example", ["memorystore.yaml", "memorystore-postgres.yaml"])
 @pytest.mark.parametrize("policy", ["Retain", "Destroy"])
-def test_memory_store_children_validate(policy: str) -> None:
+def test_memory_store_children_validate(example: str, policy: str) -> None:
     from freehold.api.memory_store import MemoryStoreSpec
     from freehold.builders.memory_store import build_memory_children
     from freehold.validation import defaulted
     from tests.paths import EXAMPLES
 
-    manifest = defaulted(yaml.safe_load((EXAMPLES / "memorystore.yaml").read_text()))
+    manifest = defaulted(yaml.safe_load((EXAMPLES / example).read_text()))
     spec = MemoryStoreSpec.model_validate({**manifest["spec"], "deletionPolicy": policy})
     for obj in build_memory_children(spec, CTX):
         kubernetes_validate.validate(obj, "1.37.0", strict=True)

@@ -132,3 +132,106 @@ def test_a_model_may_use_the_memory_stores_it_names() -> None:
         "to": [{"podSelector": {"matchLabels": {"freehold.dev/memory-store": "assistant-memory"}}}],
         "ports": [{"protocol": "TCP", "port": 8000}],
     } in egress
+
+
+def postgres_example(**changes: Any) -> MemoryStoreSpec:
+    manifest = defaulted(yaml.safe_load((EXAMPLES / "memorystore-postgres.yaml").read_text()))
+    return MemoryStoreSpec.model_validate({**manifest["spec"], **changes})
+
+
+def test_postgres_runs_replicas_that_share_only_the_database() -> None:
+    objs = by_kind(build_memory_children(postgres_example(), VAULT_CTX))
+    assert "StatefulSet/gemma-270m" not in objs
+    deployment = objs["Deployment/gemma-270m"]["spec"]
+    assert deployment["replicas"] == 2
+    assert objs["PodDisruptionBudget/gemma-270m"]["spec"]["maxUnavailable"] == 1
+    pod = deployment["template"]["spec"]
+    assert violations(pod) == []
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["data"] == {"name": "data", "emptyDir": {}}  # the replica's audit log only
+    assert volumes["postgres-ca"]["configMap"]["name"] == "memory-db-ca"
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    args = MemoryArgs.model_validate_json(env["FREEHOLD_MEMORY_ARGS"])
+    assert args.postgres is not None
+    assert args.postgres.model_dump() == {
+        "host": "memory-db-rw.freehold-demo.svc",
+        "port": 5432,
+        "database": "memory",
+        "db_schema": "gemma_270m",  # the store's name as an identifier
+        "sslmode": "verify-full",
+        "ca_cert": "/etc/freehold/postgres-ca/ca.crt",
+        "credentials": "vault-database",
+        "vault_mount": "database",
+        "vault_path": "freehold-demo-citizen-memory",
+        "user": None,
+        "password_file": None,
+        "owner_role": "freehold_memory",
+        "connect_timeout_seconds": 10,
+    }
+    # No password in any object, no Secret: the replica asks Vault when it connects.
+    assert not any(o["kind"] == "Secret" for o in objs.values())
+    # The Vault role may issue this store's database users, and nothing else new.
+    role = build_vault_role(postgres_example(), VAULT_CTX)
+    assert 'path "database/creds/freehold-demo-citizen-memory"' in role.policy
+    kv = build_vault_role(
+        postgres_example(
+            backend={
+                "type": "postgres",
+                "postgres": {
+                    "host": "10.1.2.3",
+                    "database": "memory",
+                    "credentials": {"kvPath": "freehold-demo/memory-db"},
+                },
+            }
+        ),
+        VAULT_CTX,
+    )
+    assert 'path "secret/data/freehold-demo/memory-db"' in kv.policy
+
+
+def test_postgres_egress_is_the_database_port_and_an_ip_is_pinned() -> None:
+    egress = by_kind(build_memory_children(postgres_example(), VAULT_CTX))[
+        "NetworkPolicy/gemma-270m-allow"
+    ]["spec"]["egress"]
+    assert {"ports": [{"protocol": "TCP", "port": 5432}]} in egress
+    pinned = postgres_example(
+        backend={
+            "type": "postgres",
+            "postgres": {
+                "host": "10.1.2.3",
+                "port": 6432,
+                "database": "memory",
+                "credentials": {"databaseRole": "freehold-demo-m"},
+            },
+        }
+    )
+    egress = by_kind(build_memory_children(pinned, VAULT_CTX))["NetworkPolicy/gemma-270m-allow"][
+        "spec"
+    ]["egress"]
+    assert {
+        "to": [{"ipBlock": {"cidr": "10.1.2.3/32"}}],
+        "ports": [{"protocol": "TCP", "port": 6432}],
+    } in egress
+
+
+def test_postgres_credentials_stay_in_the_namespaces_vault_paths() -> None:
+    import pytest
+
+    from freehold.reconciler import SpecProblemError
+
+    kind = MemoryStoreKind(ClusterConfig(serving_image="-", ray_version="-", api_server_cidr="-"))
+    meta = {"name": "m", "namespace": "freehold-demo"}
+    kind.check(postgres_example(), meta)
+    other = postgres_example(
+        backend={
+            "type": "postgres",
+            "postgres": {
+                "host": "db",
+                "database": "memory",
+                "credentials": {"databaseRole": "payroll-admin"},
+            },
+        }
+    )
+    with pytest.raises(SpecProblemError, match="databaseRole: 'payroll-admin' must start with"):
+        kind.check(other, meta)

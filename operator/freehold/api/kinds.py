@@ -91,6 +91,7 @@ MEMORY_STORE = Kind(
         PrinterColumn("Records", ".status.records.total", "integer", "Records held."),
         PrinterColumn("Subjects", ".status.subjects", "integer", "Users with records."),
         PrinterColumn("Endpoint", ".status.endpoint"),
+        PrinterColumn("Replicas", ".status.readyReplicas", "integer", priority=1),
         PrinterColumn("Reason", _condition("Ready") + ".reason", priority=1),
         PrinterColumn("Region", ".spec.residency.region", priority=1),
         _AGE,

@@ -34,6 +34,94 @@ class SqliteBackend(ApiModel):
     )
 
 
+PG_IDENTIFIER = r"^[a-z_][a-z0-9_]{0,62}$"
+
+
+class PostgresCredentials(ApiModel):
+    """Where the store's PostgreSQL user comes from: Vault, never a Kubernetes Secret."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "has(self.databaseRole) != has(self.kvPath)",
+                "set exactly one of credentials.databaseRole (Vault's database secrets "
+                "engine, short-lived users) and credentials.kvPath (a KV v2 secret)",
+            ),
+        )
+    )
+
+    database_role: str | None = Field(
+        default=None,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$",
+        description="A role of Vault's database secrets engine: each replica gets a user of "
+        "its own with a short lease, asked again on every reconnection (recommended).",
+    )
+    database_mount: str = Field(
+        default="database",
+        max_length=128,
+        pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._/-]*$",
+        description="Mount of the database secrets engine.",
+    )
+    kv_path: str | None = Field(
+        default=None,
+        max_length=512,
+        pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._/-]*$",
+        description="A KV v2 secret with `username` and `password` fields (static credentials).",
+    )
+    kv_mount: str = Field(
+        default="secret",
+        max_length=128,
+        pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._/-]*$",
+        description="Mount of the KV v2 engine.",
+    )
+
+
+class PostgresBackend(ApiModel):
+    """An existing PostgreSQL (a CloudNativePG cluster's read-write Service, a managed
+    database): rows stay sealed as on SQLite; vector indexes live in the replicas' memory."""
+
+    host: str = Field(
+        max_length=253,
+        pattern=r"^[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?$",
+        description="Host name or IP address, e.g. memory-db-rw.db.svc.",
+    )
+    port: int = Field(default=5432, ge=1, le=65535, description="Port.")
+    database: str = Field(max_length=63, min_length=1, description="Database name.")
+    schema_name: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=PG_IDENTIFIER,
+        description="The store's own PostgreSQL schema (created if absent; several stores can "
+        "share a database); unset: the store's name with '-' as '_'.",
+    )
+    owner_role: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=PG_IDENTIFIER,
+        description="Role that owns the store's tables (SET ROLE after connecting), which the "
+        "users Vault issues are members of; unset: the connecting user owns them (static "
+        "credentials).",
+    )
+    ssl_mode: Literal["disable", "require", "verify-ca", "verify-full"] = Field(
+        default="verify-full",
+        description="libpq sslmode. verify-full checks the server certificate and host name "
+        "against caConfigMapRef's ca.crt.",
+    )
+    ca_config_map_ref: LocalObjectReference | None = Field(
+        default=None,
+        description="ConfigMap with the server's CA certificate under ca.crt (for verify-ca "
+        "and verify-full).",
+    )
+    credentials: PostgresCredentials = Field(description="The store's user, from Vault.")
+    replicas: int = Field(
+        default=2,
+        ge=2,
+        le=32,
+        description="Store replicas (a Deployment): any replica answers any request.",
+    )
+
+
 class Backend(ApiModel):
     """Where records are stored."""
 
@@ -44,17 +132,26 @@ class Backend(ApiModel):
                 "backend.sqlite is required when backend.type is sqlite",
                 field_path=".sqlite",
             ),
+            cel(
+                "self.type != 'postgres' || has(self.postgres)",
+                "backend.postgres is required when backend.type is postgres",
+                field_path=".postgres",
+            ),
         )
     )
 
-    type: Literal["sqlite"] = Field(
+    type: Literal["sqlite", "postgres"] = Field(
         default="sqlite",
-        description="Storage engine. sqlite: embedded, one writer, on a volume.",
+        description="Storage engine. sqlite: embedded, one writer (one replica), on a volume. "
+        "postgres: an existing PostgreSQL, two or more replicas.",
     )
     sqlite: SqliteBackend | None = Field(
         default_factory=SqliteBackend,
         description="Settings of the sqlite backend.",
         json_schema_extra={"default": {}},
+    )
+    postgres: PostgresBackend | None = Field(
+        default=None, description="Settings of the postgres backend."
     )
 
 
@@ -201,10 +298,11 @@ class MemoryStoreSpec(ApiModel):
     )
     deletion_policy: Literal["Retain", "Destroy"] = Field(
         default="Retain",
-        description="When the MemoryStore is deleted. Retain: the volume and the transit keys "
-        "stay (re-create the store to get its memory back). Destroy: the volume is deleted "
-        "and the transit keys are deleted in Vault (crypto-shredding: backups become "
-        "unreadable).",
+        description="When the MemoryStore is deleted. Retain: the volume (or the PostgreSQL "
+        "schema) and the transit keys stay (re-create the store to get its memory back). "
+        "Destroy: the volume is deleted and the transit keys are deleted in Vault "
+        "(crypto-shredding: backups, and a PostgreSQL schema's rows, become unreadable; the "
+        "schema's tables stay for the database's owner to drop).",
     )
     residency: Residency | None = Field(
         default=None, description="Where the store and its volume may live."
@@ -239,6 +337,12 @@ class MemoryStoreStatus(ApiModel):
     )
     endpoint: str | None = Field(
         default=None, max_length=2048, description="Base URL of the memory API."
+    )
+    backend: Literal["sqlite", "postgres"] | None = Field(
+        default=None, description="The storage engine the store runs on."
+    )
+    ready_replicas: int | None = Field(
+        default=None, ge=0, description="postgres: store replicas ready to answer."
     )
     records: RecordCounts | None = Field(
         default=None,

@@ -7,7 +7,13 @@ import re
 
 from freehold.api.memory_store import MemoryStoreSpec
 from freehold.builders.serving_args import api_keys_config
-from freehold_serving.memory.args import ChatModel, EmbeddingSource, MemoryArgs, VaultTransit
+from freehold_serving.memory.args import (
+    ChatModel,
+    EmbeddingSource,
+    MemoryArgs,
+    PostgresArgs,
+    VaultTransit,
+)
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -27,6 +33,38 @@ def transit_key_names(namespace: str, name: str, spec: MemoryStoreSpec) -> tuple
     return base, signing
 
 
+def postgres_schema(name: str, spec: MemoryStoreSpec) -> str:
+    """The store's PostgreSQL schema: spec.backend.postgres.schemaName, else its name as an
+    identifier (a Kubernetes name may hold '-' and '.' and start with a digit)."""
+    pg = spec.backend.postgres
+    if pg is not None and pg.schema_name:
+        return pg.schema_name
+    ident = re.sub(r"[^a-z0-9_]", "_", name.lower())
+    return (ident if re.match(r"[a-z_]", ident) else f"m_{ident}")[:63]
+
+
+def postgres_args(
+    spec: MemoryStoreSpec, name: str, ca_cert: str | None = None
+) -> PostgresArgs | None:
+    pg = spec.backend.postgres
+    if spec.backend.type != "postgres" or pg is None:
+        return None
+    creds = pg.credentials
+    database = creds.database_role is not None
+    return PostgresArgs(
+        host=pg.host,
+        port=pg.port,
+        database=pg.database,
+        db_schema=postgres_schema(name, spec),
+        sslmode=pg.ssl_mode,
+        ca_cert=ca_cert if pg.ca_config_map_ref is not None else None,
+        credentials="vault-database" if database else "vault-kv",
+        vault_mount=creds.database_mount if database else creds.kv_mount,
+        vault_path=creds.database_role if database else creds.kv_path,
+        owner_role=pg.owner_role,
+    )
+
+
 def memory_args_for(
     spec: MemoryStoreSpec,
     name: str,
@@ -39,6 +77,7 @@ def memory_args_for(
     vault_role: str | None = None,
     vault_ca_cert: str | None = None,
     otlp_endpoint: str | None = None,
+    postgres_ca_cert: str | None = None,
 ) -> MemoryArgs:
     """`model_urls` maps ModelDeployment names to (base URL, served name, digest): where
     the embedding and extraction models named in the spec answer."""
@@ -81,6 +120,7 @@ def memory_args_for(
         name=name,
         namespace=namespace,
         data_dir=data_dir,
+        postgres=postgres_args(spec, name, postgres_ca_cert),
         embedding=embedding,
         retention_default_seconds=duration_seconds(retention.default_ttl),
         retention_per_type={r.type: duration_seconds(r.ttl) for r in retention.per_type},

@@ -1,6 +1,7 @@
-"""MemoryStore -> StatefulSet (one replica: SQLite has one writer) with its volume, a
-Service, a ServiceAccount without an API token, default-deny NetworkPolicies, and the
-Vault transit keys and role the store uses. Pure."""
+"""MemoryStore -> a StatefulSet (sqlite: one replica, SQLite has one writer) with its
+volume, or a Deployment of two or more replicas and a PodDisruptionBudget (postgres: the
+rows are in an existing PostgreSQL); a Service, a ServiceAccount without an API token,
+default-deny NetworkPolicies, and the Vault transit keys and role the store uses. Pure."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from freehold_serving.memory.args import ARGS_ENV
 
 STORE_LABEL = MEMORY_STORE_LABEL
 DATA_DIR = "/data"
+PG_CA_DIR = "/etc/freehold/postgres-ca"
 HEALTH = "/v1/memory/health"
 
 
@@ -79,6 +81,13 @@ def build_vault_role(spec: MemoryStoreSpec, ctx: BuildContext) -> VaultRole:
     }
     if spec.auth.api_keys is not None:
         paths[f"{spec.auth.api_keys.mount}/data/{spec.auth.api_keys.path}"] = "read"
+    pg = spec.backend.postgres if spec.backend.type == "postgres" else None
+    if pg is not None:
+        creds = pg.credentials
+        if creds.database_role is not None:
+            paths[f"{creds.database_mount}/creds/{creds.database_role}"] = "read"
+        elif creds.kv_path is not None:
+            paths[f"{creds.kv_mount}/data/{creds.kv_path}"] = "read"
     name = vault_name(ctx)
     return VaultRole(
         name=name,
@@ -108,10 +117,11 @@ def _affinity(spec: MemoryStoreSpec) -> dict[str, Any] | None:
     }
 
 
-def build_statefulset(spec: MemoryStoreSpec, ctx: BuildContext) -> dict[str, Any]:
-    sqlite = spec.backend.sqlite
-    assert sqlite is not None  # the CRD's CEL rule requires it for type sqlite
+def _pod(spec: MemoryStoreSpec, ctx: BuildContext) -> dict[str, Any]:
+    """The store's pod template spec, the same for both backends but for /data: the SQLite
+    volume, or (postgres) an emptyDir for the replica's audit log."""
     vault = ctx.vault_address is not None
+    pg = spec.backend.postgres if spec.backend.type == "postgres" else None
     args = memory_args_for(
         spec,
         ctx.name,
@@ -122,6 +132,7 @@ def build_statefulset(spec: MemoryStoreSpec, ctx: BuildContext) -> dict[str, Any
         vault_role=vault_name(ctx) if vault else None,
         vault_ca_cert=f"{VAULT_CA_DIR}/ca.crt" if vault and ctx.vault_ca_pem else None,
         otlp_endpoint=ctx.otel_endpoint,
+        postgres_ca_cert=f"{PG_CA_DIR}/ca.crt",
     )
     probe = {"httpGet": {"path": HEALTH, "port": SERVE_PORT}}
     vault_vols, vault_mounts = vault_volumes(ctx, vault_ca_name(ctx))
@@ -131,6 +142,19 @@ def build_statefulset(spec: MemoryStoreSpec, ctx: BuildContext) -> dict[str, Any
         *vault_mounts,
     ]
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}, *vault_vols]
+    if pg is not None:
+        volumes.append({"name": "data", "emptyDir": {}})
+        if pg.ca_config_map_ref is not None:
+            volumes.append(
+                {
+                    "name": "postgres-ca",
+                    "configMap": {
+                        "name": pg.ca_config_map_ref.name,
+                        "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                    },
+                }
+            )
+            mounts.append({"name": "postgres-ca", "mountPath": PG_CA_DIR, "readOnly": True})
     container = {
         "name": "memory",
         "image": ctx.serving_image,
@@ -159,6 +183,12 @@ def build_statefulset(spec: MemoryStoreSpec, ctx: BuildContext) -> dict[str, Any
     affinity = _affinity(spec)
     if affinity is not None:
         pod["affinity"] = affinity
+    return pod
+
+
+def build_statefulset(spec: MemoryStoreSpec, ctx: BuildContext) -> dict[str, Any]:
+    sqlite = spec.backend.sqlite
+    assert sqlite is not None  # the CRD's CEL rule requires it for type sqlite
     claim: dict[str, Any] = {
         "metadata": {"name": "data", "labels": labels(ctx)},
         "spec": {
@@ -185,10 +215,54 @@ def build_statefulset(spec: MemoryStoreSpec, ctx: BuildContext) -> dict[str, Any
                 "whenDeleted": "Delete" if destroy else "Retain",
                 "whenScaled": "Retain",
             },
-            "template": {"metadata": {"labels": labels(ctx)}, "spec": pod},
+            "template": {"metadata": {"labels": labels(ctx)}, "spec": _pod(spec, ctx)},
             "volumeClaimTemplates": [claim],
         },
     }
+
+
+def build_deployment(spec: MemoryStoreSpec, ctx: BuildContext) -> dict[str, Any]:
+    pg = spec.backend.postgres
+    assert pg is not None  # the CRD's CEL rule requires it for type postgres
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(ctx, ctx.name),
+        "spec": {
+            "replicas": pg.replicas,
+            "selector": {"matchLabels": selector(ctx)},
+            # Replicas share nothing but the database: one at a time is replaced, the
+            # others keep answering.
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 1},
+            },
+            "template": {"metadata": {"labels": labels(ctx)}, "spec": _pod(spec, ctx)},
+        },
+    }
+
+
+def build_pdb(ctx: BuildContext) -> dict[str, Any]:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _meta(ctx, ctx.name),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(ctx)}},
+    }
+
+
+def workload_kind(spec: MemoryStoreSpec) -> str:
+    return "Deployment" if spec.backend.type == "postgres" else "StatefulSet"
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def build_service(ctx: BuildContext) -> dict[str, Any]:
@@ -223,6 +297,15 @@ def build_network(spec: MemoryStoreSpec, ctx: BuildContext) -> list[dict[str, An
                 "ports": [{"protocol": "TCP", "port": ctx.vault_port}],
             }
         )
+    pg = spec.backend.postgres if spec.backend.type == "postgres" else None
+    if pg is not None:
+        # A host name cannot be a NetworkPolicy peer: an IP address is pinned, a name opens
+        # the database's port only.
+        rule: dict[str, Any] = {"ports": [{"protocol": "TCP", "port": pg.port}]}
+        if _is_ip(pg.host):
+            bits = 128 if ":" in pg.host else 32
+            rule["to"] = [{"ipBlock": {"cidr": f"{pg.host}/{bits}"}}]
+        egress.append(rule)
     if ctx.otel_namespace:  # audit events shipped as OTLP logs
         egress.append(
             {
@@ -273,7 +356,11 @@ def build_memory_children(spec: MemoryStoreSpec, ctx: BuildContext) -> list[dict
             "automountServiceAccountToken": False,
         },
         *build_network(spec, ctx),
-        build_statefulset(spec, ctx),
+        *(
+            [build_deployment(spec, ctx), build_pdb(ctx)]
+            if spec.backend.type == "postgres"
+            else [build_statefulset(spec, ctx)]
+        ),
         build_service(ctx),
     ]
     if ctx.vault_ca_pem:

@@ -10,13 +10,19 @@ from freehold.adapters.kubernetes import ResourceType
 from freehold.api import kinds as api_kinds
 from freehold.api.memory_store import MemoryStoreSpec
 from freehold.builders.memory_args import transit_key_names
-from freehold.builders.memory_store import build_memory_children, build_vault_role
+from freehold.builders.memory_store import (
+    build_memory_children,
+    build_vault_role,
+    workload_kind,
+)
 from freehold.builders.model_workload import SERVE_PORT, BuildContext
 from freehold.builders.vault import transit_key_ref, vault_name
 from freehold.conditions import condition
 from freehold.kinds.base import (
     CONFIG_MAP,
+    DEPLOYMENT,
     NETWORK_POLICY,
+    PDB,
     SERVICE,
     SERVICE_ACCOUNT,
     STATEFULSET,
@@ -24,7 +30,11 @@ from freehold.kinds.base import (
     VAULT_REASONS,
     KindBase,
 )
-from freehold.kinds.checks import api_keys_in_namespace, positive_quantities
+from freehold.kinds.checks import (
+    api_keys_in_namespace,
+    positive_quantities,
+    postgres_credentials_in_namespace,
+)
 from freehold.reconciler import (
     ChildKey,
     Desired,
@@ -39,6 +49,8 @@ CHILD_TYPES: tuple[ResourceType, ...] = (
     SERVICE_ACCOUNT,
     SERVICE,
     STATEFULSET,
+    DEPLOYMENT,
+    PDB,
     NETWORK_POLICY,
     CONFIG_MAP,
 )
@@ -47,7 +59,7 @@ CHILD_TYPES: tuple[ResourceType, ...] = (
 class MemoryStoreKind(KindBase[MemoryStoreSpec]):
     api = api_kinds.MEMORY_STORE
     child_types: tuple[ResourceType, ...] = CHILD_TYPES
-    status_from = frozenset({"StatefulSet"})
+    status_from = frozenset({"StatefulSet", "Deployment"})
     # The store's keys live in Vault: its role always, its transit keys on Destroy.
     finalizer: str | None = VAULT_FINALIZER
 
@@ -57,10 +69,15 @@ class MemoryStoreKind(KindBase[MemoryStoreSpec]):
             ("spec.resources.cpu", spec.resources.cpu),
             ("spec.resources.memory", spec.resources.memory),
         ]
-        if sqlite is not None:
+        if sqlite is not None and spec.backend.type == "sqlite":
             quantities.append(("spec.backend.sqlite.storageSize", sqlite.storage_size))
         positive_quantities(quantities)
         api_keys_in_namespace(spec.auth, self.config.vault_kv_prefix, meta["namespace"])
+        pg = spec.backend.postgres if spec.backend.type == "postgres" else None
+        if pg is not None:
+            postgres_credentials_in_namespace(
+                pg.credentials, self.config.vault_kv_prefix, meta["namespace"]
+            )
 
     def build(self, spec: MemoryStoreSpec, meta: Mapping[str, Any], facts: Facts) -> Desired:
         ctx = self.context(meta)
@@ -90,8 +107,8 @@ class MemoryStoreKind(KindBase[MemoryStoreSpec]):
     ) -> Probe | None:
         """While the store serves, read its aggregate counts (no subject, no content)."""
         ctx = self.context(meta)
-        sts = children.get((STATEFULSET.api_version, "StatefulSet", ctx.name)) or {}
-        if int((sts.get("status") or {}).get("readyReplicas") or 0) < 1:
+        workload = children.get(("apps/v1", workload_kind(spec), ctx.name)) or {}
+        if int((workload.get("status") or {}).get("readyReplicas") or 0) < 1:
             return None
         return Probe(f"{endpoint(ctx)}/status", every=PROBE_SECONDS)
 
@@ -104,13 +121,14 @@ class MemoryStoreKind(KindBase[MemoryStoreSpec]):
         problem: Problem | None,
     ) -> StatusReport:
         ctx = self.context(meta)
-        sts = children.get((STATEFULSET.api_version, "StatefulSet", ctx.name))
-        ready_replicas = int(((sts or {}).get("status") or {}).get("readyReplicas") or 0)
+        kind = workload_kind(spec)
+        workload = children.get(("apps/v1", kind, ctx.name))
+        ready_replicas = int(((workload or {}).get("status") or {}).get("readyReplicas") or 0)
         if problem is not None:
             reason = "SecretsUnavailable" if problem.reason in VAULT_REASONS else problem.reason
             ready = condition("Ready", False, reason, problem.message)
-        elif sts is None:
-            ready = condition("Ready", False, "Creating", "creating the StatefulSet")
+        elif workload is None:
+            ready = condition("Ready", False, "Creating", f"creating the {kind}")
         elif ready_replicas >= 1:
             ready = condition("Ready", True, "Serving", "the memory API is serving")
         else:
@@ -119,7 +137,11 @@ class MemoryStoreKind(KindBase[MemoryStoreSpec]):
                 False,
                 "Starting",
                 "waiting for the store's pod: it binds its volume, unwraps its keys in "
-                "Vault and loads the embedding model before it reports ready",
+                "Vault and loads the embedding model before it reports ready"
+                if kind == "StatefulSet"
+                else "waiting for a store replica: it connects to PostgreSQL with credentials "
+                "from Vault, unwraps its keys and loads the embedding model before it "
+                "reports ready",
             )
         vault_problem = problem is not None and problem.reason in VAULT_REASONS
         conditions = [
@@ -139,7 +161,9 @@ class MemoryStoreKind(KindBase[MemoryStoreSpec]):
                 else "the store's transit keys, policy and role are set",
             ),
         ]
-        fields: dict[str, Any] = {"endpoint": endpoint(ctx)}
+        fields: dict[str, Any] = {"endpoint": endpoint(ctx), "backend": spec.backend.type}
+        if kind == "Deployment":
+            fields["readyReplicas"] = ready_replicas
         fields.update(observed_fields(facts.observed))
         return StatusReport(conditions, fields)
 

@@ -500,12 +500,15 @@ def store_args(
         api_keys_file=str(settings.api_keys_file) if settings.api_keys_file else None,
     )
     keys = root / "keys" / f"{store.namespace}.{store.name}"
-    return memory.model_copy(
-        update={
-            "key_file": str(keys / "store.key"),
-            "signing_key_file": str(keys / "signing.pem"),
-        }
-    )
+    update: dict[str, object] = {
+        "key_file": str(keys / "store.key"),
+        "signing_key_file": str(keys / "signing.pem"),
+    }
+    if memory.postgres is not None:
+        # No Vault here: libpq's own environment names the user (PGUSER, PGPASSWORD or
+        # ~/.pgpass), as for psql on this machine.
+        update["postgres"] = memory.postgres.model_copy(update={"credentials": "file"})
+    return memory.model_copy(update=update)
 
 
 def start_stores(memories: list[MemoryArgs], memory_url: str, console: Console) -> None:

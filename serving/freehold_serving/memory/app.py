@@ -106,7 +106,13 @@ add_error_handlers(memory_app, "a memory request")  # never a record's text
 
 @memory_app.exception_handler(StoreError)
 async def _store_error(_request: Request, exc: StoreError) -> Response:
-    kind = {404: "not_found", 409: "conflict", 501: "not_implemented", 502: "upstream_error"}
+    kind = {
+        404: "not_found",
+        409: "conflict",
+        501: "not_implemented",
+        502: "upstream_error",
+        503: "service_unavailable",
+    }
     return error_response(
         ApiError(
             exc.status,

@@ -48,10 +48,46 @@ class VaultTransit(Strict):
     ca_cert: str | None = None
 
 
+class PostgresArgs(Strict):
+    """An existing PostgreSQL (say, a CloudNativePG cluster's read-write Service) that holds
+    the store's sealed rows; any number of replicas share it."""
+
+    host: str
+    port: int = Field(default=5432, ge=1, le=65535)
+    database: str
+    db_schema: str = Field(description="The store's own PostgreSQL schema in that database.")
+    sslmode: Literal["disable", "require", "verify-ca", "verify-full"] = "verify-full"
+    ca_cert: str | None = Field(default=None, description="CA bundle (a path) for its TLS.")
+    credentials: Literal["vault-database", "vault-kv", "file"] = Field(
+        description="vault-database: short-lived users from Vault's database secrets engine; "
+        "vault-kv: username and password fields of a KV v2 secret; file: `user` and the "
+        "password in `password_file` (local mode)."
+    )
+    vault_mount: str = Field(default="database", description="The Vault engine's mount.")
+    vault_path: str | None = Field(
+        default=None, description="vault-database: the role; vault-kv: the secret's path."
+    )
+    user: str | None = None
+    password_file: str | None = None
+    owner_role: str | None = Field(
+        default=None,
+        description="SET ROLE after connecting: the role that owns the store's tables, which "
+        "every issued user is a member of (Vault's database engine issues one user per lease).",
+    )
+    connect_timeout_seconds: float = Field(default=10, gt=0)
+
+
 class MemoryArgs(Strict):
     name: str
     namespace: str = "default"
-    data_dir: str = Field(default="/data", description="Where the SQLite files live (a PVC).")
+    data_dir: str = Field(
+        default="/data",
+        description="Where the SQLite files and the audit log live (a PVC; with PostgreSQL, "
+        "only the audit log).",
+    )
+    postgres: PostgresArgs | None = Field(
+        default=None, description="Records in PostgreSQL; unset: SQLite in data_dir."
+    )
     embedding: EmbeddingSource = Field(default_factory=EmbeddingSource)
     retention_default_seconds: float | None = Field(default=90 * 86400, gt=0)
     retention_per_type: dict[str, float] = Field(default_factory=dict)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from freehold_serving.memory.database import SCHEMA_VERSION, Row
+from freehold_serving.memory.store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +88,11 @@ class Credentials:
     password: str
 
 
-class PostgresUnavailableError(Exception):
-    """The database cannot be reached now (the API answers 503: retry)."""
+class PostgresUnavailableError(StoreError):
+    """The database cannot be reached now: the API answers 503 (retry)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=503)
 
 
 class PostgresDatabase:
@@ -101,9 +105,13 @@ class PostgresDatabase:
         schema: str,
         credentials: Callable[[], Credentials | None] = lambda: None,
         connect_timeout: float = 10.0,
+        role: str | None = None,
     ) -> None:
         if not _IDENTIFIER.match(schema):
             raise ValueError(f"schema {schema!r}: lowercase letters, digits and _ only")
+        if role is not None and not _IDENTIFIER.match(role):
+            raise ValueError(f"role {role!r}: lowercase letters, digits and _ only")
+        self._role = role
         self._conninfo = conninfo
         self.schema = schema
         self._credentials = credentials
@@ -138,6 +146,11 @@ class PostgresDatabase:
             )
         except psycopg.OperationalError as exc:
             raise PostgresUnavailableError(f"cannot connect to PostgreSQL: {exc}") from exc
+        if self._role is not None:
+            # Short-lived users (Vault's database engine) come and go; what the store
+            # creates belongs to the role they are all members of, so every replica's user
+            # can use it and none takes it away when its lease ends.
+            conn.execute(f'SET ROLE "{self._role}"'.encode())
         self._conn = conn
         return conn
 

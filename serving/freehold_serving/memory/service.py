@@ -18,6 +18,7 @@ import httpx
 from freehold_serving.audit import AuditLog, AuditMetrics, OtlpEventExport
 from freehold_serving.memory import bundle, crypto, importers
 from freehold_serving.memory.args import MemoryArgs
+from freehold_serving.memory.database import Database, SqliteDatabase
 from freehold_serving.memory.records import (
     RECORD_TYPES,
     NewRecord,
@@ -70,6 +71,15 @@ def key_material(args: MemoryArgs) -> tuple[crypto.KeyWrapper, Signer]:
         Path(args.signing_key_file) if args.signing_key_file else data / "keys" / "signing.pem"
     )
     return crypto.FileKeyWrapper(key_file), FileSigner(signing)
+
+
+def open_database(args: MemoryArgs) -> Database:
+    """The store's SQL engine: PostgreSQL when the args name one, else SQLite in data_dir."""
+    if args.postgres is not None:
+        from freehold_serving.memory.pg_credentials import open_postgres
+
+        return open_postgres(args)
+    return SqliteDatabase(Path(args.data_dir) / "memory.db")
 
 
 def builtin_embedder() -> tuple[str, int, Embed]:
@@ -144,7 +154,7 @@ class MemoryService:
         model, dimension, self._embed = embedder
         wrapper, self._signer = keys
         self.store = Store(
-            Path(args.data_dir) / "memory.db",
+            open_database(args),
             wrapper,
             embedding_model=model,
             dimension=dimension,
