@@ -215,28 +215,49 @@ class PostgresDatabase:
             self._in_tx = False
             self._run("COMMIT", ())
 
-    def insert_version(self, columns: dict[str, Any], terms: str | None) -> int:
-        names = ", ".join(columns)
-        marks = ", ".join("?" * len(columns))
-        if terms is not None:
-            names += ", terms"
-            marks += ", to_tsvector('simple', ?)"
-        with self._lock:
-            row = self._run(
-                f"INSERT INTO versions ({names}) VALUES ({marks}) RETURNING rowid",
-                (*columns.values(), *(() if terms is None else (terms,))),
-            ).fetchone()
-        return int(row["rowid"])
+    def insert_versions(self, rows: Sequence[tuple[dict[str, Any], str | None]]) -> list[int]:
+        if not rows:
+            return []
+        columns = list(rows[0][0])
+        names = ", ".join([*columns, "terms"])
+        marks = ", ".join(["%s"] * len(columns) + ["to_tsvector('simple', %s)"])
+        params = [(*(c[k] for k in columns), terms) for c, terms in rows]
+        import psycopg
 
-    def keyword_hits(self, tokens: list[str], limit: int) -> list[int]:
-        # ts_rank (term frequency, length-normalised) rather than FTS5's BM25: PostgreSQL
-        # has no IDF in core. Fusion with the vector ranks (RRF) uses ranks, not scores.
-        query = " | ".join(tokens)
+        with self._lock:
+            conn = self._connection()
+            try:
+                # One round trip for the batch (libpq's pipeline mode).
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        f"INSERT INTO versions ({names}) VALUES ({marks}) RETURNING rowid",
+                        params,
+                        returning=True,
+                    )
+                    out = []
+                    while True:
+                        row = cur.fetchone()
+                        assert row is not None
+                        out.append(int(row["rowid"]))
+                        if not cur.nextset():
+                            break
+            except psycopg.OperationalError as exc:
+                raise PostgresUnavailableError(f"PostgreSQL: {exc}") from exc
+        return out
+
+    def keyword_hits(
+        self, tokens: list[str], where: str, params: Sequence[Any], limit: int
+    ) -> list[int]:
+        # Filtered and ranked in one statement: the GIN index finds the subject's rows (its
+        # tokens are keyed per subject), ts_rank orders them (term frequency, length-
+        # normalised; PostgreSQL has no IDF in core, unlike FTS5's BM25). Fusion with the
+        # vector ranks (RRF) uses ranks, not scores.
         with self._lock:
             rows = self._run(
-                "SELECT rowid FROM versions, to_tsquery('simple', ?) q WHERE terms @@ q"
-                " ORDER BY ts_rank(terms, q, 1) DESC, rowid LIMIT ?",
-                (query, limit),
+                "SELECT v.rowid FROM versions v, to_tsquery('simple', ?) q"
+                f" WHERE v.terms @@ q AND {where}"
+                " ORDER BY ts_rank(v.terms, q, 1) DESC, v.rowid LIMIT ?",
+                (" | ".join(tokens), *params, limit),
             ).fetchall()
         return [int(r["rowid"]) for r in rows]
 

@@ -112,6 +112,12 @@ class _Subject:
     epoch: int = -1
 
 
+# What a record is read from (never the keyword terms; the vector only where asked).
+_RECORD = (
+    "rowid, id, version, subject, type, agent, session, created_at, updated_at, valid_from,"
+    " valid_to, expires_at, deleted, payload"
+)
+_RECORD_V = ", ".join(f"v.{c.strip()}" for c in _RECORD.split(","))
 # The columns a search needs to keep an index in step (never the payload).
 _INDEX_COLUMNS = "v.rowid, v.id, v.version, v.vector, v.valid_to, v.deleted"
 
@@ -285,25 +291,33 @@ class Store:
                 {s for s, _ in items}, key=lambda s: self._subject_tag(tenant, s)
             ):
                 claimed[subject] = self._claim_or_create(tenant, subject)
+            rows = []
             for (subject, fields), vector in zip(items, checked, strict=True):
                 entry, revision = claimed[subject]
                 record_id = "mem_" + uuid.uuid4().hex
-                self._insert(
-                    entry,
-                    revision,
-                    subject,
-                    record_id,
-                    1,
-                    fields,
-                    vector,
-                    now,
-                    now,
-                    self._expiry(fields, now),
+                rows.append(
+                    self._version_row(
+                        entry,
+                        revision,
+                        subject,
+                        record_id,
+                        1,
+                        fields,
+                        vector,
+                        now,
+                        now,
+                        self._expiry(fields, now),
+                    )
                 )
                 out.append(self._record(entry, subject, record_id, 1, fields, now, now, None))
+            self._db.insert_versions(rows)
         return out
 
-    def _insert(
+    def _insert(self, *args: Any, **kwargs: Any) -> int:
+        """Insert one version (see _version_row): its rowid."""
+        return self._db.insert_versions([self._version_row(*args, **kwargs)])[0]
+
+    def _version_row(
         self,
         entry: _Subject,
         revision: int,
@@ -317,7 +331,8 @@ class Store:
         expires: int | None,
         *,
         deleted: bool = False,
-    ) -> int:
+    ) -> tuple[dict[str, Any], str | None]:
+        """A `versions` row, sealed, and its blinded keyword terms."""
         aad = f"{record_id}:{version}".encode()
         payload = None
         if not deleted:
@@ -335,7 +350,7 @@ class Store:
         sealed_vector = None
         if vector is not None:
             sealed_vector = crypto.seal(entry.key, vector.tobytes(), aad + b":vector")
-        return self._db.insert_version(
+        return (
             {
                 "id": record_id,
                 "version": version,
@@ -363,7 +378,8 @@ class Store:
     def _current(self, tenant: str, record_id: str) -> tuple[_Subject, Row]:
         row = first(
             self._db.rows(
-                "SELECT v.*, s.wrapped_key FROM versions v JOIN subjects s ON s.tag = v.subject"
+                f"SELECT {_RECORD_V}, s.wrapped_key FROM versions v"
+                " JOIN subjects s ON s.tag = v.subject"
                 " WHERE v.id = ? AND v.valid_to IS NULL AND s.tenant = ?",
                 (record_id, self._tenant_tag(tenant)),
             )
@@ -554,12 +570,15 @@ class Store:
     def history(self, tenant: str, record_id: str) -> list[Record]:
         with self._lock:
             entry, _row = self._current_or_tombstone(tenant, record_id)
-            rows = self._rows("SELECT * FROM versions WHERE id = ? ORDER BY version", (record_id,))
+            rows = self._rows(
+                f"SELECT {_RECORD} FROM versions WHERE id = ? ORDER BY version", (record_id,)
+            )
             return [self._decode(entry, r) for r in rows]
 
     def _current_or_tombstone(self, tenant: str, record_id: str) -> tuple[_Subject, Row]:
         rows = self._rows(
-            "SELECT v.*, s.wrapped_key FROM versions v JOIN subjects s ON s.tag = v.subject"
+            f"SELECT {_RECORD_V}, s.wrapped_key FROM versions v"
+            " JOIN subjects s ON s.tag = v.subject"
             " WHERE v.id = ? AND s.tenant = ? ORDER BY v.version DESC LIMIT 1",
             (record_id, self._tenant_tag(tenant)),
         )
@@ -577,7 +596,8 @@ class Store:
             if entry is None:
                 return []
             rows = self._rows(
-                "SELECT * FROM versions WHERE subject = ? AND id NOT IN (SELECT id FROM versions"
+                f"SELECT {_RECORD}, vector FROM versions WHERE subject = ? AND id NOT IN"
+                " (SELECT id FROM versions"
                 " WHERE subject = ? AND valid_to IS NULL AND expires_at IS NOT NULL"
                 " AND expires_at <= ?) ORDER BY id, version",
                 (entry.tag, entry.tag, self._now()),
@@ -627,7 +647,7 @@ class Store:
                 checked = self._check_vector(vector, f"record {record.id} embedding")
                 entry, revision = claimed[record.subject]
                 existing = self._rows(
-                    "SELECT * FROM versions WHERE id = ? AND version = ?",
+                    f"SELECT {_RECORD} FROM versions WHERE id = ? AND version = ?",
                     (record.id, record.version),
                 )
                 if existing:
@@ -710,39 +730,31 @@ class Store:
                     self._keyword_hits(entry, request.query, where, params, pool)
                 ):
                     ranked[rowid] = ranked.get(rowid, 0.0) + 1.0 / (_RRF_K + rank + 1)
-            for rowid in self._expired_among(list(ranked)):
-                del ranked[rowid]
-            best = sorted(ranked.items(), key=lambda kv: (-kv[1], kv[0]))[: request.top_k]
-            if not best:
+            if not ranked:
                 return []
+            # One read for every candidate: those past their lifetime (the hourly sweep has
+            # not deleted them yet) drop out before the cut, the best are decoded.
+            now = self._now()
             rows = {
                 r["rowid"]: r
                 for r in self._rows(
-                    f"SELECT * FROM versions WHERE rowid IN ({','.join('?' * len(best))})",
-                    [rowid for rowid, _ in best],
+                    f"SELECT {_RECORD} FROM versions WHERE rowid IN"
+                    f" ({','.join('?' * len(ranked))})",
+                    list(ranked),
                 )
+                if r["expires_at"] is None or r["expires_at"] > now
             }
+            # A candidate without a row was erased or swept between the two reads.
+            best = sorted(
+                ((rowid, score) for rowid, score in ranked.items() if rowid in rows),
+                key=lambda kv: (-kv[1], kv[0]),
+            )[: request.top_k]
             out = []
             for rowid, score in best:
-                if rowid not in rows:  # erased or swept between the two reads
-                    continue
                 record = self._decode(entry, rows[rowid])
                 record.score = round(score, 6)
                 out.append(record)
             return out
-
-    def _expired_among(self, rowids: list[int]) -> list[int]:
-        """Candidates past their lifetime that the hourly sweep has not deleted yet."""
-        if not rowids:
-            return []
-        return [
-            int(r["rowid"])
-            for r in self._db.rows(
-                f"SELECT rowid FROM versions WHERE rowid IN ({','.join('?' * len(rowids))})"
-                " AND expires_at IS NOT NULL AND expires_at <= ?",
-                (*rowids, self._now()),
-            )
-        ]
 
     def _filters(self, entry: _Subject, request: SearchRequest) -> tuple[str, list[Any]]:
         where = ["v.subject = ?", "v.deleted = 0"]
@@ -774,11 +786,7 @@ class Store:
         tokens = list(dict.fromkeys(crypto.blind_tokens(entry.words_key, query).split()))
         if not tokens:
             return []
-        # Rank in the engine's full-text index first (no join), then keep the current,
-        # filtered versions among a generous pool: the tokens are the subject's own, so
-        # every candidate already is this subject's. Joining before ranking cost ~5 ms on a
-        # subject whose 1,000 records share every word (bench/memory.py).
-        return self._keep(self._db.keyword_hits(tokens, limit * 8), where, params, limit)
+        return self._db.keyword_hits(tokens, where, params, limit)
 
     def _keep(self, ranked: list[int], where: str, params: list[Any], limit: int) -> list[int]:
         """The first `limit` of `ranked` (version rowids) that the filters admit."""
