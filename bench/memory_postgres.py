@@ -1,0 +1,314 @@
+"""Freehold's memory store on PostgreSQL (two replicas) vs. mem0 on PostgreSQL/pgvector, in
+one run, on one PostgreSQL, with the same records and vectors (bench/memory.py's corpus:
+embedding excluded).
+
+PostgreSQL comes from PyPI `pgserver` (PostgreSQL 16 with pgvector, which mem0's pgvector
+store needs), started here in a temporary directory, fsync and synchronous_commit on: an
+acknowledged add is on disk.
+
+- ours: one process ingests in batches of 500 (durable records/s); then `--replicas`
+  processes, each a store replica on the same schema, build their indexes and answer
+  queries at the same time (queries dealt round robin): vector p50/p99, recall@10 against
+  exact cosine search within the subject, hybrid p50, single-add latency.
+- mem0: `Memory` with the pgvector provider, `infer=False`, records inserted through its
+  vector store in batches; search through `Memory.search` with the user filter, as mem0
+  documents it. `--mem0-index hnsw` (mem0's default: pgvector's HNSW index, filtered after
+  the index, so recall falls as subjects grow) or `none` (exact: mem0 at its best recall).
+
+Targets (issue #27): 1,000,000 records, 1,000 subjects, 2 replicas: vector p50 <= 2 ms,
+p99 <= 10 ms, recall@10 >= 0.99; hybrid p50 <= 5 ms; ingest >= 2,000 records/s; >= 10x
+mem0's search speed at >= its recall.
+
+    python bench/memory_postgres.py [--records 1000000] [--subjects 1000] [--queries 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from memory import DIM, corpus, percentile, queries, summary, truth
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = "bench_memory"
+
+
+def _store(uri: str, keys: Path) -> Any:
+    sys.path[:0] = [str(ROOT / "serving"), str(ROOT / "operator")]
+    from freehold_serving.memory import crypto
+    from freehold_serving.memory.postgres import PostgresDatabase
+    from freehold_serving.memory.store import Store
+
+    return Store(
+        PostgresDatabase(uri, schema=SCHEMA),
+        crypto.FileKeyWrapper(keys),
+        embedding_model="synthetic-384",
+        dimension=DIM,
+    )
+
+
+def ingest_ours(args: argparse.Namespace) -> dict[str, Any]:
+    from freehold_serving.memory.records import RecordFields
+
+    vectors, subject, texts = corpus(args.records, args.subjects)
+    store = _store(args.uri, args.keys)
+    ids = []
+    started = time.perf_counter()
+    for start in range(0, args.records, 500):
+        end = min(start + 500, args.records)
+        items = [(f"u{subject[i]}", RecordFields(text=texts[i])) for i in range(start, end)]
+        added = store.add("bench", items, [vectors[i].tolist() for i in range(start, end)])
+        ids += [r.id for r in added]
+    ingest = args.records / (time.perf_counter() - started)
+    args.ids.write_text(json.dumps(ids))
+    return {"ingest_per_s": ingest}
+
+
+def replica_ours(args: argparse.Namespace) -> dict[str, Any]:
+    from freehold_serving.memory.records import RecordFields, SearchRequest
+
+    vectors, _subject, _texts = corpus(args.records, args.subjects)
+    q, qs = queries(args.queries, args.subjects)
+    expected = truth(vectors, _subject, q, qs)
+    ids = {rid: n for n, rid in enumerate(json.loads(args.ids.read_text()))}
+    store = _store(args.uri, args.keys)
+    mine = [n for n in range(len(q)) if n % args.replicas == args.replica]
+    started = time.perf_counter()
+    for s in range(args.subjects):
+        store.search("bench", SearchRequest(subject=f"u{s}", mode="vector", top_k=1), q[0].tolist())
+    build = time.perf_counter() - started
+    latencies, hits = [], []
+    for n in mine:
+        request = SearchRequest(subject=f"u{qs[n]}", mode="vector", top_k=10)
+        listed = q[n].tolist()
+        t = time.perf_counter()
+        found = store.search("bench", request, listed)
+        latencies.append(time.perf_counter() - t)
+        hits.append({ids[r.id] for r in found})
+    hybrid = []
+    for n in mine[:100]:
+        request = SearchRequest(subject=f"u{qs[n]}", query="note on topic 3", top_k=10)
+        listed = q[n].tolist()
+        t = time.perf_counter()
+        store.search("bench", request, listed)
+        hybrid.append(time.perf_counter() - t)
+    single = []
+    for i in range(20):
+        t = time.perf_counter()
+        store.add(
+            "bench",
+            [(f"u{args.replica}", RecordFields(text=f"one more {i}"))],
+            [vectors[i].tolist()],
+        )
+        single.append(time.perf_counter() - t)
+    return {
+        "latencies": latencies,
+        "hits": [sorted(h) for h in hits],
+        "expected": [sorted(expected[n]) for n in mine],
+        "hybrid": hybrid,
+        "single": single,
+        "index_build_s": build,
+        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def run_mem0(args: argparse.Namespace) -> dict[str, Any]:
+    os.environ["MEM0_TELEMETRY"] = "False"
+    from mem0 import Memory
+
+    vectors, subject, texts = corpus(args.records, args.subjects)
+    q, qs = queries(args.queries, args.subjects)
+    expected = truth(vectors, subject, q, qs)
+    lookup: dict[str, list[float]] = {}
+
+    class Precomputed:
+        """mem0's embedder interface, answering from the corpus (embedding excluded)."""
+
+        def embed(self, text: str, memory_action: str | None = None) -> list[float]:
+            return lookup[text]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        memory = Memory.from_config(
+            {
+                "vector_store": {
+                    "provider": "pgvector",
+                    "config": {
+                        "connection_string": args.uri,
+                        "collection_name": "bench",
+                        "embedding_model_dims": DIM,
+                        # hnsw: mem0's default (approximate, filtered after the index);
+                        # none: exact search, mem0 at its best recall.
+                        "hnsw": args.mem0_index == "hnsw",
+                    },
+                },
+                # Required by mem0's config even with infer=False; never called.
+                "llm": {"provider": "openai", "config": {"api_key": "unused", "model": "unused"}},
+                "embedder": {
+                    "provider": "openai",
+                    "config": {"api_key": "unused", "embedding_dims": DIM},
+                },
+                "history_db_path": f"{tmp}/history.db",
+            }
+        )
+        memory.embedding_model = Precomputed()
+        started = time.perf_counter()
+        now = "2026-01-01T00:00:00+00:00"
+        for start in range(0, args.records, 1000):
+            end = min(start + 1000, args.records)
+            memory.vector_store.insert(
+                vectors=[vectors[i].tolist() for i in range(start, end)],
+                payloads=[
+                    {
+                        "data": texts[i],
+                        "user_id": f"u{subject[i]}",
+                        "hash": str(i),
+                        "created_at": now,
+                    }
+                    for i in range(start, end)
+                ],
+                ids=[_uuid(i) for i in range(start, end)],
+            )
+        ingest = args.records / (time.perf_counter() - started)
+        latencies, hits = [], []
+        for n, (vector, s) in enumerate(zip(q, qs, strict=True)):
+            text = f"query {n}"
+            lookup[text] = vector.tolist()
+            t = time.perf_counter()
+            found = memory.search(text, filters={"user_id": f"u{s}"}, top_k=10, threshold=0.0)
+            latencies.append(time.perf_counter() - t)
+            hits.append({int(r["id"].replace("-", ""), 16) for r in found["results"]})
+        single = []
+        for i in range(20):
+            text = f"one more {i}"
+            lookup[text] = vectors[i].tolist()
+            t = time.perf_counter()
+            memory.add(text, user_id="u0", infer=False)
+            single.append(time.perf_counter() - t)
+        result = summary(latencies, hits, expected)
+        result.update(ingest_per_s=ingest, single_add_p50_ms=percentile(single, 50) * 1000)
+    result["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def _uuid(i: int) -> str:
+    """mem0's pgvector ids are UUIDs: the record's index, as one."""
+    return str(__import__("uuid").UUID(int=i))
+
+
+def child(role: str, args: argparse.Namespace, **extra: Any) -> subprocess.Popen[str]:
+    command = [
+        sys.executable, __file__, "--role", role, "--uri", args.uri,
+        "--records", str(args.records), "--subjects", str(args.subjects),
+        "--queries", str(args.queries), "--replicas", str(args.replicas),
+        "--keys", str(args.keys), "--ids", str(args.ids), "--mem0-index", args.mem0_index,
+    ]  # fmt: skip
+    for key, value in extra.items():
+        command += [f"--{key}", str(value)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+
+
+def result_of(proc: subprocess.Popen[str], what: str) -> dict[str, Any]:
+    out, _ = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"{what} failed")
+    parsed: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return parsed
+
+
+def main() -> None:  # noqa: PLR0915 (one run, read top to bottom)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--subjects", type=int, default=1000)
+    parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument("--replicas", type=int, default=2)
+    parser.add_argument("--role", choices=["ingest", "replica", "mem0"])
+    parser.add_argument("--replica", type=int, default=0)
+    parser.add_argument("--uri")
+    parser.add_argument("--keys", type=Path)
+    parser.add_argument("--ids", type=Path)
+    parser.add_argument("--skip-mem0", action="store_true")
+    parser.add_argument("--mem0-index", choices=["hnsw", "none"], default="hnsw")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    if args.role == "ingest":
+        print(json.dumps(ingest_ours(args)))
+        return
+    if args.role == "replica":
+        print(json.dumps(replica_ours(args)))
+        return
+    if args.role == "mem0":
+        print(json.dumps(run_mem0(args)))
+        return
+
+    import pgserver
+
+    with tempfile.TemporaryDirectory() as tmp:
+        server = pgserver.get_server(Path(tmp) / "pgdata", cleanup_mode="stop")
+        try:
+            args.uri = server.get_uri()
+            args.keys = Path(tmp) / "store.key"
+            args.ids = Path(tmp) / "ids.json"
+            durable = server.psql("SHOW fsync; SHOW synchronous_commit;")
+            assert durable.count(" on") == 2, durable
+            version = server.psql("SELECT version();").splitlines()[2].strip()
+            ingest = result_of(child("ingest", args), "ingest")
+            replicas = [child("replica", args, replica=n) for n in range(args.replicas)]
+            parts = [result_of(p, "replica") for p in replicas]
+            latencies = [x for p in parts for x in p["latencies"]]
+            hits = [set(h) for p in parts for h in p["hits"]]
+            expected = [set(e) for p in parts for e in p["expected"]]
+            ours = summary(latencies, hits, expected)
+            ours.update(
+                ingest_per_s=ingest["ingest_per_s"],
+                hybrid_p50_ms=percentile([x for p in parts for x in p["hybrid"]], 50) * 1000,
+                single_add_p50_ms=percentile([x for p in parts for x in p["single"]], 50) * 1000,
+                index_build_s=max(p["index_build_s"] for p in parts),
+                rss_mb=max(p["rss_mb"] for p in parts),
+            )
+            peer: dict[str, Any] = {}
+            if not args.skip_mem0:
+                peer = result_of(child("mem0", args), "mem0")
+        finally:
+            server.cleanup()
+    print(f"{args.records} records, {args.subjects} subjects, {args.queries} queries, dim {DIM}")
+    print(f"{version}; {args.replicas} freehold replicas; mem0 index: {args.mem0_index}")
+    print(f"{'':22}{'freehold':>12}{'mem0':>12}")
+    for key in (
+        "p50_ms", "p99_ms", "qps", "recall10", "hybrid_p50_ms", "ingest_per_s",
+        "single_add_p50_ms", "index_build_s", "rss_mb",
+    ):  # fmt: skip
+        mine, theirs = ours.get(key, float("nan")), peer.get(key, float("nan"))
+        print(f"{key:22}{mine:>12.3f}{theirs:>12.3f}")
+    if peer:
+        print(
+            f"vector search: {peer['p50_ms'] / ours['p50_ms']:.1f}x mem0's speed (p50), "
+            f"recall@10 {ours['recall10']:.3f} vs {peer['recall10']:.3f}"
+        )
+    if args.out:
+        args.out.write_text(
+            json.dumps(
+                {
+                    "freehold": ours,
+                    "mem0": peer,
+                    "mem0_index": args.mem0_index,
+                    "postgres": version,
+                },
+                indent=2,
+            )
+        )
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    main()
