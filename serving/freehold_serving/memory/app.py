@@ -1,7 +1,8 @@
 """The memory API: a Ray Serve application, `import_path: freehold_serving.memory.app:
 build_memory_app`, mounted at /v1/memory beside the models.
 
-One replica (SQLite has one writer). Every answer that is not a success is an
+One replica per process: SQLite has one writer; on PostgreSQL the pods are the replicas
+(store.py keeps their indexes in step). Every answer that is not a success is an
 OpenAI-style error object; another tenant's records answer 404, as if absent.
 """
 
@@ -349,7 +350,7 @@ def build_memory_app(args: MemoryArgs) -> Application:
     return (
         serve.deployment(name="memory")(MemoryServer)
         .options(
-            num_replicas=1,  # SQLite: one writer
+            num_replicas=1,  # SQLite: one writer; PostgreSQL: one per pod, pods scale out
             max_ongoing_requests=64,
             ray_actor_options={"num_cpus": 0},
             health_check_period_s=10,
