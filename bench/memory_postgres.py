@@ -2,8 +2,9 @@
 one run, on one PostgreSQL, with the same records and vectors (bench/memory.py's corpus:
 embedding excluded).
 
-PostgreSQL comes from PyPI `pgserver` (PostgreSQL 16 with pgvector, which mem0's pgvector
-store needs), started here in a temporary directory, fsync and synchronous_commit on: an
+Ours runs on the machine's PostgreSQL (Debian's postgresql-15, started as the tests start it;
+else PyPI `pgserver`'s); mem0 on `pgserver`'s PostgreSQL 16, which has the pgvector extension
+its store needs. Each in a temporary directory, fsync and synchronous_commit on: an
 acknowledged add is on disk.
 
 - ours: one process ingests in batches of 500 (durable records/s); then `--replicas`
@@ -25,6 +26,7 @@ mem0's search speed at >= its recall.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -32,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +111,8 @@ def replica_ours(args: argparse.Namespace) -> dict[str, Any]:
         t = time.perf_counter()
         store.add(
             "bench",
-            [(f"u{args.replica}", RecordFields(text=f"one more {i}"))],
+            # A subject of its own: the other replica may still be answering queries.
+            [(f"single-{args.replica}", RecordFields(text=f"one more {i}"))],
             [vectors[i].tolist()],
         )
         single.append(time.perf_counter() - t)
@@ -226,6 +230,48 @@ def result_of(proc: subprocess.Popen[str], what: str) -> dict[str, Any]:
     return parsed
 
 
+def server_sql(server: Any) -> Callable[[str], list[tuple[object, ...]]]:
+    def run(sql: str) -> list[tuple[object, ...]]:
+        lines = server.psql(sql).splitlines()
+        return [(line.strip(),) for line in lines[2:-2]]
+
+    return run
+
+
+@contextlib.contextmanager
+def _pgserver(where: Path) -> Iterator[Any]:
+    import pgserver
+
+    server = pgserver.get_server(where, cleanup_mode="stop")
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+def _run_ours(
+    args: argparse.Namespace, sql: Callable[[str], list[tuple[object, ...]]]
+) -> tuple[str, dict[str, Any]]:
+    durable = [str(sql(f"SHOW {name}")[0][0]) for name in ("fsync", "synchronous_commit")]
+    assert durable == ["on", "on"], durable
+    version = str(sql("SELECT version()")[0][0]).split(" on ")[0]
+    ingest = result_of(child("ingest", args), "ingest")
+    replicas = [child("replica", args, replica=n) for n in range(args.replicas)]
+    parts = [result_of(p, "replica") for p in replicas]
+    latencies = [x for p in parts for x in p["latencies"]]
+    hits = [set(h) for p in parts for h in p["hits"]]
+    expected = [set(e) for p in parts for e in p["expected"]]
+    ours = summary(latencies, hits, expected)
+    ours.update(
+        ingest_per_s=ingest["ingest_per_s"],
+        hybrid_p50_ms=percentile([x for p in parts for x in p["hybrid"]], 50) * 1000,
+        single_add_p50_ms=percentile([x for p in parts for x in p["single"]], 50) * 1000,
+        index_build_s=max(p["index_build_s"] for p in parts),
+        rss_mb=max(p["rss_mb"] for p in parts),
+    )
+    return version, ours
+
+
 def main() -> None:  # noqa: PLR0915 (one run, read top to bottom)
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--records", type=int, default=1_000_000)
@@ -251,38 +297,33 @@ def main() -> None:  # noqa: PLR0915 (one run, read top to bottom)
         print(json.dumps(run_mem0(args)))
         return
 
-    import pgserver
+    sys.path.insert(0, str(ROOT))
+    from tests.pg_server import available, postgres_server
 
     with tempfile.TemporaryDirectory() as tmp:
-        server = pgserver.get_server(Path(tmp) / "pgdata", cleanup_mode="stop")
-        try:
-            args.uri = server.get_uri()
-            args.keys = Path(tmp) / "store.key"
-            args.ids = Path(tmp) / "ids.json"
-            durable = server.psql("SHOW fsync; SHOW synchronous_commit;")
-            assert durable.count(" on") == 2, durable
-            version = server.psql("SELECT version();").splitlines()[2].strip()
-            ingest = result_of(child("ingest", args), "ingest")
-            replicas = [child("replica", args, replica=n) for n in range(args.replicas)]
-            parts = [result_of(p, "replica") for p in replicas]
-            latencies = [x for p in parts for x in p["latencies"]]
-            hits = [set(h) for p in parts for h in p["hits"]]
-            expected = [set(e) for p in parts for e in p["expected"]]
-            ours = summary(latencies, hits, expected)
-            ours.update(
-                ingest_per_s=ingest["ingest_per_s"],
-                hybrid_p50_ms=percentile([x for p in parts for x in p["hybrid"]], 50) * 1000,
-                single_add_p50_ms=percentile([x for p in parts for x in p["single"]], 50) * 1000,
-                index_build_s=max(p["index_build_s"] for p in parts),
-                rss_mb=max(p["rss_mb"] for p in parts),
-            )
-            peer: dict[str, Any] = {}
-            if not args.skip_mem0:
+        args.keys = Path(tmp) / "store.key"
+        args.ids = Path(tmp) / "ids.json"
+        # Ours on the machine's PostgreSQL (Debian's, as the tests use), else pgserver's.
+        if available():
+            with postgres_server() as pg:
+                args.uri = pg.dsn()
+                version, ours = _run_ours(args, pg.sql)
+        else:
+            with _pgserver(Path(tmp) / "ours") as server:
+                args.uri = server.get_uri()
+                version, ours = _run_ours(args, server_sql(server))
+        peer: dict[str, Any] = {}
+        peer_version = ""
+        if not args.skip_mem0:
+            # mem0's pgvector store needs pgvector: pgserver's PostgreSQL has it.
+            with _pgserver(Path(tmp) / "mem0") as server:
+                args.uri = server.get_uri()
+                peer_version = server.psql("SELECT version();").splitlines()[2].strip()
                 peer = result_of(child("mem0", args), "mem0")
-        finally:
-            server.cleanup()
     print(f"{args.records} records, {args.subjects} subjects, {args.queries} queries, dim {DIM}")
-    print(f"{version}; {args.replicas} freehold replicas; mem0 index: {args.mem0_index}")
+    print(f"freehold on {version}, {args.replicas} replicas")
+    if peer:
+        print(f"mem0 on {peer_version}, index: {args.mem0_index}")
     print(f"{'':22}{'freehold':>12}{'mem0':>12}")
     for key in (
         "p50_ms", "p99_ms", "qps", "recall10", "hybrid_p50_ms", "ingest_per_s",

@@ -205,3 +205,25 @@ def _progress() -> Progress:
         transient=True,
         disable=not os.isatty(2),
     )
+
+
+@memory.command("mcp")
+def mcp_stdio(endpoint: Endpoint = DEFAULT_URL, api_key: ApiKey = None) -> None:
+    """Serve this memory to a desktop agent over MCP (stdio): tools to add, search, update,
+    erase and export, with your API key (its tenant). The store itself also serves MCP over
+    Streamable HTTP at ENDPOINT/mcp."""
+    try:
+        from freehold_serving.memory.agent_tools import HttpOps, build_tools
+    except ImportError as exc:
+        err.print(
+            f"[red]error[/red] MCP needs the mcp package ({exc.name}): pip install 'freehold[mcp]'",
+            highlight=False,
+        )
+        raise typer.Exit(1) from None
+    ops = HttpOps(endpoint, api_key)
+
+    async def ops_for(_ctx: Any) -> HttpOps:
+        return ops
+
+    # stdout carries the protocol: nothing else may print there.
+    build_tools(ops_for).run("stdio")

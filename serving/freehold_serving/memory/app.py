@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from ray import serve
 from ray.serve import Application
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from freehold_serving.auth import DEFAULT_TENANT, ApiKeys
 from freehold_serving.memory.args import MemoryArgs
@@ -157,6 +158,61 @@ def _store_gauges() -> tuple[Any, Any]:
     )
 
 
+# This process's MCP server (memory API replica, session manager), set by MemoryServer:
+# Ray Serve serves a copy of memory_app made when the class is decorated, so the route
+# below is declared here and finds the replica's server when a request comes.
+_MCP: dict[str, Any] = {}
+
+
+class _McpRoute:
+    """MCP (Streamable HTTP) at /v1/memory/mcp. The API key is checked here, before the
+    MCP server, with the same answers as every other route. An object, not a function, so
+    Starlette hands it the raw ASGI call."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if not _MCP:
+            await error_response(ApiError(503, "The memory store is starting."))(
+                scope, receive, send
+            )
+            return
+        server, manager = _MCP["server"], _MCP["manager"]
+        try:
+            tenant = server._tenant(Request(scope, receive))
+        except ApiError as exc:
+            await error_response(exc)(scope, receive, send)
+            return
+        scope.setdefault("state", {})["freehold_tenant"] = tenant
+        await manager.handle_request(scope, receive, send)
+
+
+memory_app.router.routes.append(Route("/mcp", _McpRoute(), methods=["GET", "POST", "DELETE"]))
+
+
+def _start_mcp(server: "MemoryServer") -> "asyncio.Task[None]":
+    """This replica's MCP server: stateless (any replica answers any request, as for the
+    rest of the API), JSON answers."""
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    from freehold_serving.memory.agent_tools import build_tools
+
+    tools = build_tools(server._ops_for)
+    # Makes the session manager; its own Starlette app is not mounted. No DNS-rebinding
+    # check: callers present an API key, and the Host is the Service's name.
+    tools.streamable_http_app(
+        stateless_http=True,
+        json_response=True,
+        transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+    )
+    manager = tools.session_manager
+    _MCP.update(server=server, manager=manager)
+
+    async def run() -> None:
+        async with manager.run():
+            await asyncio.Event().wait()
+
+    return asyncio.get_running_loop().create_task(run())
+
+
 @serve.ingress(memory_app)
 class MemoryServer:
     def __init__(self, args: MemoryArgs) -> None:
@@ -173,6 +229,15 @@ class MemoryServer:
         self._sweeper = asyncio.get_running_loop().create_task(
             _sweep(self._service, args.sweep_seconds)
         )
+        self._mcp = _start_mcp(self)
+
+    async def _ops_for(self, ctx: Any) -> Any:
+        """The MCP tools' view of the store: the tenant the request's key belongs to (the
+        route checked the key before the MCP server saw the request)."""
+        from freehold_serving.memory.agent_tools import ServiceOps
+
+        request = ctx.request_context.request
+        return ServiceOps(self._service, request.scope["state"]["freehold_tenant"])
 
     def _tenant(self, request: Request) -> str:
         if self._keys is None:

@@ -117,6 +117,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     port = free_port()
     # 9 logical CPUs on a 2-core machine: four single-replica apps and a two-replica one,
     # oversubscribed on purpose so they fit; throughput is measured in bench/, not here.
+    # Ray must start before usearch is loaded in this process: usearch 2.26 (libstdc++ of
+    # its own build) makes ray.init abort in std::regex. This directory sorts before the
+    # integration tests that use the memory store in-process.
     with local_ray(9, "127.0.0.1", port):
         open_args = example_args(engine__contextLength=1024, scaling__maxReplicas=1)
         memory_url = f"http://127.0.0.1:{port}/v1/memory"
