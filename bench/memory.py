@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +163,28 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_mem0(args: argparse.Namespace) -> dict[str, Any]:
+    def faiss(tmp: str) -> dict[str, Any]:
+        return {
+            "provider": "faiss",
+            "config": {
+                "collection_name": "bench",
+                "path": f"{tmp}/faiss",
+                "distance_strategy": "cosine",
+                "embedding_model_dims": DIM,
+            },
+        }
+
+    return mem0_run(args, faiss, str, int)
+
+
+def mem0_run(
+    args: argparse.Namespace,
+    vector_store: Callable[[str], dict[str, Any]],
+    id_of: Callable[[int], str],
+    index_of: Callable[[str], int],
+) -> dict[str, Any]:
+    """mem0 on the corpus with `vector_store(tmp)` as its store; `id_of`/`index_of` map a
+    record's index to the id mem0 keeps and back (bench/memory_postgres.py uses it too)."""
     os.environ["MEM0_TELEMETRY"] = "False"
     from mem0 import Memory
 
@@ -179,15 +202,7 @@ def run_mem0(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         memory = Memory.from_config(
             {
-                "vector_store": {
-                    "provider": "faiss",
-                    "config": {
-                        "collection_name": "bench",
-                        "path": f"{tmp}/faiss",
-                        "distance_strategy": "cosine",
-                        "embedding_model_dims": DIM,
-                    },
-                },
+                "vector_store": vector_store(tmp),
                 # Required by mem0's config even with infer=False; never called.
                 "llm": {"provider": "openai", "config": {"api_key": "unused", "model": "unused"}},
                 "embedder": {
@@ -213,7 +228,7 @@ def run_mem0(args: argparse.Namespace) -> dict[str, Any]:
                     }
                     for i in range(start, end)
                 ],
-                ids=[str(i) for i in range(start, end)],
+                ids=[id_of(i) for i in range(start, end)],
             )
         ingest = args.records / (time.perf_counter() - started)
         latencies, hits = [], []
@@ -223,9 +238,9 @@ def run_mem0(args: argparse.Namespace) -> dict[str, Any]:
             t = time.perf_counter()
             found = memory.search(text, filters={"user_id": f"u{s}"}, top_k=10, threshold=0.0)
             latencies.append(time.perf_counter() - t)
-            hits.append({int(r["id"]) for r in found["results"]})
+            hits.append({index_of(r["id"]) for r in found["results"]})
         single = []
-        for i in range(args.single_adds):
+        for i in range(getattr(args, "single_adds", 20)):
             text = f"one more {i}"
             lookup[text] = vectors[i].tolist()
             t = time.perf_counter()

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -41,7 +40,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from memory import DIM, corpus, percentile, queries, summary, truth
+from memory import DIM, corpus, mem0_run, percentile, queries, summary, truth
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = "bench_memory"
@@ -128,81 +127,20 @@ def replica_ours(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_mem0(args: argparse.Namespace) -> dict[str, Any]:
-    os.environ["MEM0_TELEMETRY"] = "False"
-    from mem0 import Memory
+    def pgvector(_tmp: str) -> dict[str, Any]:
+        return {
+            "provider": "pgvector",
+            "config": {
+                "connection_string": args.uri,
+                "collection_name": "bench",
+                "embedding_model_dims": DIM,
+                # hnsw: mem0's default (approximate, filtered after the index); none:
+                # exact search, mem0 at its best recall.
+                "hnsw": args.mem0_index == "hnsw",
+            },
+        }
 
-    vectors, subject, texts = corpus(args.records, args.subjects)
-    q, qs = queries(args.queries, args.subjects)
-    expected = truth(vectors, subject, q, qs)
-    lookup: dict[str, list[float]] = {}
-
-    class Precomputed:
-        """mem0's embedder interface, answering from the corpus (embedding excluded)."""
-
-        def embed(self, text: str, memory_action: str | None = None) -> list[float]:
-            return lookup[text]
-
-    with tempfile.TemporaryDirectory() as tmp:
-        memory = Memory.from_config(
-            {
-                "vector_store": {
-                    "provider": "pgvector",
-                    "config": {
-                        "connection_string": args.uri,
-                        "collection_name": "bench",
-                        "embedding_model_dims": DIM,
-                        # hnsw: mem0's default (approximate, filtered after the index);
-                        # none: exact search, mem0 at its best recall.
-                        "hnsw": args.mem0_index == "hnsw",
-                    },
-                },
-                # Required by mem0's config even with infer=False; never called.
-                "llm": {"provider": "openai", "config": {"api_key": "unused", "model": "unused"}},
-                "embedder": {
-                    "provider": "openai",
-                    "config": {"api_key": "unused", "embedding_dims": DIM},
-                },
-                "history_db_path": f"{tmp}/history.db",
-            }
-        )
-        memory.embedding_model = Precomputed()
-        started = time.perf_counter()
-        now = "2026-01-01T00:00:00+00:00"
-        for start in range(0, args.records, 1000):
-            end = min(start + 1000, args.records)
-            memory.vector_store.insert(
-                vectors=[vectors[i].tolist() for i in range(start, end)],
-                payloads=[
-                    {
-                        "data": texts[i],
-                        "user_id": f"u{subject[i]}",
-                        "hash": str(i),
-                        "created_at": now,
-                    }
-                    for i in range(start, end)
-                ],
-                ids=[_uuid(i) for i in range(start, end)],
-            )
-        ingest = args.records / (time.perf_counter() - started)
-        latencies, hits = [], []
-        for n, (vector, s) in enumerate(zip(q, qs, strict=True)):
-            text = f"query {n}"
-            lookup[text] = vector.tolist()
-            t = time.perf_counter()
-            found = memory.search(text, filters={"user_id": f"u{s}"}, top_k=10, threshold=0.0)
-            latencies.append(time.perf_counter() - t)
-            hits.append({int(r["id"].replace("-", ""), 16) for r in found["results"]})
-        single = []
-        for i in range(20):
-            text = f"one more {i}"
-            lookup[text] = vectors[i].tolist()
-            t = time.perf_counter()
-            memory.add(text, user_id="u0", infer=False)
-            single.append(time.perf_counter() - t)
-        result = summary(latencies, hits, expected)
-        result.update(ingest_per_s=ingest, single_add_p50_ms=percentile(single, 50) * 1000)
-    result["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return result
+    return mem0_run(args, pgvector, _uuid, lambda uid: int(uid.replace("-", ""), 16))
 
 
 def _uuid(i: int) -> str:

@@ -263,3 +263,17 @@ def test_a_replica_killed_mid_write_loses_no_acknowledged_record(
         present |= {r.id for r, _ in store.subject_versions("t", subject)}
     missing = {k: [i for i in v if i and i not in present] for k, v in acked.items()}
     assert missing == {"a": [], "b": []}
+
+
+def test_an_owner_role_the_user_cannot_take_is_named(postgres: Postgres, memory_db: str) -> None:
+    from freehold_serving.memory.postgres import Credentials, PostgresDatabase
+
+    db = PostgresDatabase(
+        postgres.conninfo(memory_db),
+        schema="memory",
+        credentials=lambda: Credentials(postgres.user, postgres.password),
+        role="no_such_role",
+    )
+    with pytest.raises(StoreError, match="cannot act as role 'no_such_role'") as failed:
+        db.migrate()
+    assert failed.value.status == 503

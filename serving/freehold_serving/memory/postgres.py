@@ -150,7 +150,13 @@ class PostgresDatabase:
             # Short-lived users (Vault's database engine) come and go; what the store
             # creates belongs to the role they are all members of, so every replica's user
             # can use it and none takes it away when its lease ends.
-            conn.execute(f'SET ROLE "{self._role}"'.encode())
+            try:
+                conn.execute(f'SET ROLE "{self._role}"'.encode())
+            except psycopg.Error as exc:
+                conn.close()
+                raise PostgresUnavailableError(
+                    f"cannot act as role {self._role!r} (is the user a member of it?): {exc}"
+                ) from None
         self._conn = conn
         return conn
 
