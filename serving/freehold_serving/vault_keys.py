@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import hvac
 
@@ -38,6 +39,22 @@ def read_api_keys(config: ApiKeysConfig) -> list[KeyEntry]:
 
 def read_secret(source: VaultKeySource, what: str) -> dict[str, object]:
     """A KV v2 secret's fields, read as this workload (Kubernetes auth, its own role)."""
+
+    def kv(client: hvac.Client) -> dict[str, object]:
+        secret = client.secrets.kv.v2.read_secret_version(
+            path=source.path, mount_point=source.mount, raise_on_deleted_version=True
+        )
+        values: dict[str, object] = (secret.get("data") or {}).get("data") or {}
+        return values
+
+    return read_as_workload(source, what, kv)
+
+
+def read_as_workload(
+    source: VaultKeySource, what: str, read: Callable[[hvac.Client], dict[str, object]]
+) -> dict[str, object]:
+    """`read(client)` with a client logged in as this workload (Kubernetes auth with the
+    pod's projected token, its own role): errors name the path and role, never a value."""
     address = source.address
     if not address or not source.role:
         raise VaultKeysError(f"Vault address and role are required to read {what}")
@@ -49,9 +66,7 @@ def read_secret(source: VaultKeySource, what: str) -> dict[str, object]:
     client = hvac.Client(url=address, verify=source.ca_cert or True, timeout=10)
     try:
         client.auth.kubernetes.login(role=source.role, jwt=jwt, mount_point=source.auth_mount)
-        secret = client.secrets.kv.v2.read_secret_version(
-            path=source.path, mount_point=source.mount, raise_on_deleted_version=True
-        )
+        return read(client)
     except hvac.exceptions.InvalidPath:
         raise NoKeysError(f"no {what} at {source.mount}/{source.path}") from None
     except Exception as exc:  # hvac and requests errors alike; their text may quote input
@@ -61,8 +76,6 @@ def read_secret(source: VaultKeySource, what: str) -> dict[str, object]:
         ) from None
     finally:
         client.adapter.close()
-    values: dict[str, object] = (secret.get("data") or {}).get("data") or {}
-    return values
 
 
 def load_keys(config: ApiKeysConfig | None) -> ApiKeys | None:

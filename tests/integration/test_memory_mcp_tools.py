@@ -100,6 +100,11 @@ async def test_tools_see_only_their_tenant(service: MemoryService) -> None:
 
     async with Client(build_tools(ops)) as client:
         await client.call_tool("memory_add", {"subject": "ana", "text": "acme's secret plan"})
+        # The record is findable by its own tenant, so the empty answer below is isolation.
+        mine = payload(
+            await client.call_tool("memory_search", {"subject": "ana", "query": "secret plan"})
+        )
+        assert [r["text"] for r in mine] == ["acme's secret plan"]
         current["tenant"] = "globex"
         found = payload(
             await client.call_tool("memory_search", {"subject": "ana", "query": "secret plan"})

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import hvac
 
+from freehold_serving.args import VaultKeySource
 from freehold_serving.memory.args import MemoryArgs, PostgresArgs
 from freehold_serving.memory.postgres import Credentials, PostgresDatabase
 from freehold_serving.memory.store import StoreError
+from freehold_serving.vault_keys import VaultKeysError, read_as_workload, read_secret
 
 log = logging.getLogger(__name__)
 
@@ -74,41 +76,39 @@ def credentials(args: MemoryArgs) -> Callable[[], Credentials | None]:
             f"postgres credentials {pg.credentials} need Vault (address and role) and a path"
         )
     vault = args.vault
-    path = pg.vault_path
+    source = VaultKeySource(
+        mount=pg.vault_mount,
+        path=pg.vault_path,
+        address=vault.address,
+        ca_cert=vault.ca_cert,
+        role=vault.role,
+        auth_mount=vault.auth_mount,
+        jwt_path=vault.jwt_path,
+    )
+
+    def issued(client: hvac.Client) -> dict[str, object]:
+        answer = client.secrets.database.generate_credentials(
+            name=source.path, mount_point=source.mount
+        )
+        log.info(
+            "PostgreSQL user from Vault's database engine (lease %ss)",
+            answer.get("lease_duration"),
+        )
+        data: dict[str, object] = answer.get("data") or {}
+        return data
 
     def from_vault() -> Credentials:
         try:
-            jwt = Path(vault.jwt_path).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise CredentialsError(f"cannot read the Vault token file {vault.jwt_path}") from exc
-        client = hvac.Client(url=vault.address, verify=vault.ca_cert or True, timeout=10)
-        try:
-            client.auth.kubernetes.login(role=vault.role, jwt=jwt, mount_point=vault.auth_mount)
             if pg.credentials == "vault-database":
-                answer = client.secrets.database.generate_credentials(
-                    name=path, mount_point=pg.vault_mount
-                )
-                data = answer.get("data") or {}
-                log.info(
-                    "PostgreSQL user from Vault's database engine (lease %ss)",
-                    answer.get("lease_duration"),
-                )
+                data = read_as_workload(source, "PostgreSQL credentials", issued)
             else:
-                answer = client.secrets.kv.v2.read_secret_version(
-                    path=path, mount_point=pg.vault_mount, raise_on_deleted_version=True
-                )
-                data = (answer.get("data") or {}).get("data") or {}
-        except Exception as exc:  # hvac and requests errors alike; their text may quote input
-            raise CredentialsError(
-                f"reading PostgreSQL credentials from Vault ({pg.vault_mount}/{path} as role "
-                f"{vault.role}) failed: {type(exc).__name__}"
-            ) from None
-        finally:
-            client.adapter.close()
+                data = read_secret(source, "PostgreSQL credentials")
+        except VaultKeysError as exc:
+            raise CredentialsError(str(exc)) from None
         user, password = data.get("username"), data.get("password")
         if not user or not password:
             raise CredentialsError(
-                f"Vault's {pg.vault_mount}/{path} has no username and password fields"
+                f"Vault's {source.mount}/{source.path} has no username and password fields"
             )
         return Credentials(str(user), str(password))
 

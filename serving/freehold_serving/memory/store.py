@@ -313,10 +313,6 @@ class Store:
             self._db.insert_versions(rows)
         return out
 
-    def _insert(self, *args: Any, **kwargs: Any) -> int:
-        """Insert one version (see _version_row): its rowid."""
-        return self._db.insert_versions([self._version_row(*args, **kwargs)])[0]
-
     def _version_row(
         self,
         entry: _Subject,
@@ -427,17 +423,21 @@ class Store:
             self._close(row, now, revision)
             version = int(row["version"]) + 1
             created = int(row["created_at"])
-            self._insert(
-                entry,
-                revision,
-                subject,
-                record_id,
-                version,
-                fields,
-                checked,
-                created,
-                now,
-                self._expiry(fields, created),
+            self._db.insert_versions(
+                [
+                    self._version_row(
+                        entry,
+                        revision,
+                        subject,
+                        record_id,
+                        version,
+                        fields,
+                        checked,
+                        created,
+                        now,
+                        self._expiry(fields, created),
+                    )
+                ]
             )
         return self._record(entry, subject, record_id, version, fields, created, now, None)
 
@@ -673,18 +673,22 @@ class Store:
                     sensitivity=record.sensitivity,
                     provenance=record.provenance,
                 )
-                rowid = self._insert(
-                    entry,
-                    revision + 1,
-                    record.subject,
-                    record.id,
-                    record.version,
-                    fields,
-                    checked,
-                    micros(record.created_at),
-                    micros(record.valid_from),
-                    None if record.expires_at is None else micros(record.expires_at),
-                    deleted=record.deleted,
+                (rowid,) = self._db.insert_versions(
+                    [
+                        self._version_row(
+                            entry,
+                            revision + 1,
+                            record.subject,
+                            record.id,
+                            record.version,
+                            fields,
+                            checked,
+                            micros(record.created_at),
+                            micros(record.valid_from),
+                            None if record.expires_at is None else micros(record.expires_at),
+                            deleted=record.deleted,
+                        )
+                    ]
                 )
                 self._db.execute(
                     "UPDATE versions SET updated_at = ?, valid_to = ? WHERE rowid = ?",
