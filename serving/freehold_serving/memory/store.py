@@ -226,11 +226,15 @@ class Store:
         return self._entry_for(tag, str(row["wrapped_key"])), int(row["revision"])
 
     def _claim_or_create(self, tenant: str, subject: str) -> tuple[_Subject, int]:
-        tag = self._subject_tag(tenant, subject)
+        return self._claim_or_create_tagged(
+            self._subject_tag(tenant, subject), self._tenant_tag(tenant)
+        )
+
+    def _claim_or_create_tagged(self, tag: str, tenant_tag: str) -> tuple[_Subject, int]:
         self._db.execute(
             "INSERT INTO subjects (tag, tenant, wrapped_key, created_at) VALUES (?,?,?,?)"
             " ON CONFLICT (tag) DO NOTHING",
-            (tag, self._tenant_tag(tenant), self._wrapper.wrap(os.urandom(32)), self._now()),
+            (tag, tenant_tag, self._wrapper.wrap(os.urandom(32)), self._now()),
         )
         claimed = self._claim(tag)
         assert claimed is not None
@@ -510,7 +514,9 @@ class Store:
 
     # -- reads --------------------------------------------------------------------------
 
-    def _decode(self, entry: _Subject, row: Row) -> Record:
+    def _decode(self, entry: _Subject, row: Row, subject: str = "") -> Record:
+        """A row as a record. A tombstone has no payload: its subject is `subject`, the
+        name the caller knows (from the request, or another version's payload)."""
         aad = f"{row['id']}:{row['version']}".encode()
         body: dict[str, Any] = {}
         if row["payload"] is not None:
@@ -518,7 +524,7 @@ class Store:
         return Record(
             id=row["id"],
             version=row["version"],
-            subject=body.get("subject", ""),
+            subject=body.get("subject", subject),
             type=row["type"],
             text=body.get("text"),
             metadata=body.get("metadata") or {},
@@ -573,7 +579,7 @@ class Store:
             rows = self._rows(
                 f"SELECT {_RECORD} FROM versions WHERE id = ? ORDER BY version", (record_id,)
             )
-            return [self._decode(entry, r) for r in rows]
+            return _named([self._decode(entry, r) for r in rows])
 
     def _current_or_tombstone(self, tenant: str, record_id: str) -> tuple[_Subject, Row]:
         rows = self._rows(
@@ -593,19 +599,20 @@ class Store:
         order: what an export holds."""
         with self._lock:
             entry = self._lookup(tenant, subject)
-            if entry is None:
-                return []
-            rows = self._rows(
-                f"SELECT {_RECORD}, vector FROM versions WHERE subject = ? AND id NOT IN"
-                " (SELECT id FROM versions"
-                " WHERE subject = ? AND valid_to IS NULL AND expires_at IS NOT NULL"
-                " AND expires_at <= ?) ORDER BY id, version",
-                (entry.tag, entry.tag, self._now()),
-            )
-            out = []
-            for row in rows:
-                out.append((self._decode(entry, row), self._vector_of(entry, row)))
-            return out
+            return [] if entry is None else self._versions_of(entry, subject)
+
+    def _versions_of(
+        self, entry: _Subject, subject: str = ""
+    ) -> list[tuple[Record, list[float] | None]]:
+        rows = self._rows(
+            f"SELECT {_RECORD}, vector FROM versions WHERE subject = ? AND id NOT IN"
+            " (SELECT id FROM versions"
+            " WHERE subject = ? AND valid_to IS NULL AND expires_at IS NOT NULL"
+            " AND expires_at <= ?) ORDER BY id, version",
+            (entry.tag, entry.tag, self._now()),
+        )
+        records = _named([self._decode(entry, row, subject) for row in rows])
+        return [(r, self._vector_of(entry, row)) for r, row in zip(records, rows, strict=True)]
 
     def _vector_of(self, entry: _Subject, row: Row) -> list[float] | None:
         array = self._array_of(entry, row)
@@ -632,75 +639,134 @@ class Store:
         transaction. Returns (versions added, conflicting ids): a version that is already
         here with the same content is skipped; with other content it is a conflict and
         the whole import is refused, changing nothing."""
-        conflicts: list[str] = []
-        foreign = 0
-        added = 0
         with self._tx():
             claimed: dict[str, tuple[_Subject, int]] = {}
             for subject in sorted(
                 {r.subject for r, _ in items}, key=lambda s: self._subject_tag(tenant, s)
             ):
                 claimed[subject] = self._claim_or_create(tenant, subject)
-                # Imported versions may be closed already: rebuild, not follow.
-                self._claim(claimed[subject][0].tag, epoch=True)
-            for record, vector in items:
-                checked = self._check_vector(vector, f"record {record.id} embedding")
-                entry, revision = claimed[record.subject]
-                existing = self._rows(
-                    f"SELECT {_RECORD} FROM versions WHERE id = ? AND version = ?",
-                    (record.id, record.version),
+            return self._insert_imported([(claimed[r.subject], r, v) for r, v in items])
+
+    # -- migration: one store's subjects, by their keyed tags, into another -------------
+
+    def subject_tags(self) -> list[tuple[str, str]]:
+        """(subject tag, tenant tag) of every subject, in tag order."""
+        rows = self._rows("SELECT tag, tenant FROM subjects ORDER BY tag", ())
+        return [(str(r["tag"]), str(r["tenant"])) for r in rows]
+
+    def tagged_versions(self, tag: str) -> list[tuple[Record, list[float] | None]]:
+        """subject_versions for a subject known by its tag (a migration has no names)."""
+        with self._lock:
+            row = first(self._db.rows("SELECT wrapped_key FROM subjects WHERE tag = ?", (tag,)))
+            if row is None:
+                return []
+            return self._versions_of(self._entry_for(tag, str(row["wrapped_key"])))
+
+    def import_tagged(
+        self, tag: str, tenant_tag: str, items: list[tuple[Record, list[float] | None]]
+    ) -> int:
+        """import_versions for one subject known by its tags: only between stores sharing
+        a store key (adopt_store_key), where tags mean the same subject and tenant."""
+        with self._tx():
+            claimed = self._claim_or_create_tagged(tag, tenant_tag)
+            added, _ = self._insert_imported([(claimed, r, v) for r, v in items])
+            return added
+
+    def adopt_store_key(self, source: Store) -> bool:
+        """Make this store use `source`'s store key (wrapped by this store's KEK), so
+        subject and tenant tags, and the pseudonyms in audit trails and bundles, mean the
+        same in both: a migration copies subjects without knowing their names. Only an
+        empty store adopts (its replicas stopped: a running replica keeps the key it read
+        at start). Returns False when the keys are already the same (a resumed run)."""
+        with self._tx():
+            if self._store_key == source._store_key:
+                return False
+            if first(self._db.rows("SELECT tag FROM subjects LIMIT 1", ())) is not None:
+                raise StoreError(
+                    "the target store already holds another store's records: migrate into a "
+                    "new, empty store",
+                    status=409,
                 )
-                if existing:
-                    row = existing[0]
-                    if row["subject"] != entry.tag:
-                        # Someone else's record (another subject, maybe another tenant):
-                        # counted, never named, so an import cannot probe for ids.
-                        foreign += 1
-                        continue
-                    same = self._decode(entry, row).model_dump(
-                        exclude={"score"}
-                    ) == record.model_dump(exclude={"score"})
-                    if not same:
-                        conflicts.append(record.id)
+            for key, value in (
+                ("store_key", self._wrapper.wrap(source._store_key)),
+                ("embedding_model", source.embedding_model),
+                ("dimension", str(source.dimension)),
+            ):
+                self._db.execute("UPDATE meta SET value = ? WHERE key = ?", (value, key))
+        self._store_key = source._store_key
+        self._pseudonym_key = crypto.derive(self._store_key, "audit-pseudonym")
+        self.embedding_model, self.dimension = source.embedding_model, source.dimension
+        self._subjects.clear()
+        return True
+
+    def _insert_imported(
+        self, items: list[tuple[tuple[_Subject, int], Record, list[float] | None]]
+    ) -> tuple[int, list[str]]:
+        """Inside a write transaction, the subjects claimed: insert what is not here yet;
+        raise (rolling everything back) on a conflict."""
+        conflicts: list[str] = []
+        foreign = 0
+        added = 0
+        for tag in sorted({entry.tag for (entry, _), _, _ in items}):
+            # Imported versions may be closed already: rebuild, not follow.
+            self._claim(tag, epoch=True)
+        for (entry, revision), record, vector in items:
+            checked = self._check_vector(vector, f"record {record.id} embedding")
+            existing = self._rows(
+                f"SELECT {_RECORD} FROM versions WHERE id = ? AND version = ?",
+                (record.id, record.version),
+            )
+            if existing:
+                row = existing[0]
+                if row["subject"] != entry.tag:
+                    # Someone else's record (another subject, maybe another tenant):
+                    # counted, never named, so an import cannot probe for ids.
+                    foreign += 1
                     continue
-                fields = RecordFields(
-                    type=record.type,
-                    text=record.text or "-",
-                    metadata=record.metadata,
-                    agent_id=record.agent_id,
-                    session_id=record.session_id,
-                    confidence=record.confidence,
-                    sensitivity=record.sensitivity,
-                    provenance=record.provenance,
-                )
-                (rowid,) = self._db.insert_versions(
-                    [
-                        self._version_row(
-                            entry,
-                            revision + 1,
-                            record.subject,
-                            record.id,
-                            record.version,
-                            fields,
-                            checked,
-                            micros(record.created_at),
-                            micros(record.valid_from),
-                            None if record.expires_at is None else micros(record.expires_at),
-                            deleted=record.deleted,
-                        )
-                    ]
-                )
-                self._db.execute(
-                    "UPDATE versions SET updated_at = ?, valid_to = ? WHERE rowid = ?",
-                    (
-                        micros(record.updated_at),
-                        None if record.valid_to is None else micros(record.valid_to),
-                        rowid,
-                    ),
-                )
-                added += 1
-            if conflicts or foreign:
-                raise ImportConflictError(conflicts, foreign)
+                same = self._decode(entry, row, record.subject).model_dump(
+                    exclude={"score"}
+                ) == record.model_dump(exclude={"score"})
+                if not same:
+                    conflicts.append(record.id)
+                continue
+            fields = RecordFields(
+                type=record.type,
+                text=record.text or "-",
+                metadata=record.metadata,
+                agent_id=record.agent_id,
+                session_id=record.session_id,
+                confidence=record.confidence,
+                sensitivity=record.sensitivity,
+                provenance=record.provenance,
+            )
+            (rowid,) = self._db.insert_versions(
+                [
+                    self._version_row(
+                        entry,
+                        revision + 1,
+                        record.subject,
+                        record.id,
+                        record.version,
+                        fields,
+                        checked,
+                        micros(record.created_at),
+                        micros(record.valid_from),
+                        None if record.expires_at is None else micros(record.expires_at),
+                        deleted=record.deleted,
+                    )
+                ]
+            )
+            self._db.execute(
+                "UPDATE versions SET updated_at = ?, valid_to = ? WHERE rowid = ?",
+                (
+                    micros(record.updated_at),
+                    None if record.valid_to is None else micros(record.valid_to),
+                    rowid,
+                ),
+            )
+            added += 1
+        if conflicts or foreign:
+            raise ImportConflictError(conflicts, foreign)
         return added, conflicts
 
     # -- search -------------------------------------------------------------------------
@@ -1011,6 +1077,15 @@ class ImportConflictError(StoreError):
             parts.append(f"{foreign} record version(s) use ids this store already holds")
         super().__init__("; ".join(parts) + "; nothing was imported", status=409)
         self.ids = ids
+
+
+def _named(records: list[Record]) -> list[Record]:
+    """Tombstones (no payload) named after their record's other versions."""
+    names = {r.id: r.subject for r in records if r.subject}
+    return [
+        r if r.subject or r.id not in names else r.model_copy(update={"subject": names[r.id]})
+        for r in records
+    ]
 
 
 def _cosine(matrix: NDArray[np.float32], vector: NDArray[np.float32]) -> NDArray[np.float32]:
