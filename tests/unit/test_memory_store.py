@@ -310,6 +310,41 @@ def test_a_deleted_record_travels_with_its_subject(
     assert target.counts("acme").subjects == 1
 
 
+def test_replicas_writing_batches_of_shared_subjects_never_deadlock(
+    where: Where, tmp_path: Path, clock: Clock
+) -> None:
+    """Batches of many subjects, new and existing, shared between two replicas writing at
+    once: every batch commits (PostgreSQL would abort one of two transactions waiting on
+    each other), and every subject gets exactly one key."""
+    if where("s").engine == "sqlite":
+        pytest.skip("one writer per SQLite file: replicas are a PostgreSQL feature")
+    import random
+    import threading
+
+    stores = [store_at(where, tmp_path, clock), store_at(where, tmp_path, clock)]
+    errors: list[BaseException] = []
+
+    def write(store: Store, seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            for n in range(30):
+                subjects = rng.sample([f"user-{i}" for i in range(40)], 12)
+                items = [(s, RecordFields(text=f"batch {seed}.{n} for {s}")) for s in subjects]
+                store.add("acme", items, [vec(t.text) for _, t in items])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(s, i)) for i, s in enumerate(stores * 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert stores[0].counts("acme").records == 4 * 30 * 12
+    keys = stores[0].database.rows("SELECT count(*) AS n, count(DISTINCT tag) AS d FROM subjects")
+    assert keys[0]["n"] == keys[0]["d"] == stores[0].counts("acme").subjects
+
+
 def test_replicas_see_each_others_writes(where: Where, tmp_path: Path, clock: Clock) -> None:
     """Two store objects on one database (PostgreSQL replicas; on SQLite, a reopened
     file): each one's vector index follows the other's adds, updates, deletes and
@@ -328,8 +363,12 @@ def test_replicas_see_each_others_writes(where: Where, tmp_path: Path, clock: Cl
     assert search(b, "alice", "viola", mode="vector")[0] == "Alice plays the viola"
     # The same index object all along: followed, not rebuilt.
     assert b._subjects[b._lookup("acme", "alice").tag].index is index  # type: ignore[union-attr]
+    # Keywords too (on PostgreSQL ranked in each replica's memory, following the same way).
+    assert search(b, "alice", "viola", mode="keyword") == ["Alice plays the viola"]
+    assert search(b, "alice", "cello", mode="keyword") == []
     a.delete("acme", first)
     assert search(b, "alice", "viola", mode="vector") == ["Alice grows tomatoes"]
+    assert search(b, "alice", "viola", mode="keyword") == []
     a.erase_subject("acme", "alice")
     assert search(b, "alice", "tomatoes", mode="vector") == []
     add(a, "alice", "Alice started again")

@@ -29,6 +29,16 @@ class Database(Protocol):
     """One connection's worth of SQL; the store holds its lock around every call."""
 
     engine: str
+    # SQL reading a version's keyword terms beside the vector index's columns, when the
+    # store ranks keywords in its own memory (PostgreSQL: keywords.py says why); None
+    # when the engine ranks them well itself (SQLite's FTS5).
+    index_terms: str | None
+    # Appended to a SELECT that must lock its rows until the transaction ends (SQLite's
+    # one writer holds the whole database: nothing to add).
+    for_update: str
+
+    def parse_terms(self, value: Any) -> dict[str, int]:
+        """What index_terms read: token -> term frequency."""
 
     def migrate(self) -> None:
         """Create or upgrade the schema to SCHEMA_VERSION (safe when replicas race)."""
@@ -123,6 +133,11 @@ class SqliteDatabase:
     acknowledged (committed) record; one writer, so one replica per store."""
 
     engine = "sqlite"
+    index_terms: str | None = None
+    for_update = ""
+
+    def parse_terms(self, value: Any) -> dict[str, int]:
+        return {}
 
     def __init__(self, path: Path) -> None:
         self.path = path

@@ -1,10 +1,10 @@
 """PostgreSQL under a memory store: what lets a store run several replicas and outlive a node.
 
 What the database holds is what SQLite holds: sealed text, metadata and vectors, keyed
-hashes for keywords (a tsvector of blinded tokens with a GIN index: tokens are keyed per
-subject, so the index returns only the subject's own rows), the subject keys wrapped by
-the KEK. Vector search stays in each replica's memory (store.py), kept in step through
-the subjects' revisions: nothing readable is in the database without the KEK.
+hashes for keywords (a tsvector of blinded tokens, keyed per subject), the subject keys
+wrapped by the KEK. Vector and keyword search of current records run in each replica's
+memory (store.py, keywords.py), kept in step through the subjects' revisions: nothing
+readable is in the database without the KEK.
 
 Why these choices:
 - psycopg 3 (binary: libpq bundled), one connection per store object, autocommit with
@@ -76,8 +76,11 @@ CREATE INDEX IF NOT EXISTS versions_expiry ON versions (expires_at) WHERE valid_
 CREATE INDEX IF NOT EXISTS versions_seq ON versions (subject, seq);
 CREATE INDEX IF NOT EXISTS versions_closed ON versions (subject, closed_seq)
     WHERE closed_seq IS NOT NULL;
-CREATE INDEX IF NOT EXISTS versions_terms ON versions USING gin (terms)
+DROP INDEX IF EXISTS versions_terms
 """
+# versions_terms (GIN over every row's terms) went with keyword ranking in the replicas'
+# memory: only a search `as_of` a past time reads terms in the database, from the rows of
+# one subject, which versions_current finds; ingest no longer maintains a GIN index.
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -95,8 +98,19 @@ class PostgresUnavailableError(StoreError):
         super().__init__(message, status=503)
 
 
+_LEXEME = re.compile(r"'((?:[^']|'')*)':([0-9A-D,]+)")
+
+
 class PostgresDatabase:
     engine = "postgres"
+    index_terms: str | None = "v.terms::text"
+    for_update = " FOR UPDATE"
+
+    def parse_terms(self, value: Any) -> dict[str, int]:
+        """A tsvector's text ('token':1,4 ...): each token with its number of positions."""
+        if not value:
+            return {}
+        return {m[1]: m[2].count(",") + 1 for m in _LEXEME.finditer(str(value))}
 
     def __init__(
         self,
@@ -254,10 +268,11 @@ class PostgresDatabase:
     def keyword_hits(
         self, tokens: list[str], where: str, params: Sequence[Any], limit: int
     ) -> list[int]:
-        # Filtered and ranked in one statement: the GIN index finds the subject's rows (its
-        # tokens are keyed per subject), ts_rank orders them (term frequency, length-
-        # normalised; PostgreSQL has no IDF in core, unlike FTS5's BM25). Fusion with the
-        # vector ranks (RRF) uses ranks, not scores.
+        # Searches of past versions (`as_of`) only: current ones rank in the replica's
+        # memory (keywords.py). Filtered and ranked in one statement over one subject's
+        # rows (versions_current finds them; tokens are keyed per subject), ts_rank
+        # orders them (term frequency, length-normalised; no IDF in core). Fusion with
+        # the vector ranks (RRF) uses ranks, not scores.
         with self._lock:
             rows = self._run(
                 "SELECT v.rowid FROM versions v, to_tsquery('simple', ?) q"

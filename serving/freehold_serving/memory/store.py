@@ -26,7 +26,6 @@ import logging
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from numpy.typing import NDArray
 
 from freehold_serving.memory import crypto
 from freehold_serving.memory.database import SCHEMA_VERSION, Database, Row, SqliteDatabase, first
+from freehold_serving.memory.keywords import KeywordIndex
 from freehold_serving.memory.records import (
     Provenance,
     Record,
@@ -108,7 +108,8 @@ class _Subject:
     key: bytes
     words_key: bytes
     index: Any = None  # usearch Index of current versions, built on first vector search
-    revision: int = -1  # the subject revision the index reflects
+    words: KeywordIndex | None = None  # their keyword terms, where the engine says so
+    revision: int = -1  # the subject revision the indexes reflect
     epoch: int = -1
 
 
@@ -120,6 +121,7 @@ _RECORD = (
 _RECORD_V = ", ".join(f"v.{c.strip()}" for c in _RECORD.split(","))
 # The columns a search needs to keep an index in step (never the payload).
 _INDEX_COLUMNS = "v.rowid, v.id, v.version, v.vector, v.valid_to, v.deleted"
+_SIMPLE = "v.subject = ? AND v.deleted = 0 AND v.valid_to IS NULL"  # no filter but the subject
 
 
 class Store:
@@ -225,10 +227,59 @@ class Store:
             return None
         return self._entry_for(tag, str(row["wrapped_key"])), int(row["revision"])
 
-    def _claim_or_create(self, tenant: str, subject: str) -> tuple[_Subject, int]:
-        return self._claim_or_create_tagged(
-            self._subject_tag(tenant, subject), self._tenant_tag(tenant)
+    def _claim_or_create(
+        self, tenant: str, subjects: Iterable[str]
+    ) -> dict[str, tuple[_Subject, int]]:
+        """Inside a write transaction: take (creating the missing ones) the subjects'
+        rows and bump their revisions, in a few statements whatever their number. Only a
+        new subject's key is made (and wrapped: a Vault call with transit)."""
+        tags = {self._subject_tag(tenant, s): s for s in subjects}
+        ordered = sorted(tags)
+        marks = ",".join("?" * len(ordered))
+        if len(ordered) == 1:
+            # One row: the UPDATE below locks it, no cycle possible; usually it exists.
+            claimed = self._claim(ordered[0])
+            if claimed is not None:
+                return {tags[ordered[0]]: claimed}
+            present: set[str] = set()
+        else:
+            present = {
+                str(r["tag"])
+                for r in self._db.rows(f"SELECT tag FROM subjects WHERE tag IN ({marks})", ordered)
+            }
+        missing = [t for t in ordered if t not in present]
+        if missing:
+            tenant_tag, now = self._tenant_tag(tenant), self._now()
+            self._db.execute(
+                "INSERT INTO subjects (tag, tenant, wrapped_key, created_at) VALUES "
+                + ",".join("(?,?,?,?)" for _ in missing)
+                + " ON CONFLICT (tag) DO NOTHING",
+                [
+                    value
+                    for tag in missing
+                    for value in (tag, tenant_tag, self._wrapper.wrap(os.urandom(32)), now)
+                ],
+            )
+        if len(ordered) > 1:
+            # Every writer inserts (in tag order) before it locks (in tag order): no wait
+            # cycle between batches, whichever subjects they share.
+            self._db.rows(
+                f"SELECT tag FROM subjects WHERE tag IN ({marks})"
+                f" ORDER BY tag{self._db.for_update}",
+                ordered,
+            )
+        rows = self._db.rows(
+            f"UPDATE subjects SET revision = revision + 1 WHERE tag IN ({marks})"
+            " RETURNING tag, wrapped_key, revision",
+            ordered,
         )
+        return {
+            tags[str(r["tag"])]: (
+                self._entry_for(str(r["tag"]), str(r["wrapped_key"])),
+                int(r["revision"]),
+            )
+            for r in rows
+        }
 
     def _claim_or_create_tagged(self, tag: str, tenant_tag: str) -> tuple[_Subject, int]:
         self._db.execute(
@@ -288,17 +339,11 @@ class Store:
         now = self._now()
         out: list[Record] = []
         with self._tx():
-            # Subjects in one order on every replica: two batches never wait on each other
-            # in a cycle.
-            claimed: dict[str, tuple[_Subject, int]] = {}
-            for subject in sorted(
-                {s for s, _ in items}, key=lambda s: self._subject_tag(tenant, s)
-            ):
-                claimed[subject] = self._claim_or_create(tenant, subject)
+            claimed = self._claim_or_create(tenant, {s for s, _ in items})
             rows = []
             for (subject, fields), vector in zip(items, checked, strict=True):
                 entry, revision = claimed[subject]
-                record_id = "mem_" + uuid.uuid4().hex
+                record_id = _new_id(now)
                 rows.append(
                     self._version_row(
                         entry,
@@ -640,11 +685,7 @@ class Store:
         here with the same content is skipped; with other content it is a conflict and
         the whole import is refused, changing nothing."""
         with self._tx():
-            claimed: dict[str, tuple[_Subject, int]] = {}
-            for subject in sorted(
-                {r.subject for r, _ in items}, key=lambda s: self._subject_tag(tenant, s)
-            ):
-                claimed[subject] = self._claim_or_create(tenant, subject)
+            claimed = self._claim_or_create(tenant, {r.subject for r, _ in items})
             return self._insert_imported([(claimed[r.subject], r, v) for r, v in items])
 
     # -- migration: one store's subjects, by their keyed tags, into another -------------
@@ -777,9 +818,11 @@ class Store:
         vector = self._check_vector(query_vector, "embedding")
         with self._lock:
             wants_vectors = vector is not None and request.mode in ("hybrid", "vector")
+            wants_words = bool(request.query) and request.mode in ("hybrid", "keyword")
+            in_memory = wants_vectors or (wants_words and self._db.index_terms is not None)
             entry = (
                 self._synced(tenant, request.subject)
-                if wants_vectors and request.as_of is None
+                if in_memory and request.as_of is None
                 else self._lookup(tenant, request.subject)
             )
             if entry is None:
@@ -795,7 +838,8 @@ class Store:
                     hits = self._exact_hits(entry, vector, where, params, pool)
                 for rank, rowid in enumerate(hits):
                     ranked[rowid] = ranked.get(rowid, 0.0) + 1.0 / (_RRF_K + rank + 1)
-            if request.query and request.mode in ("hybrid", "keyword"):
+            if wants_words:
+                assert request.query is not None
                 for rank, rowid in enumerate(
                     self._keyword_hits(entry, request.query, where, params, pool)
                 ):
@@ -856,7 +900,13 @@ class Store:
         tokens = list(dict.fromkeys(crypto.blind_tokens(entry.words_key, query).split()))
         if not tokens:
             return []
-        return self._db.keyword_hits(tokens, where, params, limit)
+        words = entry.words
+        if words is None or "v.valid_from <=" in where:  # not in memory, or `as_of`
+            return self._db.keyword_hits(tokens, where, params, limit)
+        if where == _SIMPLE:
+            return words.search(tokens, limit)
+        # With filters, look deeper and keep the matching ones (as for vectors).
+        return self._keep(words.search(tokens, max(limit * 10, 256)), where, params, limit)
 
     def _keep(self, ranked: list[int], where: str, params: list[Any], limit: int) -> list[int]:
         """The first `limit` of `ranked` (version rowids) that the filters admit."""
@@ -883,7 +933,7 @@ class Store:
         index = entry.index
         if index is None or len(index) == 0:
             return []
-        simple = where == "v.subject = ? AND v.deleted = 0 AND v.valid_to IS NULL"
+        simple = where == _SIMPLE
         # With filters, look deeper and keep the matching ones: one subject's records
         # are few enough that even the whole index is a cheap search.
         k = min(len(index), limit if simple else max(limit * 10, 256))
@@ -921,10 +971,13 @@ class Store:
         tag = self._subject_tag(tenant, subject)
         entry = self._subjects.get(tag)
         follow = entry is not None and entry.index is not None
+        columns = _INDEX_COLUMNS
+        if self._db.index_terms is not None:
+            columns += f", {self._db.index_terms} AS terms"
         if follow:
             assert entry is not None
             rows = self._db.rows(
-                f"SELECT s.wrapped_key, s.revision, s.epoch, {_INDEX_COLUMNS} FROM subjects s"
+                f"SELECT s.wrapped_key, s.revision, s.epoch, {columns} FROM subjects s"
                 " LEFT JOIN versions v ON v.subject = s.tag AND (v.seq > ? OR v.closed_seq > ?)"
                 " WHERE s.tag = ?",
                 (entry.revision, entry.revision, tag),
@@ -933,9 +986,9 @@ class Store:
                 self._follow(entry, rows)
                 return entry
         rows = self._db.rows(
-            f"SELECT s.wrapped_key, s.revision, s.epoch, {_INDEX_COLUMNS} FROM subjects s"
+            f"SELECT s.wrapped_key, s.revision, s.epoch, {columns} FROM subjects s"
             " LEFT JOIN versions v ON v.subject = s.tag AND v.valid_to IS NULL"
-            " AND v.deleted = 0 AND v.vector IS NOT NULL WHERE s.tag = ?",
+            " AND v.deleted = 0 WHERE s.tag = ?",
             (tag,),
         )
         if not rows:
@@ -949,12 +1002,20 @@ class Store:
         from usearch.index import Index
 
         index = Index(ndim=self.dimension, metric="cos", dtype="f32")
-        live = [r for r in rows if r["rowid"] is not None]
+        live = [r for r in rows if r["rowid"] is not None and r["vector"] is not None]
         if live:
             keys = np.array([r["rowid"] for r in live], dtype=np.uint64)
             vectors = self._matrix(entry, live)
             index.add(keys, vectors, threads=1)
         entry.index = index
+        if self._db.index_terms is not None:
+            entry.words = KeywordIndex(
+                {
+                    int(r["rowid"]): self._db.parse_terms(r["terms"])
+                    for r in rows
+                    if r["rowid"] is not None
+                }
+            )
         entry.revision = int(rows[0]["revision"])
         entry.epoch = int(rows[0]["epoch"])
 
@@ -966,8 +1027,14 @@ class Store:
             key = int(row["rowid"])
             if key in index:
                 index.remove(key)
-            if row["valid_to"] is None and not row["deleted"] and row["vector"] is not None:
+            live = row["valid_to"] is None and not row["deleted"]
+            if live and row["vector"] is not None:
                 index.add(key, self._array_of(entry, row))
+            if entry.words is not None:
+                if live:
+                    entry.words.add(key, self._db.parse_terms(row["terms"]))
+                else:
+                    entry.words.remove(key)
         entry.revision = int(rows[0]["revision"])
 
     # -- re-embedding and stats ---------------------------------------------------------
@@ -1028,7 +1095,7 @@ class Store:
                     (key, value),
                 )
         for entry in self._subjects.values():
-            entry.index = None
+            entry.index = entry.words = None
         return done
 
     def counts(self, tenant: str | None = None) -> Counts:
@@ -1077,6 +1144,14 @@ class ImportConflictError(StoreError):
             parts.append(f"{foreign} record version(s) use ids this store already holds")
         super().__init__("; ".join(parts) + "; nothing was imported", status=409)
         self.ids = ids
+
+
+def _new_id(now_micros: int) -> str:
+    """A record id ordered by time (48 bits of milliseconds, then 80 random bits, as in a
+    UUIDv7): new rows land at the end of the id index instead of on a random page of
+    it, which at a million records kept PostgreSQL rewriting old index pages. It tells
+    no more than `created_at`, which every record shows."""
+    return f"mem_{(now_micros // 1000) & 0xFFFFFFFFFFFF:012x}{os.urandom(10).hex()}"
 
 
 def _named(records: list[Record]) -> list[Record]:
