@@ -79,7 +79,9 @@ class Postgres:
 
 
 @contextmanager
-def postgres_server() -> Iterator[Postgres]:
+def postgres_server(also_listen: str | None = None) -> Iterator[Postgres]:
+    """`also_listen`: one more address to serve on (the node's, for pods), with password
+    (SCRAM) logins allowed from any address."""
     root = Path(tempfile.mkdtemp(prefix="freehold-pg-"))
     data = root / "data"
     pwfile = root / "pw"
@@ -107,6 +109,9 @@ def postgres_server() -> Iterator[Postgres]:
         check=True,
         capture_output=True,
     )
+    if also_listen is not None:
+        with (data / "pg_hba.conf").open("a") as hba:
+            hba.write("host all all 0.0.0.0/0 scram-sha-256\n")
     log = root / "postgres.log"
     proc = subprocess.Popen(
         _as_owner(
@@ -117,7 +122,7 @@ def postgres_server() -> Iterator[Postgres]:
                 "-p",
                 str(port),
                 "-h",
-                "127.0.0.1",
+                ",".join(["127.0.0.1", *([also_listen] if also_listen else [])]),
                 "-k",
                 str(root),
                 # Durable as in production: every commit flushed before it is acknowledged.

@@ -23,7 +23,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ import yaml
 
 from tests.e2e.conftest import _CLUSTER, apply, eventually, kubectl
 from tests.paths import CHART, CRDS, ROOT, SHARED
+from tests.pg_server import Postgres
 from tests.registry import registry
 from tests.tools import binary
 
@@ -443,6 +444,18 @@ def otel(node: str, images: dict[str, Any]) -> str:
         )
         wait_ready("pod/otel", "otel")
     return f"http://{pod_ip('otel', 'otel')}:4318"
+
+
+@pytest.fixture(scope="session")
+def node_postgres(host_address: str) -> Iterator[Postgres]:
+    """A real PostgreSQL 15 on this machine, served on the node's address for pods (as a
+    database outside the cluster, which is how many sites run theirs)."""
+    from tests.pg_server import postgres_server
+
+    with ExitStack() as stack:
+        with timed("PostgreSQL on the node's address ready"):
+            pg = stack.enter_context(postgres_server(host_address))
+        yield pg
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ import base64
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from tests.node.conftest import (
     wait_for,
     wait_ready,
 )
+from tests.pg_server import Postgres
 from tests.registry import push
 from tests.vault_server import transit_public_keys
 
@@ -404,6 +406,123 @@ def test_a_memory_store_keeps_records_on_its_volume_signs_and_erases(
     status, body, _ = call("client", MODELS, f"{base}/search", search, key=API_KEY)
     assert status == "200" and json.loads(body)["data"] == [], body
     kubectl("delete", "memorystore", "mem", "-n", MODELS, "--wait=true", timeout=180)
+
+
+# Writes for `seconds` through the Service, one record per request, on fresh connections
+# (kube-proxy picks a replica per connection); prints what was acknowledged and when.
+WRITER = """
+import json, sys, time, httpx
+url, key, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+acked, failed, end, n = [], [], time.time() + seconds, 0
+while time.time() < end:
+    body = {"records": [{"subject": "u-load", "text": f"load record {n}"}]}
+    try:
+        r = httpx.post(url + "/records", json=body, timeout=5,
+                       headers={"authorization": "Bearer " + key})
+        if r.status_code == 201:
+            acked.append([r.json()["data"][0]["id"], time.time()])
+        else:
+            failed.append([r.status_code, time.time()])
+    except httpx.HTTPError as exc:
+        failed.append([type(exc).__name__, time.time()])
+    n += 1
+print(json.dumps({"acked": acked, "failed": failed}))
+"""
+# Reads every id back through the Service (either replica may answer each): the missing.
+CHECKER = """
+import json, sys, httpx
+url, key, ids = sys.argv[1], sys.argv[2], json.loads(sys.stdin.read())
+with httpx.Client(headers={"authorization": "Bearer " + key}, timeout=10) as c:
+    print(json.dumps([i for i in ids if c.get(url + "/records/" + i).status_code != 200]))
+"""
+
+
+def in_pod(script: str, *args: str, stdin: str | None = None, timeout: float = 120) -> Any:
+    done = kubectl("exec", "-i", "client", "-n", MODELS, "--", "python3", "-c", script, *args,
+                   input=stdin, timeout=timeout)  # fmt: skip
+    return json.loads(done.stdout)
+
+
+def test_a_memory_store_on_postgresql_keeps_every_acknowledged_write_when_a_replica_dies(
+    operator: dict[str, Any],
+    vault: Vault,
+    clients: None,
+    node_postgres: Postgres,
+    host_address: str,
+) -> None:
+    """Two replicas on a real PostgreSQL outside the cluster, each logging in as a user
+    Vault's database engine issued for it (the stand-in creates real PostgreSQL users);
+    one replica killed during a write load: every acknowledged record is there, the other
+    replica kept answering, the Deployment brings the killed one back."""
+    pg, role, database = node_postgres, f"{MODELS}-mem-pg", "memory_node"
+    pg.sql(
+        "DO $$ BEGIN CREATE ROLE freehold_memory NOLOGIN;"
+        " EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+    )
+    pg.sql(f'CREATE DATABASE "{database}" OWNER freehold_memory')
+    url = f"postgresql://{{{{username}}}}:{{{{password}}}}@{host_address}:{pg.port}/{database}"
+    vault.write("database/config/memory-db", {
+        "plugin_name": "postgresql-database-plugin", "connection_url": url,
+        "username": pg.user, "password": pg.password, "allowed_roles": role,
+    })  # fmt: skip
+    vault.write(f"database/roles/{role}", {
+        "db_name": "memory-db", "default_ttl": 3600,
+        "creation_statements": [
+            "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL "
+            "'{{expiration}}' IN ROLE freehold_memory;"
+        ],
+    })  # fmt: skip
+    vault.write(f"secret/data/{MODELS}/memory-keys", {"data": {"team-a.main": API_KEY}})
+    postgres = {
+        "host": host_address, "port": pg.port, "database": database,
+        "ownerRole": "freehold_memory", "sslMode": "disable",
+        "credentials": {"databaseRole": role}, "replicas": 2,
+    }  # fmt: skip
+    spec = {
+        "backend": {"type": "postgres", "postgres": postgres},
+        "resources": {"cpu": "250m", "memory": "2Gi"},
+        "auth": {"apiKeys": {"path": f"{MODELS}/memory-keys"}},
+        "residency": {"region": REGION},
+    }
+    apply(manifest("MemoryStore", "mem-pg", MODELS, spec))
+
+    def both_ready() -> dict[str, Any] | None:
+        found = ready("MemoryStore", "mem-pg")
+        return found if found and found["status"].get("readyReplicas") == 2 else None
+
+    with timed("MemoryStore on PostgreSQL: 2 replicas (Vault database users) Ready"):
+        wait_for(both_ready, MODELS, "both replicas Ready", timeout=300)
+    users = pg.sql("SELECT usename FROM pg_user WHERE usename LIKE 'v-%'")
+    assert len(users) >= 2, f"each replica logs in as a user of its own: {users}"
+
+    base = f"http://mem-pg.{MODELS}.svc.cluster.local:8000/v1/memory"
+    pods = kubectl("get", "pods", "-n", MODELS, "-l", "app.kubernetes.io/instance=mem-pg",
+                   "-o", "jsonpath={.items[*].metadata.name}").stdout.split()  # fmt: skip
+    assert len(pods) == 2, pods
+    written: dict[str, Any] = {}
+    writer = threading.Thread(
+        target=lambda: written.update(load=in_pod(WRITER, base, API_KEY, "20"))
+    )
+    writer.start()
+    time.sleep(6)
+    killed_at = time.time()
+    kubectl("delete", "pod", pods[0], "-n", MODELS, "--grace-period=0", "--force", timeout=60)
+    writer.join(timeout=150)
+    load = written["load"]
+    acked = [i for i, _ in load["acked"]]
+    after = [t for _, t in load["acked"] if t > killed_at + 2]
+    assert len(acked) > 20 and after, f"writes went on after the kill: {load}"
+    _record("writes acknowledged during the replica kill", len(acked))
+    missing = in_pod(CHECKER, base, API_KEY, stdin=json.dumps(acked), timeout=300)
+    assert missing == [], f"acknowledged but lost: {missing}"
+
+    with timed("killed replica replaced: 2 replicas Ready again"):
+        wait_for(both_ready, MODELS, "both replicas Ready again", timeout=300)
+    search = {"subject": "u-load", "query": "load record 3", "top_k": 3, "mode": "keyword"}
+    for _ in range(4):  # whichever replica answers, it follows the other's writes
+        status, body, _ = call("client", MODELS, f"{base}/search", search, key=API_KEY)
+        assert status == "200" and "load record 3" in body, body
+    kubectl("delete", "memorystore", "mem-pg", "-n", MODELS, "--wait=true", timeout=180)
 
 
 SMOLLM2_PACKAGED = {
