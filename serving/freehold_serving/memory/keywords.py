@@ -29,7 +29,7 @@ class KeywordIndex:
     def __init__(self, docs: Mapping[int, Terms] | None = None) -> None:
         self._build(dict(docs or {}))
 
-    def _build(self, docs: dict[int, Terms]) -> None:
+    def _build(self, docs: Mapping[int, Terms]) -> None:
         self._rowids: NDArray[np.int64] = np.array(sorted(docs), dtype=np.int64)
         self._lengths: NDArray[np.float32] = np.array(
             [sum(docs[r].values()) for r in self._rowids.tolist()], dtype=np.float32
@@ -84,7 +84,7 @@ class KeywordIndex:
         if len(self._added) + self._removed > max(64, len(self._rowids) // 4):
             self._build(self._docs())
 
-    def _docs(self) -> dict[int, Terms]:
+    def _docs(self) -> dict[int, dict[str, int]]:
         """Every present record's terms (to rebuild)."""
         docs: dict[int, dict[str, int]] = {}
         rowids = self._rowids.tolist()
@@ -96,7 +96,7 @@ class KeywordIndex:
                 if self._alive[position]:
                     docs.setdefault(rowids[position], {})[token] = int(tf)
         docs.update({r: dict(t) for r, t in self._added.items()})
-        return dict(docs)
+        return docs
 
     def search(self, tokens: list[str], limit: int) -> list[int]:
         """Rowids of the best `limit` records matching any token, best first (ties: lower

@@ -108,7 +108,7 @@ def open_side(args: MemoryArgs, *, must_exist: bool) -> Side:
 Versions = list[tuple[Record, list[float] | None]]
 
 
-def _same(a: Versions, b: Versions) -> str | None:
+def _difference(a: Versions, b: Versions) -> str | None:
     """The first record id at which two version lists differ, or None."""
     if len(a) != len(b):
         return f"{len(a)} versions sent, {len(b)} read back"
@@ -161,7 +161,7 @@ def migrate(
         except (bundle.BundleError, StoreError) as exc:
             message = exc.message if isinstance(exc, StoreError) else str(exc)
             raise MigrationError(f"subject {pseudonym}: {message}") from None
-        differs = _same(contents.versions, dst.tagged_versions(tag))
+        differs = _difference(contents.versions, dst.tagged_versions(tag))
         if differs is not None:
             raise MigrationError(
                 f"subject {pseudonym}: the target does not hold what was sent ({differs})"

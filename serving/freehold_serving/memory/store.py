@@ -230,17 +230,24 @@ class Store:
     def _claim_or_create(
         self, tenant: str, subjects: Iterable[str]
     ) -> dict[str, tuple[_Subject, int]]:
+        """_claim_tags for subjects by name: keyed by name."""
+        names = {self._subject_tag(tenant, s): s for s in subjects}
+        tenant_tag = self._tenant_tag(tenant)
+        claimed = self._claim_tags(dict.fromkeys(names, tenant_tag))
+        return {names[tag]: c for tag, c in claimed.items()}
+
+    def _claim_tags(self, tags: dict[str, str]) -> dict[str, tuple[_Subject, int]]:
         """Inside a write transaction: take (creating the missing ones) the subjects'
-        rows and bump their revisions, in a few statements whatever their number. Only a
-        new subject's key is made (and wrapped: a Vault call with transit)."""
-        tags = {self._subject_tag(tenant, s): s for s in subjects}
+        rows, given as {subject tag: tenant tag}, and bump their revisions, in a few
+        statements whatever their number. Only a new subject's key is made (and wrapped:
+        a Vault call with transit)."""
         ordered = sorted(tags)
         marks = ",".join("?" * len(ordered))
         if len(ordered) == 1:
             # One row: the UPDATE below locks it, no cycle possible; usually it exists.
             claimed = self._claim(ordered[0])
             if claimed is not None:
-                return {tags[ordered[0]]: claimed}
+                return {ordered[0]: claimed}
             present: set[str] = set()
         else:
             present = {
@@ -249,7 +256,7 @@ class Store:
             }
         missing = [t for t in ordered if t not in present]
         if missing:
-            tenant_tag, now = self._tenant_tag(tenant), self._now()
+            now = self._now()
             self._db.execute(
                 "INSERT INTO subjects (tag, tenant, wrapped_key, created_at) VALUES "
                 + ",".join("(?,?,?,?)" for _ in missing)
@@ -257,7 +264,7 @@ class Store:
                 [
                     value
                     for tag in missing
-                    for value in (tag, tenant_tag, self._wrapper.wrap(os.urandom(32)), now)
+                    for value in (tag, tags[tag], self._wrapper.wrap(os.urandom(32)), now)
                 ],
             )
         if len(ordered) > 1:
@@ -274,22 +281,12 @@ class Store:
             ordered,
         )
         return {
-            tags[str(r["tag"])]: (
+            str(r["tag"]): (
                 self._entry_for(str(r["tag"]), str(r["wrapped_key"])),
                 int(r["revision"]),
             )
             for r in rows
         }
-
-    def _claim_or_create_tagged(self, tag: str, tenant_tag: str) -> tuple[_Subject, int]:
-        self._db.execute(
-            "INSERT INTO subjects (tag, tenant, wrapped_key, created_at) VALUES (?,?,?,?)"
-            " ON CONFLICT (tag) DO NOTHING",
-            (tag, tenant_tag, self._wrapper.wrap(os.urandom(32)), self._now()),
-        )
-        claimed = self._claim(tag)
-        assert claimed is not None
-        return claimed
 
     # -- plumbing -----------------------------------------------------------------------
 
@@ -709,7 +706,7 @@ class Store:
         """import_versions for one subject known by its tags: only between stores sharing
         a store key (adopt_store_key), where tags mean the same subject and tenant."""
         with self._tx():
-            claimed = self._claim_or_create_tagged(tag, tenant_tag)
+            claimed = self._claim_tags({tag: tenant_tag})[tag]
             added, _ = self._insert_imported([(claimed, r, v) for r, v in items])
             return added
 
@@ -841,7 +838,9 @@ class Store:
             if wants_words:
                 assert request.query is not None
                 for rank, rowid in enumerate(
-                    self._keyword_hits(entry, request.query, where, params, pool)
+                    self._keyword_hits(
+                        entry, request.query, where, params, pool, past=request.as_of is not None
+                    )
                 ):
                     ranked[rowid] = ranked.get(rowid, 0.0) + 1.0 / (_RRF_K + rank + 1)
             if not ranked:
@@ -895,13 +894,22 @@ class Store:
         return " AND ".join(where), params
 
     def _keyword_hits(
-        self, entry: _Subject, query: str, where: str, params: list[Any], limit: int
+        self,
+        entry: _Subject,
+        query: str,
+        where: str,
+        params: list[Any],
+        limit: int,
+        *,
+        past: bool,
     ) -> list[int]:
+        """`past`: a search as of a past time, which the in-memory index (current
+        versions only) cannot answer."""
         tokens = list(dict.fromkeys(crypto.blind_tokens(entry.words_key, query).split()))
         if not tokens:
             return []
         words = entry.words
-        if words is None or "v.valid_from <=" in where:  # not in memory, or `as_of`
+        if words is None or past:
             return self._db.keyword_hits(tokens, where, params, limit)
         if where == _SIMPLE:
             return words.search(tokens, limit)
