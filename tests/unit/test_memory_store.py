@@ -345,6 +345,57 @@ def test_replicas_writing_batches_of_shared_subjects_never_deadlock(
     assert keys[0]["n"] == keys[0]["d"] == stores[0].counts("acme").subjects
 
 
+def test_a_search_skips_records_past_their_lifetime_before_the_sweep(
+    where: Where, tmp_path: Path, clock: Clock
+) -> None:
+    """Expired records drop out of a search before the hourly sweep deletes them, and the
+    answer is still filled from the next candidates: for records known when the index was
+    built and for records the index followed later."""
+    store = store_at(
+        where, tmp_path, clock, retention=Retention(default_seconds=None, per_type={"episode": 60})
+    )
+    facts = {add(store, "alice", f"Alice fact {i} about green tea", type="fact") for i in range(3)}
+    add(store, "alice", "Alice episode about green tea", type="episode")
+    assert len(search(store, "alice", "green tea", mode="vector")) == 4  # the index is built
+    add(store, "alice", "Alice episode two about green tea", type="episode")  # followed
+    assert len(search(store, "alice", "green tea", mode="vector")) == 5
+    clock.t += 61
+    for mode in ("vector", "hybrid", "keyword"):
+        request = SearchRequest(subject="alice", query="green tea", top_k=4, mode=mode)  # type: ignore[arg-type]
+        found = store.search("acme", request, vec("green tea"))
+        assert {r.id for r in found} == facts, mode
+
+
+def test_the_index_budget_drops_the_least_recently_searched_subjects(
+    where: Where, tmp_path: Path, clock: Clock
+) -> None:
+    """Past the budget, the indexes of the subjects searched longest ago go (and come back
+    from the database on their next search, with the same answers)."""
+    unbounded = store_at(where, tmp_path, clock)
+    subjects = [f"user{i}" for i in range(4)]
+    for subject in subjects:
+        unbounded.add(
+            "acme",
+            [(subject, RecordFields(text=f"{subject} likes tea number {n}")) for n in range(40)],
+            [vec(f"{subject} likes tea number {n}") for n in range(40)],
+        )
+    expected = {s: search(unbounded, s, "tea number 7") for s in subjects}
+    one = unbounded.index_bytes // 4
+    store = store_at(where, tmp_path, clock, index_budget_bytes=int(one * 2.5))
+    for subject in subjects:
+        assert search(store, subject, "tea number 7") == expected[subject]
+    assert store.index_bytes <= int(one * 2.5)
+    assert list(store._indexed) == [store.subject_tag("acme", s) for s in subjects[2:]]
+    # user1 comes back (rebuilt), user2 goes: the least recently searched.
+    assert search(store, "user1", "tea number 7") == expected["user1"]
+    assert list(store._indexed) == [store.subject_tag("acme", s) for s in ("user3", "user1")]
+    # A subject larger than the whole budget is still searched (and kept alone).
+    tiny = store_at(where, tmp_path, clock, index_budget_bytes=1)
+    assert search(tiny, "user0", "tea number 7") == expected["user0"]
+    assert search(tiny, "user3", "tea number 7") == expected["user3"]
+    assert len(tiny._indexed) == 1
+
+
 def test_replicas_see_each_others_writes(where: Where, tmp_path: Path, clock: Clock) -> None:
     """Two store objects on one database (PostgreSQL replicas; on SQLite, a reopened
     file): each one's vector index follows the other's adds, updates, deletes and

@@ -131,11 +131,23 @@ class KeywordIndex:
                 extra[rowid] = extra.get(rowid, 0.0) + idf * freq * (K1 + 1) / (freq + norm_one)
         hit = np.flatnonzero(scores > 0)
         if len(hit) > limit:
-            # The best `limit` (by score, then rowid), without sorting every hit.
+            # The best `limit` without sorting every hit; whatever ties the limit-th
+            # score stays in, to compete on rowid.
             cut = np.argpartition(-scores[hit], limit - 1)[:limit]
-            threshold = scores[hit][cut].min()
-            hit = hit[scores[hit] >= threshold]
-        ranked = [(float(scores[p]), int(self._rowids[p])) for p in hit.tolist()]
-        ranked += [(score, rowid) for rowid, score in extra.items()]
-        ranked.sort(key=lambda sr: (-sr[0], sr[1]))
-        return [rowid for _, rowid in ranked[:limit]]
+            hit = hit[scores[hit] >= scores[hit][cut].min()]
+        candidate_scores = np.concatenate(
+            (scores[hit], np.array(list(extra.values()), dtype=np.float32))
+        )
+        candidate_rowids = np.concatenate(
+            (self._rowids[hit], np.array(list(extra), dtype=np.int64))
+        )
+        order = np.lexsort((candidate_rowids, -candidate_scores))[:limit]
+        return [int(r) for r in candidate_rowids[order].tolist()]
+
+    @property
+    def nbytes(self) -> int:
+        """About what this index holds in memory (the arrays, and ~100 bytes per
+        vocabulary entry and per term of a record written since the last build)."""
+        arrays = (self._rowids, self._lengths, self._alive, self._positions, self._tf, self._start)
+        added = sum(len(terms) for terms in self._added.values())
+        return sum(a.nbytes for a in arrays) + 100 * (len(self._vocab) + added)

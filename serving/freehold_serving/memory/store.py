@@ -1,16 +1,16 @@
 """The memory store: records and history in SQL (SQLite or PostgreSQL, database.py),
-keywords in the engine's full-text index, vectors in usearch in this process's memory.
+search indexes per subject in this process's memory.
 
 Why this shape:
 - Record text, metadata and vectors are AES-GCM ciphertext under the subject's data key
   (see crypto.py); the keyword index holds keyed hashes of words, so ranking works and no
   word is in the database in the clear.
-- Vectors live in the database (sealed) and in an in-memory usearch HNSW index per
-  subject, built on first use. One index per subject filters *inside* the index (a global
-  index filtered afterwards loses recall: see ../shared/design/reference.md); usearch
-  ships wheels for every platform (hnswlib needs a compiler) and measured 0.25 ms p50 /
-  0.99 recall@10 on 100k records. No index file on disk: nothing to fall out of sync
-  after a crash, nothing to scrub after an erasure.
+- Vectors live in the database (sealed) and in an in-memory index per subject, built on
+  first use (vectors.py: exact for most subjects, HNSW for very large ones). One index
+  per subject filters *inside* the index (a global index filtered afterwards loses
+  recall: see ../shared/design/reference.md). No index file on disk: nothing to fall out
+  of sync after a crash, nothing to scrub after an erasure. A budget bounds what the
+  indexes hold (least recently searched subjects dropped first).
 - Several processes may serve one store (PostgreSQL replicas): every write transaction
   on a subject takes the subject's row (serialising writers of that subject) and bumps
   its revision; rows carry the revision that wrote (seq) or closed (closed_seq) them. A
@@ -26,6 +26,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from freehold_serving.memory import crypto
+from freehold_serving.memory import crypto, vectors
 from freehold_serving.memory.database import SCHEMA_VERSION, Database, Row, SqliteDatabase, first
 from freehold_serving.memory.keywords import KeywordIndex
 from freehold_serving.memory.records import (
@@ -45,6 +46,7 @@ from freehold_serving.memory.records import (
     RecordFields,
     SearchRequest,
 )
+from freehold_serving.memory.vectors import VectorIndex
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +109,12 @@ class _Subject:
     wrapped: str  # the wrapped key as stored: a subject erased and made again has another
     key: bytes
     words_key: bytes
-    index: Any = None  # usearch Index of current versions, built on first vector search
+    index: VectorIndex | None = None  # current versions' vectors, built on first search
     words: KeywordIndex | None = None  # their keyword terms, where the engine says so
+    expiring: dict[int, int] = field(default_factory=dict)  # rowid -> expires_at, if any
     revision: int = -1  # the subject revision the indexes reflect
     epoch: int = -1
+    nbytes: int = 0  # what the indexes held at their last change (the memory budget)
 
 
 # What a record is read from (never the keyword terms; the vector only where asked).
@@ -120,7 +124,7 @@ _RECORD = (
 )
 _RECORD_V = ", ".join(f"v.{c.strip()}" for c in _RECORD.split(","))
 # The columns a search needs to keep an index in step (never the payload).
-_INDEX_COLUMNS = "v.rowid, v.id, v.version, v.vector, v.valid_to, v.deleted"
+_INDEX_COLUMNS = "v.rowid, v.id, v.version, v.vector, v.valid_to, v.deleted, v.expires_at"
 _SIMPLE = "v.subject = ? AND v.deleted = 0 AND v.valid_to IS NULL"  # no filter but the subject
 
 
@@ -136,7 +140,11 @@ class Store:
         dimension: int,
         retention: Retention | None = None,
         clock: Callable[[], float] = time.time,
+        index_budget_bytes: int | None = None,
     ) -> None:
+        """`index_budget_bytes`: the most this replica's in-memory indexes may hold; past
+        it the least recently searched subjects' indexes are dropped (rebuilt from the
+        database on their next search). None: no bound."""
         self._db: Database = SqliteDatabase(database) if isinstance(database, Path) else database
         self._wrapper = wrapper
         self.embedding_model = embedding_model
@@ -145,6 +153,10 @@ class Store:
         self._clock = clock
         self._lock = threading.RLock()
         self._subjects: dict[str, _Subject] = {}
+        # Subjects whose indexes are in memory, least recently searched first.
+        self._indexed: OrderedDict[str, None] = OrderedDict()
+        self._index_bytes = 0
+        self._budget = index_budget_bytes
         self._db.migrate()
         self._store_key = self._load_store_key()
         self._pseudonym_key = crypto.derive(self._store_key, "audit-pseudonym")
@@ -183,6 +195,21 @@ class Store:
     def _subject_tag(self, tenant: str, subject: str) -> str:
         return crypto.tag(self._store_key, f"{tenant}\0{subject}")
 
+    def subject_tag(self, tenant: str, subject: str) -> str:
+        """The subject's keyed tag: what replicas agree on to route its searches."""
+        return self._subject_tag(tenant, subject)
+
+    @property
+    def peer_key(self) -> bytes:
+        """The MAC key of requests between this store's replicas (affinity.py): derived
+        from the store key, which only they hold."""
+        return crypto.derive(self._store_key, "peer-requests")
+
+    @property
+    def index_bytes(self) -> int:
+        """What the subjects' in-memory indexes hold now (about)."""
+        return self._index_bytes
+
     def _tenant_tag(self, tenant: str) -> str:
         return crypto.tag(self._store_key, f"tenant\0{tenant}")
 
@@ -197,6 +224,7 @@ class Store:
     def _entry_for(self, tag: str, wrapped: str) -> _Subject:
         entry = self._subjects.get(tag)
         if entry is None or entry.wrapped != wrapped:
+            self._drop_index(tag)
             key = self._wrapper.unwrap(wrapped)
             entry = _Subject(tag, wrapped, key, crypto.derive(key, "keywords"))
             self._subjects[tag] = entry
@@ -207,7 +235,7 @@ class Store:
         tag = self._subject_tag(tenant, subject)
         row = first(self._db.rows("SELECT wrapped_key FROM subjects WHERE tag = ?", (tag,)))
         if row is None:
-            self._subjects.pop(tag, None)
+            self._forget(tag)
             return None
         return self._entry_for(tag, str(row["wrapped_key"]))
 
@@ -526,7 +554,7 @@ class Store:
                 self._db.forget_words(rowids)
                 self._db.execute("DELETE FROM versions WHERE subject = ?", (tag,))
                 self._db.execute("DELETE FROM subjects WHERE tag = ?", (tag,))
-        self._subjects.pop(tag, None)
+        self._forget(tag)
         self._db.reclaim()
         return len(rowids)
 
@@ -734,7 +762,8 @@ class Store:
         self._store_key = source._store_key
         self._pseudonym_key = crypto.derive(self._store_key, "audit-pseudonym")
         self.embedding_model, self.dimension = source.embedding_model, source.dimension
-        self._subjects.clear()
+        for tag in list(self._subjects):
+            self._forget(tag)
         return True
 
     def _insert_imported(
@@ -817,9 +846,10 @@ class Store:
             wants_vectors = vector is not None and request.mode in ("hybrid", "vector")
             wants_words = bool(request.query) and request.mode in ("hybrid", "keyword")
             in_memory = wants_vectors or (wants_words and self._db.index_terms is not None)
+            synced = in_memory and request.as_of is None
             entry = (
                 self._synced(tenant, request.subject)
-                if in_memory and request.as_of is None
+                if synced
                 else self._lookup(tenant, request.subject)
             )
             if entry is None:
@@ -845,29 +875,42 @@ class Store:
                     ranked[rowid] = ranked.get(rowid, 0.0) + 1.0 / (_RRF_K + rank + 1)
             if not ranked:
                 return []
-            # One read for every candidate: those past their lifetime (the hourly sweep has
-            # not deleted them yet) drop out before the cut, the best are decoded.
-            now = self._now()
+            return self._best(entry, ranked, request.top_k, synced=synced)
+
+    def _best(
+        self, entry: _Subject, ranked: dict[int, float], top_k: int, *, synced: bool
+    ) -> list[Record]:
+        """The `top_k` best candidates that still exist and have not expired (the hourly
+        sweep may not have deleted them yet), decoded. A synced subject knows its
+        records' lifetimes, so only the rows returned are read (one statement, unless a
+        candidate was erased or swept since the ranking); otherwise every candidate is
+        read at once."""
+        now = self._now()
+        order = sorted(ranked.items(), key=lambda kv: (-kv[1], kv[0]))
+        if synced:
+            order = [kv for kv in order if entry.expiring.get(kv[0], now + 1) > now]
+        out: list[Record] = []
+        at = 0
+        while len(out) < top_k and at < len(order):
+            batch = order[at : at + (top_k - len(out) if synced else len(order))]
+            at += len(batch)
             rows = {
                 r["rowid"]: r
                 for r in self._rows(
-                    f"SELECT {_RECORD} FROM versions WHERE rowid IN"
-                    f" ({','.join('?' * len(ranked))})",
-                    list(ranked),
+                    f"SELECT {_RECORD} FROM versions WHERE rowid IN ({','.join('?' * len(batch))})",
+                    [rowid for rowid, _ in batch],
                 )
-                if r["expires_at"] is None or r["expires_at"] > now
             }
-            # A candidate without a row was erased or swept between the two reads.
-            best = sorted(
-                ((rowid, score) for rowid, score in ranked.items() if rowid in rows),
-                key=lambda kv: (-kv[1], kv[0]),
-            )[: request.top_k]
-            out = []
-            for rowid, score in best:
-                record = self._decode(entry, rows[rowid])
+            for rowid, score in batch:
+                row = rows.get(rowid)
+                if row is None or (row["expires_at"] is not None and row["expires_at"] <= now):
+                    continue
+                record = self._decode(entry, row)
                 record.score = round(score, 6)
                 out.append(record)
-            return out
+                if len(out) == top_k:
+                    break
+        return out
 
     def _filters(self, entry: _Subject, request: SearchRequest) -> tuple[str, list[Any]]:
         where = ["v.subject = ?", "v.deleted = 0"]
@@ -944,9 +987,7 @@ class Store:
         simple = where == _SIMPLE
         # With filters, look deeper and keep the matching ones: one subject's records
         # are few enough that even the whole index is a cheap search.
-        k = min(len(index), limit if simple else max(limit * 10, 256))
-        matches = index.search(vector, k)
-        keys = [int(key) for key in matches.keys]
+        keys = index.search(vector, limit if simple else max(limit * 10, 256))
         if simple:
             return keys[:limit]
         return self._keep(keys, where, params, limit)
@@ -992,6 +1033,7 @@ class Store:
             )
             if rows and rows[0]["wrapped_key"] == entry.wrapped and rows[0]["epoch"] == entry.epoch:
                 self._follow(entry, rows)
+                self._used(entry)
                 return entry
         rows = self._db.rows(
             f"SELECT s.wrapped_key, s.revision, s.epoch, {columns} FROM subjects s"
@@ -1000,22 +1042,47 @@ class Store:
             (tag,),
         )
         if not rows:
-            self._subjects.pop(tag, None)
+            self._forget(tag)
             return None
+        self._drop_index(tag)
         entry = self._entry_for(tag, str(rows[0]["wrapped_key"]))
         self._build(entry, rows)
+        self._used(entry)
         return entry
 
-    def _build(self, entry: _Subject, rows: Sequence[Row]) -> None:
-        from usearch.index import Index
+    def _used(self, entry: _Subject) -> None:
+        """Account for `entry`'s indexes as the most recently searched, and drop the
+        least recently searched others' while the budget is exceeded."""
+        assert entry.index is not None
+        size = entry.index.nbytes + (entry.words.nbytes if entry.words is not None else 0)
+        self._index_bytes += size - entry.nbytes
+        entry.nbytes = size
+        self._indexed[entry.tag] = None
+        self._indexed.move_to_end(entry.tag)
+        if self._budget is None:
+            return
+        while self._index_bytes > self._budget and len(self._indexed) > 1:
+            oldest = next(iter(self._indexed))
+            if oldest == entry.tag:
+                break
+            self._drop_index(oldest)
 
-        index = Index(ndim=self.dimension, metric="cos", dtype="f32")
+    def _forget(self, tag: str) -> None:
+        self._drop_index(tag)
+        self._subjects.pop(tag, None)
+
+    def _drop_index(self, tag: str) -> None:
+        self._indexed.pop(tag, None)
+        entry = self._subjects.get(tag)
+        if entry is None or entry.index is None:
+            return
+        self._index_bytes -= entry.nbytes
+        entry.index, entry.words, entry.expiring, entry.nbytes = None, None, {}, 0
+
+    def _build(self, entry: _Subject, rows: Sequence[Row]) -> None:
         live = [r for r in rows if r["rowid"] is not None and r["vector"] is not None]
-        if live:
-            keys = np.array([r["rowid"] for r in live], dtype=np.uint64)
-            vectors = self._matrix(entry, live)
-            index.add(keys, vectors, threads=1)
-        entry.index = index
+        matrix = self._matrix(entry, live) if live else np.zeros((0, self.dimension), np.float32)
+        entry.index = vectors.build(self.dimension, [int(r["rowid"]) for r in live], matrix)
         if self._db.index_terms is not None:
             entry.words = KeywordIndex(
                 {
@@ -1024,25 +1091,36 @@ class Store:
                     if r["rowid"] is not None
                 }
             )
+        entry.expiring = {
+            int(r["rowid"]): int(r["expires_at"])
+            for r in rows
+            if r["rowid"] is not None and r["expires_at"] is not None
+        }
         entry.revision = int(rows[0]["revision"])
         entry.epoch = int(rows[0]["epoch"])
 
     def _follow(self, entry: _Subject, rows: Sequence[Row]) -> None:
         index = entry.index
+        assert index is not None
         for row in rows:
             if row["rowid"] is None:
                 continue
             key = int(row["rowid"])
-            if key in index:
-                index.remove(key)
+            index.remove(key)
+            entry.expiring.pop(key, None)
             live = row["valid_to"] is None and not row["deleted"]
             if live and row["vector"] is not None:
-                index.add(key, self._array_of(entry, row))
+                vector = self._array_of(entry, row)
+                assert vector is not None
+                index.add(key, vector)
+            if live and row["expires_at"] is not None:
+                entry.expiring[key] = int(row["expires_at"])
             if entry.words is not None:
                 if live:
                     entry.words.add(key, self._db.parse_terms(row["terms"]))
                 else:
                     entry.words.remove(key)
+        entry.index = vectors.grown(index, self.dimension)
         entry.revision = int(rows[0]["revision"])
 
     # -- re-embedding and stats ---------------------------------------------------------
@@ -1102,8 +1180,8 @@ class Store:
                     " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                     (key, value),
                 )
-        for entry in self._subjects.values():
-            entry.index = entry.words = None
+        for tag in list(self._indexed):
+            self._drop_index(tag)
         return done
 
     def counts(self, tenant: str | None = None) -> Counts:
