@@ -9,8 +9,11 @@ acknowledged add is on disk.
 
 - ours: one process ingests in batches of 500 (durable records/s); then `--replicas`
   processes, each a store replica on the same schema, build their indexes and answer
-  queries at the same time (queries dealt round robin): vector p50/p99, recall@10 against
-  exact cosine search within the subject, hybrid p50, single-add latency.
+  queries at the same time: vector p50/p99, recall@10 against exact cosine search within
+  the subject, hybrid p50, single-add latency, what the indexes hold. Each replica gets
+  the queries of the subjects it owns, as the product routes them (memory/affinity.py;
+  measured at the store: the hop a forwarded HTTP search adds is not in these figures);
+  `--no-affinity`: queries dealt round robin, each replica holding every subject.
 - mem0: `Memory` with the pgvector provider, `infer=False`, records inserted through its
   vector store in batches; search through `Memory.search` with the user filter, as mem0
   documents it. `--mem0-index hnsw` (mem0's default: pgvector's HNSW index, filtered after
@@ -85,9 +88,22 @@ def replica_ours(args: argparse.Namespace) -> dict[str, Any]:
     expected = truth(vectors, _subject, q, qs)
     ids = {rid: n for n, rid in enumerate(json.loads(args.ids.read_text()))}
     store = _store(args.uri, args.keys)
-    mine = [n for n in range(len(q)) if n % args.replicas == args.replica]
+    if args.no_affinity:  # any replica answers any subject: each holds every index
+        owned = set(range(args.subjects))
+        mine = [n for n in range(len(q)) if n % args.replicas == args.replica]
+    else:  # as the product routes (memory/affinity.py): each replica its own subjects
+        from freehold_serving.memory.affinity import Member, owner
+
+        members = [Member(f"replica-{r}", "-") for r in range(args.replicas)]
+        me = members[args.replica]
+        owned = {
+            s
+            for s in range(args.subjects)
+            if owner(store.subject_tag("bench", f"u{s}"), members) == me
+        }
+        mine = [n for n in range(len(q)) if int(qs[n]) in owned]
     started = time.perf_counter()
-    for s in range(args.subjects):
+    for s in sorted(owned):
         store.search("bench", SearchRequest(subject=f"u{s}", mode="vector", top_k=1), q[0].tolist())
     build = time.perf_counter() - started
     latencies, hits = [], []
@@ -122,6 +138,7 @@ def replica_ours(args: argparse.Namespace) -> dict[str, Any]:
         "hybrid": hybrid,
         "single": single,
         "index_build_s": build,
+        "index_mb": store.index_bytes / 2**20,
         "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
@@ -155,6 +172,8 @@ def child(role: str, args: argparse.Namespace, **extra: Any) -> subprocess.Popen
         "--queries", str(args.queries), "--replicas", str(args.replicas),
         "--keys", str(args.keys), "--ids", str(args.ids), "--mem0-index", args.mem0_index,
     ]  # fmt: skip
+    if args.no_affinity:
+        command.append("--no-affinity")
     for key, value in extra.items():
         command += [f"--{key}", str(value)]
     return subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
@@ -212,6 +231,7 @@ def _run_ours(
         index_build_s=max(p["index_build_s"] for p in parts),
         vacuum_after_ingest_s=vacuum_s,
         rss_mb=max(p["rss_mb"] for p in parts),
+        index_mb=max(p["index_mb"] for p in parts),
     )
     return version, ours
 
@@ -228,6 +248,9 @@ def main() -> None:  # noqa: PLR0915 (one run, read top to bottom)
     parser.add_argument("--keys", type=Path)
     parser.add_argument("--ids", type=Path)
     parser.add_argument("--skip-mem0", action="store_true")
+    parser.add_argument(
+        "--no-affinity", action="store_true", help="every replica answers every subject"
+    )
     parser.add_argument("--mem0-index", choices=["hnsw", "none"], default="hnsw")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -271,7 +294,7 @@ def main() -> None:  # noqa: PLR0915 (one run, read top to bottom)
     print(f"{'':22}{'freehold':>12}{'mem0':>12}")
     for key in (
         "p50_ms", "p99_ms", "qps", "recall10", "hybrid_p50_ms", "ingest_per_s",
-        "single_add_p50_ms", "index_build_s", "vacuum_after_ingest_s", "rss_mb",
+        "single_add_p50_ms", "index_build_s", "vacuum_after_ingest_s", "rss_mb", "index_mb",
     ):  # fmt: skip
         mine, theirs = ours.get(key, float("nan")), peer.get(key, float("nan"))
         print(f"{key:22}{mine:>12.3f}{theirs:>12.3f}")

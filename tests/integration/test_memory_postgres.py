@@ -10,12 +10,16 @@ vector of its dimension; the real model is exercised in the serving tests).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -29,7 +33,8 @@ from freehold.builders.memory_args import memory_args_for
 from freehold.builders.memory_store import build_vault_role
 from freehold.builders.model_workload import BuildContext
 from freehold.validation import defaulted
-from freehold_serving.memory import crypto
+from freehold_serving.memory import affinity, crypto
+from freehold_serving.memory.affinity import PEER_PATH, sign_peer
 from freehold_serving.memory.args import MemoryArgs
 from freehold_serving.memory.records import NewRecord, SearchRequest
 from freehold_serving.memory.service import MemoryService, key_material
@@ -277,3 +282,99 @@ def test_an_owner_role_the_user_cannot_take_is_named(postgres: Postgres, memory_
     with pytest.raises(StoreError, match="cannot act as role 'no_such_role'") as failed:
         db.migrate()
     assert failed.value.status == 503
+
+
+@contextlib.contextmanager
+def peer_server(service: MemoryService) -> Iterator[str]:
+    """The service's peer route over real HTTP (uvicorn, a thread): the handler the Ray
+    Serve app mounts at PEER_PATH is one call to service.peer_search, made here the same
+    way; the Ray Serve route itself runs in the real-node suite."""
+    import threading
+
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def handle(request: Request) -> JSONResponse:
+        try:
+            found = await service.peer_search(request.headers, await request.body())
+        except StoreError as exc:
+            return JSONResponse({"error": {"message": exc.message}}, exc.status)
+        return JSONResponse({"data": [r.model_dump(mode="json") for r in found]})
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = Starlette(routes=[Route(PEER_PATH, handle, methods=["POST"])])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+async def test_each_subject_is_searched_by_the_replica_that_owns_it(
+    postgres: Postgres, memory_db: str, tmp_path: Path
+) -> None:
+    """Subject affinity: two replicas find each other in the database, every search of a
+    subject is answered by its owner's indexes (forwarded over HTTP with the vector
+    computed and the tenant MACed), each replica holds only its own subjects' indexes,
+    and a replica that stops answering is passed over (its searches answered here)."""
+    spec = spec_for(postgres, memory_db)
+    with VaultServer() as vault:
+        args = configure_vault(vault, postgres, memory_db, spec, tmp_path)
+        a, b = replica(args, "a"), replica(args, "b")
+        subjects = [f"user{i}" for i in range(12)]
+        for s in subjects:
+            await a.add(
+                "acme",
+                [
+                    NewRecord(subject=s, text=f"{s} keeps bees and tea"),
+                    NewRecord(subject=s, text=f"{s} rides a bike"),
+                ],
+            )
+        tags = {a.store.subject_tag("acme", s): s for s in subjects}
+        with peer_server(b) as b_address:
+            with peer_server(a) as a_address:
+                pa, pb = a.join(a_address), b.join(b_address)
+                pa.beat(), pb.beat(), pa.beat()
+                assert pa.members() == pb.members() == sorted([pa.me, pb.me])
+                owners = {tag: affinity.owner(tag, [pa.me, pb.me]) for tag in tags}
+                assert set(owners.values()) == {pa.me, pb.me}  # both own some
+                for s in subjects:
+                    owner = owners[a.store.subject_tag("acme", s)]
+                    assert owner is not None
+                    for service in (a, b):
+                        found, who = await service.search_routed(
+                            "acme", SearchRequest(subject=s, query="bees")
+                        )
+                        assert who == owner.name
+                        assert [r.text for r in found][:1] == [f"{s} keeps bees and tea"]
+                        # The tenant travels with the request: another sees nothing.
+                        other = await service.search(
+                            "other", SearchRequest(subject=s, query="bees")
+                        )
+                        assert other == []
+                assert set(a.store._indexed) == {t for t, o in owners.items() if o == pa.me}
+                assert set(b.store._indexed) == {t for t, o in owners.items() if o == pb.me}
+                # A request not MACed with this store's key is refused.
+                body = SearchRequest(subject="user0", query="bees").model_dump_json().encode()
+                with pytest.raises(StoreError) as refused:
+                    await b.peer_search(sign_peer(b"x" * 32, "acme", body, time.time()), body)
+                assert refused.value.status == 401
+            # a stops answering (its server is gone, its row not yet expired): b answers
+            # a's subjects itself, with the same records.
+            mine = next(s for s in subjects if owners[a.store.subject_tag("acme", s)] == pa.me)
+            found, who = await b.search_routed("acme", SearchRequest(subject=mine, query="bees"))
+            assert who == pb.me.name
+            assert found[0].text == f"{mine} keeps bees and tea"
+            pa.leave()
+            assert pb.beat() == [pb.me]

@@ -8,7 +8,7 @@ import yaml
 
 from freehold.api.memory_store import MemoryStoreSpec
 from freehold.builders.memory_args import duration_seconds, memory_args_for
-from freehold.builders.memory_store import build_memory_children, build_vault_role
+from freehold.builders.memory_store import build_memory_children, build_vault_role, selector
 from freehold.builders.model_workload import ClusterConfig
 from freehold.kinds.memory_store import MemoryStoreKind
 from freehold.validation import defaulted
@@ -169,6 +169,15 @@ def test_postgres_runs_replicas_that_share_only_the_database() -> None:
         "owner_role": "freehold_memory",
         "connect_timeout_seconds": 10,
     }
+    # Subject affinity: the replica's address, expanded by the kubelet from the pod IP
+    # declared before the args; half the container's memory for search indexes.
+    names = [e["name"] for e in container["env"]]
+    assert names.index("FREEHOLD_POD_IP") < names.index("FREEHOLD_MEMORY_ARGS")
+    assert container["env"][names.index("FREEHOLD_POD_IP")]["valueFrom"] == {
+        "fieldRef": {"fieldPath": "status.podIP"}
+    }
+    assert args.peer_address == "$(FREEHOLD_POD_IP):8000"
+    assert args.index_budget_bytes == 2 * 1024**3 // 2  # resources.memory 2Gi
     # No password in any object, no Secret: the replica asks Vault when it connects.
     assert not any(o["kind"] == "Secret" for o in objs.values())
     # The Vault role may issue this store's database users, and nothing else new.
@@ -195,6 +204,9 @@ def test_postgres_egress_is_the_database_port_and_an_ip_is_pinned() -> None:
         "NetworkPolicy/gemma-270m-allow"
     ]["spec"]["egress"]
     assert {"ports": [{"protocol": "TCP", "port": 5432}]} in egress
+    # Replicas reach each other (searches sent to a subject's owner), on the serving port.
+    own = {"podSelector": {"matchLabels": selector(VAULT_CTX)}}
+    assert {"to": [own], "ports": [{"protocol": "TCP", "port": 8000}]} in egress
     pinned = postgres_example(
         backend={
             "type": "postgres",

@@ -78,6 +78,8 @@ def memory_args_for(
     vault_ca_cert: str | None = None,
     otlp_endpoint: str | None = None,
     postgres_ca_cert: str | None = None,
+    peer_address: str | None = None,
+    index_budget_bytes: int | None = None,
 ) -> MemoryArgs:
     """`model_urls` maps ModelDeployment names to (base URL, served name, digest): where
     the embedding and extraction models named in the spec answer."""
@@ -130,4 +132,6 @@ def memory_args_for(
         scopes=list(spec.scopes),
         extraction=extraction,
         api_keys=api_keys,
+        peer_address=peer_address if spec.backend.type == "postgres" else None,
+        index_budget_bytes=index_budget_bytes,
     )

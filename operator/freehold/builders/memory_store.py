@@ -26,12 +26,14 @@ from freehold.builders.model_workload import (
 )
 from freehold.builders.network import _ns, dns_egress, scrape_ingress
 from freehold.builders.vault import VaultRole, acl_policy, role_body, vault_name
+from freehold.quantity import parse_quantity
 from freehold_serving.memory.args import ARGS_ENV
 
 STORE_LABEL = MEMORY_STORE_LABEL
 DATA_DIR = "/data"
 PG_CA_DIR = "/etc/freehold/postgres-ca"
 HEALTH = "/v1/memory/health"
+POD_IP_ENV = "FREEHOLD_POD_IP"
 
 
 def labels(ctx: BuildContext) -> dict[str, str]:
@@ -133,6 +135,11 @@ def _pod(spec: MemoryStoreSpec, ctx: BuildContext) -> dict[str, Any]:
         vault_ca_cert=f"{VAULT_CA_DIR}/ca.crt" if vault and ctx.vault_ca_pem else None,
         otlp_endpoint=ctx.otel_endpoint,
         postgres_ca_cert=f"{PG_CA_DIR}/ca.crt",
+        # The kubelet expands $(FREEHOLD_POD_IP) (declared before the args) in the value.
+        peer_address=f"$({POD_IP_ENV}):{SERVE_PORT}" if pg is not None else None,
+        # Half the container's memory for search indexes: the rest is the embedder, Ray
+        # and the requests in flight.
+        index_budget_bytes=int(parse_quantity(spec.resources.memory)) // 2,
     )
     probe = {"httpGet": {"path": HEALTH, "port": SERVE_PORT}}
     vault_vols, vault_mounts = vault_volumes(ctx, vault_ca_name(ctx))
@@ -160,7 +167,11 @@ def _pod(spec: MemoryStoreSpec, ctx: BuildContext) -> dict[str, Any]:
         "image": ctx.serving_image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["freehold", "serve", "--app", "memory"],
-        "env": [*base_env(ctx), {"name": ARGS_ENV, "value": args.model_dump_json()}],
+        "env": [
+            *base_env(ctx),
+            {"name": POD_IP_ENV, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": ARGS_ENV, "value": args.model_dump_json()},
+        ],
         "ports": [{"name": "http", "containerPort": SERVE_PORT}],
         "resources": {
             "requests": {"cpu": spec.resources.cpu, "memory": spec.resources.memory},
@@ -299,6 +310,8 @@ def build_network(spec: MemoryStoreSpec, ctx: BuildContext) -> list[dict[str, An
         )
     pg = spec.backend.postgres if spec.backend.type == "postgres" else None
     if pg is not None:
+        # Replicas send each other the searches of the subjects they own (affinity).
+        egress.append({"to": [own], "ports": [{"protocol": "TCP", "port": SERVE_PORT}]})
         # A host name cannot be a NetworkPolicy peer: an IP address is pinned, a name opens
         # the database's port only.
         rule: dict[str, Any] = {"ports": [{"protocol": "TCP", "port": pg.port}]}

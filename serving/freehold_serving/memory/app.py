@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from freehold_serving.auth import DEFAULT_TENANT, ApiKeys
+from freehold_serving.memory.affinity import BEAT, REPLICA_HEADER, Membership
 from freehold_serving.memory.args import MemoryArgs
 from freehold_serving.memory.records import (
     AddRequest,
@@ -109,6 +110,7 @@ add_error_handlers(memory_app, "a memory request")  # never a record's text
 @memory_app.exception_handler(StoreError)
 async def _store_error(_request: Request, exc: StoreError) -> Response:
     kind = {
+        401: "invalid_peer",  # the only 401 a StoreError makes (affinity's peer requests)
         404: "not_found",
         409: "conflict",
         501: "not_implemented",
@@ -144,6 +146,19 @@ async def _sweep(service: MemoryService, period: float) -> None:
         except Exception:
             log.exception("retention sweep failed")
         await asyncio.sleep(period)
+
+
+async def _membership(peers: Membership) -> None:
+    """This replica's heartbeat in the replicas table (affinity.py), for as long as it
+    serves. A failed beat (database away) keeps the last view; members expire on their
+    own when they stop beating."""
+    while True:
+        try:
+            members = await asyncio.to_thread(peers.beat)
+            log.debug("memory replicas: %s", [m.name for m in members])
+        except Exception:
+            log.warning("memory replica heartbeat failed", exc_info=True)
+        await asyncio.sleep(BEAT)
 
 
 @functools.cache
@@ -230,6 +245,21 @@ class MemoryServer:
             _sweep(self._service, args.sweep_seconds)
         )
         self._mcp = _start_mcp(self)
+        self._beat: asyncio.Task[None] | None = None
+        if args.postgres is not None and args.peer_address is not None:
+            self._beat = asyncio.get_running_loop().create_task(
+                _membership(self._service.join(args.peer_address))
+            )
+
+    def __del__(self) -> None:
+        # A replica shut down says so: the others stop sending it searches at once
+        # instead of when its row expires.
+        peers = self._service.peers if hasattr(self, "_service") else None
+        if peers is not None:
+            try:
+                peers.leave()
+            except Exception:
+                log.warning("could not leave the replicas table", exc_info=True)
 
     async def _ops_for(self, ctx: Any) -> Any:
         """The MCP tools' view of the store: the tenant the request's key belongs to (the
@@ -351,7 +381,21 @@ class MemoryServer:
     @memory_app.post("/search")
     async def search(self, request: Request) -> Response:
         tenant, body = await self._body(request, SearchRequest)
-        found = await self._service.search(tenant, body)
+        found, replica = await self._service.search_routed(tenant, body)
+        return JSONResponse(
+            {"object": "list", "data": [r.model_dump(mode="json") for r in found]},
+            # Which replica's indexes answered (subject affinity), for operators.
+            headers={REPLICA_HEADER: replica} if replica else None,
+        )
+
+    @memory_app.post("/peer/search", include_in_schema=False)
+    async def peer_search(self, request: Request) -> Response:
+        """Searches other replicas of this store send to the subject's owner (affinity)."""
+        raw = await self._raw(request)
+        try:
+            found = await self._service.peer_search(request.headers, raw)
+        except ValidationError as exc:
+            raise from_validation_error(exc) from None
         return JSONResponse({"object": "list", "data": [r.model_dump(mode="json") for r in found]})
 
     @memory_app.post("/erase")

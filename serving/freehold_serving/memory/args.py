@@ -116,3 +116,18 @@ class MemoryArgs(Strict):
         default=None, description="OTLP/HTTP endpoint: audit events are also shipped as logs."
     )
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    index_budget_bytes: int | None = Field(
+        default=None,
+        ge=1024 * 1024,
+        description="The most the subjects' in-memory search indexes may hold in this "
+        "replica; past it the least recently searched are dropped and rebuilt on their next "
+        "search. Unset: no bound.",
+    )
+    peer_address: str | None = Field(
+        default=None,
+        # On a cluster the operator writes $(FREEHOLD_POD_IP):8000; the kubelet expands it.
+        pattern=r"^([A-Za-z0-9.:\[\]-]+|\$\([A-Z_]+\)):[0-9]{1,5}$",
+        description="PostgreSQL replicas: host:port the other replicas reach this one at. "
+        "Set, each subject's searches go to one replica (subject affinity); unset, every "
+        "replica answers every search itself.",
+    )

@@ -76,11 +76,17 @@ CREATE INDEX IF NOT EXISTS versions_expiry ON versions (expires_at) WHERE valid_
 CREATE INDEX IF NOT EXISTS versions_seq ON versions (subject, seq);
 CREATE INDEX IF NOT EXISTS versions_closed ON versions (subject, closed_seq)
     WHERE closed_seq IS NOT NULL;
-DROP INDEX IF EXISTS versions_terms
+DROP INDEX IF EXISTS versions_terms;
+CREATE TABLE IF NOT EXISTS replicas (
+    name TEXT PRIMARY KEY,
+    address TEXT NOT NULL,
+    seen_at BIGINT NOT NULL
+)
 """
 # versions_terms (GIN over every row's terms) went with keyword ranking in the replicas'
 # memory: only a search `as_of` a past time reads terms in the database, from the rows of
 # one subject, which versions_current finds; ingest no longer maintains a GIN index.
+# replicas: who serves the store now, for subject affinity (affinity.py).
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ import httpx
 
 from freehold_serving.audit import AuditLog, AuditMetrics, OtlpEventExport
 from freehold_serving.memory import bundle, crypto, importers
+from freehold_serving.memory.affinity import Member, Membership, peer_url, sign_peer, verify_peer
 from freehold_serving.memory.args import MemoryArgs
 from freehold_serving.memory.database import Database, SqliteDatabase
 from freehold_serving.memory.records import (
@@ -159,7 +161,11 @@ class MemoryService:
             embedding_model=model,
             dimension=dimension,
             retention=Retention(args.retention_default_seconds, dict(args.retention_per_type)),
+            index_budget_bytes=args.index_budget_bytes,
         )
+        # Subject affinity between PostgreSQL replicas (affinity.py): set by join().
+        self.peers: Membership | None = None
+        self._peer_http: httpx.AsyncClient | None = None
         if self.store.needs_reembed():
             old = self.store.stored_embedding_model()
             log.warning("embedding model changed from %s to %s: re-embedding", old, model)
@@ -218,13 +224,79 @@ class MemoryService:
             self.store.update, tenant, record_id, subject, fields, vector
         )
 
+    def join(self, address: str) -> Membership:
+        """Take part in subject affinity as the replica at `address` (host:port)."""
+        self.peers = Membership(self.store.database, address)
+        # Pooled: a forwarded search costs one request on a kept-alive connection. A
+        # replica that does not connect within a second is passed over (answered here).
+        self._peer_http = httpx.AsyncClient(
+            timeout=httpx.Timeout(60.0, connect=1.0),
+            limits=httpx.Limits(max_keepalive_connections=32),
+        )
+        return self.peers
+
     async def search(self, tenant: str, request: SearchRequest) -> list[Record]:
+        return (await self.search_routed(tenant, request))[0]
+
+    async def search_routed(
+        self, tenant: str, request: SearchRequest
+    ) -> tuple[list[Record], str | None]:
+        """The records found, and (with subject affinity) the replica that found them."""
         vector = request.embedding
         if vector is None and request.query and request.mode != "keyword":
             vector = (await self.embed([request.query]))[0]
         if vector is None and not request.query:
             raise StoreError("give a query, an embedding, or both", param="query")
-        return await asyncio.to_thread(self.store.search, tenant, request, vector)
+        if self.peers is not None and request.as_of is None:
+            # Searches as of a past time read the database only: any replica will do.
+            member = self.peers.owner_of(self.store.subject_tag(tenant, request.subject))
+            if member is not None:
+                found = await self._ask(member, tenant, request, vector)
+                if found is not None:
+                    return found, member.name
+        here = await asyncio.to_thread(self.store.search, tenant, request, vector)
+        return here, None if self.peers is None else self.peers.me.name
+
+    async def peer_search(self, headers: Any, raw: bytes) -> list[Record]:
+        """A search another replica of this store sent here, the subject's owner: MACed
+        with the store's peer key, naming the caller's tenant, its vector computed."""
+        tenant = None
+        if self.peers is not None:
+            tenant = verify_peer(self.store.peer_key, headers, raw, time.time())
+        if tenant is None:
+            raise StoreError("Not a request from a replica of this store.", status=401)
+        request = SearchRequest.model_validate_json(raw)
+        return await asyncio.to_thread(self.store.search, tenant, request, request.embedding)
+
+    async def _ask(
+        self, member: Member, tenant: str, request: SearchRequest, vector: list[float] | None
+    ) -> list[Record] | None:
+        """The owner's answer, or None when it cannot give one (then this replica
+        answers). An error the owner answers with is the caller's answer."""
+        assert self.peers is not None and self._peer_http is not None
+        body = request.model_copy(update={"embedding": vector}).model_dump_json().encode()
+        headers = sign_peer(self.store.peer_key, tenant, body, time.time())
+        try:
+            response = await self._peer_http.post(
+                peer_url(member.address),
+                content=body,
+                headers={**headers, "content-type": "application/json"},
+            )
+        except httpx.HTTPError:
+            self.peers.unreachable(member)
+            return None
+        if response.status_code == 200:
+            return [Record.model_validate(r) for r in response.json()["data"]]
+        if response.status_code in (401, 404, 405):
+            # Not (yet) a replica that takes peer requests, e.g. mid-upgrade.
+            self.peers.unreachable(member)
+            return None
+        try:
+            error = response.json()["error"]
+            raise StoreError(str(error["message"]), response.status_code, error.get("param"))
+        except (ValueError, KeyError, TypeError):
+            self.peers.unreachable(member)
+            return None
 
     async def export(self, tenant: str, subject: str, include_embeddings: bool | None) -> Exported:
         versions = await asyncio.to_thread(self.store.subject_versions, tenant, subject)
