@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import hvac
 
@@ -45,21 +46,44 @@ def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+class VaultLogin(Protocol):
+    """How a workload logs in to Vault (its Kubernetes auth role and projected token)."""
+
+    @property
+    def address(self) -> str: ...
+    @property
+    def role(self) -> str: ...
+    @property
+    def ca_cert(self) -> str | None: ...
+    @property
+    def auth_mount(self) -> str: ...
+    @property
+    def jwt_path(self) -> str: ...
+
+
 def open_postgres(args: MemoryArgs) -> PostgresDatabase:
-    pg = args.postgres
-    assert pg is not None
+    assert args.postgres is not None
+    return open_database(args.postgres, args.vault)
+
+
+def open_database(pg: PostgresArgs, vault: VaultLogin | None) -> PostgresDatabase:
+    """A connection to `pg` (a memory store's, or a router's shared ledger) whose
+    credentials are read, from Vault or a file, each time it connects."""
     return PostgresDatabase(
         conninfo(pg),
         schema=pg.db_schema,
-        credentials=credentials(args),
+        credentials=credentials_for(pg, vault),
         connect_timeout=pg.connect_timeout_seconds,
         role=pg.owner_role,
     )
 
 
 def credentials(args: MemoryArgs) -> Callable[[], Credentials | None]:
-    pg = args.postgres
-    assert pg is not None
+    assert args.postgres is not None
+    return credentials_for(args.postgres, args.vault)
+
+
+def credentials_for(pg: PostgresArgs, vault: VaultLogin | None) -> Callable[[], Credentials | None]:
     if pg.credentials == "file":
 
         def from_file() -> Credentials | None:
@@ -71,11 +95,10 @@ def credentials(args: MemoryArgs) -> Callable[[], Credentials | None]:
             return Credentials(pg.user, password)
 
         return from_file
-    if args.vault is None or not pg.vault_path:
+    if vault is None or not pg.vault_path:
         raise CredentialsError(
             f"postgres credentials {pg.credentials} need Vault (address and role) and a path"
         )
-    vault = args.vault
     source = VaultKeySource(
         mount=pg.vault_mount,
         path=pg.vault_path,

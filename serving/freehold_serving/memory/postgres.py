@@ -214,6 +214,19 @@ class PostgresDatabase:
                 if statement.strip():
                     self._run(statement, ())
 
+    def ensure_schema(self, statements: str) -> None:
+        """Create this connection's schema and run `statements` (idempotent DDL, `;`
+        apart) under the migration lock: for tables that are not a memory store's (the
+        router's budget ledger)."""
+        with self._lock, self.transaction():
+            self._run(
+                "SELECT pg_advisory_xact_lock(?, hashtext(?))", (_MIGRATION_LOCK >> 32, self.schema)
+            )
+            self._run(f"CREATE SCHEMA IF NOT EXISTS {self.schema}", ())
+            for statement in statements.split(";"):
+                if statement.strip():
+                    self._run(statement, ())
+
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         with self._lock:
             self._run(sql, params)

@@ -10,7 +10,7 @@ go through any-llm, and only when the spec allowed them.
 
 # No `from __future__ import annotations`: Ray Serve reads build_router's annotation.
 
-import contextlib
+import asyncio
 import json
 import logging
 import os
@@ -29,7 +29,23 @@ from freehold_serving.auth import ApiKeys
 from freehold_serving.openai.api import add_error_handlers, error_response
 from freehold_serving.openai.errors import ApiError
 from freehold_serving.router.args import RouterArgs, TargetConfig
-from freehold_serving.router.policy import Need, Router, estimate_tokens, failure_cause
+from freehold_serving.router.charge import Charge
+from freehold_serving.router.ledger import (
+    Amount,
+    BudgetRefusedError,
+    Ledger,
+    LedgerUnavailableError,
+    MemoryLedger,
+    remaining,
+)
+from freehold_serving.router.policy import (
+    Need,
+    Router,
+    estimate_tokens,
+    failure_cause,
+    plan,
+    prompt_bound,
+)
 from freehold_serving.vault_keys import follow_keys, load_keys
 
 log = logging.getLogger(__name__)
@@ -95,7 +111,7 @@ class FailedError(Exception):
 
 def _texts(kind: str, body: dict[str, Any]) -> list[str]:
     if kind == "chat":
-        out = []
+        out = [json.dumps(body["tools"])] if body.get("tools") else []
         for message in body.get("messages") or []:
             content = message.get("content") if isinstance(message, dict) else None
             if isinstance(content, str):
@@ -121,14 +137,33 @@ def need_of(kind: str, body: dict[str, Any]) -> Need:
     return Need(frozenset(capabilities), estimate_tokens(_texts(kind, body)), max_tokens)
 
 
-def _charge_from(router: Router, tenant: str | None, target: TargetConfig, usage: Any) -> None:
-    if isinstance(usage, dict):
-        router.charge(
-            tenant,
-            target,
-            int(usage.get("prompt_tokens") or 0),
-            int(usage.get("completion_tokens") or 0),
-        )
+def _requested(body: dict[str, Any]) -> int | None:
+    for key in ("max_tokens", "max_completion_tokens"):
+        value = body.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def open_ledger(args: RouterArgs) -> Ledger:
+    """The budgets' ledger: shared in PostgreSQL when the args name one."""
+    if args.state_postgres is None:
+        return MemoryLedger()
+    from freehold_serving.memory.pg_credentials import open_database
+    from freehold_serving.router.ledger import PostgresLedger
+
+    vault = None
+    if args.vault_address and args.vault_role:
+        vault = _VaultLogin(args.vault_address, args.vault_role, args.vault_ca_cert)
+    database = open_database(args.state_postgres, vault)
+    return PostgresLedger(database, f"{args.namespace}/{args.name}", time.time)
+
+
+class _VaultLogin:
+    def __init__(self, address: str, role: str, ca_cert: str | None) -> None:
+        self.address, self.role, self.ca_cert = address, role, ca_cert
+        self.auth_mount = "kubernetes"
+        self.jwt_path = "/var/run/secrets/vault/token"
 
 
 @serve.ingress(router_app)
@@ -148,6 +183,9 @@ class RouterServer:
         self._follow = follow_keys(self._keys, args.api_keys)
         self._external_keys: dict[str, str | None] = {}
         self._m = router_metrics()
+        self._ledger = open_ledger(args)
+        # Streams whose client left, read to their end for their usage (kept referenced).
+        self._drains: set[asyncio.Task[None]] = set()
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -194,20 +232,72 @@ class RouterServer:
             self._external_keys[target.name] = key
         return self._external_keys[target.name]
 
+    # -- budgets -------------------------------------------------------------------------
+
+    async def _ledger_call(self, method: Any, *args: Any) -> Any:
+        if isinstance(self._ledger, MemoryLedger):
+            return method(*args)
+        return await asyncio.to_thread(method, *args)
+
+    async def _hold(
+        self, tenant: str | None, kind: str, body: dict[str, Any], order: list[TargetConfig]
+    ) -> Charge | None:
+        """Hold the most the request can cost against its tenant's budget (router/
+        ledger.py says why), capping the completion it may generate when it set none."""
+        budget = self._router.budget(tenant)
+        if budget is None:
+            return None
+        texts = _texts(kind, body)
+        messages = len(body.get("messages") or []) if kind == "chat" else len(texts)
+        requested = 0 if kind == "embeddings" else _requested(body)
+        attempts = order[: self._args.fallback.max_attempts]
+        now = time.time()
+        try:
+            committed = await self._ledger_call(self._ledger.committed, budget, now)
+            planned = plan(
+                prompt_bound(texts, messages),
+                requested,
+                [(t.cost_input, t.cost_output) for t in attempts],
+                remaining(budget, committed),
+            )
+            if isinstance(planned, str):
+                limits = [
+                    f"{committed.tokens} of {budget.tokens} tokens" if budget.tokens else "",
+                    f"{committed.cost:.6f} of {budget.cost}" if budget.cost else "",
+                ]
+                used = " and ".join(x for x in limits if x)
+                raise BudgetRefusedError(f"{planned}; {used} spent or held this {budget.period}")
+            hold = await self._ledger_call(
+                self._ledger.hold, budget, Amount(planned.tokens, planned.cost), now
+            )
+        except BudgetRefusedError as refused:
+            self._m.refused.labels(self._args.name, "budget").inc()
+            raise ApiError(
+                429,
+                f"The budget of tenant {tenant} does not cover this request: {refused.why}; "
+                "fallbacks count too.",
+                type="insufficient_quota",
+                code="budget_exceeded",
+            ) from None
+        except LedgerUnavailableError:
+            self._m.refused.labels(self._args.name, "budget_state").inc()
+            raise ApiError(
+                503,
+                "The router cannot reach its budget ledger; budgeted requests wait until it "
+                "is back.",
+                type="server_error",
+                code="budget_state_unavailable",
+                headers={"Retry-After": "5"},
+            ) from None
+        if planned.max_tokens is not None:
+            body["max_tokens"] = planned.max_tokens  # never generate past what was held
+        return Charge(self._ledger, hold)
+
     # -- routing -------------------------------------------------------------------------
 
     async def route(self, request: Request, kind: str) -> Response:
         tenant = self._tenant(request)
         body = await self._body(request)
-        why = self._router.exhausted(tenant)
-        if why is not None:
-            self._m.refused.labels(self._args.name, "budget").inc()
-            raise ApiError(
-                429,
-                f"The budget of tenant {tenant} is spent ({why}); fallbacks count too.",
-                type="insufficient_quota",
-                code="budget_exceeded",
-            )
         need = need_of(kind, body)
         order, skipped = self._router.order(need)
         if not order:
@@ -220,6 +310,22 @@ class RouterServer:
                 code="no_target_available",
                 headers={"Retry-After": "1"},
             )
+        charge = await self._hold(tenant, kind, body, order)
+        try:
+            return await self._attempt(kind, body, order, charge)
+        finally:
+            # Whatever did not hand its hold to a stream (which settles it when it ends)
+            # and did not settle it with an answer's usage used nothing.
+            if charge is not None and not charge.streaming:
+                await charge.release()
+
+    async def _attempt(
+        self,
+        kind: str,
+        body: dict[str, Any],
+        order: list[TargetConfig],
+        charge: Charge | None,
+    ) -> Response:
         self._m.decisions.labels(self._args.name, self._args.strategy, order[0].name).inc()
         stream = bool(body.get("stream")) and kind != "embeddings"
         tried: list[str] = []
@@ -227,9 +333,9 @@ class RouterServer:
         for target in order[: self._args.fallback.max_attempts]:
             try:
                 if target.external is not None:
-                    response = await self._external(target, kind, body, stream, tenant)
+                    response = await self._external(target, kind, body, stream, charge)
                 else:
-                    response = await self._forward(target, kind, body, stream, tenant)
+                    response = await self._forward(target, kind, body, stream, charge)
             except FailedError as failure:
                 self._router.failed(target.name)
                 self._m.requests.labels(self._args.name, target.name, "failed").inc()
@@ -261,7 +367,7 @@ class RouterServer:
         kind: str,
         body: dict[str, Any],
         stream: bool,
-        tenant: str | None,
+        charge: Charge | None,
     ) -> Response:
         payload = {**body, "model": target.model or body["model"]}
         wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -271,7 +377,6 @@ class RouterServer:
                 "include_usage": True,
             }
         url = f"{target.url}{PATHS[kind]}"
-        charged = self._router.budget(tenant) is not None
         started = time.perf_counter()
         try:
             answer = await self._client.post(
@@ -303,27 +408,34 @@ class RouterServer:
                 raise FailedError("timeout") from None
             except aiohttp.ClientError:
                 raise FailedError("5xx") from None
-            if charged:
-                with contextlib.suppress(ValueError):
-                    _charge_from(self._router, tenant, target, json.loads(content).get("usage"))
+            if charge is not None:
+                try:
+                    usage = json.loads(content).get("usage")
+                except (ValueError, AttributeError):
+                    usage = None
+                await charge.usage(target, usage)
             return Response(content, 200, media_type="application/json")
+        if charge is not None:
+            charge.streaming = True
         return StreamingResponse(
-            self._relay(answer, target, tenant, wants_usage), media_type="text/event-stream"
+            self._relay(answer, target, charge, wants_usage), media_type="text/event-stream"
         )
 
     async def _relay(
         self,
         answer: aiohttp.ClientResponse,
         target: TargetConfig,
-        tenant: str | None,
+        charge: Charge | None,
         wants_usage: bool,
     ) -> AsyncIterator[bytes]:
+        ended = False
         try:
             async for received in answer.content:
                 line = received
                 if line.startswith(b"data: {") and b'"usage":{' in line.replace(b" ", b""):
                     chunk = json.loads(line[6:])
-                    _charge_from(self._router, tenant, target, chunk.get("usage"))
+                    if charge is not None:
+                        await charge.usage(target, chunk.get("usage"))  # the first one only
                     if not wants_usage:
                         # Usage only the router asked for (to charge the budget).
                         if not chunk.get("choices"):
@@ -331,8 +443,36 @@ class RouterServer:
                         chunk.pop("usage", None)
                         line = b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n"
                 yield line
+            ended = True
+        finally:
+            if charge is None or charge.settled:
+                answer.release()
+            elif ended:  # the target ended its stream without usage: charged in full
+                answer.release()
+                self._background(charge.settle(charge.hold.amount))
+            else:  # the client left: read the rest for the usage of what was generated
+                self._background(self._drain(answer, target, charge))
+
+    def _background(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._drains.add(task)
+        task.add_done_callback(self._drains.discard)
+
+    async def _drain(
+        self, answer: aiohttp.ClientResponse, target: TargetConfig, charge: Charge
+    ) -> None:
+        """A stream whose client left: the target generates at most what was held; its
+        usage chunk, at the end, says what that was."""
+        try:
+            async for line in answer.content:
+                if line.startswith(b"data: {") and b'"usage":{' in line.replace(b" ", b""):
+                    await charge.usage(target, json.loads(line[6:]).get("usage"))
+                    break
+        except (TimeoutError, aiohttp.ClientError, ValueError):
+            pass
         finally:
             answer.release()
+            await charge.settle(charge.hold.amount)  # no usage came: in full
 
     async def _external(
         self,
@@ -340,7 +480,7 @@ class RouterServer:
         kind: str,
         body: dict[str, Any],
         stream: bool,
-        tenant: str | None,
+        charge: Charge | None,
     ) -> Response:
         import any_llm
 
@@ -361,6 +501,8 @@ class RouterServer:
                               "response_format", "logprobs", "top_logprobs")
                     if body.get(k) is not None
                 }  # fmt: skip
+                if stream:
+                    params["stream_options"] = {"include_usage": True}
                 result = await any_llm.acompletion(
                     model=ext.model, messages=body.get("messages") or [], provider=ext.provider,
                     api_key=key, api_base=ext.base_url, stream=stream,
@@ -381,21 +523,30 @@ class RouterServer:
         self._router.succeeded(target.name, time.perf_counter() - started)
         self._m.requests.labels(self._args.name, target.name, "ok").inc()
         if stream:
+            if charge is not None:
+                charge.streaming = True
             return StreamingResponse(
-                self._external_stream(result, target, tenant), media_type="text/event-stream"
+                self._external_stream(result, target, charge), media_type="text/event-stream"
             )
         data = result.model_dump(mode="json", exclude_none=True)
-        _charge_from(self._router, tenant, target, data.get("usage"))
+        if charge is not None:
+            await charge.usage(target, data.get("usage"))
         return Response(json.dumps(data), 200, media_type="application/json")
 
     async def _external_stream(
-        self, chunks: Any, target: TargetConfig, tenant: str | None
+        self, chunks: Any, target: TargetConfig, charge: Charge | None
     ) -> AsyncIterator[bytes]:
-        async for chunk in chunks:
-            data = chunk.model_dump(mode="json", exclude_none=True)
-            _charge_from(self._router, tenant, target, data.get("usage"))
-            yield f"data: {json.dumps(data)}\n\n".encode()
-        yield b"data: [DONE]\n\n"
+        try:
+            async for chunk in chunks:
+                data = chunk.model_dump(mode="json", exclude_none=True)
+                if charge is not None and data.get("usage"):
+                    await charge.usage(target, data.get("usage"))
+                yield f"data: {json.dumps(data)}\n\n".encode()
+            yield b"data: [DONE]\n\n"
+        finally:
+            if charge is not None and not charge.settled:
+                # Left early, or no usage from the provider: what was held, in full.
+                self._background(charge.settle(charge.hold.amount))
 
     # -- endpoints -----------------------------------------------------------------------
 
@@ -411,8 +562,25 @@ class RouterServer:
 
     @router_app.get("/router/status")
     async def status(self) -> dict[str, Any]:
-        """Per target: admitted, cooling down, measured latency, counts. No request data."""
-        return self._router.status()
+        """Per target: admitted, cooling down, measured latency, counts; per budget: what
+        its tenant has spent and holds this period (or that the ledger is away). No
+        request data."""
+        found = self._router.status()
+        budgets = []
+        now = time.time()
+        for budget in self._args.budgets:
+            entry: dict[str, Any] = {"tenant": budget.tenant, "period": budget.period,
+                                     "tokens": budget.tokens, "cost": budget.cost}  # fmt: skip
+            try:
+                committed = await self._ledger_call(self._ledger.committed, budget, now)
+            except LedgerUnavailableError:
+                entry["ledger"] = "unavailable"
+            else:
+                entry.update(committedTokens=committed.tokens, committedCost=committed.cost)
+            budgets.append(entry)
+        found["budgets"] = budgets
+        found["ledger"] = "memory" if isinstance(self._ledger, MemoryLedger) else "postgres"
+        return found
 
     @router_app.get("/v1/models")
     async def models(self, request: Request) -> Response:

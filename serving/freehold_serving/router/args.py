@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from freehold_serving.args import ApiKeysConfig, Strict, TelemetryConfig
+from freehold_serving.memory.args import PostgresArgs
 
 ARGS_ENV = "FREEHOLD_ROUTER_ARGS"
 
@@ -74,3 +75,8 @@ class RouterArgs(Strict):
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     replicas: int = Field(default=1, ge=1)
+    state_postgres: PostgresArgs | None = Field(
+        default=None,
+        description="Budgets kept in this PostgreSQL, shared by every replica and kept across "
+        "restarts; unset: in the router's memory (one replica).",
+    )

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 
 from freehold_serving.router.args import BudgetConfig, RouterArgs, TargetConfig
 
-PERIOD_SECONDS = {"hour": 3600, "day": 86400, "month": 30 * 86400}
 LATENCY_ALPHA = 0.2  # weight of a new measurement in the moving average
 
 
@@ -37,13 +36,6 @@ class TargetState:
 
 
 @dataclass
-class Spend:
-    window: int  # which period (index since the epoch)
-    tokens: int = 0
-    cost: float = 0.0
-
-
-@dataclass
 class Skipped:
     target: str
     why: str
@@ -56,7 +48,6 @@ class Router:
     wall: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)
     states: dict[str, TargetState] = field(default_factory=dict)
-    spend: dict[str, Spend] = field(default_factory=dict)
 
     def state(self, name: str) -> TargetState:
         return self.states.setdefault(name, TargetState())
@@ -139,36 +130,6 @@ class Router:
             return None
         return next((b for b in self.args.budgets if b.tenant == tenant), None)
 
-    def _spend(self, budget: BudgetConfig) -> Spend:
-        window = int(self.wall() // PERIOD_SECONDS[budget.period])
-        current = self.spend.get(budget.tenant)
-        if current is None or current.window != window:
-            current = self.spend[budget.tenant] = Spend(window)
-        return current
-
-    def exhausted(self, tenant: str | None) -> str | None:
-        """Why this tenant may not spend more now, or None."""
-        budget = self.budget(tenant)
-        if budget is None:
-            return None
-        spent = self._spend(budget)
-        if budget.tokens is not None and spent.tokens >= budget.tokens:
-            return f"{spent.tokens} of {budget.tokens} tokens this {budget.period}"
-        if budget.cost is not None and spent.cost >= budget.cost:
-            return f"{spent.cost:.4f} of {budget.cost} this {budget.period}"
-        return None
-
-    def charge(
-        self, tenant: str | None, target: TargetConfig, prompt: int, completion: int
-    ) -> None:
-        """Whatever answered, fallbacks included, is charged to the caller's tenant."""
-        budget = self.budget(tenant)
-        if budget is None:
-            return
-        spent = self._spend(budget)
-        spent.tokens += prompt + completion
-        spent.cost += prompt / 1000 * target.cost_input + completion / 1000 * target.cost_output
-
     def status(self) -> dict[str, object]:
         now = self.clock()
         return {
@@ -206,3 +167,65 @@ def failure_cause(status: int | None, body: bytes = b"", timed_out: bool = False
 def estimate_tokens(texts: Iterable[str]) -> int:
     """A cheap estimate (about 4 characters a token) for context limits and cost."""
     return sum(len(t) for t in texts) // 4 + 1
+
+
+# Tokens a chat template may add per message (role markers) and per request (BOS, the
+# generation prompt, a default system prompt such as SmolLM2's 20-odd tokens): more than
+# the templates we serve add, so the prompt bound stays an upper bound.
+TEMPLATE_TOKENS_PER_MESSAGE = 8
+TEMPLATE_TOKENS = 64
+
+
+def prompt_bound(texts: Iterable[str], messages: int = 1) -> int:
+    """An upper bound on the prompt's tokens: every token of a byte-level tokenizer
+    (BPE, or SentencePiece with byte fallback) covers at least one byte of UTF-8."""
+    size = sum(len(t.encode("utf-8", "surrogatepass")) for t in texts)
+    return size + TEMPLATE_TOKENS_PER_MESSAGE * max(messages, 1) + TEMPLATE_TOKENS
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a budgeted request may use: its hold, and the completion limit to forward
+    (None: the request's own)."""
+
+    tokens: int
+    cost: float
+    max_tokens: int | None
+
+
+def plan(
+    prompt: int,
+    requested: int | None,
+    rates: list[tuple[float, float]],
+    remaining: tuple[int | None, float | None],
+) -> Plan | str:
+    """The hold of a request whose prompt is at most `prompt` tokens, asking for
+    `requested` completion tokens (None: as many as it may), answered by one of targets
+    with (input, output) cost `rates` per 1,000 tokens, given what its tenant's budget has
+    `remaining` (tokens, cost; None: not limited). A reason string when it cannot fit.
+
+    Without `max_tokens`, the request gets what the budget leaves, and that limit is
+    forwarded: a target never generates past what was held."""
+    cost_in = max((r[0] for r in rates), default=0.0)
+    cost_out = max((r[1] for r in rates), default=0.0)
+    tokens_left, cost_left = remaining
+    caps: list[int] = []
+    if tokens_left is not None:
+        caps.append(tokens_left - prompt)
+    if cost_left is not None and cost_out > 0:
+        caps.append(int((cost_left - prompt / 1000 * cost_in) / cost_out * 1000))
+    cap = min(caps) if caps else None
+    if requested is not None and cap is not None and requested > cap:
+        fits = max(cap, 0)
+        return (
+            f"max_tokens {requested} does not fit in what the budget leaves "
+            f"(at most {fits} with this prompt)"
+        )
+    if requested is None and cap is not None and cap < 1:
+        return "the budget leaves no room for a completion after this prompt"
+    completion = requested if requested is not None else cap
+    if completion is None:  # a cost budget whose targets charge nothing for output
+        completion = 0
+    forwarded = None if requested is not None or cap is None else cap
+    cost = prompt / 1000 * cost_in + completion / 1000 * cost_out
+    return Plan(prompt + completion, cost, forwarded)
