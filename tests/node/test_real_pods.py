@@ -453,7 +453,8 @@ def test_a_memory_store_on_postgresql_keeps_every_acknowledged_write_when_a_repl
     """Two replicas on a real PostgreSQL outside the cluster, each logging in as a user
     Vault's database engine issued for it (the stand-in creates real PostgreSQL users);
     one replica killed during a write load: every acknowledged record is there, the other
-    replica kept answering, the Deployment brings the killed one back."""
+    replica kept answering, the Deployment brings the killed one back; then each subject's
+    searches are answered by the one replica that owns it (subject affinity)."""
     pg, role, database = node_postgres, f"{MODELS}-mem-pg", "memory_node"
     pg.sql(
         "DO $$ BEGIN CREATE ROLE freehold_memory NOLOGIN;"
@@ -522,6 +523,25 @@ def test_a_memory_store_on_postgresql_keeps_every_acknowledged_write_when_a_repl
     for _ in range(4):  # whichever replica answers, it follows the other's writes
         status, body, _ = call("client", MODELS, f"{base}/search", search, key=API_KEY)
         assert status == "200" and "load record 3" in body, body
+
+    # Subject affinity: whichever replica the Service picks, a subject's searches are
+    # answered by one replica's indexes (the answer names it), and both own some (with
+    # 12 subjects, all on one replica by chance: 1 in 2,048).
+    answered: dict[str, set[str]] = {}
+    for n in range(12):
+        subject, text = f"u-affinity-{n}", f"affinity note {n} about beekeeping"
+        record = {"records": [{"subject": subject, "text": text}]}
+        status, body, _ = call("client", MODELS, f"{base}/records", record, key=API_KEY)
+        assert status == "201", body
+        for _ in range(3):
+            query = {"subject": subject, "query": "beekeeping", "top_k": 1}
+            status, body, headers = call("client", MODELS, f"{base}/search", query, key=API_KEY)
+            assert status == "200" and text in body, body
+            answered.setdefault(subject, set()).add(headers["x-freehold-memory-replica"])
+    assert all(len(names) == 1 for names in answered.values()), answered
+    owners = set().union(*answered.values())
+    assert len(owners) == 2, f"both replicas own subjects: {answered}"
+    _record("subjects answered by their owner replica", len(answered))
     kubectl("delete", "memorystore", "mem-pg", "-n", MODELS, "--wait=true", timeout=180)
 
 
