@@ -7,11 +7,12 @@ import json
 import random
 from typing import Any
 
+import pytest
 import yaml
 
 from freehold.api.model_router import ModelRouterSpec
 from freehold.kinds.model_router import ModelRouterKind, eval_state
-from freehold.reconciler import Facts
+from freehold.reconciler import Facts, SpecProblemError
 from freehold.validation import defaulted, validate
 from freehold_serving.router.args import RouterArgs
 from freehold_serving.router.policy import Need, Router, failure_cause
@@ -174,3 +175,55 @@ def test_external_targets_need_allow_external() -> None:
     assert any("allowExternal" in str(e) for e in validate(doc))
     doc["spec"]["allowExternal"] = True
     assert validate(doc) == []
+
+
+def test_replicas_share_budgets_in_postgresql_and_one_replica_keeps_them_in_memory() -> None:
+    doc = example(replicas=2)
+    assert any("state.postgres" in str(e) for e in validate(doc))  # per-replica budgets
+    doc["spec"]["state"] = {
+        "postgres": {
+            "host": "10.9.8.7",
+            "database": "routers",
+            "ownerRole": "freehold_router",
+            "caConfigMapRef": {"name": "routers-db-ca"},
+            "credentials": {"databaseRole": "freehold-demo-routers"},
+        }
+    }
+    assert validate(doc) == []
+    spec = ModelRouterSpec.model_validate(defaulted(doc)["spec"])
+    kind = ModelRouterKind(CONFIG)
+    meta = {"name": "assistant", "namespace": "freehold-demo", "uid": "u"}
+    kind.check(spec, meta)
+    facts = Facts(kuberay=False, related={"md:smollm2": [md("smollm2-135m", True)]})
+    desired = kind.build(spec, meta, facts)
+    objs = {f"{c['kind']}/{c['metadata']['name']}": c for c in desired.children}
+    deployment = objs["Deployment/assistant"]["spec"]
+    assert deployment["replicas"] == 2 and deployment["strategy"]["type"] == "RollingUpdate"
+    pod = deployment["template"]["spec"]
+    assert violations(pod) == []
+    args = RouterArgs.model_validate_json(pod["containers"][0]["env"][-1]["value"])
+    assert args.replicas == 2 and args.state_postgres is not None
+    assert args.state_postgres.model_dump(include={"host", "db_schema", "credentials",
+                                                   "vault_path", "owner_role", "ca_cert"}) == {
+        "host": "10.9.8.7", "db_schema": "assistant", "credentials": "vault-database",
+        "vault_path": "freehold-demo-routers", "owner_role": "freehold_router",
+        "ca_cert": "/etc/freehold/postgres-ca/ca.crt",
+    }  # fmt: skip
+    mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["postgres-ca"] == "/etc/freehold/postgres-ca"
+    egress = objs["NetworkPolicy/assistant-router-allow"]["spec"]["egress"]
+    assert {"to": [{"ipBlock": {"cidr": "10.9.8.7/32"}}],
+            "ports": [{"protocol": "TCP", "port": 5432}]} in egress  # fmt: skip
+    (role,) = desired.externals
+    assert 'path "database/creds/freehold-demo-routers"' in role.policy
+    # Another team's database role is refused, naming the field.
+    other = spec.model_copy(deep=True)
+    assert other.state.postgres is not None
+    other.state.postgres.credentials.database_role = "other-team-db"
+    with pytest.raises(SpecProblemError, match=r"spec\.state\.postgres\.credentials\.databaseRole"):
+        kind.check(other, meta)
+    # One replica without state: budgets in memory, replaced (not overlapped) on a change.
+    single = ModelRouterSpec.model_validate(defaulted(example())["spec"])
+    objs = {f"{c['kind']}/{c['metadata']['name']}": c
+            for c in kind.build(single, meta, facts).children}  # fmt: skip
+    assert objs["Deployment/assistant"]["spec"]["strategy"] == {"type": "Recreate"}

@@ -19,6 +19,7 @@ from freehold.api.base import (
     rules,
 )
 from freehold.api.model_deployment import Auth, Network, Telemetry
+from freehold.api.postgres import PostgresConnection
 
 Capability = Literal["chat", "completions", "embeddings", "json_schema", "logprobs"]
 Strategy = Literal["weighted", "priority", "least_latency", "least_cost", "capability"]
@@ -142,6 +143,17 @@ class Budget(ApiModel):
     period: Literal["hour", "day", "month"] = Field(default="day", description="Resets each.")
 
 
+class RouterState(ApiModel):
+    """Where the router keeps what each tenant has spent and holds."""
+
+    postgres: PostgresConnection | None = Field(
+        default=None,
+        description="An existing PostgreSQL: every replica shares the budgets, a restart "
+        "loses nothing, and while it cannot be reached budgeted requests are refused (503). "
+        "Unset: in the router's memory (one replica; a restart starts the period afresh).",
+    )
+
+
 class ModelRouterSpec(ApiModel):
     """Desired state of a ModelRouter."""
 
@@ -161,6 +173,12 @@ class ModelRouterSpec(ApiModel):
                 "size(self.budgets) == 0 || has(self.auth.apiKeys)",
                 "budgets are per API key tenant: set auth.apiKeys",
                 field_path=".budgets",
+            ),
+            cel(
+                "self.replicas == 1 || has(self.state.postgres)",
+                "more than one replica needs state.postgres (each replica would count "
+                "budgets of its own)",
+                field_path=".replicas",
             ),
         )
     )
@@ -197,6 +215,10 @@ class ModelRouterSpec(ApiModel):
     auth: Auth = Field(default_factory=Auth, description="Who may call the router.")
     network: Network = Field(default_factory=Network, description="Who may reach it.")
     telemetry: Telemetry = Field(default_factory=Telemetry, description="Telemetry settings.")
+    state: RouterState = Field(default_factory=RouterState, description="Where budgets are kept.")
+    replicas: int = Field(
+        default=1, ge=1, le=16, description="Router replicas (more than one: state.postgres)."
+    )
 
 
 class TargetStatus(ApiModel):

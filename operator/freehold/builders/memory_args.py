@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 from freehold.api.memory_store import MemoryStoreSpec
+from freehold.api.postgres import PostgresConnection
 from freehold.builders.serving_args import api_keys_config
 from freehold_serving.memory.args import (
     ChatModel,
@@ -33,14 +34,35 @@ def transit_key_names(namespace: str, name: str, spec: MemoryStoreSpec) -> tuple
     return base, signing
 
 
-def postgres_schema(name: str, spec: MemoryStoreSpec) -> str:
-    """The store's PostgreSQL schema: spec.backend.postgres.schemaName, else its name as an
+def schema_of(name: str, pg: PostgresConnection | None) -> str:
+    """A PostgreSQL schema: the spec's schemaName, else the resource's name as an
     identifier (a Kubernetes name may hold '-' and '.' and start with a digit)."""
-    pg = spec.backend.postgres
     if pg is not None and pg.schema_name:
         return pg.schema_name
     ident = re.sub(r"[^a-z0-9_]", "_", name.lower())
     return (ident if re.match(r"[a-z_]", ident) else f"m_{ident}")[:63]
+
+
+def postgres_schema(name: str, spec: MemoryStoreSpec) -> str:
+    return schema_of(name, spec.backend.postgres)
+
+
+def connection_args(pg: PostgresConnection, name: str, ca_cert: str | None = None) -> PostgresArgs:
+    """What a workload needs to reach `pg` (its credentials it asks Vault for itself)."""
+    creds = pg.credentials
+    database = creds.database_role is not None
+    return PostgresArgs(
+        host=pg.host,
+        port=pg.port,
+        database=pg.database,
+        db_schema=schema_of(name, pg),
+        sslmode=pg.ssl_mode,
+        ca_cert=ca_cert if pg.ca_config_map_ref is not None else None,
+        credentials="vault-database" if database else "vault-kv",
+        vault_mount=creds.database_mount if database else creds.kv_mount,
+        vault_path=creds.database_role if database else creds.kv_path,
+        owner_role=pg.owner_role,
+    )
 
 
 def postgres_args(
@@ -49,20 +71,7 @@ def postgres_args(
     pg = spec.backend.postgres
     if spec.backend.type != "postgres" or pg is None:
         return None
-    creds = pg.credentials
-    database = creds.database_role is not None
-    return PostgresArgs(
-        host=pg.host,
-        port=pg.port,
-        database=pg.database,
-        db_schema=postgres_schema(name, spec),
-        sslmode=pg.ssl_mode,
-        ca_cert=ca_cert if pg.ca_config_map_ref is not None else None,
-        credentials="vault-database" if database else "vault-kv",
-        vault_mount=creds.database_mount if database else creds.kv_mount,
-        vault_path=creds.database_role if database else creds.kv_path,
-        owner_role=pg.owner_role,
-    )
+    return connection_args(pg, name, ca_cert)
 
 
 def memory_args_for(

@@ -25,13 +25,13 @@ from freehold.builders.model_workload import (
     vault_volumes,
 )
 from freehold.builders.network import _ns, dns_egress, scrape_ingress
+from freehold.builders.postgres import PG_CA_DIR, postgres_egress, postgres_vault_paths
 from freehold.builders.vault import VaultRole, acl_policy, role_body, vault_name
 from freehold.quantity import parse_quantity
 from freehold_serving.memory.args import ARGS_ENV
 
 STORE_LABEL = MEMORY_STORE_LABEL
 DATA_DIR = "/data"
-PG_CA_DIR = "/etc/freehold/postgres-ca"
 HEALTH = "/v1/memory/health"
 POD_IP_ENV = "FREEHOLD_POD_IP"
 
@@ -85,11 +85,7 @@ def build_vault_role(spec: MemoryStoreSpec, ctx: BuildContext) -> VaultRole:
         paths[f"{spec.auth.api_keys.mount}/data/{spec.auth.api_keys.path}"] = "read"
     pg = spec.backend.postgres if spec.backend.type == "postgres" else None
     if pg is not None:
-        creds = pg.credentials
-        if creds.database_role is not None:
-            paths[f"{creds.database_mount}/creds/{creds.database_role}"] = "read"
-        elif creds.kv_path is not None:
-            paths[f"{creds.kv_mount}/data/{creds.kv_path}"] = "read"
+        paths.update(postgres_vault_paths(pg))
     name = vault_name(ctx)
     return VaultRole(
         name=name,
@@ -266,16 +262,6 @@ def workload_kind(spec: MemoryStoreSpec) -> str:
     return "Deployment" if spec.backend.type == "postgres" else "StatefulSet"
 
 
-def _is_ip(host: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def build_service(ctx: BuildContext) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -312,13 +298,7 @@ def build_network(spec: MemoryStoreSpec, ctx: BuildContext) -> list[dict[str, An
     if pg is not None:
         # Replicas send each other the searches of the subjects they own (affinity).
         egress.append({"to": [own], "ports": [{"protocol": "TCP", "port": SERVE_PORT}]})
-        # A host name cannot be a NetworkPolicy peer: an IP address is pinned, a name opens
-        # the database's port only.
-        rule: dict[str, Any] = {"ports": [{"protocol": "TCP", "port": pg.port}]}
-        if _is_ip(pg.host):
-            bits = 128 if ":" in pg.host else 32
-            rule["to"] = [{"ipBlock": {"cidr": f"{pg.host}/{bits}"}}]
-        egress.append(rule)
+        egress.append(postgres_egress(pg))
     if ctx.otel_namespace:  # audit events shipped as OTLP logs
         egress.append(
             {

@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from freehold.api.model_router import ModelRouterSpec
+from freehold.builders.memory_args import connection_args
 from freehold.builders.model_workload import (
     INSTANCE_LABEL,
     MANAGED_BY,
@@ -22,6 +23,7 @@ from freehold.builders.model_workload import (
     vault_volumes,
 )
 from freehold.builders.network import _ns, dns_egress, scrape_ingress
+from freehold.builders.postgres import PG_CA_DIR, postgres_egress, postgres_vault_paths
 from freehold.builders.serving_args import api_keys_config
 from freehold.builders.vault import VaultRole, acl_policy, role_body
 from freehold_serving.router.args import (
@@ -68,8 +70,10 @@ def router_vault_name(ctx: BuildContext) -> str:
 
 
 def needs_vault(spec: ModelRouterSpec) -> bool:
-    return spec.auth.api_keys is not None or any(
-        t.external is not None and t.external.api_key is not None for t in spec.targets
+    return (
+        spec.auth.api_keys is not None
+        or spec.state.postgres is not None  # its credentials
+        or any(t.external is not None and t.external.api_key is not None for t in spec.targets)
     )
 
 
@@ -139,6 +143,12 @@ def router_args(
         vault_address=vault,
         vault_role=role,
         vault_ca_cert=ca,
+        replicas=spec.replicas,
+        state_postgres=(
+            connection_args(spec.state.postgres, ctx.name, f"{PG_CA_DIR}/ca.crt")
+            if spec.state.postgres is not None
+            else None
+        ),
     )
 
 
@@ -150,6 +160,18 @@ def build_deployment(spec: ModelRouterSpec, ctx: BuildContext, args: RouterArgs)
         more, more_mounts = vault_volumes(ctx, f"{ctx.name}-router-vault-ca")
         vols += more
         mounts += more_mounts
+    pg = spec.state.postgres
+    if pg is not None and pg.ca_config_map_ref is not None:
+        vols.append(
+            {
+                "name": "postgres-ca",
+                "configMap": {
+                    "name": pg.ca_config_map_ref.name,
+                    "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                },
+            }
+        )
+        mounts.append({"name": "postgres-ca", "mountPath": PG_CA_DIR, "readOnly": True})
     container = {
         "name": "router",
         "image": ctx.serving_image,
@@ -172,10 +194,15 @@ def build_deployment(spec: ModelRouterSpec, ctx: BuildContext, args: RouterArgs)
         "kind": "Deployment",
         "metadata": _meta(ctx, ctx.name),
         "spec": {
-            # Budgets and cooldowns are counted in the router's memory: one replica.
-            "replicas": 1,
+            # Without state.postgres budgets are counted in the router's memory: one
+            # replica (the CRD refuses more), replaced, not overlapped, on a change.
+            "replicas": spec.replicas,
             "selector": {"matchLabels": {ROUTER_LABEL: ctx.name}},
-            "strategy": {"type": "Recreate"},
+            "strategy": (
+                {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+                if spec.state.postgres is not None
+                else {"type": "Recreate"}
+            ),
             "template": {
                 "metadata": {"labels": labels(ctx)},
                 "spec": {
@@ -235,6 +262,8 @@ def build_network(spec: ModelRouterSpec, ctx: BuildContext) -> list[dict[str, An
                 "ports": [{"protocol": "TCP", "port": ctx.vault_port}],
             }
         )
+    if spec.state.postgres is not None:
+        egress.append(postgres_egress(spec.state.postgres))
     callers: list[dict[str, Any]] = []
     for peer in spec.network.allow_from:
         entry: dict[str, Any] = {}
@@ -282,6 +311,8 @@ def build_vault_role(spec: ModelRouterSpec, ctx: BuildContext) -> VaultRole:
     for t in spec.targets:
         if t.external is not None and t.external.api_key is not None:
             paths[f"{t.external.api_key.mount}/data/{t.external.api_key.path}"] = "read"
+    if spec.state.postgres is not None:
+        paths.update(postgres_vault_paths(spec.state.postgres))
     name = router_vault_name(ctx)
     return VaultRole(
         name=name,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from freehold.api.memory_store import PostgresCredentials
 from freehold.api.model_deployment import Auth
+from freehold.api.postgres import PostgresCredentials
 from freehold.quantity import QuantityError, parse_quantity
 from freehold.reconciler import SpecProblemError
 
@@ -32,7 +32,10 @@ def api_keys_in_namespace(auth: Auth, kv_prefix: str, namespace: str) -> None:
 
 
 def postgres_credentials_in_namespace(
-    creds: PostgresCredentials, kv_prefix: str, namespace: str
+    creds: PostgresCredentials,
+    kv_prefix: str,
+    namespace: str,
+    field: str = "spec.backend.postgres.credentials",
 ) -> None:
     """A store's database user comes from its own team's Vault paths: a KV path under the
     namespace's prefix, or a database-engine role named `<namespace>-...` (a role's name is
@@ -41,13 +44,13 @@ def postgres_credentials_in_namespace(
     if creds.kv_path is not None and not creds.kv_path.startswith(prefix):
         raise SpecProblemError(
             "InvalidSpec",
-            f"spec.backend.postgres.credentials.kvPath: {creds.kv_path!r} is outside this "
+            f"{field}.kvPath: {creds.kv_path!r} is outside this "
             f"namespace's Vault paths: it must start with {prefix!r}",
         )
     role = creds.database_role
     if role is not None and not role.startswith(f"{namespace}-"):
         raise SpecProblemError(
             "InvalidSpec",
-            f"spec.backend.postgres.credentials.databaseRole: {role!r} must start with "
+            f"{field}.databaseRole: {role!r} must start with "
             f"{namespace + '-'!r} (this namespace's database roles)",
         )

@@ -31,6 +31,7 @@ from freehold.kinds.base import (
     VAULT_REASONS,
     KindBase,
 )
+from freehold.kinds.checks import postgres_credentials_in_namespace
 from freehold.reconciler import (
     ChildKey,
     Desired,
@@ -95,6 +96,13 @@ class ModelRouterKind(KindBase[ModelRouterSpec]):
                     f"{field}: {path!r} is outside this namespace's Vault paths: it must "
                     f"start with {prefix!r}",
                 )
+        if spec.state.postgres is not None:
+            postgres_credentials_in_namespace(
+                spec.state.postgres.credentials,
+                self.config.vault_kv_prefix,
+                meta["namespace"],
+                "spec.state.postgres.credentials",
+            )
 
     def lookups(
         self, spec: ModelRouterSpec, meta: Mapping[str, Any], facts: Facts

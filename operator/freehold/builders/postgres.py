@@ -1,0 +1,39 @@
+"""What a workload that logs in to an existing PostgreSQL needs around it: egress to the
+database, and the Vault path its credentials come from. Pure."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from freehold.api.postgres import PostgresConnection
+
+PG_CA_DIR = "/etc/freehold/postgres-ca"
+
+
+def postgres_egress(pg: PostgresConnection) -> dict[str, Any]:
+    """A host name cannot be a NetworkPolicy peer: an IP address is pinned, a name opens
+    the database's port only."""
+    rule: dict[str, Any] = {"ports": [{"protocol": "TCP", "port": pg.port}]}
+    if _is_ip(pg.host):
+        bits = 128 if ":" in pg.host else 32
+        rule["to"] = [{"ipBlock": {"cidr": f"{pg.host}/{bits}"}}]
+    return rule
+
+
+def postgres_vault_paths(pg: PostgresConnection) -> dict[str, str]:
+    creds = pg.credentials
+    if creds.database_role is not None:
+        return {f"{creds.database_mount}/creds/{creds.database_role}": "read"}
+    if creds.kv_path is not None:
+        return {f"{creds.kv_mount}/data/{creds.kv_path}": "read"}
+    return {}
+
+
+def _is_ip(host: str) -> bool:
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
