@@ -43,7 +43,8 @@ class PostgresBackend(PostgresConnection):
         default=2,
         ge=2,
         le=32,
-        description="Store replicas (a Deployment): any replica answers any request.",
+        description="Store replicas (a Deployment): any replica takes any request; each "
+        "subject's searches are answered by the replica that owns it.",
     )
 
 

@@ -16,7 +16,9 @@ Why this shape:
   its revision; rows carry the revision that wrote (seq) or closed (closed_seq) them. A
   search reads the subject's revision and the rows changed since its index's, in one
   statement, and applies them: any replica answers any request with every committed
-  write, and a replica never rebuilds an index for someone else's single write.
+  write, and a replica never rebuilds an index for someone else's single write. With
+  subject affinity (affinity.py) a subject's searches go to one replica, so each holds
+  only its share of the indexes.
 """
 
 from __future__ import annotations
