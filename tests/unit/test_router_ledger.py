@@ -4,6 +4,7 @@ memory and in a real PostgreSQL shared by replicas (tests/pg_server.py)."""
 
 from __future__ import annotations
 
+import math
 import threading
 import uuid
 from collections.abc import Callable
@@ -16,11 +17,18 @@ from freehold_serving.router.args import BudgetConfig
 from freehold_serving.router.ledger import (
     Amount,
     BudgetRefusedError,
+    Counts,
     Ledger,
     LedgerUnavailableError,
     MemoryLedger,
+    MemoryLimiter,
     PostgresLedger,
+    PostgresLimiter,
+    Rate,
+    RateLimitedError,
+    rate_wait,
     remaining,
+    tokens_left,
 )
 from freehold_serving.router.policy import Plan, plan, prompt_bound
 from tests.pg_server import Postgres
@@ -163,3 +171,61 @@ def test_the_prompt_bound_is_an_upper_bound_and_missing_max_tokens_is_capped() -
     assert planned.cost == pytest.approx(10.0)
     # Not limited at all (cost budget, targets free): nothing to cap.
     assert plan(10, None, [(0.0, 0.0)], cost_only) == Plan(10, 0.0, None)
+
+
+def test_the_sliding_window_admits_up_to_the_limit_and_says_when_to_retry() -> None:
+    rate = Rate(requests=10, tokens=1000)
+    # Half a minute in, the previous minute weighs half.
+    assert rate_wait(rate, Counts(4, 100), Counts(10, 100), 0.5, 10) is None  # 4 + 5 + 1
+    wait = rate_wait(rate, Counts(5, 100), Counts(10, 100), 0.5, 10)  # 5 + 5 + 1 > 10
+    assert wait == pytest.approx(6.0)  # until the previous minute weighs 4: 0.1 of a minute
+    # This minute alone is full: into the next one, until this one weighs little enough.
+    assert rate_wait(rate, Counts(10, 0), Counts(), 0.75, 1) == pytest.approx(15 + 6)
+    assert rate_wait(Rate(tokens=100), Counts(), Counts(), 0.0, 101) == math.inf
+    assert tokens_left(rate, Counts(0, 300), Counts(0, 400), 0.5) == 500
+    assert tokens_left(Rate(requests=1), Counts(), Counts(), 0.0) is None
+
+
+def test_rate_counters_of_replicas_admit_exactly_the_limit(make: tuple[Make, Clock]) -> None:
+    open_ledger, _ = make
+    ledgers = [open_ledger(), open_ledger()]
+    limiters = [
+        PostgresLimiter(x) if isinstance(x, PostgresLedger) else MemoryLimiter() for x in ledgers
+    ]
+    if isinstance(ledgers[0], MemoryLedger):
+        limiters[1] = limiters[0]  # one process: one set of counters
+    admitted, limited = [], []
+    lock = threading.Lock()
+    start = threading.Barrier(6)
+    now = 60.0 * 1000 + 1  # the start of a minute: the previous one is empty
+
+    def client(n: int) -> None:
+        start.wait()
+        for _ in range(5):
+            try:
+                limiters[n % 2].admit([("tenant:acme", Rate(requests=12))], 1, now)
+            except RateLimitedError as exc:
+                with lock:
+                    limited.append(exc.retry_after)
+            else:
+                with lock:
+                    admitted.append(n)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(admitted) == 12 and len(limited) == 18
+    assert all(0 < r <= 120 for r in limited)
+    current, previous, _ = limiters[0].window("tenant:acme", now)
+    assert current == Counts(12, 12) and previous == Counts()
+    # A request over one of its scopes is counted in none of them.
+    both = [("key:k1", Rate(requests=1)), ("tenant:globex", Rate(requests=5))]
+    limiters[0].admit(both, 1, now)
+    with pytest.raises(RateLimitedError) as limited:
+        limiters[1].admit(both, 1, now)
+    assert limited.value.scope == "key:k1"
+    assert limiters[0].window("tenant:globex", now)[0] == Counts(1, 1)
+    # A minute later the window has moved on.
+    limiters[0].admit([("tenant:acme", Rate(requests=12))], 1, now + 120)

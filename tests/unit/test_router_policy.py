@@ -155,6 +155,10 @@ def test_the_router_reaches_only_admitted_targets_and_says_why() -> None:
     admitted = {t["name"]: t["admitted"] for t in args["targets"]}
     assert admitted == {"smollm2": True, "gemma": False}
     assert args["targets"][0]["url"] == "http://smollm2-135m.team.svc:8000/v1"
+    assert args["rate_limits"] == [
+        {"tenant": "acme", "requests_per_minute": 600, "tokens_per_minute": 200000,
+         "key_requests_per_minute": 120, "key_tokens_per_minute": None}
+    ]  # fmt: skip
     allow = objs["NetworkPolicy/assistant-router-allow"]["spec"]
     peers = [r.get("to") for r in allow["egress"]]
     assert [

@@ -143,6 +143,50 @@ class Budget(ApiModel):
     period: Literal["hour", "day", "month"] = Field(default="day", description="Resets each.")
 
 
+class KeyRateLimit(ApiModel):
+    """What each API key of the tenant may do per minute."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "has(self.requestsPerMinute) || has(self.tokensPerMinute)",
+                "set requestsPerMinute, tokensPerMinute or both",
+            ),
+        )
+    )
+
+    requests_per_minute: int | None = Field(default=None, ge=1, description="Requests.")
+    tokens_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        description="Tokens, counted when a request is admitted at the most it may use "
+        "(prompt bound + max_tokens; without max_tokens, what the minute leaves, forwarded).",
+    )
+
+
+class RateLimit(KeyRateLimit):
+    """What one tenant (an API key's tenant) may do per minute, on a sliding window: over
+    the limit, 429 `rate_limit_exceeded` with Retry-After."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "has(self.requestsPerMinute) || has(self.tokensPerMinute) || has(self.perKey)",
+                "set requestsPerMinute, tokensPerMinute, perKey or several",
+            ),
+        )
+    )
+
+    tenant: str = Field(
+        max_length=63,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="The tenant of the API keys it limits (see auth.apiKeys).",
+    )
+    per_key: KeyRateLimit | None = Field(
+        default=None, description="Limits of each key of the tenant, besides the tenant's."
+    )
+
+
 class RouterState(ApiModel):
     """Where the router keeps what each tenant has spent and holds."""
 
@@ -175,6 +219,11 @@ class ModelRouterSpec(ApiModel):
                 field_path=".budgets",
             ),
             cel(
+                "size(self.rateLimits) == 0 || has(self.auth.apiKeys)",
+                "rate limits are per API key tenant and key: set auth.apiKeys",
+                field_path=".rateLimits",
+            ),
+            cel(
                 "self.replicas == 1 || has(self.state.postgres)",
                 "more than one replica needs state.postgres (each replica would count "
                 "budgets of its own)",
@@ -200,6 +249,15 @@ class ModelRouterSpec(ApiModel):
         default_factory=list,
         max_length=256,
         description="Per tenant spending limits.",
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["tenant"],
+        },
+    )
+    rate_limits: list[RateLimit] = Field(
+        default_factory=list,
+        max_length=256,
+        description="Per tenant (and per key) requests and tokens per minute.",
         json_schema_extra={
             "x-kubernetes-list-type": "map",
             "x-kubernetes-list-map-keys": ["tenant"],

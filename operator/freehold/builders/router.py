@@ -31,6 +31,7 @@ from freehold_serving.router.args import (
     BudgetConfig,
     ExternalConfig,
     FallbackConfig,
+    RateLimitConfig,
     RouterArgs,
     TargetConfig,
 )
@@ -136,6 +137,16 @@ def router_args(
         budgets=[
             BudgetConfig(tenant=b.tenant, tokens=b.tokens, cost=b.cost, period=b.period)
             for b in spec.budgets
+        ],
+        rate_limits=[
+            RateLimitConfig(
+                tenant=r.tenant,
+                requests_per_minute=r.requests_per_minute,
+                tokens_per_minute=r.tokens_per_minute,
+                key_requests_per_minute=r.per_key.requests_per_minute if r.per_key else None,
+                key_tokens_per_minute=r.per_key.tokens_per_minute if r.per_key else None,
+            )
+            for r in spec.rate_limits
         ],
         api_keys=api_keys_config(
             spec.auth, file=None, vault_address=vault, vault_role=role, vault_ca_cert=ca

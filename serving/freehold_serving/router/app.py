@@ -13,6 +13,7 @@ go through any-llm, and only when the spec allowed them.
 import asyncio
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import AsyncIterator
@@ -25,7 +26,7 @@ from ray import serve
 from ray.serve import Application
 from starlette.responses import Response, StreamingResponse
 
-from freehold_serving.auth import ApiKeys
+from freehold_serving.auth import ApiKeys, key_id
 from freehold_serving.openai.api import add_error_handlers, error_response
 from freehold_serving.openai.errors import ApiError
 from freehold_serving.router.args import RouterArgs, TargetConfig
@@ -36,10 +37,17 @@ from freehold_serving.router.ledger import (
     Ledger,
     LedgerUnavailableError,
     MemoryLedger,
+    MemoryLimiter,
+    PostgresLedger,
+    PostgresLimiter,
+    Rate,
+    RateLimitedError,
     remaining,
+    tokens_left,
 )
 from freehold_serving.router.policy import (
     Need,
+    Plan,
     Router,
     estimate_tokens,
     failure_cause,
@@ -150,7 +158,6 @@ def open_ledger(args: RouterArgs) -> Ledger:
     if args.state_postgres is None:
         return MemoryLedger()
     from freehold_serving.memory.pg_credentials import open_database
-    from freehold_serving.router.ledger import PostgresLedger
 
     vault = None
     if args.vault_address and args.vault_role:
@@ -184,20 +191,30 @@ class RouterServer:
         self._external_keys: dict[str, str | None] = {}
         self._m = router_metrics()
         self._ledger = open_ledger(args)
+        # Rate counters live where the budgets do.
+        self._limiter: MemoryLimiter | PostgresLimiter = (
+            PostgresLimiter(self._ledger)
+            if isinstance(self._ledger, PostgresLedger)
+            else MemoryLimiter()
+        )
         # Streams whose client left, read to their end for their usage (kept referenced).
         self._drains: set[asyncio.Task[None]] = set()
 
     # -- plumbing ------------------------------------------------------------------------
 
     def _tenant(self, request: Request) -> str | None:
+        return self._caller(request)[0]
+
+    def _caller(self, request: Request) -> tuple[str | None, str | None]:
+        """The caller's tenant and key id (None, None: the router requires no key)."""
         if self._keys is None:
-            return None
+            return None, None
         header = request.headers.get("authorization", "")
         scheme, _, presented = header.partition(" ")
         tenant = self._keys.tenant_of(presented.strip()) if scheme.lower() == "bearer" else None
         if tenant is None:
             raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
-        return tenant
+        return tenant, key_id(presented.strip())
 
     async def _body(self, request: Request) -> dict[str, Any]:
         raw = await request.body()
@@ -240,26 +257,36 @@ class RouterServer:
         return await asyncio.to_thread(method, *args)
 
     async def _hold(
-        self, tenant: str | None, kind: str, body: dict[str, Any], order: list[TargetConfig]
+        self,
+        tenant: str | None,
+        kind: str,
+        body: dict[str, Any],
+        order: list[TargetConfig],
+        prompt: int,
+        ceiling: int | None,
     ) -> Charge | None:
         """Hold the most the request can cost against its tenant's budget (router/
-        ledger.py says why), capping the completion it may generate when it set none."""
+        ledger.py says why), capping the completion it may generate when it set none (at
+        most `ceiling`, what its rate limits leave)."""
         budget = self._router.budget(tenant)
         if budget is None:
             return None
-        texts = _texts(kind, body)
-        messages = len(body.get("messages") or []) if kind == "chat" else len(texts)
         requested = 0 if kind == "embeddings" else _requested(body)
-        attempts = order[: self._args.fallback.max_attempts]
+        rates = [(t.cost_input, t.cost_output) for t in order[: self._args.fallback.max_attempts]]
         now = time.time()
         try:
             committed = await self._ledger_call(self._ledger.committed, budget, now)
-            planned = plan(
-                prompt_bound(texts, messages),
-                requested,
-                [(t.cost_input, t.cost_output) for t in attempts],
-                remaining(budget, committed),
-            )
+            left = remaining(budget, committed)
+            planned = plan(prompt, requested, rates, left)
+            if (
+                ceiling is not None
+                and not isinstance(planned, str)
+                and (planned.max_tokens is None or planned.max_tokens > ceiling)
+            ):
+                ceiling = max(ceiling, 1)
+                planned = plan(prompt, ceiling, rates, left)
+                if not isinstance(planned, str):
+                    planned = Plan(planned.tokens, planned.cost, ceiling)
             if isinstance(planned, str):
                 limits = [
                     f"{committed.tokens} of {budget.tokens} tokens" if budget.tokens else "",
@@ -280,23 +307,84 @@ class RouterServer:
                 code="budget_exceeded",
             ) from None
         except LedgerUnavailableError:
-            self._m.refused.labels(self._args.name, "budget_state").inc()
-            raise ApiError(
-                503,
-                "The router cannot reach its budget ledger; budgeted requests wait until it "
-                "is back.",
-                type="server_error",
-                code="budget_state_unavailable",
-                headers={"Retry-After": "5"},
-            ) from None
+            raise self._state_unavailable() from None
         if planned.max_tokens is not None:
             body["max_tokens"] = planned.max_tokens  # never generate past what was held
         return Charge(self._ledger, hold)
 
     # -- routing -------------------------------------------------------------------------
 
+    def _scopes(self, tenant: str | None, key: str | None) -> list[tuple[str, Rate]]:
+        """The rate limits a caller's request counts against: its tenant's, its key's."""
+        found = next((r for r in self._args.rate_limits if r.tenant == tenant), None)
+        if found is None or tenant is None:
+            return []
+        scopes = []
+        if found.requests_per_minute or found.tokens_per_minute:
+            scopes.append(
+                (f"tenant:{tenant}", Rate(found.requests_per_minute, found.tokens_per_minute))
+            )
+        if key is not None and (found.key_requests_per_minute or found.key_tokens_per_minute):
+            scopes.append((key, Rate(found.key_requests_per_minute, found.key_tokens_per_minute)))
+        return scopes
+
+    async def _rate_ceiling(self, scopes: list[tuple[str, Rate]], prompt: int) -> int | None:
+        """The completion tokens the caller's token-per-minute windows leave after this
+        prompt (None: no token limit)."""
+        now = time.time()
+        ceilings = []
+        for scope, rate in scopes:
+            if rate.tokens is None:
+                continue
+            try:
+                window = await self._ledger_call(self._limiter.window, scope, now)
+            except LedgerUnavailableError:
+                raise self._state_unavailable() from None
+            left = tokens_left(rate, *window)
+            if left is not None:
+                ceilings.append(left - prompt)
+        return min(ceilings) if ceilings else None
+
+    async def _admit(self, scopes: list[tuple[str, Rate]], tokens: int) -> None:
+        try:
+            await self._ledger_call(self._limiter.admit, scopes, tokens, time.time())
+        except RateLimitedError as limited:
+            self._m.refused.labels(self._args.name, "rate_limit").inc()
+            rate = dict(scopes)[limited.scope]
+            whose = "this key" if limited.scope.startswith("key:") else "this tenant"
+            if limited.retry_after == math.inf:
+                raise ApiError(
+                    429,
+                    f"The request may use {tokens} tokens, more than {whose} may use in a "
+                    "minute; send a shorter prompt or a lower max_tokens.",
+                    type="requests",
+                    code="rate_limit_exceeded",
+                ) from None
+            retry = max(1, math.ceil(limited.retry_after))
+            raise ApiError(
+                429,
+                f"Rate limit of {whose} reached ({rate.requests or '-'} requests, "
+                f"{rate.tokens or '-'} tokens per minute); retry after {retry} s.",
+                type="requests",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": str(retry)},
+            ) from None
+        except LedgerUnavailableError:
+            raise self._state_unavailable() from None
+
+    def _state_unavailable(self) -> ApiError:
+        self._m.refused.labels(self._args.name, "budget_state").inc()
+        return ApiError(
+            503,
+            "The router cannot reach its budget ledger; budgeted and rate-limited requests "
+            "wait until it is back.",
+            type="server_error",
+            code="budget_state_unavailable",
+            headers={"Retry-After": "5"},
+        )
+
     async def route(self, request: Request, kind: str) -> Response:
-        tenant = self._tenant(request)
+        tenant, key = self._caller(request)
         body = await self._body(request)
         need = need_of(kind, body)
         order, skipped = self._router.order(need)
@@ -310,7 +398,24 @@ class RouterServer:
                 code="no_target_available",
                 headers={"Retry-After": "1"},
             )
-        charge = await self._hold(tenant, kind, body, order)
+        texts = _texts(kind, body)
+        prompt = prompt_bound(
+            texts, len(body.get("messages") or []) if kind == "chat" else len(texts)
+        )
+        scopes = self._scopes(tenant, key)
+        open_ended = kind != "embeddings" and _requested(body) is None
+        ceiling = await self._rate_ceiling(scopes, prompt) if scopes and open_ended else None
+        charge = await self._hold(tenant, kind, body, order, prompt, ceiling)
+        if charge is None and ceiling is not None:
+            body["max_tokens"] = max(ceiling, 1)  # never generate past what the window takes
+        if scopes:
+            completion = 0 if kind == "embeddings" else _requested(body) or 0
+            try:
+                await self._admit(scopes, prompt + completion)
+            except ApiError:
+                if charge is not None:
+                    await charge.release()
+                raise
         try:
             return await self._attempt(kind, body, order, charge)
         finally:

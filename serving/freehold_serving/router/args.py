@@ -58,6 +58,16 @@ class BudgetConfig(Strict):
     period: Literal["hour", "day", "month"] = "day"
 
 
+class RateLimitConfig(Strict):
+    """Per minute, for a tenant as a whole and (key_*) for each of its keys."""
+
+    tenant: str
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    key_requests_per_minute: int | None = None
+    key_tokens_per_minute: int | None = None
+
+
 class RouterArgs(Strict):
     name: str
     namespace: str = "default"
@@ -68,6 +78,7 @@ class RouterArgs(Strict):
     )
     fallback: FallbackConfig = Field(default_factory=FallbackConfig)
     budgets: list[BudgetConfig] = Field(default_factory=list)
+    rate_limits: list[RateLimitConfig] = Field(default_factory=list)
     api_keys: ApiKeysConfig | None = None
     vault_address: str | None = None
     vault_role: str | None = None

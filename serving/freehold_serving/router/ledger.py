@@ -15,6 +15,7 @@ requests are refused with 503: fail closed).
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Callable
@@ -154,7 +155,15 @@ CREATE TABLE IF NOT EXISTS budget_holds (
     expires_at DOUBLE PRECISION NOT NULL
 );
 CREATE INDEX IF NOT EXISTS budget_holds_tenant ON budget_holds (router, tenant, window_index);
-CREATE INDEX IF NOT EXISTS budget_holds_expiry ON budget_holds (expires_at)
+CREATE INDEX IF NOT EXISTS budget_holds_expiry ON budget_holds (expires_at);
+CREATE TABLE IF NOT EXISTS rate_counts (
+    router TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    minute BIGINT NOT NULL,
+    requests BIGINT NOT NULL DEFAULT 0,
+    tokens BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (router, scope, minute)
+)
 """
 
 
@@ -272,3 +281,167 @@ class PostgresLedger:
                     self._charge(hold.tenant, hold.window, actual)
 
         self._run(charge)
+
+
+# -- rate limits ------------------------------------------------------------------------
+#
+# Requests and tokens per minute, per tenant and per key, on a sliding window: the
+# current minute's count plus the previous minute's weighted by how much of it the
+# window still covers (two counters per scope; no burst of twice the limit at a minute's
+# edge, as fixed windows allow). Tokens are counted when a request is admitted, at the
+# most it may use (the router caps max_tokens to what the window leaves), so a limit
+# cannot be passed by asking for little and using much.
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A limit per minute (None: not limited)."""
+
+    requests: int | None = None
+    tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class Counts:
+    requests: int = 0
+    tokens: int = 0
+
+
+def minute_of(now: float) -> tuple[int, float]:
+    """The minute `now` is in, and how far into it (0..1)."""
+    minute = int(now // 60)
+    return minute, (now - minute * 60) / 60
+
+
+def _wait(limit: int, current: int, previous: int, elapsed: float, need: int) -> float | None:
+    """Seconds until `need` more fits under `limit` (None: now; inf: never)."""
+    if need > limit:
+        return math.inf
+    if current + previous * (1 - elapsed) + need <= limit:
+        return None
+    if current + need <= limit:  # the previous minute's weight must fall far enough
+        return (current + previous * (1 - elapsed) + need - limit) / previous * 60
+    # Not within this minute: in the next, this minute's count fades as the previous.
+    return (1 - elapsed) * 60 + max(0.0, 1 - (limit - need) / current) * 60
+
+
+def rate_wait(
+    rate: Rate, current: Counts, previous: Counts, elapsed: float, tokens: int
+) -> float | None:
+    """Seconds until a request of `tokens` fits the rate (None: it fits now)."""
+    waits = [
+        w
+        for w in (
+            None if rate.requests is None
+            else _wait(rate.requests, current.requests, previous.requests, elapsed, 1),
+            None if rate.tokens is None
+            else _wait(rate.tokens, current.tokens, previous.tokens, elapsed, tokens),
+        )
+        if w is not None
+    ]  # fmt: skip
+    return max(waits) if waits else None
+
+
+def tokens_left(rate: Rate, current: Counts, previous: Counts, elapsed: float) -> int | None:
+    """Tokens the window takes now (None: no token limit)."""
+    if rate.tokens is None:
+        return None
+    return int(rate.tokens - current.tokens - previous.tokens * (1 - elapsed))
+
+
+class RateLimitedError(Exception):
+    def __init__(self, scope: str, retry_after: float) -> None:
+        super().__init__(scope)
+        self.scope = scope
+        self.retry_after = retry_after
+
+
+@dataclass
+class MemoryLimiter:
+    counts: dict[tuple[str, int], Counts] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def window(self, scope: str, now: float) -> tuple[Counts, Counts, float]:
+        minute, elapsed = minute_of(now)
+        with self._lock:
+            return (
+                self.counts.get((scope, minute), Counts()),
+                self.counts.get((scope, minute - 1), Counts()),
+                elapsed,
+            )
+
+    def admit(self, scopes: list[tuple[str, Rate]], tokens: int, now: float) -> None:
+        """Count a request of `tokens` in every scope, or (any over its limit) in none and
+        raise RateLimitedError."""
+        minute, elapsed = minute_of(now)
+        with self._lock:
+            for scope, rate in scopes:
+                current = self.counts.get((scope, minute), Counts())
+                previous = self.counts.get((scope, minute - 1), Counts())
+                wait = rate_wait(rate, current, previous, elapsed, tokens)
+                if wait is not None:
+                    raise RateLimitedError(scope, wait)
+            for scope, _ in scopes:
+                current = self.counts.get((scope, minute), Counts())
+                self.counts[(scope, minute)] = Counts(current.requests + 1, current.tokens + tokens)
+            for key in [k for k in self.counts if k[1] < minute - 1]:
+                del self.counts[key]
+
+
+class PostgresLimiter:
+    """Every replica's counters in one PostgreSQL (the ledger's connection): an admission
+    locks its scope's current minute (admissions of one scope queue)."""
+
+    def __init__(self, ledger: PostgresLedger) -> None:
+        self._ledger = ledger
+
+    def _counts(self, scope: str, minute: int) -> Counts:
+        rows = self._ledger._db.rows(
+            "SELECT requests, tokens FROM rate_counts WHERE router = ? AND scope = ?"
+            " AND minute = ?",
+            (self._ledger._router, scope, minute),
+        )
+        return Counts(int(rows[0]["requests"]), int(rows[0]["tokens"])) if rows else Counts()
+
+    def window(self, scope: str, now: float) -> tuple[Counts, Counts, float]:
+        minute, elapsed = minute_of(now)
+        result: tuple[Counts, Counts, float] = self._ledger._run(
+            lambda: (self._counts(scope, minute), self._counts(scope, minute - 1), elapsed)
+        )
+        return result
+
+    def admit(self, scopes: list[tuple[str, Rate]], tokens: int, now: float) -> None:
+        minute, elapsed = minute_of(now)
+        db, router = self._ledger._db, self._ledger._router
+
+        def take() -> None:
+            with db.transaction():
+                # Scopes locked in one order: two admissions never wait on each other.
+                for scope, rate in sorted(scopes):
+                    db.execute(
+                        "INSERT INTO rate_counts (router, scope, minute) VALUES (?, ?, ?)"
+                        " ON CONFLICT DO NOTHING",
+                        (router, scope, minute),
+                    )
+                    row = db.rows(
+                        "SELECT requests, tokens FROM rate_counts WHERE router = ?"
+                        " AND scope = ? AND minute = ? FOR UPDATE",
+                        (router, scope, minute),
+                    )[0]
+                    current = Counts(int(row["requests"]), int(row["tokens"]))
+                    previous = self._counts(scope, minute - 1)
+                    wait = rate_wait(rate, current, previous, elapsed, tokens)
+                    if wait is not None:
+                        raise RateLimitedError(scope, wait)  # rolls the transaction back
+                for scope, _ in scopes:
+                    db.execute(
+                        "UPDATE rate_counts SET requests = requests + 1, tokens = tokens + ?"
+                        " WHERE router = ? AND scope = ? AND minute = ?",
+                        (tokens, router, scope, minute),
+                    )
+                    db.execute(
+                        "DELETE FROM rate_counts WHERE router = ? AND scope = ? AND minute < ?",
+                        (router, scope, minute - 1),
+                    )
+
+        self._ledger._run(take)

@@ -363,6 +363,45 @@ def test_a_stream_is_charged_once_and_also_when_its_client_leaves(
     assert used < committed < held
 
 
+def test_rate_limits_per_key_and_per_tenant_answer_429_with_retry_after(
+    stack: Stack, tmp_path: Path
+) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("fh-router-acme-1 acme\nfh-router-acme-2 acme\nfh-router-initech-3 initech\n")
+    base = deploy(
+        stack,
+        "r-rate",
+        targets=[target("smol", stack.base("smol"), SMOL)],
+        rate_limits=[
+            {"tenant": "acme", "requests_per_minute": 3, "key_requests_per_minute": 2},
+            {"tenant": "initech", "tokens_per_minute": 300},
+        ],
+        api_keys={"file": str(keys)},
+    )
+    first = [chat(base, key="fh-router-acme-1", max_tokens=1) for _ in range(3)]
+    assert [a.status_code for a in first] == [200, 200, 429]
+    error = first[2].json()["error"]
+    assert error["code"] == "rate_limit_exceeded" and "this key" in error["message"], error
+    assert int(first[2].headers["Retry-After"]) >= 1
+    # The refused request was counted nowhere: the tenant has room for one more, by key 2.
+    second = [chat(base, key="fh-router-acme-2", max_tokens=1) for _ in range(2)]
+    assert [a.status_code for a in second] == [200, 429]
+    assert "this tenant" in second[1].json()["error"]["message"]
+    # Tokens per minute: without max_tokens, an answer may use what the minute leaves;
+    # then the minute is spent, and a request that could never fit says so.
+    used = 0
+    for _ in range(5):
+        answer = chat(base, "Count from one to one hundred.", key="fh-router-initech-3",
+                      max_tokens=None)  # fmt: skip
+        if answer.status_code != 200:
+            break
+        used += answer.json()["usage"]["total_tokens"]
+    assert answer.status_code == 429 and "Retry-After" in answer.headers, answer.text
+    assert used <= 300
+    huge = chat(base, key="fh-router-initech-3", max_tokens=400)
+    assert huge.status_code == 429 and "more than this tenant may use" in huge.text
+
+
 def test_bad_requests_get_openai_errors(stack: Stack) -> None:
     base = deploy(stack, "r-bad", targets=[target("smol", stack.base("smol"), SMOL)])
     wrong = httpx.post(
