@@ -26,6 +26,7 @@ import pytest
 
 from freehold_serving.router.args import RouterArgs
 from tests.integration.serving.conftest import SMOL, Stack, free_port
+from tests.pg_server import Postgres
 
 pytestmark = pytest.mark.slow
 GEMMA = "gemma-3-270m"
@@ -361,6 +362,65 @@ def test_a_stream_is_charged_once_and_also_when_its_client_leaves(
     # Charged what the target generated for it (its usage, read after the client left):
     # more than nothing, less than what was held (the prompt bound is an upper bound).
     assert used < committed < held
+
+
+def test_router_replicas_share_budgets_in_postgresql_and_fail_closed_without_it(
+    stack: Stack, tmp_path: Path, postgres: Postgres
+) -> None:
+    """Two router replicas (two apps with the same router name: one ledger) on a real
+    PostgreSQL: concurrent requests through both never pass the budget, a third replica
+    (a restart) sees what was spent; a router whose database is away refuses budgeted
+    requests (503) and serves the others."""
+    from ray import serve
+
+    from freehold_serving.router.app import build_router
+
+    keys = tmp_path / "keys"
+    keys.write_text("fh-router-acme-1 acme\nfh-router-globex-2 globex\n")
+    password = tmp_path / "pgpass"
+    password.write_text(postgres.password)
+    database = postgres.create_database("routers_" + os.urandom(4).hex())
+    state = {
+        "host": postgres.host, "port": postgres.port, "database": database,
+        "db_schema": "router_state", "sslmode": "disable", "credentials": "file",
+        "user": postgres.user, "password_file": str(password),
+    }  # fmt: skip
+
+    def replica(app: str, pg: dict[str, Any]) -> str:
+        args = RouterArgs.model_validate({
+            "name": "shared", "served_name": "assistant",
+            "targets": [target("smol", stack.base("smol"), SMOL)],
+            "budgets": [{"tenant": "acme", "tokens": 300, "period": "day"}],
+            "api_keys": {"file": str(keys)}, "state_postgres": pg,
+        })  # fmt: skip
+        serve.run(build_router(args), name=app, route_prefix=f"/{app}", blocking=False)
+        return f"{stack.root}/{app}/v1"
+
+    bases = [replica("r-shared-a", state), replica("r-shared-b", state)]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(
+            pool.map(lambda n: chat(bases[n % 2], key="fh-router-acme-1", max_tokens=16),
+                     range(8))
+        )  # fmt: skip
+    ok = [a for a in answers if a.status_code == 200]
+    assert ok and any(a.status_code == 429 for a in answers), [a.text for a in answers]
+    spent = sum(a.json()["usage"]["total_tokens"] for a in ok)
+    assert [budget_of(b, "acme")["committedTokens"] for b in bases] == [spent, spent]
+    assert spent <= 300
+    assert budget_of(bases[0], "acme") | {"committedTokens": 0} == {
+        "tenant": "acme", "period": "day", "tokens": 300, "cost": None, "committedTokens": 0,
+        "committedCost": 0.0,
+    }  # fmt: skip
+    restarted = replica("r-shared-c", state)
+    assert budget_of(restarted, "acme")["committedTokens"] == spent
+
+    away = replica("r-shared-away", {**state, "port": free_port(), "connect_timeout_seconds": 1})
+    refused = chat(away, key="fh-router-acme-1")
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["error"]["code"] == "budget_state_unavailable"
+    assert refused.headers["Retry-After"] == "5"
+    assert chat(away, key="fh-router-globex-2").status_code == 200  # no budget: served
+    assert budget_of(away, "acme").get("ledger") == "unavailable"
 
 
 def test_rate_limits_per_key_and_per_tenant_answer_429_with_retry_after(
