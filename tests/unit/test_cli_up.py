@@ -172,3 +172,16 @@ def test_local_replicas_write_signed_access_records_under_the_data_dir(tmp_path:
     assert args.audit is not None
     assert args.audit.directory == str(tmp_path / "audit")
     assert args.audit.signing_key_file == str(tmp_path / "keys" / "audit.pem")
+
+
+def test_the_router_key_for_its_models_is_private_and_new_each_start(tmp_path: Path) -> None:
+    from freehold.local.up import router_key_file
+    from freehold.settings import LocalSettings
+    from freehold_serving.auth import read_key_file
+
+    settings = LocalSettings(data_dir=tmp_path / "data")
+    path = router_key_file(settings)
+    ((key, tenant),) = read_key_file(str(path))  # type: ignore[misc]
+    assert key.startswith("fh-router-") and len(key) > 40 and tenant == "freehold-router"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert read_key_file(str(router_key_file(settings))) != [(key, tenant)]

@@ -3,6 +3,7 @@ at / (the same Ray Serve cluster: one process graph, as in a RayService)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -24,8 +25,11 @@ def start_router(
     settings: LocalSettings,
     cpus: int,
     console: Console,
+    target_key_file: Path | None = None,
 ) -> ServingArgs:
-    """Serve the other models and the router; the args to show (the router's name)."""
+    """Serve the other models and the router; the args to show (the router's name).
+    `target_key_file`: the key the models accept (the router's own), when they need one;
+    `settings` are the router's (its callers' keys)."""
     from ray import serve
 
     from freehold.local.up import endpoint_of, local_args, verify_model
@@ -35,8 +39,11 @@ def start_router(
     root = endpoint_of(settings).removesuffix("/v1")
     served = {first.name: first_args}
     for deployment in extra:
+        model_settings = settings
+        if target_key_file is not None:
+            model_settings = settings.model_copy(update={"api_keys_file": target_key_file})
         with console.status(f"Verifying and loading {deployment.name}"):
-            args = verify_model(local_args(deployment, settings, cpus), lambda _n: None)
+            args = verify_model(local_args(deployment, model_settings, cpus), lambda _n: None)
             # One embedder is enough: the first model's.
             args = args.model_copy(
                 update={"embeddings": args.embeddings.model_copy(update={"enabled": False})}
@@ -68,6 +75,17 @@ def start_router(
         api_server_cidr="-",
     )
     routing = router_args(router.spec, ctx, resolved)
+    if target_key_file is not None:
+        routing = routing.model_copy(
+            update={
+                "targets": [
+                    t.model_copy(update={"api_key_file": str(target_key_file)})
+                    if t.external is None
+                    else t
+                    for t in routing.targets
+                ]
+            }
+        )
     if settings.api_keys_file is not None:
         routing = routing.model_copy(
             update={"api_keys": ApiKeysConfig(file=str(settings.api_keys_file))}

@@ -31,6 +31,7 @@ from freehold.settings import LocalSettings
 from freehold.validation import FieldError, defaulted, validate
 from freehold_serving.args import AuditConfig, ServingArgs
 from freehold_serving.memory.args import MemoryArgs
+from freehold_serving.private_files import private_file
 
 log = logging.getLogger(__name__)
 
@@ -587,6 +588,17 @@ def with_stores(
     return args, [store_args(s, args, deployment, settings, model_url) for s in stores]
 
 
+def router_key_file(settings: LocalSettings) -> Path:
+    """A key file (0600) holding one key made now, the router's own for its targets: the
+    models behind a router accept it and nothing else, so callers' keys, budgets and rate
+    limits are the router's to check."""
+    import secrets
+
+    path = private_file(settings.data_dir / "router" / "targets.keys")
+    path.write_text(f"fh-router-{secrets.token_urlsafe(32)} freehold-router\n", encoding="utf-8")
+    return path
+
+
 def serve_locally(
     deployment: Deployment,
     settings: LocalSettings,
@@ -599,6 +611,10 @@ def serve_locally(
     cpus = settings.cpus or os.cpu_count() or 1
     # Several models share the machine's cores; each gets its share of threads.
     share = max(1, cpus // (1 + len(extra or [])))
+    router_settings = settings
+    if router is not None and settings.api_keys_file is not None:
+        # The router is the only way in: the models behind it accept only its own key.
+        settings = settings.model_copy(update={"api_keys_file": router_key_file(settings)})
     args = local_args(deployment, settings, share)
     route = f"/models/{deployment.name}" if router else "/"
     memory_url = endpoint_of(settings) + "/memory"
@@ -658,7 +674,10 @@ def serve_locally(
         if router is not None:
             from freehold.local.router import start_router
 
-            shown = start_router(router, deployment, args, extra or [], settings, share, console)
+            shown = start_router(
+                router, deployment, args, extra or [], router_settings, share, console,
+                target_key_file=settings.api_keys_file if settings is not router_settings else None,
+            )  # fmt: skip
         announce(shown, settings, started, console)
         start_stores(memories, memory_url, console)
         print_hints(shown, endpoint_of(settings), console)

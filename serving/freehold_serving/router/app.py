@@ -153,6 +153,18 @@ def _requested(body: dict[str, Any]) -> int | None:
     return None
 
 
+def _own_key(path: str) -> str:
+    """The router's key for a target: the first key of a key file (`KEY [TENANT]` lines,
+    as the target reads the same file)."""
+    from freehold_serving.auth import read_key_file
+
+    entries = read_key_file(path)
+    if not entries:
+        raise RuntimeError(f"the key file {path} holds no key")
+    first = entries[0]
+    return first if isinstance(first, str) else first[0]
+
+
 def open_ledger(args: RouterArgs) -> Ledger:
     """The budgets' ledger: shared in PostgreSQL when the args name one."""
     if args.state_postgres is None:
@@ -189,6 +201,9 @@ class RouterServer:
         self._keys: ApiKeys | None = load_keys(args.api_keys)
         self._follow = follow_keys(self._keys, args.api_keys)
         self._external_keys: dict[str, str | None] = {}
+        self._target_keys = {
+            t.name: _own_key(t.api_key_file) for t in args.targets if t.api_key_file
+        }
         self._m = router_metrics()
         self._ledger = open_ledger(args)
         # Rate counters live where the budgets do.
@@ -482,12 +497,14 @@ class RouterServer:
                 "include_usage": True,
             }
         url = f"{target.url}{PATHS[kind]}"
+        headers = {"Content-Type": "application/json"}
+        credential = self._target_keys.get(target.name)
+        if credential:  # the router's own key for this target, never the caller's
+            headers["Authorization"] = f"Bearer {credential}"
         started = time.perf_counter()
         try:
             answer = await self._client.post(
-                url,
-                data=json.dumps(payload, separators=(",", ":")),
-                headers={"Content-Type": "application/json"},
+                url, data=json.dumps(payload, separators=(",", ":")), headers=headers
             )
         except TimeoutError:
             raise FailedError("timeout") from None

@@ -38,6 +38,11 @@ class TargetConfig(Strict):
     context_limit: int | None = None
     capabilities: list[str] = Field(default_factory=lambda: ["chat", "completions"])
     admitted: bool = True
+    api_key_file: str | None = Field(
+        default=None,
+        description="A file holding the router's own key for this target (never the "
+        "caller's): `freehold up` makes one when the models behind a router need keys.",
+    )
 
 
 Cause = Literal["5xx", "timeout", "429", "context_length"]

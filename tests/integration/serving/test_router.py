@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from freehold_serving.router.args import RouterArgs
-from tests.integration.serving.conftest import SMOL, Stack, free_port
+from tests.integration.serving.conftest import API_KEY, SMOL, Stack, free_port
 from tests.pg_server import Postgres
 
 pytestmark = pytest.mark.slow
@@ -460,6 +460,35 @@ def test_rate_limits_per_key_and_per_tenant_answer_429_with_retry_after(
     assert used <= 300
     huge = chat(base, key="fh-router-initech-3", max_tokens=400)
     assert huge.status_code == 429 and "more than this tenant may use" in huge.text
+
+
+def test_the_router_reaches_targets_that_need_keys_with_its_own(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """`freehold up` with a router in front of models that need keys: the models accept
+    only the router's own key (local/up.py's router_key_file), the router presents it,
+    and a caller's key works at the router only (its budgets cannot be skipped)."""
+    callers = tmp_path / "callers"
+    callers.write_text("fh-router-acme-1 acme\n")
+    own = tmp_path / "router-key"
+    own.write_text(API_KEY + " freehold-router\n")  # a key file the "locked" model accepts
+    base = deploy(
+        stack,
+        "r-keyed",
+        targets=[target("locked", stack.base("locked"), GEMMA, api_key_file=str(own))],
+        api_keys={"file": str(callers)},
+    )
+    answer = chat(base, key="fh-router-acme-1")
+    assert answer.status_code == 200, answer.text
+    direct = httpx.post(
+        f"{stack.base('locked')}/chat/completions",
+        json={"model": GEMMA, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1},
+        headers={"Authorization": "Bearer fh-router-acme-1"},
+        timeout=60,
+    )
+    assert direct.status_code == 401  # the caller's key is the router's, not the model's
+    bare = deploy(stack, "r-unkeyed", targets=[target("locked", stack.base("locked"), GEMMA)])
+    assert chat(bare).status_code == 401  # without its own key the router gets nowhere
 
 
 def test_bad_requests_get_openai_errors(stack: Stack) -> None:
