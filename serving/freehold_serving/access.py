@@ -41,25 +41,52 @@ class AccessLog:
     """The access records of one replica (a writer thread; requests never wait on disk)."""
 
     def __init__(self, args: ServingArgs, config: AuditConfig, export: Any = None) -> None:
-        path, self._lock = _claim(Path(config.directory) / "access", args.name)
+        if export is None and args.telemetry.otlp_endpoint:
+            export = OtlpEventExport(args.telemetry.otlp_endpoint, f"freehold-{args.name}")
+        # The digest of what answered: the model, or the LoRA adapter a request named.
+        digests = {args.model.served_name: f"sha256:{args.model.sha256}"} | {
+            a.served_name: f"sha256:{a.sha256}" for a in args.adapters
+        }
+        self._open(
+            args.name, f"serving/{args.namespace}/{args.name}", config, export, digests,
+            f"sha256:{args.model.sha256}",
+        )  # fmt: skip
+
+    @classmethod
+    def of_router(
+        cls, name: str, namespace: str, config: AuditConfig, otlp_endpoint: str | None
+    ) -> AccessLog:
+        """A router's records: each names the target that answered (its own records
+        name the digest), and the caller's key id and tenant."""
+        log_ = cls.__new__(cls)
+        export = (
+            OtlpEventExport(otlp_endpoint, f"freehold-router-{name}") if otlp_endpoint else None
+        )
+        log_._open(f"router-{name}", f"router/{namespace}/{name}", config, export, {}, None)
+        return log_
+
+    def _open(
+        self,
+        name: str,
+        component: str,
+        config: AuditConfig,
+        export: Any,
+        digests: dict[str, str],
+        digest: str | None,
+    ) -> None:
+        path, self._lock = _claim(Path(config.directory) / "access", name)
         signer = None
         if config.signing_key_file:
             from freehold_serving.signing import FileSigner
 
             signer = FileSigner(Path(config.signing_key_file))
-        component = f"serving/{args.namespace}/{args.name}"
         metrics = AuditMetrics.of()
-        if export is None and args.telemetry.otlp_endpoint:
-            export = OtlpEventExport(args.telemetry.otlp_endpoint, f"freehold-{args.name}")
         audit = AuditLog(
             path, component, signer, checkpoint_every=2**62, metrics=metrics, export=export
         )
         self._writer = AuditWriter(audit, signer is not None, metrics=metrics)
-        # The digest of what answered: the model, or the LoRA adapter a request named.
-        self._digests = {args.model.served_name: f"sha256:{args.model.sha256}"} | {
-            a.served_name: f"sha256:{a.sha256}" for a in args.adapters
-        }
-        self._digest = f"sha256:{args.model.sha256}"
+        self._digests = digests
+        self._digest = digest
         self.path = path
         log.info("access records in %s (%s)", path, "signed" if signer else "unsigned")
 
@@ -76,9 +103,12 @@ class AccessLog:
         output_tokens: int = 0,
         ttft_s: float | None = None,
         error: str | None = None,
+        target: str | None = None,
     ) -> None:
+        extra = {"target": target} if target is not None else {}
         self._writer.record(
             "inference.access",
+            **extra,
             keyId=key,
             tenant=tenant,
             operation=operation,

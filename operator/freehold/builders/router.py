@@ -12,6 +12,7 @@ from urllib.parse import urlparse
 from freehold.api.model_router import ModelRouterSpec
 from freehold.builders.memory_args import connection_args
 from freehold.builders.model_workload import (
+    AUDIT_DIR,
     INSTANCE_LABEL,
     MANAGED_BY,
     SERVE_PORT,
@@ -26,6 +27,7 @@ from freehold.builders.network import _ns, dns_egress, scrape_ingress
 from freehold.builders.postgres import PG_CA_DIR, postgres_egress, postgres_vault_paths
 from freehold.builders.serving_args import api_keys_config
 from freehold.builders.vault import VaultRole, acl_policy, role_body
+from freehold_serving.args import AuditConfig, TelemetryConfig
 from freehold_serving.router.args import (
     ARGS_ENV,
     BudgetConfig,
@@ -155,6 +157,10 @@ def router_args(
         vault_role=role,
         vault_ca_cert=ca,
         replicas=spec.replicas,
+        # Access records at the router (the caller's key id and tenant): the pod's copy of
+        # the chain, shipped over OTLP when a collector is set, as a model's.
+        audit=AuditConfig(directory=AUDIT_DIR),
+        telemetry=TelemetryConfig(otlp_endpoint=ctx.otel_endpoint),
         state_postgres=(
             connection_args(spec.state.postgres, ctx.name, f"{PG_CA_DIR}/ca.crt")
             if spec.state.postgres is not None
@@ -165,8 +171,14 @@ def router_args(
 
 def build_deployment(spec: ModelRouterSpec, ctx: BuildContext, args: RouterArgs) -> dict[str, Any]:
     probe = {"httpGet": {"path": "/health", "port": SERVE_PORT}}
-    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
-    vols: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    mounts: list[dict[str, Any]] = [
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "audit", "mountPath": AUDIT_DIR},
+    ]
+    vols: list[dict[str, Any]] = [
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "audit", "emptyDir": {"sizeLimit": "1Gi"}},
+    ]
     if needs_vault(spec) and ctx.vault_address:
         more, more_mounts = vault_volumes(ctx, f"{ctx.name}-router-vault-ca")
         vols += more
@@ -275,6 +287,13 @@ def build_network(spec: ModelRouterSpec, ctx: BuildContext) -> list[dict[str, An
         )
     if spec.state.postgres is not None:
         egress.append(postgres_egress(spec.state.postgres))
+    if ctx.otel_namespace:  # access records shipped as OTLP logs
+        egress.append(
+            {
+                "to": [_ns(ctx.otel_namespace)],
+                "ports": [{"protocol": "TCP", "port": 4317}, {"protocol": "TCP", "port": 4318}],
+            }
+        )
     callers: list[dict[str, Any]] = []
     for peer in spec.network.allow_from:
         entry: dict[str, Any] = {}

@@ -75,6 +75,15 @@ def start_router(
         api_server_cidr="-",
     )
     routing = router_args(router.spec, ctx, resolved)
+    # Access records beside the models', signed with the same local key.
+    routing = routing.model_copy(
+        update={
+            "audit": first_args.audit,
+            "telemetry": routing.telemetry.model_copy(
+                update={"otlp_endpoint": settings.otlp_endpoint}
+            ),
+        }
+    )
     if target_key_file is not None:
         routing = routing.model_copy(
             update={

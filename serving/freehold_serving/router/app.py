@@ -26,6 +26,7 @@ from ray import serve
 from ray.serve import Application
 from starlette.responses import Response, StreamingResponse
 
+from freehold_serving.access import AccessLog
 from freehold_serving.auth import ApiKeys, key_id
 from freehold_serving.openai.api import add_error_handlers, error_response
 from freehold_serving.openai.errors import ApiError
@@ -206,6 +207,11 @@ class RouterServer:
         }
         self._m = router_metrics()
         self._ledger = open_ledger(args)
+        self._access = (
+            AccessLog.of_router(args.name, args.namespace, args.audit, args.telemetry.otlp_endpoint)
+            if args.audit is not None
+            else None
+        )
         # Rate counters live where the budgets do.
         self._limiter: MemoryLimiter | PostgresLimiter = (
             PostgresLimiter(self._ledger)
@@ -399,7 +405,81 @@ class RouterServer:
         )
 
     async def route(self, request: Request, kind: str) -> Response:
+        """One routed request, with its access record (at the router: the caller's key
+        id and tenant, which the targets never see)."""
+        started = time.perf_counter()
         tenant, key = self._caller(request)
+        seen: dict[str, Any] = {}  # the answer's usage, as the relay or the reader saw it
+        try:
+            response = await self._route(request, kind, tenant, key, seen)
+        except ApiError as error:
+            self._record(kind, key, tenant, None, error.status, started, None, error.code)
+            raise
+        target = response.headers.get(TARGET_HEADER)
+        if isinstance(response, StreamingResponse):
+            response.body_iterator = self._recorded(
+                response.body_iterator, kind, key, tenant, target, started, seen
+            )
+        else:
+            usage = seen.get("usage")
+            self._record(kind, key, tenant, target, response.status_code, started, usage, None)
+        return response
+
+    def _record(
+        self,
+        kind: str,
+        key: str | None,
+        tenant: str | None,
+        target: str | None,
+        status: int,
+        started: float,
+        usage: Any,
+        error: str | None,
+    ) -> None:
+        if self._access is None:
+            return
+        usage = usage if isinstance(usage, dict) else {}
+        self._access.record(
+            operation=kind,
+            model=self._args.served_name,
+            key=key,
+            tenant=tenant,
+            status=status,
+            latency_s=time.perf_counter() - started,
+            input_tokens=int(usage.get("prompt_tokens") or 0),
+            output_tokens=int(usage.get("completion_tokens") or 0),
+            error=error,
+            target=target,
+        )
+
+    async def _recorded(
+        self,
+        chunks: Any,
+        kind: str,
+        key: str | None,
+        tenant: str | None,
+        target: str | None,
+        started: float,
+        seen: dict[str, Any],
+    ) -> AsyncIterator[Any]:
+        """A stream passed through; its record (with the tokens of the usage the relay
+        saw) written when it ends, or when its client leaves (499)."""
+        status = 499
+        try:
+            async for chunk in chunks:
+                yield chunk
+            status = 200
+        finally:
+            self._record(kind, key, tenant, target, status, started, seen.get("usage"), None)
+
+    async def _route(
+        self,
+        request: Request,
+        kind: str,
+        tenant: str | None,
+        key: str | None,
+        seen: dict[str, Any],
+    ) -> Response:
         body = await self._body(request)
         need = need_of(kind, body)
         order, skipped = self._router.order(need)
@@ -432,7 +512,7 @@ class RouterServer:
                     await charge.release()
                 raise
         try:
-            return await self._attempt(kind, body, order, charge)
+            return await self._attempt(kind, body, order, charge, seen)
         finally:
             # Whatever did not hand its hold to a stream (which settles it when it ends)
             # and did not settle it with an answer's usage used nothing.
@@ -445,6 +525,7 @@ class RouterServer:
         body: dict[str, Any],
         order: list[TargetConfig],
         charge: Charge | None,
+        seen: dict[str, Any],
     ) -> Response:
         self._m.decisions.labels(self._args.name, self._args.strategy, order[0].name).inc()
         stream = bool(body.get("stream")) and kind != "embeddings"
@@ -453,9 +534,9 @@ class RouterServer:
         for target in order[: self._args.fallback.max_attempts]:
             try:
                 if target.external is not None:
-                    response = await self._external(target, kind, body, stream, charge)
+                    response = await self._external(target, kind, body, stream, charge, seen)
                 else:
-                    response = await self._forward(target, kind, body, stream, charge)
+                    response = await self._forward(target, kind, body, stream, charge, seen)
             except FailedError as failure:
                 self._router.failed(target.name)
                 self._m.requests.labels(self._args.name, target.name, "failed").inc()
@@ -488,6 +569,7 @@ class RouterServer:
         body: dict[str, Any],
         stream: bool,
         charge: Charge | None,
+        seen: dict[str, Any],
     ) -> Response:
         payload = {**body, "model": target.model or body["model"]}
         wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -530,17 +612,17 @@ class RouterServer:
                 raise FailedError("timeout") from None
             except aiohttp.ClientError:
                 raise FailedError("5xx") from None
+            try:
+                seen["usage"] = json.loads(content).get("usage")
+            except (ValueError, AttributeError):
+                seen["usage"] = None
             if charge is not None:
-                try:
-                    usage = json.loads(content).get("usage")
-                except (ValueError, AttributeError):
-                    usage = None
-                await charge.usage(target, usage)
+                await charge.usage(target, seen["usage"])
             return Response(content, 200, media_type="application/json")
         if charge is not None:
             charge.streaming = True
         return StreamingResponse(
-            self._relay(answer, target, charge, wants_usage), media_type="text/event-stream"
+            self._relay(answer, target, charge, wants_usage, seen), media_type="text/event-stream"
         )
 
     async def _relay(
@@ -549,6 +631,7 @@ class RouterServer:
         target: TargetConfig,
         charge: Charge | None,
         wants_usage: bool,
+        seen: dict[str, Any],
     ) -> AsyncIterator[bytes]:
         ended = False
         try:
@@ -556,6 +639,7 @@ class RouterServer:
                 line = received
                 if line.startswith(b"data: {") and b'"usage":{' in line.replace(b" ", b""):
                     chunk = json.loads(line[6:])
+                    seen.setdefault("usage", chunk.get("usage"))
                     if charge is not None:
                         await charge.usage(target, chunk.get("usage"))  # the first one only
                     if not wants_usage:
@@ -603,6 +687,7 @@ class RouterServer:
         body: dict[str, Any],
         stream: bool,
         charge: Charge | None,
+        seen: dict[str, Any],
     ) -> Response:
         import any_llm
 
@@ -648,21 +733,25 @@ class RouterServer:
             if charge is not None:
                 charge.streaming = True
             return StreamingResponse(
-                self._external_stream(result, target, charge), media_type="text/event-stream"
+                self._external_stream(result, target, charge, seen),
+                media_type="text/event-stream",
             )
         data = result.model_dump(mode="json", exclude_none=True)
+        seen["usage"] = data.get("usage")
         if charge is not None:
             await charge.usage(target, data.get("usage"))
         return Response(json.dumps(data), 200, media_type="application/json")
 
     async def _external_stream(
-        self, chunks: Any, target: TargetConfig, charge: Charge | None
+        self, chunks: Any, target: TargetConfig, charge: Charge | None, seen: dict[str, Any]
     ) -> AsyncIterator[bytes]:
         try:
             async for chunk in chunks:
                 data = chunk.model_dump(mode="json", exclude_none=True)
-                if charge is not None and data.get("usage"):
-                    await charge.usage(target, data.get("usage"))
+                if data.get("usage"):
+                    seen.setdefault("usage", data["usage"])
+                    if charge is not None:
+                        await charge.usage(target, data.get("usage"))
                 yield f"data: {json.dumps(data)}\n\n".encode()
             yield b"data: [DONE]\n\n"
         finally:

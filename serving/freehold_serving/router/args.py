@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from freehold_serving.args import ApiKeysConfig, Strict, TelemetryConfig
+from freehold_serving.args import ApiKeysConfig, AuditConfig, Strict, TelemetryConfig
 from freehold_serving.memory.args import PostgresArgs
 
 ARGS_ENV = "FREEHOLD_ROUTER_ARGS"
@@ -91,6 +91,11 @@ class RouterArgs(Strict):
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     replicas: int = Field(default=1, ge=1)
+    audit: AuditConfig | None = Field(
+        default=None,
+        description="Access records of routed requests (the caller's key id and tenant, the "
+        "target that answered, tokens, status), hash-chained and signed like a model's.",
+    )
     state_postgres: PostgresArgs | None = Field(
         default=None,
         description="Budgets kept in this PostgreSQL, shared by every replica and kept across "

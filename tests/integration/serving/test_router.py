@@ -472,14 +472,44 @@ def test_the_router_reaches_targets_that_need_keys_with_its_own(
     callers.write_text("fh-router-acme-1 acme\n")
     own = tmp_path / "router-key"
     own.write_text(API_KEY + " freehold-router\n")  # a key file the "locked" model accepts
+    audit = tmp_path / "audit"
     base = deploy(
         stack,
         "r-keyed",
         targets=[target("locked", stack.base("locked"), GEMMA, api_key_file=str(own))],
         api_keys={"file": str(callers)},
+        audit={"directory": str(audit)},
     )
     answer = chat(base, key="fh-router-acme-1")
     assert answer.status_code == 200, answer.text
+    streamed = httpx.post(
+        f"{base}/chat/completions",
+        json={"model": "assistant", "messages": [{"role": "user", "content": "Hi"}],
+              "max_tokens": 3, "stream": True},
+        headers={"Authorization": "Bearer fh-router-acme-1"},
+        timeout=60,
+    )  # fmt: skip
+    assert streamed.status_code == 200 and "[DONE]" in streamed.text
+    assert chat(base, key="fh-router-nobody").status_code == 401
+    # The router's access records name the caller's key and tenant (which the target
+    # never sees: it only knows the router's key), the target, the tokens.
+    deadline = time.monotonic() + 20
+    while True:
+        found = [
+            json.loads(line)
+            for f in sorted((audit / "access").glob("router-r-keyed-*.jsonl"))
+            for line in f.read_text().splitlines()
+        ]
+        events = [e["data"] for e in found if e.get("type") == "inference.access"]
+        if len(events) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    from freehold_serving.auth import key_id
+
+    assert [e["status"] for e in events] == [200, 200], found
+    for event in events:
+        assert event["keyId"] == key_id("fh-router-acme-1") and event["tenant"] == "acme"
+        assert event["target"] == "locked" and event["outputTokens"] > 0
     direct = httpx.post(
         f"{stack.base('locked')}/chat/completions",
         json={"model": GEMMA, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1},
