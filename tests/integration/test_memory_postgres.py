@@ -143,7 +143,8 @@ async def test_replicas_connect_as_short_lived_vault_users_and_share_the_store(
 
         # Each replica is a user of its own, issued by Vault, acting as the owner role.
         users = postgres.sql(
-            "SELECT usename FROM pg_stat_activity WHERE application_name = 'freehold-memory'",
+            "SELECT usename FROM pg_stat_activity WHERE application_name = 'freehold-memory'"
+            " AND datname = current_database()",
             memory_db,
         )
         names = {str(u[0]) for u in users}
@@ -158,7 +159,7 @@ async def test_replicas_connect_as_short_lived_vault_users_and_share_the_store(
         # 503, the next one reconnects with a new user from Vault.
         postgres.sql(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE application_name = 'freehold-memory'",
+            " WHERE application_name = 'freehold-memory' AND datname = current_database()",
             memory_db,
         )
         with pytest.raises(StoreError) as failed:
@@ -166,7 +167,8 @@ async def test_replicas_connect_as_short_lived_vault_users_and_share_the_store(
         assert failed.value.status == 503
         assert [r.id for r in await a.search("acme", request)] == [added[0].id]
         again = postgres.sql(
-            "SELECT usename FROM pg_stat_activity WHERE application_name = 'freehold-memory'",
+            "SELECT usename FROM pg_stat_activity WHERE application_name = 'freehold-memory'"
+            " AND datname = current_database()",
             memory_db,
         )
         assert {str(u[0]) for u in again} - names  # a new user

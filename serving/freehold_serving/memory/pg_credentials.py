@@ -66,7 +66,9 @@ def open_postgres(args: MemoryArgs) -> PostgresDatabase:
     return open_database(args.postgres, args.vault)
 
 
-def open_database(pg: PostgresArgs, vault: VaultLogin | None) -> PostgresDatabase:
+def open_database(
+    pg: PostgresArgs, vault: VaultLogin | None, application_name: str = "freehold-memory"
+) -> PostgresDatabase:
     """A connection to `pg` (a memory store's, or a router's shared ledger) whose
     credentials are read, from Vault or a file, each time it connects."""
     return PostgresDatabase(
@@ -75,6 +77,7 @@ def open_database(pg: PostgresArgs, vault: VaultLogin | None) -> PostgresDatabas
         credentials=credentials_for(pg, vault),
         connect_timeout=pg.connect_timeout_seconds,
         role=pg.owner_role,
+        application_name=application_name,
     )
 
 

@@ -126,12 +126,14 @@ class PostgresDatabase:
         credentials: Callable[[], Credentials | None] = lambda: None,
         connect_timeout: float = 10.0,
         role: str | None = None,
+        application_name: str = "freehold-memory",
     ) -> None:
         if not _IDENTIFIER.match(schema):
             raise ValueError(f"schema {schema!r}: lowercase letters, digits and _ only")
         if role is not None and not _IDENTIFIER.match(role):
             raise ValueError(f"role {role!r}: lowercase letters, digits and _ only")
         self._role = role
+        self._application = application_name
         self._conninfo = conninfo
         self.schema = schema
         self._credentials = credentials
@@ -161,7 +163,7 @@ class PostgresDatabase:
                 connect_timeout=max(1, int(self._timeout)),
                 # Every table name resolves in the store's own schema.
                 options=f"-c search_path={self.schema}",
-                application_name="freehold-memory",
+                application_name=self._application,
                 **extra,
             )
         except psycopg.OperationalError as exc:

@@ -175,7 +175,7 @@ def open_ledger(args: RouterArgs) -> Ledger:
     vault = None
     if args.vault_address and args.vault_role:
         vault = _VaultLogin(args.vault_address, args.vault_role, args.vault_ca_cert)
-    database = open_database(args.state_postgres, vault)
+    database = open_database(args.state_postgres, vault, application_name="freehold-router")
     return PostgresLedger(database, f"{args.namespace}/{args.name}", time.time)
 
 
