@@ -25,7 +25,12 @@ from freehold.builders.model_workload import (
     vault_volumes,
 )
 from freehold.builders.network import _ns, dns_egress, scrape_ingress
-from freehold.builders.postgres import PG_CA_DIR, postgres_egress, postgres_vault_paths
+from freehold.builders.postgres import (
+    PG_CA_DIR,
+    postgres_ca_volume,
+    postgres_egress,
+    postgres_vault_paths,
+)
 from freehold.builders.vault import VaultRole, acl_policy, role_body, vault_name
 from freehold.quantity import parse_quantity
 from freehold_serving.memory.args import ARGS_ENV
@@ -147,17 +152,9 @@ def _pod(spec: MemoryStoreSpec, ctx: BuildContext) -> dict[str, Any]:
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}, *vault_vols]
     if pg is not None:
         volumes.append({"name": "data", "emptyDir": {}})
-        if pg.ca_config_map_ref is not None:
-            volumes.append(
-                {
-                    "name": "postgres-ca",
-                    "configMap": {
-                        "name": pg.ca_config_map_ref.name,
-                        "items": [{"key": "ca.crt", "path": "ca.crt"}],
-                    },
-                }
-            )
-            mounts.append({"name": "postgres-ca", "mountPath": PG_CA_DIR, "readOnly": True})
+        more, more_mounts = postgres_ca_volume(pg)
+        volumes += more
+        mounts += more_mounts
     container = {
         "name": "memory",
         "image": ctx.serving_image,

@@ -21,6 +21,22 @@ def postgres_egress(pg: PostgresConnection) -> dict[str, Any]:
     return rule
 
 
+def postgres_ca_volume(
+    pg: PostgresConnection,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, mounts) of the server's CA from caConfigMapRef, when the spec names one."""
+    if pg.ca_config_map_ref is None:
+        return [], []
+    volume = {
+        "name": "postgres-ca",
+        "configMap": {
+            "name": pg.ca_config_map_ref.name,
+            "items": [{"key": "ca.crt", "path": "ca.crt"}],
+        },
+    }
+    return [volume], [{"name": "postgres-ca", "mountPath": PG_CA_DIR, "readOnly": True}]
+
+
 def postgres_vault_paths(pg: PostgresConnection) -> dict[str, str]:
     creds = pg.credentials
     if creds.database_role is not None:

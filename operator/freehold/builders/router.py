@@ -24,7 +24,12 @@ from freehold.builders.model_workload import (
     vault_volumes,
 )
 from freehold.builders.network import _ns, dns_egress, scrape_ingress
-from freehold.builders.postgres import PG_CA_DIR, postgres_egress, postgres_vault_paths
+from freehold.builders.postgres import (
+    PG_CA_DIR,
+    postgres_ca_volume,
+    postgres_egress,
+    postgres_vault_paths,
+)
 from freehold.builders.serving_args import api_keys_config
 from freehold.builders.vault import VaultRole, acl_policy, role_body
 from freehold_serving.args import AuditConfig, TelemetryConfig
@@ -184,17 +189,10 @@ def build_deployment(spec: ModelRouterSpec, ctx: BuildContext, args: RouterArgs)
         vols += more
         mounts += more_mounts
     pg = spec.state.postgres
-    if pg is not None and pg.ca_config_map_ref is not None:
-        vols.append(
-            {
-                "name": "postgres-ca",
-                "configMap": {
-                    "name": pg.ca_config_map_ref.name,
-                    "items": [{"key": "ca.crt", "path": "ca.crt"}],
-                },
-            }
-        )
-        mounts.append({"name": "postgres-ca", "mountPath": PG_CA_DIR, "readOnly": True})
+    if pg is not None:
+        more, more_mounts = postgres_ca_volume(pg)
+        vols += more
+        mounts += more_mounts
     container = {
         "name": "router",
         "image": ctx.serving_image,
