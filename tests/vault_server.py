@@ -46,6 +46,7 @@ class VaultState:
         self.roles: dict[str, dict[str, Any]] = {}
         self.tokens: dict[str, list[str]] = {root_token: ["root"]}
         self.kv: dict[str, dict[str, Any]] = {}
+        self.kv_versions: dict[str, int] = {}
         self.service_accounts: dict[str, tuple[str, str]] = {}  # jwt -> (sa, namespace)
         self.transit: dict[str, dict[str, Any]] = {}
         self.db_configs: dict[str, dict[str, Any]] = {}
@@ -147,16 +148,26 @@ class _Handler(BaseHTTPRequestHandler):
             return self._transit(method, path.removeprefix("transit/"), body)
         if path.startswith("database/"):
             return self._database(method, path.removeprefix("database/"), body)
-        if "/data/" in path:  # KV v2
+        if "/data/" in path:  # KV v2, with versions and check-and-set
             if method == "GET":
                 if path not in state.kv:
                     return self._reply(404, {"errors": []})
+                version = state.kv_versions.get(path, 1)
                 return self._reply(
-                    200, {"data": {"data": state.kv[path], "metadata": {"version": 1}}}
+                    200, {"data": {"data": state.kv[path], "metadata": {"version": version}}}
                 )
             if method in ("POST", "PUT"):
+                # (requests are handled under state.lock: the check and the write are one)
+                current = state.kv_versions.get(path, 1) if path in state.kv else 0
+                cas = (body.get("options") or {}).get("cas")
+                if cas is not None and int(cas) != current:
+                    return self._reply(
+                        400,
+                        {"errors": ["check-and-set parameter did not match the current version"]},
+                    )
                 state.kv[path] = dict(body.get("data") or {})
-                return self._reply(200, {"data": {"version": 1}})
+                state.kv_versions[path] = current + 1
+                return self._reply(200, {"data": {"version": current + 1}})
             if method == "DELETE":
                 state.kv.pop(path, None)
                 return self._reply(204)

@@ -375,6 +375,7 @@ def serve(
 
 from freehold.audit_cli import audit  # noqa: E402 - subcommand groups, after `app`
 from freehold.eval_cli import evaluation  # noqa: E402
+from freehold.keys_cli import keys  # noqa: E402
 from freehold.memory_cli import memory  # noqa: E402
 from freehold.model_cli import model  # noqa: E402
 
@@ -382,6 +383,7 @@ app.add_typer(memory, name="memory")
 app.add_typer(evaluation, name="eval")
 app.add_typer(audit, name="audit")
 app.add_typer(model, name="model")
+app.add_typer(keys, name="keys")
 
 
 def main() -> None:

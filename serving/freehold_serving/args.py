@@ -150,7 +150,12 @@ class VaultKeySource(Strict):
         default="/var/run/secrets/vault/token",
         description="Projected ServiceAccount token with Vault's audience.",
     )
-    refresh_seconds: float = Field(default=300.0, gt=0, description="Re-read keys this often.")
+    refresh_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="Re-read keys this often: a revoked or rotated key stops working within "
+        "this bound (an expiry is exact).",
+    )
     grace_seconds: float = Field(
         default=900.0,
         ge=0,

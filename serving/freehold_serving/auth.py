@@ -1,30 +1,37 @@
 """API keys for the inference endpoint.
 
-Keys are compared as SHA-256 digests in constant time; the keys themselves are held
-only in this process's memory, never logged and never put in an error message.
+Keys are compared as SHA-256 digests in constant time; a managed key (key_records.py)
+reaches the server as its digest only, a key written by hand is held only in this
+process's memory, never logged and never put in an error message.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from freehold_serving.args import ApiKeysConfig
+from freehold_serving.key_records import KeyInfo, KeyRecord, key_id
 
 DEFAULT_TENANT = "default"
-# A key, or (key, tenant). The tenant is who the key acts for: the memory API shows a key
-# only its own tenant's subjects.
-KeyEntry = str | tuple[str, str]
+# A key, (key, tenant), or a managed key's record (its digest, tenant, allowlist, budget,
+# expiry). The tenant is who the key acts for: the memory API shows a key only its own
+# tenant's subjects.
+KeyEntry = str | tuple[str, str] | KeyRecord
 
 
-def _digests(keys: Iterable[KeyEntry]) -> list[tuple[bytes, str]]:
+def _digests(keys: Iterable[KeyEntry]) -> list[tuple[bytes, KeyInfo]]:
     out = []
     for entry in keys:
+        if isinstance(entry, KeyRecord):
+            out.append((bytes.fromhex(entry.sha256), KeyInfo.of(entry)))
+            continue
         key, tenant = (entry, DEFAULT_TENANT) if isinstance(entry, str) else entry
         if key:
-            out.append((hashlib.sha256(key.encode()).digest(), tenant))
+            out.append((hashlib.sha256(key.encode()).digest(), KeyInfo(key_id(key), tenant)))
     return out
 
 
@@ -37,26 +44,38 @@ class ApiKeys:
         every key was revoked: none is accepted any more."""
         self._digests = _digests(keys)
 
+    def infos(self) -> list[KeyInfo]:
+        """Every key's id, tenant, allowlist and budget (never a key or a digest)."""
+        return [info for _, info in self._digests]
+
     def __len__(self) -> int:
         return len(self._digests)
 
-    def tenant_of(self, presented: str) -> str | None:
-        """The tenant of a valid key; None for an unknown key."""
+    def lookup(self, presented: str, now: float | None = None) -> KeyInfo | None:
+        """Who a valid key is; None for an unknown or expired key."""
         digest = hashlib.sha256(presented.encode()).digest()
-        found: str | None = None
-        for known, tenant in self._digests:
+        found: KeyInfo | None = None
+        for known, info in self._digests:
             # No early exit: the time taken does not say which key came close.
             if hmac.compare_digest(digest, known):
-                found = tenant
+                found = info
+        expires = None if found is None else found.expires
+        if expires is not None and (time.time() if now is None else now) >= expires:
+            return None  # expiry is exact, not bounded by the key set's refresh
         return found
+
+    def tenant_of(self, presented: str) -> str | None:
+        """The tenant of a valid key; None for an unknown key."""
+        info = self.lookup(presented)
+        return None if info is None else info.tenant
 
     def accepts(self, presented: str) -> bool:
         return self.tenant_of(presented) is not None
 
 
-def read_key_file(path: str) -> list[KeyEntry]:
+def read_key_file(path: str) -> list[str | tuple[str, str]]:
     """One key per line, optionally followed by whitespace and its tenant."""
-    out: list[KeyEntry] = []
+    out: list[str | tuple[str, str]] = []
     for line in Path(path).read_text(encoding="utf-8").splitlines():
         if not line.strip() or line.startswith("#"):
             continue
@@ -73,7 +92,7 @@ def load_api_keys(
     if config is None:
         return None
     if config.file is not None:
-        keys = read_key_file(config.file)
+        keys: list[KeyEntry] = list(read_key_file(config.file))
     elif config.vault is not None:
         if vault_reader is None:
             raise RuntimeError("API keys are in Vault but no Vault client is configured")
@@ -84,9 +103,3 @@ def load_api_keys(
         # Fail closed: a configured but empty key source must not open the endpoint.
         raise RuntimeError("the API key source holds no keys; refusing to serve without auth")
     return ApiKeys(keys)
-
-
-def key_id(presented: str) -> str:
-    """A stable, non-reversible name for a key in audit records: the first 48 bits of its
-    SHA-256 (keys are random; this names one without letting anyone rebuild it)."""
-    return "key:" + hashlib.sha256(presented.encode()).hexdigest()[:12]

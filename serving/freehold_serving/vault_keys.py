@@ -12,9 +12,11 @@ import logging
 from collections.abc import Callable
 
 import hvac
+from pydantic import ValidationError
 
 from freehold_serving.args import ApiKeysConfig, VaultKeySource
 from freehold_serving.auth import ApiKeys, KeyEntry, load_api_keys
+from freehold_serving.key_records import KeyRecord
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +30,29 @@ class NoKeysError(VaultKeysError):
 
 
 def read_api_keys(config: ApiKeysConfig) -> list[KeyEntry]:
-    """The keys in the secret. A field named `TENANT.NAME` is a key of tenant TENANT (so a
-    tenant can hold two keys while rotating); any other field name is its own tenant."""
+    """The keys in the secret: managed keys' records (key_records.py: digest, tenant,
+    allowlist, budget, expiry), and keys written by hand, where a field named
+    `TENANT.NAME` is a key of tenant TENANT and any other field name is its own tenant."""
     source = config.vault
     if source is None:
         raise VaultKeysError("no Vault source configured")
-    values = read_secret(source, "API keys")
-    return [(str(v), str(k).split(".", 1)[0]) for k, v in values.items() if v]
+    return parse_key_set(read_secret(source, "API keys"))
+
+
+def parse_key_set(values: dict[str, object]) -> list[KeyEntry]:
+    out: list[KeyEntry] = []
+    for field, value in values.items():
+        if isinstance(value, dict):
+            try:
+                out.append(KeyRecord.model_validate(value))
+            except ValidationError as exc:
+                # One damaged record revokes that key, not the whole set; the message
+                # names the field (a key id), never a value.
+                log.error("the key record %s is not valid, so not accepted: %s", field,
+                          exc.errors(include_input=False, include_url=False))  # fmt: skip
+        elif value:
+            out.append((str(value), str(field).split(".", 1)[0]))
+    return out
 
 
 def read_secret(source: VaultKeySource, what: str) -> dict[str, object]:

@@ -16,7 +16,7 @@ from freehold.audit_report import BAR, FAIL, PASS
 from freehold_serving.access import AccessLog
 from freehold_serving.args import AuditConfig
 from freehold_serving.audit import AuditLog
-from freehold_serving.auth import key_id
+from freehold_serving.key_records import key_id
 from freehold_serving.signing import FileSigner
 from tests.chromium import pixels_near, screenshot
 from tests.integration.serving.conftest import example_args

@@ -21,9 +21,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from freehold_serving.args import ServingArgs
-from freehold_serving.auth import ApiKeys, key_id
+from freehold_serving.auth import ApiKeys
 from freehold_serving.embeddings import MODEL_ID as EMBEDDING_MODEL
 from freehold_serving.engines.base import Chunk, GenerationJob
+from freehold_serving.key_records import key_id
 from freehold_serving.openai import responses as r
 from freehold_serving.openai.errors import ApiError, from_validation_error, invalid
 from freehold_serving.openai.schemas import (
@@ -130,10 +131,20 @@ class OpenAIApi:
                 "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
                 code="missing_api_key",
             )
-        tenant = self._keys.tenant_of(presented.strip()) if scheme.lower() == "bearer" else None
-        if tenant is None:
+        info = self._keys.lookup(presented.strip()) if scheme.lower() == "bearer" else None
+        if info is None:
             raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
-        request.state.freehold_tenant = tenant
+        if info.budget is not None:
+            # Only a ModelRouter keeps budgets: served here the key would spend without one.
+            raise ApiError(
+                403,
+                f"The key {info.id} has a budget, which only a ModelRouter enforces; send "
+                "its requests through the router.",
+                type="permission_error",
+                code="budget_requires_router",
+            )
+        request.state.freehold_tenant = info.tenant
+        request.state.freehold_key_info = info
 
     async def _body(self, request: Request, model: type[B]) -> B:
         self._authorize(request)
@@ -170,10 +181,14 @@ class OpenAIApi:
         except ValidationError as exc:
             raise from_validation_error(exc) from None
 
-    def _check_model(self, requested: str, available: str) -> None:
-        if requested != available and not (
-            available == self._model and requested in self._adapters
-        ):
+    def _check_model(self, request: Request, requested: str, available: str) -> None:
+        info = getattr(request.state, "freehold_key_info", None)
+        if (
+            requested != available
+            and not (available == self._model and requested in self._adapters)
+        ) or (info is not None and not info.allows(requested)):
+            # A model outside the key's allowlist answers as one that does not exist, as
+            # OpenAI does: the key learns nothing of what it may not use.
             raise ApiError(
                 404,
                 f"The model `{requested}` does not exist or you do not have access to it.",
@@ -192,9 +207,11 @@ class OpenAIApi:
 
     async def models(self, request: Request) -> Response:
         self._authorize(request)
-        cards = [self._model_card(m) for m in (self._model, *self._adapters)]
+        names = [self._model, *self._adapters]
         if self._embed is not None:
-            cards.append(self._model_card(EMBEDDING_MODEL))
+            names.append(EMBEDDING_MODEL)
+        info = getattr(request.state, "freehold_key_info", None)
+        cards = [self._model_card(m) for m in names if info is None or info.allows(m)]
         return JSONResponse({"object": "list", "data": cards})
 
     async def model(self, request: Request, model_id: str) -> Response:
@@ -202,8 +219,9 @@ class OpenAIApi:
         known = [self._model, *self._adapters] + (
             [EMBEDDING_MODEL] if self._embed is not None else []
         )
-        if model_id not in known:
-            self._check_model(model_id, self._model)
+        info = getattr(request.state, "freehold_key_info", None)
+        if model_id not in known or (info is not None and not info.allows(model_id)):
+            self._check_model(request, model_id, self._model)
         return JSONResponse(self._model_card(model_id))
 
     async def completions(self, request: Request) -> Response:
@@ -248,7 +266,7 @@ class OpenAIApi:
 
     async def _completions(self, request: Request) -> Response:
         req = await self._body(request, CompletionRequest)
-        self._check_model(req.model, self._model)
+        self._check_model(request, req.model, self._model)
         params = req.sampling()
         job = GenerationJob(params=params, prompt=req.prompt_text, adapter=self._adapter(req.model))
         record = self._start(
@@ -274,7 +292,7 @@ class OpenAIApi:
 
     async def _chat_completions(self, request: Request) -> Response:
         req = await self._body(request, ChatCompletionRequest)
-        self._check_model(req.model, self._model)
+        self._check_model(request, req.model, self._model)
         params = req.sampling()
         messages = req.chat_messages()
         recalled: list[str] = []
@@ -360,9 +378,9 @@ class OpenAIApi:
     async def _embeddings(self, request: Request) -> Response:
         req = await self._body(request, EmbeddingRequest)
         if self._embed is None:
-            self._check_model(req.model, self._model)
+            self._check_model(request, req.model, self._model)
             raise invalid(f"The model `{req.model}` does not support embeddings.", "model")
-        self._check_model(req.model, EMBEDDING_MODEL)
+        self._check_model(request, req.model, EMBEDDING_MODEL)
         texts = req.texts()
         if req.dimensions is not None and req.dimensions != 384:
             raise invalid("This model does not support specifying dimensions.", "dimensions")

@@ -27,14 +27,16 @@ from ray.serve import Application
 from starlette.responses import Response, StreamingResponse
 
 from freehold_serving.access import AccessLog
-from freehold_serving.auth import ApiKeys, key_id
+from freehold_serving.auth import ApiKeys
+from freehold_serving.key_records import KeyInfo
 from freehold_serving.openai.api import add_error_handlers, error_response
 from freehold_serving.openai.errors import ApiError
-from freehold_serving.router.args import RouterArgs, TargetConfig
+from freehold_serving.router.args import BudgetConfig, RouterArgs, TargetConfig
 from freehold_serving.router.charge import Charge
 from freehold_serving.router.ledger import (
     Amount,
     BudgetRefusedError,
+    Hold,
     Ledger,
     LedgerUnavailableError,
     MemoryLedger,
@@ -154,6 +156,27 @@ def _requested(body: dict[str, Any]) -> int | None:
     return None
 
 
+def _tightest(lefts: list[tuple[int | None, float | None]]) -> tuple[int | None, float | None]:
+    """What several budgets leave together: the least of each (None: not limited)."""
+    tokens = [t for t, _ in lefts if t is not None]
+    costs = [c for _, c in lefts if c is not None]
+    return (min(tokens) if tokens else None, min(costs) if costs else None)
+
+
+def _spent(budget: BudgetConfig, committed: Amount, info: KeyInfo | None) -> str:
+    whose = "the key" if info is not None and budget.tenant == info.id else "the tenant"
+    limits = [
+        f"{committed.tokens} of {budget.tokens} tokens" if budget.tokens else "",
+        f"{committed.cost:.6f} of {budget.cost}" if budget.cost else "",
+    ]
+    return f"{whose}: {' and '.join(x for x in limits if x)} spent or held this {budget.period}"
+
+
+def _whose(budgets: list[BudgetConfig], info: KeyInfo) -> str:
+    names = [f"key {info.id}" if b.tenant == info.id else f"tenant {info.tenant}" for b in budgets]
+    return " and ".join(names)
+
+
 def _own_key(path: str) -> str:
     """The router's key for a target: the first key of a key file (`KEY [TENANT]` lines,
     as the target reads the same file)."""
@@ -223,19 +246,17 @@ class RouterServer:
 
     # -- plumbing ------------------------------------------------------------------------
 
-    def _tenant(self, request: Request) -> str | None:
-        return self._caller(request)[0]
-
-    def _caller(self, request: Request) -> tuple[str | None, str | None]:
-        """The caller's tenant and key id (None, None: the router requires no key)."""
+    def _caller(self, request: Request) -> KeyInfo | None:
+        """The caller's key: its id, tenant, allowlist and budget (None: the router
+        requires no key)."""
         if self._keys is None:
-            return None, None
+            return None
         header = request.headers.get("authorization", "")
         scheme, _, presented = header.partition(" ")
-        tenant = self._keys.tenant_of(presented.strip()) if scheme.lower() == "bearer" else None
-        if tenant is None:
+        info = self._keys.lookup(presented.strip()) if scheme.lower() == "bearer" else None
+        if info is None:
             raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
-        return tenant, key_id(presented.strip())
+        return info
 
     async def _body(self, request: Request) -> dict[str, Any]:
         raw = await request.body()
@@ -277,27 +298,44 @@ class RouterServer:
             return method(*args)
         return await asyncio.to_thread(method, *args)
 
+    def _permits(self, info: KeyInfo, target: TargetConfig) -> bool:
+        """A key's allowlist names the router (every target), or targets by name or model."""
+        return info.allows(self._args.served_name, target.name, target.model)
+
+    def _budgets(self, info: KeyInfo | None) -> list[BudgetConfig]:
+        """The budgets a caller's request holds against: its tenant's, and its key's."""
+        if info is None:
+            return []
+        found = [b for b in (self._router.budget(info.tenant),) if b is not None]
+        return found + self._budgets_of([info])
+
+    @staticmethod
+    def _budgets_of(infos: list[KeyInfo]) -> list[BudgetConfig]:
+        # A key's own budget is kept in the ledger under the key's id.
+        return [BudgetConfig(tenant=i.id, **i.budget.model_dump()) for i in infos if i.budget]
+
     async def _hold(
         self,
-        tenant: str | None,
+        info: KeyInfo | None,
         kind: str,
         body: dict[str, Any],
         order: list[TargetConfig],
         prompt: int,
         ceiling: int | None,
     ) -> Charge | None:
-        """Hold the most the request can cost against its tenant's budget (router/
-        ledger.py says why), capping the completion it may generate when it set none (at
-        most `ceiling`, what its rate limits leave)."""
-        budget = self._router.budget(tenant)
-        if budget is None:
+        """Hold the most the request can cost against its tenant's budget and its key's
+        (router/ledger.py says why), capping the completion it may generate when it set
+        none (at most `ceiling`, what its rate limits leave)."""
+        budgets = self._budgets(info)
+        if not budgets:
             return None
         requested = 0 if kind == "embeddings" else _requested(body)
         rates = [(t.cost_input, t.cost_output) for t in order[: self._args.fallback.max_attempts]]
         now = time.time()
+        holds: list[Hold] = []
         try:
-            committed = await self._ledger_call(self._ledger.committed, budget, now)
-            left = remaining(budget, committed)
+            used = [await self._ledger_call(self._ledger.committed, b, now) for b in budgets]
+            left = _tightest([remaining(b, c) for b, c in zip(budgets, used, strict=True)])
             planned = plan(prompt, requested, rates, left)
             if (
                 ceiling is not None
@@ -309,29 +347,37 @@ class RouterServer:
                 if not isinstance(planned, str):
                     planned = Plan(planned.tokens, planned.cost, ceiling)
             if isinstance(planned, str):
-                limits = [
-                    f"{committed.tokens} of {budget.tokens} tokens" if budget.tokens else "",
-                    f"{committed.cost:.6f} of {budget.cost}" if budget.cost else "",
-                ]
-                used = " and ".join(x for x in limits if x)
-                raise BudgetRefusedError(f"{planned}; {used} spent or held this {budget.period}")
-            hold = await self._ledger_call(
-                self._ledger.hold, budget, Amount(planned.tokens, planned.cost), now
-            )
-        except BudgetRefusedError as refused:
+                raise BudgetRefusedError(
+                    f"{planned}; "
+                    + "; ".join(_spent(b, c, info) for b, c in zip(budgets, used, strict=True))
+                )
+            for budget in budgets:
+                try:
+                    holds.append(
+                        await self._ledger_call(
+                            self._ledger.hold, budget, Amount(planned.tokens, planned.cost), now
+                        )
+                    )
+                except BudgetRefusedError as refused:
+                    whose = "the key" if info and budget.tenant == info.id else "the tenant"
+                    raise BudgetRefusedError(f"{whose}: {refused.why}") from None
+        except (BudgetRefusedError, LedgerUnavailableError) as failed:
+            if holds:  # another replica spent meanwhile: what was held is given back
+                await Charge(self._ledger, holds).release()
+            if isinstance(failed, LedgerUnavailableError):
+                raise self._state_unavailable() from None
             self._m.refused.labels(self._args.name, "budget").inc()
+            assert info is not None
             raise ApiError(
                 429,
-                f"The budget of tenant {tenant} does not cover this request: {refused.why}; "
-                "fallbacks count too.",
+                f"The budget of {_whose(budgets, info)} does not cover this request: "
+                f"{failed.why}; fallbacks count too.",
                 type="insufficient_quota",
                 code="budget_exceeded",
             ) from None
-        except LedgerUnavailableError:
-            raise self._state_unavailable() from None
         if planned.max_tokens is not None:
             body["max_tokens"] = planned.max_tokens  # never generate past what was held
-        return Charge(self._ledger, hold)
+        return Charge(self._ledger, holds)
 
     # -- routing -------------------------------------------------------------------------
 
@@ -408,10 +454,11 @@ class RouterServer:
         """One routed request, with its access record (at the router: the caller's key
         id and tenant, which the targets never see)."""
         started = time.perf_counter()
-        tenant, key = self._caller(request)
+        info = self._caller(request)
+        tenant, key = (None, None) if info is None else (info.tenant, info.id)
         seen: dict[str, Any] = {}  # the answer's usage, as the relay or the reader saw it
         try:
-            response = await self._route(request, kind, tenant, key, seen)
+            response = await self._route(request, kind, info, seen)
         except ApiError as error:
             self._record(kind, key, tenant, None, error.status, started, None, error.code)
             raise
@@ -476,13 +523,22 @@ class RouterServer:
         self,
         request: Request,
         kind: str,
-        tenant: str | None,
-        key: str | None,
+        info: KeyInfo | None,
         seen: dict[str, Any],
     ) -> Response:
+        tenant, key = (None, None) if info is None else (info.tenant, info.id)
         body = await self._body(request)
         need = need_of(kind, body)
         order, skipped = self._router.order(need)
+        if info is not None and info.models is not None:
+            if not any(self._permits(info, t) for t in self._args.targets):
+                raise ApiError(  # as OpenAI answers: the key learns nothing it may not use
+                    404,
+                    f"The model `{body['model']}` does not exist or you do not have access to it.",
+                    param="model",
+                    code="model_not_found",
+                )
+            order = [t for t in order if self._permits(info, t)]
         if not order:
             self._m.refused.labels(self._args.name, "no_target").inc()
             reasons = "; ".join(f"{s.target}: {s.why}" for s in skipped) or "no targets"
@@ -500,7 +556,7 @@ class RouterServer:
         scopes = self._scopes(tenant, key)
         open_ended = kind != "embeddings" and _requested(body) is None
         ceiling = await self._rate_ceiling(scopes, prompt) if scopes and open_ended else None
-        charge = await self._hold(tenant, kind, body, order, prompt, ceiling)
+        charge = await self._hold(info, kind, body, order, prompt, ceiling)
         if charge is None and ceiling is not None:
             body["max_tokens"] = max(ceiling, 1)  # never generate past what the window takes
         if scopes:
@@ -655,7 +711,7 @@ class RouterServer:
                 answer.release()
             elif ended:  # the target ended its stream without usage: charged in full
                 answer.release()
-                self._background(charge.settle(charge.hold.amount))
+                self._background(charge.settle(charge.amount))
             else:  # the client left: read the rest for the usage of what was generated
                 self._background(self._drain(answer, target, charge))
 
@@ -678,7 +734,7 @@ class RouterServer:
             pass
         finally:
             answer.release()
-            await charge.settle(charge.hold.amount)  # no usage came: in full
+            await charge.settle(charge.amount)  # no usage came: in full
 
     async def _external(
         self,
@@ -757,7 +813,7 @@ class RouterServer:
         finally:
             if charge is not None and not charge.settled:
                 # Left early, or no usage from the provider: what was held, in full.
-                self._background(charge.settle(charge.hold.amount))
+                self._background(charge.settle(charge.amount))
 
     # -- endpoints -----------------------------------------------------------------------
 
@@ -779,9 +835,13 @@ class RouterServer:
         found = self._router.status()
         budgets = []
         now = time.time()
-        for budget in self._args.budgets:
+        keyed = [] if self._keys is None else [i for i in self._keys.infos() if i.budget]
+        for budget in [*self._args.budgets, *self._budgets_of(keyed)]:
             entry: dict[str, Any] = {"tenant": budget.tenant, "period": budget.period,
                                      "tokens": budget.tokens, "cost": budget.cost}  # fmt: skip
+            owner = next((i for i in keyed if i.id == budget.tenant), None)
+            if owner is not None:  # a key's own budget: its id (never the key) and tenant
+                entry.update(tenant=owner.tenant, key=owner.id)
             try:
                 committed = await self._ledger_call(self._ledger.committed, budget, now)
             except LedgerUnavailableError:
@@ -795,11 +855,10 @@ class RouterServer:
 
     @router_app.get("/v1/models")
     async def models(self, request: Request) -> Response:
-        self._tenant(request)
-        body = {
-            "object": "list",
-            "data": [{"id": self._args.served_name, "object": "model", "owned_by": "freehold"}],
-        }
+        info = self._caller(request)
+        listed = info is None or any(self._permits(info, t) for t in self._args.targets)
+        card = {"id": self._args.served_name, "object": "model", "owned_by": "freehold"}
+        body = {"object": "list", "data": [card] if listed else []}
         return Response(json.dumps(body), media_type="application/json")
 
     @router_app.post("/v1/chat/completions")

@@ -32,39 +32,49 @@ def usage_amount(target: TargetConfig, usage: Any) -> Amount | None:
 
 
 class Charge:
-    def __init__(self, ledger: Ledger, hold: Hold) -> None:
+    """The holds of one request: its tenant's budget's, and its key's when the key has
+    one. Each is settled with the same amount, once."""
+
+    def __init__(self, ledger: Ledger, holds: list[Hold]) -> None:
         self._ledger = ledger
-        self.hold = hold
+        self.holds = holds
         self.settled = False
         # A stream took the hold over: it settles when the stream ends (or is drained).
         self.streaming = False
+
+    @property
+    def amount(self) -> Amount:
+        """What was held (the same for every hold of the request)."""
+        return self.holds[0].amount
 
     async def settle(self, actual: Amount) -> None:
         if self.settled:
             return
         self.settled = True
-        if actual.tokens > self.hold.amount.tokens or actual.cost > self.hold.amount.cost + 1e-9:
+        held = self.amount
+        if actual.tokens > held.tokens or actual.cost > held.cost + 1e-9:
             # The prompt bound is an upper bound for byte-level tokenizers; a target whose
             # tokenizer is not one could go past it. Charged as used, and said.
             log.warning(
-                "a request of tenant %s used %s, more than its hold %s",
-                self.hold.tenant,
+                "a request of %s used %s, more than its hold %s",
+                " and ".join(h.tenant for h in self.holds),
                 actual,
-                self.hold.amount,
+                held,
             )
-        try:
-            if isinstance(self._ledger, MemoryLedger):
-                self._ledger.settle(self.hold, actual)
-            else:
-                await asyncio.to_thread(self._ledger.settle, self.hold, actual)
-        except Exception:
-            # The hold stays in the shared ledger and is charged in full when it expires.
-            log.warning("could not settle a hold of tenant %s", self.hold.tenant, exc_info=True)
+        for hold in self.holds:
+            try:
+                if isinstance(self._ledger, MemoryLedger):
+                    self._ledger.settle(hold, actual)
+                else:
+                    await asyncio.to_thread(self._ledger.settle, hold, actual)
+            except Exception:
+                # The hold stays in the shared ledger and is charged in full when it expires.
+                log.warning("could not settle a hold of %s", hold.tenant, exc_info=True)
 
     async def usage(self, target: TargetConfig, usage: Any) -> None:
         """Settle with the target's reported usage, or in full when it reported none."""
         amount = usage_amount(target, usage)
-        await self.settle(self.hold.amount if amount is None else amount)
+        await self.settle(self.amount if amount is None else amount)
 
     async def release(self) -> None:
         """No target answered: nothing was used."""

@@ -73,6 +73,9 @@ class Stack:
     audit_dir: Path  # access records of the "locked" app (signed with audit_key)
     audit_key: Path
     otlp: Received  # what the "locked" app exported over OTLP (spans, audit events)
+    vault_url: str = ""  # the Vault stand-in the "locked" app reads its keys from
+    vault_token: str = ""  # its root token (an admin's, for `freehold keys`)
+    locked_keys: dict[str, object] | None = None  # the "locked" app's key source (args)
 
     @property
     def memory(self) -> str:
@@ -132,9 +135,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             embeddings={"enabled": False},
         )
         assert locked.api_keys is not None and locked.api_keys.vault is not None
+        # Re-read every second, so revocations and rotations show within the tests' waits.
+        source = {**locked.api_keys.vault.model_dump(), "jwt_path": str(jwt), "refresh_seconds": 1}
         locked = with_updates(
             locked,
-            api_keys={"vault": {**locked.api_keys.vault.model_dump(), "jwt_path": str(jwt)}},
+            api_keys={"vault": source},
             audit=audit,
             telemetry={"otlp_endpoint": otlp_url},
         )
@@ -149,7 +154,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         serve.run(build_app(tiny), name="tiny", route_prefix="/tiny", blocking=False)
         memory_dir = deploy_memory(tmp_path_factory, port, otlp_url)
         yield Stack(
-            f"http://127.0.0.1:{port}", memory_dir, audit_dir, audit_dir / "audit.pem", otlp
+            f"http://127.0.0.1:{port}",
+            memory_dir,
+            audit_dir,
+            audit_dir / "audit.pem",
+            otlp,
+            vault.url,
+            vault.state.root_token,
+            source,
         )
     vault.stop()
     receiver.__exit__(None, None, None)

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from freehold_serving.audit import verify
-from freehold_serving.auth import key_id
+from freehold_serving.key_records import key_id
 from freehold_serving.signing import FileSigner
 from tests.integration.serving.conftest import API_KEY, Stack
 

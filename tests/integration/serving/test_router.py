@@ -504,7 +504,7 @@ def test_the_router_reaches_targets_that_need_keys_with_its_own(
         if len(events) >= 2 or time.monotonic() > deadline:
             break
         time.sleep(0.5)
-    from freehold_serving.auth import key_id
+    from freehold_serving.key_records import key_id
 
     assert [e["status"] for e in events] == [200, 200], found
     for event in events:

@@ -1,0 +1,125 @@
+"""Keys made with `freehold keys` (the real CLI, in a subprocess), used at once by a real
+model and a real router in Ray Serve that read them from Vault themselves: allowlists,
+per-key budgets at the router (refused at a model, which keeps none), revocation and
+rotation without a restart. Vault is tests/vault_server.py (the one test double: Vault
+cannot be installed here)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from freehold_serving.key_records import key_id
+from tests.integration.serving.conftest import API_KEY, MODEL, SMOL, Stack
+from tests.integration.serving.test_router import deploy, target
+
+pytestmark = pytest.mark.slow
+KEYS_PATH = "test/gemma/api-keys"  # the "locked" app's key set (and this test's router's)
+
+
+def keys(stack: Stack, *args: str) -> str:
+    env = {**os.environ, "VAULT_ADDR": stack.vault_url, "VAULT_TOKEN": stack.vault_token}
+    done = subprocess.run(
+        [sys.executable, "-m", "freehold", "keys", *args, "--path", KEYS_PATH],
+        env=env, capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def ask(base: str, key: str, model: str = MODEL, **extra: object) -> httpx.Response:
+    body = {"model": model, "messages": [{"role": "user", "content": "Hi."}], "max_tokens": 4,
+            "temperature": 0, **extra}  # fmt: skip
+    headers = {"Authorization": f"Bearer {key}"}
+    return httpx.post(f"{base}/chat/completions", json=body, headers=headers, timeout=120)
+
+
+def until(check: Callable[[], bool], seconds: float = 15) -> float:
+    """Seconds until `check()` holds (the servers re-read their keys every second)."""
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < seconds, "not within the refresh bound"
+        time.sleep(0.25)
+    return time.monotonic() - started
+
+
+def test_a_model_honours_allowlists_and_refuses_budgeted_keys(stack: Stack) -> None:
+    locked = stack.base("locked")
+    allowed = keys(stack, "create", "--tenant", "acme", "--model", MODEL)
+    elsewhere = keys(stack, "create", "--tenant", "acme", "--model", "another-model")
+    budgeted = keys(stack, "create", "--tenant", "acme", "--budget-tokens", "100")
+    until(lambda: ask(locked, allowed).status_code == 200)
+    refused = ask(locked, elsewhere)
+    assert refused.status_code == 404 and refused.json()["error"]["code"] == "model_not_found"
+    models = httpx.get(f"{locked}/models", headers={"Authorization": f"Bearer {elsewhere}"})
+    assert models.status_code == 200 and models.json()["data"] == []
+    over = ask(locked, budgeted)
+    assert over.status_code == 403, over.text
+    assert over.json()["error"]["code"] == "budget_requires_router"
+    # The key written by hand beside them still works.
+    assert ask(locked, API_KEY).status_code == 200
+
+
+def test_revocation_rotation_and_expiry_without_a_restart(stack: Stack) -> None:
+    locked = stack.base("locked")
+    key = keys(stack, "create", "--tenant", "acme")
+    until(lambda: ask(locked, key).status_code == 200)
+    fresh = keys(stack, "rotate", key_id(key), "--overlap", "0s")
+    waited = until(lambda: ask(locked, key).status_code == 401)
+    assert waited < 10 and ask(locked, fresh).status_code == 200
+    keys(stack, "revoke", key_id(fresh))
+    until(lambda: ask(locked, fresh).status_code == 401)
+    short = keys(stack, "create", "--tenant", "acme", "--expires-in", "4s")
+    until(lambda: ask(locked, short).status_code == 200)
+    until(lambda: ask(locked, short).status_code == 401, seconds=10)
+
+
+def test_a_router_keeps_each_keys_budget_and_allowlist(stack: Stack) -> None:
+    base = deploy(
+        stack,
+        "r-keys",
+        targets=[
+            target("gemma", stack.base(), MODEL, priority=0),
+            target("smol", stack.base("smol"), SMOL, priority=1),
+        ],
+        budgets=[{"tenant": "acme", "tokens": 100000}],
+        api_keys={"vault": stack.locked_keys},
+    )
+    capped = keys(stack, "create", "--tenant", "acme", "--budget-tokens", "300")
+    free = keys(stack, "create", "--tenant", "acme")
+    smol_only = keys(stack, "create", "--tenant", "acme", "--model", "smol")
+    nothing = keys(stack, "create", "--tenant", "acme", "--model", "not-a-target")
+
+    def routed(key: str) -> httpx.Response:
+        return ask(base, key, model="assistant")
+
+    until(lambda: routed(nothing).status_code != 401, seconds=60)
+    gone = routed(nothing)
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "model_not_found"
+    # The allowlist names a target: the key is routed only there, whatever the priority.
+    assert routed(free).headers["X-Freehold-Target"] == "gemma"
+    assert {routed(smol_only).headers["X-Freehold-Target"] for _ in range(3)} == {"smol"}
+    # The key's budget holds on its own, beside its tenant's (each request holds its
+    # prompt's bound, ~90 tokens, and is charged its usage, ~15).
+    spent = 0
+    for _ in range(40):
+        answer = routed(capped)
+        if answer.status_code != 200:
+            break
+        spent += answer.json()["usage"]["total_tokens"]
+    assert answer.status_code == 429, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "budget_exceeded" and key_id(capped) in error["message"]
+    status = httpx.get(base.removesuffix("/v1") + "/router/status", timeout=30).json()
+    mine = next(b for b in status["budgets"] if b.get("key") == key_id(capped))
+    assert mine["tenant"] == "acme" and mine["committedTokens"] == spent <= 300
+    assert routed(free).status_code == 200  # the tenant's other key is not capped
+    # Revoked at the router without a restart.
+    keys(stack, "revoke", key_id(free))
+    until(lambda: routed(free).status_code == 401)
