@@ -165,6 +165,9 @@ class Controller:
                 self._dependents.setdefault(owner, set()).add(key)
         if getattr(self._kinds.get(kind), "judges_others", False):
             self._rejudge(kind, body, event_type)
+        woken = getattr(self._kinds.get(kind), "wakes", ())
+        if woken:
+            self._wake_others(kind, body, event_type, woken)
         if event_type == "DELETED":
             self._parents.pop(key, None)
             self._keys.pop(uid, None)
@@ -197,6 +200,28 @@ class Controller:
             return
         for other in list(self._parents):
             if other[0] != kind:
+                self._queue.add(other)
+
+    def _wake_others(
+        self, kind: str, body: Mapping[str, Any], event_type: str | None, kinds: tuple[str, ...]
+    ) -> None:
+        """A resource others build from changed what it wants (or went): the resources of
+        `kinds` in its namespace are reconciled again (a budgeted ModelRouter decides who
+        may call its target ModelDeployments). Not on status-only changes."""
+        meta = body.get("metadata") or {}
+        namespace = str(meta.get("namespace"))
+        key: Key = (kind, namespace, _name(body))
+        known = self._parents.get(key)
+        if (
+            event_type != "DELETED"
+            and known is not None
+            and (known.get("metadata") or {}).get("generation") == meta.get("generation")
+            and bool((known.get("metadata") or {}).get("deletionTimestamp"))
+            == bool(meta.get("deletionTimestamp"))
+        ):
+            return
+        for other in list(self._parents):
+            if other[0] in kinds and other[1] == namespace:
                 self._queue.add(other)
 
     def policies(self) -> list[dict[str, Any]]:

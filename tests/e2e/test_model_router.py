@@ -115,3 +115,40 @@ def test_bad_router_specs_are_refused_by_the_api_server(namespace: str) -> None:
         refused.returncode != 0
         and "exactly one of modelDeploymentRef and external" in refused.stderr
     )
+
+
+def test_a_budgeted_routers_targets_admit_only_the_router(
+    namespace: str, operator: Operator
+) -> None:
+    """Issue 28: the router is the only way in while it governs (budgets or rate limits);
+    the target's NetworkPolicy follows the router's spec, and the model's directAccess."""
+    apply(example(namespace, "rt-gov"))
+
+    def callers() -> list[dict[str, Any]]:
+        policy = get("networkpolicy", "rt-gov-allow", namespace) or {"spec": {"ingress": [{}]}}
+        found: list[dict[str, Any]] = policy["spec"]["ingress"][0].get("from") or []
+        return found
+
+    eventually(lambda: get("networkpolicy", "rt-gov-allow", namespace))
+    assert not any("freehold.dev/model-router" in json.dumps(p) for p in callers())
+    keys = {"apiKeys": {"path": f"{namespace}/gate/keys"}}
+    gate = router(
+        namespace,
+        "gate",
+        targets=[{"name": "only", "modelDeploymentRef": {"name": "rt-gov"}}],
+        budgets=[{"tenant": "acme", "tokens": 1000}],
+        auth=keys,
+    )
+    apply(gate)
+    router_peer = {"podSelector": {"matchLabels": {"freehold.dev/model-router": "gate"}}}
+    eventually(lambda: router_peer in callers(), timeout=60)
+    assert not any("namespaceSelector" in p for p in callers())  # nobody else of the namespace
+    # The model's spec says otherwise: its own callers again.
+    apply(example(namespace, "rt-gov", network={"directAccess": True}))
+    eventually(lambda: router_peer not in callers(), timeout=60)
+    apply(example(namespace, "rt-gov"))
+    eventually(lambda: router_peer in callers(), timeout=60)
+    # The router no longer governs (no budget, no rate limit): its targets open again.
+    ungoverned = router(namespace, "gate", targets=gate["spec"]["targets"], auth=keys)
+    apply(ungoverned)
+    eventually(lambda: router_peer not in callers(), timeout=60)

@@ -336,3 +336,46 @@ def test_a_signature_kept_in_a_registry_gets_its_own_volume() -> None:
         "mountPath": "/models/signatures",
         "readOnly": True,
     } in serving
+
+
+def test_a_budgeted_routers_target_admits_only_the_router_unless_its_spec_says() -> None:
+    """Issue 28: a model a budgeted router governs cannot be called around the router."""
+    import dataclasses
+
+    from freehold.builders.network import build_allow
+    from freehold.kinds.model_deployment import governing_routers
+
+    def router(name: str, target: str, **extra: Any) -> dict[str, Any]:
+        targets = [{"name": "t", "modelDeploymentRef": {"name": target}}]
+        return {"metadata": {"name": name}, "spec": {"targets": targets, **extra}}
+
+    routers = [
+        router("gate", "gemma-270m", budgets=[{"tenant": "acme", "tokens": 10}]),
+        router("limits", "gemma-270m", rateLimits=[{"tenant": "acme", "requestsPerMinute": 5}]),
+        router("open", "gemma-270m"),  # no budget, no limit: governs nothing
+        router("elsewhere", "other", budgets=[{"tenant": "acme", "tokens": 10}]),
+        {**router("going", "gemma-270m", budgets=[{"tenant": "a", "tokens": 1}]),
+         "metadata": {"name": "going", "deletionTimestamp": "2026-12-03T00:00:00Z"}},
+    ]  # fmt: skip
+    governing = governing_routers("gemma-270m", routers)
+    assert governing == ("gate", "limits")
+    ctx = dataclasses.replace(CTX, governing_routers=governing)
+    serve = build_allow(SPECS["cpu-example"], ctx, ray=False)["spec"]["ingress"][0]
+    assert serve["from"] == [
+        {"podSelector": {"matchLabels": {"freehold.dev/model-router": "gate"}}},
+        {"podSelector": {"matchLabels": {"freehold.dev/model-router": "limits"}}},
+        {"podSelector": {"matchLabels": {"freehold.dev/evaluates": "gemma-270m"}}},
+        {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "freehold-memory"}}},
+    ]
+    direct = spec(network={"directAccess": True})
+    assert build_allow(direct, ctx, ray=False)["spec"]["ingress"][0]["from"] == [
+        {"podSelector": {}}
+    ]
+    # Not governed: the spec's own callers.
+    own = build_allow(spec(), CTX, ray=False)["spec"]["ingress"][0]["from"]
+    assert own == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "freehold-demo"}},
+            "podSelector": {},
+        }
+    ]

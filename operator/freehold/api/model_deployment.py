@@ -502,6 +502,23 @@ class Network(ApiModel):
     )
 
 
+class ModelNetwork(Network):
+    """Network exposure of a model. All other ingress and egress is denied."""
+
+    allow_from: list[PeerSelector] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Who may reach the endpoint. Empty: only pods in this namespace. While a "
+        "ModelRouter with budgets or rate limits targets this model, only that router (and "
+        "Freehold's EvalJobs and MemoryStores of this namespace) may, unless directAccess.",
+    )
+    direct_access: bool = Field(
+        default=False,
+        description="Let allowFrom's callers reach the model directly even while a ModelRouter "
+        "with budgets or rate limits targets it (those limits then do not hold for them).",
+    )
+
+
 class MemoryAccess(ApiModel):
     """MemoryStores a chat request may name (the `memory` request field): the server
     recalls the subject's records into the prompt, with the caller's own API key."""
@@ -594,7 +611,7 @@ class ModelDeploymentSpec(ApiModel):
     )
     auth: Auth = Field(default_factory=Auth, description="Who may call the endpoint.")
     telemetry: Telemetry = Field(default_factory=Telemetry, description="Telemetry settings.")
-    network: Network = Field(default_factory=Network, description="Network exposure.")
+    network: ModelNetwork = Field(default_factory=ModelNetwork, description="Network exposure.")
     memory: MemoryAccess | None = Field(
         default=None, description="Memory in chat: the MemoryStores requests may use."
     )

@@ -12,6 +12,7 @@ from urllib.parse import urlparse
 
 from freehold.api.eval_job import EvalJobSpec
 from freehold.builders.model_workload import (
+    EVALUATES_LABEL,
     MANAGED_BY,
     SERVE_PORT,
     VAULT_CA_DIR,
@@ -23,7 +24,6 @@ from freehold.builders.model_workload import (
     vault_volumes,
 )
 from freehold.builders.network import _ns, dns_egress
-from freehold.builders.promotion import EVALUATES_LABEL
 from freehold.builders.vault import VaultRole, acl_policy, role_body
 from freehold.evaluation.job import PROGRESS_PORT, RESULT_FILE, JobConfig, VaultSigner
 

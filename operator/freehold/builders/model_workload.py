@@ -13,6 +13,8 @@ SERVE_PORT = 8000
 MANAGED_BY = "freehold-operator"
 INSTANCE_LABEL = "freehold.dev/model-deployment"
 MEMORY_STORE_LABEL = "freehold.dev/memory-store"
+ROUTER_LABEL = "freehold.dev/model-router"
+EVALUATES_LABEL = "freehold.dev/evaluates"  # an EvalJob's pods: the model they evaluate
 ROLE_LABEL = "freehold.dev/role"
 REGION_LABEL = "topology.kubernetes.io/region"
 ZONE_LABEL = "topology.kubernetes.io/zone"
@@ -71,10 +73,13 @@ class BuildContext(ClusterConfig):
 
     name: str
     namespace: str
+    # ModelRouters with budgets or rate limits that target this model: the only way in.
+    governing_routers: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, config: ClusterConfig, name: str, namespace: str) -> BuildContext:
-        return cls(name=name, namespace=namespace, **vars(config))
+        fields = {k: v for k, v in vars(config).items() if k in ClusterConfig.__dataclass_fields__}
+        return cls(name=name, namespace=namespace, **fields)
 
 
 def service_account_name(ctx: BuildContext) -> str:

@@ -11,8 +11,10 @@ from typing import Any
 
 from freehold.api.model_deployment import ModelDeploymentSpec
 from freehold.builders.model_workload import (
+    EVALUATES_LABEL,
     MEMORY_STORE_LABEL,
     ROLE_LABEL,
+    ROUTER_LABEL,
     SERVE_PORT,
     BuildContext,
     fetched_adapters,
@@ -102,10 +104,24 @@ def _callers(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
     return peers
 
 
+def governed_callers(ctx: BuildContext) -> list[dict[str, Any]]:
+    """Who may call a model that budgeted routers govern: those routers' pods, the EvalJobs
+    that evaluate it and this namespace's MemoryStores (Freehold's own callers, whose
+    requests are not a tenant's to budget). Anyone else would skip the budgets."""
+    peers: list[dict[str, Any]] = [
+        {"podSelector": {"matchLabels": {ROUTER_LABEL: name}}} for name in ctx.governing_routers
+    ]
+    peers.append({"podSelector": {"matchLabels": {EVALUATES_LABEL: ctx.name}}})
+    peers.append({"podSelector": {"matchLabels": {"app.kubernetes.io/name": "freehold-memory"}}})
+    return peers
+
+
 def build_allow(spec: ModelDeploymentSpec, ctx: BuildContext, *, ray: bool) -> dict[str, Any]:
     own = {"podSelector": {"matchLabels": selector(ctx)}}
+    governed = bool(ctx.governing_routers) and not spec.network.direct_access
+    callers = governed_callers(ctx) if governed else _callers(spec)
     ingress: list[dict[str, Any]] = [
-        {"from": _callers(spec), "ports": [{"protocol": "TCP", "port": SERVE_PORT}]},
+        {"from": callers, "ports": [{"protocol": "TCP", "port": SERVE_PORT}]},
         *scrape_ingress(ctx),
     ]
     egress: list[dict[str, Any]] = [dns_egress(ctx)]

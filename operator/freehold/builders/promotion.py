@@ -27,11 +27,11 @@ from freehold.api.model_deployment import (
     PeerSelector,
     Scaling,
 )
+from freehold.builders.model_workload import EVALUATES_LABEL
 from freehold.conditions import is_true
 
 MODEL_ANNOTATION = "freehold.dev/model"
 PROMOTION_LABEL = "freehold.dev/promotion-of"
-EVALUATES_LABEL = "freehold.dev/evaluates"
 MAX_NAME = 53
 State = Literal["Stable", "Evaluating", "GatesFailed", "Promoting"]
 

@@ -15,6 +15,7 @@ from freehold.builders.model_workload import (
     AUDIT_DIR,
     INSTANCE_LABEL,
     MANAGED_BY,
+    ROUTER_LABEL,
     SERVE_PORT,
     VAULT_CA_DIR,
     BuildContext,
@@ -42,8 +43,6 @@ from freehold_serving.router.args import (
     RouterArgs,
     TargetConfig,
 )
-
-ROUTER_LABEL = "freehold.dev/model-router"
 
 
 @dataclass(frozen=True)

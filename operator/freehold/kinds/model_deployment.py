@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from freehold.adapters.kubernetes import ResourceType
@@ -35,6 +35,7 @@ from freehold.kinds.base import (
     CONFIG_MAP,
     DEPLOYMENT,
     EVAL_JOB,
+    MODEL_ROUTER,
     NETWORK_POLICY,
     PDB,
     POD,
@@ -143,11 +144,14 @@ class ModelDeploymentKind(KindBase[ModelDeploymentSpec]):
     ) -> dict[str, Lookup]:
         """The serving pods; with promotion, also the serving workload (what runs now) and
         our EvalJobs."""
+        # The namespace's routers: one with budgets or rate limits targeting this model is
+        # its only way in (builders/network.governed_callers).
+        found = {"pods": self._pods(meta), "routers": Lookup(MODEL_ROUTER)}
         if spec.promotion is None:
-            return {"pods": self._pods(meta)}
+            return found
         workload = RAYSERVICE if self.backend(facts) == "RayService" else DEPLOYMENT
         return {
-            "pods": self._pods(meta),
+            **found,
             "workload": Lookup(workload, name=meta["name"]),
             "evaljobs": Lookup(EVAL_JOB, labels={OWNER_UID_LABEL: meta["uid"]}),
         }
@@ -157,7 +161,8 @@ class ModelDeploymentKind(KindBase[ModelDeploymentSpec]):
         return plan(spec, meta["name"], live_model(facts.one("workload")), jobs)
 
     def build(self, spec: ModelDeploymentSpec, meta: Mapping[str, Any], facts: Facts) -> Desired:
-        ctx = self.context(meta)
+        governing = governing_routers(meta["name"], facts.related.get("routers") or [])
+        ctx = replace(self.context(meta), governing_routers=governing)
         backend = self.backend(facts)
         decided = self.plan(spec, meta, facts)
         serving = serving_spec(spec, decided.serve)
@@ -172,10 +177,9 @@ class ModelDeploymentKind(KindBase[ModelDeploymentSpec]):
                 annotations[MODEL_ANNOTATION] = model_annotation(decided.serve)
         if decided.candidate is not None:
             candidate = candidate_spec(serving_spec(spec, decided.candidate), meta["name"])
+            candidate_ctx = BuildContext.of(self.config, candidate_name(ctx.name), ctx.namespace)
             children += build_children(
-                candidate,
-                BuildContext.of(self.config, candidate_name(ctx.name), ctx.namespace),
-                backend,
+                candidate, replace(candidate_ctx, governing_routers=governing), backend
             )
         existing = {j["metadata"]["name"] for j in facts.related.get("evaljobs") or []}
         keep: set[ChildKey] = set()
@@ -468,3 +472,21 @@ def secrets_condition(problem: Problem | None) -> Condition:
     return condition(
         "SecretsUnavailable", False, "VaultReady", "the workload's Vault policy and role are set"
     )
+
+
+def governing_routers(name: str, routers: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The ModelRouters (not being deleted) whose budgets or rate limits would be skipped
+    by calling the model `name` directly: they target it by modelDeploymentRef."""
+    found = []
+    for router in routers:
+        spec = router.get("spec") or {}
+        if (router.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        if not (spec.get("budgets") or spec.get("rateLimits")):
+            continue
+        refs = {
+            ((t.get("modelDeploymentRef") or {}).get("name")) for t in spec.get("targets") or []
+        }
+        if name in refs:
+            found.append(str(router["metadata"]["name"]))
+    return tuple(sorted(found))

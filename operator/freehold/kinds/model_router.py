@@ -80,6 +80,8 @@ class ModelRouterKind(KindBase[ModelRouterSpec]):
     lookup_types: tuple[ResourceType, ...] = (MODEL_DEPLOYMENT, EVAL_JOB)
     status_from = frozenset({"Deployment"})
     finalizer: str | None = VAULT_FINALIZER
+    # Its targets' NetworkPolicies depend on its budgets and rate limits: re-reconcile them.
+    wakes: tuple[str, ...] = ("ModelDeployment",)
 
     def check(self, spec: ModelRouterSpec, meta: Mapping[str, Any]) -> None:
         prefix = self.config.vault_kv_prefix.format(namespace=meta["namespace"])
