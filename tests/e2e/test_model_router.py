@@ -152,3 +152,22 @@ def test_a_budgeted_routers_targets_admit_only_the_router(
     ungoverned = router(namespace, "gate", targets=gate["spec"]["targets"], auth=keys)
     apply(ungoverned)
     eventually(lambda: router_peer not in callers(), timeout=60)
+
+
+def test_a_keyed_target_is_not_routed_to_and_says_why(namespace: str, operator: Operator) -> None:
+    """A model requiring API keys would answer the router 401 on a cluster (the router's
+    own credential there is planned): the status says so instead of routing to it."""
+    apply(example(namespace, "rt-keyed", auth={"apiKeys": {"path": f"{namespace}/k/keys"}}))
+    make_ready(namespace, "rt-keyed")
+    apply(router(namespace, "keyed", targets=[
+        {"name": "locked", "modelDeploymentRef": {"name": "rt-keyed"}}]))  # fmt: skip
+
+    def target() -> dict[str, Any] | None:
+        mr = get("modelrouter", "keyed", namespace) or {}
+        found = ((mr.get("status") or {}).get("targets") or [{}])[0]
+        return found if found.get("message") else None
+
+    seen = eventually(target, timeout=60)
+    assert seen["admitted"] is False and "requires API keys" in seen["message"]
+    ready = condition(get("modelrouter", "keyed", namespace), "Ready")
+    assert ready["reason"] == "NoTargetAdmitted" and "planned" in ready["message"]

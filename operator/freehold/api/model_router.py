@@ -292,6 +292,9 @@ class TargetStatus(ApiModel):
         default=None, description="Measured p50 latency (ms) at the router."
     )
     endpoint: str | None = Field(default=None, max_length=2048, description="Its URL.")
+    message: str | None = Field(
+        default=None, max_length=1024, description="Why it is not admitted, when not obvious."
+    )
 
 
 class ModelRouterStatus(ApiModel):

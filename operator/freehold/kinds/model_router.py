@@ -138,8 +138,14 @@ class ModelRouterKind(KindBase[ModelRouterSpec]):
             # pod restarting would roll the router's pod (seen on a real node: the router
             # restarted exactly when it should have fallen back); the router itself falls
             # back from a target that does not answer and cools it down.
-            admitted = bool(status.get("endpoint")) and (
-                not spec.require_passing_eval or state == "Passed"
+            # A model that requires API keys would answer the router 401: on a cluster the
+            # router has no credential of its own for it yet (planned; under `freehold up`
+            # it has), so it is not routed to, and says why.
+            keyed = bool((((md or {}).get("spec") or {}).get("auth") or {}).get("apiKeys"))
+            admitted = (
+                bool(status.get("endpoint"))
+                and (not spec.require_passing_eval or state == "Passed")
+                and not keyed
             )
             out[t.name] = {
                 "ready": ready,
@@ -147,6 +153,14 @@ class ModelRouterKind(KindBase[ModelRouterSpec]):
                 "evalState": state,
                 "endpoint": status.get("endpoint"),
                 "model": status.get("servedName"),
+                "message": (
+                    f"ModelDeployment {t.model_deployment_ref.name} requires API keys (spec.auth."
+                    "apiKeys): a router presenting its own credential to a keyed model on a "
+                    "cluster is not supported yet (planned); remove its apiKeys and let the "
+                    "router govern who calls it (its NetworkPolicy admits only the router)"
+                )
+                if keyed
+                else None,
             }
         return out
 
@@ -210,6 +224,7 @@ class ModelRouterKind(KindBase[ModelRouterSpec]):
                     "endpoint": (t.external.base_url if t.external else None)
                     if external
                     else (r or {}).get("endpoint"),
+                    "message": (r or {}).get("message"),
                 }
             )
         admitted = sum(1 for t in targets if t["admitted"])
@@ -219,10 +234,7 @@ class ModelRouterKind(KindBase[ModelRouterSpec]):
             reason = "SecretsUnavailable" if problem.reason in VAULT_REASONS else problem.reason
             ready = condition("Ready", False, reason, problem.message)
         elif admitted == 0:
-            waiting = "; ".join(
-                f"{t['name']}: {'eval ' + str(t['evalState']) if t['ready'] else 'not serving'}"
-                for t in targets
-            )
+            waiting = "; ".join(f"{t['name']}: {_why_waiting(t)}" for t in targets)
             ready = condition(
                 "Ready", False, "NoTargetAdmitted", f"no target can take requests ({waiting})"
             )
@@ -246,3 +258,9 @@ class ModelRouterKind(KindBase[ModelRouterSpec]):
             ],
             {"endpoint": self.endpoint(ctx), "targets": targets, "readyTargets": admitted},
         )
+
+
+def _why_waiting(target: Mapping[str, Any]) -> str:
+    if target.get("message"):
+        return str(target["message"])
+    return f"eval {target['evalState']}" if target.get("ready") else "not serving"
