@@ -229,3 +229,41 @@ def test_rate_counters_of_replicas_admit_exactly_the_limit(make: tuple[Make, Clo
     assert limiters[0].window("tenant:globex", now)[0] == Counts(1, 1)
     # A minute later the window has moved on.
     limiters[0].admit([("tenant:acme", Rate(requests=12))], 1, now + 120)
+
+
+def test_a_cooldown_one_replica_saw_is_every_replicas(postgres: Postgres) -> None:
+    """Cooldowns are kept with the budgets: a target one replica saw fail is passed over
+    by the others (each replica's monotonic clock is its own; they share wall time)."""
+    from freehold_serving.router.args import RouterArgs
+    from freehold_serving.router.policy import Need, Router
+
+    database = postgres.create_database("r" + uuid.uuid4().hex[:12])
+    wall = Clock()
+
+    def replica(monotonic_start: float) -> tuple[Router, PostgresLedger]:
+        db = PostgresDatabase(
+            postgres.conninfo(database),
+            schema="router_state",
+            credentials=lambda: Credentials(postgres.user, postgres.password),
+        )
+        args = RouterArgs.model_validate({
+            "name": "r", "served_name": "assistant",
+            "targets": [{"name": "a", "url": "http://a/v1"}, {"name": "b", "url": "http://b/v1",
+                                                               "priority": 1}],
+            "fallback": {"cooldown_seconds": 30},
+        })  # fmt: skip
+        offset = monotonic_start - wall.t
+        router = Router(args, clock=lambda: wall.t + offset, wall=wall)
+        return router, PostgresLedger(db, "team-a/assistant", wall)
+
+    (first, first_ledger), (second, second_ledger) = replica(5.0), replica(90000.0)
+    need = Need(frozenset({"chat"}), prompt_tokens=10, max_tokens=10)
+    assert [t.name for t in second.order(need)[0]] == ["a", "b"]
+    first_ledger.cool("a", first.failed("a"))
+    for name, until in second_ledger.cooldowns(wall.t).items():
+        second.cooled(name, until)
+    order, skipped = second.order(need)
+    assert [t.name for t in order] == ["b"] and skipped[0].target == "a"
+    wall.t += 31  # the cooldown ends for both at the same moment
+    assert second_ledger.cooldowns(wall.t) == {}
+    assert [t.name for t in second.order(need)[0]] == ["a", "b"]

@@ -65,6 +65,7 @@ add_error_handlers(router_app, "the router")
 
 PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
 TARGET_HEADER = "X-Freehold-Target"
+COOLDOWN_SYNC_SECONDS = 1.0  # how soon a replica passes over a target another saw fail
 
 
 class RouterMetrics:
@@ -243,6 +244,12 @@ class RouterServer:
         )
         # Streams whose client left, read to their end for their usage (kept referenced).
         self._drains: set[asyncio.Task[None]] = set()
+        # Cooldowns live where the budgets do: with PostgreSQL, every replica's.
+        self._cooling = (
+            asyncio.get_running_loop().create_task(self._follow_cooldowns())
+            if isinstance(self._ledger, PostgresLedger)
+            else None
+        )
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -594,7 +601,9 @@ class RouterServer:
                 else:
                     response = await self._forward(target, kind, body, stream, charge, seen)
             except FailedError as failure:
-                self._router.failed(target.name)
+                until = self._router.failed(target.name)
+                if isinstance(self._ledger, PostgresLedger):
+                    self._background(self._share_cooldown(target.name, until))
                 self._m.requests.labels(self._args.name, target.name, "failed").inc()
                 tried.append(f"{target.name}: {failure.cause}")
                 last = failure
@@ -714,6 +723,26 @@ class RouterServer:
                 self._background(charge.settle(charge.amount))
             else:  # the client left: read the rest for the usage of what was generated
                 self._background(self._drain(answer, target, charge))
+
+    async def _share_cooldown(self, target: str, until: float) -> None:
+        assert isinstance(self._ledger, PostgresLedger)
+        try:
+            await asyncio.to_thread(self._ledger.cool, target, until)
+        except LedgerUnavailableError:
+            log.warning("could not share the cooldown of target %s", target)
+
+    async def _follow_cooldowns(self) -> None:
+        """Every second, the cooldowns other replicas saw (best effort: a replica that
+        cannot read them keeps its own)."""
+        assert isinstance(self._ledger, PostgresLedger)
+        while True:
+            await asyncio.sleep(COOLDOWN_SYNC_SECONDS)
+            try:
+                shared = await asyncio.to_thread(self._ledger.cooldowns, time.time())
+            except LedgerUnavailableError:
+                continue
+            for name, until in shared.items():
+                self._router.cooled(name, until)
 
     def _background(self, work: Any) -> None:
         task = asyncio.get_running_loop().create_task(work)

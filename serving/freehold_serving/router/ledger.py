@@ -156,6 +156,12 @@ CREATE TABLE IF NOT EXISTS budget_holds (
 );
 CREATE INDEX IF NOT EXISTS budget_holds_tenant ON budget_holds (router, tenant, window_index);
 CREATE INDEX IF NOT EXISTS budget_holds_expiry ON budget_holds (expires_at);
+CREATE TABLE IF NOT EXISTS router_cooldowns (
+    router TEXT NOT NULL,
+    target TEXT NOT NULL,
+    until_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (router, target)
+);
 CREATE TABLE IF NOT EXISTS rate_counts (
     router TEXT NOT NULL,
     scope TEXT NOT NULL,
@@ -281,6 +287,35 @@ class PostgresLedger:
                     self._charge(hold.tenant, hold.window, actual)
 
         self._run(charge)
+
+    # -- cooldowns shared by replicas ----------------------------------------------------
+
+    def cool(self, target: str, until: float) -> None:
+        """A replica saw `target` fail: every replica passes it over until `until` (wall
+        clock), so the next request does not find out again on another replica."""
+
+        def write() -> None:
+            self._db.execute(
+                "INSERT INTO router_cooldowns (router, target, until_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (router, target) DO UPDATE"
+                " SET until_at = greatest(router_cooldowns.until_at, excluded.until_at)",
+                (self._router, target, until),
+            )
+
+        self._run(write)
+
+    def cooldowns(self, now: float) -> dict[str, float]:
+        """Targets cooling down now, and until when (wall clock)."""
+
+        def read() -> dict[str, float]:
+            rows = self._db.rows(
+                "SELECT target, until_at FROM router_cooldowns WHERE router = ? AND until_at > ?",
+                (self._router, now),
+            )
+            return {str(r["target"]): float(r["until_at"]) for r in rows}
+
+        found: dict[str, float] = self._run(read)
+        return found
 
 
 # -- rate limits ------------------------------------------------------------------------

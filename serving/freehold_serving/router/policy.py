@@ -117,11 +117,19 @@ class Router:
             else (1 - LATENCY_ALPHA) * state.latency_s + LATENCY_ALPHA * first_byte_s
         )
 
-    def failed(self, name: str) -> None:
+    def failed(self, name: str) -> float:
+        """Count a failure and cool the target down; returns when that ends on the wall
+        clock (what other replicas are told: their monotonic clocks are their own)."""
         state = self.state(name)
         state.requests += 1
         state.failures += 1
         state.cooldown_until = self.clock() + self.args.fallback.cooldown_seconds
+        return self.wall() + self.args.fallback.cooldown_seconds
+
+    def cooled(self, name: str, until_wall: float) -> None:
+        """Another replica cooled `name` down until `until_wall` (wall clock)."""
+        state = self.state(name)
+        state.cooldown_until = max(state.cooldown_until, self.clock() + until_wall - self.wall())
 
     # -- budgets -----------------------------------------------------------------------
 

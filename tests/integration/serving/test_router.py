@@ -423,6 +423,43 @@ def test_router_replicas_share_budgets_in_postgresql_and_fail_closed_without_it(
     assert budget_of(away, "acme").get("ledger") == "unavailable"
 
 
+def test_replicas_share_cooldowns_in_postgresql(
+    stack: Stack, tmp_path: Path, postgres: Postgres
+) -> None:
+    """A target one replica saw fail is passed over by the other within a second, not
+    found out again (two apps with one router name: one shared state)."""
+    from ray import serve
+
+    from freehold_serving.router.app import build_router
+
+    password = tmp_path / "pgpass"
+    password.write_text(postgres.password)
+    state = {
+        "host": postgres.host, "port": postgres.port,
+        "database": postgres.create_database("cool_" + os.urandom(4).hex()),
+        "db_schema": "router_state", "sslmode": "disable", "credentials": "file",
+        "user": postgres.user, "password_file": str(password),
+    }  # fmt: skip
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    bases = []
+    for app in ("r-cool-a", "r-cool-b"):
+        args = RouterArgs.model_validate({
+            "name": "cooling", "served_name": "assistant",
+            "targets": [target("dead", dead, SMOL), target("smol", stack.base("smol"), SMOL,
+                                                           priority=1)],
+            "fallback": {"cooldown_seconds": 60}, "state_postgres": state,
+        })  # fmt: skip
+        serve.run(build_router(args), name=app, route_prefix=f"/{app}", blocking=False)
+        bases.append(f"{stack.root}/{app}/v1")
+    first = chat(bases[0])
+    assert first.status_code == 200 and first.headers["X-Freehold-Attempts"] == "2"
+    time.sleep(2.5)  # the other replica reads shared cooldowns every second
+    second = chat(bases[1])
+    assert second.status_code == 200, second.text
+    assert second.headers["X-Freehold-Attempts"] == "1"  # "dead" passed over, not retried
+    assert status(bases[1])["dead"]["coolingDown"] is True
+
+
 def test_rate_limits_per_key_and_per_tenant_answer_429_with_retry_after(
     stack: Stack, tmp_path: Path
 ) -> None:
