@@ -1,0 +1,181 @@
+"""The documentation site's reference pages, generated from the code so they cannot drift:
+every CRD field (from the pydantic models, through the generated CRDs: type, default,
+validation, CEL rules, description) and every CLI command (from the Typer app).
+
+    python -m freehold.docs_reference docs/reference
+
+tests/docs fails when the committed pages differ from what this writes.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from freehold.api.kinds import KINDS
+from freehold.crdgen import crd_for
+
+Schema = dict[str, Any]
+
+
+def _cell(text: object) -> str:
+    """Text for a Markdown table cell: one line, pipes escaped."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def _type(schema: Schema) -> str:
+    kind = schema.get("type")
+    if kind == "array":
+        return f"[]{_type(schema.get('items') or {})}"
+    if kind == "object" and "additionalProperties" in schema:
+        return f"map[string]{_type(schema.get('additionalProperties') or {})}"
+    if schema.get("x-kubernetes-int-or-string"):
+        return "int-or-string"
+    return str(kind or "any")
+
+
+def _rules(schema: Schema) -> list[str]:
+    """What the API server checks on a field, in words."""
+    found = []
+    for key, word in (
+        ("enum", "one of"),
+        ("pattern", "pattern"),
+        ("minimum", ">="),
+        ("maximum", "<="),
+        ("exclusiveMinimum", ">"),
+        ("minLength", "min length"),
+        ("maxLength", "max length"),
+        ("minItems", "min items"),
+        ("maxItems", "max items"),
+        ("maxProperties", "max entries"),
+        ("format", "format"),
+    ):
+        if key in schema:
+            value = schema[key]
+            shown = ", ".join(f"`{v}`" for v in value) if isinstance(value, list) else f"`{value}`"
+            found.append(f"{word} {shown}")
+    for rule in schema.get("x-kubernetes-validations") or []:
+        found.append(f"CEL `{rule['rule']}`: {rule.get('message', '')}")
+    return found
+
+
+def _fields(schema: Schema, path: str, rows: list[list[str]]) -> None:
+    required = set(schema.get("required") or [])
+    for name, child in (schema.get("properties") or {}).items():
+        here = f"{path}.{name}" if path else name
+        default = child.get("default")
+        rows.append(
+            [
+                f"`{here}`" + (" (required)" if name in required else ""),
+                _type(child),
+                "" if default is None else f"`{_cell(default)}`",
+                _cell("; ".join(_rules(child))),
+                _cell(child.get("description", "")),
+            ]
+        )
+        target = child.get("items") if child.get("type") == "array" else child
+        if isinstance(target, dict) and target.get("properties"):
+            _fields(target, here + ("[]" if child.get("type") == "array" else ""), rows)
+
+
+def crd_page(crd: Schema) -> str:
+    names = crd["spec"]["names"]
+    version = crd["spec"]["versions"][0]
+    schema = version["schema"]["openAPIV3Schema"]
+    lines = [
+        f"# {names['kind']}",
+        "",
+        f"`{crd['spec']['group']}/{version['name']}`, {crd['spec']['scope']}; "
+        f"`kubectl get {names['plural']}`"
+        + (f" (short: {', '.join(names['shortNames'])})" if names.get("shortNames") else "")
+        + ".",
+        "",
+        _cell(schema.get("description", "")),
+        "",
+    ]
+    for rule in schema.get("x-kubernetes-validations") or []:
+        lines += [f"- CEL on the object: `{rule['rule']}`: {rule.get('message', '')}"]
+    for part in ("spec", "status"):
+        sub = (schema.get("properties") or {}).get(part)
+        if not sub:
+            continue
+        lines += ["", f"## {part}", ""]
+        for rule in sub.get("x-kubernetes-validations") or []:
+            lines += [f"- CEL on {part}: `{rule['rule']}`: {rule.get('message', '')}"]
+        rows: list[list[str]] = []
+        _fields(sub, part, rows)
+        lines += ["", "| Field | Type | Default | Validation | Description |"]
+        lines += ["|---|---|---|---|---|"]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+    columns = version.get("additionalPrinterColumns") or []
+    if columns:
+        lines += ["", "## kubectl get columns", "", "| Column | From |", "|---|---|"]
+        lines += [f"| {c['name']} | `{c['jsonPath']}` |" for c in columns]
+    return "\n".join(lines) + "\n"
+
+
+def _command_lines(command: Any, words: list[str], lines: list[str]) -> None:
+    """A click command (Typer's own copy of click: read by shape, not by class)."""
+    if getattr(command, "commands", None) is not None:
+        for name in sorted(command.commands):
+            _command_lines(command.commands[name], [*words, name], lines)
+        return
+    lines += ["", f"## `{' '.join(words)}`", ""]
+    if command.help:
+        lines += [" ".join(command.help.split()), ""]
+    params = [p for p in command.params if p.name != "help"]
+    if not params:
+        return
+    lines += ["| Argument or option | Default | Help |", "|---|---|---|"]
+    for param in params:
+        if param.param_type_name == "option":
+            shown = ", ".join(f"`{o}`" for o in [*param.opts, *param.secondary_opts])
+            if param.envvar:
+                shown += f" (env `{param.envvar}`)"
+            helped = param.help or ""
+            default = param.default
+        else:
+            shown = f"`{(param.metavar or param.name or '').upper()}`"
+            helped = getattr(param, "help", "") or ""
+            default = None
+        default_text = "" if default in (None, False, ()) or callable(default) else f"`{default}`"
+        lines.append(f"| {shown} | {_cell(default_text)} | {_cell(helped)} |")
+
+
+def cli_page(app: typer.Typer) -> str:
+    lines = [
+        "# Command line",
+        "",
+        "Every `freehold` command, generated from the CLI itself. Errors name the option at "
+        "fault and exit non-zero (2 for usage).",
+    ]
+    _command_lines(typer.main.get_command(app), ["freehold"], lines)
+    return "\n".join(lines) + "\n"
+
+
+def pages() -> dict[str, str]:
+    """File name -> content of every reference page."""
+    from freehold.cli import app
+
+    found = {"cli.md": cli_page(app)}
+    for kind in KINDS:
+        crd = crd_for(kind)
+        found[f"{crd['spec']['names']['singular']}.md"] = crd_page(crd)
+    return found
+
+
+def write(directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in pages().items():
+        path = directory / name
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    write(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/reference"))

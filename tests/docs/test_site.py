@@ -1,0 +1,81 @@
+"""The documentation site (mkdocs.yml, docs/): built offline with warnings as errors
+(broken links inside the site fail it), its reference pages equal to what the code
+generates, every Freehold manifest in it valid as the API server would judge it, and its
+landing page rendered in headless Chromium and checked on the screenshot."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from freehold.docs_reference import pages
+from freehold.validation import validate
+from tests.chromium import pixels_near, screenshot
+from tests.paths import ROOT
+
+DOCS = ROOT / "docs"
+BLOCK = re.compile(r"```ya?ml\n(.*?)```", re.S)
+EXAMPLE = re.compile(r"\bexamples/[A-Za-z0-9_.-]+\.yaml\b")
+
+
+def test_reference_pages_are_what_the_code_generates() -> None:
+    for name, text in pages().items():
+        committed = DOCS / "reference" / name
+        assert committed.read_text(encoding="utf-8") == text, (
+            f"docs/reference/{name} drifted from the code: "
+            "python -m freehold.docs_reference docs/reference"
+        )
+
+
+def test_every_manifest_in_the_docs_is_valid() -> None:
+    """Manifests written in the pages, and every examples/ file a page names: present,
+    and valid as the API server would judge them (schema and CEL)."""
+    checked = 0
+    for page in sorted(DOCS.rglob("*.md")):
+        text = page.read_text(encoding="utf-8")
+        documents = [d for block in BLOCK.findall(text) for d in yaml.safe_load_all(block)]
+        for name in sorted(set(EXAMPLE.findall(text))):
+            example = ROOT / name
+            assert example.exists(), f"{page.relative_to(ROOT)} names {name}, which is gone"
+            documents += list(yaml.safe_load_all(example.read_text(encoding="utf-8")))
+        for doc in documents:
+            if isinstance(doc, dict) and str(doc.get("apiVersion", "")).startswith("freehold."):
+                errors = validate(doc)
+                assert not errors, f"{page.relative_to(ROOT)}: {[str(e) for e in errors]}"
+                checked += 1
+    assert checked >= 10, checked
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("site")
+    built = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+        cwd=ROOT, capture_output=True, text=True, check=False, timeout=300,
+        env={"NO_MKDOCS_2_WARNING": "1", "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert built.returncode == 0, built.stdout + built.stderr
+    return out
+
+
+def test_the_site_builds_strictly_with_every_page(site: Path) -> None:
+    for page in DOCS.rglob("*.md"):
+        relative = page.relative_to(DOCS).with_suffix("")
+        folder = relative.parent if relative.name == "index" else relative
+        html = site / folder / "index.html"
+        assert html.exists(), f"{page} was not built"
+    landing = (site / "index.html").read_text(encoding="utf-8")
+    assert "Own your AI stack" in landing and "reference/modelrouter/" in landing
+
+
+def test_the_landing_page_renders_with_its_theme(site: Path, tmp_path: Path) -> None:
+    image = screenshot(site / "index.html", tmp_path / "landing.png", width=1200, height=900)
+    header = pixels_near(image, "#4051b5")  # Material's indigo header bar
+    assert header > 1200 * 40, f"no themed header ({header} px): the theme's CSS did not load"
+    ink = sum(1 for px in image.getdata() if max(px) < 90)
+    assert ink > 5000, "the page has almost no text on it"
