@@ -1,6 +1,7 @@
 """The documentation site's reference pages, generated from the code so they cannot drift:
 every CRD field (from the pydantic models, through the generated CRDs: type, default,
-validation, CEL rules, description) and every CLI command (from the Typer app).
+validation, CEL rules, description), every CLI command (from the Typer app), and every
+metric and audit event type (read from the source: they are declared where they are used).
 
     python -m freehold.docs_reference docs/reference
 
@@ -9,6 +10,8 @@ tests/docs fails when the committed pages differ from what this writes.
 
 from __future__ import annotations
 
+import ast
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -156,11 +159,107 @@ def cli_page(app: typer.Typer) -> str:
     return "\n".join(lines) + "\n"
 
 
+PROMETHEUS = {"Counter": "counter", "Gauge": "gauge", "Histogram": "histogram"}
+OTEL = {"create_histogram": "histogram", "create_counter": "counter"}
+EVENT = re.compile(r"^[a-z_]+\.[a-z_.]*$")
+
+
+def _text(node: ast.AST | None, constants: dict[str, str]) -> str | None:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.Name):
+        return constants.get(node.id)
+    if isinstance(node, ast.JoinedStr):  # f"vault.{action}": the prefix, then any
+        head = node.values[0] if node.values else None
+        if isinstance(head, ast.Constant) and isinstance(head.value, str):
+            return head.value + "*"
+    return None
+
+
+def _keyword(call: ast.Call, name: str) -> ast.AST | None:
+    return next((k.value for k in call.keywords if k.arg == name), None)
+
+
+def telemetry_page(sources: list[Path], root: Path) -> str:
+    """Metrics (Prometheus and OpenTelemetry) and audit event types, found in the source."""
+    metrics: dict[str, tuple[str, str, str, str]] = {}
+    events: dict[str, set[str]] = {}
+    for path in sources:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        constants = {
+            t.id: n.value.value
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant)
+            and isinstance(n.value.value, str)
+            for t in n.targets
+            if isinstance(t, ast.Name)
+        }  # fmt: skip
+        where = path.relative_to(root).as_posix()
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            first = _text(node.args[0], constants) if node.args else None
+            if called in PROMETHEUS and first and first.startswith("freehold_"):
+                kind = PROMETHEUS[called]
+                suffix = "_total" if kind == "counter" and not first.endswith("_total") else ""
+                name = first + suffix
+                help_text = _text(node.args[1], constants) if len(node.args) > 1 else ""
+                labels_node = node.args[2] if len(node.args) > 2 else _keyword(node, "labelnames")
+                labels = (
+                    [str(e.value) for e in labels_node.elts if isinstance(e, ast.Constant)]
+                    if isinstance(labels_node, ast.List | ast.Tuple)
+                    else []
+                )
+                metrics[name] = (kind, ", ".join(labels), help_text or "", where)
+            elif called in OTEL and first:
+                description = _text(_keyword(node, "description"), constants) or ""
+                unit = _text(_keyword(node, "unit"), constants) or ""
+                metrics[first] = (f"{OTEL[called]} (OpenTelemetry, {unit})", "", description, where)
+            elif called in ("record", "_append") and first and EVENT.match(first.rstrip("*")):
+                events.setdefault(first, set()).add(where)
+    lines = [
+        "# Metrics and audit events",
+        "",
+        "Generated from the source. Prometheus metrics are served on each component's "
+        "`/metrics`; OpenTelemetry instruments follow the GenAI semantic conventions and are "
+        "exported by the serving pods (and, through the Prometheus exporter, on `/metrics`). "
+        "No series carries a prompt, a completion or a key.",
+        "",
+        "## Metrics",
+        "",
+        "| Name | Type | Labels | Help | Declared in |",
+        "|---|---|---|---|---|",
+    ]
+    for name in sorted(metrics):
+        kind, label_names, help_text, where = metrics[name]
+        lines.append(f"| `{name}` | {kind} | {label_names} | {_cell(help_text)} | `{where}` |")
+    lines += [
+        "",
+        "## Audit event types",
+        "",
+        "Hash-chained JSON lines (see [audit logs](../audit.md)); `*` stands for a suffix "
+        "chosen at run time.",
+        "",
+        "| Type | Written by |",
+        "|---|---|",
+    ]
+    for name in sorted(events):
+        lines.append(f"| `{name}` | {', '.join(f'`{w}`' for w in sorted(events[name]))} |")
+    return "\n".join(lines) + "\n"
+
+
 def pages() -> dict[str, str]:
     """File name -> content of every reference page."""
     from freehold.cli import app
 
-    found = {"cli.md": cli_page(app)}
+    root = Path(__file__).resolve().parents[2]
+    sources = sorted(
+        [*(root / "operator" / "freehold").rglob("*.py"),
+         *(root / "serving" / "freehold_serving").rglob("*.py")]
+    )  # fmt: skip
+    found = {"cli.md": cli_page(app), "telemetry.md": telemetry_page(sources, root)}
     for kind in KINDS:
         crd = crd_for(kind)
         found[f"{crd['spec']['names']['singular']}.md"] = crd_page(crd)

@@ -79,3 +79,59 @@ def test_the_landing_page_renders_with_its_theme(site: Path, tmp_path: Path) -> 
     assert header > 1200 * 40, f"no themed header ({header} px): the theme's CSS did not load"
     ink = sum(1 for px in image.getdata() if max(px) < 90)
     assert ink > 5000, "the page has almost no text on it"
+
+
+MARKED = re.compile(r"<!-- test: (transcript|run|run with vault) -->\n```\w*\n(.*?)```", re.S)
+
+
+def _marked() -> list[tuple[str, str, str]]:
+    found = []
+    for page in sorted(DOCS.rglob("*.md")):
+        for how, block in MARKED.findall(page.read_text(encoding="utf-8")):
+            found.append((str(page.relative_to(ROOT)), how, block))
+    return found
+
+
+def _environment(extra: dict[str, str]) -> dict[str, str]:
+    import os
+
+    bin_dir = str(Path(sys.executable).parent)  # `freehold` is the project's own
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}", "COLUMNS": "200",
+            **extra}  # fmt: skip
+
+
+@pytest.mark.parametrize(("page", "how", "block"), _marked(), ids=lambda v: str(v)[:40])
+def test_commands_in_the_docs_run_as_written(
+    page: str, how: str, block: str, tmp_path: Path
+) -> None:
+    """Blocks marked `<!-- test: run -->` run (exit 0) in a scratch directory, `run with
+    vault` against tests/vault_server.py (the Vault stand-in: Vault cannot be installed
+    here); `transcript` blocks run each `$ ` line in the repository and must print what
+    the page shows (`...` stands for any lines)."""
+    if how == "transcript":
+        command, *expected = block.rstrip("\n").split("\n")
+        assert command.startswith("$ "), f"{page}: a transcript starts with `$ `"
+        done = subprocess.run(
+            ["bash", "-c", command[2:]], cwd=ROOT, capture_output=True, text=True,
+            check=False, timeout=300, env=_environment({}),
+        )  # fmt: skip
+        printed = (done.stdout + done.stderr).rstrip("\n").split("\n")
+        pattern = "\n".join(".*?" if line == "..." else re.escape(line) for line in expected)
+        assert re.fullmatch(pattern, "\n".join(printed), re.S), (page, printed)
+        return
+    extra: dict[str, str] = {}
+    server = None
+    if how == "run with vault":
+        from tests.vault_server import VaultServer
+
+        server = VaultServer().__enter__()
+        extra = {"VAULT_ADDR": server.url, "VAULT_TOKEN": server.state.root_token}
+    try:
+        done = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, capture_output=True,
+            text=True, check=False, timeout=300, env=_environment(extra),
+        )  # fmt: skip
+    finally:
+        if server is not None:
+            server.stop()
+    assert done.returncode == 0, f"{page}:\n{block}\n{done.stdout}\n{done.stderr}"
