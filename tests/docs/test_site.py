@@ -119,13 +119,15 @@ def test_commands_in_the_docs_run_as_written(
         pattern = "\n".join(".*?" if line == "..." else re.escape(line) for line in expected)
         assert re.fullmatch(pattern, "\n".join(printed), re.S), (page, printed)
         return
-    extra: dict[str, str] = {}
+    model = tmp_path / "model.gguf"  # `MODEL`: a small file standing in for a model
+    model.write_bytes(b"GGUF" + bytes(range(256)) * 64)
+    extra: dict[str, str] = {"MODEL": str(model)}
     server = None
     if how == "run with vault":
         from tests.vault_server import VaultServer
 
         server = VaultServer().__enter__()
-        extra = {"VAULT_ADDR": server.url, "VAULT_TOKEN": server.state.root_token}
+        extra |= {"VAULT_ADDR": server.url, "VAULT_TOKEN": server.state.root_token}
     try:
         done = subprocess.run(
             ["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, capture_output=True,
