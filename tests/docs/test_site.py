@@ -32,6 +32,18 @@ def test_reference_pages_are_what_the_code_generates() -> None:
         )
 
 
+def written_manifests() -> list[tuple[str, dict[str, object]]]:
+    """Freehold manifests written out in the pages (tests/e2e also has the API server
+    admit them)."""
+    found = []
+    for page in sorted(DOCS.rglob("*.md")):
+        for block in BLOCK.findall(page.read_text(encoding="utf-8")):
+            for doc in yaml.safe_load_all(block):
+                if isinstance(doc, dict) and str(doc.get("apiVersion", "")).startswith("freehold."):
+                    found.append((str(page.relative_to(ROOT)), doc))
+    return found
+
+
 def test_every_manifest_in_the_docs_is_valid() -> None:
     """Manifests written in the pages, and every examples/ file a page names: present,
     and valid as the API server would judge them (schema and CEL)."""

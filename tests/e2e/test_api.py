@@ -4,8 +4,10 @@ examples are admitted, and every invalid manifest is refused at the same field p
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -48,6 +50,19 @@ def test_examples_are_admitted(namespace: str, path: Path) -> None:
     for doc in yaml.safe_load_all(path.read_text()):
         doc["metadata"]["namespace"] = namespace
         kubectl("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(doc))
+
+
+def test_manifests_written_in_the_docs_are_admitted(namespace: str) -> None:
+    from tests.docs.test_site import written_manifests
+
+    found = written_manifests()
+    assert found, "the docs hold no manifest"
+    for page, written in found:
+        doc: dict[str, Any] = copy.deepcopy(written)
+        doc["metadata"]["namespace"] = namespace
+        result = kubectl("apply", "--dry-run=server", "--validate=strict", "-f", "-",
+                         input=yaml.safe_dump(doc), check=False)  # fmt: skip
+        assert result.returncode == 0, f"{page}: {result.stderr}"
 
 
 @pytest.mark.parametrize("path", sorted(INVALID.glob("*.yaml")), ids=lambda p: p.name)
