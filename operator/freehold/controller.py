@@ -224,6 +224,17 @@ class Controller:
             if other[0] in kinds and other[1] == namespace:
                 self._queue.add(other)
 
+    def watched(self, kind: str, namespace: str) -> list[dict[str, Any]] | None:
+        """The objects of one of our kinds in a namespace, as the watch holds them (read
+        from worker threads: one atomic copy); None for a kind this controller does not
+        watch."""
+        if kind not in self._kinds:
+            return None
+        return [
+            body for key, body in list(self._parents.items())
+            if key[0] == kind and key[1] == namespace
+        ]  # fmt: skip
+
     def policies(self) -> list[dict[str, Any]]:
         """The SovereigntyPolicies held (read from worker threads: one atomic copy)."""
         return [body for key, body in list(self._parents.items()) if key[0] == "SovereigntyPolicy"]

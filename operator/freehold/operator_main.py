@@ -193,6 +193,7 @@ def run(settings: OperatorSettings) -> None:
         vault,
         prober=HttpProbe(),
         judges=[compliance_judge(lambda: held[0].policies() if held else [])],
+        watched=lambda kind, namespace: held[0].watched(kind, namespace) if held else None,
     )
     metrics = None
     if settings.metrics_port:

@@ -274,6 +274,7 @@ class Reconciler:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         prober: Callable[[str], Mapping[str, Any] | None] | None = None,
         judges: Sequence[Judge] = (),
+        watched: Callable[[str, str], list[dict[str, Any]] | None] | None = None,
     ) -> None:
         self._kube = kube
         self._externals = externals
@@ -281,6 +282,10 @@ class Reconciler:
         self._prober = prober
         # Extra conditions judged on every resource (PolicyCompliant: freehold.policy).
         self._judges = judges
+        # (kind, namespace) -> the objects of one of our kinds the controller's watch holds,
+        # or None when it holds none of that kind: a lookup of every object of a watched
+        # kind is read there instead of listed from the API server on every pass.
+        self._watched = watched
 
     # -- the pass ----------------------------------------------------------------------
 
@@ -366,8 +371,15 @@ class Reconciler:
                 )
                 related[key] = [found] if found is not None else []
             else:
-                related[key] = self._kube.list(
-                    lookup.type, meta.get("namespace"), lookup.labels or {}
+                held = (
+                    self._watched(lookup.type.kind, str(meta.get("namespace")))
+                    if self._watched is not None and not lookup.labels
+                    else None
+                )
+                related[key] = (
+                    held
+                    if held is not None
+                    else self._kube.list(lookup.type, meta.get("namespace"), lookup.labels or {})
                 )
         return replace(facts, related=related)
 

@@ -267,3 +267,43 @@ def test_a_serving_memory_store_reports_its_counts_and_asks_again_in_a_minute() 
         [],
     )
     assert "records" not in kube.statuses[-1]
+
+
+def test_lookups_of_watched_kinds_are_read_from_the_watch_not_listed() -> None:
+    """Every ModelDeployment pass looks at its namespace's ModelRouters (a budgeted one
+    governs who may call it): held by the controller's watch, not listed each pass."""
+    kube = InjectingKube()
+    listed: list[str] = []
+    real_list = kube.list
+
+    def counting(type_: Any, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
+        listed.append(type_.kind)
+        return real_list(type_, namespace, labels)
+
+    kube.list = counting  # type: ignore[method-assign]
+    written: dict[str, dict[str, Any]] = {}
+    real_apply = kube.apply
+
+    def keeping(desired: dict[str, Any]) -> Applied:
+        written[f"{desired['kind']}/{desired['metadata']['name']}"] = desired
+        return real_apply(desired)
+
+    kube.apply = keeping  # type: ignore[method-assign]
+    gate = {
+        "metadata": {"name": "gate", "namespace": "freehold-demo"},
+        "spec": {"targets": [{"name": "t", "modelDeploymentRef": {"name": "gemma-270m"}}],
+                 "budgets": [{"tenant": "acme", "tokens": 10}]},
+    }  # fmt: skip
+    asked: list[tuple[str, str]] = []
+
+    def watched(kind: str, namespace: str) -> list[dict[str, Any]] | None:
+        asked.append((kind, namespace))
+        return [gate] if kind == "ModelRouter" else None
+
+    kind = ModelDeploymentKind(
+        ClusterConfig(serving_image="img", ray_version="2.60.0", api_server_cidr="10.0.0.1/32")
+    )
+    Reconciler(kube, clock=lambda: NOW, watched=watched).reconcile(kind, parent(), [])  # type: ignore[arg-type]
+    assert ("ModelRouter", "freehold-demo") in asked and "ModelRouter" not in listed
+    peers = written["NetworkPolicy/gemma-270m-allow"]["spec"]["ingress"][0]["from"]
+    assert {"podSelector": {"matchLabels": {"freehold.dev/model-router": "gate"}}} in peers
