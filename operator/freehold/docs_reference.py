@@ -217,7 +217,10 @@ def telemetry_page(sources: list[Path], root: Path) -> str:
                 description = _text(_keyword(node, "description"), constants) or ""
                 unit = _text(_keyword(node, "unit"), constants) or ""
                 metrics[first] = (f"{OTEL[called]} (OpenTelemetry, {unit})", "", description, where)
-            elif called in ("record", "_append") and first and EVENT.match(first.rstrip("*")):
+            elif first and (
+                (called == "record" and EVENT.match(first.rstrip("*")))
+                or (called == "_append" and re.fullmatch(r"[a-z_.]+", first))  # the log's own
+            ):
                 events.setdefault(first, set()).add(where)
     lines = [
         "# Metrics and audit events",
