@@ -159,7 +159,14 @@ def cli_page(app: typer.Typer) -> str:
     return "\n".join(lines) + "\n"
 
 
-PROMETHEUS = {"Counter": "counter", "Gauge": "gauge", "Histogram": "histogram"}
+PROMETHEUS = {
+    "Counter": "counter",
+    "Gauge": "gauge",
+    "Histogram": "histogram",
+    # Computed at scrape time from the resources the operator holds (adapters/fleet_metrics.py).
+    "GaugeMetricFamily": "gauge",
+    "CounterMetricFamily": "counter",
+}
 OTEL = {"create_histogram": "histogram", "create_counter": "counter"}
 EVENT = re.compile(r"^[a-z_]+\.[a-z_.]*$")
 
@@ -206,7 +213,11 @@ def telemetry_page(sources: list[Path], root: Path) -> str:
                 suffix = "_total" if kind == "counter" and not first.endswith("_total") else ""
                 name = first + suffix
                 help_text = _text(node.args[1], constants) if len(node.args) > 1 else ""
-                labels_node = node.args[2] if len(node.args) > 2 else _keyword(node, "labelnames")
+                labels_node = (
+                    node.args[2]
+                    if len(node.args) > 2
+                    else _keyword(node, "labelnames") or _keyword(node, "labels")
+                )
                 labels = (
                     [str(e.value) for e in labels_node.elts if isinstance(e, ast.Constant)]
                     if isinstance(labels_node, ast.List | ast.Tuple)
@@ -216,7 +227,12 @@ def telemetry_page(sources: list[Path], root: Path) -> str:
             elif called in OTEL and first:
                 description = _text(_keyword(node, "description"), constants) or ""
                 unit = _text(_keyword(node, "unit"), constants) or ""
-                metrics[first] = (f"{OTEL[called]} (OpenTelemetry, {unit})", "", description, where)
+                # As the Prometheus exporter names it: dots to underscores, the unit as a
+                # suffix (seconds), counters ending in _total.
+                exported = first.replace(".", "_") + ("_seconds" if unit == "s" else "")
+                exported += "_total" if OTEL[called] == "counter" else ""
+                shown = f"{OTEL[called]} (OpenTelemetry, unit {unit}; Prometheus `{exported}`)"
+                metrics[first] = (shown, "", description, where)
             elif first and (
                 (called == "record" and EVENT.match(first.rstrip("*")))
                 or (called == "_append" and re.fullmatch(r"[a-z_.]+", first))  # the log's own

@@ -149,3 +149,31 @@ def test_commands_in_the_docs_run_as_written(
         if server is not None:
             server.stop()
     assert done.returncode == 0, f"{page}:\n{block}\n{done.stdout}\n{done.stderr}"
+
+
+def test_every_metric_the_dashboards_and_alerts_use_is_in_the_reference() -> None:
+    """The generated reference is complete enough to read the chart's dashboards and
+    alerts by: every freehold_* and gen_ai_* series they query is listed."""
+    listed = set(re.findall(r"`((?:freehold|gen_ai)_[a-z_]+)`", pages()["telemetry.md"]))
+    chart = ROOT / "charts" / "freehold"
+    used = set()
+    for path in [*chart.glob("dashboards/*.json"), *chart.glob("alerts/*.yaml")]:
+        text = path.read_text(encoding="utf-8")
+        # Series names, not label names (`up{freehold_component="..."}`).
+        used |= set(re.findall(r"\bfreehold_[a-z_]+\b(?!\s*=)", text))
+        used |= set(re.findall(r"\bgen_ai_(?:server|client)_[a-z_]+", text))
+    bare = {re.sub(r"_(bucket|sum|count)$", "", name) for name in used}
+    missing = sorted(name for name in bare if name not in listed)
+    assert not missing, f"used by the chart, missing from docs/reference/telemetry.md: {missing}"
+
+
+def test_the_docs_name_freehold_ups_data_directory_as_the_code_does() -> None:
+    """An outside test found wrong local paths in the docs: `freehold up` keeps its state
+    in its data directory, whose default the docs state as the settings define it."""
+    from freehold.settings import LocalSettings
+
+    default = LocalSettings.model_fields["data_dir"].default
+    shown = "~/" + str(default.relative_to(Path.home()))
+    assert shown in (DOCS / "getting-started.md").read_text(encoding="utf-8")
+    for page in DOCS.rglob("*.md"):
+        assert ".freehold/" not in page.read_text(encoding="utf-8"), f"{page}: no such path"
