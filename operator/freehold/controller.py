@@ -189,18 +189,22 @@ class Controller:
     def _rejudge(self, kind: str, body: Mapping[str, Any], event_type: str | None) -> None:
         """A SovereigntyPolicy came, changed or went: every other resource is judged
         again (its PolicyCompliant). Only on a change of what is wanted, not on status."""
-        key: Key = (kind, str((body.get("metadata") or {}).get("namespace")), _name(body))
-        known = self._parents.get(key)
-        generation = (body.get("metadata") or {}).get("generation")
-        if (
-            event_type != "DELETED"
-            and known is not None
-            and ((known.get("metadata") or {}).get("generation") == generation)
-        ):
+        if not self._wants_changed(kind, body, event_type):
             return
         for other in list(self._parents):
             if other[0] != kind:
                 self._queue.add(other)
+
+    def _wants_changed(self, kind: str, body: Mapping[str, Any], event_type: str | None) -> bool:
+        """Whether an event changes what a resource wants (it came, went, or its spec's
+        generation moved), as the cache held it before the event: not a status write."""
+        meta = body.get("metadata") or {}
+        known = self._parents.get((kind, str(meta.get("namespace")), _name(body)))
+        return (
+            event_type == "DELETED"
+            or known is None
+            or (known.get("metadata") or {}).get("generation") != meta.get("generation")
+        )
 
     def _wake_others(
         self, kind: str, body: Mapping[str, Any], event_type: str | None, kinds: tuple[str, ...]
@@ -210,15 +214,11 @@ class Controller:
         may call its target ModelDeployments). Not on status-only changes."""
         meta = body.get("metadata") or {}
         namespace = str(meta.get("namespace"))
-        key: Key = (kind, namespace, _name(body))
-        known = self._parents.get(key)
-        if (
-            event_type != "DELETED"
-            and known is not None
-            and (known.get("metadata") or {}).get("generation") == meta.get("generation")
-            and bool((known.get("metadata") or {}).get("deletionTimestamp"))
-            == bool(meta.get("deletionTimestamp"))
-        ):
+        known = self._parents.get((kind, namespace, _name(body))) or {}
+        going = bool((known.get("metadata") or {}).get("deletionTimestamp")) != bool(
+            meta.get("deletionTimestamp")
+        )
+        if not going and not self._wants_changed(kind, body, event_type):
             return
         for other in list(self._parents):
             if other[0] in kinds and other[1] == namespace:

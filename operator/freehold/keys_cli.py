@@ -32,6 +32,7 @@ from freehold_serving.key_records import (
     now_rfc3339,
     record_for,
 )
+from freehold_serving.key_records import key_id as id_of  # `key_id`: the commands' argument
 
 keys = typer.Typer(help="Create, list, revoke and rotate API keys (kept in Vault).",
                    no_args_is_help=True)  # fmt: skip
@@ -410,8 +411,6 @@ def rotate(
         store = _open(of, namespace, mount, path)
         key = new_key()
         store.change(lambda fields: rotated(fields, key_id, key, seconds))
-        from freehold_serving.key_records import key_id as id_of
-
         ends = f"ends in {overlap}" if seconds else "stops within 30 s"
         err.print(f"rotated {key_id} to {id_of(key)} in {store.where}; the old key {ends}; "
                   "the new key is shown only now", highlight=False)  # fmt: skip
