@@ -29,6 +29,14 @@ def signer_of(spec: ModelDeploymentSpec) -> str | None:
     return signature.identity
 
 
+def _props(*pairs: tuple[str, str]) -> list[dict[str, str]]:
+    return [{"name": n, "value": v} for n, v in sorted(pairs)]
+
+
+def _sha256(content: str) -> list[dict[str, str]]:
+    return [{"alg": "SHA-256", "content": content}]
+
+
 def build_mlbom(
     spec: ModelDeploymentSpec,
     name: str,
@@ -37,117 +45,106 @@ def build_mlbom(
     serving_image: str,
     created: datetime | None = None,
 ) -> dict[str, Any]:
-    from cyclonedx.model import (
-        ExternalReference,
-        ExternalReferenceType,
-        HashAlgorithm,
-        HashType,
-        Property,
-        XsUri,
-    )
-    from cyclonedx.model.bom import Bom
-    from cyclonedx.model.component import Component, ComponentType
-    from cyclonedx.model.license import LicenseExpression
-    from cyclonedx.output.json import JsonV1Dot6
-    from packageurl import PackageURL
-
+    """The document, written out directly in CycloneDX 1.6 JSON. (Through the
+    cyclonedx-python-lib object model it cost ~7 ms per ModelDeployment per pass, a seventh
+    of the operator's CPU at 1,000 models; tests/unit/test_mlbom.py checks this equals what
+    that library writes, and validates it against the schema.) Lists are in the library's
+    order: components by (type, name, version, bom-ref), properties by (name, value),
+    dependencies by ref."""
     served = spec.model.served_name or name
-    model = Component(
-        type=ComponentType.MACHINE_LEARNING_MODEL,
-        name=served,
-        bom_ref="model",
-        version=f"sha256:{spec.model.sha256}",
-        hashes=[HashType(alg=HashAlgorithm.SHA_256, content=spec.model.sha256)],
-        licenses=[LicenseExpression(spec.model.license)] if spec.model.license else [],
-        external_references=[
-            ExternalReference(type=ExternalReferenceType.DISTRIBUTION, url=XsUri(spec.model.uri))
-        ],
-        properties=[
-            Property(name="freehold:model:format", value=spec.model.format),
-            Property(
-                name="freehold:model:signed", value="true" if spec.model.signature else "false"
-            ),
-            *(
-                [Property(name="freehold:model:signer", value=str(signer_of(spec)))]
-                if spec.model.signature
-                else []
-            ),
-        ],
-    )
+    model: dict[str, Any] = {
+        "bom-ref": "model",
+        "type": "machine-learning-model",
+        "name": served,
+        "version": f"sha256:{spec.model.sha256}",
+        "hashes": _sha256(spec.model.sha256),
+        "externalReferences": [{"type": "distribution", "url": spec.model.uri}],
+        "properties": _props(
+            ("freehold:model:format", spec.model.format),
+            ("freehold:model:signed", "true" if spec.model.signature else "false"),
+            *([("freehold:model:signer", str(signer_of(spec)))] if spec.model.signature else []),
+        ),
+    }
+    if spec.model.license:
+        model["licenses"] = [{"expression": spec.model.license}]
     # LoRA adapters: models of their own, named by the name requests use, pinned by digest.
-    adapters = [
-        Component(
-            type=ComponentType.MACHINE_LEARNING_MODEL,
-            name=adapter.name,
-            bom_ref=f"adapter:{adapter.name}",
-            version=f"sha256:{adapter.sha256}",
-            hashes=[HashType(alg=HashAlgorithm.SHA_256, content=adapter.sha256)],
-            external_references=[
-                ExternalReference(type=ExternalReferenceType.DISTRIBUTION, url=XsUri(adapter.uri))
-            ],
-            properties=[
-                Property(name="freehold:model:kind", value="lora-adapter"),
-                Property(name="freehold:adapter:base", value=served),
-                Property(
-                    name="freehold:model:signed", value="true" if adapter.signature else "false"
-                ),
-            ],
-        )
+    adapters: list[dict[str, Any]] = [
+        {
+            "bom-ref": f"adapter:{adapter.name}",
+            "type": "machine-learning-model",
+            "name": adapter.name,
+            "version": f"sha256:{adapter.sha256}",
+            "hashes": _sha256(adapter.sha256),
+            "externalReferences": [{"type": "distribution", "url": adapter.uri}],
+            "properties": _props(
+                ("freehold:model:kind", "lora-adapter"),
+                ("freehold:adapter:base", served),
+                ("freehold:model:signed", "true" if adapter.signature else "false"),
+            ),
+        }
         for adapter in spec.adapters
     ]
     package, version = ENGINE_PACKAGES[spec.engine.name]
-    engine = Component(
-        type=ComponentType.LIBRARY,
-        name=package,
-        bom_ref="engine",
-        version=version,
-        purl=PackageURL(type="pypi", name=package, version=version),
-        properties=[Property(name="freehold:engine", value=spec.engine.name)],
-    )
+    engine: dict[str, Any] = {
+        "bom-ref": "engine",
+        "type": "library",
+        "name": package,
+        "version": version,
+        "purl": f"pkg:pypi/{package}@{version}",
+        "properties": _props(("freehold:engine", spec.engine.name)),
+    }
     repository, _, digest = serving_image.partition("@")
-    image_props = [Property(name="freehold:image:pinned", value="true" if digest else "false")]
-    image = Component(
-        type=ComponentType.CONTAINER,
-        name=repository,
-        bom_ref="image",
-        version=digest or repository.rpartition(":")[2],
-        hashes=(
-            [HashType(alg=HashAlgorithm.SHA_256, content=digest.removeprefix("sha256:"))]
-            if digest.startswith("sha256:")
-            else []
+    image: dict[str, Any] = {
+        "bom-ref": "image",
+        "type": "container",
+        "name": repository,
+        "version": digest or repository.rpartition(":")[2],
+        "properties": _props(("freehold:image:pinned", "true" if digest else "false")),
+    }
+    if digest.startswith("sha256:"):
+        image["hashes"] = _sha256(digest.removeprefix("sha256:"))
+    deployment: dict[str, Any] = {
+        "bom-ref": "deployment",
+        "type": "application",
+        "name": f"{namespace}/{name}",
+        "properties": _props(
+            ("freehold:kind", "ModelDeployment"),
+            *([("freehold:region", spec.residency.region)] if spec.residency else []),
         ),
-        properties=image_props,
-    )
-    deployment = Component(
-        type=ComponentType.APPLICATION,
-        name=f"{namespace}/{name}",
-        bom_ref="deployment",
-        properties=[
-            Property(name="freehold:kind", value="ModelDeployment"),
-            *(
-                [Property(name="freehold:region", value=spec.residency.region)]
-                if spec.residency
-                else []
-            ),
-        ],
+    }
+    adapter_refs = [a["bom-ref"] for a in adapters]
+    depends = {
+        "deployment": ["model", "engine", "image", *adapter_refs],
+        "engine": ["model", *adapter_refs],
+        "image": [],
+        "model": [],
+        **{ref: ["model"] for ref in adapter_refs},
+    }
+    components = sorted(
+        [model, engine, image, *adapters],
+        key=lambda c: (c["type"], c["name"], c["version"], c["bom-ref"]),
     )
     seed = f"{namespace}/{name}/{spec.model.sha256}/{serving_image}/{spec.engine.name}"
-    bom = Bom(serial_number=uuid.uuid5(_NAMESPACE, seed))
-    bom.metadata.timestamp = created or datetime(1970, 1, 1, tzinfo=UTC)
-    bom.metadata.component = deployment
-    for component in (model, engine, image, *adapters):
-        bom.components.add(component)
-    bom.register_dependency(deployment, [model, engine, image, *adapters])
-    bom.register_dependency(engine, [model, *adapters])
-    for adapter in adapters:
-        bom.register_dependency(adapter, [model])
-    document: dict[str, Any] = json.loads(JsonV1Dot6(bom).output_as_string())
-    # The library stamps its own tool entry with its version: keep the document stable
-    # across library upgrades by naming Freehold as the tool instead.
-    document["metadata"]["tools"] = {
-        "components": [{"type": "application", "name": "freehold", "group": "freehold.dev"}]
+    return {
+        "$schema": "http://cyclonedx.org/schema/bom-1.6.schema.json",
+        "bomFormat": "CycloneDX",
+        "specVersion": "1.6",
+        "serialNumber": f"urn:uuid:{uuid.uuid5(_NAMESPACE, seed)}",
+        "version": 1,
+        "metadata": {
+            "timestamp": (created or datetime(1970, 1, 1, tzinfo=UTC)).isoformat(),
+            "component": deployment,
+            # Freehold is the tool (the document does not change with library upgrades).
+            "tools": {
+                "components": [{"type": "application", "name": "freehold", "group": "freehold.dev"}]
+            },
+        },
+        "components": components,
+        "dependencies": [
+            {"ref": ref, **({"dependsOn": sorted(on)} if on else {})}
+            for ref, on in sorted(depends.items())
+        ],
     }
-    return document
 
 
 def render(document: dict[str, Any]) -> str:
