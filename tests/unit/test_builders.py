@@ -137,6 +137,14 @@ def test_rayservice_carries_the_same_serving_args_as_local_mode() -> None:
     assert worker["resources"]["limits"] == {"cpu": "2", "memory": "2Gi"}
 
 
+@pytest.mark.parametrize("name", SPECS)
+def test_serve_config_text_is_pyyamls_own(name: str) -> None:
+    # libyaml's emitter writes serveConfigV2: the very text PyYAML's Python emitter wrote
+    # before, so an operator upgrade does not make KubeRay redeploy an unchanged app.
+    text = build_rayservice(SPECS[name], CTX)["spec"]["serveConfigV2"]
+    assert text == yaml.safe_dump(yaml.safe_load(text), sort_keys=True)
+
+
 def test_gpu_and_vault_wiring() -> None:
     rs = build_rayservice(SPECS["gpu-vllm-vault"], CTX)
     worker = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
