@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from freehold.reconciler import (
@@ -41,6 +42,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str, str]  # (kind, namespace, name)
+# What woke a key during a pass: a resourceVersion (a parent's event, or a deletion), or a
+# child's event as (resourceVersion, child key, uid, shape), judged against the pass's writes.
+Signal = str | tuple[str, ChildKey, str, str]
 
 
 def _rv(body: Mapping[str, Any] | None) -> str:
@@ -139,9 +143,10 @@ class Controller:
         # makes): owner uid -> their keys, woken when the owner changes.
         self._dependents: dict[str, set[Key]] = {}
         self._owned: dict[str, dict[ChildKey, OwnedChild]] = {}  # parent uid -> children
-        self._seen: dict[Key, set[str]] = {}  # event rvs that arrived during a pass
+        self._seen: dict[Key, set[Signal]] = {}  # events that arrived during a pass
         self._deleted: set[str] = set()  # child uids we deleted (their DELETED is ours)
         self._failures: dict[Key, int] = {}
+        self._full: set[Key] = set()  # keys the resync asked for: apply every child
         self._queue = WorkQueue()
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="reconcile")
         self._tasks: list[asyncio.Task[None]] = []
@@ -256,7 +261,7 @@ class Controller:
             if child_uid in self._deleted:
                 self._deleted.discard(child_uid)
                 return  # we deleted it (pruned)
-            signal = f"deleted:{child_uid}"
+            signal: Signal = f"deleted:{child_uid}"
         else:
             previous = children.get(ck)
             if previous is not None and previous.resource_version == rv:
@@ -275,12 +280,12 @@ class Controller:
                 and ck[1] not in self._status_from
             ):
                 return  # another controller's status update: nothing to repair or read
-            signal = rv
+            signal = (rv, ck, child_uid, shape)
         key = self._keys.get(owner)
         if key is not None:
             self._wake(key, signal)
 
-    def _wake(self, key: Key, signal: str) -> None:
+    def _wake(self, key: Key, signal: Signal) -> None:
         if self._queue.active(key):
             # Decided after the pass: our own writes are not a reason to look again.
             self._seen.setdefault(key, set()).add(signal)
@@ -310,6 +315,7 @@ class Controller:
         while True:
             await asyncio.sleep(self._resync_seconds)
             for key in list(self._parents):
+                self._full.add(key)
                 self._queue.add(key)
 
     async def _worker(self) -> None:
@@ -336,6 +342,9 @@ class Controller:
         kind = self._kinds[key[0]]
         uid = _uid(body)
         owned = list(self._owned.get(uid, {}).values())
+        if key in self._full:  # the safety net trusts no cached intent: every child applied
+            self._full.discard(key)
+            owned = [replace(child, intent="") for child in owned]
         self._seen[key] = set()
         loop = asyncio.get_running_loop()
         began = time.perf_counter()
@@ -362,9 +371,9 @@ class Controller:
             if (
                 current is None
                 or current.uid != child.uid
-                or _newer(child.resource_version, current.resource_version)
+                or not _newer(current.resource_version, child.resource_version)
             ):
-                children[ck] = child
+                children[ck] = child  # (the same version as a watch saw: with our intent)
             ours.add(child.resource_version)
         for gone in outcome.deleted:
             self._deleted.add(gone)
@@ -378,7 +387,7 @@ class Controller:
             cached = self._parents.get(key)
             if cached is not None and _uid(cached) == uid and _newer(written, _rv(cached)):
                 self._parents[key] = outcome.parent
-        if seen - ours:
+        if not all(self._settled(signal, ours, outcome.applied) for signal in seen):
             self._queue.add(key)  # something else changed during the pass
         if outcome.retry:
             self._retry(key)
@@ -386,6 +395,25 @@ class Controller:
             self._failures.pop(key, None)
             if outcome.requeue_after is not None:
                 self._queue.add(key, outcome.requeue_after)
+
+    def _settled(self, signal: Signal, ours: set[str], applied: list[OwnedChild]) -> bool:
+        """Whether an event seen during a pass needs no further pass: our own write, a
+        child version our apply superseded, or another controller's status update of a
+        child whose status we do not read (the PodDisruptionBudget controller's, say:
+        under load it lands while the pass that created the child is still running)."""
+        if isinstance(signal, str):
+            return signal in ours
+        rv, ck, uid, shape = signal
+        if rv in ours:
+            return True
+        mine = next(
+            (c for c in applied if (c.api_version, c.kind, c.name) == ck and c.uid == uid), None
+        )
+        if mine is None:
+            return False
+        if not _newer(rv, mine.resource_version):
+            return True  # our apply came after it
+        return mine.shape == shape and ck[1] not in self._status_from
 
     def _observe(self, key: Key, outcome: Outcome, seconds: float) -> None:
         """What a pass did, for the metrics and the audit log."""

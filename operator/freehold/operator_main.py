@@ -29,6 +29,22 @@ log = logging.getLogger(__name__)
 ANNOTATION_PREFIX = "kopf.freehold.dev"
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """No diff base: with event handlers only, kopf detects no changes and stores no
+    "last handled" state, yet would still build every event's essence (a deep copy and
+    cleanup of the whole object, a tenth of the operator's CPU at 1,000 resources) to diff
+    it against nothing. Should change handlers ever be added, they need a real storage."""
+
+    def build(self, *, body: Any, extra_fields: Any = None) -> Any:
+        return None
+
+    def fetch(self, *, body: Any) -> Any:
+        return None
+
+    def store(self, *, body: Any, patch: Any, essence: Any) -> None:
+        return None
+
+
 def kopf_settings(
     settings: OperatorSettings, children: list[ResourceType]
 ) -> kopf.OperatorSettings:
@@ -36,9 +52,7 @@ def kopf_settings(
     # Users read conditions, not kopf's bookkeeping; kopf keeps none with event handlers
     # only, but should that change, it goes to annotations, never status.
     ks.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
-    ks.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
-    )
+    ks.persistence.diffbase_storage = NoDiffBase()
     ks.persistence.finalizer = "freehold.dev/finalizer"
     # A watch that silently stalls would freeze reconciliation: time it out and reconnect.
     ks.watching.server_timeout = settings.watch_server_timeout

@@ -193,9 +193,12 @@ class KubeApi:
 
     # -- reads -------------------------------------------------------------------------
 
-    def get(self, ref: Ref) -> dict[str, Any] | None:
+    def get(self, ref: Ref, *, cached: bool = False) -> dict[str, Any] | None:
+        """One object; `cached`: as the API server's watch cache holds it (no etcd read,
+        at most as old as a watch event), for a check a watch would also settle."""
+        query = [("resourceVersion", "0")] if cached else []
         try:
-            _, result = self._call("GET", self._path(ref))
+            _, result = self._call("GET", self._path(ref), query=query)
         except KubeError as exc:
             if exc.status == 404:
                 return None
@@ -207,10 +210,14 @@ class KubeApi:
         self, type_: ResourceType, namespace: str | None, labels: Mapping[str, str]
     ) -> list[dict[str, Any]]:
         """Objects of a type in a namespace (None: cluster-scoped), by label selector
-        (equality only)."""
+        (equality only), from the API server's watch cache (resourceVersion 0), as an
+        informer lists: no etcd read of every object of the type, and no fresher than what
+        the watches bring, which wake the next pass anyway."""
         ref = Ref(type_.api_version, type_.kind, namespace if type_.namespaced else None, "_")
         selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
-        query = [("labelSelector", selector)] if selector else []
+        query = [("resourceVersion", "0")]
+        if selector:
+            query.append(("labelSelector", selector))
         _, listing = self._call("GET", self._path(ref, named=False), query=query)
         items: list[dict[str, Any]] = listing.get("items") or []
         for item in items:  # list items carry no apiVersion/kind of their own
