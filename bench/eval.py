@@ -114,7 +114,7 @@ def run_ours(base: str, limit: int | None, folder: Path) -> tuple[float, list[di
     started = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", "freehold", "eval", "run", "-f", str(manifest(base, limit, folder)),
-         "-o", str(out)],
+         "-o", str(out), "--data-root", str(TASKS)],
         capture_output=True, text=True, check=False, env={**os.environ, **OFFLINE},
     )  # fmt: skip
     wall = time.perf_counter() - started
@@ -214,7 +214,7 @@ def main() -> None:
             ours_start = first_request_seconds(
                 lambda url: [sys.executable, "-m", "freehold", "eval", "run", "-f",
                              str(manifest(url, args.limit, folder)), "--model", MODEL,
-                             "-o", str(folder / "x.json")],
+                             "-o", str(folder / "x.json"), "--data-root", str(TASKS)],
                 TASKS,
             )  # fmt: skip
             theirs_start = first_request_seconds(
