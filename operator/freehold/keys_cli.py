@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from pydantic import AliasChoices, Field, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from freehold.builders.memory_args import duration_seconds
 from freehold_serving.key_records import (
     ID_PREFIX,
     KeyBudget,
@@ -37,21 +35,14 @@ from freehold_serving.key_records import key_id as id_of  # `key_id`: the comman
 keys = typer.Typer(help="Create, list, revoke and rotate API keys (kept in Vault).",
                    no_args_is_help=True)  # fmt: skip
 out = Console(soft_wrap=True)
+if TYPE_CHECKING:  # settings (pydantic-settings) load only when a command runs
+    from freehold.settings import VaultCliSettings
+
 err = Console(stderr=True, soft_wrap=True)
 EXIT_FAILED, EXIT_USAGE = 1, 2
 CAS_ATTEMPTS = 5
 KINDS = {"modelrouter": "modelrouters", "modeldeployment": "modeldeployments",
          "memorystore": "memorystores"}  # fmt: skip
-
-
-class VaultCliSettings(BaseSettings):
-    """Where Vault is and who the admin is: Vault's own environment variables."""
-
-    model_config = SettingsConfigDict(extra="ignore")
-
-    address: str | None = Field(default=None, validation_alias=AliasChoices("VAULT_ADDR"))
-    token: SecretStr | None = Field(default=None, validation_alias=AliasChoices("VAULT_TOKEN"))
-    ca_cert: str | None = Field(default=None, validation_alias=AliasChoices("VAULT_CACERT"))
 
 
 class KeysError(Exception):
@@ -255,6 +246,8 @@ def _run(work: Callable[[], None]) -> None:
 
 def _open(of: str | None, namespace: str, mount: str, path: str | None) -> VaultKeySet:
     where = _location(of, namespace, mount, path)
+    from freehold.settings import VaultCliSettings
+
     return VaultKeySet(VaultCliSettings(), *where)
 
 
@@ -262,6 +255,8 @@ def _expiry(expires_in: str | None) -> float | None:
     if expires_in is None:
         return None
     try:
+        from freehold.builders.memory_args import duration_seconds
+
         return duration_seconds(expires_in)
     except ValueError as exc:
         raise KeysError(f"--expires-in: {exc}", EXIT_USAGE) from None
@@ -405,6 +400,8 @@ def rotate(
 
     def work() -> None:
         try:
+            from freehold.builders.memory_args import duration_seconds
+
             seconds = 0.0 if overlap in ("0", "0s") else duration_seconds(overlap)
         except ValueError as exc:
             raise KeysError(f"--overlap: {exc}", EXIT_USAGE) from None

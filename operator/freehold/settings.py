@@ -165,3 +165,13 @@ class OperatorSettings(BaseSettings):
     discovery_seconds: float = Field(
         default=60.0, gt=0, description="How long API discovery (is KubeRay installed?) is cached."
     )
+
+
+class VaultCliSettings(BaseSettings):
+    """Where Vault is and who the admin is: Vault's own environment variables."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    address: str | None = Field(default=None, validation_alias=AliasChoices("VAULT_ADDR"))
+    token: SecretStr | None = Field(default=None, validation_alias=AliasChoices("VAULT_TOKEN"))
+    ca_cert: str | None = Field(default=None, validation_alias=AliasChoices("VAULT_CACERT"))

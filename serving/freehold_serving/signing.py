@@ -17,14 +17,16 @@ import os
 import stat
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from freehold_serving.private_files import private_dir
-from freehold_serving.transit import Transit
+
+if TYPE_CHECKING:  # hvac (and requests) load only where a transit key signs
+    from freehold_serving.transit import Transit
 
 ALGORITHM = "ed25519"
 
