@@ -21,7 +21,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import cel
-import jsonschema
+
+from freehold.quiet_imports import without_optional
+
+# jsonschema probes optional format libraries at import; one of them (rfc3987-syntax,
+# pulled into many environments by jsonschema[format-nongpl]) builds a parser grammar
+# there, ~1.4 s before every CLI command's first byte. We check no string formats (the API
+# server does not either), so the probe is skipped; another importer still gets it.
+with without_optional("rfc3987_syntax"):
+    import jsonschema
 
 from freehold.api.base import API_VERSION
 from freehold.api.kinds import KINDS_BY_NAME, Kind
