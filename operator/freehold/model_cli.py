@@ -185,7 +185,7 @@ def fetch(
         typer.Option(
             "--from-env",
             help="Read the model (oci:// or s3://, with its store and where its access key "
-            "is in Vault) from FREEHOLD_MODEL, and its oci:// LoRA adapters from "
+            "is in Vault) from FREEHOLD_MODEL, and its oci:// and s3:// LoRA adapters from "
             "FREEHOLD_ADAPTERS (a JSON list), as the operator writes them.",
         ),
     ] = False,

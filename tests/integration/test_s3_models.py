@@ -37,6 +37,15 @@ pytestmark = pytest.mark.slow
 
 
 HF_FILES = {"config.json": b"{}", "sub/tokenizer.json": b"{}", "model.safetensors": b"w" * 4096}
+LORA_FILES = {"adapter_config.json": b'{"r": 8}', "adapter_model.safetensors": b"l" * 1024}
+
+
+def digest_of(files: dict[str, bytes]) -> str:
+    from freehold_serving.model_files import manifest_digest
+
+    return manifest_digest(
+        [(name, hashlib.sha256(data).hexdigest()) for name, data in files.items()]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +69,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
         client.put_object("models", "other/model.gguf", io.BytesIO(other), len(other))
         for name, data in HF_FILES.items():
             client.put_object("models", f"hf/smol/{name}", io.BytesIO(data), len(data))
+        for name, data in LORA_FILES.items():
+            client.put_object("models", f"lora/tax/{name}", io.BytesIO(data), len(data))
         yield running
 
 
@@ -67,11 +78,25 @@ def pod_model(
     store: Store, vault: VaultServer, tmp: Path, key: str, credentials: bool = True
 ) -> dict[str, Any]:
     """The FREEHOLD_MODEL the operator gives the init container, with a projected token."""
+    return pod_env(store, vault, tmp, key, credentials)[0]
+
+
+def pod_env(
+    store: Store,
+    vault: VaultServer,
+    tmp: Path,
+    key: str,
+    credentials: bool = True,
+    **spec_changes: Any,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """FREEHOLD_MODEL and FREEHOLD_ADAPTERS as the operator gives them to the init
+    container, with a projected token."""
     doc = defaulted(yaml.safe_load((EXAMPLES / "smollm2.yaml").read_text()))
     doc["spec"]["model"]["uri"] = f"s3://models/{key}"
     doc["spec"]["model"]["s3"] = {"endpoint": store.endpoint}
     if credentials:
         doc["spec"]["model"]["s3"]["credentials"] = {"path": "team/s3"}
+    doc["spec"] |= spec_changes
     spec = ModelDeploymentSpec.model_validate(doc["spec"])
     ctx = BuildContext(name="smol", namespace="team", serving_image="-", ray_version="-",
                        api_server_cidr="10.0.0.1/32")  # fmt: skip
@@ -81,18 +106,23 @@ def pod_model(
     token.write_text("projected-token-smol")
     vault.state.service_accounts["projected-token-smol"] = ("smol-model", "team")
     args = serving_args_for(spec, "smol", "team", vault_address=vault.url, vault_role=role.name)
-    model = json.loads(args.model.model_dump_json())
-    model["models_root"] = str(tmp / "models")
-    if model["s3"]["credentials"]:
-        model["s3"]["credentials"]["jwt_path"] = str(token)
-    return dict(model)
+    configs = [json.loads(c.model_dump_json()) for c in [args.model, *args.adapters]]
+    for config in configs:
+        config["models_root"] = str(tmp / "models")
+        if config["s3"] and config["s3"]["credentials"]:
+            config["s3"]["credentials"]["jwt_path"] = str(token)
+    return configs[0], configs[1:]
 
 
-def fetch(model: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+def fetch(
+    model: dict[str, Any], adapters: list[dict[str, Any]] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "FREEHOLD_MODEL": json.dumps(model)}
+    if adapters is not None:
+        env["FREEHOLD_ADAPTERS"] = json.dumps(adapters)
     return subprocess.run(
         [sys.executable, "-m", "freehold", "model", "fetch", "--from-env"],
-        env={**os.environ, "FREEHOLD_MODEL": json.dumps(model)},
-        capture_output=True, text=True, timeout=300, check=False,
+        env=env, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
 
 
@@ -168,11 +198,7 @@ def test_the_workload_fetches_s3_with_its_own_vault_role() -> None:
 
 
 def test_a_model_directory_is_every_object_under_its_prefix(store: Store, tmp_path: Path) -> None:
-    from freehold_serving.model_files import manifest_digest
-
-    digest = manifest_digest(
-        [(name, hashlib.sha256(data).hexdigest()) for name, data in HF_FILES.items()]
-    )
+    digest = digest_of(HF_FILES)
     with VaultServer() as vault:
         vault.state.kv["secret/data/team/s3"] = {
             "accessKey": store.access_key,
@@ -187,3 +213,39 @@ def test_a_model_directory_is_every_object_under_its_prefix(store: Store, tmp_pa
         assert refused.returncode == 3 and not (tmp_path / "models" / "s3" / ("a" * 64)).exists()
         empty = fetch({**model, "uri": "s3://models/none", "format": "safetensors"})
         assert empty.returncode == 1 and "no objects under this prefix" in empty.stderr
+
+
+def test_s3_adapters_come_from_the_models_store_with_its_key(store: Store, tmp_path: Path) -> None:
+    """The operator's args for a vLLM model in a store with an s3:// LoRA adapter beside it:
+    the init container fetches both with the model's key, each kept only if its digest
+    matches."""
+    model_digest, lora_digest = digest_of(HF_FILES), digest_of(LORA_FILES)
+    with VaultServer() as vault:
+        vault.state.kv["secret/data/team/s3"] = {
+            "accessKey": store.access_key,
+            "secretKey": store.secret_key,
+        }
+        lora = {"name": "smol-tax", "uri": "s3://models/lora/tax", "sha256": lora_digest}
+        model, adapters = pod_env(
+            store, vault, tmp_path, "hf/smol", engine={"name": "vllm"}, adapters=[lora]
+        )
+        model |= {"sha256": model_digest, "format": "safetensors"}
+        assert adapters[0]["s3"] == model["s3"]  # the model's store and key
+        done = fetch(model, adapters)
+        assert done.returncode == 0, done.stderr
+        kept = tmp_path / "models" / "s3" / lora_digest
+        assert (kept / "adapter_config.json").read_bytes() == LORA_FILES["adapter_config.json"]
+        assert (tmp_path / "models" / "s3" / model_digest / "config.json").is_file()
+        # An adapter pinned to other bytes: refused, nothing of it kept.
+        wrong = [{**adapters[0], "sha256": "f" * 64}]
+        refused = fetch(model, wrong)
+        assert refused.returncode == 3 and "does not match" in refused.stderr
+        assert not (tmp_path / "models" / "s3" / ("f" * 64)).exists()
+
+        # `freehold up` fetches them too, before the model server starts.
+        from freehold.local.up import fetch_adapters
+        from freehold_serving.args import ModelConfig, ServingArgs
+
+        local = ModelConfig.model_validate({**adapters[0], "models_root": str(tmp_path / "up")})
+        fetch_adapters(ServingArgs(name="t", model=ModelConfig(**model), adapters=[local]))
+        assert (tmp_path / "up" / "s3" / lora_digest / "adapter_model.safetensors").is_file()

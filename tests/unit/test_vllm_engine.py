@@ -317,8 +317,12 @@ def test_the_api_refuses_adapters_without_vllm_or_named_as_the_model() -> None:
     doc["spec"]["model"]["servedName"] = "llama"
     doc["spec"]["adapters"] = [{**ADAPTERS[0], "uri": "oci://registry/lora:1"}]
     assert validate(doc) == []  # fetched by the pods' init container
-    doc["spec"]["adapters"] = [{**ADAPTERS[0], "uri": "s3://bucket/lora"}]  # planned
-    assert any(e.path.startswith("spec.adapters[0].uri") for e in validate(doc))
+    # An s3:// adapter is read from the model's own store: an s3:// model's.
+    doc["spec"]["adapters"] = [{**ADAPTERS[0], "uri": "s3://bucket/lora"}]
+    (refused,) = validate(doc)
+    assert refused.path == "spec.adapters" and "model's own store" in refused.message
+    doc["spec"]["model"] |= {"uri": "s3://bucket/llama", "s3": {"endpoint": "https://s3.local"}}
+    assert validate(doc) == []
 
 
 def test_without_a_vllm_image_the_operator_says_engine_unavailable() -> None:
@@ -416,3 +420,30 @@ def test_an_adapter_signature_must_be_readable_where_the_adapter_is() -> None:
         ModelDeploymentKind(config).check(spec_, meta)
     assert refused.value.reason == "SignatureUnreachable"
     assert "spec.adapters[0].signature.ref" in str(refused.value)
+
+
+def test_s3_adapters_are_fetched_from_the_models_store_with_its_credentials() -> None:
+    from freehold.builders.network import fetch_ports
+    from freehold.builders.vault import readable_paths
+
+    ctx = BuildContext(**{**vars(CTX), "serving_vllm_image": "registry.local/fh-vllm:1"})
+    store = {
+        "endpoint": "https://objects.local:9000",
+        "credentials": {"mount": "secret", "path": "freehold-demo/store"},
+    }
+    model = {"uri": "s3://models/llama", "format": "safetensors", "sha256": "a" * 64, "s3": store}
+    s3 = {"name": "llama-tax", "uri": "s3://models/lora/tax", "sha256": "d" * 64}
+    spec_ = md(model=model, adapters=[*ADAPTERS, s3])
+    (deployment,) = [
+        o for o in build_children(spec_, ctx, "Deployment") if o["kind"] == "Deployment"
+    ]
+    (init,) = deployment["spec"]["template"]["spec"]["initContainers"]
+    env = {e["name"]: e["value"] for e in init["env"]}
+    (fetched,) = json.loads(env["FREEHOLD_ADAPTERS"])
+    model_store = json.loads(env["FREEHOLD_MODEL"])["s3"]
+    assert fetched["served_name"] == "llama-tax" and fetched["models_root"] == "/models"
+    assert fetched["s3"] == model_store and model_store["endpoint"] == store["endpoint"]
+    assert fetched["s3"]["credentials"]["path"] == "freehold-demo/store"
+    # The store's egress and its key's Vault path are the model's, already there.
+    assert 9000 in fetch_ports(spec_)
+    assert "secret/data/freehold-demo/store" in readable_paths(spec_)

@@ -206,10 +206,11 @@ class Adapter(ApiModel):
     )
     uri: str = Field(
         max_length=2048,
-        pattern=r"^(pvc|file|package|oci)://[^\s]+$",
+        pattern=r"^(pvc|file|package|oci|s3)://[^\s]+$",
         description="The adapter directory: pvc://CLAIM/PATH, file:///PATH, "
-        "package://DISTRIBUTION/DIR or oci://REGISTRY/REPO:TAG (one artifact holding the "
-        "directory's files, fetched by the pod's init container; s3:// adapters: planned).",
+        "package://DISTRIBUTION/DIR, oci://REGISTRY/REPO:TAG (one artifact holding the "
+        "directory's files) or s3://BUCKET/PREFIX (in the model's own store, spec.model.s3, "
+        "read with its credentials); oci:// and s3:// are fetched by the pod's init container.",
     )
     sha256: Sha256 = Field(
         description="Directory digest of the adapter (`freehold model digest DIR`)."
@@ -569,6 +570,14 @@ class ModelDeploymentSpec(ApiModel):
                 "self.engine.name == 'vllm' || size(self.adapters) == 0",
                 "spec.adapters: LoRA adapters are served by engine vllm (llama.cpp adapters "
                 "are planned)",
+                field_path=".adapters",
+            ),
+            cel(
+                "self.model.uri.startsWith('s3://') || "
+                "self.adapters.all(a, !a.uri.startsWith('s3://'))",
+                "spec.adapters: an s3:// adapter is read from the model's own store with its "
+                "credentials: the model must be s3:// too (spec.model.s3), or put the adapter "
+                "in an OCI registry, a claim or a package",
                 field_path=".adapters",
             ),
             cel(

@@ -292,7 +292,7 @@ def fetched_scheme(spec: ModelDeploymentSpec) -> str | None:
 
 
 def fetched_adapters(spec: ModelDeploymentSpec) -> list[Adapter]:
-    """LoRA adapters the init container fetches (oci://)."""
+    """LoRA adapters the init container fetches (oci://, s3://)."""
     return [a for a in spec.adapters if a.uri.split("://", 1)[0] in FETCHED]
 
 
@@ -327,7 +327,7 @@ def fetched_volumes(spec: ModelDeploymentSpec) -> list[tuple[str, str]]:
 def fetch_init_containers(
     spec: ModelDeploymentSpec, ctx: BuildContext, args: ServingArgs
 ) -> list[dict[str, Any]]:
-    """An oci:// or s3:// model (and oci:// LoRA adapters) are fetched by an init
+    """An oci:// or s3:// model (and oci:// or s3:// LoRA adapters) are fetched by an init
     container of the serving image into the pod's volumes, and kept only if their sha256
     matches; the serving container starts after it and verifies again before loading. A
     store's access key is read from Vault by the init container itself (the model's JSON

@@ -100,6 +100,25 @@ def serving_args_for(
         vault_role=vault_role,
         vault_ca_cert=vault_ca_cert,
     )
+    store = (
+        S3Config(
+            endpoint=spec.model.s3.endpoint,
+            region=spec.model.s3.region,
+            credentials=(
+                VaultKeySource(
+                    mount=spec.model.s3.credentials.mount,
+                    path=spec.model.s3.credentials.path,
+                    address=vault_address,
+                    role=vault_role,
+                    ca_cert=vault_ca_cert,
+                )
+                if spec.model.s3.credentials is not None
+                else None
+            ),
+        )
+        if spec.model.s3 is not None
+        else None
+    )
     return ServingArgs(
         name=name,
         namespace=namespace,
@@ -108,25 +127,7 @@ def serving_args_for(
             sha256=spec.model.sha256,
             served_name=spec.model.served_name or name,
             format=spec.model.format,
-            s3=(
-                S3Config(
-                    endpoint=spec.model.s3.endpoint,
-                    region=spec.model.s3.region,
-                    credentials=(
-                        VaultKeySource(
-                            mount=spec.model.s3.credentials.mount,
-                            path=spec.model.s3.credentials.path,
-                            address=vault_address,
-                            role=vault_role,
-                            ca_cert=vault_ca_cert,
-                        )
-                        if spec.model.s3.credentials is not None
-                        else None
-                    ),
-                )
-                if spec.model.s3 is not None
-                else None
-            ),
+            s3=store,
             signature=_signature(spec.model.signature),
         ),
         engine=EngineConfig(
@@ -149,6 +150,8 @@ def serving_args_for(
                 sha256=a.sha256,
                 served_name=a.name,
                 format="safetensors",
+                # An s3:// adapter lives in the model's store (admission says so).
+                s3=store if a.uri.startswith("s3://") else None,
                 signature=_signature(a.signature),
             )
             for a in spec.adapters

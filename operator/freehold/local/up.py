@@ -29,7 +29,7 @@ from freehold.builders.serving_args import serving_args_for
 from freehold.manifests import ManifestError, load_documents
 from freehold.settings import LocalSettings
 from freehold.validation import FieldError, defaulted, validate
-from freehold_serving.args import AuditConfig, ServingArgs
+from freehold_serving.args import AuditConfig, ModelConfig, ServingArgs
 from freehold_serving.memory.args import MemoryArgs
 from freehold_serving.private_files import private_file
 
@@ -242,7 +242,8 @@ def local_args(deployment: Deployment, settings: LocalSettings, cpus: int) -> Se
     if args.model.uri.split("://", 1)[0] in ("oci", "s3"):
         args = args.model_copy(update={"model": args.model.model_copy(update=models_root)})
     adapters = [
-        a.model_copy(update=models_root) if a.uri.startswith("oci://") else a for a in args.adapters
+        a.model_copy(update=models_root) if a.uri.split("://", 1)[0] in ("oci", "s3") else a
+        for a in args.adapters
     ]
     args = args.model_copy(update={"adapters": adapters})
     # Access records, signed with a key kept beside them (`freehold audit verify`).
@@ -305,9 +306,12 @@ def _say_verified(console: Console, args: ServingArgs, signer: str | None, took:
 def needs_fetch(args: ServingArgs) -> bool:
     """An oci:// or s3:// model (or its signature) not fetched yet (once there, it is
     verified like any)."""
+    return _needs_fetch(args.model)
+
+
+def _needs_fetch(model: ModelConfig) -> bool:
     from freehold_serving.model_files import FETCHED_SCHEMES, fetched_path, signature_path
 
-    model = args.model
     if model.uri.split("://", 1)[0] in FETCHED_SCHEMES and not fetched_path(model).exists():
         return True
     ref = model.signature.ref if model.signature else ""
@@ -315,12 +319,11 @@ def needs_fetch(args: ServingArgs) -> bool:
 
 
 def fetch_adapters(args: ServingArgs) -> None:
-    """oci:// LoRA adapters not fetched yet, fetched (digest-checked) before the model
-    server starts: the replica verifies, never downloads, what a request names."""
-    from freehold_serving.model_files import fetched_path
-
+    """oci:// and s3:// LoRA adapters (or their signatures) not fetched yet, fetched
+    (digest-checked) before the model server starts: the replica verifies, never downloads,
+    what a request names."""
     for adapter in args.adapters:
-        if adapter.uri.startswith("oci://") and not fetched_path(adapter).exists():
+        if _needs_fetch(adapter):
             from freehold_serving.fetch import fetch_model, insecure_registries
 
             fetch_model(adapter, insecure_registries())
