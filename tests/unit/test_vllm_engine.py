@@ -447,3 +447,15 @@ def test_s3_adapters_are_fetched_from_the_models_store_with_its_credentials() ->
     # The store's egress and its key's Vault path are the model's, already there.
     assert 9000 in fetch_ports(spec_)
     assert "secret/data/freehold-demo/store" in readable_paths(spec_)
+
+
+def test_one_cpu_worker_runs_in_the_engine_process() -> None:
+    from types import SimpleNamespace
+
+    def parallel(world: int, backend: str) -> SimpleNamespace:
+        return SimpleNamespace(world_size=world, distributed_executor_backend=backend)
+
+    # Ray Serve LLM asks for a worker process on CPU ("mp"): one worker needs none.
+    assert vllm.one_process_executor(parallel(1, "mp"), on_cpu=True)
+    assert not vllm.one_process_executor(parallel(2, "mp"), on_cpu=True)  # TP/PP workers
+    assert not vllm.one_process_executor(parallel(1, "ray"), on_cpu=False)  # GPUs: Ray's

@@ -61,6 +61,15 @@ def warm_imports() -> None:
     import ray.serve.llm  # noqa: F401
 
 
+def one_process_executor(parallel: Any, on_cpu: bool) -> bool:
+    """Run the model in the engine-core process itself (vLLM's "uni" executor) where Ray
+    Serve LLM would start one more worker process for it: on CPU, one worker in all (no
+    tensor or pipeline parallelism). That is what `vllm serve` does there; the extra
+    process cost ~10 s of start on 2 cores (it imports torch and vLLM again) and a message
+    queue hop on every engine step."""
+    return on_cpu and parallel.world_size == 1 and parallel.distributed_executor_backend == "mp"
+
+
 def engine_kwargs(args: ServingArgs, model_dir: str) -> dict[str, Any]:
     """vLLM engine arguments from the spec (the same for `vllm serve` in bench/)."""
     v = args.engine.vllm

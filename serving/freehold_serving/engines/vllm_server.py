@@ -16,7 +16,7 @@ from ray.llm._internal.serve.utils.lora_serve_utils import LoraModelLoader
 from ray.serve.llm.deployment import LLMServer
 
 from freehold_serving.args import ModelConfig, ServingArgs
-from freehold_serving.engines.vllm import ready_batches, shares_node
+from freehold_serving.engines.vllm import one_process_executor, ready_batches, shares_node
 from freehold_serving.model_files import verify_file
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,28 @@ class LocalModel(CallbackBase):
         self.ctx.run_init_node = False
 
 
+def _engine_class() -> type[Any]:
+    from ray.llm._internal.serve.engines.vllm.vllm_engine import VLLMEngine
+
+    class FreeholdVLLMEngine(VLLMEngine):
+        # Ray Serve LLM 2.60's private method, as _start_engine below; the vllm
+        # integration tests start the engine through it.
+        def _prepare_engine_config(self, callback_ctx: Any) -> tuple[Any, Any, Any]:
+            from vllm.platforms import current_platform
+
+            engine_args, frontend_args, config = super()._prepare_engine_config(callback_ctx)
+            if one_process_executor(config.parallel_config, current_platform.is_cpu()):
+                config.parallel_config.distributed_executor_backend = "uni"
+                engine_args.distributed_executor_backend = "uni"
+            return engine_args, frontend_args, config
+
+    return FreeholdVLLMEngine
+
+
 class FreeholdLLMServer(LLMServer):
+    def _get_default_engine_class(self) -> type[Any]:
+        return _engine_class()
+
     # Ray Serve awaits an async constructor (as LLMServer's own).
     async def __init__(self, llm_config: Any, *, args: ServingArgs) -> None:  # type: ignore[misc]
         # Fail closed: a directory that is not the pinned (and, when required, signed) one
