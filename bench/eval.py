@@ -36,9 +36,9 @@ import httpx
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-TASKS = ROOT / "bench" / "tasks"
-TASK = TASKS / "arithmetic.yaml"
-DATA = TASKS / "arithmetic.jsonl"
+TASKS = ROOT / "bench" / "tasks"  # the task's folder; --items N writes a larger one
+TASK_FILE = "arithmetic.yaml"
+DATA_FILE = "arithmetic.jsonl"
 MODEL = "smollm2-135m-instruct"
 CONCURRENCY = 4
 OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -84,16 +84,35 @@ def start_server() -> tuple[subprocess.Popen[bytes], str]:
     raise TimeoutError("freehold up did not serve within 300 s")
 
 
-def manifest(base: str, limit: int | None, folder: Path) -> Path:
+def task_with(items: int, folder: Path) -> Path:
+    """The arithmetic task with `items` questions (the packaged 120 first, then more of the
+    same kind, fixed by a seed), in a folder of its own."""
+    import random
+
+    rows = (TASKS / DATA_FILE).read_text().splitlines()[:items]
+    pick = random.Random(1234)
+    while len(rows) < items:
+        a, b = pick.randint(10, 49), pick.randint(10, 49)
+        plus = pick.random() < 0.5
+        a, b = (a, b) if plus or a >= b else (b, a)
+        question = f"What is {a} {'+' if plus else '-'} {b}?"
+        rows.append(json.dumps({"question": question, "answer": str(a + b if plus else a - b)}))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / TASK_FILE).write_bytes((TASKS / TASK_FILE).read_bytes())
+    (folder / DATA_FILE).write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def manifest(base: str, limit: int | None, folder: Path, tasks: Path = TASKS) -> Path:
     suite: dict[str, Any] = {
         "name": "arithmetic",
         "task": "exact_match",
         "metric": "exact_match",
         "dataset": {
-            "uri": TASK.as_uri(),
-            "sha256": sha256(TASK),
+            "uri": (tasks / TASK_FILE).as_uri(),
+            "sha256": sha256(tasks / TASK_FILE),
             "format": "lm-eval",
-            "dataSha256": sha256(DATA),
+            "dataSha256": sha256(tasks / DATA_FILE),
         },
     }
     if limit:
@@ -109,12 +128,15 @@ def manifest(base: str, limit: int | None, folder: Path) -> Path:
     return path
 
 
-def run_ours(base: str, limit: int | None, folder: Path) -> tuple[float, list[dict[str, Any]]]:
+def run_ours(
+    base: str, limit: int | None, folder: Path, tasks: Path = TASKS
+) -> tuple[float, list[dict[str, Any]]]:
     out = folder / "freehold.json"
+    written = manifest(base, limit, folder, tasks)
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "freehold", "eval", "run", "-f", str(manifest(base, limit, folder)),
-         "-o", str(out), "--data-root", str(TASKS)],
+        [sys.executable, "-m", "freehold", "eval", "run", "-f", str(written),
+         "-o", str(out), "--data-root", str(tasks)],
         capture_output=True, text=True, check=False, env={**os.environ, **OFFLINE},
     )  # fmt: skip
     wall = time.perf_counter() - started
@@ -127,7 +149,9 @@ def run_ours(base: str, limit: int | None, folder: Path) -> tuple[float, list[di
     ]
 
 
-def run_theirs(base: str, limit: int | None, folder: Path) -> tuple[float, list[dict[str, Any]]]:
+def run_theirs(
+    base: str, limit: int | None, folder: Path, tasks: Path = TASKS
+) -> tuple[float, list[dict[str, Any]]]:
     out = folder / "lm-eval"
     args = (
         f"model={MODEL},base_url={base}/v1/completions,num_concurrent={CONCURRENCY},"
@@ -135,7 +159,7 @@ def run_theirs(base: str, limit: int | None, folder: Path) -> tuple[float, list[
     )
     cmd = [
         sys.executable, "-m", "lm_eval", "run", "--model", "local-completions",
-        "--model_args", args, "--tasks", "freehold_arithmetic", "--include_path", str(TASKS),
+        "--model_args", args, "--tasks", "freehold_arithmetic", "--include_path", str(tasks),
         "--log_samples", "--output_path", str(out),
     ]  # fmt: skip
     if limit:
@@ -143,7 +167,7 @@ def run_theirs(base: str, limit: int | None, folder: Path) -> tuple[float, list[
     started = time.perf_counter()
     # lm-evaluation-harness resolves relative data files from its working directory.
     done = subprocess.run(
-        cmd, cwd=TASKS, capture_output=True, text=True, check=False, env={**os.environ, **OFFLINE}
+        cmd, cwd=tasks, capture_output=True, text=True, check=False, env={**os.environ, **OFFLINE}
     )
     wall = time.perf_counter() - started
     if done.returncode != 0:
@@ -188,6 +212,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--limit", type=int, default=None, help="items (default: all 120)")
+    parser.add_argument(
+        "--items", type=int, default=None, help="a larger task: the 120, then more (e.g. 1000)"
+    )
     parser.add_argument("--endpoint", default=None, help="an endpoint already serving SmolLM2")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "eval.json")
     args = parser.parse_args()
@@ -195,6 +222,8 @@ def main() -> None:
     base = args.endpoint
     if base is None:
         proc, base = start_server()
+    work = Path(tempfile.mkdtemp(prefix="fh-bench-eval-task-"))
+    tasks = task_with(args.items, work) if args.items else TASKS
     try:
         ours_walls, theirs_walls = [], []
         ours: list[dict[str, Any]] = []
@@ -202,9 +231,9 @@ def main() -> None:
         for n in range(args.rounds):
             with tempfile.TemporaryDirectory() as tmp:
                 folder = Path(tmp)
-                wall, theirs = run_theirs(base, args.limit, folder)
+                wall, theirs = run_theirs(base, args.limit, folder, tasks)
                 theirs_walls.append(wall)
-                wall, ours = run_ours(base, args.limit, folder)
+                wall, ours = run_ours(base, args.limit, folder, tasks)
                 ours_walls.append(wall)
             print(
                 f"round {n + 1}: lm-eval {theirs_walls[-1]:.1f} s, freehold {ours_walls[-1]:.1f} s"
@@ -213,20 +242,23 @@ def main() -> None:
             folder = Path(tmp)
             ours_start = first_request_seconds(
                 lambda url: [sys.executable, "-m", "freehold", "eval", "run", "-f",
-                             str(manifest(url, args.limit, folder)), "--model", MODEL,
-                             "-o", str(folder / "x.json"), "--data-root", str(TASKS)],
-                TASKS,
+                             str(manifest(url, args.limit, folder, tasks)), "--model", MODEL,
+                             "-o", str(folder / "x.json"), "--data-root", str(tasks)],
+                tasks,
             )  # fmt: skip
             theirs_start = first_request_seconds(
                 lambda url: [sys.executable, "-m", "lm_eval", "run", "--model",
                              "local-completions", "--model_args",
                              f"model={MODEL},base_url={url}/v1/completions,num_concurrent=1,"
                              "tokenizer_backend=None,tokenized_requests=False,max_retries=0",
-                             "--tasks", "freehold_arithmetic", "--include_path", str(TASKS),
+                             "--tasks", "freehold_arithmetic", "--include_path", str(tasks),
                              "--output_path", str(folder / "o")],
-                TASKS,
+                tasks,
             )  # fmt: skip
     finally:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
         if proc is not None:
             os.killpg(proc.pid, signal.SIGINT)
             try:
