@@ -32,12 +32,12 @@ from freehold_serving.key_records import (
 )
 from freehold_serving.key_records import key_id as id_of  # `key_id`: the commands' argument
 
-keys = typer.Typer(help="Create, list, revoke and rotate API keys (kept in Vault).",
-                   no_args_is_help=True)  # fmt: skip
-out = Console(soft_wrap=True)
 if TYPE_CHECKING:  # settings (pydantic-settings) load only when a command runs
     from freehold.settings import VaultCliSettings
 
+keys = typer.Typer(help="Create, list, revoke and rotate API keys (kept in Vault).",
+                   no_args_is_help=True)  # fmt: skip
+out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 EXIT_FAILED, EXIT_USAGE = 1, 2
 CAS_ATTEMPTS = 5

@@ -238,14 +238,16 @@ def local_args(deployment: Deployment, settings: LocalSettings, cpus: int) -> Se
         }
     )
     # Fetched models and adapters are kept by digest under the data dir (MODELS/SCHEME/SHA256).
-    models_root = {"models_root": str(settings.data_dir / "models")}
-    if args.model.uri.split("://", 1)[0] in ("oci", "s3"):
-        args = args.model_copy(update={"model": args.model.model_copy(update=models_root)})
-    adapters = [
-        a.model_copy(update=models_root) if a.uri.split("://", 1)[0] in ("oci", "s3") else a
-        for a in args.adapters
-    ]
-    args = args.model_copy(update={"adapters": adapters})
+    from freehold_serving.model_files import FETCHED_SCHEMES
+
+    def kept_here(config: ModelConfig) -> ModelConfig:
+        if config.uri.split("://", 1)[0] not in FETCHED_SCHEMES:
+            return config
+        return config.model_copy(update={"models_root": str(settings.data_dir / "models")})
+
+    args = args.model_copy(
+        update={"model": kept_here(args.model), "adapters": [kept_here(a) for a in args.adapters]}
+    )
     # Access records, signed with a key kept beside them (`freehold audit verify`).
     audit = AuditConfig(
         directory=str(settings.data_dir / "audit"),
