@@ -256,6 +256,15 @@ def telemetry_page(sources: list[Path], root: Path) -> str:
         lines.append(f"| `{name}` | {kind} | {label_names} | {_cell(help_text)} | `{where}` |")
     lines += [
         "",
+        "With `engine: vllm`, a model's `/metrics` also carries vLLM's own engine metrics "
+        "for that model (`serving/freehold_serving/engine_metrics.py`): vLLM's `vllm:*` "
+        "series as Ray's metrics export them, `ray_vllm_*` (for example "
+        "`ray_vllm_num_requests_running`, `ray_vllm_num_requests_waiting`, "
+        "`ray_vllm_kv_cache_usage_perc`, `ray_vllm_prefix_cache_hits_total`, "
+        "`ray_vllm_prefix_cache_queries_total`, `ray_vllm_request_queue_time_seconds`), "
+        "labelled `model_name` and `ReplicaId` (the engine replica). Their meaning is "
+        "vLLM's (its production metrics documentation).",
+        "",
         "## Audit event types",
         "",
         "Hash-chained JSON lines (see [audit logs](../audit.md)); `*` stands for a suffix "

@@ -29,6 +29,7 @@ from starlette.responses import Response
 
 from freehold_serving import embeddings
 from freehold_serving.args import EmbeddingsConfig, ServingArgs
+from freehold_serving.engine_metrics import EngineMetrics
 from freehold_serving.engines import prefix_routing, remote
 from freehold_serving.engines.base import Chunk, EngineError, GenerationJob, Generator
 from freehold_serving.llm_server import LLMServer
@@ -209,11 +210,13 @@ class OpenAIServer:
     ) -> None:
         self._args = args
         self._runner: Generator
+        self._engine_metrics: EngineMetrics | None = None
         if engine is not None and args.engine.name == "vllm":
             # vLLM: the engine runs in its own deployment (Ray Serve LLM), which batches.
             from freehold_serving.engines.vllm import VllmGenerator
 
             self._runner = VllmGenerator(args, engine)
+            self._engine_metrics = EngineMetrics(args.model.served_name)
         elif engine is not None:  # llama.cpp replicas routed by prefix
             from freehold_serving.engines.remote import RemoteGenerator
 
@@ -297,7 +300,10 @@ class OpenAIServer:
     async def metrics(self) -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        body = generate_latest()
+        if self._engine_metrics is not None:
+            body += (await self._engine_metrics.text()).encode()
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @fastapi_app.get("/v1/models")
     async def models(self, request: Request) -> Response:

@@ -27,6 +27,7 @@ import httpx
 import pytest
 
 from tests.paths import ROOT
+from tests.prometheus import empty_panels, prometheus
 
 pytestmark = pytest.mark.slow
 
@@ -325,6 +326,36 @@ def test_metrics_and_ready_time(server: Server) -> None:
     # Issue 26's target is 60 s on this machine (bench/vllm.py measures it); the test
     # allows a loaded CI machine more.
     assert server.ready_s < 300
+
+
+def test_engine_metrics_on_the_models_metrics_fill_the_vllm_dashboard(
+    server: Server, tmp_path: Path
+) -> None:
+    """vLLM's own metrics (KV cache, queue, prefix-cache hits, batch sizes) reach the
+    model's /metrics, the one address Prometheus scrapes, and every panel of the chart's
+    vLLM dashboard has data from a real Prometheus scraping it during traffic."""
+    host = server.base.removeprefix("http://")
+    with prometheus(tmp_path, free_port(), {"freehold-vllm": (host, "/metrics")}) as url:
+        # A prompt longer than a few KV blocks, twice: the second finds its prefix cached.
+        long = "Here is a list of numbers: " + ", ".join(str(n) for n in range(400))
+        for _ in range(2):
+            body = {"model": MODEL, "prompt": long, "max_tokens": 8, "temperature": 0}
+            assert server.post("/v1/completions", body).status_code == 200
+        counts = [{"model": MODEL, "prompt": f"Count to {i}:", "max_tokens": 16} for i in range(8)]
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda body: server.post("/v1/completions", body), counts))
+        # Ray's agents export what the engine recorded every few seconds.
+        deadline = time.monotonic() + 60
+        while True:
+            metrics = httpx.get(f"{server.base}/metrics", timeout=30).text
+            if "ray_vllm_prefix_cache_hits_total{" in metrics or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert "ray_vllm_num_requests_running{" in metrics
+        assert f'model_name="{MODEL}"' in metrics
+        assert metrics.count("# TYPE ray_vllm_num_requests_running ") == 1
+        empty = empty_panels(url, "vllm-engine.json", timeout=60)
+    assert not empty, empty
 
 
 def test_a_changed_model_directory_is_refused_before_anything_loads(
