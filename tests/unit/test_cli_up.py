@@ -131,6 +131,8 @@ def test_each_instance_gets_its_own_haproxy_ports_and_files() -> None:
             [sys.executable, "-c", child], capture_output=True, text=True, check=True
         ).stdout.split()
         assert theirs[0] != mine[0] and theirs[1] != mine[1]
+        # Its files are removed when it exits (one directory per run would pile up).
+        assert not Path(theirs[1]).parent.exists()
     finally:
         os.environ.clear()
         os.environ.update(saved)

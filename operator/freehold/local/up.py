@@ -6,9 +6,11 @@ digest-verified, API keys may still be required, and telemetry is still on /metr
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
@@ -380,6 +382,8 @@ def haproxy_instance() -> None:
     # Short: Ray adds a 56-character directory and HAProxy's socket paths are limited to
     # 97 characters.
     root = Path(tempfile.mkdtemp(prefix="fhp", dir="/tmp" if Path("/tmp").is_dir() else None))
+    # HAProxy stops with Ray Serve, before this process exits: its files go with it.
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
     for name, value in {
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": root / "haproxy.cfg",
         "RAY_SERVE_HAPROXY_SOCKET_PATH": root / "admin.sock",
