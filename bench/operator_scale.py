@@ -5,7 +5,7 @@ Then all deleted at once: time until no child is left. Goal (issue 29): <= 30 s,
 The cluster: --kubeconfig, FREEHOLD_E2E_KUBECONFIG, or ../shared/kube/start (started here).
 The operator runs as a subprocess, as in production (one process, bounded workers).
 
-    python bench/operator_scale.py [--count 1000] [--workers 8]
+    python bench/operator_scale.py [--count 1000] [--workers 8] [--backend deployment]
 """
 
 from __future__ import annotations
@@ -31,13 +31,24 @@ GOAL_SECONDS = 30.0
 GOAL_RSS_MB = 256.0
 # The example (1-2 replicas) on KubeRay: ServiceAccount, RayService, PodDisruptionBudget and
 # three NetworkPolicies (deny, allow, the autoscaler's egress).
+# On the Deployment backend (no KubeRay): ServiceAccount, Deployment, Service,
+# PodDisruptionBudget and two NetworkPolicies.
 CHILDREN_PER_MD = 6
-CHILD_PATHS = (
-    "/api/v1/namespaces/{ns}/serviceaccounts",
-    "/apis/ray.io/v1/namespaces/{ns}/rayservices",
-    "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies",
-    "/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets",
-)
+CHILD_PATHS = {
+    "rayservice": (
+        "/api/v1/namespaces/{ns}/serviceaccounts",
+        "/apis/ray.io/v1/namespaces/{ns}/rayservices",
+        "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies",
+        "/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets",
+    ),
+    "deployment": (
+        "/api/v1/namespaces/{ns}/serviceaccounts",
+        "/apis/apps/v1/namespaces/{ns}/deployments",
+        "/api/v1/namespaces/{ns}/services",
+        "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies",
+        "/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets",
+    ),
+}
 KUBERAY_CRD = ROOT.parent / "shared" / "kuberay-crds" / "ray.io_rayservices.yaml"
 
 
@@ -69,7 +80,9 @@ def manifest(i: int, namespace: str) -> dict[str, Any]:
     return doc
 
 
-def converged(custom: client.CustomObjectsApi, api: client.ApiClient, ns: str, count: int) -> int:
+def converged(
+    custom: client.CustomObjectsApi, api: client.ApiClient, ns: str, count: int, backend: str
+) -> int:
     """ModelDeployments whose status is for their current generation, once every child is
     there too (listed by our label, as a user would check); else 0. The poll reads the API
     server's watch cache (resourceVersion=0) so the benchmark does not load the server it
@@ -84,7 +97,7 @@ def converged(custom: client.CustomObjectsApi, api: client.ApiClient, ns: str, c
     )
     if done < count:
         return done
-    owned = sum(len(list_names(api, p.format(ns=ns))) for p in CHILD_PATHS)
+    owned = sum(len(list_names(api, p.format(ns=ns))) for p in CHILD_PATHS[backend])
     return done if owned >= count * CHILDREN_PER_MD else 0
 
 
@@ -102,12 +115,24 @@ def list_names(api: client.ApiClient, path: str) -> list[str]:
     return [i["metadata"]["name"] for i in items]
 
 
-def install_crds(api: client.ApiClient) -> None:
-    """Ours, and KubeRay's RayService: the scale run uses the RayService backend. (The
-    Deployment backend needs a ClusterIP Service per model, and ../shared/kube's Service
-    range is a /24: 254 addresses.)"""
+def install_crds(api: client.ApiClient, backend: str) -> None:
+    """Ours, and KubeRay's RayService for the RayService backend; for the Deployment
+    backend KubeRay's CRD must be absent (the operator picks RayService where it is served):
+    deleted if an earlier run left it. (The Deployment backend needs a ClusterIP Service per
+    model: ../shared/kube allocates them from a /16.)"""
     ext = client.ApiextensionsV1Api(api)
-    for path in [*sorted((ROOT / "crds").glob("*.yaml")), KUBERAY_CRD]:
+    if backend == "deployment":
+        name = yaml.safe_load(KUBERAY_CRD.read_text())["metadata"]["name"]
+        try:
+            ext.delete_custom_resource_definition(name)
+            while True:
+                ext.read_custom_resource_definition(name)
+                time.sleep(1)
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+    crds = sorted((ROOT / "crds").glob("*.yaml"))
+    for path in [*crds, KUBERAY_CRD] if backend == "rayservice" else crds:
         body = yaml.safe_load(path.read_text())
         try:
             ext.create_custom_resource_definition(body)
@@ -153,6 +178,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--kubeconfig", default=None)
+    parser.add_argument("--backend", choices=("rayservice", "deployment"), default="rayservice")
     args = parser.parse_args()
 
     path = kubeconfig(args.kubeconfig)
@@ -160,7 +186,7 @@ def main() -> None:
     api = client.ApiClient()
     custom = client.CustomObjectsApi(api)
     core = client.CoreV1Api(api)
-    install_crds(api)
+    install_crds(api, args.backend)
     namespace = f"fh-bench-{uuid.uuid4().hex[:6]}"
     core.create_namespace({"metadata": {"name": namespace}})
     proc = start_operator(path, namespace, workers=args.workers, liveness_port=18911)
@@ -184,7 +210,7 @@ def main() -> None:
         created = time.perf_counter() - start
         done = 0
         while time.perf_counter() - start < 900:
-            done = converged(custom, api, namespace, args.count)
+            done = converged(custom, api, namespace, args.count, args.backend)
             if done >= args.count:
                 break
             time.sleep(1)
@@ -207,7 +233,8 @@ def main() -> None:
         )
         left = -1
         while time.perf_counter() - start < 600:
-            left = sum(len(list_names(api, p.format(ns=namespace))) for p in CHILD_PATHS)
+            paths = CHILD_PATHS[args.backend]
+            left = sum(len(list_names(api, p.format(ns=namespace))) for p in paths)
             if left == 0:
                 break
             time.sleep(1)
