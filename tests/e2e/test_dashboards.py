@@ -20,9 +20,10 @@ OPERATOR_DASHBOARDS = ["operator.json", "fleet.json", "evaluations.json", "audit
 
 def test_every_dashboard_is_checked_against_prometheus() -> None:
     from tests.integration.serving.test_dashboards import SERVING_DASHBOARDS
+    from tests.integration.vllm.test_vllm_engine import VLLM_DASHBOARDS
 
     shipped = {p.name for p in DASHBOARDS.glob("*.json")}
-    assert shipped == set(SERVING_DASHBOARDS) | set(OPERATOR_DASHBOARDS)
+    assert shipped == set(SERVING_DASHBOARDS) | set(OPERATOR_DASHBOARDS) | set(VLLM_DASHBOARDS)
 
 
 def test_every_operator_panel_returns_data(

