@@ -76,7 +76,7 @@ def agents() -> list[str]:
 
 
 class EngineMetrics:
-    """Reads the agents for one model, one scrape at a time."""
+    """Reads the agents for one model, each time /metrics is scraped."""
 
     def __init__(self, model: str) -> None:
         self._model = model
