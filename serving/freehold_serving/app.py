@@ -25,7 +25,7 @@ from ray.serve import Application
 from ray.serve.config import BackpressureConfig
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from freehold_serving import embeddings
 from freehold_serving.args import EmbeddingsConfig, ServingArgs
@@ -244,8 +244,24 @@ class OpenAIServer:
         self._api = OpenAIApi(args, self._open, self._embed if embedder else None, telemetry, keys)
         self._refresh = follow_keys(keys, args.api_keys)
         self._first_done = asyncio.Event()
+        # Ready (/health) once the engine answers: with the engine in its own deployment
+        # (vLLM, prefix-routed llama.cpp) this front is up long before it, and a pod
+        # marked Ready then would take requests that wait a minute for the engine.
+        self._engine_ready = asyncio.Event()
+        self._engine_wait = asyncio.get_running_loop().create_task(self._await_engine())
         if embedder is not None:
             self._warming = asyncio.get_running_loop().create_task(self._warm_embedder())
+
+    async def _await_engine(self) -> None:
+        while True:
+            try:
+                await self._runner.ready()
+            except Exception:  # an engine replica that failed to start: Ray starts another
+                log.warning("the engine is not answering yet; asking again", exc_info=True)
+                await asyncio.sleep(2)
+                continue
+            self._engine_ready.set()
+            return
 
     async def _warm_embedder(self) -> None:
         """Start the embedder's load once the first completion is out of the way."""
@@ -293,8 +309,18 @@ class OpenAIServer:
         return result
 
     @fastapi_app.get("/health")
-    async def health(self) -> dict[str, str]:
-        return {"status": "ok"}
+    async def health(self) -> Response:
+        if not self._engine_ready.is_set():
+            return error_response(
+                ApiError(
+                    503,
+                    "The model's engine is still starting. Please retry shortly.",
+                    type="server_error",
+                    code="engine_starting",
+                    headers={"Retry-After": "5"},
+                )
+            )
+        return JSONResponse({"status": "ok"})
 
     @fastapi_app.get("/metrics")
     async def metrics(self) -> Response:

@@ -39,16 +39,21 @@ class EngineReplica:
         async for batch in self._server.generate(job):
             yield batch
 
+    async def context_length(self) -> int:
+        return await self._server.ready()
+
 
 class RemoteGenerator:
     """The front's `Generator` over the engine replicas."""
 
     def __init__(self, args: ServingArgs, handle: Any) -> None:
+        self._plain = handle
         self._handle = handle.options(stream=True)
-        self._context = args.engine.context_length
 
     async def ready(self) -> int:
-        return self._context
+        """Once an engine replica answers (the call waits while none runs yet)."""
+        context: int = await self._plain.context_length.remote()
+        return context
 
     async def generate(self, job: GenerationJob) -> AsyncGenerator[list[Chunk], None]:
         stream = self._handle.generate.remote(job)

@@ -386,11 +386,15 @@ class VllmGenerator:
         from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 
         self._types = (ChatCompletionRequest, CompletionRequest)
+        self._plain = handle
         self._handle = handle.options(stream=True)
         self._model = args.model.served_name
         self._context = args.engine.context_length
 
     async def ready(self) -> int:
+        """Once an engine replica's vLLM engine answers its health check (the call waits
+        while no replica runs yet)."""
+        await self._plain.check_health.remote()
         return self._context
 
     async def generate(self, job: GenerationJob) -> AsyncGenerator[list[Chunk], None]:

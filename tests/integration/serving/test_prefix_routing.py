@@ -4,6 +4,7 @@ front ("routed" in conftest). Real Ray Serve, real router, real llama.cpp."""
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 
@@ -82,3 +83,17 @@ def test_errors_and_streams_cross_the_front(stack: Stack) -> None:
             ]
         assert "".join(e["choices"][0]["delta"].get("content", "") for e in events if e["choices"])
         assert events[-1]["usage"]["completion_tokens"] > 0
+
+
+def test_health_is_ok_once_an_engine_replica_answers(stack: Stack) -> None:
+    """The front's /health (the kubelet's probe) waits for an engine replica to answer
+    (503 engine_starting before: tests/node/test_vllm_pod.py sees it on a real kubelet,
+    where the engine takes a minute)."""
+    deadline = time.monotonic() + 120
+    health = httpx.get(f"{stack.root}/routed/health", timeout=60)
+    while health.status_code == 503 and time.monotonic() < deadline:  # still starting
+        assert health.json()["error"]["code"] == "engine_starting", health.text
+        time.sleep(0.5)
+        health = httpx.get(f"{stack.root}/routed/health", timeout=60)
+    assert health.status_code == 200, health.text
+    assert health.json() == {"status": "ok"}
