@@ -187,3 +187,14 @@ def test_the_router_key_for_its_models_is_private_and_new_each_start(tmp_path: P
     assert key.startswith("fh-router-") and len(key) > 40 and tenant == "freehold-router"
     assert path.stat().st_mode & 0o777 == 0o600
     assert read_key_file(str(router_key_file(settings))) != [(key, tenant)]
+
+
+def test_ray_keeps_its_object_store_in_a_small_dev_shm() -> None:
+    from freehold.local.up import RAY_MIN_OBJECT_STORE, object_store_bytes
+
+    # A pod's 1 GiB /dev/shm: Ray's default (30% of a 6 GiB pod) would not fit and go to disk.
+    assert object_store_bytes(1 << 30) == int((1 << 30) * 0.8)
+    assert object_store_bytes(10 << 20) == RAY_MIN_OBJECT_STORE
+    # A machine with a large /dev/shm, or none: Ray's own sizing.
+    assert object_store_bytes(24 << 30) is None
+    assert object_store_bytes(None) is None

@@ -423,6 +423,28 @@ def ray_environment() -> None:
     os.environ.setdefault("RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S", "1")
 
 
+# Ray sizes its object store at 30% of memory and falls back to disk (/tmp) with a warning
+# when /dev/shm is smaller, as in our pods (a 1 GiB memory volume). Serving passes only small
+# messages through it: keep it in shared memory, at most this share of what /dev/shm has.
+SHM_SHARE = 0.8
+SHM_CAP_BELOW = 2 << 30  # /dev/shm this large or larger: Ray's own sizing
+RAY_MIN_OBJECT_STORE = 80 << 20  # Ray refuses less than ~75 MiB
+
+
+def object_store_bytes(shm_free: int | None) -> int | None:
+    """The object store size to ask Ray for, or None for Ray's default."""
+    if shm_free is None or shm_free >= SHM_CAP_BELOW:
+        return None
+    return max(int(shm_free * SHM_SHARE), RAY_MIN_OBJECT_STORE)
+
+
+def _shm_free() -> int | None:
+    try:
+        return shutil.disk_usage("/dev/shm").free
+    except OSError:
+        return None
+
+
 @contextmanager
 def local_ray(cpus: int, host: str, port: int) -> Iterator[None]:
     ray_environment()
@@ -430,7 +452,11 @@ def local_ray(cpus: int, host: str, port: int) -> Iterator[None]:
     from ray import serve
 
     ray.init(
-        num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False
+        num_cpus=cpus,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+        object_store_memory=object_store_bytes(_shm_free()),
     )
     try:
         serve.start(http_options={"host": host, "port": port})
