@@ -42,9 +42,9 @@ class OperatorSettings(BaseSettings):
     )
     serving_vllm_image: str | None = Field(
         default=None,
-        description="Image of ModelDeployments with engine vllm: the serving image plus "
-        "vLLM 0.29.0 (CUDA build; the vllm extra has the CPU build) and what ray.serve.llm "
-        "imports. Freehold does not build one yet (planned). Unset: they report "
+        description="Image of ModelDeployments with engine vllm: Freehold's serving code on "
+        "vLLM 0.29.0 and what ray.serve.llm imports (`scripts/images --vllm` builds one with "
+        "vLLM's CPU build from docker/vllm.Dockerfile). Unset: they report "
         "EngineUnavailable.",
     )
     ray_version: str = Field(default="2.60.0", description="Ray version in the serving image.")

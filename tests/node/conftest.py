@@ -48,6 +48,8 @@ MODELS = "fh-node-models"
 OTHER = "fh-node-other"
 ROOT_TOKEN = "root-node-suite"  # the stand-in lives only in this test cluster
 REGION = "eu-central"
+# Set to run engine vllm in a pod (tests/node/test_vllm_pod.py): builds the vLLM image too.
+VLLM_OPT_IN = "FREEHOLD_NODE_VLLM"
 
 _timings: dict[str, float] = {}
 
@@ -226,16 +228,18 @@ def node() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def images(node: str) -> dict[str, Any]:
-    """Both images, built from the project's Dockerfiles (cached layers: scripts/test built
+    """The images, built from the project's Dockerfiles (cached layers: scripts/test built
     them before pytest) and pushed to the node's registry; referred to by digest.
     FREEHOLD_NODE_IMAGES=FILE names an images.json already pushed (while iterating)."""
     given = os.environ.get("FREEHOLD_NODE_IMAGES")
     if given:
         pushed: dict[str, Any] = json.loads(Path(given).read_text())
         return pushed
-    with timed("build (cached) and push both images"):
+    # The vLLM image (~5 GB unpacked) only for the opt-in vLLM pod test (test_vllm_pod.py).
+    vllm = ["--vllm"] if os.environ.get(VLLM_OPT_IN) else []
+    with timed("build (cached) and push the images"):
         done = subprocess.run(
-            ["bash", str(ROOT / "scripts" / "images"), "--push", REGISTRY],
+            ["bash", str(ROOT / "scripts" / "images"), "--push", REGISTRY, *vllm],
             check=False,
             capture_output=True,
             text=True,
