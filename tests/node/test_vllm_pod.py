@@ -39,7 +39,7 @@ pytestmark = [
     pytest.mark.timeout(3600),
     pytest.mark.skipif(
         not os.environ.get(VLLM_OPT_IN),
-        reason=f"opt-in ({VLLM_OPT_IN}=1): the vLLM image is ~5 GB, beyond CI's time budget",
+        reason=f"opt-in ({VLLM_OPT_IN}=1): the vLLM image is ~4 GB, beyond CI's time budget",
     ),
 ]
 
