@@ -33,8 +33,11 @@ def make_engine(args: ServingArgs) -> LlamaCppEngine:
     """Verify the model file, then load it. Raises on a wrong digest: fail closed."""
     engine: EngineConfig = args.engine
     if engine.name == "vllm":
+        # Engine vllm runs in its own Ray Serve LLM deployment (engines.vllm), never in this
+        # in-process server: reaching here is a wiring mistake, not a user's.
         raise EngineError(
-            "the vLLM engine is planned, not built: this build serves the llamacpp engine only",
+            "engine vllm is served by its own engine deployment (freehold_serving.engines."
+            "vllm), not by the in-process llama.cpp server",
             code="engine_unavailable",
         )
     path = verified_path(args.model)
