@@ -172,6 +172,12 @@ def test_replicas_autoscale_on_ongoing_requests_and_route_by_prefix() -> None:
     assert config["request_router_config"]["request_router_class"].endswith(
         "PrefixCacheAffinityRouter"
     )
+    router = config["request_router_config"]["request_router_kwargs"]
+    # Uneven load (a target's worth of requests) overrides prefix affinity, and the
+    # router's prefix tree is bounded (Ray's defaults: never, and unbounded).
+    assert router["imbalanced_threshold"] == 8
+    assert router["do_eviction"] and router["eviction_threshold_chars"] == vllm.PREFIX_TREE_CHARS
+    assert router["eviction_target_chars"] < router["eviction_threshold_chars"]
     assert config["autoscaling_config"]["min_replicas"] == 0  # scale to zero
     assert config["autoscaling_config"]["target_ongoing_requests"] == 8
     assert config["max_ongoing_requests"] == 32
@@ -179,6 +185,7 @@ def test_replicas_autoscale_on_ongoing_requests_and_route_by_prefix() -> None:
     assert other["request_router_config"]["request_router_class"].endswith(
         "PowerOfTwoChoicesRequestRouter"
     )
+    assert "request_router_kwargs" not in other["request_router_config"]
     one = vllm_args()
     one = one.model_copy(
         update={"autoscaling": one.autoscaling.model_copy(update={"max_replicas": 1})}

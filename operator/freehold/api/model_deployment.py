@@ -298,8 +298,9 @@ class VllmArgs(ApiModel):
     request_router: RequestRouter = Field(
         default=_VLLM.request_router,
         description="How requests pick a replica: prefix-aware (to the replica whose KV "
-        "cache holds the longest shared prefix, unless load is uneven) or power-of-two "
-        "(the less loaded of two random replicas).",
+        "cache holds the longest shared prefix, unless one replica has "
+        "scaling.targetOngoingRequests more requests in flight than another) or "
+        "power-of-two (the less loaded of two random replicas).",
     )
 
 

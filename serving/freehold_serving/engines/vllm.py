@@ -39,6 +39,12 @@ ROUTERS = {
 }
 T = TypeVar("T")
 MAX_LORAS_PER_BATCH = 8
+# The prefix-aware router's memory of what each replica was sent (prompt text in a prefix
+# tree, one actor per deployment): without eviction Ray Serve LLM keeps every prompt it
+# ever routed, for the life of the service. Past this many characters per replica the
+# least recently used text goes (about 100,000 tokens: more than a CPU replica's KV cache
+# holds; on a GPU holding more, an evicted prefix only makes a request route by load).
+PREFIX_TREE_CHARS = 400_000
 # The deployment's name in the application (Ray Serve LLM prefixes its class name).
 DEPLOYMENT_NAME = "vllm"
 
@@ -124,8 +130,21 @@ def deployment_config(args: ServingArgs) -> dict[str, Any]:
     # One replica: nothing to choose between, and the prefix-aware router would still
     # consult its prefix tree (an actor, called twice per request).
     router = args.engine.vllm.request_router if scale.max_replicas > 1 else "power-of-two"
+    routing: dict[str, Any] = {"request_router_class": ROUTERS[router]}
+    if router == "prefix-aware":
+        routing["request_router_kwargs"] = {
+            # Ray Serve LLM's default (infinite) sends every request sharing a prefix to the
+            # replica that holds it however busy it is: one shared system prompt would keep
+            # the other replicas idle. A replica a whole autoscaling target of requests
+            # busier than the least busy one counts as uneven load: power-of-two decides.
+            "imbalanced_threshold": scale.target_ongoing_requests,
+            "do_eviction": True,
+            "eviction_threshold_chars": PREFIX_TREE_CHARS,
+            "eviction_target_chars": PREFIX_TREE_CHARS * 9 // 10,
+            "eviction_interval_secs": 10,
+        }
     config: dict[str, Any] = {
-        "request_router_config": {"request_router_class": ROUTERS[router]},
+        "request_router_config": routing,
         # vLLM batches what a replica admits: the spec's per-replica concurrency.
         "max_ongoing_requests": scale.max_ongoing_requests,
         "max_queued_requests": scale.max_queued_requests,
