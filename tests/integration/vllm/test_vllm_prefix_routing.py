@@ -1,0 +1,150 @@
+"""engine vllm with two replicas and the prefix-aware router, for real: `freehold up -f`
+serves the exported SmolLM2 directory on two vLLM CPU replicas behind the Freehold front,
+with the router settings Freehold gives Ray Serve LLM's PrefixCacheAffinityRouter (load
+may override affinity, the prefix tree is bounded). Nothing is a double.
+
+What it proves: a conversation's next turn reaches the replica that served its first one.
+Read from vLLM's own prefix-cache counters: every follow-up finds its history cached. A
+replica picked at random would miss about half of them (each conversation's opening is
+its own, and each replica starts empty)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.vllm.test_vllm_engine import (  # noqa: F401 (fixtures)
+    MODEL,
+    free_port,
+    freehold,
+    model_dir,
+    vllm_python,
+)
+
+pytestmark = pytest.mark.slow
+
+CONVERSATIONS = 6
+BLOCK = 128  # vLLM's KV block on CPU: only whole blocks are cached and found
+
+
+def manifest(path: Path, digest: str) -> str:
+    return f"""apiVersion: freehold.dev/v1alpha1
+kind: ModelDeployment
+metadata: {{name: smollm2-two, namespace: local}}
+spec:
+  model:
+    uri: file://{path}
+    format: safetensors
+    sha256: {digest}
+    servedName: {MODEL}
+  engine:
+    name: vllm
+    contextLength: 2048
+    vllm: {{dtype: bfloat16, cpuKvCacheGib: 1, requestRouter: prefix-aware}}
+  resources: {{cpu: "1"}}
+  scaling: {{minReplicas: 2, maxReplicas: 2, maxOngoingRequests: 8}}
+"""
+
+
+def opening(n: int) -> str:
+    """A long system prompt of its own (~550 tokens: four whole KV blocks and more)."""
+    rules = " ".join(
+        f"Rule {i}: forms of kind {i * n % 97} are handled at desk {(i + n) % 7}."
+        for i in range(30)
+    )
+    return f"Ticket {n:05d}. You are the help desk of district office {n}. Rules: {rules}"
+
+
+@pytest.fixture(scope="module")
+def base(
+    vllm_python: Path,  # noqa: F811
+    model_dir: tuple[Path, str],  # noqa: F811
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[str]:
+    work = tmp_path_factory.mktemp("two")
+    (work / "md.yaml").write_text(manifest(*model_dir))
+    port = free_port()
+    log = (work / "up.log").open("w")
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        [freehold(vllm_python), "up", "-f", str(work / "md.yaml"), "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "FREEHOLD_DATA_DIR": str(work / "data")},
+    )  # fmt: skip
+    try:
+        while "serving " not in (work / "up.log").read_text():
+            assert proc.poll() is None, (work / "up.log").read_text()[-5000:]
+            assert time.monotonic() - start < 600, (work / "up.log").read_text()[-5000:]
+            time.sleep(1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+def cache_counters(base: str) -> tuple[float, float, int]:
+    """(prefix-cache queries, hits) summed over the replicas, and how many replicas report."""
+    text = httpx.get(f"{base}/metrics", timeout=30).text
+
+    def values(name: str) -> list[float]:
+        return [float(v) for v in re.findall(rf"^{name}\{{.*\}} (\S+)$", text, re.M)]
+
+    queries = values("ray_vllm_prefix_cache_queries_total")
+    return sum(queries), sum(values("ray_vllm_prefix_cache_hits_total")), len(queries)
+
+
+def test_a_conversations_next_turn_reaches_the_replica_holding_its_history(base: str) -> None:
+    def chat(messages: list[dict[str, str]]) -> dict[str, object]:
+        answer = httpx.post(
+            f"{base}/v1/chat/completions",
+            json={"model": MODEL, "messages": messages, "max_tokens": 4, "temperature": 0},
+            timeout=300,
+        )
+        assert answer.status_code == 200, answer.text
+        body: dict[str, object] = answer.json()
+        return body
+
+    firsts = []
+    for n in range(CONVERSATIONS):
+        messages = [
+            {"role": "system", "content": opening(n)},
+            {"role": "user", "content": "Where is desk 3?"},
+        ]
+        usage = chat(messages)["usage"]
+        assert isinstance(usage, dict)
+        firsts.append((messages, int(usage["prompt_tokens"])))
+    deadline = time.monotonic() + 90
+    while True:  # vLLM's counters reach Ray's metrics every few seconds
+        _, hits_before, replicas = cache_counters(base)
+        if replicas == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert replicas == 2, "both replicas should have served first turns"
+    for messages, _ in firsts:
+        chat([*messages, {"role": "assistant", "content": "On floor 3."},
+              {"role": "user", "content": "And desk 5?"}])  # fmt: skip
+    # Each follow-up shares its whole first turn: every whole block of it is a hit on the
+    # replica that served it, none on the other.
+    expected = sum(tokens // BLOCK * BLOCK for _, tokens in firsts)
+    deadline = time.monotonic() + 90
+    while True:
+        _, hits, _ = cache_counters(base)
+        if hits - hits_before >= expected or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert hits - hits_before >= expected, (
+        f"follow-ups found {hits - hits_before:.0f} of {expected} history tokens cached: "
+        "some reached a replica that had not served their conversation"
+    )
