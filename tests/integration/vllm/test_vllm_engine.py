@@ -11,6 +11,7 @@ run `freehold` from it. Marked slow: vLLM takes ~30-60 s to start on 2 cores.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -166,6 +167,35 @@ class Server:
         return httpx.post(f"{self.base}{path}", json=body, headers=headers, timeout=300)
 
 
+@contextlib.contextmanager
+def serving(python: Path, work: Path, *args: str) -> Iterator[tuple[str, float]]:
+    """`freehold up ARGS` from the vLLM environment (data under WORK/data), until it serves:
+    its base URL and seconds to ready. Stopped with Ctrl-C (SIGINT) afterwards."""
+    port = free_port()
+    env = {**os.environ, "FREEHOLD_DATA_DIR": str(work / "data")}
+    log = (work / "up.log").open("w")
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        [freehold(python), "up", *args, "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )  # fmt: skip
+    try:
+        while True:
+            assert proc.poll() is None, (work / "up.log").read_text()[-5000:]
+            assert time.monotonic() - start < 600, (work / "up.log").read_text()[-5000:]
+            if "serving " in (work / "up.log").read_text():
+                break
+            time.sleep(1)
+        yield f"http://127.0.0.1:{port}", time.monotonic() - start
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
 @pytest.fixture(scope="module")
 def server(
     vllm_python: Path,
@@ -177,31 +207,9 @@ def server(
     (work / "md.yaml").write_text(manifest(*model_dir, adapter=adapter_dir))
     (work / "memory.yaml").write_text(MEMORY_STORE)
     (work / "keys").write_text(KEY + "\n")
-    port = free_port()
-    env = {**os.environ, "FREEHOLD_DATA_DIR": str(work / "data")}
-    log = (work / "up.log").open("w")
-    start = time.monotonic()
-    proc = subprocess.Popen(
-        [freehold(vllm_python), "up", "-f", str(work / "md.yaml"), "-f",
-         str(work / "memory.yaml"), "--port", str(port), "--api-keys-file", str(work / "keys")],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        while True:
-            assert proc.poll() is None, (work / "up.log").read_text()[-5000:]
-            assert time.monotonic() - start < 600, (work / "up.log").read_text()[-5000:]
-            if "serving " in (work / "up.log").read_text():
-                break
-            time.sleep(1)
-        yield Server(base, work / "data", vllm_python, time.monotonic() - start)
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
+    files = ["-f", str(work / "md.yaml"), "-f", str(work / "memory.yaml")]
+    with serving(vllm_python, work, *files, "--api-keys-file", str(work / "keys")) as (base, took):
+        yield Server(base, work / "data", vllm_python, took)
 
 
 def test_chat_answers_through_the_front_with_keys_and_usage(server: Server) -> None:

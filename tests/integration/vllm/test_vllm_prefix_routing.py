@@ -10,10 +10,7 @@ its own, and each replica starts empty)."""
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,9 +20,8 @@ import pytest
 
 from tests.integration.vllm.test_vllm_engine import (  # noqa: F401 (fixtures)
     MODEL,
-    free_port,
-    freehold,
     model_dir,
+    serving,
     vllm_python,
 )
 
@@ -71,27 +67,8 @@ def base(
 ) -> Iterator[str]:
     work = tmp_path_factory.mktemp("two")
     (work / "md.yaml").write_text(manifest(*model_dir))
-    port = free_port()
-    log = (work / "up.log").open("w")
-    start = time.monotonic()
-    proc = subprocess.Popen(
-        [freehold(vllm_python), "up", "-f", str(work / "md.yaml"), "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "FREEHOLD_DATA_DIR": str(work / "data")},
-    )  # fmt: skip
-    try:
-        while "serving " not in (work / "up.log").read_text():
-            assert proc.poll() is None, (work / "up.log").read_text()[-5000:]
-            assert time.monotonic() - start < 600, (work / "up.log").read_text()[-5000:]
-            time.sleep(1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
+    with serving(vllm_python, work, "-f", str(work / "md.yaml")) as (url, _):
+        yield url
 
 
 def cache_counters(base: str) -> tuple[float, float, int]:
