@@ -110,7 +110,16 @@ def adapter_dir(
     return target, digest
 
 
-def manifest(path: Path, digest: str, adapter: tuple[Path, str] | None = None) -> str:
+def manifest(
+    path: Path, digest: str, adapter: tuple[Path, str] | None = None, replicas: int = 1
+) -> str:
+    """The model on one replica, or on `replicas` of one core each behind the prefix-aware
+    router (test_vllm_prefix_routing)."""
+    vllm, scaling, resources = "", "maxOngoingRequests: 32", ""
+    if replicas > 1:
+        vllm = ", requestRouter: prefix-aware"
+        scaling = f"minReplicas: {replicas}, maxReplicas: {replicas}, maxOngoingRequests: 8"
+        resources = '  resources: {cpu: "1"}\n'
     adapters = (
         f"""  adapters:
     - {{name: {ADAPTER}, uri: "file://{adapter[0]}", sha256: {adapter[1]}}}
@@ -131,8 +140,8 @@ spec:
   engine:
     name: vllm
     contextLength: 2048
-    vllm: {{dtype: bfloat16, cpuKvCacheGib: 1}}
-  scaling: {{maxOngoingRequests: 32}}
+    vllm: {{dtype: bfloat16, cpuKvCacheGib: 1{vllm}}}
+{resources}  scaling: {{{scaling}}}
 """
         + adapters
     )

@@ -20,6 +20,7 @@ import pytest
 
 from tests.integration.vllm.test_vllm_engine import (  # noqa: F401 (fixtures)
     MODEL,
+    manifest,
     model_dir,
     serving,
     vllm_python,
@@ -29,25 +30,6 @@ pytestmark = pytest.mark.slow
 
 CONVERSATIONS = 6
 BLOCK = 128  # vLLM's KV block on CPU: only whole blocks are cached and found
-
-
-def manifest(path: Path, digest: str) -> str:
-    return f"""apiVersion: freehold.dev/v1alpha1
-kind: ModelDeployment
-metadata: {{name: smollm2-two, namespace: local}}
-spec:
-  model:
-    uri: file://{path}
-    format: safetensors
-    sha256: {digest}
-    servedName: {MODEL}
-  engine:
-    name: vllm
-    contextLength: 2048
-    vllm: {{dtype: bfloat16, cpuKvCacheGib: 1, requestRouter: prefix-aware}}
-  resources: {{cpu: "1"}}
-  scaling: {{minReplicas: 2, maxReplicas: 2, maxOngoingRequests: 8}}
-"""
 
 
 def opening(n: int) -> str:
@@ -66,7 +48,7 @@ def base(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[str]:
     work = tmp_path_factory.mktemp("two")
-    (work / "md.yaml").write_text(manifest(*model_dir))
+    (work / "md.yaml").write_text(manifest(*model_dir, replicas=2))
     with serving(vllm_python, work, "-f", str(work / "md.yaml")) as (url, _):
         yield url
 
