@@ -13,6 +13,7 @@ replica within that bound, without a restart; an expiry takes effect at its seco
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -138,12 +139,17 @@ class VaultKeySet:
                             f"read and write {mount}/data/{path}", EXIT_USAGE)  # fmt: skip
         self.where = f"{mount}/data/{path}"
         self._mount, self._path = mount, path
+        self._settings = settings
         self._client = hvac.Client(
             url=settings.address,
             token=settings.token.get_secret_value(),
             verify=settings.ca_cert or True,
             timeout=15,
         )
+
+    def sibling(self, mount: str, path: str) -> VaultKeySet:
+        """Another secret, with the same Vault and token."""
+        return VaultKeySet(self._settings, mount, path)
 
     def read(self) -> tuple[dict[str, Any], int]:
         import hvac
@@ -236,6 +242,36 @@ Mount = Annotated[str, typer.Option("--mount", help="KV v2 mount (with --path)."
 Path_ = Annotated[str | None, typer.Option("--path", help="KV v2 path of the key set.")]
 
 
+Into = Annotated[
+    str | None,
+    typer.Option("--into", metavar="MOUNT/PATH[#FIELD]",
+                 help="Write the new key into this KV v2 secret's field (default api_key) "
+                 "instead of printing it: a ModelRouter's own key for a keyed model "
+                 "(spec.targets[].apiKey)."),
+]  # fmt: skip
+
+
+def _destination(into: str, store: VaultKeySet) -> tuple[VaultKeySet, str]:
+    """The secret and field `--into` names (MOUNT/PATH[#FIELD])."""
+    where, _, field = into.partition("#")
+    mount, _, path = where.partition("/")
+    if not mount or not path or not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", mount):
+        raise KeysError(f"--into: {into!r} is not MOUNT/PATH[#FIELD]", EXIT_USAGE)
+    if "*" in path or "+" in path:
+        raise KeysError(f"--into: {into!r}: no wildcards in a path", EXIT_USAGE)
+    return store.sibling(mount, path), field or "api_key"
+
+
+def _deliver(key: str, into: str | None, store: VaultKeySet) -> str:
+    """Put the new key where it goes before its record makes it valid: into a secret
+    (check-and-set, other fields kept) or, without --into, later on standard output."""
+    if into is None:
+        return ""
+    secret, field = _destination(into, store)
+    secret.change(lambda fields: {**fields, field: key})
+    return f" and written to {secret.where}#{field} (not printed)"
+
+
 def _run(work: Callable[[], None]) -> None:
     try:
         work()
@@ -288,8 +324,10 @@ def create(
     expires_in: Annotated[
         str | None, typer.Option(help="Lifetime such as 90d or 12h; unset: no expiry.")
     ] = None,
+    into: Into = None,
 ) -> None:
-    """Make a key for TENANT; the key is printed once, on standard output."""
+    """Make a key for TENANT; the key is printed once, on standard output (or, with --into,
+    written into a Vault secret and never shown)."""
 
     def work() -> None:
         budget = None
@@ -310,7 +348,12 @@ def create(
             first = exc.errors()[0]
             raise KeysError(f"--{first['loc'][0]}: {first['msg']}", EXIT_USAGE) from None
         store = _open(of, namespace, mount, path)
+        delivered = _deliver(key, into, store)
         store.change(lambda fields: {**fields, record.id: record.model_dump(exclude_none=True)})
+        if into is not None:
+            err.print(f"created {record.id} for tenant {escape(tenant)} in {store.where}"
+                      f"{delivered}", highlight=False)  # fmt: skip
+            return
         err.print(f"created {record.id} for tenant {escape(tenant)} in {store.where}; the key "
                   "is shown only now", highlight=False)  # fmt: skip
         out.print(key, highlight=False)
@@ -394,6 +437,7 @@ def rotate(
     overlap: Annotated[
         str, typer.Option(help="How long the old key still works (0s: it stops now).")
     ] = "1h",
+    into: Into = None,
 ) -> None:
     """Replace a key with a new one of the same tenant, allowlist and budget (printed once,
     on standard output); the old one works for --overlap more, so clients can switch."""
@@ -407,8 +451,16 @@ def rotate(
             raise KeysError(f"--overlap: {exc}", EXIT_USAGE) from None
         store = _open(of, namespace, mount, path)
         key = new_key()
+        if into is not None:
+            fields, _ = store.read()
+            find(fields, key_id)  # an unknown id fails before anything is written
+        delivered = _deliver(key, into, store)
         store.change(lambda fields: rotated(fields, key_id, key, seconds))
         ends = f"ends in {overlap}" if seconds else "stops within 30 s"
+        if into is not None:
+            err.print(f"rotated {key_id} to {id_of(key)} in {store.where}{delivered}; the old "
+                      f"key {ends}", highlight=False)  # fmt: skip
+            return
         err.print(f"rotated {key_id} to {id_of(key)} in {store.where}; the old key {ends}; "
                   "the new key is shown only now", highlight=False)  # fmt: skip
         out.print(key, highlight=False)

@@ -14,6 +14,7 @@ import yaml
 
 from tests.e2e.conftest import Operator, apply, condition, eventually, example, get, kubectl
 from tests.e2e.test_eval_job import make_ready, pods, set_status
+from tests.vault_server import VaultServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("deployment_backend")]
 NOW = "2026-01-01T00:00:00Z"
@@ -154,9 +155,13 @@ def test_a_budgeted_routers_targets_admit_only_the_router(
     eventually(lambda: router_peer not in callers(), timeout=60)
 
 
-def test_a_keyed_target_is_not_routed_to_and_says_why(namespace: str, operator: Operator) -> None:
-    """A model requiring API keys would answer the router 401 on a cluster (the router's
-    own credential there is planned): the status says so instead of routing to it."""
+def test_a_keyed_target_needs_the_routers_own_key(
+    namespace: str, operator: Operator, vault: VaultServer
+) -> None:
+    """A model requiring API keys would answer the router 401 without a key of the router's
+    own: it is not routed to, and status says how to give it one. With spec.targets[].apiKey
+    it is routed to: the router's args name where its key is (never the key), and its Vault
+    policy may read exactly that field's secret."""
     apply(example(namespace, "rt-keyed", auth={"apiKeys": {"path": f"{namespace}/k/keys"}}))
     make_ready(namespace, "rt-keyed")
     apply(router(namespace, "keyed", targets=[
@@ -168,6 +173,35 @@ def test_a_keyed_target_is_not_routed_to_and_says_why(namespace: str, operator: 
         return found if found.get("message") else None
 
     seen = eventually(target, timeout=60)
-    assert seen["admitted"] is False and "requires API keys" in seen["message"]
+    assert seen["admitted"] is False and "spec.targets[0].apiKey" in seen["message"]
     ready = condition(get("modelrouter", "keyed", namespace), "Ready")
-    assert ready["reason"] == "NoTargetAdmitted" and "planned" in ready["message"]
+    assert ready["reason"] == "NoTargetAdmitted" and "freehold keys create" in ready["message"]
+
+    own = {"path": f"{namespace}/router/keyed", "key": "rt-keyed"}
+    locked = {"name": "locked", "modelDeploymentRef": {"name": "rt-keyed"}}
+    apply(router(namespace, "keyed", targets=[{**locked, "apiKey": own}]))
+
+    def routed() -> dict[str, Any] | None:
+        deployment = get("deployment", "keyed", namespace) or {}
+        containers = ((deployment.get("spec") or {}).get("template") or {}).get("spec", {})
+        env = (containers.get("containers") or [{}])[0].get("env") or []
+        raw = next((e["value"] for e in env if e["name"] == "FREEHOLD_ROUTER_ARGS"), None)
+        found = json.loads(raw)["targets"][0] if raw else {}
+        return found if found.get("admitted") else None
+
+    args = eventually(routed, timeout=60)
+    assert args["api_key_vault"] == {"mount": "secret", "path": own["path"], "field": "rt-keyed"}
+    policy = eventually(
+        lambda: vault.state.policies.get(f"freehold.{namespace}.router.keyed"), timeout=30
+    )
+    assert f'path "secret/data/{namespace}/router/keyed"' in policy
+    eventually(lambda: target() is None, timeout=60)  # no complaint left
+    # A key outside this namespace's Vault paths is refused with the field named.
+    apply(router(namespace, "keyed", targets=[{**locked, "apiKey": {"path": "other/router"}}]))
+    eventually(
+        lambda: (
+            "spec.targets[0].apiKey.path"
+            in condition(get("modelrouter", "keyed", namespace), "Ready").get("message", "")
+        ),
+        timeout=60,
+    )

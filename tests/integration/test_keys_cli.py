@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -122,3 +123,32 @@ def test_errors_name_the_option_and_exit_non_zero(vault: Vault) -> None:
     assert "not-a-token" not in denied.stderr
     kind = keys(vault, "list", "--of", "pod/x")
     assert kind.returncode == 2 and "--of" in kind.stderr
+
+
+def test_into_writes_the_key_into_a_secret_and_never_prints_it(vault: Vault) -> None:
+    """A ModelRouter's own key for a keyed model (spec.targets[].apiKey): made into the
+    router's secret, beside what that secret already holds; rotated into it the same way."""
+    base = f"t-{uuid.uuid4().hex[:8]}"
+    hvac.Client(url=vault.url, token=vault.token).secrets.kv.v2.create_or_update_secret(
+        path=f"{base}/router", secret={"other": "kept"}, mount_point="secret"
+    )
+    into = f"secret/{base}/router#gemma"
+    made = keys(vault, "create", "--path", f"{base}/keys", "--tenant", "router", "--into", into)
+    assert made.returncode == 0 and made.stdout == "", made.stderr
+    held = vault.fields(f"{base}/router")
+    key = held["gemma"]
+    assert held["other"] == "kept" and key not in made.stderr
+    assert ApiKeys(parse_key_set(vault.fields(f"{base}/keys"))).tenant_of(key) == "router"
+    turned = keys(vault, "rotate", key_id(key), "--path", f"{base}/keys", "--overlap", "0s",
+                  "--into", into)  # fmt: skip
+    assert turned.returncode == 0 and turned.stdout == "", turned.stderr
+    fresh = vault.fields(f"{base}/router")["gemma"]
+    accepted = ApiKeys(parse_key_set(vault.fields(f"{base}/keys")))
+    assert fresh != key and accepted.tenant_of(fresh) == "router"
+    assert accepted.lookup(key, now=time.time() + 1) is None  # ended at once
+    for bad in ("secret", "secret/", "/x/y", "se*cret/x"):
+        refused = keys(vault, "create", "--path", f"{base}/keys", "--tenant", "r", "--into", bad)
+        assert refused.returncode == 2 and "--into" in refused.stderr, bad
+    # A rotation of an unknown key writes nothing into the destination.
+    unknown = keys(vault, "rotate", "key:ffffffffffff", "--path", f"{base}/keys", "--into", into)
+    assert unknown.returncode == 2 and vault.fields(f"{base}/router")["gemma"] == fresh

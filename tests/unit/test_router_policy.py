@@ -171,6 +171,46 @@ def test_the_router_reaches_only_admitted_targets_and_says_why() -> None:
     assert eval_state("gemma-270m", None, []) is None
 
 
+def test_a_keyed_target_is_routed_to_only_with_the_routers_own_key_from_vault() -> None:
+    kind = ModelRouterKind(CONFIG)
+    meta = {"name": "assistant", "namespace": "team", "uid": "u"}
+    meta["namespace"] = "freehold-demo"  # the example's keys are in its Vault paths
+    keyed = md("smollm2-135m", True)
+    keyed["spec"] = {"auth": {"apiKeys": {"path": "freehold-demo/model-keys"}}}
+    facts = Facts(kuberay=False, related={"md:smollm2": [keyed]})
+    one = [{"name": "smollm2", "modelDeploymentRef": {"name": "smollm2-135m"}}]
+
+    def built(targets: list[dict[str, Any]]) -> tuple[dict[str, Any], Any, Any]:
+        doc = example(targets=targets, requirePassingEval=False)
+        assert validate(doc) == []
+        spec = ModelRouterSpec.model_validate(defaulted(doc)["spec"])
+        kind.check(spec, meta)
+        desired = kind.build(spec, meta, facts)
+        pod = next(c for c in desired.children if c["kind"] == "Deployment")
+        args = json.loads(pod["spec"]["template"]["spec"]["containers"][0]["env"][-1]["value"])
+        return args["targets"][0], desired.externals, kind.resolve(spec, facts)["smollm2"]
+
+    target, _, resolved = built(one)
+    assert target["admitted"] is False and target["api_key_vault"] is None
+    assert "spec.targets[0].apiKey" in resolved["message"]
+    assert "--of modeldeployment/smollm2-135m" in resolved["message"]
+
+    own = {"path": "freehold-demo/router/assistant", "key": "smollm2"}
+    target, externals, resolved = built([{**one[0], "apiKey": own}])
+    assert target["admitted"] is True and resolved["message"] is None
+    # Where the key is, never the key; the router's own Vault policy reads exactly that.
+    assert target["api_key_vault"] == {"mount": "secret", "path": own["path"], "field": "smollm2"}
+    (role,) = externals
+    assert 'path "secret/data/freehold-demo/router/assistant"' in role.policy
+
+    with pytest.raises(SpecProblemError, match=r"spec.targets\[0\].apiKey.path"):
+        built([{**one[0], "apiKey": {"path": "other-team/key"}}])
+    # An external target's key has its own place.
+    ext = {"name": "ext", "external": {"provider": "openai", "model": "x"}, "apiKey": own}
+    doc = example(allowExternal=True, targets=[ext])
+    assert any("external.apiKey" in str(e) for e in validate(doc))
+
+
 def test_external_targets_need_allow_external() -> None:
     doc = example()
     doc["spec"]["targets"].append(

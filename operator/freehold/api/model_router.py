@@ -39,6 +39,20 @@ class ExternalSecret(ApiModel):
     key: str = Field(default="api_key", max_length=128, description="Field holding the key.")
 
 
+class TargetKey(ApiModel):
+    """The router's own API key for a ModelDeployment that requires keys, in Vault (KV v2):
+    a key that model accepts, presented by the router instead of the caller's."""
+
+    mount: str = Field(
+        default="secret",
+        max_length=128,
+        pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$",
+        description="KV v2 mount.",
+    )
+    path: VaultPath = Field(description="Path below the mount, in this namespace's Vault paths.")
+    key: str = Field(default="api_key", max_length=128, description="Field holding the key.")
+
+
 class External(ApiModel):
     """An OpenAI-compatible provider reached through any-llm (chat and embeddings)."""
 
@@ -73,6 +87,11 @@ class RouterTarget(ApiModel):
                 "has(self.modelDeploymentRef) != has(self.external)",
                 "set exactly one of modelDeploymentRef and external",
             ),
+            cel(
+                "!has(self.apiKey) || has(self.modelDeploymentRef)",
+                "apiKey is the router's key for a modelDeploymentRef target; an external "
+                "provider's key is external.apiKey",
+            ),
         )
     )
 
@@ -82,6 +101,14 @@ class RouterTarget(ApiModel):
     )
     external: External | None = Field(
         default=None, description="An external provider (needs spec.allowExternal)."
+    )
+    api_key: TargetKey | None = Field(
+        default=None,
+        description="The router's own key for a ModelDeployment that requires API keys "
+        "(spec.auth.apiKeys): a Vault KV v2 field holding a key that model accepts (make one "
+        "with `freehold keys create --of modeldeployment/NAME --into MOUNT/PATH`). The router "
+        "re-reads it every 30 s, so a rotation needs no restart. Without it, a keyed target is "
+        "not routed to.",
     )
     weight: int = Field(default=1, ge=0, le=1000, description="Share under `weighted`.")
     priority: int = Field(

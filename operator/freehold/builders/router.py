@@ -39,6 +39,7 @@ from freehold_serving.router.args import (
     BudgetConfig,
     ExternalConfig,
     FallbackConfig,
+    KeyInVault,
     RateLimitConfig,
     RouterArgs,
     TargetConfig,
@@ -81,6 +82,7 @@ def needs_vault(spec: ModelRouterSpec) -> bool:
         spec.auth.api_keys is not None
         or spec.state.postgres is not None  # its credentials
         or any(t.external is not None and t.external.api_key is not None for t in spec.targets)
+        or any(t.api_key is not None for t in spec.targets)  # its own keys for its targets
     )
 
 
@@ -126,6 +128,11 @@ def router_args(
                 url=found.url if found else None,
                 model=found.model if found else None,
                 admitted=bool(found and found.admitted and found.url),
+                api_key_vault=KeyInVault(
+                    mount=t.api_key.mount, path=t.api_key.path, field=t.api_key.key
+                )
+                if t.api_key is not None
+                else None,
             )
         )
     return RouterArgs(
@@ -338,6 +345,8 @@ def build_vault_role(spec: ModelRouterSpec, ctx: BuildContext) -> VaultRole:
     for t in spec.targets:
         if t.external is not None and t.external.api_key is not None:
             paths[f"{t.external.api_key.mount}/data/{t.external.api_key.path}"] = "read"
+        if t.api_key is not None:
+            paths[f"{t.api_key.mount}/data/{t.api_key.path}"] = "read"
     if spec.state.postgres is not None:
         paths.update(postgres_vault_paths(spec.state.postgres))
     name = router_vault_name(ctx)

@@ -91,6 +91,11 @@ class ModelRouterKind(KindBase[ModelRouterSpec]):
             for n, t in enumerate(spec.targets)
             if t.external is not None and t.external.api_key is not None
         ]
+        paths += [
+            (f"spec.targets[{n}].apiKey.path", t.api_key.path)
+            for n, t in enumerate(spec.targets)
+            if t.api_key is not None
+        ]
         for field, path in paths:
             if not path.startswith(prefix):
                 raise SpecProblemError(
@@ -122,7 +127,7 @@ class ModelRouterKind(KindBase[ModelRouterSpec]):
         """Per ModelDeployment target: what the router and the status need to know."""
         jobs = facts.related.get("evaljobs") or []
         out = {}
-        for t in spec.targets:
+        for n, t in enumerate(spec.targets):
             if t.model_deployment_ref is None:
                 continue
             md = facts.one(f"md:{t.name}")
@@ -138,15 +143,17 @@ class ModelRouterKind(KindBase[ModelRouterSpec]):
             # pod restarting would roll the router's pod (seen on a real node: the router
             # restarted exactly when it should have fallen back); the router itself falls
             # back from a target that does not answer and cools it down.
-            # A model that requires API keys would answer the router 401: on a cluster the
-            # router has no credential of its own for it yet (planned; under `freehold up`
-            # it has), so it is not routed to, and says why.
+            # A model that requires API keys admits the router only with a key of its
+            # own (spec.targets[].apiKey, read by the router from Vault); without one every
+            # request would be refused 401, so it is not routed to, and status says why.
             keyed = bool((((md or {}).get("spec") or {}).get("auth") or {}).get("apiKeys"))
+            unkeyed = keyed and t.api_key is None
             admitted = (
                 bool(status.get("endpoint"))
                 and (not spec.require_passing_eval or state == "Passed")
-                and not keyed
+                and not unkeyed
             )
+            md_name = t.model_deployment_ref.name
             out[t.name] = {
                 "ready": ready,
                 "admitted": admitted,
@@ -154,12 +161,13 @@ class ModelRouterKind(KindBase[ModelRouterSpec]):
                 "endpoint": status.get("endpoint"),
                 "model": status.get("servedName"),
                 "message": (
-                    f"ModelDeployment {t.model_deployment_ref.name} requires API keys (spec.auth."
-                    "apiKeys): a router presenting its own credential to a keyed model on a "
-                    "cluster is not supported yet (planned); remove its apiKeys and let the "
-                    "router govern who calls it (its NetworkPolicy admits only the router)"
+                    f"ModelDeployment {md_name} requires API keys (spec.auth.apiKeys): give "
+                    f"the router its own key for it in spec.targets[{n}].apiKey (a Vault field "
+                    f"holding a key it accepts: `freehold keys create --of modeldeployment/"
+                    f"{md_name} --tenant router --into MOUNT/PATH`), or remove its apiKeys and "
+                    "let the router govern who calls it (its NetworkPolicy admits only the router)"
                 )
-                if keyed
+                if unkeyed
                 else None,
             }
         return out

@@ -84,17 +84,19 @@ def start_router(
             ),
         }
     )
-    if target_key_file is not None:
-        routing = routing.model_copy(
-            update={
-                "targets": [
-                    t.model_copy(update={"api_key_file": str(target_key_file)})
-                    if t.external is None
-                    else t
-                    for t in routing.targets
-                ]
-            }
-        )
+    # Locally the models are keyed only by the router's own key file, made at start: a
+    # target's key in Vault (spec.targets[].apiKey, for a cluster) is not used here.
+    own = str(target_key_file) if target_key_file is not None else None
+    routing = routing.model_copy(
+        update={
+            "targets": [
+                t.model_copy(update={"api_key_file": own, "api_key_vault": None})
+                if t.external is None
+                else t
+                for t in routing.targets
+            ]
+        }
+    )
     if settings.api_keys_file is not None:
         routing = routing.model_copy(
             update={"api_keys": ApiKeysConfig(file=str(settings.api_keys_file))}

@@ -11,6 +11,7 @@ go through any-llm, and only when the spec allowed them.
 # No `from __future__ import annotations`: Ray Serve reads build_router's annotation.
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -65,6 +66,7 @@ add_error_handlers(router_app, "the router")
 
 PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
 TARGET_HEADER = "X-Freehold-Target"
+TARGET_KEY_REFRESH_SECONDS = 30.0  # how soon a rotated own key is used (before any refusal)
 COOLDOWN_SYNC_SECONDS = 1.0  # how soon a replica passes over a target another saw fail
 
 
@@ -115,10 +117,13 @@ def router_metrics() -> RouterMetrics:
 class FailedError(Exception):
     """A target failed in a way the spec's fallback covers."""
 
-    def __init__(self, cause: str, response: Response | None = None) -> None:
+    def __init__(self, cause: str, response: Response | None = None, cool: bool = True) -> None:
         super().__init__(cause)
         self.cause = cause
         self.response = response
+        # False: the target is fine, the router's own key is not (re-read at once): a
+        # cooldown would only keep the target out after the key is fixed.
+        self.cool = cool
 
 
 def _texts(kind: str, body: dict[str, Any]) -> list[str]:
@@ -190,6 +195,52 @@ def _own_key(path: str) -> str:
     return first if isinstance(first, str) else first[0]
 
 
+# Module functions the router's methods call are defined before RouterServer: Ray Serve's
+# ingress wrapper is serialized with the globals its methods name as they are when the
+# class is made (one defined below it was a NameError in the replica).
+def _credential_error(target: TargetConfig, what: str) -> Response:
+    return error_response(
+        ApiError(
+            502,
+            f"The router's own key for target {target.name} {what}; an operator must check "
+            "spec.targets[].apiKey in Vault.",
+            type="server_error",
+            code="upstream_credential",
+        )
+    )
+
+
+def _read_vault_key(args: RouterArgs, mount: str, path: str, field: str) -> str | None:
+    """A key (an external provider's, or the router's own for a keyed target), read by the
+    router itself as its workload (never in its args)."""
+    import hvac
+
+    from freehold_serving.args import VaultKeySource
+
+    source = VaultKeySource(
+        mount=mount,
+        path=path,
+        address=args.vault_address,
+        role=args.vault_role,
+        ca_cert=args.vault_ca_cert,
+        jwt_path=args.vault_jwt_path,
+    )
+    client = hvac.Client(url=source.address, verify=source.ca_cert or True, timeout=10)
+    try:
+        with open(source.jwt_path, encoding="utf-8") as handle:
+            client.auth.kubernetes.login(role=source.role, jwt=handle.read().strip())
+        secret = client.secrets.kv.v2.read_secret_version(
+            path=path, mount_point=mount, raise_on_deleted_version=True
+        )
+    except Exception as exc:  # never the key or the token in a message
+        log.warning("cannot read the key at %s/%s: %s", mount, path, type(exc).__name__)
+        return None
+    finally:
+        client.adapter.close()
+    value = ((secret.get("data") or {}).get("data") or {}).get(field)
+    return str(value) if value else None
+
+
 def open_ledger(args: RouterArgs) -> Ledger:
     """The budgets' ledger: shared in PostgreSQL when the args name one."""
     if args.state_postgres is None:
@@ -198,16 +249,18 @@ def open_ledger(args: RouterArgs) -> Ledger:
 
     vault = None
     if args.vault_address and args.vault_role:
-        vault = _VaultLogin(args.vault_address, args.vault_role, args.vault_ca_cert)
+        vault = _VaultLogin(
+            args.vault_address, args.vault_role, args.vault_ca_cert, args.vault_jwt_path
+        )
     database = open_database(args.state_postgres, vault, application_name="freehold-router")
     return PostgresLedger(database, f"{args.namespace}/{args.name}", time.time)
 
 
 class _VaultLogin:
-    def __init__(self, address: str, role: str, ca_cert: str | None) -> None:
+    def __init__(self, address: str, role: str, ca_cert: str | None, jwt_path: str) -> None:
         self.address, self.role, self.ca_cert = address, role, ca_cert
         self.auth_mount = "kubernetes"
-        self.jwt_path = "/var/run/secrets/vault/token"
+        self.jwt_path = jwt_path
 
 
 @serve.ingress(router_app)
@@ -226,9 +279,20 @@ class RouterServer:
         self._keys: ApiKeys | None = load_keys(args.api_keys)
         self._follow = follow_keys(self._keys, args.api_keys)
         self._external_keys: dict[str, str | None] = {}
-        self._target_keys = {
+        # The router's own key per target, never a caller's: from a file (`freehold up`) or
+        # read from Vault by the router itself (a cluster), then kept fresh in the background.
+        self._target_keys: dict[str, str | None] = {
             t.name: _own_key(t.api_key_file) for t in args.targets if t.api_key_file
         }
+        self._vault_keyed = [t for t in args.targets if t.api_key_vault and not t.api_key_file]
+        for t in self._vault_keyed:
+            self._target_keys[t.name] = self._vault_target_key(t)
+        self._key_wanted = asyncio.Event()
+        self._key_refresh = (
+            asyncio.get_running_loop().create_task(self._follow_target_keys())
+            if self._vault_keyed
+            else None
+        )
         self._m = router_metrics()
         self._ledger = open_ledger(args)
         self._access = (
@@ -297,6 +361,27 @@ class RouterServer:
                                       ext.vault_key)  # fmt: skip
             self._external_keys[target.name] = key
         return self._external_keys[target.name]
+
+    def _vault_target_key(self, target: TargetConfig) -> str | None:
+        where = target.api_key_vault
+        assert where is not None
+        if not self._args.vault_address:
+            return None
+        return _read_vault_key(self._args, where.mount, where.path, where.field)
+
+    async def _follow_target_keys(self) -> None:
+        """Re-read the router's own keys every 30 s, and at once (at most every 2 s) after a
+        target refused one: a rotation reaches the router without a restart. A key that
+        cannot be read keeps its last value (the target decides whether it still holds)."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._key_wanted.wait(), TARGET_KEY_REFRESH_SECONDS)
+            self._key_wanted.clear()
+            for target in self._vault_keyed:
+                key = await asyncio.to_thread(self._vault_target_key, target)
+                if key is not None:
+                    self._target_keys[target.name] = key
+            await asyncio.sleep(2.0)
 
     # -- budgets -------------------------------------------------------------------------
 
@@ -601,9 +686,10 @@ class RouterServer:
                 else:
                     response = await self._forward(target, kind, body, stream, charge, seen)
             except FailedError as failure:
-                until = self._router.failed(target.name)
-                if isinstance(self._ledger, PostgresLedger):
-                    self._background(self._share_cooldown(target.name, until))
+                if failure.cool:
+                    until = self._router.failed(target.name)
+                    if isinstance(self._ledger, PostgresLedger):
+                        self._background(self._share_cooldown(target.name, until))
                 self._m.requests.labels(self._args.name, target.name, "failed").inc()
                 tried.append(f"{target.name}: {failure.cause}")
                 last = failure
@@ -627,6 +713,18 @@ class RouterServer:
         if cause is not None and cause in self._args.fallback.on:
             raise FailedError(cause, Response(content, status, media_type="application/json"))
 
+    def _headers(self, target: TargetConfig) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        credential = self._target_keys.get(target.name)
+        if credential:  # the router's own key for this target, never the caller's
+            headers["Authorization"] = f"Bearer {credential}"
+        elif target.name in self._target_keys:
+            self._key_wanted.set()
+            raise FailedError(
+                "5xx", _credential_error(target, "cannot be read from Vault"), cool=False
+            )
+        return headers
+
     async def _forward(
         self,
         target: TargetConfig,
@@ -644,10 +742,7 @@ class RouterServer:
                 "include_usage": True,
             }
         url = f"{target.url}{PATHS[kind]}"
-        headers = {"Content-Type": "application/json"}
-        credential = self._target_keys.get(target.name)
-        if credential:  # the router's own key for this target, never the caller's
-            headers["Authorization"] = f"Bearer {credential}"
+        headers = self._headers(target)
         started = time.perf_counter()
         try:
             answer = await self._client.post(
@@ -664,6 +759,12 @@ class RouterServer:
             except (TimeoutError, aiohttp.ClientError):
                 content = b""
             answer.release()
+            if answer.status in (401, 403) and target.name in self._target_keys:
+                # The target refused the router's own key (revoked, rotated): the caller's
+                # key was fine, so never pass this 401 on as theirs; re-read ours, fall back.
+                self._key_wanted.set()
+                refused = _credential_error(target, "was refused by the target")
+                raise FailedError("5xx", refused, cool=False)
             self._failure(failure_cause(answer.status, content), answer.status, content)
             self._m.requests.labels(self._args.name, target.name, "client_error").inc()
             return Response(content, answer.status, media_type="application/json")
@@ -901,35 +1002,6 @@ class RouterServer:
     @router_app.post("/v1/embeddings")
     async def embeddings(self, request: Request) -> Response:
         return await self.route(request, "embeddings")
-
-
-def _read_vault_key(args: RouterArgs, mount: str, path: str, field: str) -> str | None:
-    """An external provider's key, read by the router itself (never in its args)."""
-    import hvac
-
-    from freehold_serving.args import VaultKeySource
-
-    source = VaultKeySource(
-        mount=mount,
-        path=path,
-        address=args.vault_address,
-        role=args.vault_role,
-        ca_cert=args.vault_ca_cert,
-    )
-    client = hvac.Client(url=source.address, verify=source.ca_cert or True, timeout=10)
-    try:
-        with open(source.jwt_path, encoding="utf-8") as handle:
-            client.auth.kubernetes.login(role=source.role, jwt=handle.read().strip())
-        secret = client.secrets.kv.v2.read_secret_version(
-            path=path, mount_point=mount, raise_on_deleted_version=True
-        )
-    except Exception as exc:  # never the key or the token in a message
-        log.warning("cannot read the external key at %s/%s: %s", mount, path, type(exc).__name__)
-        return None
-    finally:
-        client.adapter.close()
-    value = ((secret.get("data") or {}).get("data") or {}).get(field)
-    return str(value) if value else None
 
 
 def build_router(args: RouterArgs) -> Application:

@@ -26,6 +26,14 @@ class ExternalConfig(Strict):
     api_key_env: str | None = None
 
 
+class KeyInVault(Strict):
+    """A key the router reads from Vault KV v2 itself (as its own workload)."""
+
+    mount: str = "secret"
+    path: str
+    field: str = "api_key"
+
+
 class TargetConfig(Strict):
     name: str
     url: str | None = Field(default=None, description="OpenAI-compatible base URL (.../v1).")
@@ -42,6 +50,11 @@ class TargetConfig(Strict):
         default=None,
         description="A file holding the router's own key for this target (never the "
         "caller's): `freehold up` makes one when the models behind a router need keys.",
+    )
+    api_key_vault: KeyInVault | None = Field(
+        default=None,
+        description="Where in Vault the router's own key for this target is (on a cluster, "
+        "spec.targets[].apiKey); read at start, then every 30 s and after the target refuses it.",
     )
 
 
@@ -88,6 +101,8 @@ class RouterArgs(Strict):
     vault_address: str | None = None
     vault_role: str | None = None
     vault_ca_cert: str | None = None
+    # The projected ServiceAccount token (audience vault) the router logs in with.
+    vault_jwt_path: str = "/var/run/secrets/vault/token"
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     replicas: int = Field(default=1, ge=1)

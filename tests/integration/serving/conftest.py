@@ -16,6 +16,7 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import yaml
@@ -27,6 +28,9 @@ from freehold.validation import defaulted
 from freehold_serving.args import ServingArgs
 from tests.otlp_receiver import Received, otlp_receiver
 from tests.paths import EXAMPLES
+
+if TYPE_CHECKING:
+    from tests.vault_server import VaultServer
 
 API_KEY = "fh-test-key-7d1c0a"  # a test credential, only ever given to this local server
 MODEL = "gemma-3-270m"
@@ -76,6 +80,7 @@ class Stack:
     vault_url: str = ""  # the Vault stand-in the "locked" app reads its keys from
     vault_token: str = ""  # its root token (an admin's, for `freehold keys`)
     locked_keys: dict[str, object] | None = None  # the "locked" app's key source (args)
+    vault: VaultServer | None = None  # the same stand-in (tests add identities to it)
 
     @property
     def memory(self) -> str:
@@ -162,6 +167,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             vault.url,
             vault.state.root_token,
             source,
+            vault,
         )
     vault.stop()
     receiver.__exit__(None, None, None)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -144,3 +145,74 @@ def test_a_router_keeps_each_keys_budget_and_allowlist(stack: Stack) -> None:
     # Revoked at the router without a restart.
     keys(stack, "revoke", key_id(free))
     until(lambda: routed(free).status_code == 401)
+
+
+def test_a_router_presents_its_own_key_from_vault_and_follows_its_rotation(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """A router in front of the keyed model with a key of its own, made by `freehold keys
+    create --into` (never printed) and read by the router from Vault as its own workload:
+    callers need no key of the model's; a rotation reaches the router without a restart;
+    a revoked router key is the router's error (502), never passed on as the caller's 401."""
+    from freehold.adapters.vault import VaultApi
+    from freehold.builders.vault import VaultRole, acl_policy, role_body
+
+    assert stack.vault is not None
+    role = "freehold.test.router.r-own"
+    secret = "secret/data/test/router/r-own"
+    VaultApi.connect(stack.vault_url, stack.vault_token).ensure(
+        VaultRole(role, acl_policy({secret: "read"}), role_body(role, "r-own-router", "test"))
+    )
+    jwt = tmp_path / "token"
+    jwt.write_text("projected-token-r-own")
+    stack.vault.state.service_accounts["projected-token-r-own"] = ("r-own-router", "test")
+    into = "secret/test/router/r-own#locked"
+    printed = keys(stack, "create", "--tenant", "router", "--name", "r-own", "--into", into)
+    assert printed == ""  # written into Vault, not shown
+
+    def own_key() -> str:
+        return str(stack.vault.state.kv[secret]["locked"])  # type: ignore[union-attr]
+
+    first = own_key()
+    where = {"path": "test/router/r-own", "field": "locked"}
+    base = deploy(
+        stack,
+        "r-own",
+        targets=[target("locked", stack.base("locked"), MODEL, api_key_vault=where)],
+        vault_address=stack.vault_url,
+        vault_role=role,
+        vault_jwt_path=str(jwt),
+    )
+
+    def routed() -> httpx.Response:
+        body = {"model": "assistant", "messages": [{"role": "user", "content": "Hi."}],
+                "max_tokens": 4, "temperature": 0}  # fmt: skip
+        return httpx.post(f"{base}/chat/completions", json=body, timeout=120)
+
+    until(lambda: routed().status_code == 200)
+    assert ask(stack.base("locked"), first).status_code == 200  # the model's own key set
+    # Rotated with no overlap: the model refuses the old key within its refresh; the
+    # router, refused once, re-reads its key and is served again, without a restart.
+    keys(stack, "rotate", key_id(first), "--overlap", "0s", "--into", into)
+    assert own_key() != first
+    answers: list[int] = []
+
+    def served_again() -> bool:
+        answers.append(routed().status_code)
+        return answers[-1] == 200 and own_key() != first
+
+    until(served_again, seconds=60)
+    assert set(answers) <= {200, 502}, answers  # never the model's 401 as the caller's
+    # Revoked: the router answers with its own error, naming its key, not the caller's.
+    keys(stack, "revoke", key_id(own_key()))
+    # (Each of the model's replicas re-reads its keys on its own clock: judged on the
+    # first refusal, not on the next request, which the other replica may still serve.)
+    seen: list[httpx.Response] = []
+
+    def refused() -> bool:
+        seen.append(routed())
+        return seen[-1].status_code == 502
+
+    until(refused)
+    error = seen[-1].json()["error"]
+    assert error["code"] == "upstream_credential" and "spec.targets[].apiKey" in error["message"]
