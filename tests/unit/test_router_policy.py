@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -202,6 +203,17 @@ def test_a_keyed_target_is_routed_to_only_with_the_routers_own_key_from_vault() 
     assert target["api_key_vault"] == {"mount": "secret", "path": own["path"], "field": "smollm2"}
     (role,) = externals
     assert 'path "secret/data/freehold-demo/router/assistant"' in role.policy
+
+    # The router says its own key was refused (its /router/status): the status names the
+    # field and what to do, and the router is Degraded for it.
+    doc = example(targets=[{**one[0], "apiKey": own}], requirePassingEval=False)
+    spec = ModelRouterSpec.model_validate(defaulted(doc)["spec"])
+    seen = {"targets": [{"name": "smollm2", "ownKey": "was refused by the target"}]}
+    report = kind.status(spec, meta, replace(facts, observed=seen), {}, None)
+    message = report.fields["targets"][0]["message"]
+    assert "spec.targets[0].apiKey" in message and "was refused" in message
+    degraded = next(c for c in report.conditions if c.type == "Degraded")
+    assert degraded.status == "True" and degraded.reason == "OwnKeyRefused"
 
     with pytest.raises(SpecProblemError, match=r"spec.targets\[0\].apiKey.path"):
         built([{**one[0], "apiKey": {"path": "other-team/key"}}])

@@ -35,22 +35,13 @@ class ExternalSecret(ApiModel):
         pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$",
         description="KV v2 mount.",
     )
-    path: VaultPath = Field(description="Path below the mount.")
-    key: str = Field(default="api_key", max_length=128, description="Field holding the key.")
-
-
-class TargetKey(ApiModel):
-    """The router's own API key for a ModelDeployment that requires keys, in Vault (KV v2):
-    a key that model accepts, presented by the router instead of the caller's."""
-
-    mount: str = Field(
-        default="secret",
-        max_length=128,
-        pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$",
-        description="KV v2 mount.",
-    )
     path: VaultPath = Field(description="Path below the mount, in this namespace's Vault paths.")
     key: str = Field(default="api_key", max_length=128, description="Field holding the key.")
+
+
+class TargetKey(ExternalSecret):
+    """The router's own API key for a ModelDeployment that requires keys, in Vault (KV v2):
+    a key that model accepts, presented by the router instead of the caller's."""
 
 
 class External(ApiModel):

@@ -18,7 +18,7 @@ from freehold.builders.router import (
     router_args,
     router_vault_name,
 )
-from freehold.conditions import condition, is_true
+from freehold.conditions import Condition, condition, is_true
 from freehold.kinds.base import (
     CONFIG_MAP,
     DEPLOYMENT,
@@ -215,27 +215,34 @@ class ModelRouterKind(KindBase[ModelRouterSpec]):
     ) -> StatusReport:
         ctx = self.context(meta)
         resolved = self.resolve(spec, facts)
-        measured = {
-            t.get("name"): t.get("latencyMs") for t in (facts.observed or {}).get("targets") or []
-        }
+        observed = {t.get("name"): t for t in (facts.observed or {}).get("targets") or []}
         targets = []
-        for t in spec.targets:
+        for n, t in enumerate(spec.targets):
             r = resolved.get(t.name)
             external = t.external is not None
+            seen = observed.get(t.name) or {}
+            message = (r or {}).get("message")
+            if seen.get("ownKey") and t.api_key is not None:
+                message = (
+                    f"the router's own key for it (spec.targets[{n}].apiKey, "
+                    f"{t.api_key.mount}/{t.api_key.path}#{t.api_key.key}) {seen['ownKey']}: "
+                    "write a key it accepts there (freehold keys create|rotate --into)"
+                )
             targets.append(
                 {
                     "name": t.name,
                     "ready": True if external else bool(r and r["ready"]),
                     "admitted": spec.allow_external if external else bool(r and r["admitted"]),
                     "evalState": r["evalState"] if r else None,
-                    "latencyMs": measured.get(t.name),
+                    "latencyMs": seen.get("latencyMs"),
                     "endpoint": (t.external.base_url if t.external else None)
                     if external
                     else (r or {}).get("endpoint"),
-                    "message": (r or {}).get("message"),
+                    "message": message,
                 }
             )
         admitted = sum(1 for t in targets if t["admitted"])
+        refused = [t.name for t in spec.targets if (observed.get(t.name) or {}).get("ownKey")]
         deployment = children.get(("apps/v1", "Deployment", ctx.name)) or {}
         serving = int((deployment.get("status") or {}).get("readyReplicas") or 0) >= 1
         if problem is not None:
@@ -255,17 +262,26 @@ class ModelRouterKind(KindBase[ModelRouterSpec]):
         return StatusReport(
             [
                 ready,
-                condition(
-                    "Degraded",
-                    admitted < len(targets),
-                    "TargetsMissing" if admitted < len(targets) else "AsExpected",
-                    f"{len(targets) - admitted} target(s) not admitted"
-                    if admitted < len(targets)
-                    else "every target is admitted",
-                ),
+                _degraded(admitted, len(targets), refused),
             ],
             {"endpoint": self.endpoint(ctx), "targets": targets, "readyTargets": admitted},
         )
+
+
+def _degraded(admitted: int, total: int, refused: list[str]) -> Condition:
+    if refused:
+        return condition(
+            "Degraded",
+            True,
+            "OwnKeyRefused",
+            f"the router's own key is refused or unreadable for {', '.join(refused)} "
+            "(status.targets[].message)",
+        )
+    if admitted < total:
+        return condition(
+            "Degraded", True, "TargetsMissing", f"{total - admitted} target(s) not admitted"
+        )
+    return condition("Degraded", False, "AsExpected", "every target is admitted")
 
 
 def _why_waiting(target: Mapping[str, Any]) -> str:

@@ -288,6 +288,9 @@ class RouterServer:
         for t in self._vault_keyed:
             self._target_keys[t.name] = self._vault_target_key(t)
         self._key_wanted = asyncio.Event()
+        # Targets whose last answer to the router's own key was a refusal (or the key could
+        # not be read), for /router/status and so the resource's status: cleared by a 200.
+        self._key_problems: dict[str, str] = {}
         self._key_refresh = (
             asyncio.get_running_loop().create_task(self._follow_target_keys())
             if self._vault_keyed
@@ -720,6 +723,7 @@ class RouterServer:
             headers["Authorization"] = f"Bearer {credential}"
         elif target.name in self._target_keys:
             self._key_wanted.set()
+            self._key_problems[target.name] = "cannot be read from Vault"
             raise FailedError(
                 "5xx", _credential_error(target, "cannot be read from Vault"), cool=False
             )
@@ -763,11 +767,13 @@ class RouterServer:
                 # The target refused the router's own key (revoked, rotated): the caller's
                 # key was fine, so never pass this 401 on as theirs; re-read ours, fall back.
                 self._key_wanted.set()
+                self._key_problems[target.name] = "was refused by the target"
                 refused = _credential_error(target, "was refused by the target")
                 raise FailedError("5xx", refused, cool=False)
             self._failure(failure_cause(answer.status, content), answer.status, content)
             self._m.requests.labels(self._args.name, target.name, "client_error").inc()
             return Response(content, answer.status, media_type="application/json")
+        self._key_problems.pop(target.name, None)
         self._m.first_byte.labels(self._args.name, target.name).observe(first_byte)
         self._router.succeeded(target.name, first_byte)
         self._m.requests.labels(self._args.name, target.name, "ok").inc()
@@ -959,10 +965,14 @@ class RouterServer:
 
     @router_app.get("/router/status")
     async def status(self) -> dict[str, Any]:
-        """Per target: admitted, cooling down, measured latency, counts; per budget: what
+        """Per target: admitted, cooling down, measured latency, counts, a problem with the
+        router's own key for it (`ownKey`); per budget: what
         its tenant has spent and holds this period (or that the ledger is away). No
         request data."""
         found = self._router.status()
+        for listed in found["targets"]:
+            # What is wrong with the router's own key for it, if anything (never the key).
+            listed["ownKey"] = self._key_problems.get(listed["name"])
         budgets = []
         now = time.time()
         keyed = [] if self._keys is None else [i for i in self._keys.infos() if i.budget]

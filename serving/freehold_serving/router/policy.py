@@ -8,6 +8,7 @@ import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from freehold_serving.router.args import BudgetConfig, RouterArgs, TargetConfig
 
@@ -138,7 +139,7 @@ class Router:
             return None
         return next((b for b in self.args.budgets if b.tenant == tenant), None)
 
-    def status(self) -> dict[str, object]:
+    def status(self) -> dict[str, Any]:
         now = self.clock()
         return {
             "targets": [

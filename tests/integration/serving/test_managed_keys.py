@@ -203,6 +203,12 @@ def test_a_router_presents_its_own_key_from_vault_and_follows_its_rotation(
 
     until(served_again, seconds=60)
     assert set(answers) <= {200, 502}, answers  # never the model's 401 as the caller's
+
+    def own_key_problem() -> object:
+        found = httpx.get(base.removesuffix("/v1") + "/router/status", timeout=30).json()
+        return next(t for t in found["targets"] if t["name"] == "locked")["ownKey"]
+
+    assert own_key_problem() is None  # cleared by the answer after the rotation
     # Revoked: the router answers with its own error, naming its key, not the caller's.
     keys(stack, "revoke", key_id(own_key()))
     # (Each of the model's replicas re-reads its keys on its own clock: judged on the
@@ -216,3 +222,5 @@ def test_a_router_presents_its_own_key_from_vault_and_follows_its_rotation(
     until(refused)
     error = seen[-1].json()["error"]
     assert error["code"] == "upstream_credential" and "spec.targets[].apiKey" in error["message"]
+    # What the operator reads for the resource's status (never the key).
+    assert own_key_problem() == "was refused by the target"
