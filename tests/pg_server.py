@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -17,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.ports import free_port
 
 BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 SUPERUSER = "postgres"
@@ -32,12 +33,6 @@ def _bin(name: str) -> str:
         if (d / name).exists():
             return str(d / name)
     raise FileNotFoundError(f"PostgreSQL's {name} is not installed (Debian: postgresql-15)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _as_owner(argv: list[str]) -> list[str]:
@@ -89,7 +84,7 @@ def postgres_server(also_listen: str | None = None) -> Iterator[Postgres]:
     if os.geteuid() == 0:
         shutil.chown(root, "postgres", "postgres")
         shutil.chown(pwfile, "postgres", "postgres")
-    port = _free_port()
+    port = free_port()
     subprocess.run(
         _as_owner(
             [

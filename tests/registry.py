@@ -4,7 +4,6 @@ its storage in a temporary folder, for the oci:// model source tests."""
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -13,12 +12,7 @@ from pathlib import Path
 
 import httpx
 
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from tests.ports import free_port
 
 
 @contextmanager
@@ -31,7 +25,7 @@ def registry(folder: Path, host: str = "127.0.0.1") -> Iterator[str]:
             "Debian's docker-registry is needed for the OCI tests: apt-get install "
             "docker-registry (scripts/test installs it)"
         )
-    port = _port()
+    port = free_port(host)
     config = folder / "registry.yml"
     config.write_text(
         "version: 0.1\n"

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.paths import ROOT
+from tests.ports import free_port
 
 MOTO = ROOT / ".tools" / "moto" / "bin"
 SETUP = """
@@ -40,9 +41,7 @@ class Store:
 def s3_server(folder: Path) -> Iterator[Store]:
     if not (MOTO / "moto_server").exists():
         raise AssertionError("moto's server is missing: scripts/test installs it in .tools/moto")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     # The first three calls (making the user, its policy and its key) go unauthenticated;
     # every later one needs a valid key.
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"}

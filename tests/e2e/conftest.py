@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ import pytest
 import yaml
 
 from tests.paths import CHART, CRDS, EXAMPLES, ROOT
+from tests.ports import free_port
 from tests.tools import binary
 from tests.vault_server import VaultServer
 
@@ -197,13 +197,6 @@ def namespace(crds: None) -> Iterator[str]:
     name = new_namespace()
     yield name
     kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def operator_kubeconfig(cluster: str, namespaces: list[str], tmp: Path) -> Path:

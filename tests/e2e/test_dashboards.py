@@ -29,7 +29,7 @@ def test_every_dashboard_is_checked_against_prometheus() -> None:
 def test_every_operator_panel_returns_data(
     namespace: str, operator: Operator, vault: VaultServer, tmp_path: Path
 ) -> None:
-    from tests.e2e.conftest import free_port
+    from tests.ports import free_port
 
     jobs = {"freehold-operator": (f"127.0.0.1:{operator.metrics_port}", "/metrics")}
     with prometheus(tmp_path, free_port(), jobs) as url:

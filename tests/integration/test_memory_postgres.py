@@ -14,7 +14,6 @@ import contextlib
 import hashlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -41,6 +40,7 @@ from freehold_serving.memory.service import MemoryService, key_material
 from freehold_serving.memory.store import StoreError
 from tests.paths import EXAMPLES, ROOT
 from tests.pg_server import Postgres
+from tests.ports import free_port
 from tests.vault_server import VaultServer
 
 DIM = 32
@@ -306,9 +306,7 @@ def peer_server(service: MemoryService) -> Iterator[str]:
             return JSONResponse({"error": {"message": exc.message}}, exc.status)
         return JSONResponse({"data": [r.model_dump(mode="json") for r in found]})
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     app = Starlette(routes=[Route(PEER_PATH, handle, methods=["POST"])])
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

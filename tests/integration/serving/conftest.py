@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import os
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,19 +27,13 @@ from freehold.validation import defaulted
 from freehold_serving.args import ServingArgs
 from tests.otlp_receiver import Received, otlp_receiver
 from tests.paths import EXAMPLES
+from tests.ports import free_port
 
 if TYPE_CHECKING:
     from tests.vault_server import VaultServer
 
 API_KEY = "fh-test-key-7d1c0a"  # a test credential, only ever given to this local server
 MODEL = "gemma-3-270m"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def example_spec(**changes: object) -> ModelDeploymentSpec:

@@ -10,7 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.serving.conftest import MEMORY_KEYS, SMOL, Stack, free_port
+from tests.integration.serving.conftest import MEMORY_KEYS, SMOL, Stack
+from tests.ports import free_port
 from tests.prometheus import empty_panels, label_values, prometheus
 
 pytestmark = pytest.mark.slow

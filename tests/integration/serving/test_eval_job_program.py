@@ -20,7 +20,8 @@ import httpx
 import pytest
 
 from freehold_serving.signing import FileSigner
-from tests.integration.serving.conftest import SMOL, Stack, free_port
+from tests.integration.serving.conftest import SMOL, Stack
+from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -25,8 +25,9 @@ import httpx
 import pytest
 
 from freehold_serving.router.args import RouterArgs
-from tests.integration.serving.conftest import API_KEY, SMOL, Stack, free_port
+from tests.integration.serving.conftest import API_KEY, SMOL, Stack
 from tests.pg_server import Postgres
+from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
 GEMMA = "gemma-3-270m"

@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ import httpx
 import pytest
 
 from tests.paths import ROOT
+from tests.ports import free_port
 from tests.prometheus import empty_panels, prometheus
 
 pytestmark = pytest.mark.slow
@@ -155,13 +155,6 @@ spec:
   backend: {type: sqlite}
   embedding: {builtin: all-minilm-l6-v2}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
