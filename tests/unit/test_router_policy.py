@@ -174,8 +174,8 @@ def test_the_router_reaches_only_admitted_targets_and_says_why() -> None:
 
 def test_a_keyed_target_is_routed_to_only_with_the_routers_own_key_from_vault() -> None:
     kind = ModelRouterKind(CONFIG)
-    meta = {"name": "assistant", "namespace": "team", "uid": "u"}
-    meta["namespace"] = "freehold-demo"  # the example's keys are in its Vault paths
+    # The example's keys are in freehold-demo's Vault paths.
+    meta = {"name": "assistant", "namespace": "freehold-demo", "uid": "u"}
     keyed = md("smollm2-135m", True)
     keyed["spec"] = {"auth": {"apiKeys": {"path": "freehold-demo/model-keys"}}}
     facts = Facts(kuberay=False, related={"md:smollm2": [keyed]})

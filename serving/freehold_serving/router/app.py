@@ -28,6 +28,7 @@ from ray.serve import Application
 from starlette.responses import Response, StreamingResponse
 
 from freehold_serving.access import AccessLog
+from freehold_serving.args import VaultKeySource
 from freehold_serving.auth import ApiKeys
 from freehold_serving.key_records import KeyInfo
 from freehold_serving.openai.api import add_error_handlers, error_response
@@ -58,7 +59,7 @@ from freehold_serving.router.policy import (
     plan,
     prompt_bound,
 )
-from freehold_serving.vault_keys import follow_keys, load_keys
+from freehold_serving.vault_keys import VaultKeysError, follow_keys, load_keys, read_secret
 
 log = logging.getLogger(__name__)
 router_app = FastAPI(title="Freehold model router", docs_url=None, redoc_url=None)
@@ -212,11 +213,7 @@ def _credential_error(target: TargetConfig, what: str) -> Response:
 
 def _read_vault_key(args: RouterArgs, mount: str, path: str, field: str) -> str | None:
     """A key (an external provider's, or the router's own for a keyed target), read by the
-    router itself as its workload (never in its args)."""
-    import hvac
-
-    from freehold_serving.args import VaultKeySource
-
+    router itself as its workload (never in its args); None when it cannot be read."""
     source = VaultKeySource(
         mount=mount,
         path=path,
@@ -225,19 +222,11 @@ def _read_vault_key(args: RouterArgs, mount: str, path: str, field: str) -> str 
         ca_cert=args.vault_ca_cert,
         jwt_path=args.vault_jwt_path,
     )
-    client = hvac.Client(url=source.address, verify=source.ca_cert or True, timeout=10)
     try:
-        with open(source.jwt_path, encoding="utf-8") as handle:
-            client.auth.kubernetes.login(role=source.role, jwt=handle.read().strip())
-        secret = client.secrets.kv.v2.read_secret_version(
-            path=path, mount_point=mount, raise_on_deleted_version=True
-        )
-    except Exception as exc:  # never the key or the token in a message
-        log.warning("cannot read the key at %s/%s: %s", mount, path, type(exc).__name__)
+        value = read_secret(source, "a key").get(field)
+    except VaultKeysError as exc:  # its message names the path and role, never a value
+        log.warning("%s", exc)
         return None
-    finally:
-        client.adapter.close()
-    value = ((secret.get("data") or {}).get("data") or {}).get(field)
     return str(value) if value else None
 
 
