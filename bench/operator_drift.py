@@ -68,7 +68,7 @@ def main() -> None:
     core = client.CoreV1Api(api)
     net = client.NetworkingV1Api(api)
     pdb = client.PolicyV1Api(api)
-    install_crds(api)
+    install_crds(api, "rayservice")  # drift is measured on the KubeRay backend
     ns = f"fh-drift-{uuid.uuid4().hex[:6]}"
     core.create_namespace({"metadata": {"name": ns}})
     proc = start_operator(path, ns, liveness_port=18912)

@@ -138,6 +138,9 @@ class Controller:
         self._resync_seconds = resync_seconds
         self._backoff = (backoff_base, backoff_max)
         self._parents: dict[Key, dict[str, Any]] = {}
+        # The keys of each (kind, namespace): a pass's lookups and wake-ups by place need
+        # not walk every parent (with thousands of resources, that was every pass's cost).
+        self._places: dict[tuple[str, str], set[Key]] = {}
         self._keys: dict[str, Key] = {}  # parent uid -> key
         # Parents owned by another parent (the EvalJobs a ModelDeployment's promotion
         # makes): owner uid -> their keys, woken when the owner changes.
@@ -175,6 +178,7 @@ class Controller:
             self._wake_others(kind, body, event_type, woken)
         if event_type == "DELETED":
             self._parents.pop(key, None)
+            self._places.get(key[:2], set()).discard(key)
             self._keys.pop(uid, None)
             self._owned.pop(uid, None)
             self._failures.pop(key, None)
@@ -186,6 +190,7 @@ class Controller:
             return  # our own write, already in the cache
         if known is None or _newer(rv, _rv(known)) or _uid(known) != uid:
             self._parents[key] = copy.deepcopy(dict(body))
+            self._places.setdefault(key[:2], set()).add(key)
         self._keys[uid] = key
         self._wake(key, rv)
         for dependent in self._dependents.get(uid, ()):
@@ -225,8 +230,8 @@ class Controller:
         )
         if not going and not self._wants_changed(kind, body, event_type):
             return
-        for other in list(self._parents):
-            if other[0] in kinds and other[1] == namespace:
+        for other_kind in kinds:
+            for other in list(self._places.get((other_kind, namespace), ())):
                 self._queue.add(other)
 
     def watched(self, kind: str, namespace: str) -> list[dict[str, Any]] | None:
@@ -235,14 +240,15 @@ class Controller:
         watch."""
         if kind not in self._kinds:
             return None
-        return [
-            body for key, body in list(self._parents.items())
-            if key[0] == kind and key[1] == namespace
-        ]  # fmt: skip
+        keys = list(self._places.get((kind, namespace), ()))
+        found = (self._parents.get(key) for key in keys)
+        return [body for body in found if body is not None]
 
     def policies(self) -> list[dict[str, Any]]:
         """The SovereigntyPolicies held (read from worker threads: one atomic copy)."""
-        return [body for key, body in list(self._parents.items()) if key[0] == "SovereigntyPolicy"]
+        keys = list(self._places.get(("SovereigntyPolicy", "None"), ()))  # cluster-scoped
+        found = (self._parents.get(key) for key in keys)
+        return [body for body in found if body is not None]
 
     def child_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         meta = body.get("metadata") or {}
@@ -272,7 +278,18 @@ class Controller:
                 or previous.uid != child_uid
                 or _newer(rv, previous.resource_version)
             ):
-                children[ck] = OwnedChild(ck[0], ck[1], ck[2], child_uid, rv, shape)
+                # Our intent outlives a newer version of the same shape where a change of
+                # spec would have moved the generation (another controller wrote status):
+                # the next recheck need not apply the same intent again. Kinds without a
+                # generation (ConfigMap, ServiceAccount) could have changed anywhere.
+                same = (
+                    previous is not None
+                    and previous.uid == child_uid
+                    and previous.shape == shape
+                    and meta.get("generation") is not None
+                )
+                intent = previous.intent if previous is not None and same else ""
+                children[ck] = OwnedChild(ck[0], ck[1], ck[2], child_uid, rv, shape, intent)
             if (
                 previous is not None
                 and previous.uid == child_uid

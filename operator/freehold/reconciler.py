@@ -483,6 +483,33 @@ class Reconciler:
             outcome.problem = problem
             log.info("finalizing %s: %s", parent["metadata"]["name"], problem.message)
 
+    def _as_left(
+        self,
+        kind: KindController[Any],
+        child: dict[str, Any],
+        known: OwnedChild | None,
+        intent: str,
+    ) -> tuple[OwnedChild, dict[str, Any] | None] | None:
+        """In a pass whose spec is unchanged: a child as our last apply left it, with our
+        intent the same, needs no apply (a not-ready model's recheck writes nothing); one
+        whose body is read for status is read from the API server's watch cache, where an
+        apply of the same intent would cost the server a whole apply to say so. None: apply.
+        (A new generation, and the controller's resync, apply every child: they catch what
+        a missed watch event left in the cache.)"""
+        if known is None or known.intent != intent:
+            return None
+        if child["kind"] not in kind.status_from:
+            return known, None
+        current = self._kube.get(Ref.of(child), cached=True)
+        if (
+            current is None
+            or str(current["metadata"].get("uid")) != known.uid
+            or shape_of(current) != known.shape
+        ):
+            return None  # gone, replaced or changed behind our back: apply
+        rv = str(current["metadata"].get("resourceVersion", ""))
+        return replace(known, resource_version=rv), current
+
     def _apply_children(
         self,
         kind: KindController[Any],
@@ -506,17 +533,12 @@ class Reconciler:
             key = child_key(child)
             known = ours.get(key)
             intent = intent_of(child)
-            if (
-                steady
-                and known is not None
-                and known.intent == intent
-                and key[1] not in kind.status_from
-            ):
-                # The spec unchanged, the child as our apply left it and our intent the same,
-                # its body not read for status: a not-ready model's recheck writes nothing.
-                # (A new generation, and the controller's resync, apply every child: they
-                # catch what a missed watch event left in the cache.)
-                outcome.applied.append(known)
+            unchanged = self._as_left(kind, child, known, intent) if steady else None
+            if unchanged is not None:
+                owned_child, body = unchanged
+                outcome.applied.append(owned_child)
+                if body is not None:
+                    live[key] = body
                 continue
             if known is None:
                 # Not in our cache: it may be a stranger's object with our name. Never

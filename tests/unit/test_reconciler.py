@@ -17,9 +17,9 @@ import yaml
 
 from freehold.adapters.kubernetes import Applied, KubeError, Ref
 from freehold.builders.model_workload import ClusterConfig
-from freehold.controller import WorkQueue
+from freehold.controller import Controller, WorkQueue
 from freehold.kinds.model_deployment import ModelDeploymentKind
-from freehold.reconciler import OwnedChild, Reconciler
+from freehold.reconciler import OwnedChild, Reconciler, shape_of
 from tests.paths import EXAMPLES
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -35,6 +35,7 @@ class InjectingKube:
         self.deleted: list[str] = []
         self.statuses: list[dict[str, Any]] = []
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.read: list[str] = []  # objects read from the watch cache
 
     def _maybe_fail(self, verb: str, kind: str) -> None:
         error = self.fail.pop((verb, kind), None)
@@ -45,6 +46,8 @@ class InjectingKube:
         return False
 
     def get(self, ref: Ref, *, cached: bool = False) -> dict[str, Any] | None:
+        if cached:
+            self.read.append(f"{ref.kind}/{ref.name}")
         return self.objects.get((ref.kind, ref.name))
 
     def list(self, type_: Any, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
@@ -59,8 +62,12 @@ class InjectingKube:
         self._maybe_fail("apply", desired["kind"])
         self.applied.append(f"{desired['kind']}/{desired['metadata']['name']}")
         body = copy.deepcopy(desired)
-        body["metadata"].update(uid=f"uid-{len(self.applied)}", resourceVersion="7")
-        return Applied(body, created=True, changed=True)
+        key = (desired["kind"], desired["metadata"]["name"])
+        known = self.objects.get(key)
+        uid = known["metadata"]["uid"] if known else f"uid-{len(self.applied)}"
+        body["metadata"].update(uid=uid, resourceVersion="7")
+        self.objects[key] = body
+        return Applied(body, created=known is None, changed=True)
 
     def delete(self, ref: Ref, uid: str) -> bool:
         self.deleted.append(f"{ref.kind}/{ref.name}")
@@ -158,19 +165,26 @@ def test_a_child_at_the_version_our_apply_left_is_not_applied_again() -> None:
     children = {(c.kind, c.name): c for c in first.applied}
     assert all(c.intent for c in first.applied)
     kube.applied.clear()
+    kube.read.clear()
     steady = parent()
     steady["status"] = kube.statuses[-1]  # observedGeneration: the spec is the one applied
-    # The same intent, the children as the last apply left them: only the Deployment (whose
-    # status the pass reads) is asked again; nothing else is written.
+    # The same intent, the children as the last apply left them: nothing is written; the
+    # Deployment, whose status the pass reads, is read from the API server's watch cache.
     again = run(kube, steady, list(children.values()))
-    assert kube.applied == ["Deployment/gemma-270m"]
+    assert kube.applied == []
+    assert kube.read == ["Deployment/gemma-270m"]
     assert {(c.kind, c.name) for c in again.applied} == set(children)
     # A child changed since (a watch event: its new version, no intent) is applied again.
-    kube.applied.clear()
     (sa,) = [c for c in children.values() if c.kind == "ServiceAccount"]
     changed = OwnedChild(sa.api_version, sa.kind, sa.name, sa.uid, "8", sa.shape)
     run(kube, steady, [*(c for c in children.values() if c is not sa), changed])
-    assert sorted(kube.applied) == ["Deployment/gemma-270m", f"ServiceAccount/{sa.name}"]
+    assert kube.applied == [f"ServiceAccount/{sa.name}"]
+    # A status-read child whose live shape is not the one our apply left (a label changed
+    # behind our back) is applied again, not just read.
+    kube.applied.clear()
+    kube.objects[("Deployment", "gemma-270m")]["metadata"]["labels"]["team"] = "other"
+    run(kube, steady, list(children.values()))
+    assert kube.applied == ["Deployment/gemma-270m"]
     # A new generation applies every child (a watch event missed during an outage would
     # otherwise leave a deleted child unrepaired).
     kube.applied.clear()
@@ -335,3 +349,38 @@ def test_lookups_of_watched_kinds_are_read_from_the_watch_not_listed() -> None:
     assert ("ModelRouter", "freehold-demo") in asked and "ModelRouter" not in listed
     peers = written["NetworkPolicy/gemma-270m-allow"]["spec"]["ingress"][0]["from"]
     assert {"podSelector": {"matchLabels": {"freehold.dev/model-router": "gate"}}} in peers
+
+
+def test_our_intent_outlives_another_controllers_status_write_only() -> None:
+    class PdbOwner:
+        class api:  # noqa: N801 - mirrors KindController.api
+            kind = "ModelDeployment"
+
+        status_from: frozenset[str] = frozenset()
+
+    controller = Controller(Reconciler(InjectingKube()), [PdbOwner()], workers=1, resync_seconds=60)  # type: ignore[arg-type,list-item]
+
+    def child(kind: str, rv: str, generation: int | None, **labels: str) -> dict[str, Any]:
+        meta: dict[str, Any] = {
+            "name": "m",
+            "uid": f"{kind}-uid",
+            "resourceVersion": rv,
+            "labels": {"app.kubernetes.io/managed-by": "freehold-operator", **labels},
+            "ownerReferences": [{"uid": "parent-uid", "controller": True}],
+        }
+        if generation is not None:
+            meta["generation"] = generation
+        return {"apiVersion": "v1", "kind": kind, "metadata": meta}
+
+    for kind, generation in (("PodDisruptionBudget", 1), ("ConfigMap", None)):
+        applied = child(kind, "5", generation)
+        ours = OwnedChild("v1", kind, "m", f"{kind}-uid", "5", shape_of(applied), "digest")
+        controller._owned["parent-uid"] = {("v1", kind, "m"): ours}
+        # The disruption controller's status write: a newer version, the same shape.
+        controller.child_event("MODIFIED", child(kind, "6", generation))
+        kept = controller._owned["parent-uid"][("v1", kind, "m")]
+        # A ConfigMap has no generation: a newer version may be a change of its data.
+        assert kept.intent == ("digest" if generation else "")
+        # A label changed behind our back: the next pass applies our intent again.
+        controller.child_event("MODIFIED", child(kind, "7", generation, team="other"))
+        assert controller._owned["parent-uid"][("v1", kind, "m")].intent == ""
