@@ -204,6 +204,36 @@ def test_an_eval_job_runs_as_a_locked_down_job_and_records_its_result(
     assert patched.returncode != 0 and "immutable" in patched.stderr
 
 
+def test_a_keyed_model_is_evaluated_with_a_key_from_vault(
+    namespace: str, operator: Operator, vault: VaultServer
+) -> None:
+    """A ModelDeployment requiring API keys: an EvalJob naming no key is refused with the
+    field to set; one naming a Vault field gets a Job whose config says where the key is
+    (never the key) and a Vault role whose policy reads exactly that secret."""
+    apply(example(namespace, "ev-keyed", auth={"apiKeys": {"path": f"{namespace}/k/keys"}}))
+    make_ready(namespace, "ev-keyed")
+    target = {"modelDeploymentRef": {"name": "ev-keyed"}}
+    apply(evaljob(namespace, "ev-nokey", target=target))
+
+    def refused() -> str | None:
+        found = condition(get("evaljob", "ev-nokey", namespace), "Completed")
+        return found.get("message") if found.get("reason") == "TargetRequiresApiKey" else None
+
+    message = eventually(refused, timeout=60)
+    assert message.startswith("spec.target.apiKey: ModelDeployment ev-keyed requires API keys")
+    assert get("job", "ev-nokey-eval", namespace) is None
+    where = {"path": f"{namespace}/eval/keyed", "key": "ev-keyed"}
+    apply(evaljob(namespace, "ev-key", target={**target, "apiKey": where}))
+    eventually(lambda: get("job", "ev-key-eval", namespace))
+    config = json.loads(get("configmap", "ev-key-eval-config", namespace)["data"]["job.json"])  # type: ignore[index]
+    assert config["api_key"] == {"mount": "secret", "path": where["path"], "field": "ev-keyed"}
+    policy = eventually(
+        lambda: vault.state.policies.get(f"freehold.{namespace}.evaljob.ev-key"), timeout=30
+    )
+    assert f'path "secret/data/{namespace}/eval/keyed"' in policy
+    assert policy.count('path "secret/') == 1
+
+
 def test_bad_eval_jobs_are_refused_by_the_api_server(namespace: str) -> None:
     bad = evaljob(
         namespace,

@@ -18,6 +18,7 @@ from freehold.builders.model_workload import INSTANCE_LABEL, ClusterConfig
 from freehold.builders.promotion import (
     MODEL_ANNOTATION,
     candidate_name,
+    eval_job,
     eval_job_name,
     model_annotation,
     plan,
@@ -133,6 +134,65 @@ def test_a_target_that_does_not_serve_yet_is_waited_for() -> None:
     with pytest.raises(SpecProblemError) as refused:
         kind.build(eval_spec(), META, Facts(kuberay=False, related={"target": [keyed]}))
     assert refused.value.reason == "TargetRequiresApiKey"
+    assert "spec.target.apiKey" in refused.value.message
+    assert "freehold keys create --of modeldeployment/gemma --tenant evaluation --into" in (
+        refused.value.message
+    )
+
+
+def test_a_keyed_target_is_evaluated_with_a_key_the_pod_reads_from_vault() -> None:
+    kind = EvalJobKind(CONFIG)
+    keyed = deployment(SERVING, auth={"apiKeys": {"path": "team/keys"}})
+    where = {"path": "team/eval/smoke", "key": "gemma"}
+    judge = {"modelDeploymentRef": {"name": "gemma"}, "apiKey": {"path": "team/eval/judge"}}
+    spec = eval_spec(target={"modelDeploymentRef": {"name": "gemma"}, "apiKey": where})
+    facts = Facts(kuberay=False, related={"target": [keyed], "judge": [keyed]})
+    desired = kind.build(spec, META, facts)
+    objs = by_kind(desired.children)
+    config = json.loads(objs["ConfigMap/smoke-eval-config"]["data"]["job.json"])
+    # Where the key is, never the key: the pod reads it as its own workload.
+    assert config["api_key"] == {"mount": "secret", "path": "team/eval/smoke", "field": "gemma"}
+    assert config["judge_api_key"] is None
+    (role,) = desired.externals
+    assert 'path "secret/data/team/eval/smoke"' in role.policy
+    assert role.policy.count('path "secret/') == 1  # that secret, nothing else of KV
+    # The judge's key too, when the judge requires one.
+    judged = eval_spec(target=spec.target.model_dump(by_alias=True, exclude_none=True), judge=judge)
+    config = json.loads(
+        by_kind(kind.build(judged, META, facts).children)["ConfigMap/smoke-eval-config"]["data"][
+            "job.json"
+        ]
+    )
+    assert config["judge_api_key"]["path"] == "team/eval/judge"
+    # Another team's Vault paths are refused, naming the field.
+    elsewhere = eval_spec(
+        target={"modelDeploymentRef": {"name": "gemma"}, "apiKey": {"path": "other/keys"}}
+    )
+    with pytest.raises(SpecProblemError) as refused:
+        kind.check(elsewhere, META)
+    assert refused.value.message.startswith("spec.target.apiKey.path: 'other/keys' is outside")
+
+
+def test_promotion_of_a_keyed_model_evaluates_what_serves_with_its_key() -> None:
+    doc = deployment(auth={"apiKeys": {"path": "team/keys"}})
+    doc["spec"]["promotion"] = {
+        "evalTemplate": copy.deepcopy(TEMPLATE),
+        "apiKey": {"path": "team/eval/gemma"},
+    }
+    spec = ModelDeploymentSpec.model_validate(defaulted(doc)["spec"])
+    served = eval_job(spec, "gemma", "gemma-eval-1", candidate=False, baseline=None)
+    assert served["spec"]["target"]["apiKey"] == {
+        "mount": "secret",
+        "path": "team/eval/gemma",
+        "key": "api_key",
+    }
+    candidate = eval_job(spec, "gemma", "gemma-eval-2", candidate=True, baseline="gemma-eval-1")
+    assert "apiKey" not in candidate["spec"]["target"]  # a candidate admits its evaluation
+    doc["spec"]["promotion"]["apiKey"] = {"path": "other/eval"}
+    outside = ModelDeploymentSpec.model_validate(defaulted(doc)["spec"])
+    with pytest.raises(SpecProblemError) as refused:
+        ModelDeploymentKind(CONFIG).check(outside, {"name": "gemma", "namespace": "team"})
+    assert refused.value.message.startswith("spec.promotion.apiKey.path: 'other/eval'")
 
 
 def test_file_datasets_are_refused_on_a_cluster() -> None:

@@ -184,3 +184,16 @@ def conditions_field(description: str) -> Any:
             "x-kubernetes-list-map-keys": ["type"],
         },
     )
+
+
+class ExternalSecret(ApiModel):
+    """The provider's API key, in Vault (KV v2): never in the spec or a Kubernetes Secret."""
+
+    mount: str = Field(
+        default="secret",
+        max_length=128,
+        pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$",
+        description="KV v2 mount.",
+    )
+    path: VaultPath = Field(description="Path below the mount, in this namespace's Vault paths.")
+    key: str = Field(default="api_key", max_length=128, description="Field holding the key.")

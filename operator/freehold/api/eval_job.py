@@ -10,6 +10,7 @@ from pydantic import ConfigDict, Field
 from freehold.api.base import (
     ApiModel,
     Condition,
+    ExternalSecret,
     LocalObjectReference,
     Sha256,
     cel,
@@ -61,6 +62,21 @@ Operator = Literal[">=", ">", "<=", "<", "=="]
 Phase = Literal["Pending", "Running", "Succeeded", "Failed"]
 
 
+class EvalKey(ExternalSecret):
+    """A key the evaluated (or judging) model accepts, in Vault (KV v2): the evaluation's
+    pod reads it itself, as its own workload, and sends it with every request."""
+
+
+API_KEY_DESCRIPTION = (
+    "For a model that requires API keys (a ModelDeployment's spec.auth.apiKeys, or an "
+    "endpoint's own): a Vault KV v2 field holding a key it accepts (make one with `freehold "
+    "keys create --of modeldeployment/NAME --tenant evaluation --into MOUNT/PATH`), in "
+    "this namespace's Vault "
+    "paths. The evaluation's pod reads it as its own workload; the key is never in the "
+    "spec, the Job or its config."
+)
+
+
 class Target(ApiModel):
     """What is evaluated: a ModelDeployment or any OpenAI-compatible endpoint."""
 
@@ -99,6 +115,7 @@ class Target(ApiModel):
         "promotion holds back) instead of what it serves. Set by the operator on the "
         "EvalJobs it creates for spec.promotion.",
     )
+    api_key: EvalKey | None = Field(default=None, description=API_KEY_DESCRIPTION)
 
 
 class Dataset(ApiModel):
@@ -273,6 +290,7 @@ class Judge(ApiModel):
         description="Base URL of an OpenAI-compatible API (ending before /v1).",
     )
     model: str | None = Field(default=None, max_length=253, description="Model name to request.")
+    api_key: EvalKey | None = Field(default=None, description=API_KEY_DESCRIPTION)
 
 
 class EvalTemplate(ApiModel):

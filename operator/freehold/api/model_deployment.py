@@ -19,7 +19,7 @@ from freehold.api.base import (
     conditions_field,
     rules,
 )
-from freehold.api.eval_job import EvalTemplate
+from freehold.api.eval_job import API_KEY_DESCRIPTION, EvalKey, EvalTemplate
 from freehold_serving.args import (
     BatchSize,
     ContextLength,
@@ -547,6 +547,12 @@ class Promotion(ApiModel):
     eval_template: EvalTemplate = Field(
         description="Suites and gates of the EvalJob created for each model digest."
     )
+    api_key: EvalKey | None = Field(
+        default=None,
+        description="Required with spec.auth.apiKeys: the key the evaluation of the version "
+        "being served presents (candidates need none: only their evaluation can reach "
+        "them). " + API_KEY_DESCRIPTION,
+    )
 
 
 class ModelDeploymentSpec(ApiModel):
@@ -586,6 +592,15 @@ class ModelDeploymentSpec(ApiModel):
                 "self.adapters.all(a, a.name != self.model.servedName)",
                 "spec.adapters: an adapter's name must differ from model.servedName",
                 field_path=".adapters",
+            ),
+            cel(
+                "!has(self.promotion) || !has(self.auth) || !has(self.auth.apiKeys) || "
+                "has(self.promotion.apiKey)",
+                "spec.promotion.apiKey: this ModelDeployment requires API keys "
+                "(spec.auth.apiKeys), so the evaluation of the version it serves needs one: "
+                "name a Vault KV v2 field holding a key it accepts (freehold keys create --of "
+                "modeldeployment/NAME --tenant evaluation --into MOUNT/PATH)",
+                field_path=".promotion.apiKey",
             ),
             cel(
                 "!has(oldSelf.residency) || has(self.residency)",

@@ -12,8 +12,8 @@ from freehold.api.base import (
     ApiModel,
     Condition,
     DnsLabel,
+    ExternalSecret,
     LocalObjectReference,
-    VaultPath,
     cel,
     conditions_field,
     rules,
@@ -24,19 +24,6 @@ from freehold.api.postgres import PostgresConnection
 Capability = Literal["chat", "completions", "embeddings", "json_schema", "logprobs"]
 Strategy = Literal["weighted", "priority", "least_latency", "least_cost", "capability"]
 FallbackCause = Literal["5xx", "timeout", "429", "context_length"]
-
-
-class ExternalSecret(ApiModel):
-    """The provider's API key, in Vault (KV v2): never in the spec or a Kubernetes Secret."""
-
-    mount: str = Field(
-        default="secret",
-        max_length=128,
-        pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$",
-        description="KV v2 mount.",
-    )
-    path: VaultPath = Field(description="Path below the mount, in this namespace's Vault paths.")
-    key: str = Field(default="api_key", max_length=128, description="Field holding the key.")
 
 
 class TargetKey(ExternalSecret):
@@ -97,7 +84,8 @@ class RouterTarget(ApiModel):
         default=None,
         description="The router's own key for a ModelDeployment that requires API keys "
         "(spec.auth.apiKeys): a Vault KV v2 field holding a key that model accepts (make one "
-        "with `freehold keys create --of modeldeployment/NAME --into MOUNT/PATH`). The router "
+        "with `freehold keys create --of modeldeployment/NAME --tenant router --into "
+        "MOUNT/PATH`). The router "
         "re-reads it every 30 s, so a rotation needs no restart. Without it, a keyed target is "
         "not routed to.",
     )

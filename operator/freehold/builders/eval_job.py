@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
-from freehold.api.eval_job import EvalJobSpec
+from freehold.api.eval_job import EvalJobSpec, EvalKey
 from freehold.builders.model_workload import (
     EVALUATES_LABEL,
     MANAGED_BY,
@@ -26,6 +26,7 @@ from freehold.builders.model_workload import (
 from freehold.builders.network import _ns, dns_egress
 from freehold.builders.vault import VaultRole, acl_policy, role_body
 from freehold.evaluation.job import PROGRESS_PORT, RESULT_FILE, JobConfig, VaultSigner
+from freehold_serving.router.args import KeyInVault
 
 EVAL_LABEL = "freehold.dev/eval-job"
 CONFIG_KEY = "job.json"
@@ -125,6 +126,8 @@ def job_config(spec: EvalJobSpec, ctx: BuildContext, resolved: Resolved) -> JobC
         judge_endpoint=resolved.judge_endpoint,
         judge_model=resolved.judge_model,
         baseline=resolved.baseline,
+        api_key=key_in_vault(spec.target.api_key),
+        judge_api_key=key_in_vault(spec.judge.api_key if spec.judge else None),
         vault=vault,
         pvc_root=DATA_ROOT,
     )
@@ -310,13 +313,26 @@ def eval_vault_name(ctx: BuildContext) -> str:
     return f"freehold.{ctx.namespace}.evaljob.{ctx.name}"
 
 
-def build_vault_role(ctx: BuildContext) -> VaultRole:
-    """May sign with the namespace's evaluation key and read its public key; nothing else."""
+def api_keys(spec: EvalJobSpec) -> list[EvalKey]:
+    """The Vault fields holding the target's and the judge's API keys, where named."""
+    found = [spec.target.api_key, spec.judge.api_key if spec.judge else None]
+    return [key for key in found if key is not None]
+
+
+def key_in_vault(key: EvalKey | None) -> KeyInVault | None:
+    return None if key is None else KeyInVault(mount=key.mount, path=key.path, field=key.key)
+
+
+def build_vault_role(spec: EvalJobSpec, ctx: BuildContext) -> VaultRole:
+    """May sign with the namespace's evaluation key and read its public key, and read the
+    secrets holding the target's and judge's API keys; nothing else."""
     key = signing_key_name(ctx.namespace)
     name = eval_vault_name(ctx)
+    paths = {f"transit/sign/{key}": "update", f"transit/keys/{key}": "read"}
+    paths.update({f"{k.mount}/data/{k.path}": "read" for k in api_keys(spec)})
     return VaultRole(
         name=name,
-        policy=acl_policy({f"transit/sign/{key}": "update", f"transit/keys/{key}": "read"}),
+        policy=acl_policy(paths),
         body=role_body(name, f"{ctx.name}-eval", ctx.namespace),
         transit_keys=((key, "ed25519"),),
     )

@@ -174,6 +174,9 @@ def eval_job(
         "target": {"modelDeploymentRef": {"name": name}, "candidate": candidate},
         "offline": True,
     }
+    if spec.promotion.api_key is not None and not candidate:
+        # What serves requires keys (spec.auth.apiKeys); a candidate admits its evaluation.
+        body["target"]["apiKey"] = spec.promotion.api_key.model_dump(mode="json", by_alias=True)
     regressions = any(g.max_regression is not None for g in template.gates)
     if baseline is not None and regressions:
         body["baseline"] = {"name": baseline}

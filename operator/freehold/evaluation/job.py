@@ -26,6 +26,7 @@ from freehold.evaluation import signing
 from freehold.evaluation.client import Endpoint, EndpointError
 from freehold.evaluation.datasets import DatasetError
 from freehold.evaluation.runner import chosen_items, load_suites, run
+from freehold_serving.router.args import KeyInVault
 from freehold_serving.signing import FileSigner, Signer, TransitSigner
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ PROGRESS_PORT = 8080
 EXIT_DATASET = 2
 EXIT_ENDPOINT = 3
 EXIT_SIGNING = 4
+EXIT_API_KEY = 5
 
 
 class VaultSigner(BaseModel):
@@ -63,6 +65,10 @@ class JobConfig(BaseModel):
     judge_endpoint: str | None = None
     judge_model: str | None = None
     baseline: dict[str, float] | None = None
+    # Where the target's (and judge's) API key is: read by this pod from Vault, logging in
+    # as for signing; the key itself is never in the config.
+    api_key: KeyInVault | None = None
+    judge_api_key: KeyInVault | None = None
     vault: VaultSigner | None = None
     signing_key_file: str | None = None
     pvc_root: str = "/data"
@@ -131,6 +137,41 @@ def signer_for(config: JobConfig) -> Signer:
     raise ValueError("no signing key: the config names neither Vault nor a key file")
 
 
+class ApiKeyError(Exception):
+    """An API key the config names cannot be read; the message never holds a key."""
+
+
+def read_api_key(config: JobConfig, where: KeyInVault | None, what: str) -> str | None:
+    """The key at `where`, read from Vault as this pod's workload (its projected token,
+    the evaluation's own role); None when the config names none."""
+    if where is None:
+        return None
+    if config.vault is None:
+        raise ApiKeyError(f"the {what}'s API key is in Vault, but the config names no Vault")
+    from freehold_serving.args import VaultKeySource
+    from freehold_serving.vault_keys import VaultKeysError, read_secret
+
+    vault = config.vault
+    source = VaultKeySource(
+        mount=where.mount,
+        path=where.path,
+        address=vault.address,
+        role=vault.role,
+        auth_mount=vault.auth_mount,
+        jwt_path=vault.jwt_path,
+        ca_cert=vault.ca_cert,
+    )
+    try:
+        value = read_secret(source, f"the {what}'s API key").get(where.field)
+    except VaultKeysError as exc:  # its message names the path and role, never a value
+        raise ApiKeyError(str(exc)) from None
+    if not value or not isinstance(value, str):
+        raise ApiKeyError(
+            f"the {what}'s API key: {where.mount}/{where.path} has no field {where.field!r}"
+        )
+    return value
+
+
 def summary(result: dict[str, Any]) -> dict[str, Any]:
     """The outcome in at most SUMMARY_LIMIT bytes of JSON: every gate and every suite's
     gated metric when they fit; otherwise intervals, then passing gates, are dropped
@@ -194,11 +235,17 @@ def execute(
     except DatasetError as exc:
         progress.state = "failed"
         return EXIT_DATASET, failure("DatasetInvalid", str(exc))
+    try:
+        key = read_api_key(config, config.api_key, "target")
+        judge_key = read_api_key(config, config.judge_api_key, "judge")
+    except ApiKeyError as exc:
+        progress.state = "failed"
+        return EXIT_API_KEY, failure("ApiKeyUnavailable", str(exc))
     progress.total = sum(len(chosen_items(s, loaded[s.name])) for s in spec.suites)
     progress.state = "running"
-    target = Endpoint(config.endpoint, config.model, None, spec.seed)
+    target = Endpoint(config.endpoint, config.model, key, spec.seed)
     judge = (
-        Endpoint(config.judge_endpoint, config.judge_model, None, spec.seed)
+        Endpoint(config.judge_endpoint, config.judge_model, judge_key, spec.seed)
         if config.judge_endpoint
         else None
     )

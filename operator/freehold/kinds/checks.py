@@ -20,15 +20,25 @@ def positive_quantities(fields: Iterable[tuple[str, str]]) -> None:
             raise SpecProblemError("InvalidSpec", f"{field}: {exc}") from None
 
 
+def vault_paths_in_namespace(
+    paths: Iterable[tuple[str, str | None]], kv_prefix: str, namespace: str
+) -> None:
+    """One team cannot name another team's Vault paths: each (field path, KV path) named
+    must start with the namespace's prefix."""
+    prefix = kv_prefix.format(namespace=namespace)
+    for field, path in paths:
+        if path is not None and not path.startswith(prefix):
+            raise SpecProblemError(
+                "InvalidSpec",
+                f"{field}: {path!r} is outside this namespace's Vault paths: it must start "
+                f"with {prefix!r}",
+            )
+
+
 def api_keys_in_namespace(auth: Auth, kv_prefix: str, namespace: str) -> None:
     """One team cannot name another team's Vault path for its API keys."""
-    prefix = kv_prefix.format(namespace=namespace)
-    if auth.api_keys is not None and not auth.api_keys.path.startswith(prefix):
-        raise SpecProblemError(
-            "InvalidSpec",
-            f"spec.auth.apiKeys.path: {auth.api_keys.path!r} is outside this "
-            f"namespace's Vault paths: it must start with {prefix!r}",
-        )
+    path = auth.api_keys.path if auth.api_keys is not None else None
+    vault_paths_in_namespace([("spec.auth.apiKeys.path", path)], kv_prefix, namespace)
 
 
 def postgres_credentials_in_namespace(

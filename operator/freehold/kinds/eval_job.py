@@ -48,6 +48,7 @@ from freehold.kinds.base import (
     VAULT_REASONS,
     KindBase,
 )
+from freehold.kinds.checks import vault_paths_in_namespace
 from freehold.reconciler import (
     ChildKey,
     Desired,
@@ -90,6 +91,13 @@ class EvalJobKind(KindBase[EvalJobSpec]):
     finalizer: str | None = VAULT_FINALIZER
 
     def check(self, spec: EvalJobSpec, meta: Mapping[str, Any]) -> None:
+        judge = spec.judge.api_key if spec.judge else None
+        keys = [("spec.target.apiKey.path", spec.target.api_key), ("spec.judge.apiKey.path", judge)]
+        vault_paths_in_namespace(
+            [(field, key.path if key else None) for field, key in keys],
+            self.config.vault_kv_prefix,
+            meta["namespace"],
+        )
         for n, suite in enumerate(spec.suites):
             scheme = suite.dataset.uri.split("://", 1)[0]
             if scheme == "file":
@@ -154,7 +162,7 @@ class EvalJobKind(KindBase[EvalJobSpec]):
             children.append(ca)
         children += build_network(ctx, resolved)
         children.append(build_job(spec, ctx))  # last: everything it mounts exists first
-        return Desired(children, [build_vault_role(ctx)], keep=frozenset(keep))
+        return Desired(children, [build_vault_role(spec, ctx)], keep=frozenset(keep))
 
     def resolve(self, spec: EvalJobSpec, facts: Facts) -> Resolved:
         """The target (and judge, baseline) as they are now; pinned in the Job's config."""
@@ -279,7 +287,10 @@ class EvalJobKind(KindBase[EvalJobSpec]):
 def judge_target(judge: Judge | None) -> Target:
     assert judge is not None
     return Target(
-        model_deployment_ref=judge.model_deployment_ref, endpoint=judge.endpoint, model=judge.model
+        model_deployment_ref=judge.model_deployment_ref,
+        endpoint=judge.endpoint,
+        model=judge.model,
+        api_key=judge.api_key,
     )
 
 
@@ -314,12 +325,14 @@ def target_endpoint(
                 f"spec.{what}: waiting for ModelDeployment {ref.name}'s candidate to serve",
             )
         return str(candidate["endpoint"]), served, candidate.get("digest")
-    if md_spec.auth.api_keys is not None:
+    if md_spec.auth.api_keys is not None and target.api_key is None:
         raise SpecProblemError(
             "TargetRequiresApiKey",
-            f"spec.{what}: ModelDeployment {ref.name} requires API keys; giving an "
-            "evaluation a key is planned, not built. (Promotion candidates need none: only "
-            "their evaluation can reach them.)",
+            f"spec.{what}.apiKey: ModelDeployment {ref.name} requires API keys: name a Vault "
+            "KV v2 field holding a key it accepts (`freehold keys create --of "
+            f"modeldeployment/{ref.name} --tenant evaluation --into MOUNT/PATH` makes one "
+            "there). (Promotion "
+            "candidates need none: only their evaluation can reach them.)",
         )
     if not is_true(deployment, "Ready") or not status.get("endpoint"):
         raise WaitingError(

@@ -46,7 +46,11 @@ from freehold.kinds.base import (
     VAULT_REASONS,
     KindBase,
 )
-from freehold.kinds.checks import api_keys_in_namespace, positive_quantities
+from freehold.kinds.checks import (
+    api_keys_in_namespace,
+    positive_quantities,
+    vault_paths_in_namespace,
+)
 from freehold.reconciler import (
     OWNER_UID_LABEL,
     ChildKey,
@@ -102,6 +106,17 @@ class ModelDeploymentKind(KindBase[ModelDeploymentSpec]):
             ]
         )
         api_keys_in_namespace(spec.auth, self.config.vault_kv_prefix, meta["namespace"])
+        if spec.promotion is not None:
+            judge = spec.promotion.eval_template.judge
+            keys = [
+                ("spec.promotion.apiKey.path", spec.promotion.api_key),
+                ("spec.promotion.evalTemplate.judge.apiKey.path", judge and judge.api_key),
+            ]
+            vault_paths_in_namespace(
+                [(field, key.path if key else None) for field, key in keys],
+                self.config.vault_kv_prefix,
+                meta["namespace"],
+            )
         if spec.secrets:
             raise SpecProblemError(
                 "SecretsUnsupported",

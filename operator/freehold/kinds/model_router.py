@@ -31,7 +31,7 @@ from freehold.kinds.base import (
     VAULT_REASONS,
     KindBase,
 )
-from freehold.kinds.checks import postgres_credentials_in_namespace
+from freehold.kinds.checks import postgres_credentials_in_namespace, vault_paths_in_namespace
 from freehold.reconciler import (
     ChildKey,
     Desired,
@@ -39,7 +39,6 @@ from freehold.reconciler import (
     Lookup,
     Probe,
     Problem,
-    SpecProblemError,
     StatusReport,
 )
 
@@ -84,7 +83,6 @@ class ModelRouterKind(KindBase[ModelRouterSpec]):
     wakes: tuple[str, ...] = ("ModelDeployment",)
 
     def check(self, spec: ModelRouterSpec, meta: Mapping[str, Any]) -> None:
-        prefix = self.config.vault_kv_prefix.format(namespace=meta["namespace"])
         paths = [("spec.auth.apiKeys.path", spec.auth.api_keys.path)] if spec.auth.api_keys else []
         paths += [
             (f"spec.targets[{n}].external.apiKey.path", t.external.api_key.path)
@@ -96,13 +94,7 @@ class ModelRouterKind(KindBase[ModelRouterSpec]):
             for n, t in enumerate(spec.targets)
             if t.api_key is not None
         ]
-        for field, path in paths:
-            if not path.startswith(prefix):
-                raise SpecProblemError(
-                    "InvalidSpec",
-                    f"{field}: {path!r} is outside this namespace's Vault paths: it must "
-                    f"start with {prefix!r}",
-                )
+        vault_paths_in_namespace(paths, self.config.vault_kv_prefix, meta["namespace"])
         if spec.state.postgres is not None:
             postgres_credentials_in_namespace(
                 spec.state.postgres.credentials,

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from freehold_serving.signing import FileSigner
-from tests.integration.serving.conftest import SMOL, Stack
+from tests.integration.serving.conftest import API_KEY, MODEL, SMOL, Stack
 from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
@@ -203,3 +203,106 @@ def test_a_tampered_dataset_fails_the_job_before_any_request(stack: Stack, tmp_p
         not (tmp_path / "connections.log").exists()
         or not (tmp_path / "connections.log").read_text().strip()
     )
+
+
+def keyed_job(stack: Stack, tmp: Path, where: dict[str, str] | None) -> Path:
+    """The config the operator writes for an EvalJob of the keyed model ("locked": its key
+    set in Vault), with the Vault role and policy it builds for that EvalJob made in the
+    Vault stand-in, and the pod's projected token as a file."""
+    from freehold.adapters.vault import VaultApi
+    from freehold.api.eval_job import EvalJobSpec
+    from freehold.builders.eval_job import Resolved, build_vault_role, job_config
+    from freehold.builders.model_workload import BuildContext
+    from freehold.validation import defaulted
+
+    assert stack.vault is not None
+    target: dict[str, Any] = {"modelDeploymentRef": {"name": "gemma-270m"}}
+    if where is not None:
+        target["apiKey"] = where
+    doc = {
+        "apiVersion": "freehold.dev/v1alpha1",
+        "kind": "EvalJob",
+        "spec": {
+            "target": target,
+            "suites": [
+                {
+                    "name": "capitals",
+                    "task": "multiple_choice",
+                    "dataset": {
+                        "uri": "package://freehold/evals/capitals.jsonl",
+                        "sha256": CAPITALS_SHA,
+                    },
+                    "metric": "accuracy",
+                    "limit": 3,
+                }
+            ],
+            "gates": [{"suite": "capitals", "metric": "accuracy", "threshold": 0.0}],
+            "offline": True,
+        },
+    }
+    spec = EvalJobSpec.model_validate(defaulted(doc)["spec"])
+    ctx = BuildContext(
+        name="keyed",
+        namespace="test",
+        serving_image="-",
+        ray_version="-",
+        api_server_cidr="10.0.0.1/32",
+        vault_address=stack.vault_url,
+    )
+    VaultApi.connect(stack.vault_url, stack.vault_token).ensure(build_vault_role(spec, ctx))
+    jwt = tmp / "token"
+    jwt.write_text("projected-token-keyed-eval")
+    stack.vault.state.service_accounts["projected-token-keyed-eval"] = ("keyed-eval", "test")
+    resolved = Resolved(
+        endpoint=stack.base("locked"), model=MODEL, model_digest=None, target_pods=None
+    )
+    config = job_config(spec, ctx, resolved)
+    assert config.vault is not None
+    config.vault.jwt_path = str(jwt)
+    config.ready_timeout = 60
+    path = tmp / "job.json"
+    path.write_text(config.model_dump_json())
+    assert API_KEY not in path.read_text()  # where the key is, never the key
+    return path
+
+
+def test_a_keyed_model_is_evaluated_with_a_key_the_pod_reads_from_vault(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """The pod program logs in to Vault as the EvalJob's workload (the role and policy the
+    operator builds for it), reads the target's key from the named field, evaluates the
+    keyed model and signs with transit. Without the key the model refuses the evaluation
+    (401); a field that is not there fails before any request, naming the secret."""
+    assert stack.vault is not None
+    stack.vault.state.kv["secret/data/test/eval/keyed"] = {"gemma": API_KEY}
+    where = {"path": "test/eval/keyed", "key": "gemma"}
+    proc = start(keyed_job(stack, tmp_path, where), tmp_path, free_port())
+    output = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, output
+    outcome = json.loads((tmp_path / "termination-log").read_text())
+    assert outcome["state"] == "done" and outcome["signer"].startswith("ed25519:")
+    result = json.loads((tmp_path / "results" / "result.json").read_text())
+    assert result["suites"][0]["samples"] == 3
+
+    # The same evaluation with no key: the model refuses it.
+    unkeyed = tmp_path / "unkeyed"
+    unkeyed.mkdir()
+    proc = start(keyed_job(stack, unkeyed, None), unkeyed, free_port())
+    output = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 3, output
+    refused = json.loads((unkeyed / "termination-log").read_text())
+    assert refused["reason"] == "EndpointFailed" and "401" in refused["message"]
+
+    # A field that is not in the secret: no request is made, and no value is shown.
+    missing = tmp_path / "missing"
+    missing.mkdir()
+    wrong = {"path": "test/eval/keyed", "key": "other"}
+    proc = start(keyed_job(stack, missing, wrong), missing, free_port())
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 5, output
+    failed = json.loads((missing / "termination-log").read_text())
+    assert failed["reason"] == "ApiKeyUnavailable"
+    assert "secret/test/eval/keyed has no field 'other'" in failed["message"]
+    assert API_KEY not in failed["message"] and API_KEY not in output
+    connections = (missing / "connections.log").read_text().split()
+    assert set(connections) <= {"127.0.0.1"}  # the Vault stand-in (on loopback)
