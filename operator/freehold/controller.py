@@ -278,15 +278,10 @@ class Controller:
                 or previous.uid != child_uid
                 or _newer(rv, previous.resource_version)
             ):
-                # Our intent outlives a newer version of the same shape where a change of
-                # spec would have moved the generation (another controller wrote status):
-                # the next recheck need not apply the same intent again. Kinds without a
-                # generation (ConfigMap, ServiceAccount) could have changed anywhere.
+                # Our intent outlives a newer version of the same shape (another controller
+                # wrote its status): the next recheck need not apply the same intent again.
                 same = (
-                    previous is not None
-                    and previous.uid == child_uid
-                    and previous.shape == shape
-                    and meta.get("generation") is not None
+                    previous is not None and previous.uid == child_uid and previous.shape == shape
                 )
                 intent = previous.intent if previous is not None and same else ""
                 children[ck] = OwnedChild(ck[0], ck[1], ck[2], child_uid, rv, shape, intent)

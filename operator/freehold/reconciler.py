@@ -201,9 +201,16 @@ class OwnedChild:
 
 def shape_of(obj: Mapping[str, Any]) -> str:
     meta = obj.get("metadata") or {}
+    # The generation moves with every change of a spec; kinds without one (ConfigMap,
+    # ServiceAccount, Service) have their content stand for it, so that an edit of a
+    # ConfigMap's data is drift like any other.
+    content = meta.get("generation")
+    if content is None:
+        rest = {k: v for k, v in obj.items() if k not in ("metadata", "status")}
+        content = hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()
     return repr(
         (
-            meta.get("generation"),
+            content,
             sorted((meta.get("labels") or {}).items()),
             sorted((meta.get("annotations") or {}).items()),
             [(r.get("uid"), r.get("controller")) for r in meta.get("ownerReferences") or []],

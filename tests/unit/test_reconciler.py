@@ -351,36 +351,58 @@ def test_lookups_of_watched_kinds_are_read_from_the_watch_not_listed() -> None:
     assert {"podSelector": {"matchLabels": {"freehold.dev/model-router": "gate"}}} in peers
 
 
-def test_our_intent_outlives_another_controllers_status_write_only() -> None:
-    class PdbOwner:
+def test_a_status_write_keeps_our_intent_and_an_edit_is_drift() -> None:
+    class Owner:
         class api:  # noqa: N801 - mirrors KindController.api
             kind = "ModelDeployment"
 
         status_from: frozenset[str] = frozenset()
 
-    controller = Controller(Reconciler(InjectingKube()), [PdbOwner()], workers=1, resync_seconds=60)  # type: ignore[arg-type,list-item]
+    controller = Controller(Reconciler(InjectingKube()), [Owner()], workers=1, resync_seconds=60)  # type: ignore[arg-type,list-item]
+    woken: list[Any] = []
+    controller._wake = lambda key, signal: woken.append(signal)  # type: ignore[method-assign]
+    controller._keys["parent-uid"] = ("ModelDeployment", "ns", "parent")
 
-    def child(kind: str, rv: str, generation: int | None, **labels: str) -> dict[str, Any]:
-        meta: dict[str, Any] = {
-            "name": "m",
-            "uid": f"{kind}-uid",
-            "resourceVersion": rv,
-            "labels": {"app.kubernetes.io/managed-by": "freehold-operator", **labels},
-            "ownerReferences": [{"uid": "parent-uid", "controller": True}],
+    def child(kind: str, rv: str, **changes: Any) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": kind,
+            "metadata": {
+                "name": "m",
+                "uid": f"{kind}-uid",
+                "resourceVersion": rv,
+                "labels": {"app.kubernetes.io/managed-by": "freehold-operator"},
+                "ownerReferences": [{"uid": "parent-uid", "controller": True}],
+            },
         }
-        if generation is not None:
-            meta["generation"] = generation
-        return {"apiVersion": "v1", "kind": kind, "metadata": meta}
+        if kind == "PodDisruptionBudget":
+            body["metadata"]["generation"] = 1
+            body["spec"] = {"maxUnavailable": 1}
+        else:  # a ConfigMap has no generation: its content stands for it
+            body["data"] = {"bom.json": "{}"}
+        for path, value in changes.items():
+            section, key = path.split("__")
+            body.setdefault(section, {})[key] = value
+        return body
 
-    for kind, generation in (("PodDisruptionBudget", 1), ("ConfigMap", None)):
-        applied = child(kind, "5", generation)
+    for kind in ("PodDisruptionBudget", "ConfigMap"):
+        applied = child(kind, "5")
         ours = OwnedChild("v1", kind, "m", f"{kind}-uid", "5", shape_of(applied), "digest")
         controller._owned["parent-uid"] = {("v1", kind, "m"): ours}
-        # The disruption controller's status write: a newer version, the same shape.
-        controller.child_event("MODIFIED", child(kind, "6", generation))
-        kept = controller._owned["parent-uid"][("v1", kind, "m")]
-        # A ConfigMap has no generation: a newer version may be a change of its data.
-        assert kept.intent == ("digest" if generation else "")
-        # A label changed behind our back: the next pass applies our intent again.
-        controller.child_event("MODIFIED", child(kind, "7", generation, team="other"))
+        woken.clear()
+        # Another controller's status write: a newer version of the same shape keeps our
+        # intent (the next recheck applies nothing) and wakes nobody.
+        controller.child_event("MODIFIED", child(kind, "6", status__currentHealthy=1))
+        assert controller._owned["parent-uid"][("v1", kind, "m")].intent == "digest"
+        assert woken == []
+        # A label changed behind our back: drift, repaired by the pass it wakes.
+        labels = {"app.kubernetes.io/managed-by": "freehold-operator", "team": "x"}
+        controller.child_event("MODIFIED", child(kind, "7", metadata__labels=labels))
         assert controller._owned["parent-uid"][("v1", kind, "m")].intent == ""
+        assert len(woken) == 1
+    # A ConfigMap's data edited (an ML-BOM rewritten): drift too, though no generation moved.
+    controller._owned["parent-uid"] = {("v1", "ConfigMap", "m"): ours}
+    woken.clear()
+    controller.child_event("MODIFIED", child("ConfigMap", "8", data__extra="tampered"))
+    assert controller._owned["parent-uid"][("v1", "ConfigMap", "m")].intent == ""
+    assert len(woken) == 1
