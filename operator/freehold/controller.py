@@ -246,9 +246,7 @@ class Controller:
 
     def policies(self) -> list[dict[str, Any]]:
         """The SovereigntyPolicies held (read from worker threads: one atomic copy)."""
-        keys = list(self._places.get(("SovereigntyPolicy", "None"), ()))  # cluster-scoped
-        found = (self._parents.get(key) for key in keys)
-        return [body for body in found if body is not None]
+        return self.watched("SovereigntyPolicy", "None") or []  # cluster-scoped: no namespace
 
     def child_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         meta = body.get("metadata") or {}

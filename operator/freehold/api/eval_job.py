@@ -71,9 +71,8 @@ API_KEY_DESCRIPTION = (
     "For a model that requires API keys (a ModelDeployment's spec.auth.apiKeys, or an "
     "endpoint's own): a Vault KV v2 field holding a key it accepts (make one with `freehold "
     "keys create --of modeldeployment/NAME --tenant evaluation --into MOUNT/PATH`), in "
-    "this namespace's Vault "
-    "paths. The evaluation's pod reads it as its own workload; the key is never in the "
-    "spec, the Job or its config."
+    "this namespace's Vault paths. The evaluation's pod reads it as its own workload; the "
+    "key is never in the spec, the Job or its config."
 )
 
 

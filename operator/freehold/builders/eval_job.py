@@ -24,9 +24,8 @@ from freehold.builders.model_workload import (
     vault_volumes,
 )
 from freehold.builders.network import _ns, dns_egress
-from freehold.builders.vault import VaultRole, acl_policy, role_body
+from freehold.builders.vault import VaultRole, acl_policy, key_in_vault, role_body
 from freehold.evaluation.job import PROGRESS_PORT, RESULT_FILE, JobConfig, VaultSigner
-from freehold_serving.router.args import KeyInVault
 
 EVAL_LABEL = "freehold.dev/eval-job"
 CONFIG_KEY = "job.json"
@@ -317,10 +316,6 @@ def api_keys(spec: EvalJobSpec) -> list[EvalKey]:
     """The Vault fields holding the target's and the judge's API keys, where named."""
     found = [spec.target.api_key, spec.judge.api_key if spec.judge else None]
     return [key for key in found if key is not None]
-
-
-def key_in_vault(key: EvalKey | None) -> KeyInVault | None:
-    return None if key is None else KeyInVault(mount=key.mount, path=key.path, field=key.key)
 
 
 def build_vault_role(spec: EvalJobSpec, ctx: BuildContext) -> VaultRole:

@@ -32,14 +32,13 @@ from freehold.builders.postgres import (
     postgres_vault_paths,
 )
 from freehold.builders.serving_args import api_keys_config
-from freehold.builders.vault import VaultRole, acl_policy, role_body
+from freehold.builders.vault import VaultRole, acl_policy, key_in_vault, role_body
 from freehold_serving.args import AuditConfig, TelemetryConfig
 from freehold_serving.router.args import (
     ARGS_ENV,
     BudgetConfig,
     ExternalConfig,
     FallbackConfig,
-    KeyInVault,
     RateLimitConfig,
     RouterArgs,
     TargetConfig,
@@ -128,11 +127,7 @@ def router_args(
                 url=found.url if found else None,
                 model=found.model if found else None,
                 admitted=bool(found and found.admitted and found.url),
-                api_key_vault=KeyInVault(
-                    mount=t.api_key.mount, path=t.api_key.path, field=t.api_key.key
-                )
-                if t.api_key is not None
-                else None,
+                api_key_vault=key_in_vault(t.api_key),
             )
         )
     return RouterArgs(

@@ -7,11 +7,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from freehold.api.base import ExternalSecret
 from freehold.api.model_deployment import ModelDeploymentSpec
 from freehold.builders.model_workload import VAULT_AUDIENCE, BuildContext, service_account_name
+from freehold_serving.router.args import KeyInVault
 
 TOKEN_TTL = "10m"
 TOKEN_MAX_TTL = "30m"
+
+
+def key_in_vault(secret: ExternalSecret | None) -> KeyInVault | None:
+    """Where a workload reads a key from Vault itself (its args name the field, never
+    the key)."""
+    if secret is None:
+        return None
+    return KeyInVault(mount=secret.mount, path=secret.path, field=secret.key)
 
 
 def vault_name(ctx: BuildContext) -> str:

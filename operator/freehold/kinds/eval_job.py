@@ -331,8 +331,7 @@ def target_endpoint(
             f"spec.{what}.apiKey: ModelDeployment {ref.name} requires API keys: name a Vault "
             "KV v2 field holding a key it accepts (`freehold keys create --of "
             f"modeldeployment/{ref.name} --tenant evaluation --into MOUNT/PATH` makes one "
-            "there). (Promotion "
-            "candidates need none: only their evaluation can reach them.)",
+            "there). (Promotion candidates need none: only their evaluation can reach them.)",
         )
     if not is_true(deployment, "Ready") or not status.get("endpoint"):
         raise WaitingError(

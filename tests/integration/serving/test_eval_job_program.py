@@ -40,6 +40,18 @@ main()
 """
 
 
+def capitals(limit: int) -> dict[str, Any]:
+    """The packaged capitals suite, its first `limit` items."""
+    dataset = {"uri": "package://freehold/evals/capitals.jsonl", "sha256": CAPITALS_SHA}
+    return {
+        "name": "capitals",
+        "task": "multiple_choice",
+        "dataset": dataset,
+        "metric": "accuracy",
+        "limit": limit,
+    }
+
+
 def judge_dataset(tmp: Path) -> tuple[str, str]:
     path = tmp / "judged.jsonl"
     lines = [
@@ -56,16 +68,7 @@ def config(stack: Stack, tmp: Path, **changes: Any) -> Path:
     spec = {
         "target": {"endpoint": stack.base("smol").removesuffix("/v1")},
         "suites": [
-            {
-                "name": "capitals",
-                "task": "multiple_choice",
-                "dataset": {
-                    "uri": "package://freehold/evals/capitals.jsonl",
-                    "sha256": CAPITALS_SHA,
-                },
-                "metric": "accuracy",
-                "limit": 6,
-            },
+            capitals(6),
             {
                 "name": "judged",
                 "task": "judge",
@@ -224,18 +227,7 @@ def keyed_job(stack: Stack, tmp: Path, where: dict[str, str] | None) -> Path:
         "kind": "EvalJob",
         "spec": {
             "target": target,
-            "suites": [
-                {
-                    "name": "capitals",
-                    "task": "multiple_choice",
-                    "dataset": {
-                        "uri": "package://freehold/evals/capitals.jsonl",
-                        "sha256": CAPITALS_SHA,
-                    },
-                    "metric": "accuracy",
-                    "limit": 3,
-                }
-            ],
+            "suites": [capitals(3)],
             "gates": [{"suite": "capitals", "metric": "accuracy", "threshold": 0.0}],
             "offline": True,
         },
