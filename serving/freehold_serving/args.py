@@ -31,6 +31,7 @@ RequestRouter = Literal["prefix-aware", "power-of-two"]
 LoraRank = Literal[8, 16, 32, 64, 128, 256]
 ContextLength = Annotated[int, Field(ge=128, le=1048576)]
 PromptCacheMib = Annotated[int, Field(ge=0, le=65536)]
+Parallel = Annotated[int, Field(ge=1, le=64)]
 
 
 class Strict(BaseModel):
@@ -43,6 +44,7 @@ class LlamaCppConfig(Strict):
     batch_size: BatchSize = 512
     flash_attention: bool = False
     prompt_cache_mib: PromptCacheMib = 128
+    parallel: Parallel = 1
     request_router: RequestRouter = "prefix-aware"
 
 

@@ -1,7 +1,9 @@
-"""Runs one engine: one sequence at a time, chunks streamed from its thread.
+"""Runs one llama.cpp engine, chunks streamed from its thread.
 
-The replica admits a bounded number of requests (see app.OpenAIServer); here an
-asyncio lock keeps them in arrival order while the engine works in its own thread.
+The replica admits a bounded number of requests (see app.OpenAIServer). With one
+sequence (the default) an asyncio lock keeps them in arrival order while the engine works
+in its own thread; with `parallel` > 1 they go to the batching engine's scheduler
+(engines.llamacpp_batch), which keeps arrival order itself.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ from freehold_serving.engines.base import (
     SamplingParams,
 )
 from freehold_serving.engines.llamacpp import LlamaCppEngine
+from freehold_serving.engines.llamacpp_batch import BatchedLlamaCpp
 from freehold_serving.model_files import verified_path
 
 log = logging.getLogger(__name__)
 
 
-_DONE = object()
+_DONE = BatchedLlamaCpp.DONE  # the end of a request's chunks, from either engine
 
 
 def make_engine(args: ServingArgs) -> LlamaCppEngine:
@@ -42,12 +45,35 @@ def make_engine(args: ServingArgs) -> LlamaCppEngine:
         )
     path = verified_path(args.model)
     log.info("model %s verified (sha256 %s); loading", path.name, args.model.sha256)
+    if engine.llamacpp.parallel > 1:
+        return BatchedLlamaCpp(path, engine)
     return LlamaCppEngine(path, engine)
 
 
+async def _drain(queue: asyncio.Queue[object]) -> AsyncGenerator[list[Chunk], None]:
+    """Chunks from an engine thread, in batches of what has arrived, until _DONE."""
+    while True:
+        batch: list[Chunk] = []
+        item = await queue.get()
+        while True:
+            if item is _DONE:
+                if batch:
+                    yield batch
+                return
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, Chunk)
+            batch.append(item)
+            if queue.empty():
+                break
+            item = queue.get_nowait()
+        yield batch
+
+
 class LLMServer:
-    """The `Generator` of a one-sequence-at-a-time `Engine`: requests queue on a lock in
-    arrival order while the engine runs in its own thread."""
+    """The `Generator` of the llama.cpp engine: one sequence at a time (requests queue on
+    a lock in arrival order while the engine runs in its own thread), or several decoded
+    together by the batching engine."""
 
     def __init__(self, args: ServingArgs) -> None:
         self._engine: Engine = make_engine(args)
@@ -77,6 +103,18 @@ class LLMServer:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
         cancel = threading.Event()
+        if isinstance(self._engine, BatchedLlamaCpp):
+
+            def emit(item: object) -> None:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+
+            self._engine.submit(tokens, params, cancel, emit)
+            try:
+                async for batch in _drain(queue):
+                    yield batch
+            finally:
+                cancel.set()  # the scheduler frees the slot at its next step
+            return
 
         def run() -> None:
             try:
@@ -90,23 +128,8 @@ class LLMServer:
         async with self._lock:
             worker = loop.run_in_executor(self._pool, run)
             try:
-                done = False
-                while not done:
-                    batch: list[Chunk] = []
-                    item = await queue.get()
-                    while True:
-                        if item is _DONE:
-                            done = True
-                            break
-                        if isinstance(item, BaseException):
-                            raise item
-                        assert isinstance(item, Chunk)
-                        batch.append(item)
-                        if queue.empty():
-                            break
-                        item = queue.get_nowait()
-                    if batch:
-                        yield batch
+                async for batch in _drain(queue):
+                    yield batch
             finally:
                 # Client gone or finished: stop the engine before the next request runs.
                 cancel.set()

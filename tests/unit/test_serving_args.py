@@ -149,3 +149,13 @@ def test_prefix_aware_llamacpp_replicas_sit_behind_a_front() -> None:
         update={"autoscaling": args.autoscaling.model_copy(update={"max_replicas": 1})}
     )
     assert not remote.split(one)
+
+
+def test_parallel_sequences_reach_the_engine() -> None:
+    spec = spec_of(
+        "smollm2.yaml",
+        engine={"name": "llamacpp", "llamacpp": {"parallel": 4}},
+        scaling={"maxOngoingRequests": 4},
+    )
+    assert serving_args_for(spec, "m", "ns").engine.llamacpp.parallel == 4
+    assert serving_args_for(spec_of("smollm2.yaml"), "m", "ns").engine.llamacpp.parallel == 1

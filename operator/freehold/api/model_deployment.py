@@ -31,6 +31,7 @@ from freehold_serving.args import (
     LlamaCppConfig,
     LoraRank,
     MaxNumSeqs,
+    Parallel,
     PipelineParallelSize,
     PromptCacheMib,
     Quantization,
@@ -247,6 +248,14 @@ class LlamaCppArgs(ApiModel):
         description="MiB per replica (within resources.memory) for the KV states of "
         "earlier conversations, so a returning conversation's history is not evaluated "
         "again; 0 keeps only the last one.",
+    )
+    parallel: Parallel = Field(
+        default=_LLAMA.parallel,
+        description="Sequences a replica decodes together (continuous batching): "
+        "concurrent requests share each step. Each sequence holds a KV cache of "
+        "contextLength tokens (memory grows with it). Where the model's CPU kernels make "
+        "a sequence's logits depend on its batch (some K-quants), seeded requests run "
+        "alone so that they stay reproducible; see docs/concepts/engines.md.",
     )
     request_router: RequestRouter = Field(
         default=_LLAMA.request_router,
@@ -601,6 +610,14 @@ class ModelDeploymentSpec(ApiModel):
                 "name a Vault KV v2 field holding a key it accepts (freehold keys create --of "
                 "modeldeployment/NAME --tenant evaluation --into MOUNT/PATH)",
                 field_path=".promotion.apiKey",
+            ),
+            cel(
+                "self.engine.name != 'llamacpp' || !has(self.engine.llamacpp) || "
+                "self.engine.llamacpp.parallel <= self.scaling.maxOngoingRequests",
+                "spec.engine.llamacpp.parallel: a replica decodes at most "
+                "scaling.maxOngoingRequests requests at once: raise maxOngoingRequests to at "
+                "least parallel, or lower parallel",
+                field_path=".engine.llamacpp.parallel",
             ),
             cel(
                 "!has(oldSelf.residency) || has(self.residency)",

@@ -89,8 +89,9 @@ class GenerationJob:
 class Generator(Protocol):
     """What the HTTP API needs from a model replica: one call per request, chunks out as
     they come. Async and per request, so an engine that batches many requests at once
-    (vLLM's continuous batching) implements it directly; llama.cpp implements it with one
-    sequence at a time behind a lock (llm_server.LLMServer over an `Engine`)."""
+    (vLLM's continuous batching) implements it directly; llama.cpp implements it in
+    llm_server.LLMServer, over an `Engine` running one sequence at a time behind a lock, or
+    over the batching engine (engines.llamacpp_batch, `parallel` > 1)."""
 
     def generate(self, job: GenerationJob) -> AsyncGenerator[list[Chunk], None]:
         """Raises EngineError (a 4xx) before the first chunk when the job cannot run."""

@@ -78,14 +78,18 @@ def split_chat(text: str, skeleton: str, contents: list[str]) -> tuple[tuple[str
 class LlamaCppEngine:
     """One llama.cpp context: one sequence at a time. Callers serialise access."""
 
-    def __init__(self, path: Path, config: EngineConfig) -> None:
+    def __init__(
+        self, path: Path, config: EngineConfig, *, helper_context: int | None = None
+    ) -> None:
+        """`helper_context`: a smaller context for an engine that decodes in a context of
+        its own (llamacpp_batch) and keeps this one for its tokenizer and templates."""
         from llama_cpp import Llama
 
         cfg = config.llamacpp
         # llama-cpp-python's API is only partly annotated; we type our side of it.
         self._llm: Any = Llama(
             model_path=str(path),
-            n_ctx=config.context_length,
+            n_ctx=helper_context or config.context_length,
             n_threads=cfg.threads,
             n_threads_batch=cfg.threads,
             n_batch=cfg.batch_size,
