@@ -2,7 +2,8 @@
 
 The same generate_until task (bench/tasks/arithmetic.yaml, lm-evaluation-harness's own
 format, 120 local items), the same endpoint (`freehold up` serving SmolLM2-135M-Instruct,
-started here unless --endpoint is given), the same concurrency, greedy decoding. Both run
+four sequences decoded together, started here unless --endpoint is given), the same
+concurrency, greedy decoding. Both run
 as their users run them, one command each, in alternating rounds (peer, Freehold, ...):
 `lm_eval run --model local-completions ...` and `freehold eval run -f ...` with the task
 as a suite of `dataset.format: lm-eval`. Reported: per item, whether the generated text
@@ -55,11 +56,20 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def start_server() -> tuple[subprocess.Popen[bytes], str]:
+def start_server(parallel: int = CONCURRENCY) -> tuple[subprocess.Popen[bytes], str]:
+    """`freehold up` with its built-in model, by default decoding as many sequences
+    together as the clients send at once (spec.engine.llamacpp.parallel)."""
+    from freehold.local.up import DEFAULT_MANIFEST
+
     port = free_port()
     data = tempfile.mkdtemp(prefix="fh-bench-eval-")
+    spec = DEFAULT_MANIFEST["spec"]
+    model = {**DEFAULT_MANIFEST, "spec": {**spec, "engine": {
+        **spec["engine"], "llamacpp": {"parallel": parallel}}}}  # fmt: skip
+    manifest = Path(data) / "model.yaml"
+    manifest.write_text(yaml.safe_dump(model))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "freehold", "up", "--port", str(port)],
+        [sys.executable, "-m", "freehold", "up", "--port", str(port), "-f", str(manifest)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env={**os.environ, "FREEHOLD_DATA_DIR": data},
@@ -216,12 +226,15 @@ def main() -> None:
         "--items", type=int, default=None, help="a larger task: the 120, then more (e.g. 1000)"
     )
     parser.add_argument("--endpoint", default=None, help="an endpoint already serving SmolLM2")
+    parser.add_argument(
+        "--parallel", type=int, default=CONCURRENCY, help="sequences the server decodes at once"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "eval.json")
     args = parser.parse_args()
     proc = None
     base = args.endpoint
     if base is None:
-        proc, base = start_server()
+        proc, base = start_server(args.parallel)
     work = Path(tempfile.mkdtemp(prefix="fh-bench-eval-task-"))
     tasks = task_with(args.items, work) if args.items else TASKS
     try:
