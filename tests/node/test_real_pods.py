@@ -599,6 +599,9 @@ def test_an_eval_job_runs_to_completion_against_a_model(
     template = gated(">=", 0.0)
     promotion = {"evalTemplate": template, "apiKey": eval_key}
     spec = model_spec(SMOLLM2_PACKAGED, promotion=promotion)
+    # Two sequences decoded together (the batching engine) in a real pod; the evaluations
+    # send seeded requests, which on Gemma (after the promotion below) run alone.
+    spec["engine"]["llamacpp"]["parallel"] = 2
     apply(manifest("ModelDeployment", "smol-b", MODELS, spec))
     with timed("second ModelDeployment (package://, keyed) Ready"):
         wait_for(lambda: ready("ModelDeployment", "smol-b"), MODELS, "smol-b Ready", timeout=300)
