@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from freehold_serving.args import EngineConfig, LlamaCppConfig, ModelConfig, ServingArgs
-from freehold_serving.engines.base import Chunk, SamplingParams
+from freehold_serving.engines.base import Chunk, EngineError, SamplingParams
 from freehold_serving.engines.llamacpp import LlamaCppEngine
 from freehold_serving.engines.llamacpp_batch import BatchedLlamaCpp
 from freehold_serving.llm_server import make_engine
@@ -227,3 +227,29 @@ def test_the_replica_server_streams_concurrent_requests_and_stops_a_left_one() -
         assert not engine._active()
     finally:
         engine.close()
+
+
+def test_closing_ends_running_and_queued_requests_with_an_error() -> None:
+    import queue
+
+    engine = load(2)
+    assert isinstance(engine, BatchedLlamaCpp)
+    params = SamplingParams(max_tokens=900, temperature=0.0)
+    outs: list[queue.Queue[object]] = []
+    for prompt in PROMPTS[:3]:  # two run, one waits for a slot
+        outs.append(queue.Queue())
+        tokens = engine.tokenize(prompt + " Let us count to a thousand: 1, 2, 3,", add_special=True)
+        engine.submit(tokens, params, threading.Event(), outs[-1].put)
+    outs[0].get()  # generating
+    engine.close()
+    ends: list[Any] = []
+    for out in outs:  # every request ends: finished before the close, or stopped by it
+        items = []
+        while (item := out.get(timeout=30)) is not engine.DONE:
+            items.append(item)
+        ends.append(items[-1])
+    stopped = [e for e in ends if isinstance(e, EngineError)]
+    assert stopped and all("stopped" in e.message for e in stopped)
+    assert all(isinstance(e, EngineError) or e.finish_reason for e in ends)
+    with pytest.raises(EngineError, match="the engine stopped"):
+        engine.submit([1, 2], params, threading.Event(), outs[0].put)

@@ -171,9 +171,25 @@ class BatchedLlamaCpp(LlamaCppEngine):
         )
 
     def close(self) -> None:
+        """Stop the scheduler: requests still queued or running end with an error, and
+        the context is freed (the model stays with its Llama object)."""
         with self._wake:
             self._closed = True
             self._wake.notify()
+        self._thread.join()
+
+    def _stopped(self) -> None:
+        import llama_cpp
+
+        gone = EngineError("the engine stopped", code="engine_unavailable")
+        for request in [*self._inbox, *self._active()]:
+            request.send(gone)
+            request.send(self.DONE)
+        self._inbox.clear()
+        for slot in self._slots:
+            slot.request = None
+        llama_cpp.llama_batch_free(self._batch)
+        llama_cpp.llama_free(self._ctx)
 
     # -- the asyncio side ----------------------------------------------------------------
 
@@ -198,6 +214,8 @@ class BatchedLlamaCpp(LlamaCppEngine):
             emit(self.DONE)
             return
         with self._wake:
+            if self._closed:
+                raise EngineError("the engine stopped", code="engine_unavailable")
             self._inbox.append(request)
             self._wake.notify()
 
@@ -284,6 +302,7 @@ class BatchedLlamaCpp(LlamaCppEngine):
                 while not self._closed and not self._inbox and not self._active():
                     self._wake.wait()
                 if self._closed:
+                    self._stopped()
                     return
                 self._admit()
             try:
