@@ -130,6 +130,24 @@ def test_a_returning_prompt_reuses_its_slot_or_saved_state(many: BatchedLlamaCpp
     assert seeded[-1].cached_tokens == 0
 
 
+def test_a_conversation_whose_slot_was_taken_comes_back_from_its_saved_state(
+    many: BatchedLlamaCpp,
+) -> None:
+    params = SamplingParams(max_tokens=8, temperature=0.0)
+    opening = "A long conversation about the rivers of Europe and their sources. " + PROMPTS[0]
+    first = run(many, opening, params)
+    # Every slot now holds another prompt sharing that opening's first words, so the
+    # conversation's cells were overwritten; its state was kept.
+    held = len(many._states)
+    for n in range(4):
+        run(many, f"A long conversation about cats number {n}. " + PROMPTS[1], params)
+    assert len(many._states) > held
+    assert all("rivers" not in many._llm.detokenize(s.tokens).decode() for s in many._slots)
+    returning = opening + text(first) + "\nQuestion: And 2 + 2?\nAnswer:"
+    again = run(many, returning, params)
+    assert again[-1].cached_tokens >= first[-1].prompt_tokens - 1
+
+
 def test_seeded_requests_run_alone_where_the_batch_changes_logits(
     many: BatchedLlamaCpp, passes: list[set[int]], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -9,7 +9,6 @@ for logprobs, which keeps n_ctx x n_vocab floats (gigabytes for Gemma's 262k voc
 from __future__ import annotations
 
 import codecs
-import ctypes
 import logging
 import random
 import re
@@ -31,7 +30,13 @@ from freehold_serving.engines.base import (
     TokenLogprob,
 )
 from freehold_serving.engines.chat_templates import BY_ARCHITECTURE
-from freehold_serving.engines.prompt_states import PromptStates, as_tokens, common_prefix
+from freehold_serving.engines.prompt_states import (
+    PromptStates,
+    as_tokens,
+    common_prefix,
+    load_seq_state,
+    seq_state,
+)
 from freehold_serving.engines.stops import StopMatcher
 
 log = logging.getLogger(__name__)
@@ -245,22 +250,14 @@ class LlamaCppEngine:
     # -- prompt states -----------------------------------------------------------------
 
     def _save_state(self, tokens: npt.NDArray[np.int32]) -> None:
-        import llama_cpp
-
-        ctx = self._llm._ctx.ctx
-        size = int(llama_cpp.llama_state_seq_get_size(ctx, 0))
-        buffer = (ctypes.c_uint8 * size)()
-        written = int(llama_cpp.llama_state_seq_get_data(ctx, buffer, size, 0))
-        if 0 < written <= size:
-            self._states.add(tokens, bytes(memoryview(buffer)[:written]))
+        data = seq_state(self._llm._ctx.ctx, 0)
+        if data is not None:
+            self._states.add(tokens, data)
 
     def _restore_state(self, tokens: npt.NDArray[np.int32], data: bytes) -> bool:
-        import llama_cpp
-
         llm = self._llm
         llm._ctx.kv_cache_seq_rm(0, 0, -1)
-        buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
-        if int(llama_cpp.llama_state_seq_set_data(llm._ctx.ctx, buffer, len(data), 0)) == 0:
+        if not load_seq_state(llm._ctx.ctx, 0, data):
             log.warning("a saved prompt state did not load; evaluating the prompt afresh")
             llm.reset()
             llm._ctx.kv_cache_seq_rm(-1, 0, -1)

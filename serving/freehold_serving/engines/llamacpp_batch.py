@@ -24,7 +24,6 @@ overwritten go to the same saved-state cache as the one-sequence engine's.
 from __future__ import annotations
 
 import codecs
-import ctypes
 import logging
 import random
 import threading
@@ -41,7 +40,12 @@ import numpy.typing as npt
 from freehold_serving.args import EngineConfig
 from freehold_serving.engines.base import Chunk, EngineError, SamplingParams, TokenLogprob
 from freehold_serving.engines.llamacpp import MIN_STATE_TOKENS, LlamaCppEngine
-from freehold_serving.engines.prompt_states import as_tokens, common_prefix
+from freehold_serving.engines.prompt_states import (
+    as_tokens,
+    common_prefix,
+    load_seq_state,
+    seq_state,
+)
 from freehold_serving.engines.stops import StopMatcher
 
 log = logging.getLogger(__name__)
@@ -56,23 +60,6 @@ HELPER_CONTEXT = 256
 PROBE = "The capital of France is Paris. The capital of Italy is"
 
 Emit = Callable[[object], None]
-
-
-def seq_state(ctx: Any, seq: int) -> bytes | None:
-    """The KV state of one sequence, as bytes (llama.cpp's per-sequence state API)."""
-    import llama_cpp
-
-    size = int(llama_cpp.llama_state_seq_get_size(ctx, seq))
-    buffer = (ctypes.c_uint8 * size)()
-    written = int(llama_cpp.llama_state_seq_get_data(ctx, buffer, size, seq))
-    return bytes(memoryview(buffer)[:written]) if 0 < written <= size else None
-
-
-def load_seq_state(ctx: Any, seq: int, data: bytes) -> bool:
-    import llama_cpp
-
-    buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
-    return int(llama_cpp.llama_state_seq_set_data(ctx, buffer, len(data), seq)) != 0
 
 
 @dataclass(eq=False)

@@ -1,4 +1,4 @@
-"""Saved KV states of earlier sequences, for a one-sequence engine (llama.cpp).
+"""Saved KV states of earlier sequences, for the llama.cpp engines.
 
 llama.cpp's context holds one sequence; on its own it reuses only the part of the last
 sequence that the next prompt shares. A replica that serves several conversations in
@@ -6,14 +6,17 @@ turn would evaluate each one's whole history again at every turn. Before the con
 moves to another prompt we keep a copy of its KV state here (bytes from llama.cpp's
 per-sequence state API) and restore the one sharing the longest prefix with a new
 prompt, so only the new tokens are evaluated. The prefix-aware request router sends a
-conversation's turns to the replica that holds them.
+conversation's turns to the replica that holds them. The batching engine
+(llamacpp_batch) keeps the states of its slots' sequences here the same way.
 """
 
 from __future__ import annotations
 
+import ctypes
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -87,3 +90,20 @@ class PromptStates:
 
     def _drop(self, key: int) -> None:
         self.size_bytes -= len(self._states.pop(key).data)
+
+
+def seq_state(ctx: Any, seq: int) -> bytes | None:
+    """The KV state of one sequence, as bytes (llama.cpp's per-sequence state API)."""
+    import llama_cpp
+
+    size = int(llama_cpp.llama_state_seq_get_size(ctx, seq))
+    buffer = (ctypes.c_uint8 * size)()
+    written = int(llama_cpp.llama_state_seq_get_data(ctx, buffer, size, seq))
+    return bytes(memoryview(buffer)[:written]) if 0 < written <= size else None
+
+
+def load_seq_state(ctx: Any, seq: int, data: bytes) -> bool:
+    import llama_cpp
+
+    buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+    return int(llama_cpp.llama_state_seq_set_data(ctx, buffer, len(data), seq)) != 0
