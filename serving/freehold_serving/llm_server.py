@@ -103,11 +103,11 @@ class LLMServer:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
         cancel = threading.Event()
+
+        def emit(item: object) -> None:  # from the engine's thread
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
         if isinstance(self._engine, BatchedLlamaCpp):
-
-            def emit(item: object) -> None:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-
             self._engine.submit(tokens, params, cancel, emit)
             try:
                 async for batch in _drain(queue):
@@ -119,11 +119,11 @@ class LLMServer:
         def run() -> None:
             try:
                 for chunk in self._engine.generate(tokens, params, cancel):
-                    loop.call_soon_threadsafe(queue.put_nowait, chunk)
+                    emit(chunk)
             except BaseException as exc:  # handed to the event loop, raised there
-                loop.call_soon_threadsafe(queue.put_nowait, exc)
+                emit(exc)
             finally:
-                loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+                emit(_DONE)
 
         async with self._lock:
             worker = loop.run_in_executor(self._pool, run)

@@ -80,6 +80,28 @@ def split_chat(text: str, skeleton: str, contents: list[str]) -> tuple[tuple[str
     return tuple(pieces) if pos == len(text) else ()
 
 
+def sampling(params: SamplingParams) -> dict[str, float]:
+    """llama-cpp-python's sampler arguments for a request: only what the API exposes, the
+    rest neutral (no top-k, min-p, typical or repeat penalty)."""
+    return {
+        "top_k": 0,
+        "top_p": params.top_p,
+        "min_p": 0.0,
+        "typical_p": 1.0,
+        "temp": params.temperature,
+        "repeat_penalty": 1.0,
+        "frequency_penalty": params.frequency_penalty,
+        "presence_penalty": params.presence_penalty,
+    }
+
+
+def first_logprob(llm: Any, token: int) -> TokenLogprob:
+    """The prompt's first token in echo scoring: nothing before it, so no logprob."""
+    first: bytes = llm.detokenize([token], special=True)
+    in_text = bool(llm.detokenize([token], special=False))
+    return TokenLogprob(first.decode("utf-8", errors="replace"), list(first), None, in_text=in_text)
+
+
 class LlamaCppEngine:
     """One llama.cpp context: one sequence at a time. Callers serialise access."""
 
@@ -227,13 +249,7 @@ class LlamaCppEngine:
         llm = self._llm
         llm.reset()
         llm._ctx.kv_cache_seq_rm(-1, 0, -1)
-        first = self._llm.detokenize([tokens[0]], special=True)
-        in_text = bool(self._llm.detokenize([tokens[0]], special=False))
-        result = [
-            TokenLogprob(
-                first.decode("utf-8", errors="replace"), list(first), None, in_text=in_text
-            )
-        ]
+        result = [first_logprob(self._llm, tokens[0])]
         for start in range(0, len(tokens), self._batch_size):
             batch = tokens[start : start + self._batch_size]
             llm._batch.set_batch(batch=batch, n_past=start, logits_all=True)
@@ -345,18 +361,7 @@ class LlamaCppEngine:
         generated = 0
         finish: str = "length"
         grammar = self._grammar(params.json_schema) if params.json_schema else None
-        tokens = llm.generate(
-            prompt,
-            grammar=grammar,
-            top_k=0,
-            top_p=params.top_p,
-            min_p=0.0,
-            typical_p=1.0,
-            temp=params.temperature,
-            repeat_penalty=1.0,
-            frequency_penalty=params.frequency_penalty,
-            presence_penalty=params.presence_penalty,
-        )
+        tokens = llm.generate(prompt, grammar=grammar, **sampling(params))
         try:
             for token in tokens:
                 if cancel.is_set():

@@ -39,7 +39,12 @@ import numpy.typing as npt
 
 from freehold_serving.args import EngineConfig
 from freehold_serving.engines.base import Chunk, EngineError, SamplingParams, TokenLogprob
-from freehold_serving.engines.llamacpp import MIN_STATE_TOKENS, LlamaCppEngine
+from freehold_serving.engines.llamacpp import (
+    MIN_STATE_TOKENS,
+    LlamaCppEngine,
+    first_logprob,
+    sampling,
+)
 from freehold_serving.engines.prompt_states import (
     as_tokens,
     common_prefix,
@@ -50,10 +55,6 @@ from freehold_serving.engines.stops import StopMatcher
 
 log = logging.getLogger(__name__)
 
-# How many tokens of a sequence llama-cpp-python's own sampler remembers for presence and
-# frequency penalties (Llama.last_n_tokens_size): the same here, so both engines sample
-# the same text for the same seed.
-PENALTY_LAST_N = 64
 # The smallest context llama.cpp allocates: the Llama object is kept for its tokenizer,
 # chat template and grammar helpers; its own context is unused.
 HELPER_CONTEXT = 256
@@ -333,12 +334,12 @@ class BatchedLlamaCpp(LlamaCppEngine):
         wanted = as_tokens(request.prompt[:-1])
         # The free slot holding the most of the prompt; for a fresh evaluation the one
         # least recently used, keeping the others' cells for their conversations.
-        shared = {id(s): common_prefix(as_tokens(s.tokens), wanted) for s in free}
+        shared = {s: common_prefix(as_tokens(s.tokens), wanted) for s in free}
         if fresh:
             slot = min(free, key=lambda s: s.used)
         else:
-            slot = max(free, key=lambda s: (shared[id(s)], -s.used))
-        keep = 0 if fresh else shared[id(slot)]
+            slot = max(free, key=lambda s: (shared[s], -s.used))
+        keep = 0 if fresh else shared[slot]
         keep = self._prefix_states(slot, wanted, keep, restore=not fresh)
         llama_cpp.llama_memory_seq_rm(self._memory, slot.seq, keep, -1)
         del slot.tokens[keep:]
@@ -351,11 +352,7 @@ class BatchedLlamaCpp(LlamaCppEngine):
         request.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         request.stops = StopMatcher(params.stop)
         if scoring:
-            first = self._llm.detokenize([request.prompt[0]], special=True)
-            in_text = bool(self._llm.detokenize([request.prompt[0]], special=False))
-            request.scores = [
-                TokenLogprob(first.decode("utf-8", "replace"), list(first), None, in_text=in_text)
-            ]
+            request.scores = [first_logprob(self._llm, request.prompt[0])]
 
     def _prefix_states(self, slot: _Slot, wanted: Any, keep: int, *, restore: bool) -> int:
         """Keep the slot's cells as a saved state if the new prompt would lose enough of
@@ -384,30 +381,12 @@ class BatchedLlamaCpp(LlamaCppEngine):
         return shared
 
     def _sampler(self, params: SamplingParams) -> Any:
-        """The sampler chain llama-cpp-python's `Llama.generate` builds for the engine's
-        arguments (llamacpp.LlamaCppEngine.generate), one per request."""
-        from llama_cpp import _internals
-
-        chain: Any = _internals.LlamaSampler()  # type: ignore[no-untyped-call]
-        chain.add_penalties(
-            penalty_last_n=PENALTY_LAST_N,
-            penalty_repeat=1.0,
-            penalty_freq=params.frequency_penalty,
-            penalty_present=params.presence_penalty,
-        )
-        if params.json_schema:
-            chain.add_grammar(self._llm._model, self._grammar(params.json_schema))
-        if params.temperature == 0.0:
-            chain.add_greedy()
-        else:
-            seed = params.seed if params.seed is not None else random.getrandbits(32)
-            chain.add_top_k(0)
-            chain.add_typical(1.0, 1)
-            chain.add_top_p(params.top_p, 1)
-            chain.add_min_p(0.0, 1)
-            chain.add_temp(params.temperature)
-            chain.add_dist(seed)
-        return chain
+        """The sampler chain llama-cpp-python's `Llama.generate` builds for the same
+        arguments (llamacpp.LlamaCppEngine.generate), one per request: the helper Llama
+        builds it, from this thread only."""
+        grammar = self._grammar(params.json_schema) if params.json_schema else None
+        self._llm.set_seed(params.seed if params.seed is not None else random.getrandbits(32))
+        return self._llm._init_sampler(grammar=grammar, **sampling(params))
 
     def _step(self) -> None:
         """One batch: every generating slot's next token first (their streams wait on
@@ -518,5 +497,6 @@ class BatchedLlamaCpp(LlamaCppEngine):
         slot.request = None
         slot.used = time.monotonic()
         if request is not None:
-            request.sampler.close() if request.sampler is not None else None
+            if request.sampler is not None:
+                request.sampler.close()
             request.send(self.DONE)
