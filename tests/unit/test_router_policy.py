@@ -283,3 +283,18 @@ def test_replicas_share_budgets_in_postgresql_and_one_replica_keeps_them_in_memo
     objs = {f"{c['kind']}/{c['metadata']['name']}": c
             for c in kind.build(single, meta, facts).children}  # fmt: skip
     assert objs["Deployment/assistant"]["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_the_router_replica_runs_at_nice_0_without_rays_access_log() -> None:
+    from freehold_serving.router.app import router_options
+
+    args = RouterArgs.model_validate(
+        {"name": "r", "served_name": "m", "replicas": 2,
+         "targets": [{"name": "a", "url": "http://a:8000/v1"}]}
+    )  # fmt: skip
+    options = router_options(args)
+    assert options["num_replicas"] == 2
+    # Beside a model replica at nice 0, a router at Ray's nice 15 would wait for the cores.
+    assert options["ray_actor_options"]["runtime_env"]["env_vars"]["RAY_worker_niceness"] == "0"
+    # Its own access records name key, tenant and target; Ray's line would repeat them.
+    assert options["logging_config"].enable_access_log is False

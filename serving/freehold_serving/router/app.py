@@ -25,6 +25,7 @@ from fastapi import FastAPI, Request
 from prometheus_client import Counter, Histogram
 from ray import serve
 from ray.serve import Application
+from ray.serve.schema import LoggingConfig
 from starlette.responses import Response, StreamingResponse
 
 from freehold_serving.access import AccessLog
@@ -1003,16 +1004,30 @@ class RouterServer:
         return await self.route(request, "embeddings")
 
 
+def router_options(args: RouterArgs) -> dict[str, Any]:
+    """Ray Serve options of the router deployment."""
+    return {
+        "num_replicas": args.replicas,
+        # A proxy: it waits on its targets, it does not compute. Admission is the targets'.
+        "max_ongoing_requests": 1024,
+        "ray_actor_options": {
+            "num_cpus": 0,
+            # Every routed request waits on this process twice (the call and the answer):
+            # at Ray's default nice 15 a busy model replica (nice 0) on the same cores
+            # would take them from it.
+            "runtime_env": {"env_vars": {"RAY_worker_niceness": "0"}},
+        },
+        # The router writes its own access records (caller's key, tenant, target): Ray's
+        # per-request access log line would repeat them, unsigned, on every request.
+        "logging_config": LoggingConfig(enable_access_log=False),
+        "graceful_shutdown_timeout_s": 5,
+    }
+
+
 def build_router(args: RouterArgs) -> Application:
     """The router application (`import_path: freehold_serving.router.app:build_router`)."""
     deployment = serve.deployment(name="router")(RouterServer)
-    return deployment.options(
-        num_replicas=args.replicas,
-        # A proxy: it waits on its targets, it does not compute. Admission is the targets'.
-        max_ongoing_requests=1024,
-        ray_actor_options={"num_cpus": 0},
-        graceful_shutdown_timeout_s=5,
-    ).bind(args)
+    return deployment.options(**router_options(args)).bind(args)
 
 
-__all__ = ["RouterServer", "build_router", "error_response"]
+__all__ = ["RouterServer", "build_router", "error_response", "router_options"]
