@@ -1,11 +1,13 @@
 """The ModelRouter in front of one model vs. the same model called directly, in one run.
 
 `freehold up` serves SmolLM2-135M-Instruct at /models/smollm2-135m/v1 and a router with that
-one target at /v1 (same Ray Serve cluster, same HAProxy). Requests alternate between the
-two paths (direct, routed, direct, ...) so both see the same machine state. Measured:
-latency p50 of whole (non-streaming) completions and of the first streamed token, one
-request at a time; throughput with 4 in flight. Reported: what the router adds and the
-throughput ratio.
+one target at /v1 (same Ray Serve cluster, same HAProxy). A bare relay
+(bench/relay_floor.py: no checks, no records) is deployed beside them as the floor of any
+Ray Serve HTTP hop on this machine. Requests alternate between the three paths (direct,
+routed, floor, direct, ...) so all see the same machine state. Measured: latency p50 of
+whole (non-streaming) completions and of the first streamed token, one request at a time;
+throughput with 4 in flight. Reported: what the router adds, what the bare relay adds,
+and the throughput ratio.
 
 Targets (issue #15, #28): added latency p50 <= 1 ms in one Ray cluster; throughput >=
 0.97x.
@@ -84,6 +86,25 @@ def start(
             pass
         time.sleep(0.5)
     raise TimeoutError("freehold up did not serve within 300 s")
+
+
+def deploy_floor(base: str, target: str) -> str:
+    """The bare relay (bench/relay_floor.py) deployed into freehold up's Ray cluster."""
+    subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "relay_floor.py"), "--target", target,
+         "--model", "smollm2-135m-instruct"],
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300,
+    )  # fmt: skip
+    url = f"{base}/relay-floor/v1/completions"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # HAProxy learns the new route after a reload
+        try:
+            if httpx.post(url, json=body("x", 1, False), timeout=30).status_code == 200:
+                return url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError("the bare relay was not served within 120 s")
 
 
 def body(model: str, max_tokens: int, stream: bool) -> dict[str, object]:
@@ -199,9 +220,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         proc, base = start(Path(tmp))
         try:
+            direct = f"{base}/models/smollm2-135m/v1/completions"
             paths = {
-                "direct": (f"{base}/models/smollm2-135m/v1/completions", "smollm2-135m-instruct"),
+                "direct": (direct, "smollm2-135m-instruct"),
                 "routed": (f"{base}/v1/completions", "routed"),
+                "floor": (deploy_floor(base, direct), "smollm2-135m-instruct"),
             }
             client = httpx.Client(timeout=120)
             for url, model in paths.values():  # warm both paths
@@ -251,7 +274,12 @@ def main() -> None:
         "throughput_rps_direct": statistics.median(throughput["direct"]),
         "throughput_rps_routed": statistics.median(throughput["routed"]),
     }
+    result["p50_ms_floor"] = p50("floor", "whole")
+    result["ttft_p50_ms_floor"] = p50("floor", "first_token")
+    result["throughput_rps_floor"] = statistics.median(throughput["floor"])
     result["added_p50_ms"] = result["p50_ms_routed"] - result["p50_ms_direct"]
+    result["floor_added_p50_ms"] = result["p50_ms_floor"] - result["p50_ms_direct"]
+    result["floor_added_ttft_p50_ms"] = result["ttft_p50_ms_floor"] - result["ttft_p50_ms_direct"]
     result["added_ttft_p50_ms"] = result["ttft_p50_ms_routed"] - result["ttft_p50_ms_direct"]
     result["throughput_ratio"] = result["throughput_rps_routed"] / result["throughput_rps_direct"]
     if not args.skip_holdout:
@@ -261,6 +289,12 @@ def main() -> None:
         f"router adds {result['added_p50_ms']:+.2f} ms p50 (whole), "
         f"{result['added_ttft_p50_ms']:+.2f} ms p50 (first token); throughput "
         f"{result['throughput_ratio']:.3f}x (targets: <= 1 ms, >= 0.97x)"
+    )
+    print(
+        f"a bare relay in the same Ray cluster (the floor of any Ray Serve HTTP hop) adds "
+        f"{result['floor_added_p50_ms']:+.2f} ms p50 (whole), "
+        f"{result['floor_added_ttft_p50_ms']:+.2f} ms p50 (first token); the router's own "
+        f"work: {result['added_p50_ms'] - result['floor_added_p50_ms']:+.2f} ms"
     )
     if not args.skip_holdout:
         print(
