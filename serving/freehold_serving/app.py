@@ -2,9 +2,11 @@
 
 Two deployments: the OpenAI-compatible API together with one model replica (one llama.cpp
 context each, autoscaled on ongoing requests; API and engine in one replica saves a hop
-per request), and, when the embeddings extra is installed, the embedder. Engines whose
-replicas are chosen per request (vLLM; llama.cpp with prefix-aware routing over several
-replicas) run behind a front instead: the API in one deployment, the engine in another.
+per request), and, when the embeddings extra is installed, the embedder. vLLM on one
+replica runs in the same way, Ray Serve LLM's server inside the API's process. Engines
+whose replicas are chosen per request (vLLM, and llama.cpp with prefix-aware routing, over
+several replicas) run behind a front instead: the API in one deployment, the engine in
+another.
 """
 
 # No `from __future__ import annotations` here: Ray Serve reads build_app's parameter
@@ -14,7 +16,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -211,11 +213,17 @@ class OpenAIServer:
         self._args = args
         self._runner: Generator
         self._engine_metrics: EngineMetrics | None = None
-        if engine is not None and args.engine.name == "vllm":
-            # vLLM: the engine runs in its own deployment (Ray Serve LLM), which batches.
-            from freehold_serving.engines.vllm import VllmGenerator
+        self._engine_health: Callable[[], Awaitable[None]] | None = None
+        if args.engine.name == "vllm":
+            # vLLM through Ray Serve LLM, which batches: in its own deployment behind this
+            # front (several replicas), or in this process (one).
+            from freehold_serving.engines.vllm import LocalVllmGenerator, VllmGenerator
 
-            self._runner = VllmGenerator(args, engine)
+            if engine is not None:
+                self._runner = VllmGenerator(args, engine)
+            else:
+                local = LocalVllmGenerator(args)  # verifies the directory first: fail closed
+                self._runner, self._engine_health = local, local.check_health
             self._engine_metrics = EngineMetrics(args.model.served_name)
         elif engine is not None:  # llama.cpp replicas routed by prefix
             from freehold_serving.engines.remote import RemoteGenerator
@@ -251,6 +259,12 @@ class OpenAIServer:
         self._engine_wait = asyncio.get_running_loop().create_task(self._await_engine())
         if embedder is not None:
             self._warming = asyncio.get_running_loop().create_task(self._warm_embedder())
+
+    async def check_health(self) -> None:
+        """Ray Serve's periodic check: a replica whose vLLM (in this process) failed to
+        start or died is replaced."""
+        if self._engine_health is not None:
+            await self._engine_health()
 
     async def _await_engine(self) -> None:
         while True:
@@ -353,7 +367,8 @@ class OpenAIServer:
 
 
 def deployment_options(args: ServingArgs) -> dict[str, Any]:
-    """Ray Serve options of the deployment that answers HTTP."""
+    """Ray Serve options of the deployment that answers HTTP (vLLM on one replica: see
+    vllm.replica_options, which needs the model's directory)."""
     if args.engine.name == "vllm" or remote.split(args):
         return front_options(args)
     return replica_options(args)
@@ -440,7 +455,11 @@ def build_app(args: ServingArgs) -> Application:
 
         if not vllm.available():
             raise vllm.unavailable_error()
-        engine = vllm.build_engine(args, str(resolve(args.model)))
+        model_dir = str(resolve(args.model))
+        if vllm.in_process(args):
+            options = vllm.replica_options(args, model_dir, front_options(args))
+            return server.options(**options).bind(args, embedder)
+        engine = vllm.build_engine(args, model_dir)
         return server.options(**front_options(args)).bind(args, embedder, engine)
     if remote.split(args):
         replicas = (

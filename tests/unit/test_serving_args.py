@@ -159,3 +159,19 @@ def test_parallel_sequences_reach_the_engine() -> None:
     )
     assert serving_args_for(spec, "m", "ns").engine.llamacpp.parallel == 4
     assert serving_args_for(spec_of("smollm2.yaml"), "m", "ns").engine.llamacpp.parallel == 1
+
+
+def test_vllm_runs_in_the_fronts_process_only_on_one_fixed_replica() -> None:
+    """One replica: Ray Serve LLM's server in the API's own process (no handle hop per
+    streamed batch); several, or autoscaled: a deployment of its own behind the front,
+    whose prefix-aware router picks the replica."""
+    from freehold_serving.engines import vllm
+
+    def args_with(**scaling: Any) -> ServingArgs:
+        spec = spec_of("smollm2.yaml", engine={"name": "vllm"}, scaling=scaling)
+        return serving_args_for(spec, "m", "ns")
+
+    assert vllm.in_process(args_with(minReplicas=1, maxReplicas=1))
+    assert not vllm.in_process(args_with(minReplicas=2, maxReplicas=2))
+    assert not vllm.in_process(args_with(minReplicas=0, maxReplicas=1))  # scale to zero
+    assert not vllm.in_process(args_with(minReplicas=1, maxReplicas=3))

@@ -2,10 +2,12 @@
 
 The Freehold front (app.OpenAIServer: API keys, tenants, memory, admission, access records,
 metrics) stays the only ingress. It turns each admitted request into a vLLM OpenAI request
-and calls a Ray Serve LLM deployment (`ray.serve.llm`), whose replicas run vLLM's engine:
-continuous batching inside each replica, and Ray Serve LLM's prefix-aware request router
-(`PrefixCacheAffinityRouter`) across replicas, so a multi-turn chat or a shared system
-prompt reaches the replica whose KV cache already holds it.
+for Ray Serve LLM's `LLMServer` (`ray.serve.llm`), which runs vLLM's engine with continuous
+batching. With more than one replica, the LLMServer is a deployment of its own behind the
+front, and Ray Serve LLM's prefix-aware request router (`PrefixCacheAffinityRouter`) sends
+a multi-turn chat or a shared system prompt to the replica whose KV cache already holds
+it. With one replica, the front runs the LLMServer in its own process (no hop between
+them), as `vllm serve` runs its API and engine client together.
 
 The model is a Hugging Face directory pinned by its directory digest; the replica verifies
 it (digest, and signature when the spec names one) before vLLM opens it: fail closed.
@@ -395,26 +397,24 @@ class _Events:
         return [Chunk(finish_reason=self._finish)]
 
 
-class VllmGenerator:
-    """The front's `Generator` over the engine deployment: requests stream through Ray
-    Serve's handle, routed by the prefix-aware router."""
+class _VllmStreams:
+    """The front's `Generator` over vLLM's OpenAI layer in Ray Serve LLM's `LLMServer`: each
+    admitted request as vLLM's own request type, its SSE events turned into chunks."""
 
-    def __init__(self, args: ServingArgs, handle: Any) -> None:
-        # vLLM's request types: imported while the engine replicas start, not at the first
+    def __init__(self, args: ServingArgs) -> None:
+        # vLLM's request types: imported while the engine starts, not at the first
         # request (importing vLLM takes seconds).
         from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 
         self._types = (ChatCompletionRequest, CompletionRequest)
-        self._plain = handle
-        self._handle = handle.options(stream=True)
         self._model = args.model.served_name
         self._context = args.engine.context_length
 
-    async def ready(self) -> int:
-        """Once an engine replica's vLLM engine answers its health check (the call waits
-        while no replica runs yet)."""
-        await self._plain.check_health.remote()
-        return self._context
+    async def _open(self, request: Any, chat: bool, adapter: str | None) -> AsyncIterator[Any]:
+        raise NotImplementedError
+
+    async def _cancel(self, stream: AsyncIterator[Any]) -> None:
+        raise NotImplementedError
 
     async def generate(self, job: GenerationJob) -> AsyncGenerator[list[Chunk], None]:
         body = _request(job, job.adapter or self._model)
@@ -423,11 +423,7 @@ class VllmGenerator:
             request = self._types[0 if chat else 1].model_validate(body)
         except ValueError as exc:
             raise EngineError(f"the vllm engine cannot run this request: {exc}") from None
-        handle = self._handle
-        if job.adapter is not None:  # to a replica that holds the adapter, if one does
-            handle = handle.options(multiplexed_model_id=job.adapter)
-        method = handle.chat if chat else handle.completions
-        stream = method.remote(request)
+        stream = await self._open(request, chat, job.adapter)
         events = _Events(chat)
         try:
             async for batch in stream:
@@ -443,4 +439,99 @@ class VllmGenerator:
         finally:
             # The client left (or an error): stop generating for it.
             if not events.done:
-                stream.cancel()
+                await self._cancel(stream)
+
+
+class VllmGenerator(_VllmStreams):
+    """Over the engine deployment (more than one replica): requests stream through Ray
+    Serve's handle, routed by the prefix-aware router."""
+
+    def __init__(self, args: ServingArgs, handle: Any) -> None:
+        super().__init__(args)
+        self._plain = handle
+        self._handle = handle.options(stream=True)
+
+    async def ready(self) -> int:
+        """Once an engine replica's vLLM engine answers its health check (the call waits
+        while no replica runs yet)."""
+        await self._plain.check_health.remote()
+        return self._context
+
+    async def _open(self, request: Any, chat: bool, adapter: str | None) -> AsyncIterator[Any]:
+        handle = self._handle
+        if adapter is not None:  # to a replica that holds the adapter, if one does
+            handle = handle.options(multiplexed_model_id=adapter)
+        method = handle.chat if chat else handle.completions
+        stream: AsyncIterator[Any] = method.remote(request)
+        return stream
+
+    async def _cancel(self, stream: AsyncIterator[Any]) -> None:
+        stream.cancel()  # type: ignore[attr-defined]
+
+
+def in_process(args: ServingArgs) -> bool:
+    """One fixed replica: vLLM runs in the front's own process. With nothing to route
+    between, the front's call through a Ray Serve handle (a task, and a message per
+    streamed batch, between two processes on the same cores) buys nothing."""
+    scale = args.autoscaling
+    return scale.min_replicas == scale.max_replicas == 1
+
+
+def replica_options(args: ServingArgs, model_dir: str, front: dict[str, Any]) -> dict[str, Any]:
+    """Ray Serve options of the one replica holding the front and vLLM: Ray Serve LLM's
+    own for the engine (its shards' placement, GPUs, the engine's environment), with the
+    front's admission limits (its own admission answers overload first)."""
+    from freehold_serving.engines.vllm_server import FreeholdLLMServer
+
+    options: dict[str, Any] = FreeholdLLMServer.get_deployment_options(llm_config(args, model_dir))
+    options.pop("request_router_config", None)  # one replica: nothing to choose
+    options.pop("autoscaling_config", None)
+    for key in (
+        "max_ongoing_requests",
+        "max_queued_requests",
+        "backpressure_config",
+        "health_check_period_s",
+        "graceful_shutdown_timeout_s",
+        "num_replicas",
+    ):
+        options[key] = front[key]
+    return options
+
+
+class LocalVllmGenerator(_VllmStreams):
+    """vLLM in this process (one replica): Ray Serve LLM's `LLMServer` (the same class the
+    engine deployment runs, with its OpenAI layer, LoRA loading and engine metrics) called
+    directly, its outputs streamed to the HTTP response without another process between.
+    The model directory is verified before anything else: fail closed."""
+
+    def __init__(self, args: ServingArgs) -> None:
+        from freehold_serving.engines.vllm_server import local_server
+
+        self._server = local_server(args)
+        super().__init__(args)
+        self._started: asyncio.Task[None] | None = None
+
+    async def ready(self) -> int:
+        """Once vLLM has started here (started at the first call; a failed start fails
+        every call and the health check, and Ray Serve replaces the replica)."""
+        if self._started is None:
+            start = self._server.start()  # type: ignore[no-untyped-call]
+            self._started = asyncio.get_running_loop().create_task(start)
+        await asyncio.shield(self._started)
+        return self._context
+
+    async def check_health(self) -> None:
+        if self._started is None or not self._started.done():
+            return  # still starting: Ray Serve's start-up timeout covers it
+        self._started.result()
+        await self._server.check_health()
+
+    async def _open(self, request: Any, chat: bool, adapter: str | None) -> AsyncIterator[Any]:
+        if adapter is not None:
+            await self._server.load_adapter(adapter)
+        method = self._server.chat if chat else self._server.completions
+        stream: AsyncIterator[Any] = await method(request)
+        return stream
+
+    async def _cancel(self, stream: AsyncIterator[Any]) -> None:
+        await stream.aclose()  # type: ignore[attr-defined]

@@ -16,7 +16,12 @@ from ray.llm._internal.serve.utils.lora_serve_utils import LoraModelLoader
 from ray.serve.llm.deployment import LLMServer
 
 from freehold_serving.args import ModelConfig, ServingArgs
-from freehold_serving.engines.vllm import one_process_executor, ready_batches, shares_node
+from freehold_serving.engines.vllm import (
+    llm_config,
+    one_process_executor,
+    ready_batches,
+    shares_node,
+)
 from freehold_serving.model_files import verify_file
 
 log = logging.getLogger(__name__)
@@ -69,6 +74,19 @@ def confine_to_cores(args: ServingArgs, local_rank: int) -> list[int]:
     return cores
 
 
+def verified_model(args: ServingArgs) -> str:
+    """The model directory, once verified (digest, and signature when the spec names
+    one); raises on a directory that is not the pinned one."""
+    path, verified = verify_file(args.model)
+    log.info(
+        "model %s verified (sha256 %s%s); starting vLLM",
+        path,
+        args.model.sha256,
+        f", signed by {verified.signer}" if verified else "",
+    )
+    return str(path)
+
+
 class LocalModel(CallbackBase):
     """Ray Serve LLM's start-up hooks: the model directory is already on the node (mounted
     or fetched, then verified), so skip its node initialization, which runs a task per node
@@ -104,13 +122,7 @@ class FreeholdLLMServer(LLMServer):
     async def __init__(self, llm_config: Any, *, args: ServingArgs) -> None:  # type: ignore[misc]
         # Fail closed: a directory that is not the pinned (and, when required, signed) one
         # never reaches vLLM. A refusal fails the replica with the reason.
-        path, verified = await asyncio.to_thread(verify_file, args.model)
-        log.info(
-            "model %s verified (sha256 %s%s); starting vLLM",
-            path,
-            args.model.sha256,
-            f", signed by {verified.signer}" if verified else "",
-        )
+        await asyncio.to_thread(verified_model, args)
         if shares_node(args):
             from ray import serve
 
@@ -130,3 +142,22 @@ class FreeholdLLMServer(LLMServer):
     def _batch_output_stream(self, generator: Any) -> AsyncGenerator[list[Any], None]:
         # Every output as soon as it is ready (see ready_batches), not every 50 ms.
         return ready_batches(generator)
+
+    async def load_adapter(self, name: str) -> None:
+        """A LoRA adapter for a call made in this process (vllm.LocalVllmGenerator): there
+        is no multiplexed request context naming it, so load it (verified, least recently
+        used evicted, as for a routed request) and register it with vLLM here."""
+        if self.engine is None:
+            raise ValueError("Engine is not set")
+        await self.engine.resolve_lora(await self._load_model(name))
+
+
+def local_server(args: ServingArgs) -> FreeholdLLMServer:
+    """The LLMServer of a replica that runs vLLM in the front's process, not started yet
+    (`await start()`). The directory is verified first, as the deployment's constructor
+    does: one that is not the pinned one never reaches vLLM."""
+    server = FreeholdLLMServer.sync_init(
+        llm_config(args, verified_model(args)), model_downloader=adapter_loader(args)
+    )
+    assert isinstance(server, FreeholdLLMServer)  # sync_init makes an instance of cls
+    return server
