@@ -262,7 +262,7 @@ def telemetry_page(sources: list[Path], root: Path) -> str:
         "`ray_vllm_num_requests_running`, `ray_vllm_num_requests_waiting`, "
         "`ray_vllm_kv_cache_usage_perc`, `ray_vllm_prefix_cache_hits_total`, "
         "`ray_vllm_prefix_cache_queries_total`, `ray_vllm_request_queue_time_seconds`), "
-        "labelled `model_name` and `ReplicaId` (the engine replica). Their meaning is "
+        "labelled `model_name` and `ReplicaId` (the replica running the engine). Their meaning is "
         "vLLM's (its production metrics documentation).",
         "",
         "## Audit event types",
