@@ -21,6 +21,8 @@ import aiohttp
 from ray import serve
 from ray.serve.schema import LoggingConfig
 
+from freehold_serving.args import serving_runtime_env
+
 ROUTE = "/relay-floor"
 
 
@@ -73,7 +75,7 @@ def main() -> None:
         max_ongoing_requests=1024,
         ray_actor_options={
             "num_cpus": 0,
-            "runtime_env": {"env_vars": {"RAY_worker_niceness": "0"}},
+            "runtime_env": serving_runtime_env(),
         },
         logging_config=LoggingConfig(enable_access_log=False),
     )

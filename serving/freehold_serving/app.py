@@ -30,7 +30,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.responses import JSONResponse, Response
 
 from freehold_serving import embeddings
-from freehold_serving.args import EmbeddingsConfig, ServingArgs
+from freehold_serving.args import EmbeddingsConfig, ServingArgs, serving_runtime_env
 from freehold_serving.engine_metrics import EngineMetrics
 from freehold_serving.engines import prefix_routing, remote
 from freehold_serving.engines.base import Chunk, EngineError, GenerationJob, Generator
@@ -392,10 +392,8 @@ def replica_options(args: ServingArgs) -> dict[str, Any]:
         "ray_actor_options": {
             "num_cpus": threads,
             "num_gpus": args.engine.gpus,
-            # Ray starts workers at nice 15 so they cannot starve its daemons. This
-            # worker *is* the model server: at nice 15 any other busy process on the
-            # node takes the cores from llama.cpp's threads.
-            "runtime_env": {"env_vars": {"RAY_worker_niceness": "0"}},
+            # This worker *is* the model server: llama.cpp's threads at nice 0.
+            "runtime_env": serving_runtime_env(),
         },
         # Loading and verifying a model takes a while on a cold node.
         "health_check_period_s": 10,
@@ -422,9 +420,8 @@ def front_options(args: ServingArgs) -> dict[str, Any]:
         "ray_actor_options": {
             "num_cpus": 0,
             "num_gpus": 0,
-            # At Ray's default nice 15 the engine's processes (nice 0) starve the front:
-            # every token waits for it.
-            "runtime_env": {"env_vars": {"RAY_worker_niceness": "0"}},
+            # Every token waits for the front: at nice 0 like the engine's processes.
+            "runtime_env": serving_runtime_env(),
         },
         "health_check_period_s": 10,
         "graceful_shutdown_timeout_s": 30,

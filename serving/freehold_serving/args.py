@@ -34,6 +34,14 @@ PromptCacheMib = Annotated[int, Field(ge=0, le=65536)]
 Parallel = Annotated[int, Field(ge=1, le=64)]
 
 
+def serving_runtime_env() -> dict[str, Any]:
+    """Runtime env of a Ray Serve worker that answers requests: Ray starts workers at nice
+    15 so they cannot starve its daemons, and at nice 15 any busy process on the same cores
+    (a model's engine, running at nice 0) takes them from a process every request waits
+    on. A fresh dict each call: Ray Serve LLM adds to the one it is given."""
+    return {"env_vars": {"RAY_worker_niceness": "0"}}
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -24,7 +24,7 @@ import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, TypeVar
 
-from freehold_serving.args import ServingArgs
+from freehold_serving.args import ServingArgs, serving_runtime_env
 from freehold_serving.engines.base import (
     Chunk,
     ContextLengthError,
@@ -109,7 +109,8 @@ def engine_kwargs(args: ServingArgs, model_dir: str) -> dict[str, Any]:
 def engine_env(args: ServingArgs) -> dict[str, str]:
     """Environment of the engine's processes. On CPU, vLLM sizes its KV cache from
     VLLM_CPU_KVCACHE_SPACE (GiB); unset, it takes most of the node's memory."""
-    env = {"RAY_worker_niceness": "0", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
+    env: dict[str, str] = serving_runtime_env()["env_vars"]
+    env |= {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
     if args.engine.gpus == 0:
         env["VLLM_CPU_KVCACHE_SPACE"] = str(args.engine.vllm.cpu_kv_cache_gib)
         if shares_node(args):

@@ -29,7 +29,7 @@ from ray.serve.schema import LoggingConfig
 from starlette.responses import Response, StreamingResponse
 
 from freehold_serving.access import AccessLog
-from freehold_serving.args import VaultKeySource
+from freehold_serving.args import VaultKeySource, serving_runtime_env
 from freehold_serving.auth import ApiKeys
 from freehold_serving.key_records import KeyInfo
 from freehold_serving.openai.api import add_error_handlers, error_response
@@ -1012,10 +1012,8 @@ def router_options(args: RouterArgs) -> dict[str, Any]:
         "max_ongoing_requests": 1024,
         "ray_actor_options": {
             "num_cpus": 0,
-            # Every routed request waits on this process twice (the call and the answer):
-            # at Ray's default nice 15 a busy model replica (nice 0) on the same cores
-            # would take them from it.
-            "runtime_env": {"env_vars": {"RAY_worker_niceness": "0"}},
+            # Every routed request waits on this process twice (the call and the answer).
+            "runtime_env": serving_runtime_env(),
         },
         # The router writes its own access records (caller's key, tenant, target): Ray's
         # per-request access log line would repeat them, unsigned, on every request.
