@@ -10,7 +10,8 @@ Targets (issue #26):
 - throughput >= 0.97x `vllm serve` at concurrency 1 and 16, TTFT p50 <= +5 ms;
 - continuous batching: 16 concurrent streams >= 4x the tokens/s of one stream;
 - prefix-aware routing on a multi-turn workload with 2 replicas: TTFT p50 >= 2x better than
-  power-of-two (Ray Serve's default), in the same run;
+  power-of-two (Ray Serve's default), in the same run (4 requests in flight, KV-cache
+  blocks of 32 tokens: `--parallel`, `--block-size`);
 - `freehold up` with a vLLM model ready <= 60 s.
 
 Run in an environment with the vllm extra (scripts/vllm-env makes .tools/vllm):
@@ -92,15 +93,23 @@ def routing_conversations(path: Path, turns: int) -> int:
     return math.ceil(HISTORY_PER_CACHE * kv_cache_tokens(path) / last)
 
 
-def engine_block(router: str) -> str:
+def engine_block(router: str, block_size: int | None) -> str:
+    block = f", blockSize: {block_size}" if block_size else ""
     if GPUS:  # compiled with CUDA graphs, as vLLM serves on GPUs by default
-        return f"{{dtype: bfloat16, requestRouter: {router}}}"
+        return f"{{dtype: bfloat16, requestRouter: {router}{block}}}"
     return (
-        f"{{dtype: bfloat16, enforceEager: true, cpuKvCacheGib: {KV_GIB}, requestRouter: {router}}}"
+        f"{{dtype: bfloat16, enforceEager: true, cpuKvCacheGib: {KV_GIB}, "
+        f"requestRouter: {router}{block}}}"
     )
 
 
-def manifest(path: Path, digest: str, replicas: int = 1, router: str = "prefix-aware") -> str:
+def manifest(
+    path: Path,
+    digest: str,
+    replicas: int = 1,
+    router: str = "prefix-aware",
+    block_size: int | None = None,
+) -> str:
     gpu = f", gpu: {{count: {GPUS}}}" if GPUS else ""
     return f"""apiVersion: freehold.dev/v1alpha1
 kind: ModelDeployment
@@ -114,7 +123,7 @@ spec:
   engine:
     name: vllm
     contextLength: {CONTEXT}
-    vllm: {engine_block(router)}
+    vllm: {engine_block(router, block_size)}
   resources: {{cpu: "1"{gpu}}}
   scaling: {{minReplicas: {replicas}, maxReplicas: {replicas}, maxOngoingRequests: 64, \
 targetOngoingRequests: 16}}
@@ -210,7 +219,9 @@ def routing_rounds(
     )
     for router in ("power-of-two", "prefix-aware") * 2:
         two = work / f"two-{router}.yaml"
-        two.write_text(manifest(path, digest, replicas=2, router=router))
+        two.write_text(
+            manifest(path, digest, replicas=2, router=router, block_size=opts.block_size)
+        )
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         _, (ms,) = run_server(
@@ -256,7 +267,21 @@ def main() -> None:
         help="routing workload size (default on CPU: 1.5x one replica's KV cache in history)",
     )
     parser.add_argument("--turns", type=int, default=3)
-    parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument(
+        "--block-size",
+        type=int,
+        choices=(16, 32, 64, 128),
+        default=32,
+        help="KV-cache block size of the routing replicas (default 32: a returning "
+        "conversation finds its history cached up to the last whole block; vLLM's CPU "
+        "default of 128 leaves ~17%% of each follow-up to evaluate again)",
+    )
+    # Two requests in flight per replica: a serving system under load, where a replica
+    # that must evaluate a whole history again delays the requests batched with it.
+    # (At one per replica the median follow-up under power-of-two falls among hits or
+    # among misses by chance: it sends about half of them back to the replica that served
+    # the turn before.)
+    parser.add_argument("--parallel", type=int, default=4)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--only", choices=("throughput", "routing"), help="one part alone")
     parser.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench")

@@ -27,6 +27,7 @@ Quantization = Literal["awq", "gptq", "fp8", "gguf", "bitsandbytes"]
 MaxNumSeqs = Annotated[int, Field(ge=1, le=4096)]
 PipelineParallelSize = Annotated[int, Field(ge=1, le=64)]
 CpuKvCacheGib = Annotated[int, Field(ge=1, le=1024)]
+KvBlockSize = Literal[16, 32, 64, 128]
 RequestRouter = Literal["prefix-aware", "power-of-two"]
 LoraRank = Literal[8, 16, 32, 64, 128, 256]
 ContextLength = Annotated[int, Field(ge=128, le=1048576)]
@@ -68,6 +69,8 @@ class VllmConfig(Strict):
     # compiled with CUDA graphs on GPU.
     enforce_eager: bool | None = None
     cpu_kv_cache_gib: CpuKvCacheGib = 2
+    # None: vLLM's own choice (16 tokens on GPU, 128 on CPU, where its kernels are fastest).
+    block_size: KvBlockSize | None = None
     request_router: RequestRouter = "prefix-aware"
 
 

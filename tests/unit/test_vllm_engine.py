@@ -157,6 +157,8 @@ def test_engine_arguments_follow_the_spec_and_the_device() -> None:
     assert cpu["enable_prefix_caching"] and not cpu["trust_remote_code"]
     assert "gpu_memory_utilization" not in cpu and cpu["max_model_len"] == 2048
     assert vllm.engine_env(vllm_args(cpuKvCacheGib=3))["VLLM_CPU_KVCACHE_SPACE"] == "3"
+    assert "block_size" not in cpu  # vLLM's own default for the device
+    assert vllm.engine_kwargs(vllm_args(blockSize=32), "/m")["block_size"] == 32
     gpu_args = vllm_args(tensorParallelSize=2, pipelineParallelSize=2).model_copy(
         update={"engine": vllm_args(tensorParallelSize=2, pipelineParallelSize=2).engine.model_copy(
             update={"gpus": 4})}

@@ -96,6 +96,8 @@ def engine_kwargs(args: ServingArgs, model_dir: str) -> dict[str, Any]:
     }
     if v.quantization is not None:
         kwargs["quantization"] = v.quantization
+    if v.block_size is not None:
+        kwargs["block_size"] = v.block_size
     if args.adapters:
         kwargs["enable_lora"] = True
         kwargs["max_lora_rank"] = v.max_lora_rank
