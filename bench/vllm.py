@@ -271,8 +271,9 @@ def main() -> None:
         "--block-size",
         type=int,
         choices=(16, 32, 64, 128),
-        default=32,
-        help="KV-cache block size of the routing replicas (default 32: a returning "
+        # On GPU vLLM's own default (16) is already small.
+        default=None if GPUS else 32,
+        help="KV-cache block size of the routing replicas (default on CPU 32: a returning "
         "conversation finds its history cached up to the last whole block; vLLM's CPU "
         "default of 128 leaves ~17%% of each follow-up to evaluate again)",
     )
