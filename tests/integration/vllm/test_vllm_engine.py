@@ -114,10 +114,10 @@ def manifest(
     path: Path, digest: str, adapter: tuple[Path, str] | None = None, replicas: int = 1
 ) -> str:
     """The model on one replica, or on `replicas` of one core each behind the prefix-aware
-    router (test_vllm_prefix_routing)."""
+    router with KV-cache blocks of 32 tokens (test_vllm_prefix_routing)."""
     vllm, scaling, resources = "", "maxOngoingRequests: 32", ""
     if replicas > 1:
-        vllm = ", requestRouter: prefix-aware"
+        vllm = ", requestRouter: prefix-aware, blockSize: 32"
         scaling = f"minReplicas: {replicas}, maxReplicas: {replicas}, maxOngoingRequests: 8"
         resources = '  resources: {cpu: "1"}\n'
     adapters = (
