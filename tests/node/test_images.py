@@ -14,7 +14,8 @@ import pytest
 pytestmark = pytest.mark.node
 
 # Modules of an extra these images do not ship: the vllm engine's Ray Serve LLM server
-# class runs only in an image with vLLM (none is built yet; tests/integration/vllm runs it).
+# class runs only in the vLLM image (built for the opt-in test_vllm_pod.py, which runs it;
+# tests/integration/vllm runs it outside a pod).
 NOT_IN_IMAGES = ("freehold_serving.engines.vllm_server",)
 
 IMPORT_ALL = """
