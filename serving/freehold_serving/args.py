@@ -69,7 +69,7 @@ class VllmConfig(Strict):
     # compiled with CUDA graphs on GPU.
     enforce_eager: bool | None = None
     cpu_kv_cache_gib: CpuKvCacheGib = 2
-    # None: vLLM's own choice (16 tokens on GPU, 128 on CPU, where its kernels are fastest).
+    # None: vLLM's own choice (16 tokens on GPU, 128 on CPU).
     block_size: KvBlockSize | None = None
     request_router: RequestRouter = "prefix-aware"
 

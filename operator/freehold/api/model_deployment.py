@@ -310,7 +310,7 @@ class VllmArgs(ApiModel):
         description="Tokens per KV-cache block, the unit the prefix cache reuses: a "
         "returning conversation finds its history cached up to the last whole block. "
         "Smaller blocks reuse more of a multi-turn history. Unset: vLLM's default (16 on "
-        "GPU, 128 on CPU, where its kernels are fastest; 32 and 64 run well there too).",
+        "GPU; 128 on CPU, whose kernels want a multiple of 32).",
     )
     request_router: RequestRouter = Field(
         default=_VLLM.request_router,
