@@ -32,8 +32,10 @@ import sys
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
+from typing import get_args
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from freehold_serving.args import KvBlockSize
 from multiturn import conversation_turns, multi_turn
 from serving import Result, free_port, measure, median_of, run_server
 
@@ -275,7 +277,7 @@ def main() -> None:
     parser.add_argument(
         "--block-size",
         type=int,
-        choices=(16, 32, 64, 128),
+        choices=get_args(KvBlockSize),
         # On GPU vLLM's own default (16) is already small.
         default=None if GPUS else 32,
         help="KV-cache block size of the routing replicas (default on CPU 32: a returning "
