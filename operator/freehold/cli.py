@@ -356,7 +356,9 @@ def serve(
             from freehold_serving.app import build_app
 
             ray_serve.run(build_app(args), name=args.name, route_prefix="/", blocking=False)
-            out.print(f"serving {args.model.served_name} on :8000")
+            # The engine may still be loading (vLLM loads on a thread of its own): /health
+            # answers 503 until it answers, and the kubelet keeps the pod out of its Service.
+            out.print(f"serving {args.model.served_name} on :8000 (/health: 200 once loaded)")
         elif isinstance(args, RouterArgs):
             from freehold_serving.router.app import build_router
 

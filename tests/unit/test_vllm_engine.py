@@ -383,6 +383,64 @@ def test_ready_batches_yield_at_once_and_merge_what_piled_up() -> None:
     asyncio.run(main())
 
 
+def test_the_engine_thread_keeps_the_front_answering_while_the_engine_blocks() -> None:
+    """vLLM's start blocks its loop for the whole load (the defect the opt-in pod test
+    found: /health timed out instead of answering 503). On an EngineThread the front's
+    loop runs on; outputs read there reach the front in order, failures included, and a
+    consumer that leaves stops the reader on the engine's loop."""
+    import threading
+    import time
+
+    engine = vllm.EngineThread("test-engine")
+    seen: dict[str, Any] = {}
+
+    async def blocking_start() -> str:
+        seen["start"] = threading.current_thread().name
+        time.sleep(0.5)  # as vLLM's synchronous engine build
+        return "started"
+
+    async def outputs(n: int, fail: bool = False) -> AsyncIterator[int]:
+        seen["outputs"] = threading.current_thread().name
+        try:
+            for i in range(n):
+                yield i
+                await asyncio.sleep(0)
+            if fail:
+                raise RuntimeError("engine failed")
+            await asyncio.sleep(60)  # a long generation: left by its consumer
+        finally:
+            seen["closed"] = True
+
+    async def main() -> None:
+        started = engine.start(blocking_start())
+        ticks = 0
+        while not started.done():  # the front's loop is not held up
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert await started == "started" and ticks >= 20
+        assert seen["start"] == "test-engine"
+
+        batches = vllm.ready_batches(outputs(3), engine.loop)
+        got: list[int] = []
+        while len(got) < 3:
+            got += await asyncio.wait_for(anext(batches), 5)
+        assert got == [0, 1, 2] and seen["outputs"] == "test-engine"
+        await batches.aclose()  # the client left
+        for _ in range(100):
+            if seen.get("closed"):
+                break
+            await asyncio.sleep(0.01)
+        assert seen["closed"]
+
+        failing = vllm.ready_batches(outputs(1, fail=True), engine.loop)
+        with pytest.raises(RuntimeError, match="engine failed"):
+            async for _ in failing:
+                pass
+        assert await engine.call(asyncio.sleep(0, "on the engine loop")) == "on the engine loop"
+
+    asyncio.run(main())
+
+
 def test_oci_adapters_are_fetched_by_the_init_container_with_their_egress() -> None:
     from freehold.builders.network import fetch_ports
 

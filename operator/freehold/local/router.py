@@ -32,7 +32,7 @@ def start_router(
     `settings` are the router's (its callers' keys)."""
     from ray import serve
 
-    from freehold.local.up import endpoint_of, local_args, verify_model
+    from freehold.local.up import endpoint_of, local_args, verify_model, wait_for_engine
     from freehold_serving.app import build_app
     from freehold_serving.router.app import build_router
 
@@ -54,6 +54,7 @@ def start_router(
                 route_prefix=f"/models/{deployment.name}",
                 blocking=False,
             )
+            wait_for_engine(args.name, f"{root}/models/{deployment.name}")
         served[deployment.name] = args
         console.print(
             f"[green]✓[/green] {args.model.served_name} at {root}/models/{deployment.name}/v1"

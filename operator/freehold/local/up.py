@@ -602,6 +602,28 @@ def print_hints(args: ServingArgs, url: str, console: Console) -> None:
         )
 
 
+def wait_for_engine(app: str, base: str, poll_s: float = 0.5) -> None:
+    """Until the model's front says its engine answers (/health 200). The front is up as
+    soon as Ray Serve reports the application running, but an engine that loads on a
+    thread of its own (vLLM on one replica) answers later: `serving` is said only once a
+    request would be answered. An application Ray Serve gives up on fails `up` with its
+    reason."""
+    import httpx
+    from ray import serve
+
+    url = base.rstrip("/") + "/health"
+    while True:
+        try:
+            if httpx.get(url, timeout=10).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass  # the proxy's route not there yet
+        status = serve.status().applications.get(app)
+        if status is not None and status.status in ("DEPLOY_FAILED", "UNHEALTHY"):
+            raise UpError(f"the model's application failed: {status.message}")
+        time.sleep(poll_s)
+
+
 def announce(args: ServingArgs, settings: LocalSettings, started: float, console: Console) -> None:
     console.print(
         f"[green]✓[/green] serving [bold]{args.model.served_name}[/bold] at "
@@ -704,6 +726,7 @@ def serve_locally(
             _say_verified(console, args, timed[0][1], timed[0][0])
             loading = progress.add_task("Loading the model", total=None)
             serve.run(build_app(args), name=args.name, route_prefix=route, blocking=False)
+            wait_for_engine(args.name, endpoint_of(settings).removesuffix("/v1") + route)
             progress.remove_task(loading)
         shown = args
         if router is not None:

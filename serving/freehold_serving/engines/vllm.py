@@ -19,9 +19,12 @@ the `vllm` extra's, not the base serving install's.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import importlib.util
 import json
-from collections.abc import AsyncGenerator, AsyncIterator
+import logging
+import threading
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 
 from freehold_serving.args import ServingArgs, serving_runtime_env
@@ -34,6 +37,7 @@ from freehold_serving.engines.base import (
     TokenLogprob,
 )
 
+log = logging.getLogger(__name__)
 ROUTERS = {
     "prefix-aware": "ray.serve.llm.request_router:PrefixCacheAffinityRouter",
     # Ray Serve's default: the less loaded of two random replicas.
@@ -189,22 +193,41 @@ def llm_config(args: ServingArgs, model_dir: str) -> Any:
     )
 
 
-async def ready_batches(items: AsyncIterator[T]) -> AsyncGenerator[list[T], None]:
+async def ready_batches(
+    items: AsyncIterator[T], reader_loop: asyncio.AbstractEventLoop | None = None
+) -> AsyncGenerator[list[T], None]:
     """What is ready, as soon as it is: the first output at once, and whatever piled up
     while the consumer was busy in one batch. (Ray Serve LLM's own batcher waits a fixed
-    50 ms before yielding anything, first token included.)"""
+    50 ms before yielding anything, first token included.)
+
+    With `reader_loop`, `items` is read on that loop (another thread's, see EngineThread)
+    and handed over to this one, so each side's loop only ever runs its own work."""
+    here = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue()
+    put: Callable[[tuple[bool, Any]], None] = queue.put_nowait
+    if reader_loop is not None and reader_loop is not here:
+
+        def put(entry: tuple[bool, Any]) -> None:
+            here.call_soon_threadsafe(queue.put_nowait, entry)
 
     async def read() -> None:
         try:
             async for item in items:
-                queue.put_nowait((False, item))
+                put((False, item))
         except BaseException as exc:  # handed to the consumer, raised there
-            queue.put_nowait((True, exc))
+            put((True, exc))
         else:
-            queue.put_nowait((True, None))
+            put((True, None))
+        finally:
+            close = getattr(items, "aclose", None)
+            if close is not None:  # on the reader's loop, where it ran
+                await close()
 
-    reader = asyncio.get_running_loop().create_task(read())
+    reader: asyncio.Future[None] | concurrent.futures.Future[None]
+    if reader_loop is None or reader_loop is here:
+        reader = here.create_task(read())
+    else:
+        reader = asyncio.run_coroutine_threadsafe(read(), reader_loop)
     try:
         while True:
             batch: list[T] = []
@@ -223,7 +246,46 @@ async def ready_batches(items: AsyncIterator[T]) -> AsyncGenerator[list[T], None
             yield batch
     finally:
         if not reader.done():
-            reader.cancel()
+            reader.cancel()  # thread-safe for the other loop's future
+
+
+def verified_model(args: ServingArgs) -> str:
+    """The model directory, once verified (digest, and signature when the spec names
+    one); raises on a directory that is not the pinned one."""
+    from freehold_serving.model_files import verify_file
+
+    path, verified = verify_file(args.model)
+    log.info(
+        "model %s verified (sha256 %s%s); starting vLLM",
+        path,
+        args.model.sha256,
+        f", signed by {verified.signer}" if verified else "",
+    )
+    return str(path)
+
+
+class EngineThread:
+    """An event loop on a thread of its own, for the engine's work in the front's process.
+
+    Ray Serve LLM's engine start builds vLLM's configuration and engine client
+    synchronously (tokenizer, model config, the engine-core handshake): run on the front's
+    loop, the front answered nothing, health probes included, until vLLM had loaded.
+    Here the front's loop stays free: it answers /health (503 while loading) and /metrics,
+    and admits or refuses requests, while vLLM starts and runs on this loop."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        # A daemon thread: the replica's process exits with its engine.
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    async def call(self, work: Coroutine[Any, Any, T]) -> T:
+        """`work` run on the engine loop; cancelling the caller cancels it there."""
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, self.loop))
+
+    def start(self, work: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
+        """`work` started on the engine loop, as a future of the caller's loop."""
+        return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, self.loop))
 
 
 def build_engine(args: ServingArgs, model_dir: str) -> Any:
@@ -405,13 +467,19 @@ class _VllmStreams:
     admitted request as vLLM's own request type, its SSE events turned into chunks."""
 
     def __init__(self, args: ServingArgs) -> None:
+        self._model = args.model.served_name
+        self._context = args.engine.context_length
+        self._types: tuple[Any, Any] | None = None
+
+    def _import_types(self) -> None:
         # vLLM's request types: imported while the engine starts, not at the first
         # request (importing vLLM takes seconds).
         from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 
         self._types = (ChatCompletionRequest, CompletionRequest)
-        self._model = args.model.served_name
-        self._context = args.engine.context_length
+
+    async def ready(self) -> int:
+        raise NotImplementedError
 
     async def _open(self, request: Any, chat: bool, adapter: str | None) -> AsyncIterator[Any]:
         raise NotImplementedError
@@ -422,6 +490,10 @@ class _VllmStreams:
     async def generate(self, job: GenerationJob) -> AsyncGenerator[list[Chunk], None]:
         body = _request(job, job.adapter or self._model)
         chat = job.messages is not None
+        if self._types is None:
+            await self.ready()  # the types come with the engine
+        if self._types is None:
+            raise EngineError("the vllm engine has not started")
         try:
             request = self._types[0 if chat else 1].model_validate(body)
         except ValueError as exc:
@@ -451,6 +523,7 @@ class VllmGenerator(_VllmStreams):
 
     def __init__(self, args: ServingArgs, handle: Any) -> None:
         super().__init__(args)
+        self._import_types()  # this front starts nothing: the engine deployment does
         self._plain = handle
         self._handle = handle.options(stream=True)
 
@@ -505,21 +578,31 @@ class LocalVllmGenerator(_VllmStreams):
     """vLLM in this process (one replica): Ray Serve LLM's `LLMServer` (the same class the
     engine deployment runs, with its OpenAI layer, LoRA loading and engine metrics) called
     directly, its outputs streamed to the HTTP response without another process between.
-    The model directory is verified before anything else: fail closed."""
+    vLLM is imported, built and run on an EngineThread, so the front answers while it
+    loads. The model directory is verified here, before anything else: fail closed."""
 
     def __init__(self, args: ServingArgs) -> None:
+        self._dir = verified_model(args)  # a refusal fails the replica with the reason
+        super().__init__(args)
+        self._args = args
+        self._engine = EngineThread("vllm-engine")
+        self._server: Any = None
+        self._started: asyncio.Future[None] | None = None
+
+    async def _start(self) -> None:
+        # On the engine loop: importing vLLM and building its engine take the better part
+        # of a minute, none of it on the front's loop.
         from freehold_serving.engines.vllm_server import local_server
 
-        self._server = local_server(args)
-        super().__init__(args)
-        self._started: asyncio.Task[None] | None = None
+        self._import_types()
+        self._server = local_server(self._args, self._dir)
+        await self._server.start()
 
     async def ready(self) -> int:
-        """Once vLLM has started here (started at the first call; a failed start fails
-        every call and the health check, and Ray Serve replaces the replica)."""
+        """Once vLLM has started (started at the first call; a failed start fails every
+        call and the health check, and Ray Serve replaces the replica)."""
         if self._started is None:
-            start = self._server.start()  # type: ignore[no-untyped-call]
-            self._started = asyncio.get_running_loop().create_task(start)
+            self._started = self._engine.start(self._start())
         await asyncio.shield(self._started)
         return self._context
 
@@ -527,14 +610,29 @@ class LocalVllmGenerator(_VllmStreams):
         if self._started is None or not self._started.done():
             return  # still starting: Ray Serve's start-up timeout covers it
         self._started.result()
-        await self._server.check_health()
+        await self._engine.call(self._server.check_health())
 
-    async def _open(self, request: Any, chat: bool, adapter: str | None) -> AsyncIterator[Any]:
+    async def _outputs(self, request: Any, chat: bool, adapter: str | None) -> AsyncIterator[Any]:
+        # Runs on the engine loop (ready_batches reads it there): every vLLM call stays on
+        # the loop its engine client was built on.
         if adapter is not None:
             await self._server.load_adapter(adapter)
         method = self._server.chat if chat else self._server.completions
         stream: AsyncIterator[Any] = await method(request)
-        return stream
+        try:
+            async for batch in stream:
+                for item in batch if isinstance(batch, list) else [batch]:
+                    yield item
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    async def _open(self, request: Any, chat: bool, adapter: str | None) -> AsyncIterator[Any]:
+        # A request that arrives while vLLM loads waits for it, as one sent to the engine
+        # deployment waits for a replica (the kubelet and `freehold up` wait for /health).
+        await self.ready()
+        return ready_batches(self._outputs(request, chat, adapter), self._engine.loop)
 
     async def _cancel(self, stream: AsyncIterator[Any]) -> None:
+        # Stops the reader on the engine loop, which closes vLLM's stream there (aborting
+        # the request in the engine).
         await stream.aclose()  # type: ignore[attr-defined]

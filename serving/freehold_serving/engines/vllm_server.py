@@ -21,6 +21,7 @@ from freehold_serving.engines.vllm import (
     one_process_executor,
     ready_batches,
     shares_node,
+    verified_model,
 )
 from freehold_serving.model_files import verify_file
 
@@ -72,19 +73,6 @@ def confine_to_cores(args: ServingArgs, local_rank: int) -> list[int]:
     os.sched_setaffinity(0, cores)  # inherited by vLLM's engine processes
     os.environ["OMP_NUM_THREADS"] = str(len(cores))
     return cores
-
-
-def verified_model(args: ServingArgs) -> str:
-    """The model directory, once verified (digest, and signature when the spec names
-    one); raises on a directory that is not the pinned one."""
-    path, verified = verify_file(args.model)
-    log.info(
-        "model %s verified (sha256 %s%s); starting vLLM",
-        path,
-        args.model.sha256,
-        f", signed by {verified.signer}" if verified else "",
-    )
-    return str(path)
 
 
 class LocalModel(CallbackBase):
@@ -152,12 +140,11 @@ class FreeholdLLMServer(LLMServer):
         await self.engine.resolve_lora(await self._load_model(name))
 
 
-def local_server(args: ServingArgs) -> FreeholdLLMServer:
+def local_server(args: ServingArgs, model_dir: str) -> FreeholdLLMServer:
     """The LLMServer of a replica that runs vLLM in the front's process, not started yet
-    (`await start()`). The directory is verified first, as the deployment's constructor
-    does: one that is not the pinned one never reaches vLLM."""
+    (`await start()`), for the directory `model_dir` already verified (verified_model)."""
     server = FreeholdLLMServer.sync_init(
-        llm_config(args, verified_model(args)), model_downloader=adapter_loader(args)
+        llm_config(args, model_dir), model_downloader=adapter_loader(args)
     )
     assert isinstance(server, FreeholdLLMServer)  # sync_init makes an instance of cls
     return server
