@@ -188,7 +188,7 @@ class Admitted:
             self._release()
 
 
-# With no completion to wait for, the embedder starts loading this long after start.
+# With no completion to wait for, the embedder starts loading this long after the engine has.
 EMBEDDER_WARM_AFTER_S = 20.0
 
 # Generation-free requests (/metrics, /v1/models, /health) must never wait behind
@@ -278,7 +278,10 @@ class OpenAIServer:
             return
 
     async def _warm_embedder(self) -> None:
-        """Start the embedder's load once the first completion is out of the way."""
+        """Start the embedder's load once the engine has loaded and the first completion is
+        out of the way: never on the cores a loading engine is using (vLLM loads on a thread
+        of its own while this loop runs on)."""
+        await self._engine_ready.wait()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._first_done.wait(), EMBEDDER_WARM_AFTER_S)
         assert self._embedder is not None
