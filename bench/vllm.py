@@ -63,6 +63,8 @@ def model_dir(cache: Path) -> tuple[Path, str]:
 
 
 GPUS = int(os.environ.get("BENCH_GPUS", "0"))
+# Both servers' dtype (--dtype), set once by main.
+DTYPE = ["bfloat16"]
 # The routing workload holds this many times one replica's KV cache in conversation
 # history: more than one replica can keep (power-of-two sends each replica most
 # conversations, and its least-recently-used eviction then drops a history before its next
@@ -103,9 +105,9 @@ def routing_conversations(path: Path, turns: int) -> int:
 def engine_block(router: str, block_size: int | None) -> str:
     block = f", blockSize: {block_size}" if block_size else ""
     if GPUS:  # compiled with CUDA graphs, as vLLM serves on GPUs by default
-        return f"{{dtype: bfloat16, requestRouter: {router}{block}}}"
+        return f"{{dtype: {DTYPE[0]}, requestRouter: {router}{block}}}"
     return (
-        f"{{dtype: bfloat16, enforceEager: true, cpuKvCacheGib: {KV_GIB}, "
+        f"{{dtype: {DTYPE[0]}, enforceEager: true, cpuKvCacheGib: {KV_GIB}, "
         f"requestRouter: {router}{block}}}"
     )
 
@@ -166,7 +168,7 @@ def vllm_cmd(path: Path, port: int) -> list[str]:
         "--port",
         str(port),
         "--dtype",
-        "bfloat16",
+        DTYPE[0],
         "--max-model-len",
         str(CONTEXT),
         *([] if GPUS else ["--enforce-eager"]),
@@ -290,10 +292,17 @@ def main() -> None:
     # among misses by chance: it sends about half of them back to the replica that served
     # the turn before.)
     parser.add_argument("--parallel", type=int, default=4)
+    parser.add_argument(
+        "--dtype",
+        choices=("bfloat16", "float32"),
+        default="bfloat16",
+        help="both servers' dtype (float32: to compare on CPUs without AVX-512)",
+    )
     parser.add_argument("--out", type=Path)
     parser.add_argument("--only", choices=("throughput", "routing"), help="one part alone")
     parser.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench")
     opts = parser.parse_args()
+    DTYPE[0] = opts.dtype
     os.environ.update(engine_env())
     opts.cache.mkdir(parents=True, exist_ok=True)
     path, digest = model_dir(opts.cache)

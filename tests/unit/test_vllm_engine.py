@@ -383,6 +383,22 @@ def test_ready_batches_yield_at_once_and_merge_what_piled_up() -> None:
     asyncio.run(main())
 
 
+def test_bfloat16_on_a_cpu_without_avx512_is_warned_about() -> None:
+    def args(dtype: str = "auto", gpus: int = 0) -> ServingArgs:
+        made = vllm_args(dtype=dtype)
+        return made.model_copy(update={"engine": made.engine.model_copy(update={"gpus": gpus})})
+
+    avx2 = {"fpu", "avx2", "fma"}
+    warned = vllm.slow_bfloat16(args(), "bfloat16", avx2)
+    assert warned and "engine.vllm.dtype: float32" in warned
+    assert vllm.slow_bfloat16(args("bfloat16"), None, avx2)
+    assert vllm.slow_bfloat16(args("bfloat16"), None, avx2 | {"avx512f"}) is None
+    assert vllm.slow_bfloat16(args("float32"), "bfloat16", avx2) is None
+    assert vllm.slow_bfloat16(args(), "float32", avx2) is None
+    assert vllm.slow_bfloat16(args(gpus=1), "bfloat16", avx2) is None
+    assert vllm.slow_bfloat16(args(), "bfloat16", set()) is None  # not x86: nothing known
+
+
 def test_the_engine_thread_keeps_the_front_answering_while_the_engine_blocks() -> None:
     """vLLM's start blocks its loop for the whole load (the defect the opt-in pod test
     found: /health timed out instead of answering 503). On an EngineThread the front's

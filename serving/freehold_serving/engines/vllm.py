@@ -25,6 +25,7 @@ import json
 import logging
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 from freehold_serving.args import ServingArgs, serving_runtime_env
@@ -261,7 +262,48 @@ def verified_model(args: ServingArgs) -> str:
         args.model.sha256,
         f", signed by {verified.signer}" if verified else "",
     )
+    warning = slow_bfloat16(args, _model_dtype(path), _cpu_flags())
+    if warning:
+        log.warning(warning)
     return str(path)
+
+
+def slow_bfloat16(args: ServingArgs, model_dtype: str | None, cpu_flags: set[str]) -> str | None:
+    """A warning when vLLM would compute in bfloat16 on an x86 CPU without AVX-512: vLLM
+    accepts it there, but measured on such a CPU (2 cores, SmolLM2-135M, 16 streams)
+    float32 served 4x the tokens per second (bench/vllm.py --dtype)."""
+    dtype: str = args.engine.vllm.dtype
+    if dtype == "auto":
+        dtype = model_dtype or "auto"
+    if args.engine.gpus or dtype != "bfloat16" or not cpu_flags or "avx512f" in cpu_flags:
+        return None
+    return (
+        "this CPU has no AVX-512, and vLLM computes in bfloat16 here (engine.vllm.dtype "
+        f"{args.engine.vllm.dtype}): on such CPUs float32 measured several times faster "
+        "under load; set engine.vllm.dtype: float32"
+    )
+
+
+def _model_dtype(path: Path) -> str | None:
+    # What vLLM's dtype "auto" takes: the dtype in the model's config.json.
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    found = config.get("dtype") or config.get("torch_dtype")
+    return found if isinstance(found, str) else None
+
+
+def _cpu_flags() -> set[str]:
+    """The x86 CPU's feature flags (empty where /proc/cpuinfo has none: not x86 Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return set()
 
 
 class EngineThread:
