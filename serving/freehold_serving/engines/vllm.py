@@ -323,7 +323,7 @@ class EngineThread:
 
     async def call(self, work: Coroutine[Any, Any, T]) -> T:
         """`work` run on the engine loop; cancelling the caller cancels it there."""
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, self.loop))
+        return await self.start(work)
 
     def start(self, work: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
         """`work` started on the engine loop, as a future of the caller's loop."""
