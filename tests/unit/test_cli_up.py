@@ -113,24 +113,27 @@ def test_each_instance_gets_its_own_haproxy_ports_and_files() -> None:
     child = (
         "import os; from freehold.local.up import haproxy_instance; haproxy_instance(); "
         "print(os.environ['RAY_SERVE_HAPROXY_STATS_PORT'], "
-        "os.environ['RAY_SERVE_HAPROXY_CONFIG_FILE_LOC'])"
+        "os.environ['RAY_SERVE_HAPROXY_CONFIG_FILE_LOC'], "
+        "os.environ['RAY_SERVE_FALLBACK_PROXY_HTTP_PORT'])"
     )
     saved = dict(os.environ)
     try:
         haproxy_instance()
-        mine = (
-            os.environ["RAY_SERVE_HAPROXY_STATS_PORT"],
-            os.environ["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"],
-        )
+        names = [
+            "RAY_SERVE_HAPROXY_STATS_PORT",
+            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC",
+            # Ray's fallback proxy: port 8500 on every instance otherwise, shared through
+            # SO_REUSEPORT (tests/integration/serving/test_instance_ports.py).
+            "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
+        ]
+        mine = [os.environ[name] for name in names]
+        assert mine[2] != "8500"
         haproxy_instance()  # idempotent within a process
-        assert (
-            os.environ["RAY_SERVE_HAPROXY_STATS_PORT"],
-            os.environ["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"],
-        ) == mine
+        assert [os.environ[name] for name in names] == mine
         theirs = subprocess.run(
             [sys.executable, "-c", child], capture_output=True, text=True, check=True
         ).stdout.split()
-        assert theirs[0] != mine[0] and theirs[1] != mine[1]
+        assert all(t != m for t, m in zip(theirs, mine, strict=True))
         # Its files are removed when it exits (one directory per run would pile up).
         assert not Path(theirs[1]).parent.exists()
     finally:

@@ -369,7 +369,11 @@ def _free_port() -> int:
 def haproxy_instance() -> None:
     """HAProxy's own files and ports, per instance: by default every Ray Serve on a machine
     would share /tmp/haproxy-serve and ports 8404/9101, so a second `freehold up` (or a
-    test run beside one) could not start."""
+    test run beside one) could not start. The same for the fallback proxy HAProxy sends
+    requests to while an application has no replica up (starting, or one replaced): Ray
+    binds it to port 8500 on every instance, with SO_REUSEPORT, so the kernel handed
+    connections to whichever instance's proxy it liked, and another `freehold up`'s
+    application answered (seen in CI: its /health 200, its 404 for our model)."""
     import tempfile
 
     chosen_by = os.environ.get("FREEHOLD_HAPROXY_PID")
@@ -392,6 +396,8 @@ def haproxy_instance() -> None:
         "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": root / "server-state",
         "RAY_SERVE_HAPROXY_STATS_PORT": _free_port(),
         "RAY_SERVE_HAPROXY_METRICS_PORT": _free_port(),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": _free_port(),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": _free_port(),
         "FREEHOLD_HAPROXY_PID": os.getpid(),
     }.items():
         os.environ[name] = str(value)
@@ -412,6 +418,13 @@ def ray_environment() -> None:
         os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
     if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
         haproxy_instance()
+        # Ray Serve's Python proxy binds with SO_REUSEPORT by default: another server on
+        # its port would share it silently, each taking some of the other's connections.
+        # Behind HAProxy it only serves the fallback, on a port of its own (above), where
+        # a taken port should fail the start ("address in use") instead. (Without HAProxy
+        # it binds the user's port, where SO_REUSEADDR, set with it, lets a restart bind
+        # again at once: left as Ray has it.)
+        os.environ.setdefault("SERVE_SOCKET_REUSE_PORT_ENABLED", "0")
     # Our handlers never block the loop (tokenizing and the engine run in threads), so they
     # can run on the replica's own event loop: one thread hop less per request and chunk
     # (measured -3 ms time to first token).
