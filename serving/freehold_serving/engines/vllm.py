@@ -660,11 +660,10 @@ class LocalVllmGenerator(_VllmStreams):
         if adapter is not None:
             await self._server.load_adapter(adapter)
         method = self._server.chat if chat else self._server.completions
-        stream: AsyncIterator[Any] = await method(request)
+        stream: AsyncIterator[Any] = await method(request)  # unbatched (LocalLLMServer)
         try:
-            async for batch in stream:
-                for item in batch if isinstance(batch, list) else [batch]:
-                    yield item
+            async for item in stream:
+                yield item
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
 

@@ -140,11 +140,20 @@ class FreeholdLLMServer(LLMServer):
         await self.engine.resolve_lora(await self._load_model(name))
 
 
+class LocalLLMServer(FreeholdLLMServer):
+    """Called in the front's own process (vllm.LocalVllmGenerator), whose reader batches
+    what piled up as it hands outputs across to the front's loop: batching here as well
+    would add a task and a queue per request for nothing."""
+
+    def _batch_output_stream(self, generator: Any) -> Any:
+        return generator
+
+
 def local_server(args: ServingArgs, model_dir: str) -> FreeholdLLMServer:
     """The LLMServer of a replica that runs vLLM in the front's process, not started yet
     (`await start()`), for the directory `model_dir` already verified (verified_model)."""
-    server = FreeholdLLMServer.sync_init(
+    server = LocalLLMServer.sync_init(
         llm_config(args, model_dir), model_downloader=adapter_loader(args)
     )
-    assert isinstance(server, FreeholdLLMServer)  # sync_init makes an instance of cls
+    assert isinstance(server, LocalLLMServer)  # sync_init makes an instance of cls
     return server
