@@ -110,22 +110,20 @@ def test_each_instance_gets_its_own_haproxy_ports_and_files() -> None:
 
     from freehold.local.up import haproxy_instance
 
+    names = [
+        "RAY_SERVE_HAPROXY_STATS_PORT",
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC",
+        # Ray's fallback proxy: port 8500 on every instance otherwise, shared through
+        # SO_REUSEPORT (tests/integration/serving/test_instance_ports.py).
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
+    ]
     child = (
         "import os; from freehold.local.up import haproxy_instance; haproxy_instance(); "
-        "print(os.environ['RAY_SERVE_HAPROXY_STATS_PORT'], "
-        "os.environ['RAY_SERVE_HAPROXY_CONFIG_FILE_LOC'], "
-        "os.environ['RAY_SERVE_FALLBACK_PROXY_HTTP_PORT'])"
+        f"print(*(os.environ[name] for name in {names!r}))"
     )
     saved = dict(os.environ)
     try:
         haproxy_instance()
-        names = [
-            "RAY_SERVE_HAPROXY_STATS_PORT",
-            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC",
-            # Ray's fallback proxy: port 8500 on every instance otherwise, shared through
-            # SO_REUSEPORT (tests/integration/serving/test_instance_ports.py).
-            "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
-        ]
         mine = [os.environ[name] for name in names]
         assert mine[2] != "8500"
         haproxy_instance()  # idempotent within a process

@@ -149,7 +149,7 @@ class LocalLLMServer(FreeholdLLMServer):
         return generator
 
 
-def local_server(args: ServingArgs, model_dir: str) -> FreeholdLLMServer:
+def local_server(args: ServingArgs, model_dir: str) -> LocalLLMServer:
     """The LLMServer of a replica that runs vLLM in the front's process, not started yet
     (`await start()`), for the directory `model_dir` already verified (verified_model)."""
     server = LocalLLMServer.sync_init(
