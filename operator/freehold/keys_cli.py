@@ -13,7 +13,9 @@ replica within that bound, without a restart; an expiry takes effect at its seco
 from __future__ import annotations
 
 import json
+import random
 import re
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -41,7 +43,11 @@ keys = typer.Typer(help="Create, list, revoke and rotate API keys (kept in Vault
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 EXIT_FAILED, EXIT_USAGE = 1, 2
-CAS_ATTEMPTS = 5
+# Check-and-set retries: with several admins (or a script) writing at once, a writer that
+# retries at once can lose every round to the same faster peers, so each retry waits a random
+# share of a doubling delay (full jitter) and gives up only after a generous number of rounds.
+CAS_ATTEMPTS = 12
+CAS_BACKOFF_S, CAS_BACKOFF_MAX_S = 0.05, 1.0
 KINDS = {"modelrouter": "modelrouters", "modeldeployment": "modeldeployments",
          "memorystore": "memorystores"}  # fmt: skip
 
@@ -170,7 +176,9 @@ class VaultKeySet:
         (check-and-set), retrying on a concurrent write."""
         import hvac
 
-        for _ in range(CAS_ATTEMPTS):
+        for attempt in range(CAS_ATTEMPTS):
+            if attempt:
+                time.sleep(random.uniform(0, min(CAS_BACKOFF_MAX_S, CAS_BACKOFF_S * 2**attempt)))
             fields, version = self.read()
             changed = edit(dict(fields))
             try:
@@ -184,7 +192,10 @@ class VaultKeySet:
                 raise KeysError(f"writing {self.where} failed: {_why(exc)}") from None
             except Exception as exc:
                 raise KeysError(f"writing {self.where} failed: {_why(exc)}") from None
-        raise KeysError(f"{self.where} kept changing under us; try again")
+        raise KeysError(
+            f"{self.where} kept changing under us ({CAS_ATTEMPTS} check-and-set rounds lost "
+            "to other writers); try again"
+        )
 
 
 def _why(exc: Exception) -> str:

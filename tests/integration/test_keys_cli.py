@@ -105,6 +105,26 @@ def test_concurrent_admins_lose_nothing(vault: Vault) -> None:
     assert all(accepted.lookup(m.stdout.strip()) is not None for m in made)
 
 
+def test_sixteen_writers_at_once_each_land_with_backoff(vault: Vault) -> None:
+    """The adapter itself under heavier contention than the CLI test: sixteen threads edit
+    one secret at once. Each lost check-and-set round is redone on the winner's set after a
+    jittered wait, so every edit lands and none overwrites another."""
+    from pydantic import SecretStr
+
+    from freehold.keys_cli import VaultKeySet
+    from freehold.settings import VaultCliSettings
+
+    settings = VaultCliSettings(VAULT_ADDR=vault.url, VAULT_TOKEN=SecretStr(vault.token))
+    path = f"t-{uuid.uuid4().hex[:8]}/keys"
+
+    def add(n: int) -> None:
+        VaultKeySet(settings, "secret", path).change(lambda fields: {**fields, f"w{n}": {"n": n}})
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(add, range(16)))
+    assert vault.fields(path) == {f"w{n}": {"n": n} for n in range(16)}
+
+
 def test_errors_name_the_option_and_exit_non_zero(vault: Vault) -> None:
     path = f"t-{uuid.uuid4().hex[:8]}/keys"
     nowhere = keys(vault, "create", "--tenant", "acme")
